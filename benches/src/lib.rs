@@ -1,0 +1,1 @@
+//! Home of the workspace's criterion benchmarks (see `benches/`); `cargo xtask bench` runs them.

@@ -1,0 +1,54 @@
+//! Service layer of im-layers: the vendor-neutral IM contract and the vendor adapters.
+//!
+//! This crate owns exactly four things and nothing else:
+//!
+//! * the **model** ([`model`]): users, conversations, message ids, content, delivery origin;
+//! * the **contract** ([`Vendor`]): what every rented IM vendor must offer to the layers above
+//!   (login, idempotent send, offline pull + acknowledge, history pull, heartbeat, the
+//!   ACK-online presence step, and a stream of [`VendorEvent`]s);
+//! * the **capabilities** ([`Capabilities`]): what a vendor cannot do is declared, never faked;
+//! * the **errors** ([`ServiceError`]) with a retry classification ([`ErrorClass`]).
+//!
+//! It also hosts the one versioned binary [`codec`] of the workspace and, behind cargo
+//! features, the vendor adapters: `memory` ([`memory::MemoryVendor`], a complete in-process
+//! vendor) and `mock` (`MockVendor`, a mockall mock of the trait).
+//!
+//! Invariant: this crate never depends on any other im-layers crate. Higher layers
+//! (`im-arch`, `im-qc`, business code) compile against the trait without any adapter.
+//!
+//! ```
+//! use im_service::{Content, ConversationId, UserId};
+//!
+//! let alice = UserId::new("alice");
+//! let bob = UserId::new("bob");
+//! // A direct conversation has one id whichever side names it.
+//! assert_eq!(ConversationId::direct(&alice, &bob), ConversationId::direct(&bob, &alice));
+//! assert_eq!(Content::text("hi").size(), 2);
+//! ```
+
+pub mod capabilities;
+pub mod clock;
+pub mod codec;
+pub mod error;
+#[cfg(feature = "memory")]
+pub mod memory;
+pub mod model;
+pub mod vendor;
+
+pub use capabilities::{Capabilities, Capability};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::CodecError;
+pub use error::{ErrorClass, KickReason, ServiceError};
+pub use model::{
+    ClientMsgId, Content, ConversationId, GroupId, Message, Origin, OutgoingMessage,
+    ReceivedMessage, Seq, ServerMsgId, Timestamp, Token, UserId,
+};
+#[cfg(any(test, feature = "mock"))]
+pub use vendor::MockVendor;
+pub use vendor::{
+    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
+    OfflineBatch, PageCursor, SendReceipt, Session, Vendor, VendorEvent,
+};
+
+/// Result alias used across the service layer.
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;

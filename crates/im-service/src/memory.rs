@@ -1,0 +1,989 @@
+//! `MemoryVendor`: a complete IM vendor in process memory, for tests and the demo's fastest
+//! mode. It behaves like a rented vendor, not like a mock: tokens expire, a second login
+//! kicks the first, absent users get an offline queue that must be acknowledged, history is
+//! cut by a retention window, resends are recognised by client id, and live pushes start
+//! only after the client declares itself online.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::capabilities::{Capabilities, Capability};
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::error::{KickReason, ServiceError};
+use crate::model::{
+    ClientMsgId, ConversationId, GroupId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp,
+    Token, UserId,
+};
+use crate::vendor::{
+    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
+    OfflineBatch, PageCursor, SendReceipt, Session, Vendor, VendorEvent,
+};
+use crate::{Result, ServiceError as E};
+
+/// Settings of a [`MemoryVendor`]; the defaults follow common vendor defaults.
+#[derive(Debug, Clone)]
+pub struct MemoryVendorConfig {
+    /// How long history and offline messages are kept (RongCloud's default: 7 days).
+    pub retention: Option<Duration>,
+    /// Largest accepted content in bytes.
+    pub max_message_bytes: usize,
+    /// Most messages per offline batch (RongCloud: 200).
+    pub offline_batch_max: u32,
+    /// Most messages per history page.
+    pub history_page_max: u32,
+    /// Whether a second login of a user kicks the first connection.
+    pub kick_on_second_login: bool,
+    /// Capacity of each client's event queue. A client that lets it fill up is disconnected
+    /// (as a server drops a slow consumer); its messages stay in the offline queue.
+    pub event_buffer: usize,
+    /// Share of a token's life after which `TokenWillExpire` fires (Easemob: 80%).
+    pub token_warning_ratio: f64,
+}
+
+impl Default for MemoryVendorConfig {
+    fn default() -> Self {
+        Self {
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_message_bytes: 16 * 1024,
+            offline_batch_max: 200,
+            history_page_max: 100,
+            kick_on_second_login: true,
+            event_buffer: 1024,
+            token_warning_ratio: 0.8,
+        }
+    }
+}
+
+/// The operations fault injection can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VendorOp {
+    /// [`Vendor::login`].
+    Login,
+    /// [`Vendor::send`].
+    Send,
+    /// [`Vendor::pull_offline`].
+    PullOffline,
+    /// [`Vendor::ack_offline`].
+    AckOffline,
+    /// [`Vendor::go_online`].
+    GoOnline,
+    /// [`Vendor::pull_history`].
+    PullHistory,
+    /// [`Vendor::ping`].
+    Ping,
+}
+
+/// The in-process vendor ("server side"). Cheap to clone; clones share all state.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use im_service::memory::MemoryVendor;
+/// use im_service::{Content, ConversationId, OutgoingMessage, Timestamp, UserId, Vendor};
+///
+/// let vendor = MemoryVendor::default();
+/// let (alice, bob) = (UserId::new("alice"), UserId::new("bob"));
+/// let alice_creds = vendor.register_user(&alice);
+/// vendor.register_user(&bob);
+///
+/// let client = vendor.client();
+/// client.login(&alice_creds).await?;
+/// let msg = OutgoingMessage::new(ConversationId::direct(&alice, &bob), Content::text("hi"),
+///                                Timestamp::from_millis(0));
+/// let receipt = client.send(&msg).await?;
+/// assert!(!receipt.duplicate);
+/// assert_eq!(vendor.offline_len(&bob), 1); // bob is away: queued for him
+/// # Ok::<(), im_service::ServiceError>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryVendor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryVendor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryVendor")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    /// Stamps messages, expires tokens, cuts history.
+    clock: Arc<dyn Clock>,
+    /// Settings fixed at construction.
+    config: MemoryVendorConfig,
+    /// Declared capabilities (derived from the config).
+    caps: Capabilities,
+    /// Everything mutable. A std mutex: it is never held across an `.await`.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    users: HashMap<UserId, UserRecord>,
+    groups: HashMap<GroupId, BTreeSet<UserId>>,
+    conversations: HashMap<ConversationId, ConversationRecord>,
+    /// Every stored message by its global position (the server id's number): the order of
+    /// an all-conversations history query.
+    log: BTreeMap<u64, ConversationId>,
+    next_global: u64,
+    tokens: HashMap<String, TokenRecord>,
+    sessions: HashMap<u64, SessionRecord>,
+    /// Sessions the server ended, with the error their client sees on its next call.
+    ended: HashMap<u64, ServiceError>,
+    next_session: u64,
+    next_client: u64,
+    /// Fault injection: the next N calls of an operation fail with the given error.
+    faults: HashMap<VendorOp, (u32, ServiceError)>,
+}
+
+#[derive(Default)]
+struct UserRecord {
+    /// Offline queue by queue position.
+    offline: BTreeMap<u64, Message>,
+    next_offline: u64,
+    sessions: BTreeSet<u64>,
+}
+
+#[derive(Default)]
+struct ConversationRecord {
+    /// Messages by global position (equal to sequence order within the conversation).
+    messages: BTreeMap<u64, Message>,
+    /// Idempotency index: (sender, client id) → global position.
+    by_client: HashMap<(UserId, ClientMsgId), u64>,
+    next_seq: u64,
+}
+
+struct TokenRecord {
+    user: UserId,
+    issued_at: Timestamp,
+    expires_at: Option<Timestamp>,
+}
+
+struct SessionRecord {
+    user: UserId,
+    token: String,
+    online: bool,
+    warned: bool,
+    events: mpsc::Sender<VendorEvent>,
+}
+
+impl Default for MemoryVendor {
+    fn default() -> Self {
+        Self::new(MemoryVendorConfig::default())
+    }
+}
+
+impl MemoryVendor {
+    /// A vendor on the system clock.
+    pub fn new(config: MemoryVendorConfig) -> Self {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A vendor on a manual clock that starts at the current time; the returned clock moves
+    /// vendor time (call [`MemoryVendor::sweep`] after moving it to fire token events).
+    pub fn with_manual_clock(config: MemoryVendorConfig) -> (Self, ManualClock) {
+        let clock = ManualClock::starting_now();
+        (Self::with_clock(config, Arc::new(clock.clone())), clock)
+    }
+
+    /// A vendor on any clock.
+    pub fn with_clock(config: MemoryVendorConfig, clock: Arc<dyn Clock>) -> Self {
+        let mut caps = Capabilities::none()
+            .with(Capability::HistoryByTime)
+            .with(Capability::HistoryBySeq)
+            .with(Capability::SequenceNumbers)
+            .with(Capability::ServerAcks)
+            .with(Capability::OfflineQueue)
+            .with(Capability::ExplicitOfflineAck)
+            .with(Capability::GroupConversations)
+            .with(Capability::TokenExpiry)
+            .with(Capability::Heartbeat)
+            .with(Capability::IdempotentSend)
+            .with_retention(config.retention)
+            .with_max_message_bytes(config.max_message_bytes);
+        if config.kick_on_second_login {
+            caps = caps.with(Capability::KickOnSecondLogin);
+        }
+        caps.offline_batch_max = config.offline_batch_max;
+        caps.history_page_max = config.history_page_max;
+        Self {
+            inner: Arc::new(Inner {
+                clock,
+                config,
+                caps,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// The vendor's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// A new client handle (one device); not logged in.
+    pub fn client(&self) -> MemoryClient {
+        let (tx, rx) = mpsc::channel(self.inner.config.event_buffer.max(1));
+        let id = {
+            let mut st = self.state();
+            st.next_client += 1;
+            st.next_client
+        };
+        MemoryClient {
+            vendor: self.clone(),
+            id,
+            session: Mutex::new(None),
+            events_tx: tx,
+            events_rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Creates an account (idempotent) and returns credentials with a token that never expires.
+    pub fn register_user(&self, user: &UserId) -> Credentials {
+        self.state().users.entry(user.clone()).or_default();
+        let token = self.mint_token(user, None);
+        Credentials {
+            user: user.clone(),
+            token,
+        }
+    }
+
+    /// Issues a token for a registered user, valid for `ttl` (`None`: forever).
+    pub fn issue_token(&self, user: &UserId, ttl: Option<Duration>) -> Result<Token> {
+        if !self.state().users.contains_key(user) {
+            return Err(E::UnknownUser(user.clone()));
+        }
+        Ok(self.mint_token(user, ttl))
+    }
+
+    fn mint_token(&self, user: &UserId, ttl: Option<Duration>) -> Token {
+        let now = self.now();
+        let secret = format!("tok-{:032x}", rand::random::<u128>());
+        self.state().tokens.insert(
+            secret.clone(),
+            TokenRecord {
+                user: user.clone(),
+                issued_at: now,
+                expires_at: ttl.map(|t| now.plus(t)),
+            },
+        );
+        Token::new(secret)
+    }
+
+    /// Creates (or replaces) a group with the given registered members.
+    pub fn create_group(&self, group: &GroupId, members: &[UserId]) -> Result<()> {
+        let mut st = self.state();
+        if let Some(unknown) = members.iter().find(|m| !st.users.contains_key(*m)) {
+            return Err(E::UnknownUser(unknown.clone()));
+        }
+        st.groups
+            .insert(group.clone(), members.iter().cloned().collect());
+        Ok(())
+    }
+
+    /// Removes an account: its sessions are kicked with [`KickReason::AccountRemoved`].
+    pub fn remove_user(&self, user: &UserId) {
+        let mut st = self.state();
+        let sessions: Vec<u64> = st
+            .users
+            .get(user)
+            .map(|u| u.sessions.iter().copied().collect())
+            .unwrap_or_default();
+        for s in sessions {
+            end_session(
+                &mut st,
+                s,
+                E::Kicked(KickReason::AccountRemoved),
+                Some(VendorEvent::Kicked(KickReason::AccountRemoved)),
+            );
+        }
+        st.users.remove(user);
+        st.tokens.retain(|_, t| &t.user != user);
+    }
+
+    /// Breaks every connection of `user` as a network failure would.
+    pub fn disconnect(&self, user: &UserId) {
+        let mut st = self.state();
+        let sessions: Vec<u64> = st
+            .users
+            .get(user)
+            .map(|u| u.sessions.iter().copied().collect())
+            .unwrap_or_default();
+        for s in sessions {
+            let why = "connection reset by vendor".to_string();
+            end_session(
+                &mut st,
+                s,
+                E::ConnectionLost(why.clone()),
+                Some(VendorEvent::ConnectionLost { reason: why }),
+            );
+        }
+    }
+
+    /// Makes the next `count` calls of `op` (by any client) fail with `error`.
+    pub fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
+        self.state().faults.insert(op, (count, error));
+    }
+
+    /// Fires token warnings and expiries and drops history past retention. Runs on every
+    /// login; call it after moving a manual clock.
+    pub fn sweep(&self) {
+        let now = self.now();
+        let ratio = self.inner.config.token_warning_ratio;
+        let mut st = self.state();
+        let State {
+            sessions, tokens, ..
+        } = &mut *st;
+        let mut expired = Vec::new();
+        for (id, s) in sessions.iter_mut() {
+            let Some(tok) = tokens.get(&s.token) else {
+                continue;
+            };
+            let Some(expires_at) = tok.expires_at else {
+                continue;
+            };
+            if now >= expires_at {
+                expired.push(*id);
+            } else if !s.warned {
+                let life = (expires_at.as_millis() - tok.issued_at.as_millis()) as f64;
+                let warn_at = tok.issued_at.as_millis() + (life * ratio) as i64;
+                if now.as_millis() >= warn_at {
+                    s.warned = true;
+                    let _ = s
+                        .events
+                        .try_send(VendorEvent::TokenWillExpire { expires_at });
+                }
+            }
+        }
+        for id in expired {
+            end_session(
+                &mut st,
+                id,
+                E::TokenExpired,
+                Some(VendorEvent::TokenExpired),
+            );
+        }
+        if let Some(horizon) = self.horizon() {
+            prune(&mut st, horizon);
+        }
+    }
+
+    /// The oldest instant history is kept for, if retention is limited.
+    pub fn horizon(&self) -> Option<Timestamp> {
+        self.inner.config.retention.map(|r| self.now().minus(r))
+    }
+
+    /// All stored messages of a conversation, oldest first (administrator view for tests).
+    pub fn stored_messages(&self, conversation: &ConversationId) -> Vec<Message> {
+        self.state()
+            .conversations
+            .get(conversation)
+            .map(|c| c.messages.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many messages wait in `user`'s offline queue.
+    pub fn offline_len(&self, user: &UserId) -> usize {
+        self.state().users.get(user).map_or(0, |u| u.offline.len())
+    }
+
+    /// Whether `user` has a connection that takes live pushes.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        let st = self.state();
+        st.users.get(user).is_some_and(|u| {
+            u.sessions
+                .iter()
+                .any(|s| st.sessions.get(s).is_some_and(|r| r.online))
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way later
+        // calls rely on (every mutation is completed before unlocking), so poison is ignored.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes a session, remembers the error its client will see, and tells the client.
+fn end_session(st: &mut State, id: u64, error: ServiceError, event: Option<VendorEvent>) {
+    if let Some(s) = st.sessions.remove(&id) {
+        if let Some(u) = st.users.get_mut(&s.user) {
+            u.sessions.remove(&id);
+        }
+        if let Some(ev) = event {
+            let _ = s.events.try_send(ev);
+        }
+        st.ended.insert(id, error);
+    }
+}
+
+fn prune(st: &mut State, horizon: Timestamp) {
+    let State {
+        conversations,
+        log,
+        users,
+        ..
+    } = st;
+    for conv in conversations.values_mut() {
+        let old: Vec<u64> = conv
+            .messages
+            .iter()
+            .take_while(|(_, m)| m.server_time < horizon)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in old {
+            if let Some(m) = conv.messages.remove(&g) {
+                conv.by_client
+                    .remove(&(m.sender.clone(), m.client_id.clone()));
+                log.remove(&g);
+            }
+        }
+    }
+    for u in users.values_mut() {
+        u.offline.retain(|_, m| m.server_time >= horizon);
+    }
+}
+
+fn members(st: &State, conversation: &ConversationId) -> Result<Vec<UserId>> {
+    match conversation {
+        ConversationId::Direct { low, high } => {
+            for u in [low, high] {
+                if !st.users.contains_key(u) {
+                    return Err(E::UnknownUser(u.clone()));
+                }
+            }
+            Ok(if low == high {
+                vec![low.clone()]
+            } else {
+                vec![low.clone(), high.clone()]
+            })
+        }
+        ConversationId::Group(g) => st
+            .groups
+            .get(g)
+            .map(|m| m.iter().cloned().collect())
+            .ok_or_else(|| E::NotMember(conversation.clone())),
+    }
+}
+
+fn is_member(st: &State, conversation: &ConversationId, user: &UserId) -> bool {
+    match conversation {
+        ConversationId::Direct { .. } => conversation.is_direct_member(user),
+        ConversationId::Group(g) => st.groups.get(g).is_some_and(|m| m.contains(user)),
+    }
+}
+
+/// One device's connection to a [`MemoryVendor`]; implements [`Vendor`].
+/// Dropping it closes its session.
+pub struct MemoryClient {
+    vendor: MemoryVendor,
+    /// Identifies this handle in logs.
+    id: u64,
+    /// The current session, if logged in.
+    session: Mutex<Option<u64>>,
+    /// Sender half of this handle's event queue, attached to each session.
+    events_tx: mpsc::Sender<VendorEvent>,
+    /// Receiver half until [`Vendor::take_events`] takes it.
+    events_rx: Mutex<Option<mpsc::Receiver<VendorEvent>>>,
+}
+
+impl std::fmt::Debug for MemoryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryClient")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryClient {
+    fn session_id(&self) -> Option<u64> {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the state with this client's live session, after the fault and
+    /// expiry checks every authenticated call shares.
+    fn with_session<T>(
+        &self,
+        op: VendorOp,
+        f: impl FnOnce(&mut State, u64, Timestamp) -> Result<T>,
+    ) -> Result<T> {
+        let now = self.vendor.now();
+        let mut st = self.vendor.state();
+        take_fault(&mut st, op)?;
+        let Some(id) = self.session_id() else {
+            return Err(E::NotLoggedIn);
+        };
+        if let Some(err) = st.ended.get(&id) {
+            return Err(err.clone());
+        }
+        let Some(s) = st.sessions.get(&id) else {
+            return Err(E::NotLoggedIn);
+        };
+        let expired = st
+            .tokens
+            .get(&s.token)
+            .and_then(|t| t.expires_at)
+            .is_some_and(|e| now >= e);
+        if expired {
+            end_session(
+                &mut st,
+                id,
+                E::TokenExpired,
+                Some(VendorEvent::TokenExpired),
+            );
+            return Err(E::TokenExpired);
+        }
+        f(&mut st, id, now)
+    }
+
+    fn user_of(st: &State, session: u64) -> Result<UserId> {
+        st.sessions
+            .get(&session)
+            .map(|s| s.user.clone())
+            .ok_or(E::NotLoggedIn)
+    }
+}
+
+fn take_fault(st: &mut State, op: VendorOp) -> Result<()> {
+    if let Some((left, err)) = st.faults.get_mut(&op) {
+        if *left > 0 {
+            *left -= 1;
+            let err = err.clone();
+            if *left == 0 {
+                st.faults.remove(&op);
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Delivers a stored message: live push to online sessions, offline queue otherwise.
+fn deliver(st: &mut State, message: &Message, recipients: &[UserId], sender_session: u64) {
+    for user in recipients {
+        let sessions: Vec<u64> = st
+            .users
+            .get(user)
+            .map(|u| u.sessions.iter().copied().collect())
+            .unwrap_or_default();
+        let mut pushed = false;
+        for sid in sessions {
+            if sid == sender_session {
+                continue;
+            }
+            let Some(s) = st.sessions.get(&sid) else {
+                continue;
+            };
+            if !s.online {
+                continue;
+            }
+            if s.events
+                .try_send(VendorEvent::MessagePushed(message.clone()))
+                .is_ok()
+            {
+                pushed = true;
+            } else {
+                let why = "slow consumer: event queue full".to_string();
+                end_session(
+                    st,
+                    sid,
+                    E::ConnectionLost(why.clone()),
+                    Some(VendorEvent::ConnectionLost { reason: why }),
+                );
+            }
+        }
+        // The sender's own other devices are not sent an offline copy: they see it in history.
+        if !pushed && &message.sender != user {
+            if let Some(u) = st.users.get_mut(user) {
+                u.next_offline += 1;
+                let pos = u.next_offline;
+                u.offline.insert(pos, message.clone());
+            }
+        }
+    }
+}
+
+fn parse_cursor(cursor: &Option<PageCursor>) -> Result<u64> {
+    match cursor {
+        None => Ok(u64::MAX),
+        Some(PageCursor(c)) => c
+            .strip_prefix("m:")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| E::InvalidRequest(format!("malformed history cursor {c:?}"))),
+    }
+}
+
+fn in_range(m: &Message, range: &HistoryRange) -> bool {
+    match *range {
+        HistoryRange::Latest => true,
+        HistoryRange::Seq { after, before } => {
+            let Some(seq) = m.seq else { return false };
+            after.is_none_or(|a| seq > a) && before.is_none_or(|b| seq < b)
+        }
+        HistoryRange::Time { from, to } => m.server_time >= from && m.server_time < to,
+    }
+}
+
+#[async_trait]
+impl Vendor for MemoryClient {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.vendor.inner.caps
+    }
+
+    fn take_events(&self) -> Option<EventStream> {
+        let rx = self
+            .events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(vendor = "memory", client = self.id, user = %credentials.user))]
+    async fn login(&self, credentials: &Credentials) -> Result<Session> {
+        self.vendor.sweep();
+        let now = self.vendor.now();
+        let kick = self.vendor.inner.config.kick_on_second_login;
+        let mut st = self.vendor.state();
+        take_fault(&mut st, VendorOp::Login)?;
+        if !st.users.contains_key(&credentials.user) {
+            return Err(E::UnknownUser(credentials.user.clone()));
+        }
+        let secret = credentials.token.expose();
+        let Some(tok) = st.tokens.get(secret) else {
+            return Err(E::AuthFailed("invalid token".into()));
+        };
+        if tok.user != credentials.user {
+            return Err(E::AuthFailed("token belongs to another user".into()));
+        }
+        if tok.expires_at.is_some_and(|e| now >= e) {
+            return Err(E::TokenExpired);
+        }
+        let expires_at = tok.expires_at;
+
+        let mut slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.take() {
+            // Re-login on the same handle replaces its own session silently.
+            if let Some(s) = st.sessions.remove(&old) {
+                if let Some(u) = st.users.get_mut(&s.user) {
+                    u.sessions.remove(&old);
+                }
+            }
+            st.ended.remove(&old);
+        }
+        if kick {
+            let others: Vec<u64> = st
+                .users
+                .get(&credentials.user)
+                .map(|u| u.sessions.iter().copied().collect())
+                .unwrap_or_default();
+            for other in others {
+                let reason = KickReason::LoggedInElsewhere;
+                end_session(
+                    &mut st,
+                    other,
+                    E::Kicked(reason.clone()),
+                    Some(VendorEvent::Kicked(reason)),
+                );
+            }
+        }
+        st.next_session += 1;
+        let id = st.next_session;
+        st.sessions.insert(
+            id,
+            SessionRecord {
+                user: credentials.user.clone(),
+                token: secret.to_string(),
+                online: false,
+                warned: false,
+                events: self.events_tx.clone(),
+            },
+        );
+        if let Some(u) = st.users.get_mut(&credentials.user) {
+            u.sessions.insert(id);
+        }
+        *slot = Some(id);
+        Ok(Session {
+            user: credentials.user.clone(),
+            token_expires_at: expires_at,
+            session_id: format!("mem-{id}"),
+        })
+    }
+
+    async fn logout(&self) -> Result<()> {
+        let mut st = self.vendor.state();
+        let mut slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = slot.take() {
+            if let Some(s) = st.sessions.remove(&id) {
+                if let Some(u) = st.users.get_mut(&s.user) {
+                    u.sessions.remove(&id);
+                }
+            }
+            st.ended.remove(&id);
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(vendor = "memory", client = self.id, conversation = %message.conversation, client_id = %message.client_id))]
+    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
+        let max = self.vendor.inner.config.max_message_bytes;
+        self.with_session(VendorOp::Send, |st, session, now| {
+            let sender = Self::user_of(st, session)?;
+            let size = message.content.size();
+            if size > max {
+                return Err(E::MessageTooLarge { size, max });
+            }
+            let recipients = members(st, &message.conversation)?;
+            if !is_member(st, &message.conversation, &sender) {
+                return Err(E::NotMember(message.conversation.clone()));
+            }
+            let key = (sender.clone(), message.client_id.clone());
+            let conv = st
+                .conversations
+                .entry(message.conversation.clone())
+                .or_default();
+            if let Some(existing) = conv.by_client.get(&key).and_then(|g| conv.messages.get(g)) {
+                return Ok(SendReceipt {
+                    server_id: existing.server_id.clone(),
+                    seq: existing.seq,
+                    server_time: existing.server_time,
+                    duplicate: true,
+                });
+            }
+            st.next_global += 1;
+            let global = st.next_global;
+            let conv = st
+                .conversations
+                .entry(message.conversation.clone())
+                .or_default();
+            conv.next_seq += 1;
+            // Server time never goes backwards within a conversation, so time order and
+            // sequence order agree even if the vendor clock is set back.
+            let server_time = conv
+                .messages
+                .values()
+                .next_back()
+                .map_or(now, |last| last.server_time.max(now));
+            let stored = Message {
+                server_id: ServerMsgId::new(format!("m:{global}")),
+                client_id: message.client_id.clone(),
+                conversation: message.conversation.clone(),
+                sender: sender.clone(),
+                seq: Some(Seq(conv.next_seq)),
+                server_time,
+                client_time: message.client_time,
+                content: message.content.clone(),
+            };
+            conv.messages.insert(global, stored.clone());
+            conv.by_client.insert(key, global);
+            st.log.insert(global, message.conversation.clone());
+            deliver(st, &stored, &recipients, session);
+            Ok(SendReceipt {
+                server_id: stored.server_id,
+                seq: stored.seq,
+                server_time,
+                duplicate: false,
+            })
+        })
+    }
+
+    async fn pull_offline(&self, max: u32) -> Result<OfflineBatch> {
+        if max == 0 {
+            return Err(E::InvalidRequest(
+                "offline batch size must be at least 1".into(),
+            ));
+        }
+        let cap = max.min(self.vendor.inner.config.offline_batch_max) as usize;
+        self.with_session(VendorOp::PullOffline, |st, session, _| {
+            let user = Self::user_of(st, session)?;
+            let queue = st
+                .users
+                .get(&user)
+                .map(|u| &u.offline)
+                .ok_or(E::UnknownUser(user.clone()))?;
+            let batch: Vec<(u64, Message)> = queue
+                .iter()
+                .rev()
+                .take(cap)
+                .map(|(p, m)| (*p, m.clone()))
+                .collect();
+            let left = (queue.len() - batch.len()) as u64;
+            let ack = match (batch.last(), batch.first()) {
+                (Some((lo, _)), Some((hi, _))) => Some(OfflineAck {
+                    token: format!("{lo}-{hi}"),
+                }),
+                _ => None,
+            };
+            Ok(OfflineBatch {
+                messages: batch.into_iter().map(|(_, m)| m).collect(),
+                left,
+                ack,
+            })
+        })
+    }
+
+    async fn ack_offline(&self, ack: &OfflineAck) -> Result<()> {
+        let (lo, hi) = ack
+            .token
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .filter(|(a, b)| a <= b)
+            .ok_or_else(|| E::InvalidRequest(format!("malformed offline ack {:?}", ack.token)))?;
+        self.with_session(VendorOp::AckOffline, |st, session, _| {
+            let user = Self::user_of(st, session)?;
+            if let Some(u) = st.users.get_mut(&user) {
+                let acked: Vec<u64> = u.offline.range(lo..=hi).map(|(p, _)| *p).collect();
+                for p in acked {
+                    u.offline.remove(&p);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn go_online(&self) -> Result<()> {
+        self.with_session(VendorOp::GoOnline, |st, session, _| {
+            let user = Self::user_of(st, session)?;
+            // Whatever is still queued (it raced the offline pull) is pushed now, oldest
+            // first; the client deduplicates against what it already pulled.
+            let pending: Vec<Message> = st
+                .users
+                .get_mut(&user)
+                .map(|u| std::mem::take(&mut u.offline).into_values().collect())
+                .unwrap_or_default();
+            let Some(s) = st.sessions.get_mut(&session) else {
+                return Err(E::NotLoggedIn);
+            };
+            s.online = true;
+            let tx = s.events.clone();
+            for (i, m) in pending.iter().enumerate() {
+                if tx.try_send(VendorEvent::MessagePushed(m.clone())).is_err() {
+                    // Put back what could not be pushed and drop the connection.
+                    if let Some(u) = st.users.get_mut(&user) {
+                        for m in &pending[i..] {
+                            u.next_offline += 1;
+                            let pos = u.next_offline;
+                            u.offline.insert(pos, m.clone());
+                        }
+                    }
+                    let why = "slow consumer: event queue full".to_string();
+                    end_session(
+                        st,
+                        session,
+                        E::ConnectionLost(why.clone()),
+                        Some(VendorEvent::ConnectionLost { reason: why }),
+                    );
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
+        let caps = &self.vendor.inner.caps;
+        if let Some(needed) = query.needs().filter(|c| !caps.supports(*c)) {
+            return Err(E::Unsupported(needed));
+        }
+        if query.limit == 0 {
+            return Err(E::InvalidRequest(
+                "history page size must be at least 1".into(),
+            ));
+        }
+        let limit = query.limit.min(caps.history_page_max) as usize;
+        let before = parse_cursor(&query.cursor)?;
+        let horizon = self.vendor.horizon();
+        self.with_session(VendorOp::PullHistory, |st, session, _| {
+            let user = Self::user_of(st, session)?;
+            let visible = |m: &Message| {
+                horizon.is_none_or(|h| m.server_time >= h) && in_range(m, &query.range)
+            };
+            let mut found: Vec<(u64, Message)> = Vec::with_capacity(limit + 1);
+            match &query.scope {
+                HistoryScope::Conversation(c) => {
+                    if !is_member(st, c, &user) {
+                        return Err(E::NotMember(c.clone()));
+                    }
+                    if let Some(conv) = st.conversations.get(c) {
+                        found.extend(
+                            conv.messages
+                                .range(..before)
+                                .rev()
+                                .filter(|(_, m)| visible(m))
+                                .take(limit + 1)
+                                .map(|(g, m)| (*g, m.clone())),
+                        );
+                    }
+                }
+                HistoryScope::All => {
+                    for (g, c) in st.log.range(..before).rev() {
+                        if found.len() > limit {
+                            break;
+                        }
+                        if !is_member(st, c, &user) {
+                            continue;
+                        }
+                        if let Some(m) = st
+                            .conversations
+                            .get(c)
+                            .and_then(|conv| conv.messages.get(g))
+                        {
+                            if visible(m) {
+                                found.push((*g, m.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            let more = found.len() > limit;
+            found.truncate(limit);
+            let next = if more {
+                found.last().map(|(g, _)| PageCursor(format!("m:{g}")))
+            } else {
+                None
+            };
+            Ok(HistoryPage {
+                messages: found.into_iter().map(|(_, m)| m).collect(),
+                next,
+                horizon,
+            })
+        })
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        let started = Instant::now();
+        self.with_session(VendorOp::Ping, |_, _, _| Ok(()))?;
+        Ok(started.elapsed())
+    }
+
+    async fn mark_read(&self, _conversation: &ConversationId, _up_to: &ServerMsgId) -> Result<()> {
+        Err(E::Unsupported(Capability::ReadReceipts))
+    }
+}
+
+impl Drop for MemoryClient {
+    fn drop(&mut self) {
+        if let Some(id) = self.session_id() {
+            let mut st = self.vendor.state();
+            if let Some(s) = st.sessions.remove(&id) {
+                if let Some(u) = st.users.get_mut(&s.user) {
+                    u.sessions.remove(&id);
+                }
+            }
+            st.ended.remove(&id);
+        }
+    }
+}

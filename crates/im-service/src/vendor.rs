@@ -1,0 +1,279 @@
+//! The contract every vendor adapter implements, and the request/response types it uses.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::capabilities::{Capabilities, Capability};
+use crate::error::KickReason;
+use crate::model::{
+    ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp, Token, UserId,
+};
+
+/// What a client logs in with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The account.
+    pub user: UserId,
+    /// An access token the company backend obtained from the vendor.
+    pub token: Token,
+}
+
+/// A logged-in session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Who is logged in.
+    pub user: UserId,
+    /// When the token stops working, if it expires.
+    pub token_expires_at: Option<Timestamp>,
+    /// The vendor's id for this connection (diagnostics).
+    pub session_id: String,
+}
+
+/// The vendor's acknowledgement of a send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendReceipt {
+    /// The stored message's vendor id.
+    pub server_id: ServerMsgId,
+    /// Its per-conversation sequence, if the vendor has them.
+    pub seq: Option<Seq>,
+    /// When the vendor stored it.
+    pub server_time: Timestamp,
+    /// `true` when the client id had been stored before: the send already succeeded and this
+    /// receipt describes that first copy. Adapters map a vendor's "already exists" answer to
+    /// this, so a resend after a lost ack counts as sent, never as a failure.
+    pub duplicate: bool,
+}
+
+/// One package of offline messages (RongCloud style: a page plus how many are left).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineBatch {
+    /// Messages, newest first.
+    pub messages: Vec<Message>,
+    /// How many queued messages remain after this batch.
+    pub left: u64,
+    /// What to pass to [`Vendor::ack_offline`] once the batch is persisted.
+    pub ack: Option<OfflineAck>,
+}
+
+/// Acknowledges one offline batch. Opaque to callers; only the issuing vendor reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineAck {
+    /// Vendor-specific acknowledgement data (queue positions, stanza ids …).
+    pub token: String,
+}
+
+/// An opaque position in a paged history result; pass it back to get the next (older) page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PageCursor(pub String);
+
+/// Which conversations a history query covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryScope {
+    /// One conversation.
+    Conversation(ConversationId),
+    /// Every conversation the user is a member of.
+    All,
+}
+
+/// Which part of history a query covers. Bounds are exclusive so a gap between two known
+/// messages is expressed directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryRange {
+    /// Everything the vendor still has.
+    Latest,
+    /// Messages with `after < seq < before` (needs [`Capability::HistoryBySeq`]).
+    Seq {
+        /// Exclusive lower bound; `None` = from the start.
+        after: Option<Seq>,
+        /// Exclusive upper bound; `None` = up to the newest.
+        before: Option<Seq>,
+    },
+    /// Messages with `from <= server_time < to` (needs [`Capability::HistoryByTime`]).
+    Time {
+        /// Inclusive lower bound.
+        from: Timestamp,
+        /// Exclusive upper bound.
+        to: Timestamp,
+    },
+}
+
+/// A history request: always answered newest first, one page at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// Conversations covered.
+    pub scope: HistoryScope,
+    /// Range covered.
+    pub range: HistoryRange,
+    /// Continue after this cursor (from the previous page); `None` starts at the newest.
+    pub cursor: Option<PageCursor>,
+    /// Page size, at least 1, at most the vendor's `history_page_max`.
+    pub limit: u32,
+}
+
+impl HistoryQuery {
+    /// The newest `limit` messages of one conversation.
+    pub fn latest(conversation: ConversationId, limit: u32) -> Self {
+        Self {
+            scope: HistoryScope::Conversation(conversation),
+            range: HistoryRange::Latest,
+            cursor: None,
+            limit,
+        }
+    }
+
+    /// Replaces the range.
+    #[must_use]
+    pub fn range(mut self, range: HistoryRange) -> Self {
+        self.range = range;
+        self
+    }
+
+    /// Continues from `cursor`.
+    #[must_use]
+    pub fn after_cursor(mut self, cursor: Option<PageCursor>) -> Self {
+        self.cursor = cursor;
+        self
+    }
+
+    /// The capability this query's range needs, if any.
+    pub fn needs(&self) -> Option<Capability> {
+        match self.range {
+            HistoryRange::Latest => None,
+            HistoryRange::Seq { .. } => Some(Capability::HistoryBySeq),
+            HistoryRange::Time { .. } => Some(Capability::HistoryByTime),
+        }
+    }
+}
+
+/// One page of history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// Messages, newest first.
+    pub messages: Vec<Message>,
+    /// Cursor for the next (older) page; `None` when the range is exhausted.
+    pub next: Option<PageCursor>,
+    /// The oldest instant the vendor can still serve (its retention horizon). Any part of the
+    /// requested range before it is a gap this vendor cannot fill, not an empty range.
+    pub horizon: Option<Timestamp>,
+}
+
+/// Something the vendor tells the client without being asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VendorEvent {
+    /// A message pushed over the long connection (only after [`Vendor::go_online`]).
+    MessagePushed(Message),
+    /// The long connection broke; the session is gone and a new login is needed.
+    ConnectionLost {
+        /// Human-readable cause.
+        reason: String,
+    },
+    /// The vendor ended this session; reconnecting with the same identity would repeat it.
+    Kicked(KickReason),
+    /// The token will expire soon (vendors warn at ~80% of its life).
+    TokenWillExpire {
+        /// When it expires.
+        expires_at: Timestamp,
+    },
+    /// The token has expired; calls now fail with `TokenExpired`.
+    TokenExpired,
+}
+
+/// The stream of [`VendorEvent`]s of one client.
+pub type EventStream = Pin<Box<dyn Stream<Item = VendorEvent> + Send>>;
+
+/// One client's handle to a rented IM vendor (one long connection at a time).
+///
+/// The handle outlives connections: [`Vendor::login`] opens one, [`Vendor::logout`] or a
+/// [`VendorEvent::ConnectionLost`] ends it, and a later `login` opens the next. Events of all
+/// connections flow through the single stream returned by [`Vendor::take_events`].
+///
+/// The ACK-online sequence the architecture layer runs after every login:
+/// 1. [`pull_offline`](Vendor::pull_offline) until `left == 0`, persisting each batch;
+/// 2. [`ack_offline`](Vendor::ack_offline) each batch once it is stored;
+/// 3. [`go_online`](Vendor::go_online): live pushes start. Messages that raced steps 1–2 may be
+///    pushed again and are deduplicated by the caller.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait Vendor: Send + Sync {
+    /// A short, stable name (`"memory"`, `"reference"`, `"xmpp"`) for logs and metrics.
+    fn name(&self) -> &str;
+
+    /// What this vendor can do. Constant for the life of the handle.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Takes the event stream. Returns `None` after the first call: events have one consumer.
+    fn take_events(&self) -> Option<EventStream>;
+
+    /// Opens a connection and authenticates. A second login of the same user may kick the
+    /// first ([`Capability::KickOnSecondLogin`]).
+    async fn login(&self, credentials: &Credentials) -> Result<Session>;
+
+    /// Closes the connection cleanly. Idempotent.
+    async fn logout(&self) -> Result<()>;
+
+    /// Sends a message. Idempotent by `client_id`: resending returns the first receipt with
+    /// `duplicate = true`.
+    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt>;
+
+    /// Pulls the newest queued offline messages, at most `max` (capped by the vendor).
+    async fn pull_offline(&self, max: u32) -> Result<OfflineBatch>;
+
+    /// Removes an offline batch from the vendor's queue after the client stored it.
+    async fn ack_offline(&self, ack: &OfflineAck) -> Result<()>;
+
+    /// Declares the client online: live pushes start (the ACK-online step).
+    async fn go_online(&self) -> Result<()>;
+
+    /// Pulls one page of history, newest first.
+    async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage>;
+
+    /// Heartbeat; returns the round-trip time.
+    async fn ping(&self) -> Result<Duration>;
+
+    /// Tells the vendor the user has read `conversation` up to and including `up_to`.
+    /// Vendors without [`Capability::ReadReceipts`] fail with `Unsupported`.
+    async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServiceError;
+    use crate::error::ErrorClass;
+
+    /// The mock stands in for a vendor in higher layers' unit tests; this checks it can
+    /// script an answer sequence (transient failure, then success) behind `dyn Vendor`.
+    #[tokio::test]
+    async fn mock_vendor_scripts_answers_behind_the_trait_object() {
+        let mut mock = MockVendor::new();
+        let mut seq = mockall::Sequence::new();
+        mock.expect_ping()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|| Err(ServiceError::Timeout(Duration::from_secs(1))));
+        mock.expect_ping()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|| Ok(Duration::from_millis(3)));
+        let vendor: Box<dyn Vendor> = Box::new(mock);
+        let first = vendor.ping().await.unwrap_err();
+        assert_eq!(first.class(), ErrorClass::Transient);
+        assert_eq!(vendor.ping().await.unwrap(), Duration::from_millis(3));
+    }
+
+    #[test]
+    fn query_names_the_capability_it_needs() {
+        let c = ConversationId::group("g");
+        assert_eq!(HistoryQuery::latest(c.clone(), 1).needs(), None);
+        let by_time = HistoryQuery::latest(c, 1).range(HistoryRange::Time {
+            from: Timestamp::from_millis(0),
+            to: Timestamp::from_millis(1),
+        });
+        assert_eq!(by_time.needs(), Some(Capability::HistoryByTime));
+    }
+}

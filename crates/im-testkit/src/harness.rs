@@ -1,0 +1,113 @@
+//! Harnesses: everything the contract suite needs from a vendor beyond the [`Vendor`] trait
+//! itself (creating accounts and groups, issuing tokens, moving vendor time).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig};
+use im_service::{Credentials, GroupId, ManualClock, Token, UserId, Vendor};
+
+/// Settings every harness applies when it builds its vendor, so one suite can assert exact
+/// limits against every adapter.
+#[derive(Debug, Clone)]
+pub struct ContractConfig {
+    /// History retention the vendor is configured with.
+    pub retention: Duration,
+    /// Largest message content the vendor accepts.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ContractConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_message_bytes: 4096,
+        }
+    }
+}
+
+/// A vendor under test plus its administration side.
+#[async_trait]
+pub trait VendorHarness: Send + Sync + 'static {
+    /// The client handle type of this vendor.
+    type Client: Vendor + 'static;
+
+    /// The configuration the harness was built with.
+    fn config(&self) -> &ContractConfig;
+
+    /// Registers `name` and returns credentials whose token never expires.
+    async fn user(&self, name: &str) -> Credentials;
+
+    /// Issues a token for `user` that expires after `ttl` of vendor time.
+    async fn token(&self, user: &UserId, ttl: Duration) -> Token;
+
+    /// Creates a group with the given members.
+    async fn group(&self, id: &str, members: &[UserId]);
+
+    /// A new client handle, not logged in.
+    async fn client(&self) -> Self::Client;
+
+    /// Moves vendor time forward and lets the vendor act on it (token events, retention).
+    async fn advance(&self, by: Duration);
+}
+
+/// [`VendorHarness`] for the in-process [`MemoryVendor`] on a manual clock.
+#[derive(Debug, Clone)]
+pub struct MemoryHarness {
+    /// The vendor under test; exposed so tests can inspect its state.
+    pub vendor: MemoryVendor,
+    /// The vendor's clock.
+    pub clock: ManualClock,
+    config: ContractConfig,
+}
+
+impl MemoryHarness {
+    /// A memory vendor configured from `config`.
+    pub fn new(config: ContractConfig) -> Self {
+        let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig {
+            retention: Some(config.retention),
+            max_message_bytes: config.max_message_bytes,
+            ..MemoryVendorConfig::default()
+        });
+        Self {
+            vendor,
+            clock,
+            config,
+        }
+    }
+}
+
+#[async_trait]
+impl VendorHarness for MemoryHarness {
+    type Client = MemoryClient;
+
+    fn config(&self) -> &ContractConfig {
+        &self.config
+    }
+
+    async fn user(&self, name: &str) -> Credentials {
+        self.vendor.register_user(&UserId::new(name))
+    }
+
+    async fn token(&self, user: &UserId, ttl: Duration) -> Token {
+        match self.vendor.issue_token(user, Some(ttl)) {
+            Ok(t) => t,
+            Err(e) => panic!("cannot issue token for {user}: {e}"),
+        }
+    }
+
+    async fn group(&self, id: &str, members: &[UserId]) {
+        if let Err(e) = self.vendor.create_group(&GroupId::new(id), members) {
+            panic!("cannot create group {id}: {e}");
+        }
+    }
+
+    async fn client(&self) -> MemoryClient {
+        self.vendor.client()
+    }
+
+    async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.vendor.sweep();
+    }
+}

@@ -1,0 +1,11 @@
+//! Test tier of im-layers: the vendor contract suite every adapter runs, the harnesses that
+//! put a vendor under test, and (as they land) the reference vendor server with fault
+//! injection and the standardized case library.
+//!
+//! Invariant: this crate is a dev-dependency of library crates only; nothing in a library's
+//! normal dependency graph names it, and it never depends on the business demo.
+
+pub mod contract;
+pub mod harness;
+
+pub use harness::{MemoryHarness, VendorHarness};

@@ -1,0 +1,67 @@
+//! `cargo xtask`: the project's task runner (layer check, CI gates, benchmarks).
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use xtask::{cargo, project_root};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "im-layers project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check the crate graph against the layer rule.
+    Layers,
+    /// Everything CI gates on: fmt, clippy, layers, tests.
+    Ci,
+    /// Run the criterion benchmarks (release build); extra args go to `cargo bench`.
+    Bench {
+        /// Arguments passed through, e.g. a benchmark filter.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    println!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo())
+        .args(args)
+        .current_dir(project_root())
+        .status()?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Layers => xtask::layers::run(),
+        Task::Ci => {
+            run(&["fmt", "--all", "--check"])?;
+            run(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            xtask::layers::run()?;
+            run(&["test", "--workspace"])
+        }
+        Task::Bench { args } => {
+            let mut all = vec!["bench", "-p", "im-benches"];
+            if !args.is_empty() {
+                all.push("--");
+                all.extend(args.iter().map(String::as_str));
+            }
+            run(&all)
+        }
+    }
+}

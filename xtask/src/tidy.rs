@@ -1,0 +1,91 @@
+//! Source-tree invariants checked as tests (the rust-analyzer "tidy" idea): every Rust file
+//! says what it is for on its first line, and no library names a concrete vendor where the
+//! architecture forbids it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// All `.rs` files under the project's source folders.
+pub fn rust_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in ["crates", "xtask", "tests", "benches"] {
+        walk(&root.join(dir), &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "target") {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Files whose first line is not a `//!` module doc.
+pub fn files_without_module_doc(root: &Path) -> Vec<PathBuf> {
+    rust_files(root)
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(p)
+                .map_or(true, |s| !s.lines().next().unwrap_or("").starts_with("//!"))
+        })
+        .collect()
+}
+
+/// Lines in `im-arch` (and the business logic) that name a concrete vendor adapter.
+pub fn vendor_names_in_arch(root: &Path) -> Vec<String> {
+    const FORBIDDEN: &[&str] = &[
+        "MemoryVendor",
+        "MemoryClient",
+        "im_service::memory",
+        "ReferenceClient",
+        "Xmpp",
+    ];
+    let mut hits = Vec::new();
+    let mut files = Vec::new();
+    walk(&root.join("crates/im-arch/src"), &mut files);
+    for f in files {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        // Unit tests may use any vendor; only the library code is checked.
+        let library = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (i, line) in library.lines().enumerate() {
+            if FORBIDDEN.iter().any(|w| line.contains(w)) {
+                hits.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rust_file_starts_with_a_module_doc() {
+        let missing = files_without_module_doc(&crate::project_root());
+        assert!(
+            missing.is_empty(),
+            "files without a `//!` first line: {missing:#?}"
+        );
+    }
+
+    #[test]
+    fn im_arch_never_names_a_concrete_vendor() {
+        let hits = vendor_names_in_arch(&crate::project_root());
+        assert!(hits.is_empty(), "im-arch names a vendor: {hits:#?}");
+    }
+}
