@@ -76,6 +76,34 @@ impl Clock for ManualClock {
     }
 }
 
+/// The system clock plus an adjustable offset: time flows normally, and a test or an
+/// operator can shift it (to put stored messages 10 or 40 days in the past). Clones share
+/// the offset.
+#[derive(Debug, Clone, Default)]
+pub struct ShiftedClock {
+    /// Offset added to the system time, in milliseconds.
+    offset: Arc<AtomicI64>,
+}
+
+impl ShiftedClock {
+    /// A clock showing the system time.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward by `by`, from now on.
+    pub fn shift(&self, by: Duration) {
+        self.offset.fetch_add(duration_millis(by), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> Timestamp {
+        let now = SystemClock.now().as_millis();
+        Timestamp::from_millis(now.saturating_add(self.offset.load(Ordering::SeqCst)))
+    }
+}
+
 /// Milliseconds of a duration, saturated to `i64`.
 pub(crate) fn duration_millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

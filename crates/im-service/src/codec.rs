@@ -23,7 +23,7 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const MAX_ENCODED_LEN: usize = 16 * 1024 * 1024;
 
 /// Why bytes could not be encoded or decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum CodecError {
     /// Zero bytes: not even a version byte.
     #[error("empty input: no format version byte")]

@@ -46,7 +46,7 @@ pub enum ErrorClass {
 }
 
 /// Every way a vendor call can fail.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum ServiceError {
     /// The call needs a logged-in session and there is none.
     #[error("not logged in")]

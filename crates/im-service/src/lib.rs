@@ -11,7 +11,9 @@
 //!
 //! It also hosts the one versioned binary [`codec`] of the workspace and, behind cargo
 //! features, the vendor adapters: `memory` ([`memory::MemoryVendor`], a complete in-process
-//! vendor) and `mock` (`MockVendor`, a mockall mock of the trait).
+//! vendor), `reference` (`reference::ReferenceVendor`, the client of the reference vendor's
+//! TCP protocol), `mock` (`MockVendor`, a mockall mock of the trait), and `webhook` (signed
+//! vendor callbacks).
 //!
 //! Invariant: this crate never depends on any other im-layers crate. Higher layers
 //! (`im-arch`, `im-qc`, business code) compile against the trait without any adapter.
@@ -33,10 +35,14 @@ pub mod error;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod model;
+#[cfg(feature = "reference")]
+pub mod reference;
 pub mod vendor;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 pub use capabilities::{Capabilities, Capability};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, ShiftedClock, SystemClock};
 pub use codec::CodecError;
 pub use error::{ErrorClass, KickReason, ServiceError};
 pub use model::{

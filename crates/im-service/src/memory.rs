@@ -143,6 +143,8 @@ struct State {
     next_client: u64,
     /// Fault injection: the next N calls of an operation fail with the given error.
     faults: HashMap<VendorOp, (u32, ServiceError)>,
+    /// Listeners told about every newly stored message (vendor callbacks feed on this).
+    store_listeners: Vec<mpsc::UnboundedSender<Message>>,
 }
 
 #[derive(Default)]
@@ -263,6 +265,29 @@ impl MemoryVendor {
             return Err(E::UnknownUser(user.clone()));
         }
         Ok(self.mint_token(user, ttl))
+    }
+
+    /// Accepts a token chosen by the operator (tokens from a config file), valid for `ttl`.
+    pub fn insert_token(&self, user: &UserId, token: &Token, ttl: Option<Duration>) -> Result<()> {
+        let now = self.now();
+        let mut st = self.state();
+        if !st.users.contains_key(user) {
+            return Err(E::UnknownUser(user.clone()));
+        }
+        st.tokens.insert(
+            token.expose().to_string(),
+            TokenRecord {
+                user: user.clone(),
+                issued_at: now,
+                expires_at: ttl.map(|t| now.plus(t)),
+            },
+        );
+        Ok(())
+    }
+
+    /// The vendor's declared capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
     }
 
     fn mint_token(&self, user: &UserId, ttl: Option<Duration>) -> Token {
@@ -389,6 +414,16 @@ impl MemoryVendor {
             .get(conversation)
             .map(|c| c.messages.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// A feed of every message stored from now on, in storage order (duplicates of a resend
+    /// are not stored and not fed). The vendor's callback dispatcher reads it. Unbounded on
+    /// purpose: a storing vendor must not block senders on a slow webhook; the reader is
+    /// expected to drain it promptly into its own retry queue.
+    pub fn store_feed(&self) -> mpsc::UnboundedReceiver<Message> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state().store_listeners.push(tx);
+        rx
     }
 
     /// How many messages wait in `user`'s offline queue.
@@ -790,6 +825,8 @@ impl Vendor for MemoryClient {
             conv.messages.insert(global, stored.clone());
             conv.by_client.insert(key, global);
             st.log.insert(global, message.conversation.clone());
+            st.store_listeners
+                .retain(|l| l.send(stored.clone()).is_ok());
             deliver(st, &stored, &recipients, session);
             Ok(SendReceipt {
                 server_id: stored.server_id,

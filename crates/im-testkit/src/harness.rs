@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig};
+use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{Credentials, GroupId, ManualClock, Token, UserId, Vendor};
+
+use crate::reference::{ReferenceServer, ServerConfig};
 
 /// Settings every harness applies when it builds its vendor, so one suite can assert exact
 /// limits against every adapter.
@@ -109,5 +112,81 @@ impl VendorHarness for MemoryHarness {
     async fn advance(&self, by: Duration) {
         self.clock.advance(by);
         self.vendor.sweep();
+    }
+}
+
+/// [`VendorHarness`] for the reference vendor over TCP on 127.0.0.1: a real server in the
+/// test process, reached through the `reference` adapter.
+#[derive(Debug)]
+pub struct ReferenceHarness {
+    /// The running server (administration, faults, clock).
+    pub server: ReferenceServer,
+    /// The adapter, discovered from the server.
+    pub vendor: ReferenceVendor,
+    config: ContractConfig,
+}
+
+impl ReferenceHarness {
+    /// Starts a server configured from `config` and discovers it.
+    pub async fn start(config: ContractConfig) -> Self {
+        Self::start_with(config, ServerConfig::default()).await
+    }
+
+    /// Starts a server from `server` with the contract's retention and size limit applied.
+    pub async fn start_with(config: ContractConfig, mut server: ServerConfig) -> Self {
+        server.vendor.retention = Some(config.retention);
+        server.vendor.max_message_bytes = config.max_message_bytes;
+        let server = match ReferenceServer::start(server).await {
+            Ok(s) => s,
+            Err(e) => panic!("cannot start the reference vendor: {e}"),
+        };
+        let vendor =
+            match ReferenceVendor::discover(server.addr(), ReferenceConfig::default()).await {
+                Ok(v) => v,
+                Err(e) => panic!("cannot discover the reference vendor: {e}"),
+            };
+        Self {
+            server,
+            vendor,
+            config,
+        }
+    }
+}
+
+#[async_trait]
+impl VendorHarness for ReferenceHarness {
+    type Client = ReferenceClient;
+
+    fn config(&self) -> &ContractConfig {
+        &self.config
+    }
+
+    async fn user(&self, name: &str) -> Credentials {
+        self.server.vendor().register_user(&UserId::new(name))
+    }
+
+    async fn token(&self, user: &UserId, ttl: Duration) -> Token {
+        match self.server.vendor().issue_token(user, Some(ttl)) {
+            Ok(t) => t,
+            Err(e) => panic!("cannot issue token for {user}: {e}"),
+        }
+    }
+
+    async fn group(&self, id: &str, members: &[UserId]) {
+        if let Err(e) = self
+            .server
+            .vendor()
+            .create_group(&GroupId::new(id), members)
+        {
+            panic!("cannot create group {id}: {e}");
+        }
+    }
+
+    async fn client(&self) -> ReferenceClient {
+        self.vendor.client()
+    }
+
+    async fn advance(&self, by: Duration) {
+        self.server.shift_clock(by);
     }
 }

@@ -7,5 +7,7 @@
 
 pub mod contract;
 pub mod harness;
+pub mod reference;
 
-pub use harness::{MemoryHarness, VendorHarness};
+pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};
+pub use reference::{Faults, ReferenceServer, ServerConfig};

@@ -1,0 +1,211 @@
+//! `im-vendor-sim`: the reference vendor as a standalone server, with accounts from flags
+//! or a file and every fault settable from the command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use im_service::memory::{MemoryVendorConfig, VendorOp};
+use im_service::{ServiceError, Token, UserId};
+use im_testkit::reference::callbacks::CallbackConfig;
+use im_testkit::{Faults, ReferenceServer, ServerConfig};
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "im-vendor-sim",
+    about = "Reference IM vendor with fault injection"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// An account as `user:token` (repeatable).
+    #[arg(long = "user")]
+    users: Vec<String>,
+    /// A file with one `user:token` per line (`#` starts a comment line).
+    #[arg(long)]
+    users_file: Option<PathBuf>,
+    /// Token lifetime in seconds for accounts from flags or file (default: never expires).
+    #[arg(long)]
+    token_ttl_secs: Option<u64>,
+    /// History retention in days (0 = keep forever).
+    #[arg(long, default_value_t = 7)]
+    retention_days: u64,
+    /// Largest message content in bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    max_message_bytes: usize,
+    /// Close connections silent for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// Maximum simultaneous connections.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Seed for the fault generators.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fault: close each connection after it sent N frames.
+    #[arg(long)]
+    drop_after_frames: Option<u64>,
+    /// Fault: probability of dropping the connection at each frame.
+    #[arg(long, default_value_t = 0.0)]
+    drop_probability: f64,
+    /// Fault: delay each frame by this many milliseconds.
+    #[arg(long)]
+    delay_ms: Option<u64>,
+    /// Fault: probability of pushing a message twice.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_pushes: f64,
+    /// Fault: swap consecutive pushes.
+    #[arg(long)]
+    reorder_pushes: bool,
+    /// Fault: never answer heartbeats.
+    #[arg(long)]
+    ignore_heartbeats: bool,
+    /// Fault: fail the next COUNT requests of OP with an error of CLASS, as
+    /// `OP:COUNT:CLASS` (OP: login, send, pull-offline, ack-offline, go-online, pull-history,
+    /// ping; CLASS: transient, rate-limited, permanent). Repeatable.
+    #[arg(long)]
+    fail_next: Vec<String>,
+    /// Fault: full outage of this many seconds, starting this many seconds after start
+    /// (`START:LENGTH`).
+    #[arg(long)]
+    outage: Option<String>,
+    /// POST signed callbacks of every stored message to this URL.
+    #[arg(long)]
+    callback_url: Option<String>,
+    /// Secret for callback signatures (required with --callback-url).
+    #[arg(long, env = "IM_CALLBACK_SECRET")]
+    callback_secret: Option<String>,
+}
+
+fn parse_fail_next(spec: &str) -> Result<(VendorOp, u32, ServiceError)> {
+    let mut parts = spec.split(':');
+    let (Some(op), Some(count), Some(class), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        bail!("--fail-next takes OP:COUNT:CLASS, got {spec:?}");
+    };
+    let op = match op {
+        "login" => VendorOp::Login,
+        "send" => VendorOp::Send,
+        "pull-offline" => VendorOp::PullOffline,
+        "ack-offline" => VendorOp::AckOffline,
+        "go-online" => VendorOp::GoOnline,
+        "pull-history" => VendorOp::PullHistory,
+        "ping" => VendorOp::Ping,
+        other => bail!("unknown operation {other:?}"),
+    };
+    let error = match class {
+        "transient" => ServiceError::Server {
+            code: 503,
+            message: "injected transient failure".into(),
+        },
+        "rate-limited" => ServiceError::RateLimited {
+            retry_after: Duration::from_secs(1),
+        },
+        "permanent" => ServiceError::InvalidRequest("injected permanent failure".into()),
+        other => bail!("unknown error class {other:?}"),
+    };
+    Ok((op, count.parse().context("COUNT")?, error))
+}
+
+fn parse_account(line: &str) -> Result<(UserId, Token)> {
+    let (user, token) = line
+        .trim()
+        .split_once(':')
+        .with_context(|| format!("expected user:token, got {line:?}"))?;
+    if user.is_empty() || token.is_empty() {
+        bail!("empty user or token in {line:?}");
+    }
+    Ok((UserId::new(user), Token::new(token)))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        // stdout carries the one machine-readable line (the bound address); logs go to stderr.
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let faults = Faults {
+        drop_after_frames: args.drop_after_frames,
+        drop_probability: args.drop_probability,
+        frame_delay: args.delay_ms.map(Duration::from_millis),
+        duplicate_push_probability: args.duplicate_pushes,
+        reorder_pushes: args.reorder_pushes,
+        ignore_heartbeats: args.ignore_heartbeats,
+        ..Faults::none()
+    };
+    let callbacks = match (args.callback_url, args.callback_secret) {
+        (Some(url), Some(secret)) => Some(CallbackConfig::new(url, secret.into_bytes())),
+        (Some(_), None) => bail!("--callback-url needs --callback-secret (or IM_CALLBACK_SECRET)"),
+        _ => None,
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        vendor: MemoryVendorConfig {
+            retention: (args.retention_days > 0)
+                .then(|| Duration::from_secs(args.retention_days * 86_400)),
+            max_message_bytes: args.max_message_bytes,
+            ..MemoryVendorConfig::default()
+        },
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_connections: args.max_connections,
+        callbacks,
+        faults,
+        seed: args.seed,
+        ..ServerConfig::default()
+    };
+    let mut accounts = Vec::new();
+    for u in &args.users {
+        accounts.push(parse_account(u)?);
+    }
+    if let Some(path) = &args.users_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        for line in text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        {
+            accounts.push(parse_account(line)?);
+        }
+    }
+    let server = ReferenceServer::start(config)
+        .await
+        .context("starting the server")?;
+    for spec in &args.fail_next {
+        let (op, count, error) = parse_fail_next(spec)?;
+        server.fail_next(op, count, error);
+    }
+    let ttl = args.token_ttl_secs.map(Duration::from_secs);
+    for (user, token) in &accounts {
+        server.vendor().register_user(user);
+        server.vendor().insert_token(user, token, ttl)?;
+    }
+    println!(
+        "im-vendor-sim listening on {} with {} account(s)",
+        server.addr(),
+        accounts.len()
+    );
+    if let Some(spec) = args.outage {
+        let (start, len) = spec
+            .split_once(':')
+            .context("--outage takes START:LENGTH in seconds")?;
+        let (start, len): (u64, u64) = (start.parse()?, len.parse()?);
+        tokio::time::sleep(Duration::from_secs(start)).await;
+        tracing::warn!(seconds = len, "injected outage");
+        server.outage(Duration::from_secs(len));
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
+    println!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

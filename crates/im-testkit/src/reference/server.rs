@@ -1,0 +1,495 @@
+//! The reference vendor server: accepts TCP connections, authenticates them, and serves the
+//! reference protocol on top of a shared `MemoryVendor`, applying the configured faults.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
+use im_service::reference::protocol::DEFAULT_MAX_FRAME_LEN;
+use im_service::reference::{ClientFrame, Reply, Request, ServerFrame, WireCodec};
+use im_service::{Capabilities, ServiceError, ShiftedClock, Vendor, VendorEvent};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::callbacks::{CallbackConfig, CallbackDispatcher, CallbackStats};
+use super::faults::Faults;
+
+/// How the server is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen; tests use `127.0.0.1:0`.
+    pub listen: SocketAddr,
+    /// Storage semantics (retention, limits, kick on second login …).
+    pub vendor: MemoryVendorConfig,
+    /// A connection whose client sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections beyond this are refused with a `Fatal(Unavailable)` frame.
+    pub max_connections: usize,
+    /// Largest frame body accepted.
+    pub max_frame_len: usize,
+    /// How often token expiry and retention are enforced.
+    pub sweep_interval: Duration,
+    /// Where to POST signed message callbacks, if anywhere.
+    pub callbacks: Option<CallbackConfig>,
+    /// Faults active from the start.
+    pub faults: Faults,
+    /// Seed of the fault generators.
+    pub seed: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            vendor: MemoryVendorConfig::default(),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            sweep_interval: Duration::from_secs(1),
+            callbacks: None,
+            faults: Faults::none(),
+            seed: 0,
+        }
+    }
+}
+
+/// State every connection task shares.
+struct Shared {
+    vendor: MemoryVendor,
+    config: ServerConfig,
+    faults: Mutex<Faults>,
+    /// Bumped to break every open connection (outage start).
+    outage_generation: watch::Sender<u64>,
+    /// While set and in the future, new connections are dropped at once.
+    outage_until: Mutex<Option<Instant>>,
+    connections: AtomicUsize,
+    next_connection: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn faults(&self) -> Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn in_outage(&self) -> bool {
+        self.outage_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// A running reference vendor. Dropping it stops every task; [`ReferenceServer::shutdown`]
+/// also waits for them.
+pub struct ReferenceServer {
+    addr: SocketAddr,
+    clock: ShiftedClock,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    dispatcher: Option<CallbackDispatcher>,
+}
+
+impl std::fmt::Debug for ReferenceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReferenceServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReferenceServer {
+    /// Binds and starts serving.
+    pub async fn start(config: ServerConfig) -> std::io::Result<Self> {
+        let clock = ShiftedClock::new();
+        let vendor = MemoryVendor::with_clock(config.vendor.clone(), Arc::new(clock.clone()));
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let dispatcher = config.callbacks.clone().map(|cb| {
+            CallbackDispatcher::spawn(
+                cb,
+                vendor.store_feed(),
+                Arc::new(clock.clone()),
+                cancel.child_token(),
+            )
+        });
+        let shared = Arc::new(Shared {
+            vendor,
+            faults: Mutex::new(config.faults.clone()),
+            outage_generation: watch::channel(0).0,
+            outage_until: Mutex::new(None),
+            connections: AtomicUsize::new(0),
+            next_connection: AtomicU64::new(0),
+            cancel,
+            config,
+        });
+        let tracker = TaskTracker::new();
+        tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
+        tracker.spawn(sweeper(shared.clone()));
+        tracing::info!(%addr, "reference vendor listening");
+        Ok(Self {
+            addr,
+            clock,
+            shared,
+            tracker,
+            dispatcher,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The storage engine, for administration (accounts, tokens, groups, inspection).
+    pub fn vendor(&self) -> &MemoryVendor {
+        &self.shared.vendor
+    }
+
+    /// The vendor clock: shift it to age stored messages.
+    pub fn clock(&self) -> &ShiftedClock {
+        &self.clock
+    }
+
+    /// Moves the vendor clock forward and enforces expiry and retention at once.
+    pub fn shift_clock(&self, by: Duration) {
+        self.clock.shift(by);
+        self.shared.vendor.sweep();
+    }
+
+    /// What the server declares to clients.
+    pub fn capabilities(&self) -> Capabilities {
+        self.shared.vendor.capabilities().clone()
+    }
+
+    /// Replaces the active wire faults.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
+    }
+
+    /// Makes the next `count` requests of `op` fail with `error` (any connection).
+    pub fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
+        self.shared.vendor.fail_next(op, count, error);
+    }
+
+    /// Full outage: every connection breaks now and new ones are dropped for `duration`.
+    pub fn outage(&self, duration: Duration) {
+        *self
+            .shared
+            .outage_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + duration);
+        self.shared.outage_generation.send_modify(|g| *g += 1);
+    }
+
+    /// Open connections right now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Counters of the callback dispatcher, if callbacks are configured.
+    pub fn callback_stats(&self) -> Option<Arc<CallbackStats>> {
+        self.dispatcher.as_ref().map(CallbackDispatcher::stats)
+    }
+
+    /// Stops accepting, tells every connection `Fatal(Unavailable)`, and waits for all tasks.
+    pub async fn shutdown(mut self) {
+        self.shared.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        if let Some(d) = self.dispatcher.take() {
+            d.shutdown().await;
+        }
+    }
+}
+
+impl Drop for ReferenceServer {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+async fn sweeper(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.config.sweep_interval);
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tick.tick() => shared.vendor.sweep(),
+        }
+    }
+}
+
+/// Decrements the connection count when a connection task ends, however it ends.
+struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        if shared.in_outage() {
+            drop(stream);
+            continue;
+        }
+        let n = shared.next_connection.fetch_add(1, Ordering::SeqCst) + 1;
+        let open = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        let slot = ConnectionSlot(shared.clone());
+        if open > shared.config.max_connections {
+            tracker.spawn(async move {
+                let _slot = slot;
+                let mut out =
+                    FramedWrite::new(stream, WireCodec::<ClientFrame, ServerFrame>::default());
+                let _ = out
+                    .send(ServerFrame::Fatal(ServiceError::Unavailable(
+                        "connection limit reached".into(),
+                    )))
+                    .await;
+            });
+            continue;
+        }
+        let span = tracing::info_span!("connection", conn = n, %peer, user = tracing::field::Empty);
+        tracker.spawn(serve(stream, n, shared.clone(), slot).instrument(span));
+    }
+}
+
+/// The writing side of a connection, with the wire faults applied.
+struct Outbox {
+    sink: FramedWrite<OwnedWriteHalf, WireCodec<ClientFrame, ServerFrame>>,
+    shared: Arc<Shared>,
+    rng: StdRng,
+    sent: u64,
+    /// A push held back to be swapped with the next one, and when to give up waiting.
+    held: Option<(ServerFrame, Instant)>,
+}
+
+/// The connection must end (write failed or a fault dropped it).
+struct Closed;
+
+impl Outbox {
+    async fn send(&mut self, frame: ServerFrame) -> Result<(), Closed> {
+        let faults = self.shared.faults();
+        if let Some(d) = faults.frame_delay {
+            tokio::time::sleep(d).await;
+        }
+        let p = faults.drop_probability.clamp(0.0, 1.0);
+        if faults.drop_after_frames.is_some_and(|n| self.sent >= n)
+            || (p > 0.0 && self.rng.random_bool(p))
+        {
+            tracing::debug!(sent = self.sent, "fault: dropping connection");
+            return Err(Closed);
+        }
+        self.sent += 1;
+        self.sink.send(frame).await.map_err(|_| Closed)
+    }
+
+    async fn push(&mut self, event: VendorEvent) -> Result<(), Closed> {
+        let faults = self.shared.faults();
+        if !matches!(event, VendorEvent::MessagePushed(_)) {
+            self.flush_held().await?;
+            return self.send(ServerFrame::Event(event)).await;
+        }
+        let frame = ServerFrame::Event(event);
+        let p = faults.duplicate_push_probability.clamp(0.0, 1.0);
+        let duplicate = p > 0.0 && self.rng.random_bool(p);
+        if faults.reorder_pushes && self.held.is_none() {
+            self.held = Some((frame, Instant::now() + faults.reorder_window));
+            return Ok(());
+        }
+        self.send(frame.clone()).await?;
+        if duplicate {
+            self.send(frame).await?;
+        }
+        self.flush_held().await
+    }
+
+    async fn flush_held(&mut self) -> Result<(), Closed> {
+        match self.held.take() {
+            Some((frame, _)) => self.send(frame).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn fatal(&mut self, error: ServiceError) {
+        let _ = self.flush_held().await;
+        let _ = self.sink.send(ServerFrame::Fatal(error)).await;
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
+    }
+}
+
+async fn serve(stream: TcpStream, n: u64, shared: Arc<Shared>, _slot: ConnectionSlot) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let max = shared.config.max_frame_len;
+    let idle = shared.config.idle_timeout;
+    let mut source = FramedRead::new(read, WireCodec::<ClientFrame, ServerFrame>::new(max));
+    let mut out = Outbox {
+        sink: FramedWrite::new(write, WireCodec::new(max)),
+        shared: shared.clone(),
+        rng: StdRng::seed_from_u64(shared.config.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        sent: 0,
+        held: None,
+    };
+    let client = shared.vendor.client();
+    let Some(mut events) = client.take_events() else {
+        return;
+    };
+    let mut outage = shared.outage_generation.subscribe();
+    let mut logged_in = false;
+    let mut last_heard = Instant::now();
+    loop {
+        let held_until = out.held.as_ref().map(|(_, t)| *t);
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => {
+                out.fatal(ServiceError::Unavailable("server shutting down".into())).await;
+                break;
+            }
+            _ = outage.changed() => break,
+            _ = sleep_until_some(held_until) => {
+                if out.flush_held().await.is_err() { break; }
+            }
+            event = events.next() => {
+                let Some(event) = event else { break };
+                let last = matches!(event, VendorEvent::Kicked(_) | VendorEvent::TokenExpired | VendorEvent::ConnectionLost { .. });
+                if out.push(event).await.is_err() || last { break; }
+            }
+            _ = tokio::time::sleep_until(last_heard + idle) => {
+                tracing::debug!("idle timeout");
+                out.fatal(ServiceError::Timeout(idle)).await;
+                break;
+            }
+            frame = source.next() => {
+                last_heard = Instant::now();
+                let frame = match frame {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "bad frame");
+                        out.fatal(e).await;
+                        break;
+                    }
+                    Some(Ok(frame)) => frame,
+                };
+                match handle(frame, &client, &mut logged_in, &mut out).await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Close) | Err(Closed) => break,
+                }
+            }
+        }
+    }
+    // Dropping the client ends its vendor session (pushes go to the offline queue again).
+    drop(client);
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+async fn handle(
+    frame: ClientFrame,
+    client: &im_service::memory::MemoryClient,
+    logged_in: &mut bool,
+    out: &mut Outbox,
+) -> Result<Flow, Closed> {
+    let (id, request) = match frame {
+        ClientFrame::Hello => {
+            let capabilities = client.capabilities().clone();
+            out.send(ServerFrame::Welcome {
+                server: "im-vendor-sim".into(),
+                capabilities,
+            })
+            .await?;
+            return Ok(Flow::Continue);
+        }
+        ClientFrame::Request { id, request } => (id, request),
+    };
+    if !*logged_in && !matches!(request, Request::Login(_)) {
+        out.fatal(ServiceError::NotLoggedIn).await;
+        return Ok(Flow::Close);
+    }
+    let kind = request.kind();
+    if let Request::Login(creds) = &request {
+        // Recorded on the connection span, so every later line of it names the user.
+        tracing::Span::current().record("user", tracing::field::display(&creds.user));
+    }
+    let span = tracing::debug_span!("request", id, kind);
+    let (result, flow) = async {
+        match request {
+            Request::Login(creds) => {
+                match client.login(&creds).await {
+                    Ok(session) => {
+                        *logged_in = true;
+                        (Ok(Reply::Session(session)), Flow::Continue)
+                    }
+                    // A failed login ends the connection after the typed answer.
+                    Err(e) => (Err(e), Flow::Close),
+                }
+            }
+            Request::Logout => (client.logout().await.map(|()| Reply::Done), Flow::Close),
+            Request::Send(m) => (client.send(&m).await.map(Reply::Receipt), Flow::Continue),
+            Request::PullOffline(max) => (
+                client.pull_offline(max).await.map(Reply::Offline),
+                Flow::Continue,
+            ),
+            Request::AckOffline(ack) => (
+                client.ack_offline(&ack).await.map(|()| Reply::Done),
+                Flow::Continue,
+            ),
+            Request::GoOnline => (
+                client.go_online().await.map(|()| Reply::Done),
+                Flow::Continue,
+            ),
+            Request::PullHistory(q) => (
+                client.pull_history(&q).await.map(Reply::History),
+                Flow::Continue,
+            ),
+            Request::Ping => (client.ping().await.map(|_| Reply::Pong), Flow::Continue),
+            Request::MarkRead(c, up_to) => (
+                client.mark_read(&c, &up_to).await.map(|()| Reply::Done),
+                Flow::Continue,
+            ),
+        }
+    }
+    .instrument(span)
+    .await;
+    if kind == "ping" && out.shared.faults().ignore_heartbeats {
+        return Ok(flow);
+    }
+    out.send(ServerFrame::Response { id, result }).await?;
+    Ok(flow)
+}

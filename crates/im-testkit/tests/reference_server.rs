@@ -1,0 +1,501 @@
+//! The reference vendor over real sockets: bad input on raw bytes, every injected fault,
+//! connection limits, idle timeout and graceful shutdown.
+
+// Test helpers outside #[test] fns: a panic is how they fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use im_service::codec::{self, CodecError, FORMAT_VERSION};
+use im_service::memory::VendorOp;
+use im_service::reference::protocol::frame_bytes;
+use im_service::reference::{ClientFrame, ReferenceConfig, ReferenceVendor, Request, ServerFrame};
+use im_service::{
+    ConversationId, Credentials, EventStream, HistoryQuery, ServiceError, Token, UserId, Vendor,
+    VendorEvent,
+};
+use im_testkit::contract::{next_event, next_push, text};
+use im_testkit::{Faults, ReferenceServer, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn server(config: ServerConfig) -> (ReferenceServer, ReferenceVendor) {
+    let server = ReferenceServer::start(config).await.unwrap();
+    let vendor = ReferenceVendor::discover(server.addr(), ReferenceConfig::default())
+        .await
+        .unwrap();
+    (server, vendor)
+}
+
+fn users(server: &ReferenceServer) -> (Credentials, Credentials, ConversationId) {
+    let a = server.vendor().register_user(&UserId::new("alice"));
+    let b = server.vendor().register_user(&UserId::new("bob"));
+    let conv = ConversationId::direct(&a.user, &b.user);
+    (a, b, conv)
+}
+
+/// Reads one frame from a raw socket; `None` on a clean EOF.
+async fn read_frame(sock: &mut TcpStream) -> Option<ServerFrame> {
+    let mut len = [0u8; 4];
+    match tokio::time::timeout(Duration::from_secs(5), sock.read_exact(&mut len))
+        .await
+        .unwrap()
+    {
+        Ok(_) => {}
+        Err(_) => return None,
+    }
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    sock.read_exact(&mut body).await.unwrap();
+    Some(codec::decode(&body).unwrap())
+}
+
+/// Sends raw bytes and expects exactly one fatal frame, then the server closing.
+async fn expect_fatal(server: &ReferenceServer, bytes: &[u8], half_close: bool) -> ServiceError {
+    let mut sock = TcpStream::connect(server.addr()).await.unwrap();
+    sock.write_all(bytes).await.unwrap();
+    if half_close {
+        sock.shutdown().await.unwrap();
+    }
+    let frame = read_frame(&mut sock).await;
+    let Some(ServerFrame::Fatal(err)) = frame else {
+        panic!("expected a fatal frame, got {frame:?}")
+    };
+    assert_eq!(
+        read_frame(&mut sock).await,
+        None,
+        "the server closes after a fatal frame"
+    );
+    err
+}
+
+fn with_len(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_typed_error_and_loses_nothing() {
+    let (server, vendor) = server(ServerConfig {
+        max_frame_len: 64 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let (a, b, conv) = users(&server);
+    let alice = vendor.client();
+    alice.login(&a).await.unwrap();
+    alice
+        .send(&text(&conv, "stored before the attacks"))
+        .await
+        .unwrap();
+
+    // Malformed body: right version, garbage after it.
+    let err = expect_fatal(
+        &server,
+        &with_len(&[FORMAT_VERSION, 0xFF, 0xFF, 0xFF]),
+        false,
+    )
+    .await;
+    assert!(
+        matches!(
+            err,
+            ServiceError::Codec(CodecError::Malformed(_) | CodecError::Truncated)
+        ),
+        "{err:?}"
+    );
+    // Wrong version byte.
+    let mut wrong = codec::encode(&ClientFrame::Hello).unwrap();
+    wrong[0] = FORMAT_VERSION + 7;
+    let err = expect_fatal(&server, &with_len(&wrong), false).await;
+    assert_eq!(
+        err,
+        ServiceError::Codec(CodecError::UnknownVersion {
+            found: FORMAT_VERSION + 7
+        })
+    );
+    // A complete frame whose body is cut short.
+    let login = codec::encode(&ClientFrame::Request {
+        id: 1,
+        request: Request::Login(a.clone()),
+    })
+    .unwrap();
+    let err = expect_fatal(&server, &with_len(&login[..login.len() / 2]), false).await;
+    assert_eq!(err, ServiceError::Codec(CodecError::Truncated));
+    // The stream ends in the middle of a frame.
+    let full = frame_bytes(&ClientFrame::Hello).unwrap();
+    let err = expect_fatal(&server, &full[..full.len() - 1], true).await;
+    assert_eq!(err, ServiceError::Codec(CodecError::Truncated));
+    // A length prefix over the limit: refused before the body is read.
+    let err = expect_fatal(&server, &(10u32 * 1024 * 1024).to_be_bytes(), false).await;
+    assert_eq!(
+        err,
+        ServiceError::Codec(CodecError::Oversized {
+            len: 10 * 1024 * 1024,
+            max: 64 * 1024
+        })
+    );
+    // A request before login.
+    let ping = frame_bytes(&ClientFrame::Request {
+        id: 1,
+        request: Request::Ping,
+    })
+    .unwrap();
+    assert_eq!(
+        expect_fatal(&server, &ping, false).await,
+        ServiceError::NotLoggedIn
+    );
+
+    // Unknown user and wrong token: a typed answer, then the connection closes.
+    for (creds, check) in [
+        (
+            Credentials {
+                user: UserId::new("mallory"),
+                token: a.token.clone(),
+            },
+            (|e: &ServiceError| matches!(e, ServiceError::UnknownUser(_)))
+                as fn(&ServiceError) -> bool,
+        ),
+        (
+            Credentials {
+                user: a.user.clone(),
+                token: Token::new("wrong"),
+            },
+            |e| matches!(e, ServiceError::AuthFailed(_)),
+        ),
+    ] {
+        let mut sock = TcpStream::connect(server.addr()).await.unwrap();
+        let req = frame_bytes(&ClientFrame::Request {
+            id: 9,
+            request: Request::Login(creds),
+        })
+        .unwrap();
+        sock.write_all(&req).await.unwrap();
+        match read_frame(&mut sock).await {
+            Some(ServerFrame::Response {
+                id: 9,
+                result: Err(e),
+            }) => assert!(check(&e), "{e:?}"),
+            other => panic!("expected a login error, got {other:?}"),
+        }
+        assert_eq!(read_frame(&mut sock).await, None);
+    }
+
+    // Everyone else is still served and nothing stored was lost.
+    alice.ping().await.unwrap();
+    let bob = vendor.client();
+    bob.login(&b).await.unwrap();
+    let batch = bob.pull_offline(10).await.unwrap();
+    assert_eq!(batch.messages.len(), 1);
+    let page = bob
+        .pull_history(&HistoryQuery::latest(conv, 10))
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused_by_client_and_server() {
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, _, conv) = users(&server);
+    let max = vendor.client().capabilities().max_message_bytes;
+    // Bypass the adapter's local check with a raw request to prove the server refuses too.
+    let mut sock = TcpStream::connect(server.addr()).await.unwrap();
+    sock.write_all(
+        &frame_bytes(&ClientFrame::Request {
+            id: 1,
+            request: Request::Login(a.clone()),
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        read_frame(&mut sock).await,
+        Some(ServerFrame::Response { result: Ok(_), .. })
+    ));
+    let big = im_service::OutgoingMessage::new(
+        conv.clone(),
+        im_service::Content::text("x".repeat(max + 1)),
+        im_service::Timestamp::from_millis(0),
+    );
+    sock.write_all(
+        &frame_bytes(&ClientFrame::Request {
+            id: 2,
+            request: Request::Send(big),
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    match read_frame(&mut sock).await {
+        Some(ServerFrame::Response {
+            id: 2,
+            result: Err(e),
+        }) => {
+            assert_eq!(e, ServiceError::MessageTooLarge { size: max + 1, max })
+        }
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    assert!(server.vendor().stored_messages(&conv).is_empty());
+}
+
+async fn online(
+    vendor: &ReferenceVendor,
+    creds: &Credentials,
+) -> (im_service::reference::ReferenceClient, EventStream) {
+    let c = vendor.client();
+    let events = c.take_events().unwrap();
+    c.login(creds).await.unwrap();
+    c.go_online().await.unwrap();
+    (c, events)
+}
+
+#[tokio::test]
+async fn drop_after_n_frames_breaks_the_connection() {
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, _, _) = users(&server);
+    server.set_faults(Faults {
+        drop_after_frames: Some(2),
+        ..Faults::none()
+    });
+    let (alice, mut events) = online(&vendor, &a).await; // login + go_online: 2 frames
+    let err = alice.ping().await.unwrap_err();
+    assert!(matches!(err, ServiceError::ConnectionLost(_)), "{err:?}");
+    assert!(matches!(
+        next_event(&mut events).await,
+        VendorEvent::ConnectionLost { .. }
+    ));
+}
+
+/// The frame at which a seeded random drop happens, counted by successful pings.
+async fn pings_until_random_drop(seed: u64) -> usize {
+    let (server, vendor) = server(ServerConfig {
+        seed,
+        faults: Faults {
+            drop_probability: 0.2,
+            ..Faults::none()
+        },
+        ..Default::default()
+    })
+    .await;
+    let (a, _, _) = users(&server);
+    let alice = vendor.client();
+    if alice.login(&a).await.is_err() {
+        return 0;
+    }
+    let mut n = 1;
+    while alice.ping().await.is_ok() {
+        n += 1;
+        assert!(n < 1000, "p = 0.2 never dropped");
+    }
+    n
+}
+
+#[tokio::test]
+async fn random_drops_are_deterministic_under_a_seed() {
+    let first = pings_until_random_drop(42).await;
+    assert_eq!(
+        pings_until_random_drop(42).await,
+        first,
+        "same seed, same drop point"
+    );
+}
+
+#[tokio::test]
+async fn delayed_frames_show_in_rtt() {
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, _, _) = users(&server);
+    let alice = vendor.client();
+    alice.login(&a).await.unwrap();
+    server.set_faults(Faults {
+        frame_delay: Some(Duration::from_millis(150)),
+        ..Faults::none()
+    });
+    let rtt = alice.ping().await.unwrap();
+    assert!(
+        rtt >= Duration::from_millis(150),
+        "rtt {rtt:?} includes the injected delay"
+    );
+}
+
+#[tokio::test]
+async fn injected_failures_keep_their_error_class_over_the_wire() {
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, b, conv) = users(&server);
+    let alice = vendor.client();
+    alice.login(&a).await.unwrap();
+    alice.send(&text(&conv, "m")).await.unwrap();
+    let bob = vendor.client();
+    bob.login(&b).await.unwrap();
+    let limited = ServiceError::RateLimited {
+        retry_after: Duration::from_secs(3),
+    };
+    server.fail_next(VendorOp::PullOffline, 2, limited.clone());
+    assert_eq!(bob.pull_offline(10).await.unwrap_err(), limited);
+    assert_eq!(
+        bob.pull_offline(10).await.unwrap_err().class(),
+        limited.class()
+    );
+    assert_eq!(bob.pull_offline(10).await.unwrap().messages.len(), 1);
+    server.fail_next(
+        VendorOp::Send,
+        1,
+        ServiceError::Unavailable("maintenance".into()),
+    );
+    assert!(
+        alice
+            .send(&text(&conv, "n"))
+            .await
+            .unwrap_err()
+            .is_retryable()
+    );
+}
+
+#[tokio::test]
+async fn duplicated_and_reordered_pushes() {
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, b, conv) = users(&server);
+    let alice = vendor.client();
+    alice.login(&a).await.unwrap();
+    let (_bob, mut events) = online(&vendor, &b).await;
+
+    server.set_faults(Faults {
+        duplicate_push_probability: 1.0,
+        ..Faults::none()
+    });
+    alice.send(&text(&conv, "twice")).await.unwrap();
+    let first = next_push(&mut events).await;
+    let second = next_push(&mut events).await;
+    assert_eq!(first, second, "the same message pushed twice");
+
+    server.set_faults(Faults {
+        reorder_pushes: true,
+        reorder_window: Duration::from_secs(5),
+        ..Faults::none()
+    });
+    alice.send(&text(&conv, "one")).await.unwrap();
+    alice.send(&text(&conv, "two")).await.unwrap();
+    let x = next_push(&mut events).await;
+    let y = next_push(&mut events).await;
+    assert!(
+        x.seq > y.seq,
+        "pushes swapped: got {:?} then {:?}",
+        x.seq,
+        y.seq
+    );
+
+    // A lone held push is still delivered once its window passes.
+    server.set_faults(Faults {
+        reorder_pushes: true,
+        reorder_window: Duration::from_millis(50),
+        ..Faults::none()
+    });
+    let lone = alice.send(&text(&conv, "alone")).await.unwrap();
+    assert_eq!(next_push(&mut events).await.server_id, lone.server_id);
+}
+
+#[tokio::test]
+async fn ignored_heartbeats_time_out() {
+    let (server, _) = server(ServerConfig::default()).await;
+    let (a, _, _) = users(&server);
+    let config = ReferenceConfig {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let vendor = ReferenceVendor::discover(server.addr(), config)
+        .await
+        .unwrap();
+    let alice = vendor.client();
+    alice.login(&a).await.unwrap();
+    server.set_faults(Faults {
+        ignore_heartbeats: true,
+        ..Faults::none()
+    });
+    assert_eq!(
+        alice.ping().await.unwrap_err(),
+        ServiceError::Timeout(Duration::from_millis(300))
+    );
+    server.set_faults(Faults::none());
+    alice.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn outage_breaks_connections_and_refuses_new_ones_until_over() {
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, _, _) = users(&server);
+    let (alice, mut events) = online(&vendor, &a).await;
+    server.outage(Duration::from_millis(400));
+    assert!(matches!(
+        next_event(&mut events).await,
+        VendorEvent::ConnectionLost { .. }
+    ));
+    assert!(alice.ping().await.is_err());
+    let err = alice.login(&a).await.unwrap_err();
+    assert!(err.is_retryable(), "an outage is transient: {err:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice.login(&a).await.unwrap();
+    alice.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let (server, vendor) = server(ServerConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let (a, _, _) = users(&server);
+    let (_alice, mut events) = online(&vendor, &a).await;
+    match next_event(&mut events).await {
+        VendorEvent::ConnectionLost { reason } => assert!(reason.contains("within"), "{reason}"),
+        other => panic!("expected ConnectionLost, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_a_typed_error() {
+    let (server, vendor) = server(ServerConfig {
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let (a, b, _) = users(&server);
+    let alice = vendor.client();
+    alice.login(&a).await.unwrap();
+    let bob = vendor.client();
+    assert_eq!(
+        bob.login(&b).await.unwrap_err(),
+        ServiceError::Unavailable("connection limit reached".into())
+    );
+    alice.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_tells_clients() {
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, _, _) = users(&server);
+    let (alice, mut events) = online(&vendor, &a).await;
+    server.shutdown().await;
+    match next_event(&mut events).await {
+        VendorEvent::ConnectionLost { reason } => {
+            assert!(reason.contains("shutting down"), "{reason}")
+        }
+        other => panic!("expected ConnectionLost, got {other:?}"),
+    }
+    assert!(alice.ping().await.is_err());
+}
+
+#[tokio::test]
+async fn live_exchange_between_two_users() {
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, b, conv) = users(&server);
+    let (alice, mut alice_events) = online(&vendor, &a).await;
+    let (bob, mut bob_events) = online(&vendor, &b).await;
+    for i in 0..20 {
+        alice.send(&text(&conv, &format!("q{i}"))).await.unwrap();
+        let q = next_push(&mut bob_events).await;
+        bob.send(&text(&conv, &format!("a{i}"))).await.unwrap();
+        let r = next_push(&mut alice_events).await;
+        assert!(r.seq > q.seq);
+    }
+}
