@@ -1,11 +1,34 @@
 //! Client architecture layer of im-layers: everything between the vendor contract and a UI.
 //!
-//! It will own, as the issues land: the login flow, connection supervision (heartbeat,
-//! reconnect with backoff), ACK-online offline/online/history sync with gap fill, the retry
-//! policy, unified distribution (the subscriber bus), local persistence behind a store trait
-//! (sled and in-memory), the persistent send queue, the conversation list and message details.
+//! [`ImClient`] owns one vendor connection through a supervisor task: login, the ACK-online
+//! sync (offline first, acknowledged after persisting, then online), per-conversation
+//! ordering with gap fill ([`Sequencer`]), heartbeats and reconnection with capped jittered
+//! backoff, one [`RetryPolicy`] for every retried call, history windows with explicit gaps,
+//! and a distribution stream of [`ClientEvent`]s.
 //!
 //! Invariants:
 //! * depends on `im-service`'s contract only, never on a vendor adapter: it never names a
 //!   concrete vendor (checked by `xtask`'s tidy test), and it compiles with no adapter feature;
+//! * a message is persisted before it is distributed or acknowledged to the vendor;
+//! * every subscriber sees each message once, in per-conversation order; the delivery cursor
+//!   never moves past a hole, and a detected hole is always fetched;
+//! * kicked and token-expired sessions never reconnect in a loop;
 //! * never depends on `im-qc`, `im-business-demo` or (except as a dev-dependency) `im-testkit`.
+
+pub mod client;
+pub mod distribution;
+pub mod error;
+pub mod events;
+pub mod history;
+pub mod retry;
+pub mod sequencer;
+pub mod store;
+
+pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};
+pub use distribution::{Distributor, Subscription};
+pub use error::ArchError;
+pub use events::{ClientEvent, ConnectionState, SyncProgress};
+pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
+pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
+pub use sequencer::{SeqGap, Sequencer};
+pub use store::{MemoryStore, Store, SyncCursor};

@@ -6,8 +6,10 @@
 //! normal dependency graph names it, and it never depends on the business demo.
 
 pub mod contract;
+pub mod faulty;
 pub mod harness;
 pub mod reference;
 
+pub use faulty::{FaultyVendor, Hook, PushFaults};
 pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};
 pub use reference::{Faults, ReferenceServer, ServerConfig};

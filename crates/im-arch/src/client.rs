@@ -1,0 +1,867 @@
+//! `ImClient`: the client facade and its connection supervisor. One background task owns
+//! the vendor connection: it logs in, runs the ACK-online sync, watches heartbeats and
+//! vendor events, reconnects with capped, jittered backoff, and publishes everything on
+//! the client's distribution stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use im_service::{
+    Capability, Clock, ConversationId, Credentials, EventStream, HistoryQuery, HistoryRange,
+    Message, Origin, ReceivedMessage, Seq, ServiceError, Token, UserId, Vendor, VendorEvent,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::distribution::{Distributor, Subscription};
+use crate::error::ArchError;
+use crate::events::{ClientEvent, ConnectionState, SyncProgress};
+use crate::history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
+use crate::retry::{Backoff, Jitter, RetryPolicy};
+use crate::sequencer::Sequencer;
+use crate::store::{MemoryStore, Store, SyncCursor};
+
+/// Where fresh tokens come from (the company backend). Called once per expiry.
+#[async_trait]
+pub trait TokenProvider: Send + Sync {
+    /// A token for `user` that is valid now.
+    async fn token(&self, user: &UserId) -> Result<Token, ServiceError>;
+}
+
+/// Tunables of the client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Time between heartbeats while online.
+    pub heartbeat_interval: Duration,
+    /// A heartbeat unanswered for this long counts as missed.
+    pub heartbeat_timeout: Duration,
+    /// Consecutive misses that mean the connection is dead.
+    pub max_missed_heartbeats: u32,
+    /// Delays between reconnect attempts.
+    pub reconnect: Backoff,
+    /// Give up reconnecting after this many attempts (`None`: never).
+    pub max_reconnect_attempts: Option<u32>,
+    /// Retries of pulls, acks and going online.
+    pub retry: RetryPolicy,
+    /// Offline batch size asked for.
+    pub offline_batch: u32,
+    /// Largest hole filled live; older parts stay reachable as history.
+    pub gap_fill_limit: u64,
+    /// Page size of gap fills and catch-up pulls.
+    pub page_size: u32,
+    /// Queue size of each subscription.
+    pub subscriber_capacity: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(10),
+            max_missed_heartbeats: 2,
+            reconnect: Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+                jitter: Jitter::Full,
+            },
+            max_reconnect_attempts: None,
+            retry: RetryPolicy::default(),
+            offline_batch: 200,
+            gap_fill_limit: 500,
+            page_size: 100,
+            subscriber_capacity: 1024,
+        }
+    }
+}
+
+/// Builds an [`ImClient`].
+pub struct ImClientBuilder {
+    vendor: Arc<dyn Vendor>,
+    credentials: Credentials,
+    provider: Option<Arc<dyn TokenProvider>>,
+    store: Arc<dyn Store>,
+    config: ClientConfig,
+    sources: HashMap<HistoryWindow, Arc<dyn HistorySource>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl ImClientBuilder {
+    /// The clock history windows are measured with (default: the system clock). Use the
+    /// vendor's clock when it is shifted, as tests do.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Replaces the local store (default: in memory).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Fetches a fresh token when the current one expires, instead of stopping.
+    pub fn token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// Serves `window` from `source` (default: the vendor for `Recent` and `Middle`, none for
+    /// `Old`). Pass `None` to serve it from nowhere (its requests return gaps).
+    pub fn history_source(
+        mut self,
+        window: HistoryWindow,
+        source: Option<Arc<dyn HistorySource>>,
+    ) -> Self {
+        match source {
+            Some(s) => self.sources.insert(window, s),
+            None => self.sources.remove(&window),
+        };
+        self
+    }
+
+    /// Builds the client (not yet logged in).
+    pub fn build(self) -> ImClient {
+        let events = self.vendor.take_events();
+        let shared = Arc::new(Shared {
+            vendor: self.vendor,
+            store: self.store,
+            config: self.config,
+            sources: self.sources,
+            clock: self.clock,
+            provider: self.provider,
+            credentials: Mutex::new(self.credentials),
+            distributor: Distributor::default(),
+            state: watch::channel(ConnectionState::Disconnected).0,
+        });
+        ImClient {
+            shared,
+            events: Mutex::new(events),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+/// Everything the facade and the supervisor share.
+struct Shared {
+    vendor: Arc<dyn Vendor>,
+    store: Arc<dyn Store>,
+    config: ClientConfig,
+    sources: HashMap<HistoryWindow, Arc<dyn HistorySource>>,
+    /// Measures history windows.
+    clock: Arc<dyn Clock>,
+    provider: Option<Arc<dyn TokenProvider>>,
+    credentials: Mutex<Credentials>,
+    distributor: Distributor,
+    state: watch::Sender<ConnectionState>,
+}
+
+impl Shared {
+    async fn set_state(&self, state: ConnectionState) {
+        tracing::info!(state = ?state, "connection state");
+        self.state.send_replace(state.clone());
+        self.distributor.publish(ClientEvent::State(state)).await;
+    }
+
+    fn credentials(&self) -> Credentials {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn retry<T, Fut>(&self, op: &'static str, f: impl FnMut() -> Fut) -> Result<T, ArchError>
+    where
+        Fut: std::future::Future<Output = Result<T, ServiceError>>,
+    {
+        let mut attempts = Vec::new();
+        let result = self
+            .config
+            .retry
+            .run(op, |a| attempts.push(a.clone()), f)
+            .await;
+        for a in attempts {
+            self.distributor.publish(ClientEvent::Retry(a)).await;
+        }
+        result
+    }
+}
+
+/// The running supervisor task and its command channel.
+struct Running {
+    commands: mpsc::Sender<Command>,
+    handle: JoinHandle<()>,
+}
+
+enum Command {
+    Logout(oneshot::Sender<()>),
+    Reconnect,
+}
+
+/// An IM client on any vendor: login, supervision, ACK-online sync, history.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use im_arch::{ClientEvent, ImClient};
+/// use im_service::memory::MemoryVendor;
+/// use im_service::UserId;
+///
+/// let vendor = MemoryVendor::default();
+/// let creds = vendor.register_user(&UserId::new("alice"));
+/// let client = ImClient::builder(Arc::new(vendor.client()), creds).build();
+/// let mut events = client.subscribe();
+/// client.login().await?;
+/// assert!(client.state().is_online());
+/// client.logout().await;
+/// # Ok::<(), im_arch::ArchError>(())
+/// # });
+/// ```
+pub struct ImClient {
+    shared: Arc<Shared>,
+    /// The vendor's event stream until the supervisor takes it.
+    events: Mutex<Option<EventStream>>,
+    task: Mutex<Option<Running>>,
+}
+
+/// A snapshot of the connection state with helpers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateView(pub ConnectionState);
+
+impl StateView {
+    /// Whether the client is online.
+    pub fn is_online(&self) -> bool {
+        self.0 == ConnectionState::Online
+    }
+}
+
+impl ImClient {
+    /// Starts building a client for `credentials` on `vendor`.
+    pub fn builder(vendor: Arc<dyn Vendor>, credentials: Credentials) -> ImClientBuilder {
+        let mut sources: HashMap<HistoryWindow, Arc<dyn HistorySource>> = HashMap::new();
+        if vendor.capabilities().supports(Capability::HistoryByTime) {
+            let own: Arc<dyn HistorySource> = Arc::new(VendorHistory(vendor.clone()));
+            sources.insert(HistoryWindow::Recent, own.clone());
+            sources.insert(HistoryWindow::Middle, own);
+        }
+        ImClientBuilder {
+            vendor,
+            credentials,
+            provider: None,
+            store: Arc::new(MemoryStore::new()),
+            config: ClientConfig::default(),
+            sources,
+            clock: Arc::new(im_service::SystemClock),
+        }
+    }
+
+    /// A new subscription to everything the client publishes.
+    pub fn subscribe(&self) -> Subscription {
+        self.shared
+            .distributor
+            .subscribe(self.shared.config.subscriber_capacity)
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> StateView {
+        StateView(self.shared.state.borrow().clone())
+    }
+
+    /// A watch of the connection state.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.state.subscribe()
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Starts the supervisor (if not running) and waits until the client is online or has
+    /// stopped for good.
+    pub async fn login(&self) -> Result<(), ArchError> {
+        let mut state = self.shared.state.subscribe();
+        {
+            let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+            let running = task.as_ref().is_some_and(|r| !r.handle.is_finished());
+            if !running {
+                let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let Some(events) = events else {
+                    return Err(ArchError::Unavailable(
+                        "the vendor's event stream was taken elsewhere".into(),
+                    ));
+                };
+                let (tx, rx) = mpsc::channel(8);
+                let user = self.shared.credentials().user;
+                let span = tracing::info_span!("im_client", user = %user, vendor = self.shared.vendor.name());
+                self.shared
+                    .state
+                    .send_replace(ConnectionState::Disconnected);
+                let handle =
+                    tokio::spawn(supervise(self.shared.clone(), events, rx).instrument(span));
+                *task = Some(Running {
+                    commands: tx,
+                    handle,
+                });
+            }
+        }
+        loop {
+            let now = state.borrow_and_update().clone();
+            match now {
+                ConnectionState::Online => return Ok(()),
+                s if s.is_terminal() => return Err(ArchError::Unavailable(format!("{s:?}"))),
+                _ => {}
+            }
+            if state.changed().await.is_err() {
+                return Err(ArchError::Stopped);
+            }
+        }
+    }
+
+    /// Asks the supervisor to drop the connection and reconnect now (e.g. the app learned
+    /// the network is back).
+    pub async fn reconnect_now(&self) {
+        let tx = self
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|r| r.commands.clone());
+        if let Some(tx) = tx {
+            let _ = tx.send(Command::Reconnect).await;
+        }
+    }
+
+    /// Logs out and stops the supervisor.
+    pub async fn logout(&self) {
+        let running = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(r) = running {
+            let (tx, rx) = oneshot::channel();
+            if r.commands.send(Command::Logout(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+            let _ = r.handle.await;
+        }
+    }
+
+    /// One page of a conversation's history in `window`, persisted locally. Ranges no
+    /// configured source can serve are returned as gaps.
+    pub async fn history(
+        &self,
+        conversation: &ConversationId,
+        window: HistoryWindow,
+        limit: u32,
+        cursor: Option<im_service::PageCursor>,
+    ) -> Result<HistoryResult, ArchError> {
+        let now = self.shared.clock.now();
+        let (from, to) = window.range(now);
+        let Some(source) = self.shared.sources.get(&window).cloned() else {
+            return Ok(HistoryResult {
+                messages: Vec::new(),
+                gaps: vec![HistoryGap {
+                    from,
+                    to,
+                    reason: format!("no history source for {window:?}"),
+                }],
+                next: None,
+            });
+        };
+        let page = self
+            .shared
+            .retry("pull_history", || {
+                source.page(conversation, from, to, cursor.clone(), limit)
+            })
+            .await?;
+        self.shared.store.put_messages(&page.messages).await?;
+        let mut gaps = Vec::new();
+        if let Some(horizon) = page.horizon.filter(|h| *h > from) {
+            gaps.push(HistoryGap {
+                from,
+                to: horizon.min(to),
+                reason: format!("{} keeps history only from {horizon:?}", source.name()),
+            });
+        }
+        Ok(HistoryResult {
+            messages: page.messages,
+            gaps,
+            next: page.next,
+        })
+    }
+}
+
+impl Drop for ImClient {
+    fn drop(&mut self) {
+        if let Some(r) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            r.handle.abort();
+        }
+    }
+}
+
+/// Why the online loop ended.
+enum Exit {
+    Reconnect(String),
+    Stop(ConnectionState),
+    Logout(Option<oneshot::Sender<()>>),
+}
+
+/// The supervisor: connect, sync, stay online, reconnect, until told to stop.
+async fn supervise(
+    shared: Arc<Shared>,
+    mut events: EventStream,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut engine = SyncEngine::load(&shared).await;
+    let mut attempt: u32 = 0;
+    let mut refreshed = false;
+    loop {
+        if attempt > 0 {
+            if shared
+                .config
+                .max_reconnect_attempts
+                .is_some_and(|max| attempt > max)
+            {
+                shared
+                    .set_state(ConnectionState::Failed(format!(
+                        "gave up after {} reconnect attempts",
+                        attempt - 1
+                    )))
+                    .await;
+                return;
+            }
+            let next_in = shared.config.reconnect.delay(attempt);
+            shared
+                .set_state(ConnectionState::Reconnecting { attempt, next_in })
+                .await;
+            let wake = tokio::time::sleep(next_in);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    _ = &mut wake => break,
+                    cmd = commands.recv() => match cmd {
+                        Some(Command::Reconnect) => break,
+                        Some(Command::Logout(done)) => {
+                            finish_logout(&shared, Some(done)).await;
+                            return;
+                        }
+                        None => return,
+                    },
+                    // Stale events of the dead connection are dropped while we wait.
+                    ev = events.next() => if ev.is_none() { return },
+                }
+            }
+        }
+        shared.set_state(ConnectionState::Connecting).await;
+        let creds = shared.credentials();
+        let login = async {
+            tracing::info!(user = %creds.user, attempt, "login");
+            shared.vendor.login(&creds).await
+        }
+        .instrument(tracing::info_span!("login", user = %creds.user, attempt))
+        .await;
+        match login {
+            Ok(session) => tracing::debug!(session = %session.session_id, "logged in"),
+            Err(ServiceError::TokenExpired) if shared.provider.is_some() && !refreshed => {
+                refreshed = true;
+                if refresh_token(&shared).await {
+                    continue;
+                }
+                shared.set_state(ConnectionState::TokenExpired).await;
+                return;
+            }
+            Err(e) => match terminal_state(&e) {
+                Some(state) => {
+                    shared.set_state(state).await;
+                    return;
+                }
+                None => {
+                    attempt += 1;
+                    continue;
+                }
+            },
+        }
+        refreshed = false;
+        shared.set_state(ConnectionState::Syncing).await;
+        if let Err(e) = engine.sync_pass(&shared).await {
+            let terminal = e.service_error().and_then(terminal_state);
+            shared
+                .distributor
+                .publish(ClientEvent::Sync(SyncProgress::Failed(e)))
+                .await;
+            let _ = shared.vendor.logout().await;
+            if let Some(state) = terminal {
+                shared.set_state(state).await;
+                return;
+            }
+            attempt += 1;
+            continue;
+        }
+        shared.set_state(ConnectionState::Online).await;
+        match online(&shared, &mut engine, &mut events, &mut commands).await {
+            Exit::Reconnect(why) => {
+                tracing::warn!(reason = %why, "reconnecting");
+                let _ = shared.vendor.logout().await;
+                attempt = 1;
+            }
+            Exit::Stop(state) => {
+                let _ = shared.vendor.logout().await;
+                shared.set_state(state).await;
+                return;
+            }
+            Exit::Logout(done) => {
+                finish_logout(&shared, done).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn finish_logout(shared: &Shared, done: Option<oneshot::Sender<()>>) {
+    let _ = shared.vendor.logout().await;
+    shared.set_state(ConnectionState::LoggedOut).await;
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+}
+
+/// The state a non-retryable login/sync error ends in, or `None` if it is retryable.
+fn terminal_state(e: &ServiceError) -> Option<ConnectionState> {
+    match e {
+        ServiceError::Kicked(r) => Some(ConnectionState::Kicked(r.clone())),
+        ServiceError::TokenExpired => Some(ConnectionState::TokenExpired),
+        e if !e.is_retryable() => Some(ConnectionState::Failed(e.to_string())),
+        _ => None,
+    }
+}
+
+async fn refresh_token(shared: &Shared) -> bool {
+    let Some(provider) = &shared.provider else {
+        return false;
+    };
+    let user = shared.credentials().user;
+    match provider.token(&user).await {
+        Ok(token) => {
+            shared
+                .credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .token = token;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "token refresh failed");
+            false
+        }
+    }
+}
+
+/// The online loop: live pushes, heartbeats, commands.
+async fn online(
+    shared: &Arc<Shared>,
+    engine: &mut SyncEngine,
+    events: &mut EventStream,
+    commands: &mut mpsc::Receiver<Command>,
+) -> Exit {
+    let mut heartbeat = tokio::time::interval_at(
+        Instant::now() + shared.config.heartbeat_interval,
+        shared.config.heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut missed = 0u32;
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::Logout(done)) => return Exit::Logout(Some(done)),
+                Some(Command::Reconnect) => return Exit::Reconnect("requested".into()),
+                None => return Exit::Logout(None),
+            },
+            ev = events.next() => match ev {
+                None => return Exit::Reconnect("vendor event stream ended".into()),
+                Some(VendorEvent::MessagePushed(m)) => {
+                    if let Err(e) = engine.ingest(shared, vec![m], Origin::Online).await {
+                        return Exit::Reconnect(format!("ingest failed: {e}"));
+                    }
+                    if let Err(e) = engine.fill_gaps(shared).await {
+                        return Exit::Reconnect(format!("gap fill failed: {e}"));
+                    }
+                }
+                Some(VendorEvent::ConnectionLost { reason }) => {
+                    // A late notice from an earlier connection must not kill this one.
+                    if shared.vendor.ping().await.is_err() {
+                        return Exit::Reconnect(reason);
+                    }
+                }
+                Some(VendorEvent::Kicked(r)) => return Exit::Stop(ConnectionState::Kicked(r)),
+                Some(VendorEvent::TokenWillExpire { expires_at }) => {
+                    shared.distributor.publish(ClientEvent::TokenWillExpire { expires_at }).await;
+                }
+                Some(VendorEvent::TokenExpired) => {
+                    if refresh_token(shared).await {
+                        return Exit::Reconnect("token expired; refreshed".into());
+                    }
+                    return Exit::Stop(ConnectionState::TokenExpired);
+                }
+            },
+            _ = heartbeat.tick() => {
+                match tokio::time::timeout(shared.config.heartbeat_timeout, shared.vendor.ping()).await {
+                    Ok(Ok(rtt)) => {
+                        missed = 0;
+                        shared.distributor.publish(ClientEvent::Heartbeat { rtt }).await;
+                    }
+                    Ok(Err(e)) if terminal_state(&e).is_some() && !matches!(e, ServiceError::NotLoggedIn) => {
+                        return terminal_state(&e).map_or(Exit::Reconnect(e.to_string()), Exit::Stop);
+                    }
+                    _ => {
+                        missed += 1;
+                        shared.distributor.publish(ClientEvent::HeartbeatMissed { missed }).await;
+                        if missed >= shared.config.max_missed_heartbeats {
+                            return Exit::Reconnect(format!("{missed} heartbeats missed"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sync state owned by the supervisor: ordering per conversation and delivery cursors.
+struct SyncEngine {
+    sequencer: Sequencer,
+    cursors: HashMap<ConversationId, SyncCursor>,
+    sequences: bool,
+}
+
+impl SyncEngine {
+    async fn load(shared: &Shared) -> Self {
+        let cursors: HashMap<ConversationId, SyncCursor> = match shared.store.cursors().await {
+            Ok(c) => c.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read sync cursors; starting from scratch");
+                HashMap::new()
+            }
+        };
+        let sequencer = Sequencer::new(
+            cursors
+                .iter()
+                .filter_map(|(c, cur)| cur.seq.map(|s| (c.clone(), s))),
+        );
+        let sequences = shared
+            .vendor
+            .capabilities()
+            .supports(Capability::SequenceNumbers);
+        Self {
+            sequencer,
+            cursors,
+            sequences,
+        }
+    }
+
+    /// Persists, orders, deduplicates and distributes `messages`; advances cursors.
+    /// Returns how many were delivered.
+    async fn ingest(
+        &mut self,
+        shared: &Shared,
+        mut messages: Vec<Message>,
+        origin: Origin,
+    ) -> Result<usize, ArchError> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        // Persist first: nothing is distributed or acknowledged that is not stored.
+        let fresh = shared.store.put_messages(&messages).await?;
+        let mut ready = Vec::new();
+        let mut unsequenced = Vec::new();
+        let mut tagged: Vec<(Message, bool)> = messages.drain(..).zip(fresh).collect();
+        tagged.sort_by(|(a, _), (b, _)| (&a.conversation, a.seq).cmp(&(&b.conversation, b.seq)));
+        for (m, is_new) in tagged {
+            match m.seq {
+                // The sequencer decides delivery: a stored-but-undelivered message (crash
+                // between persist and deliver) is still released exactly once.
+                Some(_) if self.sequences => ready.extend(self.sequencer.admit(m)),
+                // Without sequences the store is the dedup authority.
+                _ if is_new => unsequenced.push(m),
+                _ => {}
+            }
+        }
+        unsequenced
+            .sort_by(|a, b| (a.server_time, &a.server_id).cmp(&(b.server_time, &b.server_id)));
+        ready.extend(unsequenced);
+        let mut touched: HashMap<ConversationId, SyncCursor> = HashMap::new();
+        let count = ready.len();
+        for m in ready {
+            let cur = self.cursors.entry(m.conversation.clone()).or_default();
+            if self.sequences {
+                cur.seq = Some(self.sequencer.delivered(&m.conversation));
+            }
+            cur.time = cur.time.max(m.server_time);
+            touched.insert(m.conversation.clone(), *cur);
+            shared
+                .distributor
+                .publish(ClientEvent::Message(ReceivedMessage { message: m, origin }))
+                .await;
+        }
+        if !touched.is_empty() {
+            let batch: Vec<(ConversationId, SyncCursor)> = touched.into_iter().collect();
+            shared.store.set_cursors(&batch).await?;
+        }
+        Ok(count)
+    }
+
+    /// Fetches every open hole (failure class 2: a detected gap is always fetched).
+    async fn fill_gaps(&mut self, shared: &Shared) -> Result<usize, ArchError> {
+        let mut delivered = 0;
+        // Each round closes at least the lowest hole of every conversation; bounded so a
+        // vendor that never returns a message cannot spin us forever.
+        for _ in 0..64 {
+            let gaps = self.sequencer.gaps();
+            if gaps.is_empty() {
+                break;
+            }
+            for gap in gaps {
+                let missing = gap.before.0.saturating_sub(gap.after.0 + 1);
+                let after = if missing > shared.config.gap_fill_limit {
+                    let skip_to = Seq(gap.before.0 - shared.config.gap_fill_limit - 1);
+                    let released = self.sequencer.skip_to(&gap.conversation, skip_to);
+                    delivered += self.ingest(shared, released, Origin::History).await?;
+                    skip_to
+                } else {
+                    gap.after
+                };
+                let range = HistoryRange::Seq {
+                    after: Some(after),
+                    before: Some(gap.before),
+                };
+                let fetched = self.pull_range(shared, &gap.conversation, range).await?;
+                let n = fetched.len();
+                if n == 0 {
+                    // The vendor no longer has it (retention): skip the hole rather than stall.
+                    let released = self
+                        .sequencer
+                        .skip_to(&gap.conversation, Seq(gap.before.0 - 1));
+                    delivered += self.ingest(shared, released, Origin::Online).await?;
+                    tracing::warn!(conversation = %gap.conversation, after = gap.after.0, before = gap.before.0, "hole not served by the vendor; skipped");
+                    continue;
+                }
+                delivered += self.ingest(shared, fetched, Origin::Online).await?;
+                shared
+                    .distributor
+                    .publish(ClientEvent::Sync(SyncProgress::GapFilled { messages: n }))
+                    .await;
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Every message of a range, all pages.
+    async fn pull_range(
+        &self,
+        shared: &Shared,
+        conversation: &ConversationId,
+        range: HistoryRange,
+    ) -> Result<Vec<Message>, ArchError> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let query = HistoryQuery::latest(conversation.clone(), shared.config.page_size)
+                .range(range)
+                .after_cursor(cursor.clone());
+            let page = shared
+                .retry("pull_history", || shared.vendor.pull_history(&query))
+                .await?;
+            out.extend(page.messages);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// ACK-online: drain the offline queue (persist, then acknowledge each batch), catch up
+    /// conversations the vendor does not queue for us, fill holes, then go online.
+    async fn sync_pass(&mut self, shared: &Shared) -> Result<(), ArchError> {
+        let span = tracing::info_span!("sync_pass", vendor = shared.vendor.name());
+        async {
+            shared
+                .distributor
+                .publish(ClientEvent::Sync(SyncProgress::Started))
+                .await;
+            let caps = shared.vendor.capabilities().clone();
+            let mut offline = Vec::new();
+            if caps.supports(Capability::OfflineQueue) {
+                loop {
+                    let batch = shared
+                        .retry("pull_offline", || {
+                            shared.vendor.pull_offline(shared.config.offline_batch)
+                        })
+                        .await?;
+                    let n = batch.messages.len();
+                    shared.store.put_messages(&batch.messages).await?;
+                    if let Some(ack) = &batch.ack {
+                        shared
+                            .retry("ack_offline", || shared.vendor.ack_offline(ack))
+                            .await?;
+                    }
+                    shared
+                        .distributor
+                        .publish(ClientEvent::Sync(SyncProgress::Page {
+                            messages: n,
+                            left: batch.left,
+                        }))
+                        .await;
+                    offline.extend(batch.messages);
+                    if batch.left == 0 || n == 0 {
+                        break;
+                    }
+                }
+            } else {
+                offline.extend(self.catch_up(shared).await?);
+            }
+            let mut delivered = self.ingest(shared, offline, Origin::Offline).await?;
+            delivered += self.fill_gaps(shared).await?;
+            shared
+                .retry("go_online", || shared.vendor.go_online())
+                .await?;
+            shared
+                .distributor
+                .publish(ClientEvent::Sync(SyncProgress::Finished { delivered }))
+                .await;
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// For vendors without an offline queue: everything after each known cursor.
+    async fn catch_up(&self, shared: &Shared) -> Result<Vec<Message>, ArchError> {
+        let caps = shared.vendor.capabilities().clone();
+        let mut out = Vec::new();
+        for (conversation, cursor) in &self.cursors {
+            let range = match (
+                cursor.seq,
+                caps.supports(Capability::HistoryBySeq),
+                caps.supports(Capability::HistoryByTime),
+            ) {
+                (Some(seq), true, _) => HistoryRange::Seq {
+                    after: Some(seq),
+                    before: None,
+                },
+                (_, _, true) => HistoryRange::Time {
+                    from: cursor.time,
+                    to: im_service::Timestamp::from_millis(i64::MAX),
+                },
+                _ => continue,
+            };
+            out.extend(self.pull_range(shared, conversation, range).await?);
+        }
+        Ok(out)
+    }
+}

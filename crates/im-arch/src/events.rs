@@ -1,0 +1,104 @@
+//! What the client tells its subscribers: connection state, messages, heartbeats, sync
+//! progress, retries and errors, from login down to UI rendering.
+
+use std::time::Duration;
+
+use im_service::{KickReason, ReceivedMessage, Timestamp};
+
+use crate::error::ArchError;
+use crate::retry::RetryAttempt;
+
+/// The connection supervisor's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectionState {
+    /// Not started, or between connections.
+    Disconnected,
+    /// Opening the connection and authenticating.
+    Connecting,
+    /// Logged in; pulling what was missed (ACK-online) before going online.
+    Syncing,
+    /// Up to date and taking live pushes.
+    Online,
+    /// Waiting before reconnect attempt `attempt`.
+    Reconnecting {
+        /// 1-based attempt number.
+        attempt: u32,
+        /// Wait before it starts.
+        next_in: Duration,
+    },
+    /// Another login took over this account; no automatic reconnect.
+    Kicked(KickReason),
+    /// The token expired and no fresh one could be had; no automatic reconnect.
+    TokenExpired,
+    /// Login was refused for good (bad credentials, unknown user …).
+    Failed(String),
+    /// Logged out on request.
+    LoggedOut,
+}
+
+impl ConnectionState {
+    /// Whether the supervisor has stopped for good (until the next `login`).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            ConnectionState::Kicked(_)
+                | ConnectionState::TokenExpired
+                | ConnectionState::Failed(_)
+                | ConnectionState::LoggedOut
+        )
+    }
+}
+
+/// Progress of one sync pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncProgress {
+    /// A pass started (after login or reconnect).
+    Started,
+    /// An offline batch was persisted and acknowledged.
+    Page {
+        /// Messages in it.
+        messages: usize,
+        /// Messages the vendor still holds.
+        left: u64,
+    },
+    /// A hole in a conversation was fetched.
+    GapFilled {
+        /// Messages fetched.
+        messages: usize,
+    },
+    /// The pass ended; the client goes online.
+    Finished {
+        /// Messages delivered by the pass.
+        delivered: usize,
+    },
+    /// The pass failed; the client reconnects.
+    Failed(ArchError),
+}
+
+/// One event on the client's distribution stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// The connection state changed.
+    State(ConnectionState),
+    /// A message, delivered once, in per-conversation order.
+    Message(ReceivedMessage),
+    /// A heartbeat answered.
+    Heartbeat {
+        /// Its round-trip time.
+        rtt: Duration,
+    },
+    /// A heartbeat went unanswered.
+    HeartbeatMissed {
+        /// Consecutive misses so far.
+        missed: u32,
+    },
+    /// The token will expire soon; the app may fetch a fresh one.
+    TokenWillExpire {
+        /// When.
+        expires_at: Timestamp,
+    },
+    /// Sync progress.
+    Sync(SyncProgress),
+    /// A retried operation failed an attempt.
+    Retry(RetryAttempt),
+}

@@ -1,0 +1,308 @@
+//! The one retry policy used by login, pulls, acks, sends and reconnect: bounded attempts,
+//! exponential backoff with jitter, a total deadline, and the vendor's error classification
+//! (permanent errors are never retried; rate limits wait at least `retry_after`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use im_service::{ErrorClass, ServiceError};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::error::ArchError;
+
+/// How a delay is randomised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    /// Uniform in `[0, ceiling]` (AWS "full jitter"): spreads a crowd of clients best.
+    Full,
+    /// Exactly the ceiling (deterministic; for tests and single clients).
+    None,
+}
+
+/// Exponential backoff: the ceiling doubles per attempt from `base` up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Ceiling of the first delay.
+    pub base: Duration,
+    /// Largest ceiling.
+    pub max: Duration,
+    /// Randomisation.
+    pub jitter: Jitter,
+}
+
+impl Backoff {
+    /// The ceiling before retry number `attempt` (1-based).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// The delay before retry number `attempt`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        match self.jitter {
+            Jitter::None => ceiling,
+            Jitter::Full => {
+                let ms = ceiling.as_millis().min(u128::from(u64::MAX)) as u64;
+                Duration::from_millis(rand::rng().random_range(0..=ms))
+            }
+        }
+    }
+}
+
+/// Attempts, backoff and deadline of one retried operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts including the first (at least 1; default 4 = first try + 3 retries).
+    pub max_attempts: u32,
+    /// Delays between attempts.
+    pub backoff: Backoff,
+    /// No new attempt starts after this much time since the first.
+    pub deadline: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            backoff: Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+                jitter: Jitter::Full,
+            },
+            deadline: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// One failed attempt, as reported to observers before the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryAttempt {
+    /// The operation.
+    pub op: &'static str,
+    /// Which attempt failed (1-based).
+    pub attempt: u32,
+    /// Why.
+    pub error: ServiceError,
+    /// Wait before the next attempt; `None` when this was the last.
+    pub next_in: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// Runs `f` until it succeeds, fails permanently, or attempts/deadline run out.
+    /// `on_attempt` sees every failed attempt (for events and tracing).
+    pub async fn run<T, Fut>(
+        &self,
+        op: &'static str,
+        mut on_attempt: impl FnMut(&RetryAttempt),
+        mut f: impl FnMut() -> Fut,
+    ) -> Result<T, ArchError>
+    where
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let started = Instant::now();
+        let max = self.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let class = error.class();
+            let mut wait = match class {
+                ErrorClass::Permanent => None,
+                ErrorClass::Transient => Some(self.backoff.delay(attempt)),
+                ErrorClass::RateLimited { retry_after } => {
+                    Some(self.backoff.delay(attempt).max(retry_after))
+                }
+            };
+            if attempt >= max {
+                wait = None;
+            }
+            if let (Some(w), Some(deadline)) = (wait, self.deadline) {
+                if started.elapsed() + w > deadline {
+                    wait = None;
+                }
+            }
+            let report = RetryAttempt {
+                op,
+                attempt,
+                error: error.clone(),
+                next_in: wait,
+            };
+            tracing::debug!(op, attempt, error = %error, next_in = ?wait, "attempt failed");
+            on_attempt(&report);
+            match (class, wait) {
+                (ErrorClass::Permanent, _) => return Err(ArchError::Permanent { op, error }),
+                (_, None) => {
+                    tracing::warn!(op, attempts = attempt, error = %error, "giving up");
+                    return Err(ArchError::GaveUp {
+                        op,
+                        attempts: attempt,
+                        last: error,
+                    });
+                }
+                (_, Some(w)) => tokio::time::sleep(w).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn fixed(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            backoff: Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(4),
+                jitter: Jitter::None,
+            },
+            deadline: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_with_growing_delays_then_given_up() {
+        let calls = AtomicU32::new(0);
+        let mut seen = Vec::new();
+        let started = Instant::now();
+        let result: Result<(), _> = fixed(4)
+            .run(
+                "pull",
+                |a| seen.push((a.attempt, a.next_in)),
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err(ServiceError::Timeout(Duration::from_secs(1))) }
+                },
+            )
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            seen,
+            [
+                (1, Some(Duration::from_secs(1))),
+                (2, Some(Duration::from_secs(2))),
+                (3, Some(Duration::from_secs(4))),
+                (4, None)
+            ]
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+        assert!(matches!(
+            result,
+            Err(ArchError::GaveUp {
+                op: "pull",
+                attempts: 4,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = fixed(5)
+            .run(
+                "login",
+                |_| {},
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err(ServiceError::AuthFailed("bad token".into())) }
+                },
+            )
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            result,
+            Err(ArchError::Permanent { op: "login", .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_wait_at_least_retry_after_and_success_ends_the_loop() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let result = fixed(5)
+            .run(
+                "send",
+                |_| {},
+                || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n == 0 {
+                            Err(ServiceError::RateLimited {
+                                retry_after: Duration::from_secs(30),
+                            })
+                        } else {
+                            Ok(n)
+                        }
+                    }
+                },
+            )
+            .await;
+        assert_eq!(result, Ok(1));
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_server_errors_count_as_transient() {
+        let calls = AtomicU32::new(0);
+        let _ = fixed(3)
+            .run::<(), _>(
+                "send",
+                |_| {},
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Err(ServiceError::Server {
+                            code: 599,
+                            message: "?".into(),
+                        })
+                    }
+                },
+            )
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_stops_retrying_early() {
+        let calls = AtomicU32::new(0);
+        let policy = RetryPolicy {
+            deadline: Some(Duration::from_secs(2)),
+            ..fixed(10)
+        };
+        let result: Result<(), _> = policy
+            .run(
+                "pull",
+                |_| {},
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err(ServiceError::Unavailable("down".into())) }
+                },
+            )
+            .await;
+        // Waits 1 s after the first attempt; a further 2 s wait would pass the deadline.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(matches!(result, Err(ArchError::GaveUp { attempts: 2, .. })));
+    }
+
+    #[test]
+    fn full_jitter_stays_under_a_capped_ceiling() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            jitter: Jitter::Full,
+        };
+        for attempt in 1..40 {
+            assert!(b.delay(attempt) <= b.ceiling(attempt));
+            assert!(b.ceiling(attempt) <= Duration::from_secs(1));
+        }
+        assert!(b.ceiling(2) > b.ceiling(1));
+    }
+}

@@ -1,0 +1,144 @@
+//! Local persistence behind a trait, with an in-memory twin. Sync persists every message
+//! before it is distributed or acknowledged, and keeps a per-conversation cursor of what has
+//! been delivered in order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use im_service::{ConversationId, Message, Seq, ServerMsgId, Timestamp};
+
+use crate::error::ArchError;
+
+/// How far a conversation has been delivered, in order, to subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncCursor {
+    /// Highest sequence delivered with no hole below it (vendors with sequences).
+    pub seq: Option<Seq>,
+    /// Server time of the newest delivered message (catch-up for vendors without sequences).
+    pub time: Timestamp,
+}
+
+/// What the client keeps locally.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Persists a batch in one write; returns, per message, whether it was new (by server id).
+    async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError>;
+
+    /// A message by its vendor id.
+    async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError>;
+
+    /// The newest `limit` messages of a conversation, newest first.
+    async fn latest(
+        &self,
+        conversation: &ConversationId,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError>;
+
+    /// The delivery cursor of a conversation.
+    async fn cursor(&self, conversation: &ConversationId) -> Result<Option<SyncCursor>, ArchError>;
+
+    /// Saves delivery cursors in one write.
+    async fn set_cursors(&self, cursors: &[(ConversationId, SyncCursor)]) -> Result<(), ArchError>;
+
+    /// Every saved cursor.
+    async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError>;
+}
+
+/// Order of messages inside a conversation: server time, then sequence, then id.
+type OrderKey = (Timestamp, Option<Seq>, ServerMsgId);
+
+fn order_key(m: &Message) -> OrderKey {
+    (m.server_time, m.seq, m.server_id.clone())
+}
+
+#[derive(Default)]
+struct MemoryState {
+    by_conversation: HashMap<ConversationId, BTreeMap<OrderKey, Message>>,
+    by_id: HashMap<ServerMsgId, OrderKey>,
+    cursors: HashMap<ConversationId, SyncCursor>,
+}
+
+/// The in-memory [`Store`]: tests, and clients that keep nothing across restarts.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<MemoryState>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, MemoryState> {
+        // Each method completes its mutation before unlocking; poison carries no torn state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
+        let mut st = self.state();
+        Ok(messages
+            .iter()
+            .map(|m| {
+                if st.by_id.contains_key(&m.server_id) {
+                    return false;
+                }
+                let key = order_key(m);
+                st.by_id.insert(m.server_id.clone(), key.clone());
+                st.by_conversation
+                    .entry(m.conversation.clone())
+                    .or_default()
+                    .insert(key, m.clone());
+                true
+            })
+            .collect())
+    }
+
+    async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
+        let st = self.state();
+        Ok(st.by_id.get(id).and_then(|key| {
+            st.by_conversation
+                .values()
+                .find_map(|c| c.get(key))
+                .cloned()
+        }))
+    }
+
+    async fn latest(
+        &self,
+        conversation: &ConversationId,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError> {
+        let st = self.state();
+        Ok(st
+            .by_conversation
+            .get(conversation)
+            .map(|c| c.values().rev().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn cursor(&self, conversation: &ConversationId) -> Result<Option<SyncCursor>, ArchError> {
+        Ok(self.state().cursors.get(conversation).copied())
+    }
+
+    async fn set_cursors(&self, cursors: &[(ConversationId, SyncCursor)]) -> Result<(), ArchError> {
+        let mut st = self.state();
+        for (c, cur) in cursors {
+            st.cursors.insert(c.clone(), *cur);
+        }
+        Ok(())
+    }
+
+    async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError> {
+        Ok(self
+            .state()
+            .cursors
+            .iter()
+            .map(|(c, cur)| (c.clone(), *cur))
+            .collect())
+    }
+}

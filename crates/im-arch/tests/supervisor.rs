@@ -1,0 +1,622 @@
+//! The client's supervisor and sync on the in-process vendor, with tokio time paused:
+//! ACK-online ordering with racing pushes, heartbeat loss and backoff, kick and token
+//! expiry, gap fill, reconnect in the middle of a sync, retry limits, history windows.
+
+// Test helpers outside #[test] fns: a panic is how they fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use im_arch::{
+    ArchError, Backoff, ClientConfig, ClientEvent, ConnectionState, HistorySource, HistoryWindow,
+    ImClient, Jitter, RetryPolicy, Subscription, SyncProgress, TokenProvider,
+};
+use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig, VendorOp};
+use im_service::{
+    Content, ConversationId, Credentials, HistoryPage, KickReason, ManualClock, Message, Origin,
+    OutgoingMessage, PageCursor, ServiceError, Timestamp, Token, UserId, Vendor, VendorEvent,
+};
+use im_testkit::{FaultyVendor, PushFaults};
+
+struct World {
+    vendor: MemoryVendor,
+    clock: ManualClock,
+    alice: Arc<MemoryClient>,
+    bob: Credentials,
+    conv: ConversationId,
+}
+
+async fn world() -> World {
+    let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig::default());
+    let a = vendor.register_user(&UserId::new("alice"));
+    let bob = vendor.register_user(&UserId::new("bob"));
+    let conv = ConversationId::direct(&a.user, &bob.user);
+    let alice = Arc::new(vendor.client());
+    alice.login(&a).await.unwrap();
+    World {
+        vendor,
+        clock,
+        alice,
+        bob,
+        conv,
+    }
+}
+
+impl World {
+    async fn say(&self, body: &str) -> im_service::SendReceipt {
+        let msg = OutgoingMessage::new(
+            self.conv.clone(),
+            Content::text(body),
+            Timestamp::from_millis(0),
+        );
+        self.alice.send(&msg).await.unwrap()
+    }
+}
+
+fn config() -> ClientConfig {
+    ClientConfig {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_millis(500),
+        max_missed_heartbeats: 2,
+        reconnect: Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            jitter: Jitter::None,
+        },
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+                jitter: Jitter::None,
+            },
+            deadline: None,
+        },
+        offline_batch: 2,
+        ..ClientConfig::default()
+    }
+}
+
+/// Events until `stop` matches (included), failing after an hour of (paused) time.
+async fn until(
+    sub: &mut Subscription,
+    mut stop: impl FnMut(&ClientEvent) -> bool,
+) -> Vec<ClientEvent> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; saw {seen:#?}"))
+            .expect("client gone");
+        let done = stop(&ev);
+        seen.push(ev);
+        if done {
+            return seen;
+        }
+    }
+}
+
+fn messages(events: &[ClientEvent]) -> Vec<(u64, Origin)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message(r) => Some((r.message.seq.map_or(0, |s| s.0), r.origin)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn states(events: &[ClientEvent]) -> Vec<ConnectionState> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::State(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_state(s: ConnectionState) -> impl FnMut(&ClientEvent) -> bool {
+    move |e| matches!(e, ClientEvent::State(x) if *x == s)
+}
+
+#[tokio::test(start_paused = true)]
+async fn ack_online_delivers_offline_first_then_live_none_twice() {
+    let w = world().await;
+    for i in 1..=5 {
+        w.say(&format!("m{i}")).await;
+    }
+    let stored = w.vendor.stored_messages(&w.conv);
+    let faulty = Arc::new(FaultyVendor::new(Arc::new(w.vendor.client()), 1));
+    // During the last offline pull, Alice keeps talking (those race the pull and arrive
+    // as pushes after go_online) and the vendor re-pushes two already-pulled messages.
+    let (alice, conv, injector) = (w.alice.clone(), w.conv.clone(), faulty.injector());
+    let replays = vec![stored[4].clone(), stored[0].clone()];
+    faulty.after_pull_offline(Arc::new(move |n| {
+        let (alice, conv, injector, replays) = (
+            alice.clone(),
+            conv.clone(),
+            injector.clone(),
+            replays.clone(),
+        );
+        async move {
+            if n == 3 {
+                for body in ["r1", "r2"] {
+                    let m = OutgoingMessage::new(
+                        conv.clone(),
+                        Content::text(body),
+                        Timestamp::from_millis(0),
+                    );
+                    alice.send(&m).await.unwrap();
+                }
+                for m in replays {
+                    injector.send(VendorEvent::MessagePushed(m)).unwrap();
+                }
+            }
+        }
+        .boxed()
+    }));
+    let client = ImClient::builder(faulty.clone(), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let events = until(
+        &mut sub,
+        |e| matches!(e, ClientEvent::Message(r) if r.message.seq.map(|s| s.0) == Some(7)),
+    )
+    .await;
+    use Origin::*;
+    assert_eq!(
+        messages(&events),
+        [
+            (1, Offline),
+            (2, Offline),
+            (3, Offline),
+            (4, Offline),
+            (5, Offline),
+            (6, Online),
+            (7, Online)
+        ]
+    );
+    // Nothing more comes: the replays were deduplicated.
+    w.say("m8").await;
+    let events = until(&mut sub, |e| matches!(e, ClientEvent::Message(_))).await;
+    assert_eq!(messages(&events), [(8, Online)]);
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn missed_heartbeats_reconnect_with_growing_delays() {
+    let w = world().await;
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    until(&mut sub, is_state(ConnectionState::Online)).await;
+    w.vendor.fail_next(
+        VendorOp::Ping,
+        2,
+        ServiceError::Timeout(Duration::from_millis(500)),
+    );
+    w.vendor
+        .fail_next(VendorOp::Login, 3, ServiceError::Unavailable("down".into()));
+    let events = until(&mut sub, is_state(ConnectionState::Online)).await;
+    let misses: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::HeartbeatMissed { missed } => Some(*missed),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(misses, [1, 2]);
+    let waits: Vec<(u32, Duration)> = states(&events)
+        .into_iter()
+        .filter_map(|s| match s {
+            ConnectionState::Reconnecting { attempt, next_in } => Some((attempt, next_in)),
+            _ => None,
+        })
+        .collect();
+    let secs = Duration::from_secs;
+    assert_eq!(
+        waits,
+        [(1, secs(1)), (2, secs(2)), (3, secs(4)), (4, secs(8))]
+    );
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn kicked_client_stops_and_does_not_reconnect() {
+    let w = world().await;
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let other_device = w.vendor.client();
+    other_device.login(&w.bob).await.unwrap();
+    until(
+        &mut sub,
+        is_state(ConnectionState::Kicked(KickReason::LoggedInElsewhere)),
+    )
+    .await;
+    // An hour later nothing has been attempted.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            .await
+            .is_err()
+    );
+    assert!(
+        other_device.ping().await.is_ok(),
+        "the new device was not kicked back"
+    );
+}
+
+struct Refresh {
+    vendor: MemoryVendor,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl TokenProvider for Refresh {
+    async fn token(&self, user: &UserId) -> Result<Token, ServiceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.vendor
+            .issue_token(user, Some(Duration::from_secs(3600)))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_token_without_provider_stops() {
+    let w = world().await;
+    let token = w
+        .vendor
+        .issue_token(&w.bob.user, Some(Duration::from_secs(600)))
+        .unwrap();
+    let creds = Credentials {
+        user: w.bob.user.clone(),
+        token,
+    };
+    let client = ImClient::builder(Arc::new(w.vendor.client()), creds)
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    w.clock.advance(Duration::from_secs(601));
+    w.vendor.sweep();
+    until(&mut sub, is_state(ConnectionState::TokenExpired)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_token_is_refreshed_once_and_never_reused() {
+    let w = world().await;
+    let token = w
+        .vendor
+        .issue_token(&w.bob.user, Some(Duration::from_secs(600)))
+        .unwrap();
+    let creds = Credentials {
+        user: w.bob.user.clone(),
+        token,
+    };
+    let provider = Arc::new(Refresh {
+        vendor: w.vendor.clone(),
+        calls: AtomicU32::new(0),
+    });
+    let client = ImClient::builder(Arc::new(w.vendor.client()), creds)
+        .config(config())
+        .token_provider(provider.clone())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    w.clock.advance(Duration::from_secs(540));
+    w.vendor.sweep();
+    until(&mut sub, |e| {
+        matches!(e, ClientEvent::TokenWillExpire { .. })
+    })
+    .await;
+    w.clock.advance(Duration::from_secs(61));
+    w.vendor.sweep();
+    let events = until(&mut sub, is_state(ConnectionState::Online)).await;
+    assert!(
+        states(&events)
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Reconnecting { .. }))
+    );
+    assert_eq!(
+        provider.calls.load(Ordering::SeqCst),
+        1,
+        "one refresh per expiry"
+    );
+    w.say("after refresh").await;
+    let events = until(&mut sub, |e| matches!(e, ClientEvent::Message(_))).await;
+    assert_eq!(messages(&events), [(1, Origin::Online)]);
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_push_is_detected_and_filled() {
+    let w = world().await;
+    let faulty = Arc::new(FaultyVendor::new(Arc::new(w.vendor.client()), 2));
+    faulty.set_push_faults(PushFaults {
+        lose: Some(Arc::new(|m: &Message| m.seq.is_some_and(|s| s.0 == 2))),
+        ..PushFaults::default()
+    });
+    let client = ImClient::builder(faulty, w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    for i in 1..=3 {
+        w.say(&format!("m{i}")).await;
+    }
+    let events = until(&mut sub, |e| {
+        matches!(e, ClientEvent::Sync(SyncProgress::GapFilled { .. }))
+    })
+    .await;
+    assert!(matches!(
+        events.last(),
+        Some(ClientEvent::Sync(SyncProgress::GapFilled { messages: 1 }))
+    ));
+    assert_eq!(
+        messages(&events),
+        [
+            (1, Origin::Online),
+            (2, Origin::Online),
+            (3, Origin::Online)
+        ]
+    );
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicated_and_reordered_pushes_are_delivered_once_in_order() {
+    let w = world().await;
+    let faulty = Arc::new(FaultyVendor::new(Arc::new(w.vendor.client()), 3));
+    faulty.set_push_faults(PushFaults {
+        duplicate: 0.5,
+        reorder: true,
+        lose: None,
+    });
+    let client = ImClient::builder(faulty, w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    for i in 1..=10 {
+        w.say(&format!("m{i}")).await;
+    }
+    let events = until(
+        &mut sub,
+        |e| matches!(e, ClientEvent::Message(r) if r.message.seq.map(|s| s.0) == Some(10)),
+    )
+    .await;
+    let seqs: Vec<u64> = messages(&events).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_in_the_middle_of_a_sync_loses_and_repeats_nothing() {
+    let w = world().await;
+    for i in 1..=5 {
+        w.say(&format!("m{i}")).await;
+    }
+    let faulty = Arc::new(FaultyVendor::new(Arc::new(w.vendor.client()), 4));
+    let (vendor, bob) = (w.vendor.clone(), w.bob.user.clone());
+    faulty.after_pull_offline(Arc::new(move |n| {
+        if n == 1 {
+            vendor.disconnect(&bob);
+        }
+        async {}.boxed()
+    }));
+    let client = ImClient::builder(faulty, w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let events = until(
+        &mut sub,
+        |e| matches!(e, ClientEvent::Message(r) if r.message.seq.map(|s| s.0) == Some(5)),
+    )
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Sync(SyncProgress::Failed(_)))),
+        "the first pass failed"
+    );
+    let seqs: Vec<u64> = messages(&events).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    w.say("m6").await;
+    let events = until(&mut sub, |e| matches!(e, ClientEvent::Message(_))).await;
+    assert_eq!(messages(&events), [(6, Origin::Online)]);
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_give_up_after_the_configured_attempts_and_say_so() {
+    let w = world().await;
+    w.vendor.fail_next(
+        VendorOp::PullOffline,
+        3,
+        ServiceError::Unavailable("busy".into()),
+    );
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let events = until(&mut sub, is_state(ConnectionState::Online)).await;
+    let retries: Vec<(u32, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Retry(a) if a.op == "pull_offline" => {
+                Some((a.attempt, a.next_in.is_some()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        retries,
+        [(1, true), (2, true), (3, false)],
+        "three attempts, then give up"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ClientEvent::Sync(SyncProgress::Failed(ArchError::GaveUp {
+            op: "pull_offline",
+            attempts: 3,
+            ..
+        }))
+    )));
+    assert!(states(&events).contains(&ConnectionState::Reconnecting {
+        attempt: 1,
+        next_in: Duration::from_secs(1)
+    }));
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_are_not_retried() {
+    let w = world().await;
+    w.vendor.fail_next(
+        VendorOp::PullOffline,
+        1,
+        ServiceError::InvalidRequest("nope".into()),
+    );
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    assert!(client.login().await.is_err());
+    let events = until(&mut sub, |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Failed(_)))
+    })
+    .await;
+    let retries: Vec<(u32, Option<Duration>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Retry(a) => Some((a.attempt, a.next_in)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retries, [(1, None)], "one attempt, no retry");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ClientEvent::Sync(SyncProgress::Failed(ArchError::Permanent {
+            op: "pull_offline",
+            ..
+        }))
+    )));
+}
+
+/// An archive fixture: serves a fixed set of messages by time range.
+struct Archive(Vec<Message>);
+
+#[async_trait]
+impl HistorySource for Archive {
+    fn name(&self) -> &str {
+        "archive"
+    }
+
+    async fn page(
+        &self,
+        conversation: &ConversationId,
+        from: Timestamp,
+        to: Timestamp,
+        _cursor: Option<PageCursor>,
+        limit: u32,
+    ) -> Result<HistoryPage, ServiceError> {
+        let mut messages: Vec<Message> = self
+            .0
+            .iter()
+            .filter(|m| {
+                &m.conversation == conversation && m.server_time >= from && m.server_time < to
+            })
+            .cloned()
+            .collect();
+        messages.sort_by_key(|m| std::cmp::Reverse(m.server_time));
+        messages.truncate(limit as usize);
+        Ok(HistoryPage {
+            messages,
+            next: None,
+            horizon: None,
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_windows_report_gaps_and_use_configured_sources() {
+    let w = world().await;
+    w.say("ten days ago").await;
+    let archived = w.vendor.stored_messages(&w.conv);
+    w.clock.advance(Duration::from_secs(10 * 24 * 3600));
+    w.vendor.sweep();
+    w.say("today").await;
+
+    // Vendor retention is 7 days and no archive: the 7–30 day window is a gap, not "empty".
+    let plain = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .clock(Arc::new(w.clock.clone()))
+        .build();
+    plain.login().await.unwrap();
+    let recent = plain
+        .history(&w.conv, HistoryWindow::Recent, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(recent.messages.len(), 1);
+    assert!(recent.gaps.is_empty());
+    let middle = plain
+        .history(&w.conv, HistoryWindow::Middle, 10, None)
+        .await
+        .unwrap();
+    assert!(middle.messages.is_empty());
+    assert_eq!(
+        middle.gaps.len(),
+        1,
+        "the vendor's horizon makes the window a gap"
+    );
+    let old = plain
+        .history(&w.conv, HistoryWindow::Old, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(old.gaps.len(), 1, "no source for old history");
+    plain.logout().await;
+
+    // With an archive for the middle window, the message comes back.
+    let archived_client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .clock(Arc::new(w.clock.clone()))
+        .history_source(
+            HistoryWindow::Middle,
+            Some(Arc::new(Archive(archived.clone()))),
+        )
+        .build();
+    archived_client.login().await.unwrap();
+    let middle = archived_client
+        .history(&w.conv, HistoryWindow::Middle, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(middle.messages, archived);
+    assert!(middle.gaps.is_empty());
+    assert_eq!(
+        archived_client
+            .store()
+            .message(&archived[0].server_id)
+            .await
+            .unwrap(),
+        Some(archived[0].clone()),
+        "history is persisted locally"
+    );
+    archived_client.logout().await;
+}

@@ -1,0 +1,264 @@
+//! `FaultyVendor`: wraps any vendor and misbehaves on purpose, the way real networks and
+//! vendors do: duplicated, reordered and lost pushes, extra injected events, and hooks that
+//! run between a call and its answer (to make another user act in the middle of a sync).
+//! Deterministic: every random choice comes from one seeded generator.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use im_service::{
+    Capabilities, ConversationId, Credentials, EventStream, HistoryPage, HistoryQuery, Message,
+    OfflineAck, OfflineBatch, OutgoingMessage, SendReceipt, ServerMsgId, ServiceError, Session,
+    Vendor, VendorEvent,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+
+/// A hook run inside a wrapped call, after the inner vendor answered and before the caller
+/// sees the answer.
+pub type Hook = Arc<dyn Fn(u32) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Decides which pushed messages are lost.
+pub type LoseFilter = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
+
+/// What the wrapper does to pushed messages.
+#[derive(Clone, Default)]
+pub struct PushFaults {
+    /// Probability that a push is delivered twice.
+    pub duplicate: f64,
+    /// Swap each pair of consecutive pushes (a lone push waits for a partner; the stream
+    /// releases it when the inner stream ends).
+    pub reorder: bool,
+    /// Pushes for which this returns true are lost (the client must notice the hole).
+    pub lose: Option<LoseFilter>,
+}
+
+/// A vendor wrapper with deliberate faults.
+pub struct FaultyVendor<V> {
+    inner: Arc<V>,
+    faults: Arc<Mutex<PushFaults>>,
+    rng: Arc<Mutex<StdRng>>,
+    inject_tx: mpsc::UnboundedSender<VendorEvent>,
+    inject_rx: Mutex<Option<mpsc::UnboundedReceiver<VendorEvent>>>,
+    after_pull_offline: Mutex<Option<Hook>>,
+    pulls: Mutex<u32>,
+    /// Optional extra latency of every call (exercises timeouts under paused time).
+    pub call_delay: Mutex<Option<Duration>>,
+}
+
+impl<V: Vendor + 'static> FaultyVendor<V> {
+    /// Wraps `inner`; faults start off.
+    pub fn new(inner: Arc<V>, seed: u64) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            inner,
+            faults: Arc::new(Mutex::new(PushFaults::default())),
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
+            inject_tx: tx,
+            inject_rx: Mutex::new(Some(rx)),
+            after_pull_offline: Mutex::new(None),
+            pulls: Mutex::new(0),
+            call_delay: Mutex::new(None),
+        }
+    }
+
+    /// The wrapped vendor.
+    pub fn inner(&self) -> &Arc<V> {
+        &self.inner
+    }
+
+    /// Replaces the push faults.
+    pub fn set_push_faults(&self, faults: PushFaults) {
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
+    }
+
+    /// Adds an event to the stream as if the vendor had sent it.
+    pub fn inject(&self, event: VendorEvent) {
+        let _ = self.inject_tx.send(event);
+    }
+
+    /// A handle that injects events from anywhere (e.g. from inside a hook).
+    pub fn injector(&self) -> mpsc::UnboundedSender<VendorEvent> {
+        self.inject_tx.clone()
+    }
+
+    /// Runs `hook(n)` after the n-th (1-based) `pull_offline` answered.
+    pub fn after_pull_offline(&self, hook: Hook) {
+        *self
+            .after_pull_offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    async fn delay(&self) {
+        let d = *self.call_delay.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = d {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+/// State of the faulty event stream.
+struct StreamState {
+    inner: EventStream,
+    injected: mpsc::UnboundedReceiver<VendorEvent>,
+    faults: Arc<Mutex<PushFaults>>,
+    rng: Arc<Mutex<StdRng>>,
+    out: VecDeque<VendorEvent>,
+    held: Option<VendorEvent>,
+    inner_done: bool,
+}
+
+impl StreamState {
+    fn apply(&mut self, ev: VendorEvent) {
+        let VendorEvent::MessagePushed(m) = &ev else {
+            if let Some(h) = self.held.take() {
+                self.out.push_back(h);
+            }
+            self.out.push_back(ev);
+            return;
+        };
+        let faults = self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if faults.lose.as_ref().is_some_and(|lose| lose(m)) {
+            return;
+        }
+        let p = faults.duplicate.clamp(0.0, 1.0);
+        let dup = p > 0.0
+            && self
+                .rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .random_bool(p);
+        if faults.reorder && self.held.is_none() {
+            self.held = Some(ev);
+            return;
+        }
+        self.out.push_back(ev.clone());
+        if dup {
+            self.out.push_back(ev);
+        }
+        if let Some(h) = self.held.take() {
+            self.out.push_back(h);
+        }
+    }
+}
+
+#[async_trait]
+impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn take_events(&self) -> Option<EventStream> {
+        let inner = self.inner.take_events()?;
+        let injected = self
+            .inject_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let state = StreamState {
+            inner,
+            injected,
+            faults: self.faults.clone(),
+            rng: self.rng.clone(),
+            out: VecDeque::new(),
+            held: None,
+            inner_done: false,
+        };
+        Some(Box::pin(futures::stream::unfold(
+            state,
+            |mut st| async move {
+                loop {
+                    if let Some(ev) = st.out.pop_front() {
+                        return Some((ev, st));
+                    }
+                    if st.inner_done {
+                        let held = st.held.take()?;
+                        return Some((held, st));
+                    }
+                    tokio::select! {
+                        ev = st.inner.next() => match ev {
+                            Some(ev) => st.apply(ev),
+                            None => st.inner_done = true,
+                        },
+                        Some(ev) = st.injected.recv() => st.out.push_back(ev),
+                    }
+                }
+            },
+        )))
+    }
+
+    async fn login(&self, credentials: &Credentials) -> Result<Session, ServiceError> {
+        self.delay().await;
+        self.inner.login(credentials).await
+    }
+
+    async fn logout(&self) -> Result<(), ServiceError> {
+        self.inner.logout().await
+    }
+
+    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ServiceError> {
+        self.delay().await;
+        self.inner.send(message).await
+    }
+
+    async fn pull_offline(&self, max: u32) -> Result<OfflineBatch, ServiceError> {
+        self.delay().await;
+        let result = self.inner.pull_offline(max).await;
+        let n = {
+            let mut p = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+            *p += 1;
+            *p
+        };
+        let hook = self
+            .after_pull_offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(n).await;
+        }
+        result
+    }
+
+    async fn ack_offline(&self, ack: &OfflineAck) -> Result<(), ServiceError> {
+        self.delay().await;
+        self.inner.ack_offline(ack).await
+    }
+
+    async fn go_online(&self) -> Result<(), ServiceError> {
+        self.delay().await;
+        self.inner.go_online().await
+    }
+
+    async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage, ServiceError> {
+        self.delay().await;
+        self.inner.pull_history(query).await
+    }
+
+    async fn ping(&self) -> Result<Duration, ServiceError> {
+        self.delay().await;
+        self.inner.ping().await
+    }
+
+    async fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        up_to: &ServerMsgId,
+    ) -> Result<(), ServiceError> {
+        self.inner.mark_read(conversation, up_to).await
+    }
+}
