@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use im_service::{
     Capability, Clock, ConversationId, Credentials, EventStream, HistoryQuery, HistoryRange,
-    Message, Origin, ReceivedMessage, Seq, ServiceError, Token, UserId, Vendor, VendorEvent,
+    HistoryScope, Message, Origin, ReceivedMessage, Seq, ServiceError, Token, UserId, Vendor,
+    VendorEvent,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,6 +57,11 @@ pub struct ClientConfig {
     pub page_size: u32,
     /// Queue size of each subscription.
     pub subscriber_capacity: usize,
+    /// How many of the most recently active conversations are checked for a lost tail
+    /// after every (re)connect.
+    pub catch_up_conversations: usize,
+    /// Most pages of the all-conversations catch-up query after a reconnect.
+    pub catch_up_pages: u32,
 }
 
 impl Default for ClientConfig {
@@ -75,6 +81,8 @@ impl Default for ClientConfig {
             gap_fill_limit: 500,
             page_size: 100,
             subscriber_capacity: 1024,
+            catch_up_conversations: 50,
+            catch_up_pages: 10,
         }
     }
 }
@@ -468,8 +476,11 @@ async fn supervise(
         }
         .instrument(tracing::info_span!("login", user = %creds.user, attempt))
         .await;
-        match login {
-            Ok(session) => tracing::debug!(session = %session.session_id, "logged in"),
+        let login_time = match login {
+            Ok(session) => {
+                tracing::debug!(session = %session.session_id, "logged in");
+                session.server_time
+            }
             Err(ServiceError::TokenExpired) if shared.provider.is_some() && !refreshed => {
                 refreshed = true;
                 if refresh_token(&shared).await {
@@ -488,10 +499,10 @@ async fn supervise(
                     continue;
                 }
             },
-        }
+        };
         refreshed = false;
         shared.set_state(ConnectionState::Syncing).await;
-        if let Err(e) = engine.sync_pass(&shared).await {
+        if let Err(e) = engine.sync_pass(&shared, login_time).await {
             let terminal = e.service_error().and_then(terminal_state);
             shared
                 .distributor
@@ -635,6 +646,8 @@ async fn online(
 
 /// Sync state owned by the supervisor: ordering per conversation and delivery cursors.
 struct SyncEngine {
+    /// Newest server time known delivered when the client last went online.
+    synced_to: Option<im_service::Timestamp>,
     sequencer: Sequencer,
     cursors: HashMap<ConversationId, SyncCursor>,
     sequences: bool,
@@ -658,7 +671,9 @@ impl SyncEngine {
             .vendor
             .capabilities()
             .supports(Capability::SequenceNumbers);
+        let synced_to = cursors.values().map(|c| c.time).max();
         Self {
+            synced_to,
             sequencer,
             cursors,
             sequences,
@@ -787,7 +802,11 @@ impl SyncEngine {
 
     /// ACK-online: drain the offline queue (persist, then acknowledge each batch), catch up
     /// conversations the vendor does not queue for us, fill holes, then go online.
-    async fn sync_pass(&mut self, shared: &Shared) -> Result<(), ArchError> {
+    async fn sync_pass(
+        &mut self,
+        shared: &Shared,
+        login_time: Option<im_service::Timestamp>,
+    ) -> Result<(), ArchError> {
         let span = tracing::info_span!("sync_pass", vendor = shared.vendor.name());
         async {
             shared
@@ -822,14 +841,24 @@ impl SyncEngine {
                         break;
                     }
                 }
-            } else {
-                offline.extend(self.catch_up(shared).await?);
             }
+            // Pushes lost in flight when a connection died are in neither the offline queue
+            // nor any later push: ask for everything after each cursor (OpenIM's max-seq
+            // check). Vendors without an offline queue rely on this entirely.
+            offline.extend(
+                self.catch_up(shared, !caps.supports(Capability::OfflineQueue))
+                    .await?,
+            );
             let mut delivered = self.ingest(shared, offline, Origin::Offline).await?;
             delivered += self.fill_gaps(shared).await?;
             shared
                 .retry("go_online", || shared.vendor.go_online())
                 .await?;
+            // Everything stored before this login is in; pushes from now on are newer.
+            // (The catch-up above covered pushes lost since the previous mark.) Without the
+            // vendor's clock, the newest delivered message is the best mark we have.
+            let newest = self.cursors.values().map(|c| c.time).max();
+            self.synced_to = login_time.or(newest).or(self.synced_to);
             shared
                 .distributor
                 .publish(ClientEvent::Sync(SyncProgress::Finished { delivered }))
@@ -840,11 +869,45 @@ impl SyncEngine {
         .await
     }
 
-    /// For vendors without an offline queue: everything after each known cursor.
-    async fn catch_up(&self, shared: &Shared) -> Result<Vec<Message>, ArchError> {
+    /// Everything after the cursors of the most recently active conversations (all of them
+    /// when `all`), by sequence where the vendor has it, else by time.
+    async fn catch_up(&self, shared: &Shared, all: bool) -> Result<Vec<Message>, ArchError> {
         let caps = shared.vendor.capabilities().clone();
+        if !all && !caps.supports(Capability::HistoryBySeq) {
+            return Ok(Vec::new());
+        }
+        let mut recent: Vec<(&ConversationId, &SyncCursor)> = self.cursors.iter().collect();
+        recent.sort_by_key(|(_, c)| std::cmp::Reverse(c.time));
+        if !all {
+            recent.truncate(shared.config.catch_up_conversations);
+        }
         let mut out = Vec::new();
-        for (conversation, cursor) in &self.cursors {
+        // A conversation whose very first push was lost has no cursor yet: a query over all
+        // conversations since the last time we were up to date finds it.
+        if let (Some(from), true) = (self.synced_to, caps.supports(Capability::HistoryByTime)) {
+            let range = HistoryRange::Time {
+                from,
+                to: im_service::Timestamp::from_millis(i64::MAX),
+            };
+            let mut cursor = None;
+            for _ in 0..shared.config.catch_up_pages {
+                let query = HistoryQuery {
+                    scope: HistoryScope::All,
+                    range,
+                    cursor: cursor.clone(),
+                    limit: shared.config.page_size,
+                };
+                let page = shared
+                    .retry("pull_history", || shared.vendor.pull_history(&query))
+                    .await?;
+                out.extend(page.messages);
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+        for (conversation, cursor) in recent {
             let range = match (
                 cursor.seq,
                 caps.supports(Capability::HistoryBySeq),

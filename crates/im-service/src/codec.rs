@@ -259,7 +259,7 @@ mod tests {
                 roundtrip(&ev);
             }
             roundtrip(&SendReceipt { server_id: m.server_id, seq: m.seq, server_time: m.server_time, duplicate: dup });
-            roundtrip(&Session { user: u.clone(), token_expires_at: Some(Timestamp::from_millis(t)), session_id: "s".into() });
+            roundtrip(&Session { user: u.clone(), token_expires_at: Some(Timestamp::from_millis(t)), session_id: "s".into(), server_time: Some(Timestamp::from_millis(t)) });
             roundtrip(&Credentials { user: u, token: Token::new("secret") });
         }
 

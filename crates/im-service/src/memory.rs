@@ -755,6 +755,7 @@ impl Vendor for MemoryClient {
             user: credentials.user.clone(),
             token_expires_at: expires_at,
             session_id: format!("mem-{id}"),
+            server_time: Some(now),
         })
     }
 

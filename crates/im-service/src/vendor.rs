@@ -32,6 +32,9 @@ pub struct Session {
     pub token_expires_at: Option<Timestamp>,
     /// The vendor's id for this connection (diagnostics).
     pub session_id: String,
+    /// The vendor's clock at login, when it tells: a client can measure its own skew and
+    /// knows from when on live pushes are newer than its sync.
+    pub server_time: Option<Timestamp>,
 }
 
 /// The vendor's acknowledgement of a send.

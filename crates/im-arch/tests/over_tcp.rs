@@ -1,0 +1,286 @@
+//! The client against the reference vendor over real TCP on 127.0.0.1, with the server's
+//! fault injection: ACK-online, dropped connections, duplicated and reordered pushes,
+//! failing pulls, ignored heartbeats, kick. Real time with short intervals; every wait is
+//! for an event, bounded by a generous timeout.
+
+// Test helpers outside #[test] fns: a panic is how they fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_arch::{
+    Backoff, ClientConfig, ClientEvent, ConnectionState, ImClient, Jitter, RetryPolicy,
+    Subscription,
+};
+use im_service::memory::{MemoryClient, VendorOp};
+use im_service::reference::{ReferenceConfig, ReferenceVendor};
+use im_service::{
+    Content, ConversationId, Credentials, KickReason, Origin, OutgoingMessage, ServiceError,
+    Timestamp, UserId, Vendor,
+};
+use im_testkit::{Faults, ReferenceServer, ServerConfig};
+
+struct World {
+    server: ReferenceServer,
+    vendor: ReferenceVendor,
+    /// Alice talks in process to the same store, so faults on TCP hit only Bob.
+    alice: MemoryClient,
+    bob: Credentials,
+    conv: ConversationId,
+}
+
+async fn world() -> World {
+    let server = ReferenceServer::start(ServerConfig::default())
+        .await
+        .unwrap();
+    let vendor = ReferenceVendor::discover(
+        server.addr(),
+        ReferenceConfig {
+            request_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a = server.vendor().register_user(&UserId::new("alice"));
+    let bob = server.vendor().register_user(&UserId::new("bob"));
+    let conv = ConversationId::direct(&a.user, &bob.user);
+    let alice = server.vendor().client();
+    alice.login(&a).await.unwrap();
+    World {
+        server,
+        vendor,
+        alice,
+        bob,
+        conv,
+    }
+}
+
+impl World {
+    async fn say(&self, n: u64) {
+        let msg = OutgoingMessage::new(
+            self.conv.clone(),
+            Content::text(format!("m{n}")),
+            Timestamp::from_millis(0),
+        );
+        self.alice.send(&msg).await.unwrap();
+    }
+
+    fn client(&self) -> ImClient {
+        ImClient::builder(Arc::new(self.vendor.client()), self.bob.clone())
+            .config(config())
+            .build()
+    }
+}
+
+fn config() -> ClientConfig {
+    ClientConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_millis(300),
+        max_missed_heartbeats: 2,
+        reconnect: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            jitter: Jitter::Full,
+        },
+        retry: RetryPolicy {
+            max_attempts: 4,
+            backoff: Backoff {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                jitter: Jitter::Full,
+            },
+            deadline: None,
+        },
+        offline_batch: 3,
+        ..ClientConfig::default()
+    }
+}
+
+async fn until(
+    sub: &mut Subscription,
+    mut stop: impl FnMut(&ClientEvent) -> bool,
+) -> Vec<ClientEvent> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; saw {seen:#?}"))
+            .expect("client gone");
+        let done = stop(&ev);
+        seen.push(ev);
+        if done {
+            return seen;
+        }
+    }
+}
+
+fn got_seq(n: u64) -> impl FnMut(&ClientEvent) -> bool {
+    move |e| matches!(e, ClientEvent::Message(r) if r.message.seq.map(|s| s.0) == Some(n))
+}
+
+fn messages(events: &[ClientEvent]) -> Vec<(u64, Origin)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message(r) => Some((r.message.seq.map_or(0, |s| s.0), r.origin)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn seqs(events: &[ClientEvent]) -> Vec<u64> {
+    messages(events).into_iter().map(|(s, _)| s).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_online_over_tcp() {
+    let w = world().await;
+    for i in 1..=5 {
+        w.say(i).await;
+    }
+    let client = w.client();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    for i in 6..=8 {
+        w.say(i).await;
+    }
+    let events = until(&mut sub, got_seq(8)).await;
+    use Origin::*;
+    assert_eq!(
+        messages(&events),
+        [
+            (1, Offline),
+            (2, Offline),
+            (3, Offline),
+            (4, Offline),
+            (5, Offline),
+            (6, Online),
+            (7, Online),
+            (8, Online)
+        ]
+    );
+    client.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_reordered_pushes_over_tcp() {
+    let w = world().await;
+    let client = w.client();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    w.server.set_faults(Faults {
+        duplicate_push_probability: 0.5,
+        reorder_pushes: true,
+        reorder_window: Duration::from_millis(30),
+        ..Faults::none()
+    });
+    for i in 1..=20 {
+        w.say(i).await;
+    }
+    let events = until(&mut sub, got_seq(20)).await;
+    assert_eq!(seqs(&events), (1..=20).collect::<Vec<_>>());
+    client.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_lose_and_repeat_nothing() {
+    let w = world().await;
+    let client = w.client();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    // Every connection dies after 7 frames: sync and a few pushes, then it breaks again.
+    w.server.set_faults(Faults {
+        drop_after_frames: Some(7),
+        ..Faults::none()
+    });
+    for i in 1..=30 {
+        w.say(i).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let events = until(&mut sub, got_seq(30)).await;
+    assert_eq!(seqs(&events), (1..=30).collect::<Vec<_>>());
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::State(ConnectionState::Reconnecting { .. }))),
+        "the fault really broke connections"
+    );
+    w.server.set_faults(Faults::none());
+    client.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_pulls_are_retried_over_tcp() {
+    let w = world().await;
+    for i in 1..=4 {
+        w.say(i).await;
+    }
+    w.server.fail_next(
+        VendorOp::PullOffline,
+        2,
+        ServiceError::Unavailable("busy".into()),
+    );
+    let client = w.client();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let events = until(&mut sub, got_seq(4)).await;
+    let retries = events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Retry(a) if a.op == "pull_offline"))
+        .count();
+    assert_eq!(retries, 2);
+    assert_eq!(seqs(&events), [1, 2, 3, 4]);
+    client.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_heartbeats_trigger_a_reconnect_over_tcp() {
+    let w = world().await;
+    let client = w.client();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    until(&mut sub, |e| matches!(e, ClientEvent::Heartbeat { .. })).await;
+    w.server.set_faults(Faults {
+        ignore_heartbeats: true,
+        ..Faults::none()
+    });
+    until(&mut sub, |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Reconnecting { .. }))
+    })
+    .await;
+    w.server.set_faults(Faults::none());
+    until(&mut sub, |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await;
+    w.say(1).await;
+    let events = until(&mut sub, got_seq(1)).await;
+    assert_eq!(seqs(&events), [1]);
+    client.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicked_over_tcp_stops() {
+    let w = world().await;
+    let client = w.client();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let other = w.vendor.client();
+    other.login(&w.bob).await.unwrap();
+    until(&mut sub, |e| {
+        matches!(
+            e,
+            ClientEvent::State(ConnectionState::Kicked(KickReason::LoggedInElsewhere))
+        )
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), sub.recv())
+            .await
+            .is_err(),
+        "no reconnect attempt"
+    );
+    other.ping().await.unwrap();
+}
