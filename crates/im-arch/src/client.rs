@@ -814,7 +814,7 @@ impl SyncEngine {
                 .publish(ClientEvent::Sync(SyncProgress::Started))
                 .await;
             let caps = shared.vendor.capabilities().clone();
-            let mut offline = Vec::new();
+            let mut delivered = 0;
             if caps.supports(Capability::OfflineQueue) {
                 loop {
                     let batch = shared
@@ -823,7 +823,11 @@ impl SyncEngine {
                         })
                         .await?;
                     let n = batch.messages.len();
-                    shared.store.put_messages(&batch.messages).await?;
+                    let left = batch.left;
+                    // Persist and hand the batch to the sequencer before acknowledging it:
+                    // once acked, the vendor will not offer it again, so a pass that fails
+                    // later must still have it (held until the holes below it close).
+                    delivered += self.ingest(shared, batch.messages, Origin::Offline).await?;
                     if let Some(ack) = &batch.ack {
                         shared
                             .retry("ack_offline", || shared.vendor.ack_offline(ack))
@@ -831,13 +835,9 @@ impl SyncEngine {
                     }
                     shared
                         .distributor
-                        .publish(ClientEvent::Sync(SyncProgress::Page {
-                            messages: n,
-                            left: batch.left,
-                        }))
+                        .publish(ClientEvent::Sync(SyncProgress::Page { messages: n, left }))
                         .await;
-                    offline.extend(batch.messages);
-                    if batch.left == 0 || n == 0 {
+                    if left == 0 || n == 0 {
                         break;
                     }
                 }
@@ -845,11 +845,10 @@ impl SyncEngine {
             // Pushes lost in flight when a connection died are in neither the offline queue
             // nor any later push: ask for everything after each cursor (OpenIM's max-seq
             // check). Vendors without an offline queue rely on this entirely.
-            offline.extend(
-                self.catch_up(shared, !caps.supports(Capability::OfflineQueue))
-                    .await?,
-            );
-            let mut delivered = self.ingest(shared, offline, Origin::Offline).await?;
+            let missed = self
+                .catch_up(shared, !caps.supports(Capability::OfflineQueue))
+                .await?;
+            delivered += self.ingest(shared, missed, Origin::Offline).await?;
             delivered += self.fill_gaps(shared).await?;
             shared
                 .retry("go_online", || shared.vendor.go_online())

@@ -284,3 +284,91 @@ async fn kicked_over_tcp_stops() {
     );
     other.ping().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_in_the_middle_of_a_sync_over_tcp() {
+    let w = world().await;
+    for i in 1..=10 {
+        w.say(i).await;
+    }
+    // The first connection dies inside the offline drain (login, pull, ack, pull, …).
+    w.server.set_faults(Faults {
+        drop_after_frames: Some(4),
+        ..Faults::none()
+    });
+    let client = Arc::new(w.client());
+    let mut sub = client.subscribe();
+    let logging_in = tokio::spawn({
+        let client = client.clone();
+        async move { client.login().await }
+    });
+    let first = until(&mut sub, |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Reconnecting { .. }))
+    })
+    .await;
+    assert!(
+        first
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Sync(im_arch::SyncProgress::Failed(_))))
+    );
+    w.server.set_faults(Faults::none());
+    logging_in.await.unwrap().unwrap();
+    let events = until(&mut sub, got_seq(10)).await;
+    assert_eq!(seqs(&events), (1..=10).collect::<Vec<_>>());
+    client.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_over_tcp_stops_without_a_loop() {
+    let w = world().await;
+    let token = w
+        .server
+        .vendor()
+        .issue_token(&w.bob.user, Some(Duration::from_secs(600)))
+        .unwrap();
+    let creds = Credentials {
+        user: w.bob.user.clone(),
+        token,
+    };
+    let client = ImClient::builder(Arc::new(w.vendor.client()), creds)
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    w.server.shift_clock(Duration::from_secs(601));
+    until(&mut sub, |e| {
+        matches!(e, ClientEvent::State(ConnectionState::TokenExpired))
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), sub.recv())
+            .await
+            .is_err(),
+        "no reconnect attempt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_give_up_over_tcp_and_the_client_recovers() {
+    let w = world().await;
+    w.say(1).await;
+    // Four failures: every attempt of the first pass (max 4) fails, the next pass succeeds.
+    w.server.fail_next(
+        VendorOp::PullOffline,
+        4,
+        ServiceError::Unavailable("busy".into()),
+    );
+    let client = w.client();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let events = until(&mut sub, got_seq(1)).await;
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ClientEvent::Sync(im_arch::SyncProgress::Failed(im_arch::ArchError::GaveUp {
+            op: "pull_offline",
+            attempts: 4,
+            ..
+        }))
+    )));
+    client.logout().await;
+}
