@@ -31,4 +31,4 @@ pub use events::{ClientEvent, ConnectionState, SyncProgress};
 pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sequencer::{SeqGap, Sequencer};
-pub use store::{MemoryStore, Store, SyncCursor};
+pub use store::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};

@@ -6,12 +6,52 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use im_service::{ConversationId, Message, Seq, ServerMsgId, Timestamp};
+use im_service::{
+    ClientMsgId, ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ArchError;
 
+/// Version of the persisted layout. A store written by a newer version refuses to open.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where a queued send stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SendStatus {
+    /// Stored locally, not yet acknowledged by the vendor.
+    Sending,
+    /// Acknowledged by the vendor.
+    Sent {
+        /// The vendor's id.
+        server_id: ServerMsgId,
+        /// Its sequence, if the vendor has them.
+        seq: Option<Seq>,
+    },
+    /// Not sent; `recoverable` items can be retried with `resend`.
+    Failed {
+        /// Why.
+        reason: String,
+        /// Whether a later retry can succeed.
+        recoverable: bool,
+    },
+}
+
+/// One message of the persistent send queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// Enqueue order; sends of a conversation go out in this order.
+    pub position: u64,
+    /// The message, with the client id reused on every attempt.
+    pub message: OutgoingMessage,
+    /// Where it stands.
+    pub status: SendStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
 /// How far a conversation has been delivered, in order, to subscribers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SyncCursor {
     /// Highest sequence delivered with no hole below it (vendors with sequences).
     pub seq: Option<Seq>,
@@ -43,6 +83,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every saved cursor.
     async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError>;
+
+    /// Up to `limit` messages of a conversation strictly older than `before` (all when
+    /// `None`), newest first: the timeline page a chat screen scrolls through.
+    async fn page_before(
+        &self,
+        conversation: &ConversationId,
+        before: Option<&Message>,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError>;
+
+    /// Inserts or replaces an outbox item (keyed by its client id).
+    async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError>;
+
+    /// Removes an outbox item.
+    async fn remove_outbox(&self, id: &ClientMsgId) -> Result<(), ArchError>;
+
+    /// Every outbox item, in enqueue order.
+    async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError>;
 }
 
 /// Order of messages inside a conversation: server time, then sequence, then id.
@@ -57,6 +115,7 @@ struct MemoryState {
     by_conversation: HashMap<ConversationId, BTreeMap<OrderKey, Message>>,
     by_id: HashMap<ServerMsgId, OrderKey>,
     cursors: HashMap<ConversationId, SyncCursor>,
+    outbox: HashMap<ClientMsgId, OutboxItem>,
 }
 
 /// The in-memory [`Store`]: tests, and clients that keep nothing across restarts.
@@ -140,5 +199,45 @@ impl Store for MemoryStore {
             .iter()
             .map(|(c, cur)| (c.clone(), *cur))
             .collect())
+    }
+
+    async fn page_before(
+        &self,
+        conversation: &ConversationId,
+        before: Option<&Message>,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError> {
+        let st = self.state();
+        let Some(conv) = st.by_conversation.get(conversation) else {
+            return Ok(Vec::new());
+        };
+        let page = match before {
+            Some(m) => conv
+                .range(..order_key(m))
+                .rev()
+                .take(limit)
+                .map(|(_, m)| m.clone())
+                .collect(),
+            None => conv.values().rev().take(limit).cloned().collect(),
+        };
+        Ok(page)
+    }
+
+    async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError> {
+        self.state()
+            .outbox
+            .insert(item.message.client_id.clone(), item.clone());
+        Ok(())
+    }
+
+    async fn remove_outbox(&self, id: &ClientMsgId) -> Result<(), ArchError> {
+        self.state().outbox.remove(id);
+        Ok(())
+    }
+
+    async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
+        let mut items: Vec<OutboxItem> = self.state().outbox.values().cloned().collect();
+        items.sort_by_key(|i| i.position);
+        Ok(items)
     }
 }
