@@ -141,6 +141,7 @@ impl ImClientBuilder {
     /// Builds the client (not yet logged in).
     pub fn build(self) -> ImClient {
         let events = self.vendor.take_events();
+        let (own_tx, own_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             vendor: self.vendor,
             store: self.store,
@@ -151,6 +152,10 @@ impl ImClientBuilder {
             credentials: Mutex::new(self.credentials),
             distributor: Distributor::default(),
             state: watch::channel(ConnectionState::Disconnected).0,
+            outbox_wake: tokio::sync::Notify::new(),
+            next_position: tokio::sync::Mutex::new(None),
+            own_sent: own_tx,
+            own_sent_rx: Mutex::new(Some(own_rx)),
         });
         ImClient {
             shared,
@@ -161,21 +166,28 @@ impl ImClientBuilder {
 }
 
 /// Everything the facade and the supervisor share.
-struct Shared {
-    vendor: Arc<dyn Vendor>,
-    store: Arc<dyn Store>,
-    config: ClientConfig,
-    sources: HashMap<HistoryWindow, Arc<dyn HistorySource>>,
+pub(crate) struct Shared {
+    pub(crate) vendor: Arc<dyn Vendor>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: ClientConfig,
+    pub(crate) sources: HashMap<HistoryWindow, Arc<dyn HistorySource>>,
     /// Measures history windows.
-    clock: Arc<dyn Clock>,
-    provider: Option<Arc<dyn TokenProvider>>,
-    credentials: Mutex<Credentials>,
-    distributor: Distributor,
-    state: watch::Sender<ConnectionState>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) provider: Option<Arc<dyn TokenProvider>>,
+    pub(crate) credentials: Mutex<Credentials>,
+    pub(crate) distributor: Distributor,
+    pub(crate) state: watch::Sender<ConnectionState>,
+    /// Wakes the sender task (new item, resend, cancel, back online).
+    pub(crate) outbox_wake: tokio::sync::Notify,
+    /// Next outbox position; loaded from the store on first use.
+    pub(crate) next_position: tokio::sync::Mutex<Option<u64>>,
+    /// Own sent messages handed to the supervisor's sequencer.
+    pub(crate) own_sent: mpsc::UnboundedSender<Message>,
+    pub(crate) own_sent_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
 }
 
 impl Shared {
-    async fn set_state(&self, state: ConnectionState) {
+    pub(crate) async fn set_state(&self, state: ConnectionState) {
         tracing::info!(state = ?state, "connection state");
         self.state.send_replace(state.clone());
         self.distributor.publish(ClientEvent::State(state)).await;
@@ -188,7 +200,11 @@ impl Shared {
             .clone()
     }
 
-    async fn retry<T, Fut>(&self, op: &'static str, f: impl FnMut() -> Fut) -> Result<T, ArchError>
+    pub(crate) async fn retry<T, Fut>(
+        &self,
+        op: &'static str,
+        f: impl FnMut() -> Fut,
+    ) -> Result<T, ArchError>
     where
         Fut: std::future::Future<Output = Result<T, ServiceError>>,
     {
@@ -209,6 +225,8 @@ impl Shared {
 struct Running {
     commands: mpsc::Sender<Command>,
     handle: JoinHandle<()>,
+    /// The send queue's task; stops with the supervisor.
+    sender: JoinHandle<()>,
 }
 
 enum Command {
@@ -273,6 +291,10 @@ impl ImClient {
         }
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// A new subscription to everything the client publishes.
     pub fn subscribe(&self) -> Subscription {
         self.shared
@@ -315,11 +337,21 @@ impl ImClient {
                 self.shared
                     .state
                     .send_replace(ConnectionState::Disconnected);
+                let own = self
+                    .shared
+                    .own_sent_rx
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                let sender = tokio::spawn(
+                    crate::send_queue::run(self.shared.clone()).instrument(span.clone()),
+                );
                 let handle =
-                    tokio::spawn(supervise(self.shared.clone(), events, rx).instrument(span));
+                    tokio::spawn(supervise(self.shared.clone(), events, rx, own).instrument(span));
                 *task = Some(Running {
                     commands: tx,
                     handle,
+                    sender,
                 });
             }
         }
@@ -359,6 +391,7 @@ impl ImClient {
                 let _ = rx.await;
             }
             let _ = r.handle.await;
+            r.sender.abort();
         }
     }
 
@@ -411,6 +444,7 @@ impl Drop for ImClient {
     fn drop(&mut self) {
         if let Some(r) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             r.handle.abort();
+            r.sender.abort();
         }
     }
 }
@@ -427,6 +461,7 @@ async fn supervise(
     shared: Arc<Shared>,
     mut events: EventStream,
     mut commands: mpsc::Receiver<Command>,
+    mut own: Option<mpsc::UnboundedReceiver<Message>>,
 ) {
     let mut engine = SyncEngine::load(&shared).await;
     let mut attempt: u32 = 0;
@@ -517,7 +552,7 @@ async fn supervise(
             continue;
         }
         shared.set_state(ConnectionState::Online).await;
-        match online(&shared, &mut engine, &mut events, &mut commands).await {
+        match online(&shared, &mut engine, &mut events, &mut commands, &mut own).await {
             Exit::Reconnect(why) => {
                 tracing::warn!(reason = %why, "reconnecting");
                 let _ = shared.vendor.logout().await;
@@ -581,6 +616,7 @@ async fn online(
     engine: &mut SyncEngine,
     events: &mut EventStream,
     commands: &mut mpsc::Receiver<Command>,
+    own: &mut Option<mpsc::UnboundedReceiver<Message>>,
 ) -> Exit {
     let mut heartbeat = tokio::time::interval_at(
         Instant::now() + shared.config.heartbeat_interval,
@@ -595,6 +631,13 @@ async fn online(
                 Some(Command::Reconnect) => return Exit::Reconnect("requested".into()),
                 None => return Exit::Logout(None),
             },
+            Some(sent) = recv_own(own) => {
+                // Our own message, acknowledged: it takes its place in the sequence quietly
+                // (the UI already shows it as the local echo) and releases what waited on it.
+                if let Err(e) = engine.ingest_except(shared, vec![sent.clone()], Origin::Online, Some(&sent.server_id)).await {
+                    return Exit::Reconnect(format!("ingest failed: {e}"));
+                }
+            }
             ev = events.next() => match ev {
                 None => return Exit::Reconnect("vendor event stream ended".into()),
                 Some(VendorEvent::MessagePushed(m)) => {
@@ -644,6 +687,14 @@ async fn online(
     }
 }
 
+/// The next own sent message, or never if there is no channel.
+async fn recv_own(own: &mut Option<mpsc::UnboundedReceiver<Message>>) -> Option<Message> {
+    match own {
+        Some(rx) => rx.recv().await,
+        None => futures::future::pending().await,
+    }
+}
+
 /// Sync state owned by the supervisor: ordering per conversation and delivery cursors.
 struct SyncEngine {
     /// Newest server time known delivered when the client last went online.
@@ -685,8 +736,19 @@ impl SyncEngine {
     async fn ingest(
         &mut self,
         shared: &Shared,
+        messages: Vec<Message>,
+        origin: Origin,
+    ) -> Result<usize, ArchError> {
+        self.ingest_except(shared, messages, origin, None).await
+    }
+
+    /// [`SyncEngine::ingest`], publishing everything released except the message `quiet`.
+    async fn ingest_except(
+        &mut self,
+        shared: &Shared,
         mut messages: Vec<Message>,
         origin: Origin,
+        quiet: Option<&im_service::ServerMsgId>,
     ) -> Result<usize, ArchError> {
         if messages.is_empty() {
             return Ok(0);
@@ -719,6 +781,9 @@ impl SyncEngine {
             }
             cur.time = cur.time.max(m.server_time);
             touched.insert(m.conversation.clone(), *cur);
+            if quiet == Some(&m.server_id) {
+                continue;
+            }
             shared
                 .distributor
                 .publish(ClientEvent::Message(ReceivedMessage { message: m, origin }))
@@ -755,7 +820,14 @@ impl SyncEngine {
                     after: Some(after),
                     before: Some(gap.before),
                 };
-                let fetched = self.pull_range(shared, &gap.conversation, range).await?;
+                let fetched = self
+                    .pull_range(
+                        shared,
+                        HistoryScope::Conversation(gap.conversation.clone()),
+                        range,
+                        u32::MAX,
+                    )
+                    .await?;
                 let n = fetched.len();
                 if n == 0 {
                     // The vendor no longer has it (retention): skip the hole rather than stall.
@@ -776,28 +848,33 @@ impl SyncEngine {
         Ok(delivered)
     }
 
-    /// Every message of a range, all pages.
+    /// Every message of a range, page by page, at most `max_pages` pages.
     async fn pull_range(
         &self,
         shared: &Shared,
-        conversation: &ConversationId,
+        scope: HistoryScope,
         range: HistoryRange,
+        max_pages: u32,
     ) -> Result<Vec<Message>, ArchError> {
         let mut out = Vec::new();
         let mut cursor = None;
-        loop {
-            let query = HistoryQuery::latest(conversation.clone(), shared.config.page_size)
-                .range(range)
-                .after_cursor(cursor.clone());
+        for _ in 0..max_pages {
+            let query = HistoryQuery {
+                scope: scope.clone(),
+                range,
+                cursor: cursor.clone(),
+                limit: shared.config.page_size,
+            };
             let page = shared
                 .retry("pull_history", || shared.vendor.pull_history(&query))
                 .await?;
             out.extend(page.messages);
             match page.next {
                 Some(next) => cursor = Some(next),
-                None => return Ok(out),
+                None => break,
             }
         }
+        Ok(out)
     }
 
     /// ACK-online: drain the offline queue (persist, then acknowledge each batch), catch up
@@ -888,23 +965,15 @@ impl SyncEngine {
                 from,
                 to: im_service::Timestamp::from_millis(i64::MAX),
             };
-            let mut cursor = None;
-            for _ in 0..shared.config.catch_up_pages {
-                let query = HistoryQuery {
-                    scope: HistoryScope::All,
+            out.extend(
+                self.pull_range(
+                    shared,
+                    HistoryScope::All,
                     range,
-                    cursor: cursor.clone(),
-                    limit: shared.config.page_size,
-                };
-                let page = shared
-                    .retry("pull_history", || shared.vendor.pull_history(&query))
-                    .await?;
-                out.extend(page.messages);
-                match page.next {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
+                    shared.config.catch_up_pages,
+                )
+                .await?,
+            );
         }
         for (conversation, cursor) in recent {
             let range = match (
@@ -922,7 +991,15 @@ impl SyncEngine {
                 },
                 _ => continue,
             };
-            out.extend(self.pull_range(shared, conversation, range).await?);
+            out.extend(
+                self.pull_range(
+                    shared,
+                    HistoryScope::Conversation(conversation.clone()),
+                    range,
+                    u32::MAX,
+                )
+                .await?,
+            );
         }
         Ok(out)
     }

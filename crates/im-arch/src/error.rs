@@ -26,6 +26,27 @@ pub enum ArchError {
     /// The local store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The local store was written by a newer build with a layout this build cannot read.
+    /// Nothing was changed on disk; upgrade the build (or point it at another directory).
+    #[error("store schema version {found} is newer than the supported {supported}")]
+    SchemaTooNew {
+        /// The version recorded in the store.
+        found: u32,
+        /// The newest version this build reads
+        /// ([`SCHEMA_VERSION`](crate::store::SCHEMA_VERSION)).
+        supported: u32,
+    },
+    /// One stored entry cannot be read (its bytes do not decode). Only operations that touch
+    /// this entry fail; the rest of the store stays usable.
+    #[error("corrupt entry in tree {tree:?} at key {key}: {reason}")]
+    CorruptEntry {
+        /// The tree (table) holding the entry.
+        tree: String,
+        /// Its key, as text when printable, hex otherwise.
+        key: String,
+        /// Why it could not be read.
+        reason: String,
+    },
     /// The client is not in a state that allows this (e.g. logged out, kicked).
     #[error("client unavailable: {0}")]
     Unavailable(String),
@@ -47,7 +68,10 @@ impl ArchError {
     /// Whether trying the whole operation again later can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ArchError::Permanent { .. } | ArchError::Stopped => false,
+            ArchError::Permanent { .. }
+            | ArchError::Stopped
+            | ArchError::SchemaTooNew { .. }
+            | ArchError::CorruptEntry { .. } => false,
             ArchError::GaveUp { last, .. } => last.class() != ErrorClass::Permanent,
             ArchError::Store(_) | ArchError::Unavailable(_) => true,
         }

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use im_service::{KickReason, ReceivedMessage, Timestamp};
+use im_service::{ClientMsgId, ConversationId, KickReason, ReceivedMessage, Timestamp};
 
 use crate::error::ArchError;
 use crate::retry::RetryAttempt;
+use crate::store::SendStatus;
 
 /// The connection supervisor's state.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,4 +102,13 @@ pub enum ClientEvent {
     Sync(SyncProgress),
     /// A retried operation failed an attempt.
     Retry(RetryAttempt),
+    /// A queued send changed status (local echo → sent / failed, resend, cancel).
+    SendStatus {
+        /// The message's client id (the local echo's key).
+        client_id: ClientMsgId,
+        /// Its conversation.
+        conversation: ConversationId,
+        /// The new status; `None` when the item was cancelled.
+        status: Option<SendStatus>,
+    },
 }

@@ -21,7 +21,9 @@ pub mod error;
 pub mod events;
 pub mod history;
 pub mod retry;
+pub mod send_queue;
 pub mod sequencer;
+pub mod sled_store;
 pub mod store;
 
 pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};
@@ -31,4 +33,5 @@ pub use events::{ClientEvent, ConnectionState, SyncProgress};
 pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sequencer::{SeqGap, Sequencer};
+pub use sled_store::SledStore;
 pub use store::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};

@@ -49,6 +49,9 @@ pub struct FaultyVendor<V> {
     pulls: Mutex<u32>,
     /// Optional extra latency of every call (exercises timeouts under paused time).
     pub call_delay: Mutex<Option<Duration>>,
+    /// Sends whose acknowledgement is lost: stored by the vendor, reported as a broken
+    /// connection to the caller (failure class 1).
+    lost_acks: Mutex<u32>,
 }
 
 impl<V: Vendor + 'static> FaultyVendor<V> {
@@ -64,6 +67,7 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
             after_pull_offline: Mutex::new(None),
             pulls: Mutex::new(0),
             call_delay: Mutex::new(None),
+            lost_acks: Mutex::new(0),
         }
     }
 
@@ -80,6 +84,11 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
     /// Adds an event to the stream as if the vendor had sent it.
     pub fn inject(&self, event: VendorEvent) {
         let _ = self.inject_tx.send(event);
+    }
+
+    /// The next `n` successful sends lose their acknowledgement.
+    pub fn lose_send_acks(&self, n: u32) {
+        *self.lost_acks.lock().unwrap_or_else(|e| e.into_inner()) = n;
     }
 
     /// A handle that injects events from anywhere (e.g. from inside a hook).
@@ -212,7 +221,13 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
 
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ServiceError> {
         self.delay().await;
-        self.inner.send(message).await
+        let receipt = self.inner.send(message).await?;
+        let mut lost = self.lost_acks.lock().unwrap_or_else(|e| e.into_inner());
+        if *lost > 0 {
+            *lost -= 1;
+            return Err(ServiceError::ConnectionLost("acknowledgement lost".into()));
+        }
+        Ok(receipt)
     }
 
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch, ServiceError> {

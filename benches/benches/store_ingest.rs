@@ -1,0 +1,186 @@
+//! Sled store benchmark: ingest of pulled pages (200 messages a page, 10,000 messages) through
+//! `SledStore::put_messages` against raw `sled::Tree::apply_batch` of the same pre-encoded
+//! data in the same run (the baseline: what sled alone costs), and a timeline page of 50 from
+//! a conversation of 100,000 messages (newest end and middle) against a raw reverse scan of
+//! 50 entries of a sled tree of the same size.
+
+// A benchmark binary: a panic is how it reports a broken invariant, and criterion macros
+// generate undocumented items.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use im_arch::{SledStore, Store};
+use im_service::{
+    ClientMsgId, Content, ConversationId, Message, Seq, ServerMsgId, Timestamp, UserId, codec,
+};
+use tokio::runtime::Runtime;
+
+const PAGE: usize = 200;
+const INGEST_TOTAL: usize = 10_000;
+const CONVERSATIONS: usize = 20;
+const TIMELINE_TOTAL: usize = 100_000;
+const TIMELINE_PAGE: usize = 50;
+
+fn message(conversation: &ConversationId, i: usize) -> Message {
+    let sender = UserId::new(format!("user{}", i % 7));
+    Message {
+        server_id: ServerMsgId::new(format!("m:{i:08}")),
+        client_id: ClientMsgId::new(format!("c:{i:08}")),
+        conversation: conversation.clone(),
+        sender,
+        seq: Some(Seq(i as u64 + 1)),
+        server_time: Timestamp::from_millis(1_764_000_000_000 + i as i64 * 10),
+        client_time: Timestamp::from_millis(1_764_000_000_000 + i as i64 * 10 - 3),
+        content: Content::text("x".repeat(100)),
+    }
+}
+
+/// The pulled pages: `INGEST_TOTAL` messages over `CONVERSATIONS` groups, `PAGE` a page.
+fn pulled_pages() -> Vec<Vec<Message>> {
+    let conversations: Vec<ConversationId> = (0..CONVERSATIONS)
+        .map(|c| ConversationId::group(format!("group-{c}")))
+        .collect();
+    let all: Vec<Message> = (0..INGEST_TOTAL)
+        .map(|i| message(&conversations[i % CONVERSATIONS], i))
+        .collect();
+    all.chunks(PAGE).map(<[Message]>::to_vec).collect()
+}
+
+fn bench_ingest(c: &mut Criterion, rt: &Runtime) {
+    let pages = pulled_pages();
+    // The baseline's data, encoded once outside the measurement: (server id, codec bytes).
+    let encoded: Vec<Vec<(Vec<u8>, Vec<u8>)>> = pages
+        .iter()
+        .map(|page| {
+            page.iter()
+                .map(|m| {
+                    (
+                        m.server_id.as_str().as_bytes().to_vec(),
+                        codec::encode(m).unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+
+    let mut group = c.benchmark_group("store_ingest_10000_messages_in_pages_of_200");
+    group.throughput(Throughput::Elements(INGEST_TOTAL as u64));
+    group.sample_size(10);
+    group.bench_function("baseline_raw_sled_apply_batch", |b| {
+        b.iter_batched(
+            || {
+                let db = sled::Config::new().temporary(true).open().unwrap();
+                let tree = db.open_tree("messages").unwrap();
+                (db, tree)
+            },
+            |(db, tree)| {
+                for page in &encoded {
+                    let mut batch = sled::Batch::default();
+                    for (k, v) in page {
+                        batch.insert(k.as_slice(), v.as_slice());
+                    }
+                    tree.apply_batch(batch).unwrap();
+                }
+                (db, tree)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("sled_store_put_messages", |b| {
+        b.iter_batched(
+            || SledStore::temporary().unwrap(),
+            |store| {
+                rt.block_on(async {
+                    for page in &pages {
+                        let fresh = store.put_messages(page).await.unwrap();
+                        assert!(fresh.iter().all(|&n| n));
+                    }
+                });
+                store
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+fn bench_timeline(c: &mut Criterion, rt: &Runtime) {
+    let conversation = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    let all: Vec<Message> = (0..TIMELINE_TOTAL)
+        .map(|i| message(&conversation, i))
+        .collect();
+    let store = SledStore::temporary().unwrap();
+    rt.block_on(async {
+        for page in all.chunks(1_000) {
+            store.put_messages(page).await.unwrap();
+        }
+    });
+    let middle = &all[TIMELINE_TOTAL / 2];
+
+    // Baseline: a raw tree of the same size, big-endian index keys, same value bytes.
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let raw = db.open_tree("raw").unwrap();
+    for chunk in all.chunks(1_000) {
+        let mut batch = sled::Batch::default();
+        for m in chunk {
+            let i = m.seq.unwrap().0;
+            batch.insert(&i.to_be_bytes()[..], codec::encode(m).unwrap());
+        }
+        raw.apply_batch(batch).unwrap();
+    }
+    let raw_middle = middle.seq.unwrap().0.to_be_bytes();
+
+    let mut group = c.benchmark_group("timeline_page_of_50_in_100000_messages");
+    group.throughput(Throughput::Elements(TIMELINE_PAGE as u64));
+    group.bench_function("baseline_raw_sled_reverse_scan_newest", |b| {
+        b.iter(|| {
+            raw.iter()
+                .rev()
+                .take(TIMELINE_PAGE)
+                .map(|e| e.unwrap().1.len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("baseline_raw_sled_reverse_scan_middle", |b| {
+        b.iter(|| {
+            raw.range(..&raw_middle[..])
+                .rev()
+                .take(TIMELINE_PAGE)
+                .map(|e| e.unwrap().1.len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("sled_store_page_before_newest", |b| {
+        b.iter(|| {
+            let page = rt
+                .block_on(store.page_before(black_box(&conversation), None, TIMELINE_PAGE))
+                .unwrap();
+            assert_eq!(page.len(), TIMELINE_PAGE);
+            page
+        })
+    });
+    group.bench_function("sled_store_page_before_middle", |b| {
+        b.iter(|| {
+            let page = rt
+                .block_on(store.page_before(black_box(&conversation), Some(middle), TIMELINE_PAGE))
+                .unwrap();
+            assert_eq!(page.len(), TIMELINE_PAGE);
+            page
+        })
+    });
+    group.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    // put_messages never awaits anything but sled calls: a current-thread runtime is enough.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    bench_ingest(c, &rt);
+    bench_timeline(c, &rt);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

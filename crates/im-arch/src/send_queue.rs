@@ -1,0 +1,229 @@
+//! The persistent send queue: `send()` stores the message (the local echo, status
+//! `Sending`) and returns at once; one background task delivers queued items while the
+//! client is online, with the shared retry policy and the same client id on every attempt.
+//! Per conversation nothing overtakes an unsent item: a failed item blocks the ones after
+//! it until it is resent or cancelled. Unrecoverable items are parked as `Failed`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use im_service::{ClientMsgId, Content, ConversationId, ErrorClass, Message, OutgoingMessage};
+use tracing::Instrument;
+
+use crate::client::{ImClient, Shared};
+use crate::error::ArchError;
+use crate::events::{ClientEvent, ConnectionState};
+use crate::store::{OutboxItem, SendStatus};
+
+impl ImClient {
+    /// Queues a message: it is persisted and announced as `Sending` before this returns,
+    /// and goes out as soon as the client is online. Oversized content is refused here.
+    pub async fn send(
+        &self,
+        conversation: ConversationId,
+        content: Content,
+    ) -> Result<ClientMsgId, ArchError> {
+        let shared = self.shared();
+        let max = shared.vendor.capabilities().max_message_bytes;
+        if content.size() > max {
+            return Err(ArchError::Permanent {
+                op: "send",
+                error: im_service::ServiceError::MessageTooLarge {
+                    size: content.size(),
+                    max,
+                },
+            });
+        }
+        let message = OutgoingMessage::new(conversation, content, shared.clock.now());
+        let position = {
+            let mut next = shared.next_position.lock().await;
+            let n = match *next {
+                Some(n) => n,
+                None => shared
+                    .store
+                    .outbox()
+                    .await?
+                    .last()
+                    .map_or(1, |i| i.position + 1),
+            };
+            *next = Some(n + 1);
+            n
+        };
+        let item = OutboxItem {
+            position,
+            message,
+            status: SendStatus::Sending,
+            attempts: 0,
+        };
+        shared.store.put_outbox(&item).await?;
+        announce(shared, &item).await;
+        shared.outbox_wake.notify_one();
+        Ok(item.message.client_id)
+    }
+
+    /// Puts a failed item back in the queue (same client id).
+    pub async fn resend(&self, id: &ClientMsgId) -> Result<(), ArchError> {
+        let shared = self.shared();
+        let Some(mut item) = find(shared, id).await? else {
+            return Err(ArchError::Unavailable(format!("no queued message {id}")));
+        };
+        item.status = SendStatus::Sending;
+        shared.store.put_outbox(&item).await?;
+        announce(shared, &item).await;
+        shared.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// Removes an unsent item from the queue, releasing the ones behind it.
+    pub async fn cancel(&self, id: &ClientMsgId) -> Result<(), ArchError> {
+        let shared = self.shared();
+        let Some(item) = find(shared, id).await? else {
+            return Err(ArchError::Unavailable(format!("no queued message {id}")));
+        };
+        shared.store.remove_outbox(id).await?;
+        shared
+            .distributor
+            .publish(ClientEvent::SendStatus {
+                client_id: id.clone(),
+                conversation: item.message.conversation.clone(),
+                status: None,
+            })
+            .await;
+        shared.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// The queue as it stands, in enqueue order (for a UI that shows why a message waits).
+    pub async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
+        self.shared().store.outbox().await
+    }
+}
+
+async fn find(shared: &Shared, id: &ClientMsgId) -> Result<Option<OutboxItem>, ArchError> {
+    Ok(shared
+        .store
+        .outbox()
+        .await?
+        .into_iter()
+        .find(|i| &i.message.client_id == id))
+}
+
+async fn announce(shared: &Shared, item: &OutboxItem) {
+    shared
+        .distributor
+        .publish(ClientEvent::SendStatus {
+            client_id: item.message.client_id.clone(),
+            conversation: item.message.conversation.clone(),
+            status: Some(item.status.clone()),
+        })
+        .await;
+}
+
+/// The items that may be attempted now: per conversation, the first unsent item, if it is
+/// `Sending` (a `Failed` head blocks its conversation).
+fn ready(outbox: &[OutboxItem]) -> Vec<OutboxItem> {
+    let mut seen: HashSet<&ConversationId> = HashSet::new();
+    let mut out = Vec::new();
+    for item in outbox {
+        if matches!(item.status, SendStatus::Sent { .. })
+            || !seen.insert(&item.message.conversation)
+        {
+            continue;
+        }
+        if item.status == SendStatus::Sending {
+            out.push(item.clone());
+        }
+    }
+    out
+}
+
+/// The sender task: runs until the client stops it.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut state = shared.state.subscribe();
+    loop {
+        // Nothing is attempted until authentication and sync are done.
+        while *state.borrow_and_update() != ConnectionState::Online {
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+        let wake = shared.outbox_wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let items = match shared.store.outbox().await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                Vec::new()
+            }
+        };
+        let batch = ready(&items);
+        if batch.is_empty() {
+            tokio::select! {
+                _ = &mut wake => {}
+                r = state.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        for item in batch {
+            let span = tracing::info_span!(
+                "send",
+                client_id = %item.message.client_id,
+                conversation = %item.message.conversation,
+                position = item.position
+            );
+            deliver(&shared, item).instrument(span).await;
+        }
+    }
+}
+
+async fn deliver(shared: &Shared, mut item: OutboxItem) {
+    let result = shared
+        .retry("send", || shared.vendor.send(&item.message))
+        .await;
+    item.attempts += 1;
+    match result {
+        Ok(receipt) => {
+            // A duplicate receipt (resend after a lost ack) is a success, never a failure.
+            let me = shared
+                .credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .user
+                .clone();
+            let stored = Message {
+                server_id: receipt.server_id.clone(),
+                client_id: item.message.client_id.clone(),
+                conversation: item.message.conversation.clone(),
+                sender: me,
+                seq: receipt.seq,
+                server_time: receipt.server_time,
+                client_time: item.message.client_time,
+                content: item.message.content.clone(),
+            };
+            item.status = SendStatus::Sent {
+                server_id: receipt.server_id,
+                seq: receipt.seq,
+            };
+            if let Err(e) = shared.store.remove_outbox(&item.message.client_id).await {
+                tracing::warn!(error = %e, "cannot remove a sent item from the outbox");
+            }
+            announce(shared, &item).await;
+            let _ = shared.own_sent.send(stored);
+        }
+        Err(e) => {
+            let recoverable = e
+                .service_error()
+                .is_none_or(|s| s.class() != ErrorClass::Permanent)
+                && !matches!(e, ArchError::Permanent { .. });
+            item.status = SendStatus::Failed {
+                reason: e.to_string(),
+                recoverable,
+            };
+            if let Err(e) = shared.store.put_outbox(&item).await {
+                tracing::warn!(error = %e, "cannot record a failed send");
+            }
+            announce(shared, &item).await;
+        }
+    }
+}

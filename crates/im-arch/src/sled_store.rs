@@ -1,0 +1,456 @@
+//! The persistent [`Store`]: an embedded [sled](https://docs.rs/sled/0.34) database.
+//!
+//! Every value is encoded with the workspace codec (`im_service::codec`); keys are built so
+//! that the reads the client does are range scans:
+//!
+//! | tree           | key                                                            | value                  |
+//! |----------------|----------------------------------------------------------------|------------------------|
+//! | `messages`     | conversation prefix · server time · seq · server id (below)    | `Message`              |
+//! | `by_server_id` | server id (UTF-8 bytes)                                        | the `messages` key     |
+//! | `cursors`      | codec encoding of the conversation id                          | `SyncCursor`           |
+//! | `outbox`       | position (u64 big-endian) · client id (UTF-8 bytes)            | `OutboxItem`           |
+//! | `outbox_ids`   | client id (UTF-8 bytes)                                        | position (`u64`)       |
+//! | `meta`         | `schema_version`                                               | `u32`                  |
+//!
+//! A `messages` key is:
+//! * the conversation prefix: the length of the conversation id's codec encoding (u32
+//!   big-endian) followed by that encoding, so no conversation's prefix is a prefix of
+//!   another's;
+//! * the server time, an `i64` with its sign bit flipped (so unsigned order is numeric
+//!   order, negative times included), written big-endian as 10 base-128 digits (one per
+//!   byte, each `0x00..=0x7f`);
+//! * the sequence: `0x00` + 10 zero digits for none, `0x01` + the `u64` as 10 base-128 digits
+//!   otherwise (none sorts first, as `Option` does);
+//! * the server id's bytes (UTF-8, which never contains `0xff`).
+//!
+//! Why base-128 and not plain big-endian bytes: sled 0.34's reverse iterator steps to the
+//! previous node by guessing a predecessor of the node's low key (last byte − 1, then four
+//! `0xff`); when real keys have four `0xff` bytes at that point (time −1 is `7f ff ff ff ff
+//! ff ff ff` in plain big-endian) the guess skips a node and `next_back` panics ("tree
+//! traversal"). The proptest in `tests/store_conformance.rs` found this. With digits below
+//! `0x80` and UTF-8 ids, no key of this tree has a run of four `0xff` bytes (the
+//! conversation prefix, made of a length and a codec encoding, has at most three).
+//!
+//! Byte order of the keys of one conversation is therefore exactly the order of
+//! [`MemoryStore`](crate::store::MemoryStore) (server time, then sequence, then id), and a
+//! timeline page ([`Store::page_before`]) is one reverse range scan that stops after `limit`
+//! entries.
+//!
+//! sled calls are blocking but short (an in-memory page cache in front of a log): they are
+//! made directly from the async methods, without `spawn_blocking`, and every multi-entry
+//! write is batched into one call.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use im_service::codec::{decode, encode};
+use im_service::{ClientMsgId, ConversationId, Message, ServerMsgId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::error::ArchError;
+use crate::store::{OutboxItem, SCHEMA_VERSION, Store, SyncCursor};
+
+const MESSAGES: &str = "messages";
+const BY_SERVER_ID: &str = "by_server_id";
+const CURSORS: &str = "cursors";
+const OUTBOX: &str = "outbox";
+const OUTBOX_IDS: &str = "outbox_ids";
+const META: &str = "meta";
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// The sled-backed [`Store`]: what a client keeps across restarts.
+///
+/// One directory can be opened by one `SledStore` at a time (sled locks it).
+pub struct SledStore {
+    db: sled::Db,
+    messages: sled::Tree,
+    by_server_id: sled::Tree,
+    cursors: sled::Tree,
+    outbox: sled::Tree,
+    outbox_ids: sled::Tree,
+    /// Serialises `put_messages`, whose dedup check and write are two steps.
+    write: Mutex<()>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No entry counts: sled's `len` scans the whole tree.
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`.
+    ///
+    /// Fails with [`ArchError::SchemaTooNew`] if a newer build wrote it, and with
+    /// [`ArchError::Store`] if it has an older layout (no migration exists yet); in both
+    /// cases the recorded schema version is left as it is.
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore, ArchError> {
+        Self::with_config(sled::Config::new().path(path.as_ref()))
+    }
+
+    /// A store in a temporary directory, deleted when the store is dropped: demos and tests.
+    pub fn temporary() -> Result<SledStore, ArchError> {
+        Self::with_config(sled::Config::new().temporary(true))
+    }
+
+    fn with_config(config: sled::Config) -> Result<SledStore, ArchError> {
+        let db = config.open().map_err(store_err)?;
+        // The schema is checked before any other tree is created, so a refused store is
+        // left exactly as it was found.
+        let meta = db.open_tree(META).map_err(store_err)?;
+        match meta.get(SCHEMA_KEY).map_err(store_err)? {
+            None => {
+                meta.insert(SCHEMA_KEY, encode_value(&SCHEMA_VERSION)?)
+                    .map_err(store_err)?;
+            }
+            Some(raw) => {
+                let found: u32 = decode_value(META, SCHEMA_KEY, &raw)?;
+                if found > SCHEMA_VERSION {
+                    return Err(ArchError::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                if found < SCHEMA_VERSION {
+                    return Err(ArchError::Store(format!(
+                        "store schema version {found} is older than {SCHEMA_VERSION} and no \
+                         migration exists; the store was left unchanged"
+                    )));
+                }
+            }
+        }
+        let tree = |name: &str| db.open_tree(name).map_err(store_err);
+        Ok(SledStore {
+            messages: tree(MESSAGES)?,
+            by_server_id: tree(BY_SERVER_ID)?,
+            cursors: tree(CURSORS)?,
+            outbox: tree(OUTBOX)?,
+            outbox_ids: tree(OUTBOX_IDS)?,
+            db,
+            write: Mutex::new(()),
+        })
+    }
+
+    /// Waits until every write made so far is durable on disk.
+    pub async fn flush(&self) -> Result<(), ArchError> {
+        self.db.flush_async().await.map(|_| ()).map_err(store_err)
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`: a poisoned lock carries no torn state.
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decodes the `messages` entries of a scan, stopping after `limit`.
+    fn collect_messages(
+        &self,
+        iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError> {
+        iter.take(limit)
+            .map(|entry| {
+                let (key, value) = entry.map_err(store_err)?;
+                decode_value(MESSAGES, &key, &value)
+            })
+            .collect()
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // sled flushes on its own when the last handle goes; flushing here makes the point
+        // explicit and reports a failure instead of losing it. Never panics.
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "sled store: flush on drop failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
+        let _guard = self.write_lock();
+        let mut fresh = Vec::with_capacity(messages.len());
+        let mut seen_in_batch = std::collections::HashSet::with_capacity(messages.len());
+        let mut message_batch = sled::Batch::default();
+        let mut index_batch = sled::Batch::default();
+        for m in messages {
+            let id = m.server_id.as_str().as_bytes();
+            let is_new = seen_in_batch.insert(id)
+                && !self.by_server_id.contains_key(id).map_err(store_err)?;
+            fresh.push(is_new);
+            if is_new {
+                let key = message_key(&m.conversation, m)?;
+                index_batch.insert(id, encode_value(&key)?);
+                message_batch.insert(key, encode_value(m)?);
+            }
+        }
+        if fresh.iter().any(|&n| n) {
+            // Crash ordering: the messages batch is applied before the index batch. Each
+            // batch is atomic and sled recovers a prefix of its log, so after a crash either
+            // both are there, or only the messages (an index entry never points to a missing
+            // message). A message without its index is invisible to dedup, so the vendor's
+            // redelivery writes it again under the same key: idempotent, nothing duplicated.
+            self.messages
+                .apply_batch(message_batch)
+                .map_err(store_err)?;
+            self.by_server_id
+                .apply_batch(index_batch)
+                .map_err(store_err)?;
+        }
+        Ok(fresh)
+    }
+
+    async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
+        let id = id.as_str().as_bytes();
+        let Some(raw) = self.by_server_id.get(id).map_err(store_err)? else {
+            return Ok(None);
+        };
+        let key: Vec<u8> = decode_value(BY_SERVER_ID, id, &raw)?;
+        match self.messages.get(&key).map_err(store_err)? {
+            Some(value) => decode_value(MESSAGES, &key, &value).map(Some),
+            None => Err(corrupt(
+                BY_SERVER_ID,
+                id,
+                "index entry points to a missing message",
+            )),
+        }
+    }
+
+    async fn latest(
+        &self,
+        conversation: &ConversationId,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError> {
+        self.page_before(conversation, None, limit).await
+    }
+
+    async fn cursor(&self, conversation: &ConversationId) -> Result<Option<SyncCursor>, ArchError> {
+        let key = encode_value(conversation)?;
+        match self.cursors.get(&key).map_err(store_err)? {
+            Some(raw) => decode_value(CURSORS, &key, &raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_cursors(&self, cursors: &[(ConversationId, SyncCursor)]) -> Result<(), ArchError> {
+        let mut batch = sled::Batch::default();
+        for (conversation, cursor) in cursors {
+            batch.insert(encode_value(conversation)?, encode_value(cursor)?);
+        }
+        self.cursors.apply_batch(batch).map_err(store_err)
+    }
+
+    async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError> {
+        self.cursors
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(store_err)?;
+                Ok((
+                    decode_value(CURSORS, &key, &key)?,
+                    decode_value(CURSORS, &key, &value)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn page_before(
+        &self,
+        conversation: &ConversationId,
+        before: Option<&Message>,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = conversation_prefix(conversation)?;
+        match before {
+            None => self.collect_messages(self.messages.scan_prefix(&prefix).rev(), limit),
+            Some(m) => {
+                // Same conversation prefix, `before`'s position in it: everything strictly
+                // below, newest first.
+                let mut upper = prefix.clone();
+                push_order(&mut upper, m);
+                let range = (Bound::Included(prefix), Bound::Excluded(upper));
+                self.collect_messages(self.messages.range::<Vec<u8>, _>(range).rev(), limit)
+            }
+        }
+    }
+
+    async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError> {
+        let id = item.message.client_id.as_str().as_bytes();
+        let key = outbox_key(item.position, id);
+        let value = encode_value(item)?;
+        let position = encode_value(&item.position)?;
+        // One transaction over both trees: a replacement that moves the item to a new
+        // position removes the old entry in the same atomic step.
+        let result = (&self.outbox, &self.outbox_ids).transaction(|(outbox, ids)| {
+            if let Some(raw) = ids.get(id)? {
+                let old: u64 = decode_value(OUTBOX_IDS, id, &raw)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                if old != item.position {
+                    outbox.remove(outbox_key(old, id))?;
+                }
+            }
+            outbox.insert(key.as_slice(), value.as_slice())?;
+            ids.insert(id, position.as_slice())?;
+            Ok(())
+        });
+        tx_result(result)
+    }
+
+    async fn remove_outbox(&self, id: &ClientMsgId) -> Result<(), ArchError> {
+        let id = id.as_str().as_bytes();
+        let result = (&self.outbox, &self.outbox_ids).transaction(|(outbox, ids)| {
+            if let Some(raw) = ids.remove(id)? {
+                let position: u64 = decode_value(OUTBOX_IDS, id, &raw)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                outbox.remove(outbox_key(position, id))?;
+            }
+            Ok(())
+        });
+        tx_result(result)
+    }
+
+    async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
+        self.outbox
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(store_err)?;
+                decode_value(OUTBOX, &key, &value)
+            })
+            .collect()
+    }
+}
+
+fn store_err(e: sled::Error) -> ArchError {
+    ArchError::Store(e.to_string())
+}
+
+fn tx_result(result: Result<(), TransactionError<ArchError>>) -> Result<(), ArchError> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => store_err(e),
+    })
+}
+
+fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ArchError> {
+    encode(value).map_err(|e| ArchError::Store(format!("cannot encode: {e}")))
+}
+
+fn decode_value<T: DeserializeOwned>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T, ArchError> {
+    decode(bytes).map_err(|e| corrupt(tree, key, &e.to_string()))
+}
+
+fn corrupt(tree: &str, key: &[u8], reason: &str) -> ArchError {
+    ArchError::CorruptEntry {
+        tree: tree.to_string(),
+        key: display_key(key),
+        reason: reason.to_string(),
+    }
+}
+
+/// A key as text when it is printable ASCII, as lowercase hex otherwise.
+pub(crate) fn display_key(key: &[u8]) -> String {
+    if !key.is_empty() && key.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        String::from_utf8_lossy(key).into_owned()
+    } else {
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Length (u32 big-endian) + codec encoding of the conversation id.
+fn conversation_prefix(conversation: &ConversationId) -> Result<Vec<u8>, ArchError> {
+    let encoded = encode_value(conversation)?;
+    let len = u32::try_from(encoded.len())
+        .map_err(|_| ArchError::Store("conversation id too long for a key".into()))?;
+    let mut prefix = Vec::with_capacity(4 + encoded.len() + 2 * BASE128_DIGITS + 1 + 32);
+    prefix.extend_from_slice(&len.to_be_bytes());
+    prefix.extend_from_slice(&encoded);
+    Ok(prefix)
+}
+
+/// Appends the in-conversation order of `m`: time (sign flipped), sequence, server id.
+fn push_order(key: &mut Vec<u8>, m: &Message) {
+    let time = (m.server_time.as_millis() as u64) ^ (1 << 63);
+    push_base128(key, time);
+    match m.seq {
+        None => key.extend_from_slice(&[0; 1 + BASE128_DIGITS]),
+        Some(seq) => {
+            key.push(1);
+            push_base128(key, seq.0);
+        }
+    }
+    key.extend_from_slice(m.server_id.as_str().as_bytes());
+}
+
+/// Digits of a `u64` in base 128 (⌈64 / 7⌉).
+const BASE128_DIGITS: usize = 10;
+
+/// Appends `value` as [`BASE128_DIGITS`] big-endian base-128 digits: fixed width, so byte
+/// order is numeric order, and no byte is above `0x7f` (see the module doc for why).
+fn push_base128(key: &mut Vec<u8>, value: u64) {
+    for i in (0..BASE128_DIGITS).rev() {
+        key.push(((value >> (7 * i)) & 0x7f) as u8);
+    }
+}
+
+fn message_key(conversation: &ConversationId, m: &Message) -> Result<Vec<u8>, ArchError> {
+    let mut key = conversation_prefix(conversation)?;
+    push_order(&mut key, m);
+    Ok(key)
+}
+
+fn outbox_key(position: u64, client_id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + client_id.len());
+    key.extend_from_slice(&position.to_be_bytes());
+    key.extend_from_slice(client_id);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_key_is_text_when_printable_hex_otherwise() {
+        assert_eq!(display_key(b"schema_version"), "schema_version");
+        assert_eq!(display_key(&[0, 1, 0xff]), "0001ff");
+        assert_eq!(display_key(b""), "");
+    }
+
+    #[test]
+    fn base128_keeps_numeric_order_and_has_no_high_byte() {
+        let values = [
+            0,
+            1,
+            127,
+            128,
+            255,
+            256,
+            1 << 62,
+            (1 << 63) - 1,
+            1 << 63,
+            u64::MAX,
+        ];
+        let encoded: Vec<Vec<u8>> = values
+            .iter()
+            .map(|&v| {
+                let mut k = Vec::new();
+                push_base128(&mut k, v);
+                k
+            })
+            .collect();
+        for pair in encoded.windows(2) {
+            assert!(pair[0] < pair[1]);
+        }
+        assert!(encoded.iter().flatten().all(|&b| b <= 0x7f));
+        assert!(encoded.iter().all(|k| k.len() == BASE128_DIGITS));
+    }
+}

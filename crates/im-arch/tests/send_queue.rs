@@ -1,0 +1,347 @@
+//! The persistent send queue on the in-process vendor with paused time: order under
+//! failure (failure class 3), resend after a lost ack (class 1), local echo reconciled
+//! (class 5), sends waiting for authentication (class 7), oversized content refused.
+
+// Test helpers outside #[test] fns: a panic is how they fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_arch::{
+    ArchError, Backoff, ClientConfig, ClientEvent, ConnectionState, ImClient, Jitter, RetryPolicy,
+    SendStatus, Subscription,
+};
+use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
+use im_service::{ClientMsgId, Content, ConversationId, Credentials, ServiceError, UserId, Vendor};
+use im_testkit::FaultyVendor;
+
+fn config() -> ClientConfig {
+    ClientConfig {
+        heartbeat_interval: Duration::from_secs(30),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+                jitter: Jitter::None,
+            },
+            deadline: None,
+        },
+        ..ClientConfig::default()
+    }
+}
+
+struct World {
+    vendor: MemoryVendor,
+    bob: Credentials,
+    conv: ConversationId,
+}
+
+fn world() -> World {
+    let vendor = MemoryVendor::new(MemoryVendorConfig::default());
+    let alice = vendor.register_user(&UserId::new("alice"));
+    let bob = vendor.register_user(&UserId::new("bob"));
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    World { vendor, bob, conv }
+}
+
+fn bodies(w: &World) -> Vec<String> {
+    w.vendor
+        .stored_messages(&w.conv)
+        .into_iter()
+        .map(|m| match m.content {
+            Content::Text(t) => t,
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Waits (in paused time) until `id` reaches a status matching `done`.
+async fn status_of(
+    sub: &mut Subscription,
+    id: &ClientMsgId,
+    done: impl Fn(&SendStatus) -> bool,
+) -> SendStatus {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            .await
+            .expect("timed out")
+            .expect("gone");
+        if let ClientEvent::SendStatus {
+            client_id,
+            status: Some(s),
+            ..
+        } = ev
+        {
+            if &client_id == id && done(&s) {
+                return s;
+            }
+        }
+    }
+}
+
+fn sent(s: &SendStatus) -> bool {
+    matches!(s, SendStatus::Sent { .. })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_send_blocks_its_conversation_until_resent() {
+    let w = world();
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    // A unknown server error three times: A exhausts its attempts (transient, recoverable).
+    w.vendor.fail_next(
+        VendorOp::Send,
+        3,
+        ServiceError::Server {
+            code: 599,
+            message: "?".into(),
+        },
+    );
+    let a = client
+        .send(w.conv.clone(), Content::text("A"))
+        .await
+        .unwrap();
+    let b = client
+        .send(w.conv.clone(), Content::text("B"))
+        .await
+        .unwrap();
+    let c = client
+        .send(w.conv.clone(), Content::text("C"))
+        .await
+        .unwrap();
+    let failed = status_of(&mut sub, &a, |s| matches!(s, SendStatus::Failed { .. })).await;
+    assert!(
+        matches!(
+            failed,
+            SendStatus::Failed {
+                recoverable: true,
+                ..
+            }
+        ),
+        "unknown errors are transient: {failed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(bodies(&w).is_empty(), "nothing overtook A");
+    let queue = client.outbox().await.unwrap();
+    assert_eq!(
+        queue
+            .iter()
+            .map(|i| i.message.client_id.clone())
+            .collect::<Vec<_>>(),
+        [a.clone(), b.clone(), c.clone()]
+    );
+
+    client.resend(&a).await.unwrap();
+    status_of(&mut sub, &c, sent).await;
+    assert_eq!(bodies(&w), ["A", "B", "C"]);
+    assert!(client.outbox().await.unwrap().is_empty());
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_failed_send_releases_the_rest() {
+    let w = world();
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    w.vendor.fail_next(
+        VendorOp::Send,
+        1,
+        ServiceError::InvalidRequest("rejected".into()),
+    );
+    let a = client
+        .send(w.conv.clone(), Content::text("A"))
+        .await
+        .unwrap();
+    let b = client
+        .send(w.conv.clone(), Content::text("B"))
+        .await
+        .unwrap();
+    let failed = status_of(&mut sub, &a, |s| matches!(s, SendStatus::Failed { .. })).await;
+    assert!(
+        matches!(
+            failed,
+            SendStatus::Failed {
+                recoverable: false,
+                ..
+            }
+        ),
+        "permanent errors park the item"
+    );
+    client.cancel(&a).await.unwrap();
+    status_of(&mut sub, &b, sent).await;
+    assert_eq!(bodies(&w), ["B"]);
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resend_after_a_lost_ack_counts_as_sent_and_stores_once() {
+    let w = world();
+    let faulty = Arc::new(FaultyVendor::new(Arc::new(w.vendor.client()), 9));
+    faulty.lose_send_acks(1);
+    let client = ImClient::builder(faulty, w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let id = client
+        .send(w.conv.clone(), Content::text("once"))
+        .await
+        .unwrap();
+    status_of(&mut sub, &id, sent).await;
+    assert_eq!(bodies(&w), ["once"]);
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_local_echo_is_reconciled_not_repeated() {
+    let w = world();
+    let alice = w.vendor.client();
+    alice
+        .login(&w.vendor.register_user(&UserId::new("alice")))
+        .await
+        .unwrap();
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let id = client
+        .send(w.conv.clone(), Content::text("mine"))
+        .await
+        .unwrap();
+    let reply =
+        im_service::OutgoingMessage::new(w.conv.clone(), Content::text("theirs"), w.vendor.now());
+    // Alice answers after Bob's message is stored.
+    let mut statuses = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match ev {
+            ClientEvent::SendStatus {
+                client_id, status, ..
+            } if client_id == id => {
+                let done = matches!(status, Some(SendStatus::Sent { .. }));
+                statuses.push(status);
+                if done {
+                    alice.send(&reply).await.unwrap();
+                }
+            }
+            ClientEvent::Message(r) => {
+                assert_ne!(
+                    r.message.client_id, id,
+                    "our own message is not delivered again"
+                );
+                assert_eq!(r.message.content, Content::text("theirs"));
+                assert_eq!(r.message.seq, Some(im_service::Seq(2)));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(statuses.len(), 2, "Sending, then Sent: {statuses:?}");
+    assert!(matches!(statuses[0], Some(SendStatus::Sending)));
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_sends_wait_for_authentication() {
+    let w = world();
+    w.vendor
+        .fail_next(VendorOp::Login, 2, ServiceError::Unavailable("down".into()));
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    let id = client
+        .send(w.conv.clone(), Content::text("early"))
+        .await
+        .unwrap();
+    assert!(bodies(&w).is_empty());
+    client.login().await.unwrap();
+    assert_eq!(client.state().0, ConnectionState::Online);
+    status_of(&mut sub, &id, sent).await;
+    assert_eq!(bodies(&w), ["early"]);
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_content_is_refused_and_nothing_is_queued() {
+    let w = world();
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let max = w.vendor.capabilities().max_message_bytes;
+    let err = client
+        .send(w.conv.clone(), Content::text("x".repeat(max + 1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ArchError::Permanent {
+            error: ServiceError::MessageTooLarge { .. },
+            ..
+        }
+    ));
+    assert!(client.outbox().await.unwrap().is_empty());
+}
+
+/// Failure classes 4 and 9: messages queued while the vendor is down survive a killed
+/// process on the sled store and go out exactly once after the client is rebuilt.
+#[tokio::test(start_paused = true)]
+async fn queued_sends_survive_a_restart_and_go_out_once() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let store = Arc::new(im_arch::SledStore::open(dir.path()).unwrap());
+        let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+            .config(config())
+            .store(store.clone())
+            .build();
+        // The vendor is down: the client never gets online, the messages wait.
+        let mut ids = Vec::new();
+        for body in ["one", "two", "three"] {
+            ids.push(
+                client
+                    .send(w.conv.clone(), Content::text(body))
+                    .await
+                    .unwrap(),
+            );
+        }
+        store.flush().await.unwrap();
+        drop(client); // killed: no logout, no goodbye
+        ids
+    };
+    assert!(bodies(&w).is_empty());
+    let store = Arc::new(im_arch::SledStore::open(dir.path()).unwrap());
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .store(store)
+        .build();
+    let queued: Vec<ClientMsgId> = client
+        .outbox()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.message.client_id)
+        .collect();
+    assert_eq!(queued, ids, "the queue came back in order");
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    status_of(&mut sub, &ids[2], sent).await;
+    assert_eq!(
+        bodies(&w),
+        ["one", "two", "three"],
+        "sent exactly once, in order"
+    );
+    client.logout().await;
+}

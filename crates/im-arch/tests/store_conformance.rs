@@ -1,0 +1,698 @@
+//! One conformance suite for every `Store`: `store_conformance!` stamps the same tests for
+//! `MemoryStore` and `SledStore`; below it, the sled-only tests (reopen, schema version,
+//! corrupt entries, a proptest of timeline paging).
+
+// Test helpers outside #[test] fns: a panic is how they fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use im_arch::store::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
+use im_arch::{ArchError, SledStore};
+use im_service::{
+    ClientMsgId, Content, ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp,
+    UserId,
+};
+
+fn alice_bob() -> ConversationId {
+    ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"))
+}
+
+fn msg(conversation: &ConversationId, id: &str, time: i64, seq: Option<u64>) -> Message {
+    Message {
+        server_id: ServerMsgId::new(id),
+        client_id: ClientMsgId::new(format!("c-{id}")),
+        conversation: conversation.clone(),
+        sender: UserId::new("alice"),
+        seq: seq.map(Seq),
+        server_time: Timestamp::from_millis(time),
+        client_time: Timestamp::from_millis(time - 7),
+        content: Content::text(format!("text of {id}")),
+    }
+}
+
+fn ids(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.server_id.as_str()).collect()
+}
+
+fn outbox_item(id: &str, position: u64) -> OutboxItem {
+    OutboxItem {
+        position,
+        message: OutgoingMessage {
+            client_id: ClientMsgId::new(id),
+            conversation: alice_bob(),
+            content: Content::text(format!("send {id}")),
+            client_time: Timestamp::from_millis(1_000),
+        },
+        status: SendStatus::Sending,
+        attempts: 0,
+    }
+}
+
+fn outbox_ids(items: &[OutboxItem]) -> Vec<&str> {
+    items.iter().map(|i| i.message.client_id.as_str()).collect()
+}
+
+/// The scenarios, each over any `Store`.
+mod suite {
+    use super::*;
+
+    pub async fn put_messages_dedups_by_server_id(store: &impl Store) {
+        let c = alice_bob();
+        let (a, b, x) = (
+            msg(&c, "a", 10, Some(1)),
+            msg(&c, "b", 20, Some(2)),
+            msg(&c, "x", 30, Some(3)),
+        );
+        assert_eq!(store.put_messages(&[]).await.unwrap(), Vec::<bool>::new());
+        assert_eq!(
+            store.put_messages(&[a.clone(), b.clone()]).await.unwrap(),
+            [true, true]
+        );
+        // Known ids and repeats inside one batch are not new.
+        assert_eq!(
+            store
+                .put_messages(&[b.clone(), x.clone(), x.clone()])
+                .await
+                .unwrap(),
+            [false, true, false]
+        );
+        // A redelivery with other content does not overwrite the stored message.
+        let mut a2 = a.clone();
+        a2.content = Content::text("changed");
+        assert_eq!(store.put_messages(&[a2]).await.unwrap(), [false]);
+        assert_eq!(store.message(&a.server_id).await.unwrap(), Some(a));
+        assert_eq!(ids(&store.latest(&c, 10).await.unwrap()), ["x", "b", "a"]);
+    }
+
+    pub async fn message_by_id(store: &impl Store) {
+        let c = alice_bob();
+        let g = ConversationId::group("ops");
+        let (m1, m2) = (msg(&c, "m1", 5, None), msg(&g, "m2", 6, Some(9)));
+        store.put_messages(&[m1.clone(), m2.clone()]).await.unwrap();
+        assert_eq!(store.message(&m1.server_id).await.unwrap(), Some(m1));
+        assert_eq!(store.message(&m2.server_id).await.unwrap(), Some(m2));
+        assert_eq!(
+            store.message(&ServerMsgId::new("nope")).await.unwrap(),
+            None
+        );
+    }
+
+    pub async fn latest_is_newest_first(store: &impl Store) {
+        let c = alice_bob();
+        // Written out of order, in two batches.
+        let all: Vec<Message> = [7, 2, 9, 0, 4, 1, 8, 3, 6, 5]
+            .iter()
+            .map(|&i| msg(&c, &format!("m{i}"), 1_000 + i, Some(i as u64 + 1)))
+            .collect();
+        store.put_messages(&all[..4]).await.unwrap();
+        store.put_messages(&all[4..]).await.unwrap();
+        assert_eq!(ids(&store.latest(&c, 3).await.unwrap()), ["m9", "m8", "m7"]);
+        let every = store.latest(&c, 100).await.unwrap();
+        assert_eq!(
+            ids(&every),
+            ["m9", "m8", "m7", "m6", "m5", "m4", "m3", "m2", "m1", "m0"]
+        );
+        assert!(store.latest(&c, 0).await.unwrap().is_empty());
+        assert!(
+            store
+                .latest(&ConversationId::group("empty"), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    pub async fn page_before_pages_without_loss_or_repeat(store: &impl Store) {
+        let c = alice_bob();
+        let mut all: Vec<Message> = (0..250)
+            .map(|i| {
+                msg(
+                    &c,
+                    &format!("m{i:03}"),
+                    1_700_000_000_000 + i * 10,
+                    Some(i as u64 + 1),
+                )
+            })
+            .collect();
+        // Pulled pages arrive newest first.
+        all.reverse();
+        for page in all.chunks(200) {
+            assert!(store.put_messages(page).await.unwrap().iter().all(|&n| n));
+        }
+        let mut seen = Vec::new();
+        let mut before: Option<Message> = None;
+        let mut pages = 0;
+        loop {
+            let page = store.page_before(&c, before.as_ref(), 50).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert_eq!(page.len(), 50, "page {pages} is short");
+            pages += 1;
+            before = page.last().cloned();
+            seen.extend(page);
+        }
+        assert_eq!(pages, 5);
+        assert_eq!(seen, all, "every message once, newest first");
+        // A page from the oldest message is empty; a page from the middle starts just below.
+        assert!(
+            store
+                .page_before(&c, all.last(), 50)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let mid = store.page_before(&c, Some(&all[100]), 3).await.unwrap();
+        assert_eq!(mid, all[101..104].to_vec());
+    }
+
+    pub async fn conversations_are_isolated(store: &impl Store) {
+        // "a" and "ab": the encoding of one id must not act as a prefix of the other's.
+        let (ga, gab, d) = (
+            ConversationId::group("a"),
+            ConversationId::group("ab"),
+            alice_bob(),
+        );
+        let mut batch = Vec::new();
+        for i in 0..6 {
+            batch.push(msg(&ga, &format!("a{i}"), i * 3, Some(i as u64 + 1)));
+            batch.push(msg(&gab, &format!("ab{i}"), i * 3 + 1, Some(i as u64 + 1)));
+            batch.push(msg(&d, &format!("d{i}"), i * 3 + 2, None));
+        }
+        store.put_messages(&batch).await.unwrap();
+        assert_eq!(
+            ids(&store.latest(&ga, 100).await.unwrap()),
+            ["a5", "a4", "a3", "a2", "a1", "a0"]
+        );
+        assert_eq!(
+            ids(&store.latest(&gab, 100).await.unwrap()),
+            ["ab5", "ab4", "ab3", "ab2", "ab1", "ab0"]
+        );
+        assert_eq!(ids(&store.latest(&d, 2).await.unwrap()), ["d5", "d4"]);
+        let below = store.page_before(&gab, Some(&batch[7]), 100).await.unwrap();
+        assert_eq!(ids(&below), ["ab1", "ab0"]);
+        assert!(
+            store
+                .latest(&ConversationId::group("b"), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    pub async fn cursors_round_trip_and_overwrite(store: &impl Store) {
+        let (c, g) = (alice_bob(), ConversationId::group("ops"));
+        assert_eq!(store.cursor(&c).await.unwrap(), None);
+        assert!(store.cursors().await.unwrap().is_empty());
+        let c1 = SyncCursor {
+            seq: Some(Seq(4)),
+            time: Timestamp::from_millis(40),
+        };
+        let g1 = SyncCursor {
+            seq: None,
+            time: Timestamp::from_millis(-3),
+        };
+        store
+            .set_cursors(&[(c.clone(), c1), (g.clone(), g1)])
+            .await
+            .unwrap();
+        assert_eq!(store.cursor(&c).await.unwrap(), Some(c1));
+        assert_eq!(store.cursor(&g).await.unwrap(), Some(g1));
+        let c2 = SyncCursor {
+            seq: Some(Seq(9)),
+            time: Timestamp::from_millis(90),
+        };
+        store.set_cursors(&[(c.clone(), c2)]).await.unwrap();
+        store.set_cursors(&[]).await.unwrap();
+        assert_eq!(store.cursor(&c).await.unwrap(), Some(c2));
+        let mut all = store.cursors().await.unwrap();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut want = vec![(c, c2), (g, g1)];
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(all, want);
+    }
+
+    pub async fn outbox_put_replace_remove_in_enqueue_order(store: &impl Store) {
+        assert!(store.outbox().await.unwrap().is_empty());
+        for (id, pos) in [("third", 3), ("first", 1), ("second", 2)] {
+            store.put_outbox(&outbox_item(id, pos)).await.unwrap();
+        }
+        assert_eq!(
+            outbox_ids(&store.outbox().await.unwrap()),
+            ["first", "second", "third"]
+        );
+
+        // Replace in place: same position, new status.
+        let mut sent = outbox_item("second", 2);
+        sent.status = SendStatus::Sent {
+            server_id: ServerMsgId::new("s2"),
+            seq: Some(Seq(2)),
+        };
+        sent.attempts = 1;
+        store.put_outbox(&sent).await.unwrap();
+        let items = store.outbox().await.unwrap();
+        assert_eq!(outbox_ids(&items), ["first", "second", "third"]);
+        assert_eq!(items[1], sent);
+
+        // Replace with a new position: moved, not duplicated.
+        let mut requeued = outbox_item("first", 10);
+        requeued.status = SendStatus::Failed {
+            reason: "timeout".into(),
+            recoverable: true,
+        };
+        store.put_outbox(&requeued).await.unwrap();
+        let items = store.outbox().await.unwrap();
+        assert_eq!(outbox_ids(&items), ["second", "third", "first"]);
+        assert_eq!(items[2], requeued);
+
+        store
+            .remove_outbox(&ClientMsgId::new("third"))
+            .await
+            .unwrap();
+        store
+            .remove_outbox(&ClientMsgId::new("never-queued"))
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox_ids(&store.outbox().await.unwrap()),
+            ["second", "first"]
+        );
+        store
+            .remove_outbox(&ClientMsgId::new("second"))
+            .await
+            .unwrap();
+        store
+            .remove_outbox(&ClientMsgId::new("first"))
+            .await
+            .unwrap();
+        assert!(store.outbox().await.unwrap().is_empty());
+    }
+
+    pub async fn equal_server_time_orders_by_seq(store: &impl Store) {
+        let c = alice_bob();
+        let batch = [
+            msg(&c, "s2", 500, Some(2)),
+            msg(&c, "s10", 500, Some(10)),
+            msg(&c, "none", 500, None),
+            msg(&c, "s1", 500, Some(1)),
+            msg(&c, "later", 501, Some(0)),
+            msg(&c, "s256", 500, Some(256)),
+        ];
+        store.put_messages(&batch).await.unwrap();
+        let all = store.latest(&c, 10).await.unwrap();
+        assert_eq!(ids(&all), ["later", "s256", "s10", "s2", "s1", "none"]);
+        let below = store.page_before(&c, Some(&batch[0]), 10).await.unwrap();
+        assert_eq!(ids(&below), ["s1", "none"]);
+    }
+
+    pub async fn negative_and_extreme_times_order(store: &impl Store) {
+        let c = alice_bob();
+        let batch = [
+            msg(&c, "zero", 0, None),
+            msg(&c, "max", i64::MAX, None),
+            msg(&c, "minus-one", -1, None),
+            msg(&c, "min", i64::MIN + 7, None),
+            msg(&c, "one", 1, None),
+        ];
+        store.put_messages(&batch).await.unwrap();
+        assert_eq!(
+            ids(&store.latest(&c, 10).await.unwrap()),
+            ["max", "one", "zero", "minus-one", "min"]
+        );
+        // Enough messages around time 0 to split the sled tree's nodes between -1 and 0
+        // (sled 0.34's reverse scan once panicked there, see `im_arch::sled_store`).
+        let g = ConversationId::group("around-zero");
+        let around: Vec<Message> = (-400i64..400)
+            .map(|t| {
+                msg(
+                    &g,
+                    &format!("z{:04}", t + 400),
+                    t / 4,
+                    Some(((t + 400) % 3) as u64),
+                )
+            })
+            .collect();
+        store.put_messages(&around).await.unwrap();
+        let mut want = around.clone();
+        want.sort_by(|a, b| {
+            (b.server_time, b.seq, &b.server_id).cmp(&(a.server_time, a.seq, &a.server_id))
+        });
+        let mut got = Vec::new();
+        let mut before: Option<Message> = None;
+        loop {
+            let page = store.page_before(&g, before.as_ref(), 7).await.unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some(last.clone());
+            got.extend(page);
+        }
+        assert_eq!(ids(&got), ids(&want));
+    }
+}
+
+/// Stamps every scenario of [`suite`] as a `#[tokio::test]` over a fresh store from
+/// `$factory`.
+macro_rules! store_conformance {
+    ($name:ident, $factory:expr) => {
+        mod $name {
+            use super::*;
+
+            fn store() -> impl Store {
+                $factory
+            }
+
+            #[tokio::test]
+            async fn put_messages_dedups_by_server_id() {
+                suite::put_messages_dedups_by_server_id(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn message_by_id() {
+                suite::message_by_id(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn latest_is_newest_first() {
+                suite::latest_is_newest_first(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn page_before_pages_without_loss_or_repeat() {
+                suite::page_before_pages_without_loss_or_repeat(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn conversations_are_isolated() {
+                suite::conversations_are_isolated(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn cursors_round_trip_and_overwrite() {
+                suite::cursors_round_trip_and_overwrite(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn outbox_put_replace_remove_in_enqueue_order() {
+                suite::outbox_put_replace_remove_in_enqueue_order(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn equal_server_time_orders_by_seq() {
+                suite::equal_server_time_orders_by_seq(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn negative_and_extreme_times_order() {
+                suite::negative_and_extreme_times_order(&store()).await;
+            }
+        }
+    };
+}
+
+store_conformance!(memory_store, MemoryStore::new());
+store_conformance!(sled_store, SledStore::temporary().unwrap());
+
+/// Tests of what only a persistent store has.
+mod sled_only {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    // Tree and key names of the on-disk layout (see `im_arch::sled_store`), used to tamper
+    // with a closed store through the `sled` crate directly.
+    const META: &str = "meta";
+    const SCHEMA_KEY: &[u8] = b"schema_version";
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn schema_on_disk(dir: &Path) -> u32 {
+        let db = sled::open(dir).unwrap();
+        let raw = db
+            .open_tree(META)
+            .unwrap()
+            .get(SCHEMA_KEY)
+            .unwrap()
+            .unwrap();
+        im_service::codec::decode(&raw).unwrap()
+    }
+
+    fn write_schema(dir: &Path, version: u32) {
+        let db = sled::open(dir).unwrap();
+        let meta = db.open_tree(META).unwrap();
+        meta.insert(SCHEMA_KEY, im_service::codec::encode(&version).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    #[tokio::test]
+    async fn reopen_after_drop_keeps_messages_cursors_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = alice_bob();
+        let messages: Vec<Message> = (0..20)
+            .map(|i| msg(&c, &format!("m{i:02}"), 100 + i, Some(i as u64 + 1)))
+            .collect();
+        let cursor = SyncCursor {
+            seq: Some(Seq(20)),
+            time: Timestamp::from_millis(119),
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_messages(&messages).await.unwrap();
+            store.set_cursors(&[(c.clone(), cursor)]).await.unwrap();
+            store.put_outbox(&outbox_item("q2", 2)).await.unwrap();
+            store.put_outbox(&outbox_item("q1", 1)).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut newest_first = messages.clone();
+        newest_first.reverse();
+        assert_eq!(store.latest(&c, 100).await.unwrap(), newest_first);
+        assert_eq!(
+            store.message(&messages[3].server_id).await.unwrap(),
+            Some(messages[3].clone())
+        );
+        assert_eq!(
+            store.put_messages(&messages[..2]).await.unwrap(),
+            [false, false]
+        );
+        assert_eq!(store.cursor(&c).await.unwrap(), Some(cursor));
+        assert_eq!(outbox_ids(&store.outbox().await.unwrap()), ["q1", "q2"]);
+        store.remove_outbox(&ClientMsgId::new("q1")).await.unwrap();
+        drop(store);
+        // Dropped without an explicit flush: the drop flushes.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(outbox_ids(&store.outbox().await.unwrap()), ["q2"]);
+        drop(store);
+        assert_eq!(schema_on_disk(dir.path()), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        write_schema(dir.path(), SCHEMA_VERSION + 1);
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert_eq!(
+            err,
+            ArchError::SchemaTooNew {
+                found: SCHEMA_VERSION + 1,
+                supported: SCHEMA_VERSION
+            }
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(schema_on_disk(dir.path()), SCHEMA_VERSION + 1);
+    }
+
+    #[test]
+    fn older_schema_is_refused_without_bumping() {
+        let dir = tempfile::tempdir().unwrap();
+        write_schema(dir.path(), SCHEMA_VERSION - 1);
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, ArchError::Store(s) if s.contains("older") && s.contains("migration")),
+            "{err:?}"
+        );
+        assert_eq!(schema_on_disk(dir.path()), SCHEMA_VERSION - 1);
+    }
+
+    #[tokio::test]
+    async fn corrupt_message_is_reported_and_the_rest_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = alice_bob();
+        let (m1, m2, m3) = (
+            msg(&c, "m1", 1, Some(1)),
+            msg(&c, "m2", 2, Some(2)),
+            msg(&c, "m3", 3, Some(3)),
+        );
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .put_messages(&[m1.clone(), m2.clone(), m3.clone()])
+                .await
+                .unwrap();
+        }
+        let key = {
+            let db = sled::open(dir.path()).unwrap();
+            let raw = db
+                .open_tree("by_server_id")
+                .unwrap()
+                .get(b"m2")
+                .unwrap()
+                .unwrap();
+            let key: Vec<u8> = im_service::codec::decode(&raw).unwrap();
+            // A valid format byte followed by bytes that are no `Message`.
+            db.open_tree("messages")
+                .unwrap()
+                .insert(&key, &[1u8, 0xff, 0xff, 0xff][..])
+                .unwrap();
+            db.flush().unwrap();
+            key
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        match store.message(&m2.server_id).await {
+            Err(ArchError::CorruptEntry {
+                tree,
+                key: shown,
+                reason,
+            }) => {
+                assert_eq!(tree, "messages");
+                assert_eq!(shown, hex(&key));
+                assert!(!reason.is_empty());
+            }
+            other => panic!("expected CorruptEntry, got {other:?}"),
+        }
+        assert!(
+            !store
+                .message(&m2.server_id)
+                .await
+                .unwrap_err()
+                .is_retryable()
+        );
+        // Everything that does not touch the entry still works.
+        assert_eq!(
+            store.message(&m1.server_id).await.unwrap(),
+            Some(m1.clone())
+        );
+        assert_eq!(
+            store.message(&m3.server_id).await.unwrap(),
+            Some(m3.clone())
+        );
+        assert_eq!(
+            store.latest(&c, 1).await.unwrap(),
+            std::slice::from_ref(&m3)
+        );
+        assert_eq!(store.page_before(&c, Some(&m2), 10).await.unwrap(), [m1]);
+        assert!(matches!(
+            store.latest(&c, 10).await,
+            Err(ArchError::CorruptEntry { .. })
+        ));
+        let m4 = msg(&c, "m4", 4, Some(4));
+        assert_eq!(
+            store.put_messages(std::slice::from_ref(&m4)).await.unwrap(),
+            [true]
+        );
+        assert_eq!(store.latest(&c, 2).await.unwrap(), [m4, m3]);
+    }
+
+    #[tokio::test]
+    async fn corrupt_outbox_entry_is_reported_and_can_be_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_outbox(&outbox_item("ok", 1)).await.unwrap();
+            store.put_outbox(&outbox_item("bad", 2)).await.unwrap();
+        }
+        let mut key = 2u64.to_be_bytes().to_vec();
+        key.extend_from_slice(b"bad");
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let outbox = db.open_tree("outbox").unwrap();
+            assert!(
+                outbox.contains_key(&key).unwrap(),
+                "outbox key layout changed"
+            );
+            outbox.insert(&key, &b"garbage"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        match store.outbox().await {
+            Err(ArchError::CorruptEntry {
+                tree, key: shown, ..
+            }) => {
+                assert_eq!(tree, "outbox");
+                assert_eq!(shown, hex(&key));
+            }
+            other => panic!("expected CorruptEntry, got {other:?}"),
+        }
+        // The bad item can be dropped by its client id; the rest of the queue is intact.
+        store.remove_outbox(&ClientMsgId::new("bad")).await.unwrap();
+        assert_eq!(outbox_ids(&store.outbox().await.unwrap()), ["ok"]);
+    }
+
+    fn arb_messages() -> impl Strategy<Value = Vec<Message>> {
+        // Few conversations, a narrow time range and few sequences: many ties.
+        proptest::collection::vec(
+            (
+                0usize..3,
+                -3i64..4,
+                proptest::option::of(0u64..4),
+                any::<u16>(),
+            ),
+            0..80,
+        )
+        .prop_map(|specs| {
+            let convs = [
+                alice_bob(),
+                ConversationId::group("a"),
+                ConversationId::group("ab"),
+            ];
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (c, time, seq, tag))| msg(&convs[c], &format!("{tag:x}-{i}"), time, seq))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_messages_round_trip_newest_first(
+            messages in arb_messages(),
+            chunk in 1usize..30,
+            page in 1usize..12,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let store = SledStore::temporary().unwrap();
+                for batch in messages.chunks(chunk) {
+                    prop_assert!(store.put_messages(batch).await.unwrap().iter().all(|&n| n));
+                }
+                prop_assert!(store.put_messages(&messages).await.unwrap().iter().all(|&n| !n));
+                for conv in [alice_bob(), ConversationId::group("a"), ConversationId::group("ab")] {
+                    let mut want: Vec<Message> =
+                        messages.iter().filter(|m| m.conversation == conv).cloned().collect();
+                    want.sort_by(|a, b| {
+                        (b.server_time, b.seq, &b.server_id).cmp(&(a.server_time, a.seq, &a.server_id))
+                    });
+                    let mut got = Vec::new();
+                    let mut before: Option<Message> = None;
+                    loop {
+                        let p = store.page_before(&conv, before.as_ref(), page).await.unwrap();
+                        prop_assert!(p.len() <= page);
+                        if p.is_empty() {
+                            break;
+                        }
+                        before = p.last().cloned();
+                        got.extend(p);
+                    }
+                    prop_assert_eq!(&got, &want);
+                    let latest = store.latest(&conv, page).await.unwrap();
+                    prop_assert_eq!(&latest[..], &want[..want.len().min(page)]);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
