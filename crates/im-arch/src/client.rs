@@ -142,6 +142,7 @@ impl ImClientBuilder {
     pub fn build(self) -> ImClient {
         let events = self.vendor.take_events();
         let (own_tx, own_rx) = mpsc::unbounded_channel();
+        let me = self.credentials.user.clone();
         let shared = Arc::new(Shared {
             vendor: self.vendor,
             store: self.store,
@@ -156,6 +157,7 @@ impl ImClientBuilder {
             next_position: tokio::sync::Mutex::new(None),
             own_sent: own_tx,
             own_sent_rx: Mutex::new(Some(own_rx)),
+            conversations: Mutex::new(crate::conversations::ConversationList::new(me)),
         });
         ImClient {
             shared,
@@ -184,6 +186,8 @@ pub(crate) struct Shared {
     /// Own sent messages handed to the supervisor's sequencer.
     pub(crate) own_sent: mpsc::UnboundedSender<Message>,
     pub(crate) own_sent_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
+    /// The conversation list, updated per delivered or sent message.
+    pub(crate) conversations: Mutex<crate::conversations::ConversationList>,
 }
 
 impl Shared {
@@ -781,6 +785,15 @@ impl SyncEngine {
             }
             cur.time = cur.time.max(m.server_time);
             touched.insert(m.conversation.clone(), *cur);
+            let row = shared
+                .conversations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .on_message(&m);
+            shared
+                .distributor
+                .publish(ClientEvent::ConversationChanged(row))
+                .await;
             if quiet == Some(&m.server_id) {
                 continue;
             }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use im_service::{ClientMsgId, ConversationId, KickReason, ReceivedMessage, Timestamp};
 
+use crate::conversations::ConversationSummary;
 use crate::error::ArchError;
 use crate::retry::RetryAttempt;
 use crate::store::SendStatus;
@@ -102,6 +103,8 @@ pub enum ClientEvent {
     Sync(SyncProgress),
     /// A retried operation failed an attempt.
     Retry(RetryAttempt),
+    /// A row of the conversation list changed (message, read, pin, draft, mute).
+    ConversationChanged(ConversationSummary),
     /// A queued send changed status (local echo → sent / failed, resend, cancel).
     SendStatus {
         /// The message's client id (the local echo's key).

@@ -16,6 +16,7 @@
 //! * never depends on `im-qc`, `im-business-demo` or (except as a dev-dependency) `im-testkit`.
 
 pub mod client;
+pub mod conversations;
 pub mod distribution;
 pub mod error;
 pub mod events;
@@ -27,6 +28,7 @@ pub mod sled_store;
 pub mod store;
 
 pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};
+pub use conversations::{ConversationList, ConversationSummary};
 pub use distribution::{Distributor, Subscription};
 pub use error::ArchError;
 pub use events::{ClientEvent, ConnectionState, SyncProgress};

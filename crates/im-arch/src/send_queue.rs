@@ -93,6 +93,94 @@ impl ImClient {
         Ok(())
     }
 
+    /// Rows `offset..offset + limit` of the conversation list, pinned first, newest first.
+    pub fn conversations(&self, offset: usize, limit: usize) -> Vec<crate::ConversationSummary> {
+        self.shared()
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .page(offset, limit)
+    }
+
+    /// Unread messages over all conversations that are not muted.
+    pub fn total_unread(&self) -> u64 {
+        self.shared()
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .total_unread()
+    }
+
+    /// Marks a conversation read, and tells the vendor where it supports read receipts.
+    pub async fn mark_read(&self, conversation: &ConversationId) -> Result<(), ArchError> {
+        let shared = self.shared();
+        let (row, last) = shared
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mark_read(conversation);
+        shared
+            .distributor
+            .publish(ClientEvent::ConversationChanged(row))
+            .await;
+        if let Some(last) = last.filter(|_| {
+            shared
+                .vendor
+                .capabilities()
+                .supports(im_service::Capability::ReadReceipts)
+        }) {
+            shared
+                .retry("mark_read", || {
+                    shared.vendor.mark_read(conversation, &last.server_id)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Pins or unpins a conversation.
+    pub async fn set_pinned(&self, conversation: &ConversationId, pinned: bool) {
+        let row = self
+            .shared()
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_pinned(conversation, pinned);
+        self.shared()
+            .distributor
+            .publish(ClientEvent::ConversationChanged(row))
+            .await;
+    }
+
+    /// Mutes or unmutes a conversation.
+    pub async fn set_muted(&self, conversation: &ConversationId, muted: bool) {
+        let row = self
+            .shared()
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_muted(conversation, muted);
+        self.shared()
+            .distributor
+            .publish(ClientEvent::ConversationChanged(row))
+            .await;
+    }
+
+    /// Saves (`Some`) or clears (`None`) a conversation's draft.
+    pub async fn set_draft(&self, conversation: &ConversationId, draft: Option<String>) {
+        let now = self.shared().clock.now();
+        let row = self
+            .shared()
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_draft(conversation, draft, now);
+        self.shared()
+            .distributor
+            .publish(ClientEvent::ConversationChanged(row))
+            .await;
+    }
+
     /// The queue as it stands, in enqueue order (for a UI that shows why a message waits).
     pub async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
         self.shared().store.outbox().await

@@ -345,3 +345,48 @@ async fn queued_sends_survive_a_restart_and_go_out_once() {
     );
     client.logout().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_conversation_list_follows_received_sent_and_read_messages() {
+    let w = world();
+    let alice = w.vendor.client();
+    alice
+        .login(&w.vendor.register_user(&UserId::new("alice")))
+        .await
+        .unwrap();
+    for body in ["hi", "are you there?"] {
+        let m =
+            im_service::OutgoingMessage::new(w.conv.clone(), Content::text(body), w.vendor.now());
+        alice.send(&m).await.unwrap();
+    }
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let rows = client.conversations(0, 10);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].unread, 2);
+    assert_eq!(client.total_unread(), 2);
+    client.mark_read(&w.conv).await.unwrap();
+    assert_eq!(client.total_unread(), 0);
+    let id = client
+        .send(w.conv.clone(), Content::text("yes"))
+        .await
+        .unwrap();
+    status_of(&mut sub, &id, sent).await;
+    // The row moves to the sent message once it is in the sequence.
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let ClientEvent::ConversationChanged(row) = ev {
+            if row.last_message.as_ref().is_some_and(|m| m.client_id == id) {
+                assert_eq!(row.unread, 0);
+                break;
+            }
+        }
+    }
+    client.logout().await;
+}

@@ -1,0 +1,332 @@
+//! The conversation list: last message, unread count, pinned, draft, muted and updated time
+//! per conversation, kept sorted (pinned first, then by the later of last message and
+//! draft) and updated per message without rescanning the list.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+
+use im_service::{ConversationId, Message, ServerMsgId, Timestamp, UserId};
+
+/// One row of the conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub id: ConversationId,
+    /// The newest message (by server order).
+    pub last_message: Option<Message>,
+    /// Messages from others after my read position.
+    pub unread: u64,
+    /// Pinned rows sort first.
+    pub pinned: bool,
+    /// Unsent text the user left, with when it was last edited.
+    pub draft: Option<(String, Timestamp)>,
+    /// Muted rows do not count towards the total unread.
+    pub muted: bool,
+}
+
+impl ConversationSummary {
+    fn new(id: ConversationId) -> Self {
+        Self {
+            id,
+            last_message: None,
+            unread: 0,
+            pinned: false,
+            draft: None,
+            muted: false,
+        }
+    }
+
+    /// The later of the last message and the draft: what the list sorts by.
+    pub fn updated(&self) -> Timestamp {
+        let last = self
+            .last_message
+            .as_ref()
+            .map_or(Timestamp::default(), |m| m.server_time);
+        self.draft.as_ref().map_or(last, |(_, t)| last.max(*t))
+    }
+}
+
+/// Sort key: pinned first, newest first, then id for a total, stable order.
+type OrderKey = (Reverse<bool>, Reverse<Timestamp>, ConversationId);
+
+#[derive(Debug)]
+struct Entry {
+    summary: ConversationSummary,
+    /// Unread messages from others after the read position (dedups re-deliveries).
+    unread: BTreeSet<(Timestamp, ServerMsgId)>,
+    /// Everything at or before this (server time, id) is read.
+    read_up_to: Option<(Timestamp, ServerMsgId)>,
+}
+
+/// The list of one user's conversations.
+#[derive(Debug)]
+pub struct ConversationList {
+    me: UserId,
+    entries: HashMap<ConversationId, Entry>,
+    order: BTreeSet<OrderKey>,
+}
+
+fn key(s: &ConversationSummary) -> OrderKey {
+    (Reverse(s.pinned), Reverse(s.updated()), s.id.clone())
+}
+
+impl ConversationList {
+    /// An empty list for `me` (my own messages never count as unread).
+    pub fn new(me: UserId) -> Self {
+        Self {
+            me,
+            entries: HashMap::new(),
+            order: BTreeSet::new(),
+        }
+    }
+
+    /// Applies `f` to a conversation's entry and moves its row to where it now sorts.
+    fn update(&mut self, id: &ConversationId, f: impl FnOnce(&mut Entry)) -> ConversationSummary {
+        let entry = self.entries.entry(id.clone()).or_insert_with(|| Entry {
+            summary: ConversationSummary::new(id.clone()),
+            unread: BTreeSet::new(),
+            read_up_to: None,
+        });
+        self.order.remove(&key(&entry.summary));
+        f(entry);
+        entry.summary.unread = entry.unread.len() as u64;
+        self.order.insert(key(&entry.summary));
+        entry.summary.clone()
+    }
+
+    /// A message arrived or was sent (any origin; re-deliveries are harmless).
+    pub fn on_message(&mut self, message: &Message) -> ConversationSummary {
+        let me = self.me.clone();
+        self.update(&message.conversation, |e| {
+            let pos = (message.server_time, message.server_id.clone());
+            let newer = e
+                .summary
+                .last_message
+                .as_ref()
+                .is_none_or(|last| (last.server_time, &last.server_id) < (pos.0, &pos.1));
+            if newer {
+                e.summary.last_message = Some(message.clone());
+            }
+            let after_read = e.read_up_to.as_ref().is_none_or(|r| &pos > r);
+            if message.sender == me {
+                // Sending (from any device) means I have read everything before it.
+                if after_read {
+                    e.unread.retain(|u| u > &pos);
+                    e.read_up_to = Some(pos);
+                }
+            } else if after_read {
+                e.unread.insert(pos);
+            }
+        })
+    }
+
+    /// Marks everything up to the last message read; returns the row and the last message
+    /// (to send a read receipt for).
+    pub fn mark_read(&mut self, id: &ConversationId) -> (ConversationSummary, Option<Message>) {
+        let mut last = None;
+        let summary = self.update(id, |e| {
+            last = e.summary.last_message.clone();
+            if let Some(m) = &last {
+                e.read_up_to = Some((m.server_time, m.server_id.clone()));
+            }
+            e.unread.clear();
+        });
+        (summary, last)
+    }
+
+    /// Marks every conversation read.
+    pub fn mark_all_read(&mut self) {
+        let ids: Vec<ConversationId> = self.entries.keys().cloned().collect();
+        for id in ids {
+            self.mark_read(&id);
+        }
+    }
+
+    /// Pins or unpins a conversation.
+    pub fn set_pinned(&mut self, id: &ConversationId, pinned: bool) -> ConversationSummary {
+        self.update(id, |e| e.summary.pinned = pinned)
+    }
+
+    /// Mutes or unmutes a conversation.
+    pub fn set_muted(&mut self, id: &ConversationId, muted: bool) -> ConversationSummary {
+        self.update(id, |e| e.summary.muted = muted)
+    }
+
+    /// Sets (`Some`) or clears (`None`) the draft, edited at `at`.
+    pub fn set_draft(
+        &mut self,
+        id: &ConversationId,
+        draft: Option<String>,
+        at: Timestamp,
+    ) -> ConversationSummary {
+        self.update(id, |e| e.summary.draft = draft.map(|d| (d, at)))
+    }
+
+    /// Total unread over conversations that are not muted.
+    pub fn total_unread(&self) -> u64 {
+        self.entries
+            .values()
+            .filter(|e| !e.summary.muted)
+            .map(|e| e.summary.unread)
+            .sum()
+    }
+
+    /// One row.
+    pub fn get(&self, id: &ConversationId) -> Option<&ConversationSummary> {
+        self.entries.get(id).map(|e| &e.summary)
+    }
+
+    /// Rows `offset..offset + limit` in list order.
+    pub fn page(&self, offset: usize, limit: usize) -> Vec<ConversationSummary> {
+        self.order
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|(_, _, id)| self.entries.get(id).map(|e| e.summary.clone()))
+            .collect()
+    }
+
+    /// Number of conversations.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use im_service::{ClientMsgId, Content, Seq};
+    use proptest::prelude::*;
+
+    fn msg(conv: &ConversationId, from: &str, t: i64) -> Message {
+        Message {
+            server_id: ServerMsgId::new(format!("{conv}/{t}")),
+            client_id: ClientMsgId::new(format!("c{t}")),
+            conversation: conv.clone(),
+            sender: UserId::new(from),
+            seq: Some(Seq(t as u64)),
+            server_time: Timestamp::from_millis(t),
+            client_time: Timestamp::from_millis(0),
+            content: Content::text("x"),
+        }
+    }
+
+    fn ids(list: &ConversationList) -> Vec<String> {
+        list.page(0, 100)
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn pinned_first_then_by_the_later_of_message_and_draft() {
+        let (a, b, c) = (
+            ConversationId::group("a"),
+            ConversationId::group("b"),
+            ConversationId::group("c"),
+        );
+        let mut list = ConversationList::new(UserId::new("me"));
+        list.on_message(&msg(&a, "x", 10));
+        list.on_message(&msg(&b, "x", 20));
+        list.on_message(&msg(&c, "x", 30));
+        assert_eq!(ids(&list), ["g:c", "g:b", "g:a"]);
+        list.set_draft(&a, Some("typing".into()), Timestamp::from_millis(40));
+        assert_eq!(
+            ids(&list),
+            ["g:a", "g:c", "g:b"],
+            "a draft moves its row up"
+        );
+        list.set_pinned(&b, true);
+        assert_eq!(ids(&list), ["g:b", "g:a", "g:c"], "pinned rows first");
+        list.set_draft(&a, None, Timestamp::from_millis(50));
+        assert_eq!(ids(&list), ["g:b", "g:c", "g:a"]);
+    }
+
+    #[test]
+    fn unread_counts_through_receive_send_and_mark_read() {
+        let (a, b) = (ConversationId::group("a"), ConversationId::group("b"));
+        let mut list = ConversationList::new(UserId::new("me"));
+        list.on_message(&msg(&a, "x", 1));
+        list.on_message(&msg(&a, "x", 2));
+        list.on_message(&msg(&a, "x", 2)); // re-delivered
+        list.on_message(&msg(&b, "y", 3));
+        assert_eq!(list.get(&a).map(|s| s.unread), Some(2));
+        assert_eq!(list.total_unread(), 3);
+        list.set_muted(&b, true);
+        assert_eq!(list.total_unread(), 2, "muted rows do not count");
+        list.on_message(&msg(&a, "me", 4)); // I answered (maybe from another device)
+        assert_eq!(list.get(&a).map(|s| s.unread), Some(0));
+        list.on_message(&msg(&a, "x", 5));
+        assert_eq!(list.get(&a).map(|s| s.unread), Some(1));
+        let (row, last) = list.mark_read(&a);
+        assert_eq!(row.unread, 0);
+        assert_eq!(last.map(|m| m.server_time), Some(Timestamp::from_millis(5)));
+        list.mark_all_read();
+        assert_eq!(list.total_unread(), 0);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Receive(usize, bool),
+        SendMine(usize),
+        Read(usize),
+        Redeliver(usize),
+    }
+
+    proptest! {
+        /// Failure class 6: unread = messages from others after my read position; never
+        /// negative, never double counted, 0 after mark-read.
+        #[test]
+        fn unread_matches_a_simple_model(steps in proptest::collection::vec(
+            prop_oneof![
+                (0usize..3, any::<bool>()).prop_map(|(c, other_device)| Step::Receive(c, other_device)),
+                (0usize..3).prop_map(Step::SendMine),
+                (0usize..3).prop_map(Step::Read),
+                (0usize..3).prop_map(Step::Redeliver),
+            ],
+            0..60,
+        )) {
+            let convs: Vec<ConversationId> = (0..3).map(|i| ConversationId::group(format!("g{i}"))).collect();
+            let mut list = ConversationList::new(UserId::new("me"));
+            let mut history: Vec<Vec<Message>> = vec![Vec::new(); 3];
+            let mut read_at: Vec<i64> = vec![0; 3];
+            let mut t = 0;
+            for step in steps {
+                t += 1;
+                match step {
+                    Step::Receive(c, from_my_other_device) => {
+                        let m = msg(&convs[c], if from_my_other_device { "me" } else { "peer" }, t);
+                        if from_my_other_device { read_at[c] = t; }
+                        list.on_message(&m);
+                        history[c].push(m);
+                    }
+                    Step::SendMine(c) => {
+                        let m = msg(&convs[c], "me", t);
+                        read_at[c] = t;
+                        list.on_message(&m);
+                        history[c].push(m);
+                    }
+                    Step::Read(c) => {
+                        list.mark_read(&convs[c]);
+                        if let Some(last) = history[c].last() { read_at[c] = last.server_time.as_millis(); }
+                        prop_assert_eq!(list.get(&convs[c]).map_or(0, |s| s.unread), 0);
+                    }
+                    Step::Redeliver(c) => {
+                        if let Some(m) = history[c].last().cloned() { list.on_message(&m); }
+                    }
+                }
+                for c in 0..3 {
+                    let expected = history[c].iter()
+                        .filter(|m| m.sender.as_str() != "me" && m.server_time.as_millis() > read_at[c])
+                        .count() as u64;
+                    prop_assert_eq!(list.get(&convs[c]).map_or(0, |s| s.unread), expected);
+                }
+            }
+        }
+    }
+}
