@@ -26,6 +26,7 @@ pub mod send_queue;
 pub mod sequencer;
 pub mod sled_store;
 pub mod store;
+pub mod timeline;
 
 pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};
 pub use conversations::{ConversationList, ConversationSummary};
@@ -37,3 +38,4 @@ pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sequencer::{SeqGap, Sequencer};
 pub use sled_store::SledStore;
 pub use store::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
+pub use timeline::TimelinePage;

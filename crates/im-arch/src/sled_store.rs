@@ -283,6 +283,27 @@ impl Store for SledStore {
         }
     }
 
+    async fn page_after(
+        &self,
+        conversation: &ConversationId,
+        after: &Message,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = conversation_prefix(conversation)?;
+        let mut lower = prefix.clone();
+        push_order(&mut lower, after);
+        let range = (Bound::Excluded(lower), Bound::Unbounded);
+        // Forward from `after` until the key leaves this conversation's prefix.
+        let within = self
+            .messages
+            .range::<Vec<u8>, _>(range)
+            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)));
+        self.collect_messages(within, limit)
+    }
+
     async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError> {
         let id = item.message.client_id.as_str().as_bytes();
         let key = outbox_key(item.position, id);

@@ -93,6 +93,15 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, ArchError>;
 
+    /// Up to `limit` messages of a conversation strictly newer than `after`, oldest first:
+    /// paging forward from a position (e.g. after jumping to a search hit).
+    async fn page_after(
+        &self,
+        conversation: &ConversationId,
+        after: &Message,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError>;
+
     /// Inserts or replaces an outbox item (keyed by its client id).
     async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError>;
 
@@ -221,6 +230,27 @@ impl Store for MemoryStore {
             None => conv.values().rev().take(limit).cloned().collect(),
         };
         Ok(page)
+    }
+
+    async fn page_after(
+        &self,
+        conversation: &ConversationId,
+        after: &Message,
+        limit: usize,
+    ) -> Result<Vec<Message>, ArchError> {
+        let st = self.state();
+        let Some(conv) = st.by_conversation.get(conversation) else {
+            return Ok(Vec::new());
+        };
+        let lower = (
+            std::ops::Bound::Excluded(order_key(after)),
+            std::ops::Bound::Unbounded,
+        );
+        Ok(conv
+            .range(lower)
+            .take(limit)
+            .map(|(_, m)| m.clone())
+            .collect())
     }
 
     async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError> {

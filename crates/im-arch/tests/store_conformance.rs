@@ -121,6 +121,40 @@ mod suite {
         );
     }
 
+    pub async fn page_after_pages_forward_without_loss_or_repeat(store: &impl Store) {
+        let c = alice_bob();
+        let other = im_service::ConversationId::group("zz-other");
+        let all: Vec<Message> = (0..120)
+            .map(|i| {
+                msg(
+                    &c,
+                    &format!("f{i:03}"),
+                    1_700_000_000_000 + i * 10,
+                    Some(i as u64 + 1),
+                )
+            })
+            .collect();
+        store.put_messages(&all).await.unwrap();
+        // A neighbour conversation must never leak into the page.
+        store
+            .put_messages(&[msg(&other, "x1", 1_800_000_000_000, Some(1))])
+            .await
+            .unwrap();
+        let mut seen = vec![all[0].clone()];
+        loop {
+            let last = seen.last().cloned().unwrap();
+            let page = store.page_after(&c, &last, 50).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            seen.extend(page);
+        }
+        assert_eq!(
+            seen, all,
+            "oldest first, every message once, nothing from elsewhere"
+        );
+    }
+
     pub async fn page_before_pages_without_loss_or_repeat(store: &impl Store) {
         let c = alice_bob();
         let mut all: Vec<Message> = (0..250)
@@ -372,6 +406,11 @@ macro_rules! store_conformance {
             #[tokio::test]
             async fn latest_is_newest_first() {
                 suite::latest_is_newest_first(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn page_after_pages_forward_without_loss_or_repeat() {
+                suite::page_after_pages_forward_without_loss_or_repeat(&store()).await;
             }
 
             #[tokio::test]

@@ -612,3 +612,67 @@ async fn history_windows_report_gaps_and_use_configured_sources() {
     );
     archived_client.logout().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_timeline_pages_through_store_vendor_and_archive() {
+    let w = world().await;
+    w.say("ten days ago").await;
+    let archived = w.vendor.stored_messages(&w.conv);
+    w.clock.advance(Duration::from_secs(10 * 24 * 3600));
+    w.vendor.sweep();
+    for i in 1..=5 {
+        w.say(&format!("r{i}")).await;
+    }
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .clock(Arc::new(w.clock.clone()))
+        .history_source(
+            HistoryWindow::Middle,
+            Some(Arc::new(Archive(archived.clone()))),
+        )
+        .build();
+    client.login().await.unwrap();
+    let text = |ms: &[Message]| -> Vec<String> {
+        ms.iter()
+            .map(|m| match &m.content {
+                Content::Text(t) => t.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    let first = client.timeline_before(&w.conv, None, 3).await.unwrap();
+    assert_eq!(text(&first.messages), ["r5", "r4", "r3"]);
+    assert!(first.gaps.is_empty());
+    let second = client
+        .timeline_before(&w.conv, first.messages.last(), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&second.messages),
+        ["r2", "r1", "ten days ago"],
+        "store, then the archive"
+    );
+    assert!(
+        second.gaps.is_empty(),
+        "the page filled before any unserved window"
+    );
+    let oldest = second.messages.last().unwrap().clone();
+    let third = client
+        .timeline_before(&w.conv, Some(&oldest), 3)
+        .await
+        .unwrap();
+    assert!(third.messages.is_empty());
+    assert_eq!(
+        third.gaps.len(),
+        1,
+        "the >30 day window is an explicit gap, not 'no messages'"
+    );
+    assert_eq!(
+        client.message(&oldest.server_id).await.unwrap(),
+        Some(oldest.clone()),
+        "persisted"
+    );
+    let forward = client.timeline_after(&w.conv, &oldest, 10).await.unwrap();
+    assert_eq!(text(&forward), ["r1", "r2", "r3", "r4", "r5"]);
+    client.logout().await;
+}
