@@ -103,6 +103,14 @@ pub enum ClientEvent {
     Sync(SyncProgress),
     /// A retried operation failed an attempt.
     Retry(RetryAttempt),
+    /// A local store write failed (full disk, I/O error); what it was protecting stays where
+    /// it was (an unsent message stays in the outbox and is tried again).
+    StoreFailed {
+        /// What was being written.
+        op: &'static str,
+        /// The store's error.
+        error: ArchError,
+    },
     /// A row of the conversation list changed (message, read, pin, draft, mute).
     ConversationChanged(ConversationSummary),
     /// A queued send changed status (local echo → sent / failed, resend, cancel).

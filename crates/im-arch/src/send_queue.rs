@@ -240,8 +240,15 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         wake.as_mut().enable();
         let items = match shared.store.outbox().await {
             Ok(items) => items,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the outbox");
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot read the outbox");
+                shared
+                    .distributor
+                    .publish(ClientEvent::StoreFailed {
+                        op: "outbox",
+                        error,
+                    })
+                    .await;
                 Vec::new()
             }
         };
@@ -260,12 +267,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 conversation = %item.message.conversation,
                 position = item.position
             );
-            deliver(&shared, item).instrument(span).await;
+            if !deliver(&shared, item).instrument(span).await {
+                // A failing store (full disk): do not spin; try again a little later.
+                tokio::time::sleep(shared.config.retry.backoff.max).await;
+                break;
+            }
         }
     }
 }
 
-async fn deliver(shared: &Shared, mut item: OutboxItem) {
+/// Sends one item; `false` when the store failed (the caller backs off).
+async fn deliver(shared: &Shared, mut item: OutboxItem) -> bool {
     let result = shared
         .retry("send", || shared.vendor.send(&item.message))
         .await;
@@ -293,11 +305,22 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) {
                 server_id: receipt.server_id,
                 seq: receipt.seq,
             };
-            if let Err(e) = shared.store.remove_outbox(&item.message.client_id).await {
-                tracing::warn!(error = %e, "cannot remove a sent item from the outbox");
+            if let Err(error) = shared.store.remove_outbox(&item.message.client_id).await {
+                // The item stays queued as `Sending`; its next attempt gets the duplicate
+                // receipt and counts as sent, so nothing is sent twice.
+                tracing::warn!(error = %error, "cannot remove a sent item from the outbox");
+                shared
+                    .distributor
+                    .publish(ClientEvent::StoreFailed {
+                        op: "remove_outbox",
+                        error,
+                    })
+                    .await;
+                return false;
             }
             announce(shared, &item).await;
             let _ = shared.own_sent.send(stored);
+            true
         }
         Err(e) => {
             let recoverable = e
@@ -308,10 +331,20 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) {
                 reason: e.to_string(),
                 recoverable,
             };
-            if let Err(e) = shared.store.put_outbox(&item).await {
-                tracing::warn!(error = %e, "cannot record a failed send");
+            if let Err(error) = shared.store.put_outbox(&item).await {
+                tracing::warn!(error = %error, "cannot record a failed send");
+                shared
+                    .distributor
+                    .publish(ClientEvent::StoreFailed {
+                        op: "put_outbox",
+                        error,
+                    })
+                    .await;
+                announce(shared, &item).await;
+                return false;
             }
             announce(shared, &item).await;
+            true
         }
     }
 }

@@ -390,3 +390,113 @@ async fn the_conversation_list_follows_received_sent_and_read_messages() {
     }
     client.logout().await;
 }
+
+/// A store whose outbox removals fail while `broken` is set (a full disk).
+struct FullDisk {
+    inner: im_arch::MemoryStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl im_arch::Store for FullDisk {
+    async fn put_messages(&self, m: &[im_service::Message]) -> Result<Vec<bool>, ArchError> {
+        self.inner.put_messages(m).await
+    }
+    async fn message(
+        &self,
+        id: &im_service::ServerMsgId,
+    ) -> Result<Option<im_service::Message>, ArchError> {
+        self.inner.message(id).await
+    }
+    async fn latest(
+        &self,
+        c: &ConversationId,
+        limit: usize,
+    ) -> Result<Vec<im_service::Message>, ArchError> {
+        self.inner.latest(c, limit).await
+    }
+    async fn cursor(&self, c: &ConversationId) -> Result<Option<im_arch::SyncCursor>, ArchError> {
+        self.inner.cursor(c).await
+    }
+    async fn set_cursors(
+        &self,
+        c: &[(ConversationId, im_arch::SyncCursor)],
+    ) -> Result<(), ArchError> {
+        self.inner.set_cursors(c).await
+    }
+    async fn cursors(&self) -> Result<Vec<(ConversationId, im_arch::SyncCursor)>, ArchError> {
+        self.inner.cursors().await
+    }
+    async fn page_before(
+        &self,
+        c: &ConversationId,
+        before: Option<&im_service::Message>,
+        limit: usize,
+    ) -> Result<Vec<im_service::Message>, ArchError> {
+        self.inner.page_before(c, before, limit).await
+    }
+    async fn page_after(
+        &self,
+        c: &ConversationId,
+        after: &im_service::Message,
+        limit: usize,
+    ) -> Result<Vec<im_service::Message>, ArchError> {
+        self.inner.page_after(c, after, limit).await
+    }
+    async fn put_outbox(&self, item: &im_arch::OutboxItem) -> Result<(), ArchError> {
+        self.inner.put_outbox(item).await
+    }
+    async fn remove_outbox(&self, id: &ClientMsgId) -> Result<(), ArchError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ArchError::Store("no space left on device".into()));
+        }
+        self.inner.remove_outbox(id).await
+    }
+    async fn outbox(&self) -> Result<Vec<im_arch::OutboxItem>, ArchError> {
+        self.inner.outbox().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_store_write_is_reported_and_the_message_stays_queued() {
+    let w = world();
+    let store = Arc::new(FullDisk {
+        inner: im_arch::MemoryStore::new(),
+        broken: true.into(),
+    });
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .store(store.clone())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let id = client
+        .send(w.conv.clone(), Content::text("keep me"))
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let ClientEvent::StoreFailed { op, error } = ev {
+            assert_eq!(op, "remove_outbox");
+            assert!(matches!(error, ArchError::Store(_)));
+            break;
+        }
+    }
+    let queued = client.outbox().await.unwrap();
+    assert_eq!(queued.len(), 1, "the message stays in the outbox");
+    assert_eq!(queued[0].message.client_id, id);
+    store
+        .broken
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    status_of(&mut sub, &id, sent).await;
+    assert!(client.outbox().await.unwrap().is_empty());
+    assert_eq!(
+        bodies(&w),
+        ["keep me"],
+        "the retry was recognised as a duplicate: stored once"
+    );
+    client.logout().await;
+}
