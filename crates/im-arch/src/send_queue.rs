@@ -140,45 +140,41 @@ impl ImClient {
 
     /// Pins or unpins a conversation.
     pub async fn set_pinned(&self, conversation: &ConversationId, pinned: bool) {
-        let row = self
-            .shared()
-            .conversations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_pinned(conversation, pinned);
-        self.shared()
-            .distributor
-            .publish(ClientEvent::ConversationChanged(row))
+        self.update_row(|list| list.set_pinned(conversation, pinned))
             .await;
     }
 
     /// Mutes or unmutes a conversation.
     pub async fn set_muted(&self, conversation: &ConversationId, muted: bool) {
-        let row = self
-            .shared()
-            .conversations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_muted(conversation, muted);
-        self.shared()
-            .distributor
-            .publish(ClientEvent::ConversationChanged(row))
+        self.update_row(|list| list.set_muted(conversation, muted))
             .await;
     }
 
     /// Saves (`Some`) or clears (`None`) a conversation's draft.
     pub async fn set_draft(&self, conversation: &ConversationId, draft: Option<String>) {
         let now = self.shared().clock.now();
-        let row = self
-            .shared()
-            .conversations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_draft(conversation, draft, now);
+        self.update_row(|list| list.set_draft(conversation, draft, now))
+            .await;
+    }
+
+    /// Changes one row of the conversation list and announces it. The lock is released
+    /// before the announcement is awaited.
+    async fn update_row(
+        &self,
+        change: impl FnOnce(&mut crate::ConversationList) -> crate::ConversationSummary,
+    ) -> crate::ConversationSummary {
+        let row = change(
+            &mut self
+                .shared()
+                .conversations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         self.shared()
             .distributor
-            .publish(ClientEvent::ConversationChanged(row))
+            .publish(ClientEvent::ConversationChanged(row.clone()))
             .await;
+        row
     }
 
     /// The queue as it stands, in enqueue order (for a UI that shows why a message waits).

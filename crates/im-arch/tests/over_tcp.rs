@@ -6,6 +6,10 @@
 // Test helpers outside #[test] fns: a panic is how they fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::messages;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,36 +102,12 @@ fn config() -> ClientConfig {
     }
 }
 
-async fn until(
-    sub: &mut Subscription,
-    mut stop: impl FnMut(&ClientEvent) -> bool,
-) -> Vec<ClientEvent> {
-    let mut seen = Vec::new();
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(20), sub.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out; saw {seen:#?}"))
-            .expect("client gone");
-        let done = stop(&ev);
-        seen.push(ev);
-        if done {
-            return seen;
-        }
-    }
+async fn until(sub: &mut Subscription, stop: impl FnMut(&ClientEvent) -> bool) -> Vec<ClientEvent> {
+    common::until_within(sub, Duration::from_secs(20), stop).await
 }
 
 fn got_seq(n: u64) -> impl FnMut(&ClientEvent) -> bool {
     move |e| matches!(e, ClientEvent::Message(r) if r.message.seq.map(|s| s.0) == Some(n))
-}
-
-fn messages(events: &[ClientEvent]) -> Vec<(u64, Origin)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Message(r) => Some((r.message.seq.map_or(0, |s| s.0), r.origin)),
-            _ => None,
-        })
-        .collect()
 }
 
 fn seqs(events: &[ClientEvent]) -> Vec<u64> {

@@ -5,6 +5,10 @@
 // Test helpers outside #[test] fns: a panic is how they fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::messages;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -82,32 +86,8 @@ fn config() -> ClientConfig {
 }
 
 /// Events until `stop` matches (included), failing after an hour of (paused) time.
-async fn until(
-    sub: &mut Subscription,
-    mut stop: impl FnMut(&ClientEvent) -> bool,
-) -> Vec<ClientEvent> {
-    let mut seen = Vec::new();
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out; saw {seen:#?}"))
-            .expect("client gone");
-        let done = stop(&ev);
-        seen.push(ev);
-        if done {
-            return seen;
-        }
-    }
-}
-
-fn messages(events: &[ClientEvent]) -> Vec<(u64, Origin)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Message(r) => Some((r.message.seq.map_or(0, |s| s.0), r.origin)),
-            _ => None,
-        })
-        .collect()
+async fn until(sub: &mut Subscription, stop: impl FnMut(&ClientEvent) -> bool) -> Vec<ClientEvent> {
+    common::until_within(sub, Duration::from_secs(3600), stop).await
 }
 
 fn states(events: &[ClientEvent]) -> Vec<ConnectionState> {

@@ -1,0 +1,41 @@
+//! Helpers shared by the im-arch integration tests: waiting on a subscription and
+//! summarising what it delivered.
+
+#![allow(dead_code, clippy::expect_used)]
+
+use std::time::Duration;
+
+use im_arch::{ClientEvent, Subscription};
+use im_service::Origin;
+
+/// Events until `stop` matches (included); panics with what was seen if a single event
+/// takes longer than `within`.
+pub async fn until_within(
+    sub: &mut Subscription,
+    within: Duration,
+    mut stop: impl FnMut(&ClientEvent) -> bool,
+) -> Vec<ClientEvent> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(within, sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; saw {seen:#?}"))
+            .expect("client gone");
+        let done = stop(&ev);
+        seen.push(ev);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// (sequence, origin) of every delivered message, in delivery order.
+pub fn messages(events: &[ClientEvent]) -> Vec<(u64, Origin)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message(r) => Some((r.message.seq.map_or(0, |s| s.0), r.origin)),
+            _ => None,
+        })
+        .collect()
+}
