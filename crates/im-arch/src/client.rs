@@ -468,6 +468,16 @@ async fn supervise(
     mut own: Option<mpsc::UnboundedReceiver<Message>>,
 ) {
     let mut engine = SyncEngine::load(&shared).await;
+    if let Err(error) = load_conversations(&shared).await {
+        tracing::warn!(error = %error, "cannot rebuild the conversation list");
+        shared
+            .distributor
+            .publish(ClientEvent::StoreFailed {
+                op: "load_conversations",
+                error,
+            })
+            .await;
+    }
     let mut attempt: u32 = 0;
     let mut refreshed = false;
     loop {
@@ -691,6 +701,48 @@ async fn online(
     }
 }
 
+/// Rebuilds the conversation list from the store: every conversation with delivered
+/// messages or saved state, its newest message and its unread messages.
+async fn load_conversations(shared: &Shared) -> Result<(), ArchError> {
+    /// Unread messages counted per conversation at most (a badge shows "999+" anyway).
+    const MAX_UNREAD_SCAN: usize = 10_000;
+    let states: HashMap<ConversationId, crate::store::ConversationState> = shared
+        .store
+        .conversation_states()
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
+    let mut ids: Vec<ConversationId> = shared
+        .store
+        .cursors()
+        .await?
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    ids.extend(states.keys().cloned());
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        let state = states.get(&id);
+        let last = shared.store.latest(&id, 1).await?.into_iter().next();
+        let read = match state.and_then(|s| s.read_up_to.as_ref()) {
+            Some((_, read_id)) => shared.store.message(read_id).await?,
+            None => None,
+        };
+        let after_read = match &read {
+            Some(read) => shared.store.page_after(&id, read, MAX_UNREAD_SCAN).await?,
+            None => shared.store.page_before(&id, None, MAX_UNREAD_SCAN).await?,
+        };
+        shared
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(&id, state, last, &after_read);
+    }
+    Ok(())
+}
+
 /// The next own sent message, or never if there is no channel.
 async fn recv_own(own: &mut Option<mpsc::UnboundedReceiver<Message>>) -> Option<Message> {
     match own {
@@ -785,11 +837,31 @@ impl SyncEngine {
             }
             cur.time = cur.time.max(m.server_time);
             touched.insert(m.conversation.clone(), *cur);
-            let row = shared
-                .conversations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .on_message(&m);
+            let (row, state) = {
+                let mut list = shared
+                    .conversations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let row = list.on_message(&m);
+                // My own message (from any device) moves my read position: keep it.
+                let me = m.sender
+                    == shared
+                        .credentials
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .user;
+                (
+                    row,
+                    if me {
+                        list.state(&m.conversation)
+                    } else {
+                        None
+                    },
+                )
+            };
+            if let Some(state) = state {
+                crate::send_queue::persist_state(shared, &state).await;
+            }
             shared
                 .distributor
                 .publish(ClientEvent::ConversationChanged(row))

@@ -7,6 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use im_service::{ConversationId, Message, ServerMsgId, Timestamp, UserId};
 
+use crate::store::ConversationState;
+
 /// One row of the conversation list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationSummary {
@@ -160,6 +162,44 @@ impl ConversationList {
         at: Timestamp,
     ) -> ConversationSummary {
         self.update(id, |e| e.summary.draft = draft.map(|d| (d, at)))
+    }
+
+    /// What the user set on a conversation, for persisting.
+    pub fn state(&self, id: &ConversationId) -> Option<ConversationState> {
+        self.entries.get(id).map(|e| ConversationState {
+            id: id.clone(),
+            pinned: e.summary.pinned,
+            muted: e.summary.muted,
+            draft: e.summary.draft.clone(),
+            read_up_to: e.read_up_to.clone(),
+        })
+    }
+
+    /// Rebuilds a row after a restart from its saved state, its newest stored message and
+    /// the stored messages after its read position.
+    pub fn restore(
+        &mut self,
+        id: &ConversationId,
+        state: Option<&ConversationState>,
+        last: Option<Message>,
+        after_read: &[Message],
+    ) -> ConversationSummary {
+        let me = self.me.clone();
+        self.update(id, |e| {
+            if let Some(st) = state {
+                e.summary.pinned = st.pinned;
+                e.summary.muted = st.muted;
+                e.summary.draft = st.draft.clone();
+                e.read_up_to = st.read_up_to.clone();
+            }
+            e.summary.last_message = last;
+            e.unread = after_read
+                .iter()
+                .filter(|m| m.sender != me)
+                .map(|m| (m.server_time, m.server_id.clone()))
+                .filter(|pos| e.read_up_to.as_ref().is_none_or(|r| pos > r))
+                .collect();
+        })
     }
 
     /// Total unread over conversations that are not muted.

@@ -37,5 +37,7 @@ pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, Vendo
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sequencer::{SeqGap, Sequencer};
 pub use sled_store::SledStore;
-pub use store::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
+pub use store::{
+    ConversationState, MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor,
+};
 pub use timeline::TimelinePage;

@@ -114,11 +114,17 @@ impl ImClient {
     /// Marks a conversation read, and tells the vendor where it supports read receipts.
     pub async fn mark_read(&self, conversation: &ConversationId) -> Result<(), ArchError> {
         let shared = self.shared();
-        let (row, last) = shared
-            .conversations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .mark_read(conversation);
+        let (row, last, state) = {
+            let mut list = shared
+                .conversations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let (row, last) = list.mark_read(conversation);
+            (row, last, list.state(conversation))
+        };
+        if let Some(state) = state {
+            persist_state(shared, &state).await;
+        }
         shared
             .distributor
             .publish(ClientEvent::ConversationChanged(row))
@@ -163,13 +169,19 @@ impl ImClient {
         &self,
         change: impl FnOnce(&mut crate::ConversationList) -> crate::ConversationSummary,
     ) -> crate::ConversationSummary {
-        let row = change(
-            &mut self
+        let (row, state) = {
+            let mut list = self
                 .shared()
                 .conversations
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+                .unwrap_or_else(|e| e.into_inner());
+            let row = change(&mut list);
+            let state = list.state(&row.id);
+            (row, state)
+        };
+        if let Some(state) = state {
+            persist_state(self.shared(), &state).await;
+        }
         self.shared()
             .distributor
             .publish(ClientEvent::ConversationChanged(row.clone()))
@@ -180,6 +192,20 @@ impl ImClient {
     /// The queue as it stands, in enqueue order (for a UI that shows why a message waits).
     pub async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
         self.shared().store.outbox().await
+    }
+}
+
+/// Saves a conversation's user state; a failing store is reported, not fatal.
+pub(crate) async fn persist_state(shared: &Shared, state: &crate::store::ConversationState) {
+    if let Err(error) = shared.store.put_conversation_state(state).await {
+        tracing::warn!(error = %error, "cannot save conversation state");
+        shared
+            .distributor
+            .publish(ClientEvent::StoreFailed {
+                op: "put_conversation_state",
+                error,
+            })
+            .await;
     }
 }
 

@@ -53,7 +53,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::ArchError;
-use crate::store::{OutboxItem, SCHEMA_VERSION, Store, SyncCursor};
+use crate::store::{ConversationState, OutboxItem, SCHEMA_VERSION, Store, SyncCursor};
 
 const MESSAGES: &str = "messages";
 const BY_SERVER_ID: &str = "by_server_id";
@@ -61,6 +61,7 @@ const CURSORS: &str = "cursors";
 const OUTBOX: &str = "outbox";
 const OUTBOX_IDS: &str = "outbox_ids";
 const META: &str = "meta";
+const CONVERSATIONS: &str = "conversations";
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
 /// The sled-backed [`Store`]: what a client keeps across restarts.
@@ -73,6 +74,8 @@ pub struct SledStore {
     cursors: sled::Tree,
     outbox: sled::Tree,
     outbox_ids: sled::Tree,
+    /// Conversation id → what the user set on it.
+    conversations: sled::Tree,
     /// Serialises `put_messages`, whose dedup check and write are two steps.
     write: Mutex<()>,
 }
@@ -132,6 +135,7 @@ impl SledStore {
             cursors: tree(CURSORS)?,
             outbox: tree(OUTBOX)?,
             outbox_ids: tree(OUTBOX_IDS)?,
+            conversations: tree(CONVERSATIONS)?,
             db,
             write: Mutex::new(()),
         })
@@ -345,6 +349,23 @@ impl Store for SledStore {
             .map(|entry| {
                 let (key, value) = entry.map_err(store_err)?;
                 decode_value(OUTBOX, &key, &value)
+            })
+            .collect()
+    }
+
+    async fn put_conversation_state(&self, state: &ConversationState) -> Result<(), ArchError> {
+        self.conversations
+            .insert(encode_value(&state.id)?, encode_value(state)?)
+            .map(|_| ())
+            .map_err(store_err)
+    }
+
+    async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError> {
+        self.conversations
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(store_err)?;
+                decode_value(CONVERSATIONS, &key, &value)
             })
             .collect()
     }

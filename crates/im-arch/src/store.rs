@@ -50,6 +50,22 @@ pub struct OutboxItem {
     pub attempts: u32,
 }
 
+/// What the user set on a conversation, kept across restarts (the rest of a list row is
+/// derived from stored messages).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationState {
+    /// The conversation.
+    pub id: ConversationId,
+    /// Pinned rows sort first.
+    pub pinned: bool,
+    /// Muted rows do not count towards the total unread.
+    pub muted: bool,
+    /// Unsent text and when it was edited.
+    pub draft: Option<(String, Timestamp)>,
+    /// Everything at or before this (server time, id) is read.
+    pub read_up_to: Option<(Timestamp, ServerMsgId)>,
+}
+
 /// How far a conversation has been delivered, in order, to subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SyncCursor {
@@ -110,6 +126,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every outbox item, in enqueue order.
     async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError>;
+
+    /// Saves what the user set on a conversation.
+    async fn put_conversation_state(&self, state: &ConversationState) -> Result<(), ArchError>;
+
+    /// Every saved conversation state.
+    async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError>;
 }
 
 /// Order of messages inside a conversation: server time, then sequence, then id.
@@ -125,6 +147,7 @@ struct MemoryState {
     by_id: HashMap<ServerMsgId, OrderKey>,
     cursors: HashMap<ConversationId, SyncCursor>,
     outbox: HashMap<ClientMsgId, OutboxItem>,
+    conversation_states: HashMap<ConversationId, ConversationState>,
 }
 
 /// The in-memory [`Store`]: tests, and clients that keep nothing across restarts.
@@ -269,5 +292,16 @@ impl Store for MemoryStore {
         let mut items: Vec<OutboxItem> = self.state().outbox.values().cloned().collect();
         items.sort_by_key(|i| i.position);
         Ok(items)
+    }
+
+    async fn put_conversation_state(&self, state: &ConversationState) -> Result<(), ArchError> {
+        self.state()
+            .conversation_states
+            .insert(state.id.clone(), state.clone());
+        Ok(())
+    }
+
+    async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError> {
+        Ok(self.state().conversation_states.values().cloned().collect())
     }
 }

@@ -455,6 +455,15 @@ impl im_arch::Store for FullDisk {
     async fn outbox(&self) -> Result<Vec<im_arch::OutboxItem>, ArchError> {
         self.inner.outbox().await
     }
+    async fn put_conversation_state(
+        &self,
+        state: &im_arch::ConversationState,
+    ) -> Result<(), ArchError> {
+        self.inner.put_conversation_state(state).await
+    }
+    async fn conversation_states(&self) -> Result<Vec<im_arch::ConversationState>, ArchError> {
+        self.inner.conversation_states().await
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -498,5 +507,57 @@ async fn a_failed_store_write_is_reported_and_the_message_stays_queued() {
         ["keep me"],
         "the retry was recognised as a duplicate: stored once"
     );
+    client.logout().await;
+}
+
+/// The conversation list survives a restart on sled: pins, drafts and unread counts.
+#[tokio::test(start_paused = true)]
+async fn the_conversation_list_survives_a_restart() {
+    let w = world();
+    let alice = w.vendor.client();
+    alice
+        .login(&w.vendor.register_user(&UserId::new("alice")))
+        .await
+        .unwrap();
+    let say = |body: &str| {
+        im_service::OutgoingMessage::new(w.conv.clone(), Content::text(body), w.vendor.now())
+    };
+    alice.send(&say("one")).await.unwrap();
+    alice.send(&say("two")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Arc::new(im_arch::SledStore::open(dir.path()).unwrap());
+        let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+            .config(config())
+            .store(store.clone())
+            .build();
+        client.login().await.unwrap();
+        client.mark_read(&w.conv).await.unwrap();
+        client.set_pinned(&w.conv, true).await;
+        client
+            .set_draft(&w.conv, Some("half a thought".into()))
+            .await;
+        client.logout().await;
+        store.flush().await.unwrap();
+    }
+    alice.send(&say("three")).await.unwrap();
+    let store = Arc::new(im_arch::SledStore::open(dir.path()).unwrap());
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .store(store)
+        .build();
+    client.login().await.unwrap();
+    let rows = client.conversations(0, 10);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].pinned);
+    assert_eq!(
+        rows[0].draft.as_ref().map(|(d, _)| d.as_str()),
+        Some("half a thought")
+    );
+    assert_eq!(
+        rows[0].unread, 1,
+        "only the message after the saved read position"
+    );
+    assert_eq!(client.total_unread(), 1);
     client.logout().await;
 }

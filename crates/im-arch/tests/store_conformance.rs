@@ -121,6 +121,26 @@ mod suite {
         );
     }
 
+    pub async fn conversation_states_round_trip_and_overwrite(store: &impl Store) {
+        let c = alice_bob();
+        let mut state = im_arch::ConversationState {
+            id: c.clone(),
+            pinned: true,
+            muted: false,
+            draft: Some(("draft".into(), im_service::Timestamp::from_millis(5))),
+            read_up_to: None,
+        };
+        store.put_conversation_state(&state).await.unwrap();
+        assert_eq!(
+            store.conversation_states().await.unwrap(),
+            vec![state.clone()]
+        );
+        state.pinned = false;
+        state.draft = None;
+        store.put_conversation_state(&state).await.unwrap();
+        assert_eq!(store.conversation_states().await.unwrap(), vec![state]);
+    }
+
     pub async fn page_after_pages_forward_without_loss_or_repeat(store: &impl Store) {
         let c = alice_bob();
         let other = im_service::ConversationId::group("zz-other");
@@ -406,6 +426,11 @@ macro_rules! store_conformance {
             #[tokio::test]
             async fn latest_is_newest_first() {
                 suite::latest_is_newest_first(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn conversation_states_round_trip_and_overwrite() {
+                suite::conversation_states_round_trip_and_overwrite(&store()).await;
             }
 
             #[tokio::test]
