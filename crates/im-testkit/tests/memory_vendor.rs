@@ -228,3 +228,40 @@ async fn events_stream_ends_only_with_the_client() -> anyhow::Result<()> {
     assert!(events.next().await.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn history_past_retention_is_gone_for_every_query_kind() -> anyhow::Result<()> {
+    let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig::default());
+    let (a, b, conv) = pair(&vendor);
+    let alice = vendor.client();
+    alice.login(&a).await?;
+    for body in ["one", "two", "three"] {
+        alice.send(&text(&conv, body)).await?;
+    }
+    clock.advance(Duration::from_secs(8 * 24 * 3600));
+    vendor.sweep();
+    assert!(vendor.stored_messages(&conv).is_empty());
+    let bob = vendor.client();
+    bob.login(&b).await?;
+    for range in [
+        im_service::HistoryRange::Latest,
+        im_service::HistoryRange::Seq {
+            after: Some(im_service::Seq(2)),
+            before: None,
+        },
+        im_service::HistoryRange::Time {
+            from: Timestamp::from_millis(0),
+            to: Timestamp::from_millis(i64::MAX),
+        },
+    ] {
+        let page = bob
+            .pull_history(&HistoryQuery::latest(conv.clone(), 10).range(range))
+            .await?;
+        assert!(
+            page.messages.is_empty(),
+            "{range:?} returned {:?}",
+            page.messages
+        );
+    }
+    Ok(())
+}
