@@ -46,6 +46,16 @@ fn world() -> World {
     World { vendor, bob, conv }
 }
 
+/// A client for Bob on the plain vendor, subscribed and logged in.
+async fn online(w: &World) -> (ImClient, Subscription) {
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let sub = client.subscribe();
+    client.login().await.unwrap();
+    (client, sub)
+}
+
 fn bodies(w: &World) -> Vec<String> {
     w.vendor
         .stored_messages(&w.conv)
@@ -88,11 +98,7 @@ fn sent(s: &SendStatus) -> bool {
 #[tokio::test(start_paused = true)]
 async fn a_failed_send_blocks_its_conversation_until_resent() {
     let w = world();
-    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
-        .config(config())
-        .build();
-    let mut sub = client.subscribe();
-    client.login().await.unwrap();
+    let (client, mut sub) = online(&w).await;
     // A unknown server error three times: A exhausts its attempts (transient, recoverable).
     w.vendor.fail_next(
         VendorOp::Send,
@@ -146,11 +152,7 @@ async fn a_failed_send_blocks_its_conversation_until_resent() {
 #[tokio::test(start_paused = true)]
 async fn cancelling_a_failed_send_releases_the_rest() {
     let w = world();
-    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
-        .config(config())
-        .build();
-    let mut sub = client.subscribe();
-    client.login().await.unwrap();
+    let (client, mut sub) = online(&w).await;
     w.vendor.fail_next(
         VendorOp::Send,
         1,
@@ -208,11 +210,7 @@ async fn the_local_echo_is_reconciled_not_repeated() {
         .login(&w.vendor.register_user(&UserId::new("alice")))
         .await
         .unwrap();
-    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
-        .config(config())
-        .build();
-    let mut sub = client.subscribe();
-    client.login().await.unwrap();
+    let (client, mut sub) = online(&w).await;
     let id = client
         .send(w.conv.clone(), Content::text("mine"))
         .await
@@ -359,11 +357,7 @@ async fn the_conversation_list_follows_received_sent_and_read_messages() {
             im_service::OutgoingMessage::new(w.conv.clone(), Content::text(body), w.vendor.now());
         alice.send(&m).await.unwrap();
     }
-    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
-        .config(config())
-        .build();
-    let mut sub = client.subscribe();
-    client.login().await.unwrap();
+    let (client, mut sub) = online(&w).await;
     let rows = client.conversations(0, 10);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].unread, 2);
