@@ -428,14 +428,9 @@ impl ImClient {
             })
             .await?;
         self.shared.store.put_messages(&page.messages).await?;
-        let mut gaps = Vec::new();
-        if let Some(horizon) = page.horizon.filter(|h| *h > from) {
-            gaps.push(HistoryGap {
-                from,
-                to: horizon.min(to),
-                reason: format!("{} keeps history only from {horizon:?}", source.name()),
-            });
-        }
+        let gaps = HistoryGap::before_horizon(source.name(), page.horizon, from, to)
+            .into_iter()
+            .collect();
         Ok(HistoryResult {
             messages: page.messages,
             gaps,

@@ -104,3 +104,21 @@ pub struct HistoryResult {
     /// Cursor for the next (older) page from the same source.
     pub next: Option<PageCursor>,
 }
+
+impl HistoryGap {
+    /// The part of `[from, to)` before a source's retention `horizon`, if any: what the
+    /// source cannot serve.
+    pub fn before_horizon(
+        source: &str,
+        horizon: Option<Timestamp>,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Option<Self> {
+        let horizon = horizon.filter(|h| *h > from)?;
+        Some(HistoryGap {
+            from,
+            to: horizon.min(to),
+            reason: format!("{source} keeps history only from {horizon:?}"),
+        })
+    }
+}

@@ -64,13 +64,12 @@ impl ImClient {
                 })
                 .await?;
             shared.store.put_messages(&page.messages).await?;
-            if let Some(horizon) = page.horizon.filter(|h| *h > from) {
-                gaps.push(HistoryGap {
-                    from,
-                    to: horizon.min(to),
-                    reason: format!("{} keeps history only from {horizon:?}", source.name()),
-                });
-            }
+            gaps.extend(HistoryGap::before_horizon(
+                source.name(),
+                page.horizon,
+                from,
+                to,
+            ));
             for m in page.messages {
                 if seen.insert(m.server_id.clone()) {
                     anchor = anchor.min(m.server_time);

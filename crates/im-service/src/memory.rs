@@ -448,6 +448,16 @@ impl MemoryVendor {
     }
 }
 
+/// Removes a session its own client closed (logout, re-login, drop): nothing to report.
+fn close_session(st: &mut State, id: u64) {
+    if let Some(s) = st.sessions.remove(&id) {
+        if let Some(u) = st.users.get_mut(&s.user) {
+            u.sessions.remove(&id);
+        }
+    }
+    st.ended.remove(&id);
+}
+
 /// Removes a session, remembers the error its client will see, and tells the client.
 fn end_session(st: &mut State, id: u64, error: ServiceError, event: Option<VendorEvent>) {
     if let Some(s) = st.sessions.remove(&id) {
@@ -712,12 +722,7 @@ impl Vendor for MemoryClient {
         let mut slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = slot.take() {
             // Re-login on the same handle replaces its own session silently.
-            if let Some(s) = st.sessions.remove(&old) {
-                if let Some(u) = st.users.get_mut(&s.user) {
-                    u.sessions.remove(&old);
-                }
-            }
-            st.ended.remove(&old);
+            close_session(&mut st, old);
         }
         if kick {
             let others: Vec<u64> = st
@@ -763,12 +768,7 @@ impl Vendor for MemoryClient {
         let mut st = self.vendor.state();
         let mut slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = slot.take() {
-            if let Some(s) = st.sessions.remove(&id) {
-                if let Some(u) = st.users.get_mut(&s.user) {
-                    u.sessions.remove(&id);
-                }
-            }
-            st.ended.remove(&id);
+            close_session(&mut st, id);
         }
         Ok(())
     }
@@ -1016,12 +1016,7 @@ impl Drop for MemoryClient {
     fn drop(&mut self) {
         if let Some(id) = self.session_id() {
             let mut st = self.vendor.state();
-            if let Some(s) = st.sessions.remove(&id) {
-                if let Some(u) = st.users.get_mut(&s.user) {
-                    u.sessions.remove(&id);
-                }
-            }
-            st.ended.remove(&id);
+            close_session(&mut st, id);
         }
     }
 }
