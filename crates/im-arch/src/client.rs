@@ -3,7 +3,7 @@
 //! vendor events, reconnects with capped, jittered backoff, and publishes everything on
 //! the client's distribution stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use im_service::{
     Capability, Clock, ConversationId, Credentials, EventStream, HistoryQuery, HistoryRange,
-    HistoryScope, Message, Origin, ReceivedMessage, Seq, ServiceError, Token, UserId, Vendor,
-    VendorEvent,
+    HistoryScope, Message, Origin, ReceivedMessage, Seq, ServerMsgId, ServiceError, Token, UserId,
+    Vendor, VendorEvent,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -753,6 +753,9 @@ struct SyncEngine {
     sequencer: Sequencer,
     cursors: HashMap<ConversationId, SyncCursor>,
     sequences: bool,
+    /// Messages the previous process recorded as in flight: stored, perhaps never
+    /// delivered. Each is delivered once, whichever way it comes back.
+    in_flight: HashSet<ServerMsgId>,
 }
 
 impl SyncEngine {
@@ -774,11 +777,19 @@ impl SyncEngine {
             .capabilities()
             .supports(Capability::SequenceNumbers);
         let synced_to = cursors.values().map(|c| c.time).max();
+        let in_flight = match shared.store.in_flight().await {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the in-flight delivery record");
+                HashSet::new()
+            }
+        };
         Self {
             synced_to,
             sequencer,
             cursors,
             sequences,
+            in_flight,
         }
     }
 
@@ -804,6 +815,13 @@ impl SyncEngine {
         if messages.is_empty() {
             return Ok(0);
         }
+        // Without sequences the store is the dedup authority, and it cannot tell a
+        // duplicate from a message a crashed process stored but never delivered: record
+        // what is about to be delivered first (cleared with the cursors below).
+        if !self.sequences {
+            let ids: Vec<_> = messages.iter().map(|m| m.server_id.clone()).collect();
+            shared.store.begin_delivery(&ids).await?;
+        }
         // Persist first: nothing is distributed or acknowledged that is not stored.
         let fresh = shared.store.put_messages(&messages).await?;
         let mut ready = Vec::new();
@@ -815,8 +833,9 @@ impl SyncEngine {
                 // The sequencer decides delivery: a stored-but-undelivered message (crash
                 // between persist and deliver) is still released exactly once.
                 Some(_) if self.sequences => ready.extend(self.sequencer.admit(m)),
-                // Without sequences the store is the dedup authority.
-                _ if is_new => unsequenced.push(m),
+                // Without sequences the store is the dedup authority, except for what the
+                // previous process left in flight (stored, maybe never delivered).
+                _ if is_new || self.in_flight.remove(&m.server_id) => unsequenced.push(m),
                 _ => {}
             }
         }
@@ -869,7 +888,8 @@ impl SyncEngine {
                 .publish(ClientEvent::Message(ReceivedMessage { message: m, origin }))
                 .await;
         }
-        if !touched.is_empty() {
+        // Also when nothing was delivered: saving cursors ends the in-flight record.
+        if !touched.is_empty() || !self.sequences {
             let batch: Vec<(ConversationId, SyncCursor)> = touched.into_iter().collect();
             shared.store.set_cursors(&batch).await?;
         }
@@ -971,7 +991,7 @@ impl SyncEngine {
                 .publish(ClientEvent::Sync(SyncProgress::Started))
                 .await;
             let caps = shared.vendor.capabilities().clone();
-            let mut delivered = 0;
+            let mut delivered = self.recover_in_flight(shared).await?;
             if caps.supports(Capability::OfflineQueue) {
                 loop {
                     let batch = shared
@@ -1023,6 +1043,29 @@ impl SyncEngine {
         }
         .instrument(span)
         .await
+    }
+
+    /// Delivers what the previous process stored but may not have delivered, from the
+    /// store: the vendor may never offer it again (a crash after its acknowledgement).
+    async fn recover_in_flight(&mut self, shared: &Shared) -> Result<usize, ArchError> {
+        if self.in_flight.is_empty() || self.sequences {
+            return Ok(0);
+        }
+        let mut stored = Vec::new();
+        for id in self.in_flight.clone() {
+            match shared.store.message(&id).await? {
+                Some(m) => stored.push(m),
+                // Recorded but never stored: not ours yet, the vendor still has it.
+                None => {
+                    self.in_flight.remove(&id);
+                }
+            }
+        }
+        tracing::info!(
+            messages = stored.len(),
+            "delivering messages left in flight"
+        );
+        self.ingest(shared, stored, Origin::Offline).await
     }
 
     /// Everything after the cursors of the most recently active conversations (all of them

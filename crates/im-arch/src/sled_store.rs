@@ -8,6 +8,7 @@
 //! | `messages`     | conversation prefix · server time · seq · server id (below)    | `Message`              |
 //! | `by_server_id` | server id (UTF-8 bytes)                                        | the `messages` key     |
 //! | `cursors`      | codec encoding of the conversation id                          | `SyncCursor`           |
+//! | `cursors`      | `0xff` `in_flight` (never a codec encoding: those start with 1) | `Vec<ServerMsgId>`     |
 //! | `outbox`       | position (u64 big-endian) · client id (UTF-8 bytes)            | `OutboxItem`           |
 //! | `outbox_ids`   | client id (UTF-8 bytes)                                        | position (`u64`)       |
 //! | `meta`         | `schema_version`                                               | `u32`                  |
@@ -63,6 +64,9 @@ const OUTBOX_IDS: &str = "outbox_ids";
 const META: &str = "meta";
 const CONVERSATIONS: &str = "conversations";
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The in-flight delivery record lives in the cursors tree so that saving cursors clears it
+/// in the same atomic batch. Codec encodings (the other keys) start with the format version.
+const IN_FLIGHT_KEY: &[u8] = b"\xffin_flight";
 
 /// The sled-backed [`Store`]: what a client keeps across restarts.
 ///
@@ -248,12 +252,28 @@ impl Store for SledStore {
         for (conversation, cursor) in cursors {
             batch.insert(encode_value(conversation)?, encode_value(cursor)?);
         }
+        batch.remove(IN_FLIGHT_KEY);
         self.cursors.apply_batch(batch).map_err(store_err)
+    }
+
+    async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {
+        self.cursors
+            .insert(IN_FLIGHT_KEY, encode_value(ids)?)
+            .map(|_| ())
+            .map_err(store_err)
+    }
+
+    async fn in_flight(&self) -> Result<Vec<ServerMsgId>, ArchError> {
+        match self.cursors.get(IN_FLIGHT_KEY).map_err(store_err)? {
+            Some(raw) => decode_value(CURSORS, IN_FLIGHT_KEY, &raw),
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError> {
         self.cursors
             .iter()
+            .filter(|entry| !matches!(entry, Ok((key, _)) if key == IN_FLIGHT_KEY))
             .map(|entry| {
                 let (key, value) = entry.map_err(store_err)?;
                 Ok((

@@ -94,8 +94,19 @@ pub trait Store: Send + Sync + 'static {
     /// The delivery cursor of a conversation.
     async fn cursor(&self, conversation: &ConversationId) -> Result<Option<SyncCursor>, ArchError>;
 
-    /// Saves delivery cursors in one write.
+    /// Saves delivery cursors and, in the same write, ends the in-flight delivery (see
+    /// [`Store::begin_delivery`]).
     async fn set_cursors(&self, cursors: &[(ConversationId, SyncCursor)]) -> Result<(), ArchError>;
+
+    /// Records, before they are stored, the ids of messages about to be delivered; replaces
+    /// any earlier record. [`Store::set_cursors`] clears it once they are delivered. After a
+    /// crash the record names messages that may be stored yet never delivered: a vendor
+    /// without sequence numbers cannot tell the client, and the store alone would take
+    /// them for duplicates.
+    async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError>;
+
+    /// The ids recorded by [`Store::begin_delivery`] and not cleared since.
+    async fn in_flight(&self) -> Result<Vec<ServerMsgId>, ArchError>;
 
     /// Every saved cursor.
     async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError>;
@@ -146,6 +157,7 @@ struct MemoryState {
     by_conversation: HashMap<ConversationId, BTreeMap<OrderKey, Message>>,
     by_id: HashMap<ServerMsgId, OrderKey>,
     cursors: HashMap<ConversationId, SyncCursor>,
+    in_flight: Vec<ServerMsgId>,
     outbox: HashMap<ClientMsgId, OutboxItem>,
     conversation_states: HashMap<ConversationId, ConversationState>,
 }
@@ -221,7 +233,17 @@ impl Store for MemoryStore {
         for (c, cur) in cursors {
             st.cursors.insert(c.clone(), *cur);
         }
+        st.in_flight.clear();
         Ok(())
+    }
+
+    async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {
+        self.state().in_flight = ids.to_vec();
+        Ok(())
+    }
+
+    async fn in_flight(&self) -> Result<Vec<ServerMsgId>, ArchError> {
+        Ok(self.state().in_flight.clone())
     }
 
     async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError> {

@@ -421,6 +421,12 @@ impl im_arch::Store for FullDisk {
     async fn cursors(&self) -> Result<Vec<(ConversationId, im_arch::SyncCursor)>, ArchError> {
         self.inner.cursors().await
     }
+    async fn begin_delivery(&self, ids: &[im_service::ServerMsgId]) -> Result<(), ArchError> {
+        self.inner.begin_delivery(ids).await
+    }
+    async fn in_flight(&self) -> Result<Vec<im_service::ServerMsgId>, ArchError> {
+        self.inner.in_flight().await
+    }
     async fn page_before(
         &self,
         c: &ConversationId,

@@ -285,6 +285,22 @@ mod suite {
         assert_eq!(all, want);
     }
 
+    pub async fn in_flight_delivery_is_replaced_and_cleared_by_cursors(store: &impl Store) {
+        assert!(store.in_flight().await.unwrap().is_empty());
+        let ids = |names: &[&str]| -> Vec<ServerMsgId> {
+            names.iter().map(|n| ServerMsgId::new(*n)).collect()
+        };
+        store.begin_delivery(&ids(&["a", "b"])).await.unwrap();
+        assert_eq!(store.in_flight().await.unwrap(), ids(&["a", "b"]));
+        store.begin_delivery(&ids(&["c"])).await.unwrap();
+        assert_eq!(store.in_flight().await.unwrap(), ids(&["c"]));
+        // The record is not a cursor.
+        assert!(store.cursors().await.unwrap().is_empty());
+        store.set_cursors(&[]).await.unwrap();
+        assert!(store.in_flight().await.unwrap().is_empty());
+        assert!(store.cursors().await.unwrap().is_empty());
+    }
+
     pub async fn outbox_put_replace_remove_in_enqueue_order(store: &impl Store) {
         assert!(store.outbox().await.unwrap().is_empty());
         for (id, pos) in [("third", 3), ("first", 1), ("second", 2)] {
@@ -454,6 +470,11 @@ macro_rules! store_conformance {
             }
 
             #[tokio::test]
+            async fn in_flight_delivery_is_replaced_and_cleared_by_cursors() {
+                suite::in_flight_delivery_is_replaced_and_cleared_by_cursors(&store()).await;
+            }
+
+            #[tokio::test]
             async fn outbox_put_replace_remove_in_enqueue_order() {
                 suite::outbox_put_replace_remove_in_enqueue_order(&store()).await;
             }
@@ -525,6 +546,10 @@ mod sled_only {
             store.set_cursors(&[(c.clone(), cursor)]).await.unwrap();
             store.put_outbox(&outbox_item("q2", 2)).await.unwrap();
             store.put_outbox(&outbox_item("q1", 1)).await.unwrap();
+            store
+                .begin_delivery(&[messages[19].server_id.clone()])
+                .await
+                .unwrap();
             store.flush().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -540,6 +565,10 @@ mod sled_only {
             [false, false]
         );
         assert_eq!(store.cursor(&c).await.unwrap(), Some(cursor));
+        assert_eq!(
+            store.in_flight().await.unwrap(),
+            [messages[19].server_id.clone()]
+        );
         assert_eq!(outbox_ids(&store.outbox().await.unwrap()), ["q1", "q2"]);
         store.remove_outbox(&ClientMsgId::new("q1")).await.unwrap();
         drop(store);

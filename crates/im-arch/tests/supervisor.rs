@@ -17,12 +17,13 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use im_arch::{
     ArchError, Backoff, ClientConfig, ClientEvent, ConnectionState, HistorySource, HistoryWindow,
-    ImClient, Jitter, RetryPolicy, Subscription, SyncProgress, TokenProvider,
+    ImClient, Jitter, MemoryStore, RetryPolicy, Store, Subscription, SyncProgress, TokenProvider,
 };
 use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::{
-    Content, ConversationId, Credentials, HistoryPage, KickReason, ManualClock, Message, Origin,
-    OutgoingMessage, PageCursor, ServiceError, Timestamp, Token, UserId, Vendor, VendorEvent,
+    Capability, Content, ConversationId, Credentials, HistoryPage, KickReason, ManualClock,
+    Message, Origin, OutgoingMessage, PageCursor, ServiceError, Timestamp, Token, UserId, Vendor,
+    VendorEvent,
 };
 use im_testkit::{FaultyVendor, PushFaults};
 
@@ -655,4 +656,79 @@ async fn the_timeline_pages_through_store_vendor_and_archive() {
     let forward = client.timeline_after(&w.conv, &oldest, 10).await.unwrap();
     assert_eq!(text(&forward), ["r1", "r2", "r3", "r4", "r5"]);
     client.logout().await;
+}
+
+/// A vendor without sequences (XMPP-like): the previous process recorded two offline
+/// messages as in flight, stored them and died before delivering them. Either the vendor
+/// offers them again (not acknowledged yet) or it does not (acknowledged just before the
+/// crash); the store already has them, and the store alone would take them for duplicates.
+/// They must be delivered exactly once, before the rest.
+async fn crash_between_store_and_delivery_without_sequences(acknowledged: bool) {
+    let w = world().await;
+    for i in 1..=3 {
+        w.say(&format!("m{i}")).await;
+    }
+    // The previous process: pulled a batch, recorded it, stored it, maybe acknowledged it.
+    let previous = w.vendor.client();
+    previous.login(&w.bob).await.unwrap();
+    let batch = previous.pull_offline(2).await.unwrap();
+    assert_eq!(batch.messages.len(), 2);
+    if acknowledged {
+        previous
+            .ack_offline(batch.ack.as_ref().unwrap())
+            .await
+            .unwrap();
+    }
+    previous.logout().await.unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let ids: Vec<_> = batch.messages.iter().map(|m| m.server_id.clone()).collect();
+    store.begin_delivery(&ids).await.unwrap();
+    store.put_messages(&batch.messages).await.unwrap();
+    let caps = w
+        .vendor
+        .capabilities()
+        .clone()
+        .without(Capability::SequenceNumbers)
+        .without(Capability::HistoryBySeq);
+    let vendor =
+        Arc::new(FaultyVendor::new(Arc::new(w.vendor.client()), 1).with_capabilities(caps));
+    // The vendor repeats one of them as a push too: still one delivery.
+    vendor.inject(VendorEvent::MessagePushed(batch.messages[0].clone()));
+    let client = ImClient::builder(vendor, w.bob.clone())
+        .config(config())
+        .store(store.clone())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let events = until(&mut sub, |e| {
+        matches!(e, ClientEvent::Sync(SyncProgress::Finished { .. }))
+    })
+    .await;
+    // Without sequences, offline batches come newest first: order across batches is by
+    // arrival, so compare as a set (each once).
+    let mut got = messages(&events);
+    got.sort_by_key(|(seq, _)| *seq);
+    assert_eq!(
+        got,
+        [
+            (1, Origin::Offline),
+            (2, Origin::Offline),
+            (3, Origin::Offline)
+        ]
+    );
+    assert!(store.in_flight().await.unwrap().is_empty());
+    w.say("m4").await;
+    let events = until(&mut sub, |e| matches!(e, ClientEvent::Message(_))).await;
+    assert_eq!(messages(&events), [(4, Origin::Online)]);
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_messages_offered_again_are_delivered_once_after_a_crash() {
+    crash_between_store_and_delivery_without_sequences(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_messages_already_acknowledged_are_delivered_from_the_store_after_a_crash() {
+    crash_between_store_and_delivery_without_sequences(true).await;
 }

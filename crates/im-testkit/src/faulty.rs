@@ -52,6 +52,9 @@ pub struct FaultyVendor<V> {
     /// Sends whose acknowledgement is lost: stored by the vendor, reported as a broken
     /// connection to the caller (failure class 1).
     lost_acks: Mutex<u32>,
+    /// Capabilities reported instead of the inner vendor's (to play a vendor that lacks,
+    /// say, sequence numbers while reusing a full implementation underneath).
+    capabilities: Option<Capabilities>,
 }
 
 impl<V: Vendor + 'static> FaultyVendor<V> {
@@ -68,7 +71,15 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
             pulls: Mutex::new(0),
             call_delay: Mutex::new(None),
             lost_acks: Mutex::new(0),
+            capabilities: None,
         }
+    }
+
+    /// Reports `capabilities` instead of the inner vendor's. The behaviour underneath does
+    /// not change: messages may still carry sequences, but a client must not rely on them.
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
     }
 
     /// The wrapped vendor.
@@ -168,7 +179,9 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
     }
 
     fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
+        self.capabilities
+            .as_ref()
+            .unwrap_or_else(|| self.inner.capabilities())
     }
 
     fn take_events(&self) -> Option<EventStream> {
