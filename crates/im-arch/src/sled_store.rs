@@ -186,6 +186,9 @@ impl Store for SledStore {
         let _guard = self.write_lock();
         let mut fresh = Vec::with_capacity(messages.len());
         let mut seen_in_batch = std::collections::HashSet::with_capacity(messages.len());
+        // A pulled page is mostly a few conversations: encode each prefix once.
+        let mut prefixes: std::collections::HashMap<&ConversationId, Vec<u8>> =
+            std::collections::HashMap::new();
         let mut message_batch = sled::Batch::default();
         let mut index_batch = sled::Batch::default();
         for m in messages {
@@ -194,7 +197,15 @@ impl Store for SledStore {
                 && !self.by_server_id.contains_key(id).map_err(store_err)?;
             fresh.push(is_new);
             if is_new {
-                let key = message_key(&m.conversation, m)?;
+                let prefix = match prefixes.entry(&m.conversation) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(conversation_prefix(&m.conversation)?)
+                    }
+                };
+                let mut key = Vec::with_capacity(prefix.len() + ORDER_LEN + id.len());
+                key.extend_from_slice(prefix);
+                push_order(&mut key, m);
                 index_batch.insert(id, encode_value(&key)?);
                 message_batch.insert(key, encode_value(m)?);
             }
@@ -455,18 +466,15 @@ fn push_order(key: &mut Vec<u8>, m: &Message) {
 /// Digits of a `u64` in base 128 (⌈64 / 7⌉).
 const BASE128_DIGITS: usize = 10;
 
+/// Bytes [`push_order`] writes before the server id: time digits, sequence tag and digits.
+const ORDER_LEN: usize = 2 * BASE128_DIGITS + 1;
+
 /// Appends `value` as [`BASE128_DIGITS`] big-endian base-128 digits: fixed width, so byte
 /// order is numeric order, and no byte is above `0x7f` (see the module doc for why).
 fn push_base128(key: &mut Vec<u8>, value: u64) {
     for i in (0..BASE128_DIGITS).rev() {
         key.push(((value >> (7 * i)) & 0x7f) as u8);
     }
-}
-
-fn message_key(conversation: &ConversationId, m: &Message) -> Result<Vec<u8>, ArchError> {
-    let mut key = conversation_prefix(conversation)?;
-    push_order(&mut key, m);
-    Ok(key)
 }
 
 fn outbox_key(position: u64, client_id: &[u8]) -> Vec<u8> {
