@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::distribution::{Distributor, Subscription};
+use crate::bus::{Bus, BusStream, DeliveryPolicy, Filter};
 use crate::error::ArchError;
 use crate::events::{ClientEvent, ConnectionState, SyncProgress};
 use crate::history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
@@ -33,6 +33,9 @@ pub trait TokenProvider: Send + Sync {
     /// A token for `user` that is valid now.
     async fn token(&self, user: &UserId) -> Result<Token, ServiceError>;
 }
+
+/// A stream of the client's events (shared, `Arc`ed); dropping it unsubscribes.
+pub type Subscription = BusStream<ClientEvent>;
 
 /// Tunables of the client.
 #[derive(Debug, Clone)]
@@ -151,7 +154,7 @@ impl ImClientBuilder {
             clock: self.clock,
             provider: self.provider,
             credentials: Mutex::new(self.credentials),
-            distributor: Distributor::default(),
+            distributor: Bus::new(),
             state: watch::channel(ConnectionState::Disconnected).0,
             outbox_wake: tokio::sync::Notify::new(),
             next_position: tokio::sync::Mutex::new(None),
@@ -177,7 +180,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) provider: Option<Arc<dyn TokenProvider>>,
     pub(crate) credentials: Mutex<Credentials>,
-    pub(crate) distributor: Distributor,
+    pub(crate) distributor: Bus<ClientEvent>,
     pub(crate) state: watch::Sender<ConnectionState>,
     /// Wakes the sender task (new item, resend, cancel, back online).
     pub(crate) outbox_wake: tokio::sync::Notify,
@@ -301,9 +304,24 @@ impl ImClient {
 
     /// A new subscription to everything the client publishes.
     pub fn subscribe(&self) -> Subscription {
-        self.shared
-            .distributor
-            .subscribe(self.shared.config.subscriber_capacity)
+        self.subscribe_with(
+            Filter::all(),
+            DeliveryPolicy::Reliable {
+                capacity: self.shared.config.subscriber_capacity,
+            },
+        )
+    }
+
+    /// A subscription to the events `filter` passes, under `policy`: a chat screen takes
+    /// one conversation with [`DeliveryPolicy::DropOldest`]; persistence or QC take
+    /// everything, [`DeliveryPolicy::Reliable`].
+    pub fn subscribe_with(&self, filter: Filter, policy: DeliveryPolicy) -> Subscription {
+        self.shared.distributor.subscribe(filter, policy)
+    }
+
+    /// The bus the client publishes on (to publish app events or count subscribers).
+    pub fn bus(&self) -> &Bus<ClientEvent> {
+        &self.shared.distributor
     }
 
     /// The current connection state.

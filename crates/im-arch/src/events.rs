@@ -1,10 +1,12 @@
 //! What the client tells its subscribers: connection state, messages, heartbeats, sync
-//! progress, retries and errors, from login down to UI rendering.
+//! progress, retries and errors, from login down to UI rendering; their kinds and routing on
+//! the [`Bus`](crate::bus::Bus).
 
 use std::time::Duration;
 
 use im_service::{ClientMsgId, ConversationId, KickReason, ReceivedMessage, Timestamp};
 
+use crate::bus::{Filter, Routed};
 use crate::conversations::ConversationSummary;
 use crate::error::ArchError;
 use crate::retry::RetryAttempt;
@@ -122,4 +124,99 @@ pub enum ClientEvent {
         /// The new status; `None` when the item was cancelled.
         status: Option<SendStatus>,
     },
+    /// This subscriber's queue was full and its oldest events were dropped
+    /// ([`DeliveryPolicy::DropOldest`] subscribers only).
+    Lagged {
+        /// How many, exactly, since the previous notice.
+        dropped: u64,
+    },
+}
+
+/// The kinds of [`ClientEvent`], for [`Filter`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// [`ClientEvent::State`].
+    State,
+    /// [`ClientEvent::Message`].
+    Message,
+    /// [`ClientEvent::Heartbeat`] and [`ClientEvent::HeartbeatMissed`].
+    Heartbeat,
+    /// [`ClientEvent::TokenWillExpire`].
+    Token,
+    /// [`ClientEvent::Sync`].
+    Sync,
+    /// [`ClientEvent::Retry`].
+    Retry,
+    /// [`ClientEvent::StoreFailed`].
+    Error,
+    /// [`ClientEvent::ConversationChanged`].
+    Conversation,
+    /// [`ClientEvent::SendStatus`].
+    SendStatus,
+    /// [`ClientEvent::Lagged`] (always delivered to the subscriber it concerns).
+    Lagged,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 10] = [
+        EventKind::State,
+        EventKind::Message,
+        EventKind::Heartbeat,
+        EventKind::Token,
+        EventKind::Sync,
+        EventKind::Retry,
+        EventKind::Error,
+        EventKind::Conversation,
+        EventKind::SendStatus,
+        EventKind::Lagged,
+    ];
+}
+
+impl Filter {
+    /// Only events of these kinds.
+    pub fn of(kinds: impl IntoIterator<Item = EventKind>) -> Filter {
+        Filter::kinds(kinds.into_iter().map(|k| k as usize))
+    }
+}
+
+impl ClientEvent {
+    /// This event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            ClientEvent::State(_) => EventKind::State,
+            ClientEvent::Message(_) => EventKind::Message,
+            ClientEvent::Heartbeat { .. } | ClientEvent::HeartbeatMissed { .. } => {
+                EventKind::Heartbeat
+            }
+            ClientEvent::TokenWillExpire { .. } => EventKind::Token,
+            ClientEvent::Sync(_) => EventKind::Sync,
+            ClientEvent::Retry(_) => EventKind::Retry,
+            ClientEvent::StoreFailed { .. } => EventKind::Error,
+            ClientEvent::ConversationChanged(_) => EventKind::Conversation,
+            ClientEvent::SendStatus { .. } => EventKind::SendStatus,
+            ClientEvent::Lagged { .. } => EventKind::Lagged,
+        }
+    }
+}
+
+impl Routed for ClientEvent {
+    const KINDS: usize = EventKind::ALL.len();
+
+    fn kind(&self) -> usize {
+        ClientEvent::kind(self) as usize
+    }
+
+    fn conversation(&self) -> Option<&ConversationId> {
+        match self {
+            ClientEvent::Message(r) => Some(&r.message.conversation),
+            ClientEvent::ConversationChanged(row) => Some(&row.id),
+            ClientEvent::SendStatus { conversation, .. } => Some(conversation),
+            _ => None,
+        }
+    }
+
+    fn lagged(dropped: u64) -> Self {
+        ClientEvent::Lagged { dropped }
+    }
 }

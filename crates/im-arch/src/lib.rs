@@ -4,7 +4,7 @@
 //! sync (offline first, acknowledged after persisting, then online), per-conversation
 //! ordering with gap fill ([`Sequencer`]), heartbeats and reconnection with capped jittered
 //! backoff, one [`RetryPolicy`] for every retried call, history windows with explicit gaps,
-//! and a distribution stream of [`ClientEvent`]s.
+//! and a typed, filtered distribution [`Bus`] of [`ClientEvent`]s.
 //!
 //! Invariants:
 //! * depends on `im-service`'s contract only, never on a vendor adapter: it never names a
@@ -15,9 +15,9 @@
 //! * kicked and token-expired sessions never reconnect in a loop;
 //! * never depends on `im-qc`, `im-business-demo` or (except as a dev-dependency) `im-testkit`.
 
+pub mod bus;
 pub mod client;
 pub mod conversations;
-pub mod distribution;
 pub mod error;
 pub mod events;
 pub mod history;
@@ -28,11 +28,12 @@ pub mod sled_store;
 pub mod store;
 pub mod timeline;
 
+pub use bus::{Bus, BusStream, DeliveryPolicy, Filter, Routed};
+pub use client::Subscription;
 pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};
 pub use conversations::{ConversationList, ConversationSummary};
-pub use distribution::{Distributor, Subscription};
 pub use error::ArchError;
-pub use events::{ClientEvent, ConnectionState, SyncProgress};
+pub use events::{ClientEvent, ConnectionState, EventKind, SyncProgress};
 pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sequencer::{SeqGap, Sequencer};

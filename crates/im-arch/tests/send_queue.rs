@@ -74,10 +74,12 @@ async fn status_of(
     done: impl Fn(&SendStatus) -> bool,
 ) -> SendStatus {
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
-            .await
-            .expect("timed out")
-            .expect("gone");
+        let ev = std::sync::Arc::unwrap_or_clone(
+            tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+                .await
+                .expect("timed out")
+                .expect("gone"),
+        );
         if let ClientEvent::SendStatus {
             client_id,
             status: Some(s),
@@ -220,10 +222,12 @@ async fn the_local_echo_is_reconciled_not_repeated() {
     // Alice answers after Bob's message is stored.
     let mut statuses = Vec::new();
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let ev = std::sync::Arc::unwrap_or_clone(
+            tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
         match ev {
             ClientEvent::SendStatus {
                 client_id, status, ..
@@ -371,10 +375,12 @@ async fn the_conversation_list_follows_received_sent_and_read_messages() {
     status_of(&mut sub, &id, sent).await;
     // The row moves to the sent message once it is in the sequence.
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let ev = std::sync::Arc::unwrap_or_clone(
+            tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
         if let ClientEvent::ConversationChanged(row) = ev {
             if row.last_message.as_ref().is_some_and(|m| m.client_id == id) {
                 assert_eq!(row.unread, 0);
@@ -484,10 +490,12 @@ async fn a_failed_store_write_is_reported_and_the_message_stays_queued() {
         .await
         .unwrap();
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(3600), sub.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let ev = std::sync::Arc::unwrap_or_clone(
+            tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
         if let ClientEvent::StoreFailed { op, error } = ev {
             assert_eq!(op, "remove_outbox");
             assert!(matches!(error, ArchError::Store(_)));

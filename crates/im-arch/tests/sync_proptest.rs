@@ -121,7 +121,10 @@ async fn run(
     // One bound for the whole wait: heartbeats must not keep an incomplete run alive.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     while !complete(&delivered) {
-        match tokio::time::timeout_at(deadline, sub.recv()).await {
+        match tokio::time::timeout_at(deadline, sub.recv())
+            .await
+            .map(|ev| ev.as_deref().cloned())
+        {
             Ok(Some(ClientEvent::Message(r))) => delivered
                 .entry(r.message.conversation.clone())
                 .or_default()
@@ -133,7 +136,7 @@ async fn run(
     // Let anything extra (a duplicate) surface before judging.
     let settle = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Ok(Some(ev)) = tokio::time::timeout_at(settle, sub.recv()).await {
-        if let ClientEvent::Message(r) = ev {
+        if let ClientEvent::Message(r) = &*ev {
             delivered
                 .entry(r.message.conversation.clone())
                 .or_default()

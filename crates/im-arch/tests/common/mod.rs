@@ -21,6 +21,7 @@ pub async fn until_within(
             .await
             .unwrap_or_else(|_| panic!("timed out; saw {seen:#?}"))
             .expect("client gone");
+        let ev = std::sync::Arc::unwrap_or_clone(ev);
         let done = stop(&ev);
         seen.push(ev);
         if done {

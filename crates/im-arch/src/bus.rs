@@ -1,0 +1,511 @@
+//! The unified distribution bus: one typed, filtered subscriber model for everything from
+//! login to UI rendering. Usable on its own (it is generic over the event type); the client
+//! publishes [`ClientEvent`](crate::ClientEvent)s on one.
+//!
+//! Design, and why:
+//! * **Shared payloads.** An event is wrapped in one `Arc` when published; every subscriber
+//!   gets a clone of that `Arc`, never a deep copy.
+//! * **A subscription index, not a scan.** Subscribers that follow given conversations are
+//!   found through a map from conversation to subscribers; subscribers that follow every
+//!   conversation, and events that belong to no conversation, through one list per event
+//!   kind. Publishing costs the matching subscribers, not all of them.
+//! * **An explicit delivery policy per subscriber.** [`DeliveryPolicy::Reliable`] has a bounded
+//!   queue and the publisher waits for room: nothing is lost (persistence, QC).
+//!   [`DeliveryPolicy::DropOldest`] has a bounded queue that drops its oldest event when full
+//!   and tells the subscriber exactly how many it dropped, before the next event, with
+//!   [`Routed::lagged`] (UI). Each subscriber has its own queue, so a stalled `DropOldest`
+//!   subscriber costs a Reliable one nothing, and no queue grows past its capacity.
+//! * **Order.** Each subscriber sees the events it matches in publication order (so, per
+//!   conversation order holds per subscriber).
+//! * **Ownership.** Dropping a [`BusStream`] removes its subscription at once; dropping the
+//!   last [`Bus`] handle ends every stream (after what is queued).
+//!
+//! No lock is held across an `.await`: a publisher copies the matching queues out of the
+//! index, releases it, then pushes.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll, Waker};
+
+use futures::Stream;
+use im_service::ConversationId;
+use rustc_hash::FxHasher;
+use tokio::sync::Notify;
+
+/// A fast, non-cryptographic hasher for the index: conversation ids are chosen by the
+/// vendor and the app, and a flooding attack on a client's own routing table is not a threat
+/// worth SipHash's cost on every publish.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// What the bus needs to know about an event to route it.
+pub trait Routed: Send + Sync + 'static {
+    /// The event's kind, as an index below [`Routed::KINDS`].
+    fn kind(&self) -> usize;
+
+    /// The conversation the event belongs to, if any.
+    fn conversation(&self) -> Option<&ConversationId>;
+
+    /// The notice a [`DeliveryPolicy::DropOldest`] subscriber receives after `dropped`
+    /// events were dropped from its queue.
+    fn lagged(dropped: u64) -> Self;
+
+    /// How many kinds there are (at most 64).
+    const KINDS: usize;
+}
+
+/// Which events a subscription receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// Bit `k` set: events of kind `k` are wanted.
+    kinds: u64,
+    /// `None`: every conversation. `Some`: events of these conversations only; events that
+    /// belong to no conversation (connection state, heartbeats …) still pass, by kind.
+    conversations: Option<Vec<ConversationId>>,
+}
+
+impl Filter {
+    /// Every event.
+    pub fn all() -> Self {
+        Self {
+            kinds: u64::MAX,
+            conversations: None,
+        }
+    }
+
+    /// Only events of the given kinds (indices below [`Routed::KINDS`]).
+    pub fn kinds(kinds: impl IntoIterator<Item = usize>) -> Self {
+        Self {
+            kinds: kinds.into_iter().fold(0, |mask, k| mask | bit(k)),
+            conversations: None,
+        }
+    }
+
+    /// Narrows conversation-scoped events to these conversations.
+    pub fn in_conversations(
+        mut self,
+        conversations: impl IntoIterator<Item = ConversationId>,
+    ) -> Self {
+        let mut list: Vec<ConversationId> = conversations.into_iter().collect();
+        list.sort();
+        list.dedup();
+        self.conversations = Some(list);
+        self
+    }
+
+    /// Whether `event` passes this filter (the index gives the same answer faster).
+    pub fn matches<E: Routed>(&self, event: &E) -> bool {
+        self.kinds & bit(event.kind()) != 0
+            && match (&self.conversations, event.conversation()) {
+                (Some(list), Some(c)) => list.binary_search(c).is_ok(),
+                _ => true,
+            }
+    }
+}
+
+fn bit(kind: usize) -> u64 {
+    1u64.checked_shl(kind as u32).unwrap_or(0)
+}
+
+/// What happens when a subscriber's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryPolicy {
+    /// The publisher waits for room: nothing is ever lost.
+    Reliable {
+        /// Queue capacity in events (at least 1).
+        capacity: usize,
+    },
+    /// The oldest queued event is dropped; the subscriber is told how many with a lagged
+    /// notice before its next event.
+    DropOldest {
+        /// Queue capacity in events (at least 1).
+        capacity: usize,
+    },
+}
+
+impl DeliveryPolicy {
+    /// Only the newest event matters (a status indicator): `DropOldest` with capacity 1.
+    pub const LATEST: DeliveryPolicy = DeliveryPolicy::DropOldest { capacity: 1 };
+
+    fn capacity(self) -> usize {
+        match self {
+            DeliveryPolicy::Reliable { capacity } | DeliveryPolicy::DropOldest { capacity } => {
+                capacity.max(1)
+            }
+        }
+    }
+}
+
+/// One subscriber's queue, shared by the index (publishers) and its stream.
+struct Queue<E> {
+    /// Key in the index.
+    id: u64,
+    /// Kind mask, checked per event (the index is by conversation and kind lists).
+    kinds: u64,
+    policy: DeliveryPolicy,
+    capacity: usize,
+    state: Mutex<QueueState<E>>,
+    /// Reliable publishers waiting for room.
+    space: Notify,
+}
+
+struct QueueState<E> {
+    events: VecDeque<Arc<E>>,
+    /// Dropped since the last lagged notice (DropOldest only).
+    dropped: u64,
+    /// The stream is gone, or the bus is.
+    closed: bool,
+    /// The stream's task, when it waits for an event.
+    waker: Option<Waker>,
+}
+
+impl<E> Queue<E> {
+    fn state(&self) -> MutexGuard<'_, QueueState<E>> {
+        // Every critical section leaves the state consistent: poison carries no torn state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `event` unless the queue is full under the Reliable policy; then hands it
+    /// back. A closed queue takes (and discards) everything.
+    fn try_push(&self, event: Arc<E>) -> Result<(), Arc<E>> {
+        let waker = {
+            let mut st = self.state();
+            if st.closed {
+                return Ok(());
+            }
+            if st.events.len() >= self.capacity {
+                match self.policy {
+                    DeliveryPolicy::Reliable { .. } => return Err(event),
+                    DeliveryPolicy::DropOldest { .. } => {
+                        st.events.pop_front();
+                        st.dropped += 1;
+                    }
+                }
+            }
+            st.events.push_back(event);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    async fn push(&self, event: Arc<E>) {
+        let mut event = event;
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            // Registered before the check: room made between the check and the await
+            // still wakes us.
+            notified.as_mut().enable();
+            match self.try_push(event) {
+                Ok(()) => return,
+                Err(back) => event = back,
+            }
+            notified.await;
+        }
+    }
+
+    fn close(&self) {
+        let waker = {
+            let mut st = self.state();
+            st.closed = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        self.space.notify_waiters();
+    }
+}
+
+/// The subscription index.
+struct Index<E> {
+    /// Subscribers of every conversation, per kind.
+    everywhere: Vec<Vec<Arc<Queue<E>>>>,
+    /// Subscribers of given conversations.
+    by_conversation: FastMap<ConversationId, Vec<Arc<Queue<E>>>>,
+    /// Subscribers of given conversations, per kind, for events of no conversation.
+    scoped_global: Vec<Vec<Arc<Queue<E>>>>,
+    /// Each live subscription's conversations (to unindex it).
+    subscriptions: FastMap<u64, Option<Vec<ConversationId>>>,
+}
+
+struct Inner<E: Routed> {
+    index: RwLock<Index<E>>,
+    next_id: AtomicU64,
+}
+
+impl<E: Routed> Inner<E> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index<E>> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index<E>> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        let mut index = self.write();
+        let Some(conversations) = index.subscriptions.remove(&id) else {
+            return;
+        };
+        let keep = |list: &mut Vec<Arc<Queue<E>>>| list.retain(|q| q.id != id);
+        match conversations {
+            None => index.everywhere.iter_mut().for_each(keep),
+            Some(list) => {
+                for c in list {
+                    if let Some(subs) = index.by_conversation.get_mut(&c) {
+                        keep(subs);
+                        if subs.is_empty() {
+                            index.by_conversation.remove(&c);
+                        }
+                    }
+                }
+                index.scoped_global.iter_mut().for_each(keep);
+            }
+        }
+    }
+}
+
+impl<E: Routed> Drop for Inner<E> {
+    fn drop(&mut self) {
+        // The last bus handle is gone: streams end once drained.
+        let index = self.index.get_mut().unwrap_or_else(|e| e.into_inner());
+        for q in index
+            .everywhere
+            .iter()
+            .chain(index.scoped_global.iter())
+            .flatten()
+        {
+            q.close();
+        }
+        for q in index.by_conversation.values().flatten() {
+            q.close();
+        }
+    }
+}
+
+/// The publishing side; cheap to clone (all clones share one index).
+pub struct Bus<E: Routed> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E: Routed> Clone for Bus<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<E: Routed> Default for Bus<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E: Routed> std::fmt::Debug for Bus<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("subscribers", &self.subscriber_count())
+            .finish()
+    }
+}
+
+impl<E: Routed> Bus<E> {
+    /// A bus with no subscribers.
+    pub fn new() -> Self {
+        assert!(E::KINDS <= 64, "at most 64 event kinds");
+        Self {
+            inner: Arc::new(Inner {
+                index: RwLock::new(Index {
+                    everywhere: (0..E::KINDS).map(|_| Vec::new()).collect(),
+                    by_conversation: FastMap::default(),
+                    scoped_global: (0..E::KINDS).map(|_| Vec::new()).collect(),
+                    subscriptions: FastMap::default(),
+                }),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A new subscription: the events `filter` passes, under `policy`.
+    pub fn subscribe(&self, filter: Filter, policy: DeliveryPolicy) -> BusStream<E> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(Queue {
+            id,
+            kinds: filter.kinds,
+            policy,
+            capacity: policy.capacity(),
+            state: Mutex::new(QueueState {
+                events: VecDeque::new(),
+                dropped: 0,
+                closed: false,
+                waker: None,
+            }),
+            space: Notify::new(),
+        });
+        let kinds = (0..E::KINDS).filter(|&k| filter.kinds & bit(k) != 0);
+        let mut index = self.inner.write();
+        match &filter.conversations {
+            None => kinds.for_each(|k| index.everywhere[k].push(queue.clone())),
+            Some(list) => {
+                for c in list {
+                    index
+                        .by_conversation
+                        .entry(c.clone())
+                        .or_default()
+                        .push(queue.clone());
+                }
+                kinds.for_each(|k| index.scoped_global[k].push(queue.clone()));
+            }
+        }
+        index.subscriptions.insert(id, filter.conversations);
+        drop(index);
+        BusStream {
+            queue,
+            bus: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Delivers `event` to every matching subscriber, in publication order, waiting for
+    /// room in the queues of Reliable subscribers. Returns how many subscribers got it.
+    pub async fn publish(&self, event: E) -> usize {
+        let event = Arc::new(event);
+        let mut full = Vec::new();
+        let delivered = self.visit(&event, |q| {
+            if let Err(back) = q.try_push(event.clone()) {
+                full.push((q.clone(), back));
+            }
+        });
+        // The index lock is released: wait for room in the full Reliable queues.
+        for (q, event) in full {
+            q.push(event).await;
+        }
+        delivered
+    }
+
+    /// [`Bus::publish`] without waiting: a Reliable subscriber whose queue is full does not
+    /// get the event; returns how many did not (0 unless a Reliable queue was full).
+    pub fn try_publish(&self, event: E) -> usize {
+        let event = Arc::new(event);
+        let mut refused = 0;
+        self.visit(&event, |q| {
+            if q.try_push(event.clone()).is_err() {
+                refused += 1;
+            }
+        });
+        refused
+    }
+
+    /// Calls `f` on every matching queue under the index's read lock (never across an
+    /// await: `f` is synchronous); returns how many matched.
+    fn visit(&self, event: &E, mut f: impl FnMut(&Arc<Queue<E>>)) -> usize {
+        let kind = event.kind();
+        let mask = bit(kind);
+        let index = self.inner.read();
+        let mut n = 0;
+        let mut each = |q: &Arc<Queue<E>>| {
+            n += 1;
+            f(q);
+        };
+        if let Some(subs) = index.everywhere.get(kind) {
+            subs.iter().for_each(&mut each);
+        }
+        match event.conversation() {
+            Some(c) => {
+                if let Some(subs) = index.by_conversation.get(c) {
+                    subs.iter()
+                        .filter(|q| q.kinds & mask != 0)
+                        .for_each(&mut each);
+                }
+            }
+            None => {
+                if let Some(subs) = index.scoped_global.get(kind) {
+                    subs.iter().for_each(&mut each);
+                }
+            }
+        }
+        n
+    }
+
+    /// Live subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.read().subscriptions.len()
+    }
+}
+
+/// One subscription's events, as a [`Stream`]. Dropping it unsubscribes.
+pub struct BusStream<E: Routed> {
+    queue: Arc<Queue<E>>,
+    /// Weak: a stream must not keep the bus (and so every other stream) alive.
+    bus: std::sync::Weak<Inner<E>>,
+}
+
+impl<E: Routed> std::fmt::Debug for BusStream<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusStream")
+            .field("id", &self.queue.id)
+            .field("policy", &self.queue.policy)
+            .finish()
+    }
+}
+
+impl<E: Routed> BusStream<E> {
+    /// The next event, or `None` once the bus is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Arc<E>> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// Events queued now (a UI can show a backlog).
+    pub fn queued(&self) -> usize {
+        self.queue.state().events.len()
+    }
+
+    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<E>>> {
+        let (item, room) = {
+            let mut st = self.queue.state();
+            if st.dropped > 0 {
+                let dropped = std::mem::take(&mut st.dropped);
+                return Poll::Ready(Some(Arc::new(E::lagged(dropped))));
+            }
+            match st.events.pop_front() {
+                Some(event) => (Poll::Ready(Some(event)), true),
+                None if st.closed => (Poll::Ready(None), false),
+                None => {
+                    match &mut st.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        slot => *slot = Some(cx.waker().clone()),
+                    }
+                    (Poll::Pending, false)
+                }
+            }
+        };
+        if room && matches!(self.queue.policy, DeliveryPolicy::Reliable { .. }) {
+            self.queue.space.notify_one();
+        }
+        item
+    }
+}
+
+impl<E: Routed> Stream for BusStream<E> {
+    type Item = Arc<E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<E>>> {
+        self.poll_event(cx)
+    }
+}
+
+impl<E: Routed> Drop for BusStream<E> {
+    fn drop(&mut self) {
+        // Release publishers blocked on this queue, then leave the index.
+        self.queue.close();
+        if let Some(bus) = self.bus.upgrade() {
+            bus.unsubscribe(self.queue.id);
+        }
+    }
+}
