@@ -19,8 +19,12 @@ enum Task {
     Layers,
     /// Everything CI gates on: fmt, clippy, layers, tests.
     Ci,
-    /// Run the criterion benchmarks (release build); extra args go to `cargo bench`.
+    /// Run the criterion benchmarks (release build) and print a summary table with each
+    /// result's ratio to its same-run baseline; extra args go to `cargo bench`.
     Bench {
+        /// Only these benchmark targets (e.g. `distribution`); all when none.
+        #[arg(long = "bench")]
+        benches: Vec<String>,
         /// Arguments passed through, e.g. a benchmark filter.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -55,13 +59,31 @@ fn main() -> Result<()> {
             xtask::layers::run()?;
             run(&["test", "--workspace"])
         }
-        Task::Bench { args } => {
+        Task::Bench { benches, args } => {
+            let started = std::time::SystemTime::now();
             let mut all = vec!["bench", "-p", "im-benches"];
+            for b in &benches {
+                all.extend(["--bench", b.as_str()]);
+            }
             if !args.is_empty() {
                 all.push("--");
                 all.extend(args.iter().map(String::as_str));
             }
-            run(&all)
+            run(&all)?;
+            let dir = xtask::bench::criterion_dir(&project_root());
+            println!("\n## Summary of this run\n");
+            print!(
+                "{}",
+                xtask::bench::table(&xtask::bench::collect(&dir, started)?)
+            );
+            let memory = xtask::bench::memory(&dir, started)?;
+            if !memory.is_empty() {
+                println!("\n| memory | bytes |\n|---|---|");
+                for m in memory {
+                    println!("| {} | {:.0} |", m.name, m.bytes);
+                }
+            }
+            Ok(())
         }
     }
 }

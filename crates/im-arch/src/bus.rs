@@ -222,12 +222,51 @@ impl<E> Queue<E> {
     }
 }
 
+/// The subscribers of one conversation. Most conversations have one (a chat screen, or
+/// one agent): kept inline, so routing an event does not chase a second pointer.
+enum Followers<E> {
+    One(Arc<Queue<E>>),
+    Many(Vec<Arc<Queue<E>>>),
+}
+
+impl<E> Followers<E> {
+    fn as_slice(&self) -> &[Arc<Queue<E>>] {
+        match self {
+            Followers::One(q) => std::slice::from_ref(q),
+            Followers::Many(v) => v,
+        }
+    }
+
+    fn add(&mut self, queue: Arc<Queue<E>>) {
+        match self {
+            Followers::One(first) => *self = Followers::Many(vec![first.clone(), queue]),
+            Followers::Many(v) => v.push(queue),
+        }
+    }
+
+    /// Removes subscription `id`; whether any follower is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Followers::One(q) => q.id != id,
+            Followers::Many(v) => {
+                v.retain(|q| q.id != id);
+                let left = !v.is_empty();
+                if let [only] = v.as_slice() {
+                    let only = only.clone();
+                    *self = Followers::One(only);
+                }
+                left
+            }
+        }
+    }
+}
+
 /// The subscription index.
 struct Index<E> {
     /// Subscribers of every conversation, per kind.
     everywhere: Vec<Vec<Arc<Queue<E>>>>,
     /// Subscribers of given conversations.
-    by_conversation: FastMap<ConversationId, Vec<Arc<Queue<E>>>>,
+    by_conversation: FastMap<ConversationId, Followers<E>>,
     /// Subscribers of given conversations, per kind, for events of no conversation.
     scoped_global: Vec<Vec<Arc<Queue<E>>>>,
     /// Each live subscription's conversations (to unindex it).
@@ -259,8 +298,7 @@ impl<E: Routed> Inner<E> {
             Some(list) => {
                 for c in list {
                     if let Some(subs) = index.by_conversation.get_mut(&c) {
-                        keep(subs);
-                        if subs.is_empty() {
+                        if !subs.remove(id) {
                             index.by_conversation.remove(&c);
                         }
                     }
@@ -283,7 +321,7 @@ impl<E: Routed> Drop for Inner<E> {
         {
             q.close();
         }
-        for q in index.by_conversation.values().flatten() {
+        for q in index.by_conversation.values().flat_map(Followers::as_slice) {
             q.close();
         }
     }
@@ -355,11 +393,14 @@ impl<E: Routed> Bus<E> {
             None => kinds.for_each(|k| index.everywhere[k].push(queue.clone())),
             Some(list) => {
                 for c in list {
-                    index
-                        .by_conversation
-                        .entry(c.clone())
-                        .or_default()
-                        .push(queue.clone());
+                    match index.by_conversation.entry(c.clone()) {
+                        std::collections::hash_map::Entry::Occupied(mut e) => {
+                            e.get_mut().add(queue.clone())
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(Followers::One(queue.clone()));
+                        }
+                    }
                 }
                 kinds.for_each(|k| index.scoped_global[k].push(queue.clone()));
             }
@@ -368,6 +409,7 @@ impl<E: Routed> Bus<E> {
         drop(index);
         BusStream {
             queue,
+            local: VecDeque::new(),
             bus: Arc::downgrade(&self.inner),
         }
     }
@@ -375,7 +417,11 @@ impl<E: Routed> Bus<E> {
     /// Delivers `event` to every matching subscriber, in publication order, waiting for
     /// room in the queues of Reliable subscribers. Returns how many subscribers got it.
     pub async fn publish(&self, event: E) -> usize {
-        let event = Arc::new(event);
+        self.publish_shared(Arc::new(event)).await
+    }
+
+    /// [`Bus::publish`] of an event the caller already shares (no new allocation).
+    pub async fn publish_shared(&self, event: Arc<E>) -> usize {
         let mut full = Vec::new();
         let delivered = self.visit(&event, |q| {
             if let Err(back) = q.try_push(event.clone()) {
@@ -392,7 +438,11 @@ impl<E: Routed> Bus<E> {
     /// [`Bus::publish`] without waiting: a Reliable subscriber whose queue is full does not
     /// get the event; returns how many did not (0 unless a Reliable queue was full).
     pub fn try_publish(&self, event: E) -> usize {
-        let event = Arc::new(event);
+        self.try_publish_shared(Arc::new(event))
+    }
+
+    /// [`Bus::try_publish`] of an event the caller already shares.
+    pub fn try_publish_shared(&self, event: Arc<E>) -> usize {
         let mut refused = 0;
         self.visit(&event, |q| {
             if q.try_push(event.clone()).is_err() {
@@ -419,7 +469,8 @@ impl<E: Routed> Bus<E> {
         match event.conversation() {
             Some(c) => {
                 if let Some(subs) = index.by_conversation.get(c) {
-                    subs.iter()
+                    subs.as_slice()
+                        .iter()
                         .filter(|q| q.kinds & mask != 0)
                         .for_each(&mut each);
                 }
@@ -442,6 +493,10 @@ impl<E: Routed> Bus<E> {
 /// One subscription's events, as a [`Stream`]. Dropping it unsubscribes.
 pub struct BusStream<E: Routed> {
     queue: Arc<Queue<E>>,
+    /// Events taken from the shared queue in one swap and not yet returned: the reader
+    /// takes its lock once per backlog, not once per event. At most one queue's capacity,
+    /// so a subscription holds at most twice its capacity.
+    local: VecDeque<Arc<E>>,
     /// Weak: a stream must not keep the bus (and so every other stream) alive.
     bus: std::sync::Weak<Inner<E>>,
 }
@@ -463,39 +518,63 @@ impl<E: Routed> BusStream<E> {
 
     /// Events queued now (a UI can show a backlog).
     pub fn queued(&self) -> usize {
-        self.queue.state().events.len()
+        self.local.len() + self.queue.state().events.len()
     }
 
-    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<E>>> {
-        let (item, room) = {
+    /// Everything queued now, without waiting, in order (a lagged notice where events were
+    /// dropped): one lock for the whole backlog, for a UI that renders per frame.
+    pub fn drain_now(&mut self) -> Vec<Arc<E>> {
+        let mut out: Vec<Arc<E>> = self.local.drain(..).collect();
+        {
+            let mut st = self.queue.state();
+            if st.dropped > 0 {
+                let dropped = std::mem::take(&mut st.dropped);
+                out.push(Arc::new(E::lagged(dropped)));
+            }
+            out.extend(st.events.drain(..));
+        }
+        if matches!(self.queue.policy, DeliveryPolicy::Reliable { .. }) {
+            self.queue.space.notify_waiters();
+        }
+        out
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<E>>> {
+        if let Some(event) = self.local.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        let took = {
             let mut st = self.queue.state();
             if st.dropped > 0 {
                 let dropped = std::mem::take(&mut st.dropped);
                 return Poll::Ready(Some(Arc::new(E::lagged(dropped))));
             }
-            match st.events.pop_front() {
-                Some(event) => (Poll::Ready(Some(event)), true),
-                None if st.closed => (Poll::Ready(None), false),
-                None => {
-                    match &mut st.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        slot => *slot = Some(cx.waker().clone()),
-                    }
-                    (Poll::Pending, false)
+            if st.events.is_empty() {
+                if st.closed {
+                    return Poll::Ready(None);
                 }
+                match &mut st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
             }
+            // Take the whole backlog; the (empty) local buffer's allocation goes back.
+            std::mem::swap(&mut st.events, &mut self.local);
+            true
         };
-        if room && matches!(self.queue.policy, DeliveryPolicy::Reliable { .. }) {
-            self.queue.space.notify_one();
+        if took && matches!(self.queue.policy, DeliveryPolicy::Reliable { .. }) {
+            // The queue is empty again: every waiting publisher has room.
+            self.queue.space.notify_waiters();
         }
-        item
+        Poll::Ready(self.local.pop_front())
     }
 }
 
 impl<E: Routed> Stream for BusStream<E> {
     type Item = Arc<E>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<E>>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<E>>> {
         self.poll_event(cx)
     }
 }
