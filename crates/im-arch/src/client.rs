@@ -215,16 +215,16 @@ impl Shared {
     where
         Fut: std::future::Future<Output = Result<T, ServiceError>>,
     {
-        let mut attempts = Vec::new();
-        let result = self
-            .config
+        self.config
             .retry
-            .run(op, |a| attempts.push(a.clone()), f)
-            .await;
-        for a in attempts {
-            self.distributor.publish(ClientEvent::Retry(a)).await;
-        }
-        result
+            .run(
+                op,
+                |a| async move {
+                    self.distributor.publish(ClientEvent::Retry(a)).await;
+                },
+                f,
+            )
+            .await
     }
 }
 

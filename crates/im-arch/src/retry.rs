@@ -91,15 +91,17 @@ pub struct RetryAttempt {
 
 impl RetryPolicy {
     /// Runs `f` until it succeeds, fails permanently, or attempts/deadline run out.
-    /// `on_attempt` sees every failed attempt (for events and tracing).
-    pub async fn run<T, Fut>(
+    /// `on_attempt` sees every failed attempt as it fails, before the wait for the next one
+    /// (it is awaited: a UI learns of a retry while it is pending, not after it).
+    pub async fn run<T, Fut, Obs>(
         &self,
         op: &'static str,
-        mut on_attempt: impl FnMut(&RetryAttempt),
+        mut on_attempt: impl FnMut(RetryAttempt) -> Obs,
         mut f: impl FnMut() -> Fut,
     ) -> Result<T, ArchError>
     where
         Fut: Future<Output = Result<T, ServiceError>>,
+        Obs: Future<Output = ()>,
     {
         let started = Instant::now();
         let max = self.max_attempts.max(1);
@@ -133,7 +135,7 @@ impl RetryPolicy {
                 next_in: wait,
             };
             tracing::debug!(op, attempt, error = %error, next_in = ?wait, "attempt failed");
-            on_attempt(&report);
+            on_attempt(report).await;
             match (class, wait) {
                 (ErrorClass::Permanent, _) => return Err(ArchError::Permanent { op, error }),
                 (_, None) => {
@@ -175,7 +177,10 @@ mod tests {
         let result: Result<(), _> = fixed(4)
             .run(
                 "pull",
-                |a| seen.push((a.attempt, a.next_in)),
+                |a| {
+                    seen.push((a.attempt, a.next_in));
+                    async {}
+                },
                 || {
                     calls.fetch_add(1, Ordering::SeqCst);
                     async { Err(ServiceError::Timeout(Duration::from_secs(1))) }
@@ -209,7 +214,7 @@ mod tests {
         let result: Result<(), _> = fixed(5)
             .run(
                 "login",
-                |_| {},
+                |_| async {},
                 || {
                     calls.fetch_add(1, Ordering::SeqCst);
                     async { Err(ServiceError::AuthFailed("bad token".into())) }
@@ -230,7 +235,7 @@ mod tests {
         let result = fixed(5)
             .run(
                 "send",
-                |_| {},
+                |_| async {},
                 || {
                     let n = calls.fetch_add(1, Ordering::SeqCst);
                     async move {
@@ -253,9 +258,9 @@ mod tests {
     async fn unknown_server_errors_count_as_transient() {
         let calls = AtomicU32::new(0);
         let _ = fixed(3)
-            .run::<(), _>(
+            .run::<(), _, _>(
                 "send",
-                |_| {},
+                |_| async {},
                 || {
                     calls.fetch_add(1, Ordering::SeqCst);
                     async {
@@ -280,7 +285,7 @@ mod tests {
         let result: Result<(), _> = policy
             .run(
                 "pull",
-                |_| {},
+                |_| async {},
                 || {
                     calls.fetch_add(1, Ordering::SeqCst);
                     async { Err(ServiceError::Unavailable("down".into())) }

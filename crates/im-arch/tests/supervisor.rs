@@ -459,6 +459,44 @@ async fn retries_give_up_after_the_configured_attempts_and_say_so() {
     client.logout().await;
 }
 
+/// Each failed attempt is published as it fails, before the wait for the next one: a UI
+/// shows "retrying" while it is pending, not after the whole operation ended.
+#[tokio::test(start_paused = true)]
+async fn retry_attempts_are_published_as_they_fail() {
+    let w = world().await;
+    w.vendor.fail_next(
+        VendorOp::PullOffline,
+        2,
+        ServiceError::Unavailable("busy".into()),
+    );
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    // Read concurrently with login (which returns only after its first sync attempt).
+    let recorder = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        while seen.len() < 2 {
+            let ev = tokio::time::timeout_at(deadline, sub.recv())
+                .await
+                .expect("no retry events")
+                .unwrap();
+            if let ClientEvent::Retry(a) = &*ev {
+                seen.push((a.attempt, tokio::time::Instant::now()));
+            }
+        }
+        seen
+    });
+    client.login().await.unwrap();
+    let seen = recorder.await.unwrap();
+    // Backoff base 100 ms, no jitter: attempt 1 fails at once and is reported before the
+    // 100 ms wait; attempt 2 fails after it.
+    assert_eq!(seen[1].1 - seen[0].1, Duration::from_millis(100));
+    assert_eq!((seen[0].0, seen[1].0), (1, 2));
+    client.logout().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_are_not_retried() {
     let w = world().await;
