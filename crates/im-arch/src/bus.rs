@@ -149,6 +149,8 @@ struct Queue<E> {
     state: Mutex<QueueState<E>>,
     /// Reliable publishers waiting for room.
     space: Notify,
+    /// The bus-wide count of dropped events (shared by every queue of one bus).
+    dropped_total: Arc<AtomicU64>,
 }
 
 struct QueueState<E> {
@@ -181,6 +183,7 @@ impl<E> Queue<E> {
                     DeliveryPolicy::DropOldest { .. } => {
                         st.events.pop_front();
                         st.dropped += 1;
+                        self.dropped_total.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -276,6 +279,8 @@ struct Index<E> {
 struct Inner<E: Routed> {
     index: RwLock<Index<E>>,
     next_id: AtomicU64,
+    /// Events dropped from `DropOldest` queues since the bus was made (for QC).
+    dropped_total: Arc<AtomicU64>,
 }
 
 impl<E: Routed> Inner<E> {
@@ -367,6 +372,7 @@ impl<E: Routed> Bus<E> {
                     subscriptions: FastMap::default(),
                 }),
                 next_id: AtomicU64::new(0),
+                dropped_total: Arc::new(AtomicU64::new(0)),
             }),
         }
     }
@@ -386,6 +392,7 @@ impl<E: Routed> Bus<E> {
                 waker: None,
             }),
             space: Notify::new(),
+            dropped_total: self.inner.dropped_total.clone(),
         });
         let kinds = (0..E::KINDS).filter(|&k| filter.kinds & bit(k) != 0);
         let mut index = self.inner.write();
@@ -484,9 +491,30 @@ impl<E: Routed> Bus<E> {
         n
     }
 
+    /// Events dropped from `DropOldest` subscribers' queues since the bus was made.
+    pub fn dropped_total(&self) -> u64 {
+        self.inner.dropped_total.load(Ordering::Relaxed)
+    }
+
+    /// A handle on the drop count that does not keep the bus alive (for observers).
+    pub fn dropped_counter(&self) -> DroppedCounter {
+        DroppedCounter(self.inner.dropped_total.clone())
+    }
+
     /// Live subscriptions.
     pub fn subscriber_count(&self) -> usize {
         self.inner.read().subscriptions.len()
+    }
+}
+
+/// Reads a bus's drop count ([`Bus::dropped_total`]) without keeping the bus alive.
+#[derive(Debug, Clone)]
+pub struct DroppedCounter(Arc<AtomicU64>);
+
+impl DroppedCounter {
+    /// Events dropped so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

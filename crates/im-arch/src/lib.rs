@@ -28,7 +28,7 @@ pub mod sled_store;
 pub mod store;
 pub mod timeline;
 
-pub use bus::{Bus, BusStream, DeliveryPolicy, Filter, Routed};
+pub use bus::{Bus, BusStream, DeliveryPolicy, DroppedCounter, Filter, Routed};
 pub use client::Subscription;
 pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};
 pub use conversations::{ConversationList, ConversationSummary};

@@ -133,6 +133,7 @@ async fn drop_oldest_reports_exactly_how_many_it_dropped() {
             ev(0, Some(0), 9)
         ]
     );
+    assert_eq!(bus.dropped_total(), 7);
     // Kept up: no notice.
     bus.publish(ev(0, Some(0), 10)).await;
     assert_eq!(drain(&mut ui), [ev(0, Some(0), 10)]);

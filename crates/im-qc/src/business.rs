@@ -1,0 +1,239 @@
+//! Business metrics from message events: response rate (share of inbound customer messages
+//! answered within a configured time), response frequency (agent replies per conversation
+//! per hour), first response time, per agent; and the list of customers waiting too long.
+//! Times are the vendor's server times, so the figures do not depend on when QC saw them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use im_service::{ConversationId, Message, ServerMsgId, Timestamp, UserId};
+use serde::Serialize;
+
+/// A participant's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A customer (tenant): their messages wait for an answer.
+    Customer,
+    /// An agent (housekeeper, customer service): their messages answer.
+    Agent,
+}
+
+/// Maps users to roles; implemented by the business.
+pub trait RoleDirectory: Send + Sync + 'static {
+    /// The role of `user`.
+    fn role(&self, user: &UserId) -> Role;
+}
+
+/// A fixed set of agents; everybody else is a customer.
+#[derive(Debug, Clone, Default)]
+pub struct Agents(pub HashSet<UserId>);
+
+impl RoleDirectory for Agents {
+    fn role(&self, user: &UserId) -> Role {
+        if self.0.contains(user) {
+            Role::Agent
+        } else {
+            Role::Customer
+        }
+    }
+}
+
+/// Per conversation: what is waiting and who answers.
+#[derive(Debug, Default)]
+struct Conversation {
+    /// Server times of customer messages not answered yet.
+    waiting: Vec<Timestamp>,
+    /// The first customer message, until the first answer.
+    first_customer: Option<Timestamp>,
+    /// Whether the first response was measured already.
+    responded: bool,
+    /// The agent who answered last (who owns what is still waiting).
+    agent: Option<UserId>,
+}
+
+/// Per agent accumulators.
+#[derive(Debug, Default, Clone)]
+struct Agent {
+    answered_in_time: u64,
+    answered_late: u64,
+    replies: u64,
+    first_responses: Vec<Duration>,
+}
+
+/// One agent's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentMetrics {
+    /// The agent (`"unassigned"` for conversations no agent has answered yet).
+    pub agent: String,
+    /// Customer messages that are answered or overdue.
+    pub inbound: u64,
+    /// Of those, answered within the configured time.
+    pub answered_in_time: u64,
+    /// `answered_in_time / inbound`; `None` without inbound messages.
+    pub response_rate: Option<f64>,
+    /// Messages the agent sent.
+    pub replies: u64,
+    /// Median time from a conversation's first customer message to its first answer.
+    pub first_response_p50_secs: Option<f64>,
+}
+
+/// Everything, as of a given time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BusinessSnapshot {
+    /// Over all agents.
+    pub response_rate: Option<f64>,
+    /// Agent replies per conversation per hour of activity (at least one hour).
+    pub replies_per_conversation_per_hour: Option<f64>,
+    /// Per agent, sorted by name.
+    pub agents: Vec<AgentMetrics>,
+    /// Customer messages waiting longer than the configured time, as (conversation, how
+    /// long the oldest has waited, seconds).
+    pub overdue: Vec<(ConversationId, f64)>,
+}
+
+/// The business-metrics engine; feed it every message once ([`BusinessMetrics::observe`]
+/// ignores repeats by server id).
+pub struct BusinessMetrics {
+    answer_within: Duration,
+    roles: Box<dyn RoleDirectory>,
+    seen: HashSet<ServerMsgId>,
+    conversations: HashMap<ConversationId, Conversation>,
+    agents: BTreeMap<UserId, Agent>,
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for BusinessMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusinessMetrics")
+            .field("answer_within", &self.answer_within)
+            .field("conversations", &self.conversations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn between(a: Timestamp, b: Timestamp) -> Duration {
+    Duration::from_millis(b.as_millis().saturating_sub(a.as_millis()).max(0) as u64)
+}
+
+impl BusinessMetrics {
+    /// A customer message counts as answered in time when an agent writes in its
+    /// conversation within `answer_within`.
+    pub fn new(answer_within: Duration, roles: impl RoleDirectory) -> Self {
+        Self {
+            answer_within,
+            roles: Box::new(roles),
+            seen: HashSet::new(),
+            conversations: HashMap::new(),
+            agents: BTreeMap::new(),
+            first: None,
+            last: None,
+        }
+    }
+
+    /// Takes one message into account (repeats are ignored).
+    pub fn observe(&mut self, m: &Message) {
+        if !self.seen.insert(m.server_id.clone()) {
+            return;
+        }
+        let t = m.server_time;
+        self.first = Some(self.first.map_or(t, |f| f.min(t)));
+        self.last = Some(self.last.map_or(t, |l| l.max(t)));
+        let conv = self
+            .conversations
+            .entry(m.conversation.clone())
+            .or_default();
+        match self.roles.role(&m.sender) {
+            Role::Customer => {
+                conv.waiting.push(t);
+                if !conv.responded && conv.first_customer.is_none() {
+                    conv.first_customer = Some(t);
+                }
+            }
+            Role::Agent => {
+                let agent = self.agents.entry(m.sender.clone()).or_default();
+                agent.replies += 1;
+                for asked in conv.waiting.drain(..) {
+                    if between(asked, t) <= self.answer_within {
+                        agent.answered_in_time += 1;
+                    } else {
+                        agent.answered_late += 1;
+                    }
+                }
+                if let (false, Some(first)) = (conv.responded, conv.first_customer) {
+                    agent.first_responses.push(between(first, t));
+                    conv.responded = true;
+                }
+                conv.agent = Some(m.sender.clone());
+            }
+        }
+    }
+
+    /// The figures as of `now` (server time): messages still waiting count as missed once
+    /// they have waited longer than the configured time, and not at all before.
+    pub fn snapshot(&self, now: Timestamp) -> BusinessSnapshot {
+        let mut agents: BTreeMap<String, AgentMetrics> = BTreeMap::new();
+        for (id, a) in &self.agents {
+            let mut first = a.first_responses.clone();
+            first.sort_unstable();
+            agents.insert(
+                id.as_str().to_string(),
+                AgentMetrics {
+                    agent: id.as_str().to_string(),
+                    inbound: a.answered_in_time + a.answered_late,
+                    answered_in_time: a.answered_in_time,
+                    response_rate: None,
+                    replies: a.replies,
+                    first_response_p50_secs: first
+                        .get(first.len().saturating_sub(1) / 2)
+                        .map(Duration::as_secs_f64),
+                },
+            );
+        }
+        let mut overdue = Vec::new();
+        for (id, c) in &self.conversations {
+            let late: Vec<&Timestamp> = c
+                .waiting
+                .iter()
+                .filter(|&&t| between(t, now) > self.answer_within)
+                .collect();
+            if let Some(oldest) = late.iter().min() {
+                overdue.push((id.clone(), between(**oldest, now).as_secs_f64()));
+                let owner = c
+                    .agent
+                    .as_ref()
+                    .map_or("unassigned".to_string(), |a| a.as_str().to_string());
+                let row = agents.entry(owner.clone()).or_insert(AgentMetrics {
+                    agent: owner,
+                    inbound: 0,
+                    answered_in_time: 0,
+                    response_rate: None,
+                    replies: 0,
+                    first_response_p50_secs: None,
+                });
+                row.inbound += late.len() as u64;
+            }
+        }
+        overdue.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let (mut inbound, mut in_time, mut replies) = (0, 0, 0);
+        for row in agents.values_mut() {
+            row.response_rate =
+                (row.inbound > 0).then(|| row.answered_in_time as f64 / row.inbound as f64);
+            inbound += row.inbound;
+            in_time += row.answered_in_time;
+            replies += row.replies;
+        }
+        let hours = match (self.first, self.last) {
+            (Some(f), Some(l)) => (between(f, l).as_secs_f64() / 3600.0).max(1.0),
+            _ => 1.0,
+        };
+        BusinessSnapshot {
+            response_rate: (inbound > 0).then(|| in_time as f64 / inbound as f64),
+            replies_per_conversation_per_hour: (!self.conversations.is_empty())
+                .then(|| replies as f64 / self.conversations.len() as f64 / hours),
+            agents: agents.into_values().collect(),
+            overdue,
+        }
+    }
+}
