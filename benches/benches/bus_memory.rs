@@ -1,7 +1,7 @@
 //! Memory per idle bus subscription, measured: a counting global allocator records the
 //! bytes live before and after 10,000 subscriptions are made (and nothing published), for
 //! three shapes of subscription. The figures are printed and written under
-//! `<target>/criterion/memory/` for `cargo xtask bench`'s summary.
+//! `<target>/criterion/figures/` for `cargo xtask bench`'s summary.
 
 // A benchmark binary: a panic is how it reports a broken invariant.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -63,19 +63,6 @@ fn main() {
             DeliveryPolicy::Reliable { capacity: 256 },
         ),
     ];
-    let mut json = String::from("[");
-    for (i, (name, bytes)) in figures.iter().enumerate() {
-        println!("{name}: {bytes:.0}");
-        if i > 0 {
-            json.push(',');
-        }
-        json.push_str(&format!("{{\"name\":{name:?},\"bytes\":{bytes:.1}}}"));
-    }
-    json.push(']');
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("criterion/memory");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("bus.json"), json).unwrap();
+    let figures: Vec<(String, f64)> = figures.into_iter().collect();
+    im_benches::write_figures("bus_memory", &figures).unwrap();
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: runs the criterion benchmarks, then prints one summary table of this
 //! run with each result's ratio to the baseline(s) of its group (functions named
-//! `baseline_*`, measured in the same run), plus the measured memory figures.
+//! `baseline_*`, measured in the same run), plus the figures benchmark binaries measured
+//! themselves (memory, paired ratios).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,13 +36,14 @@ struct Estimate {
     point_estimate: f64,
 }
 
-/// A memory figure written by a benchmark binary under `criterion/memory/`.
+/// A figure a benchmark binary measured itself (memory per subscription, a paired ratio),
+/// written under `criterion/figures/` as a JSON list.
 #[derive(Deserialize)]
-pub struct MemoryFigure {
-    /// What was measured.
+pub struct Figure {
+    /// What was measured, with its unit.
     pub name: String,
-    /// Bytes per unit.
-    pub bytes: f64,
+    /// The value.
+    pub value: f64,
 }
 
 /// One measured benchmark.
@@ -141,14 +143,14 @@ fn visit(dir: &Path, f: &mut dyn FnMut(&Path) -> Result<()>) -> Result<()> {
     Ok(())
 }
 
-/// Memory figures written at or after `since`.
-pub fn memory(dir: &Path, since: SystemTime) -> Result<Vec<MemoryFigure>> {
+/// Figures written at or after `since`.
+pub fn figures(dir: &Path, since: SystemTime) -> Result<Vec<Figure>> {
     let mut out = Vec::new();
-    visit(&dir.join("memory"), &mut |path| {
+    visit(&dir.join("figures"), &mut |path| {
         if path.extension().is_some_and(|e| e == "json") && path.metadata()?.modified()? >= since {
-            out.extend(serde_json::from_slice::<Vec<MemoryFigure>>(
-                &std::fs::read(path)?,
-            )?);
+            out.extend(serde_json::from_slice::<Vec<Figure>>(&std::fs::read(
+                path,
+            )?)?);
         }
         Ok(())
     })?;

@@ -76,11 +76,11 @@ fn main() -> Result<()> {
                 "{}",
                 xtask::bench::table(&xtask::bench::collect(&dir, started)?)
             );
-            let memory = xtask::bench::memory(&dir, started)?;
-            if !memory.is_empty() {
-                println!("\n| memory | bytes |\n|---|---|");
-                for m in memory {
-                    println!("| {} | {:.0} |", m.name, m.bytes);
+            let figures = xtask::bench::figures(&dir, started)?;
+            if !figures.is_empty() {
+                println!("\n| figure | value |\n|---|---|");
+                for f in figures {
+                    println!("| {} | {:.3} |", f.name, f.value);
                 }
             }
             Ok(())

@@ -9,6 +9,10 @@ use std::time::Duration;
 use im_service::{ConversationId, Message, ServerMsgId, Timestamp, UserId};
 use serde::Serialize;
 
+/// How many message ids are remembered for dedup: repeats come from reconnect catch-ups
+/// and history re-fetches of recent messages, far fewer than this.
+pub const SEEN_CAP: usize = 100_000;
+
 /// A participant's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,7 +101,11 @@ pub struct BusinessSnapshot {
 pub struct BusinessMetrics {
     answer_within: Duration,
     roles: Box<dyn RoleDirectory>,
-    seen: HashSet<ServerMsgId>,
+    /// Hashes of ids already counted, bounded: the oldest are forgotten past [`SEEN_CAP`].
+    /// (A 64-bit hash, not the id: no allocation per message; a collision would only drop
+    /// one message from the metrics.)
+    seen: HashSet<u64>,
+    seen_order: std::collections::VecDeque<u64>,
     conversations: HashMap<ConversationId, Conversation>,
     agents: BTreeMap<UserId, Agent>,
     first: Option<Timestamp>,
@@ -113,6 +121,13 @@ impl std::fmt::Debug for BusinessMetrics {
     }
 }
 
+fn id_hash(id: &ServerMsgId) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
 fn between(a: Timestamp, b: Timestamp) -> Duration {
     Duration::from_millis(b.as_millis().saturating_sub(a.as_millis()).max(0) as u64)
 }
@@ -125,6 +140,7 @@ impl BusinessMetrics {
             answer_within,
             roles: Box::new(roles),
             seen: HashSet::new(),
+            seen_order: std::collections::VecDeque::new(),
             conversations: HashMap::new(),
             agents: BTreeMap::new(),
             first: None,
@@ -134,8 +150,15 @@ impl BusinessMetrics {
 
     /// Takes one message into account (repeats are ignored).
     pub fn observe(&mut self, m: &Message) {
-        if !self.seen.insert(m.server_id.clone()) {
+        let id = id_hash(&m.server_id);
+        if !self.seen.insert(id) {
             return;
+        }
+        self.seen_order.push_back(id);
+        if self.seen_order.len() > SEEN_CAP {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
         }
         let t = m.server_time;
         self.first = Some(self.first.map_or(t, |f| f.min(t)));

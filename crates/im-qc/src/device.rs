@@ -20,6 +20,15 @@ pub enum NetworkType {
 }
 
 impl NetworkType {
+    /// Every network type.
+    pub const ALL: [NetworkType; 5] = [
+        NetworkType::Unknown,
+        NetworkType::Wifi,
+        NetworkType::Cellular,
+        NetworkType::Ethernet,
+        NetworkType::Offline,
+    ];
+
     /// The label value used in exports.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,6 +58,12 @@ pub struct DeviceSample {
 pub trait DeviceContext: Send + Sync + 'static {
     /// The current situation.
     fn sample(&self) -> DeviceSample;
+
+    /// Only the network type: what every vendor call is labelled with, so it should not
+    /// allocate (the default builds a whole sample).
+    fn network(&self) -> NetworkType {
+        self.sample().network
+    }
 }
 
 /// The default: nothing is known.
@@ -56,6 +71,10 @@ pub trait DeviceContext: Send + Sync + 'static {
 pub struct UnknownDevice;
 
 impl DeviceContext for UnknownDevice {
+    fn network(&self) -> NetworkType {
+        NetworkType::Unknown
+    }
+
     fn sample(&self) -> DeviceSample {
         DeviceSample {
             network: NetworkType::Unknown,

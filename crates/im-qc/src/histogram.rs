@@ -36,13 +36,24 @@ impl std::fmt::Debug for LatencyHistogram {
     }
 }
 
+/// Upper bounds of the buckets in nanoseconds, computed once: a sample's bucket is a binary
+/// search (no floating-point logarithm per sample).
+fn bounds() -> &'static [u64; BUCKETS] {
+    static BOUNDS: std::sync::OnceLock<[u64; BUCKETS]> = std::sync::OnceLock::new();
+    BOUNDS.get_or_init(|| {
+        let mut b = [u64::MAX; BUCKETS];
+        for (i, slot) in b.iter_mut().enumerate().take(BUCKETS - 1) {
+            *slot = (10f64.powf(i as f64 / PER_DECADE as f64) * 1e3).round() as u64;
+        }
+        b
+    })
+}
+
 fn bucket_of(d: Duration) -> usize {
-    let micros = d.as_secs_f64() * 1e6;
-    if micros <= 1.0 {
-        return 0;
-    }
-    let index = (micros.log10() * PER_DECADE as f64).ceil() as usize;
-    index.min(BUCKETS - 1)
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    bounds()
+        .partition_point(|&bound| bound < nanos)
+        .min(BUCKETS - 1)
 }
 
 /// Upper bound of bucket `i`.

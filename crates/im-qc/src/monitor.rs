@@ -613,6 +613,8 @@ impl State {
 /// The running monitor. Dropping it stops its task.
 pub struct QcMonitor {
     state: Arc<Mutex<State>>,
+    /// Client events processed (for tests and benchmarks that wait for the monitor).
+    seen: Arc<std::sync::atomic::AtomicU64>,
     bus: Bus<QcEvent>,
     task: JoinHandle<()>,
 }
@@ -698,14 +700,21 @@ impl QcMonitor {
             config: config.clone(),
         }));
         let bus: Bus<QcEvent> = Bus::new();
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = tokio::spawn(run(
             state.clone(),
+            seen.clone(),
             events,
             watch.bus.dropped_counter(),
             bus.clone(),
             config.eval_interval,
         ));
-        Ok(QcMonitor { state, bus, task })
+        Ok(QcMonitor {
+            state,
+            seen,
+            bus,
+            task,
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -720,6 +729,11 @@ impl QcMonitor {
     /// Everything, now.
     pub fn snapshot(&self) -> QcSnapshot {
         self.state().snapshot(Instant::now())
+    }
+
+    /// Client events processed so far (cheap: no snapshot is built).
+    pub fn events_seen(&self) -> u64 {
+        self.seen.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current verdict.
@@ -763,6 +777,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 async fn run(
     state: Arc<Mutex<State>>,
+    seen: Arc<std::sync::atomic::AtomicU64>,
     mut events: BusStream<ClientEvent>,
     dropped: DroppedCounter,
     out: Bus<QcEvent>,
@@ -774,7 +789,18 @@ async fn run(
     loop {
         tokio::select! {
             ev = events.recv(), if open => match ev {
-                Some(ev) => lock(&state).observe(&ev, Instant::now()),
+                Some(ev) => {
+                    // Take the whole backlog with one lock of the queue and one of the state.
+                    let backlog = events.drain_now();
+                    let now = Instant::now();
+                    let mut st = lock(&state);
+                    st.observe(&ev, now);
+                    for ev in &backlog {
+                        st.observe(ev, now);
+                    }
+                    drop(st);
+                    seen.fetch_add(1 + backlog.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 // The client is gone; keep evaluating what was recorded.
                 None => open = false,
             },

@@ -2,7 +2,6 @@
 //! class, timeouts and a latency histogram, in sliding windows, labelled with the device's
 //! network. It adds metrics, never behaviour: every call and answer passes through as is.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -80,8 +79,14 @@ impl CallStats {
     }
 
     fn record(&mut self, latency: Duration, error: Option<&ServiceError>) {
-        self.calls += 1;
         self.latency.record(latency);
+        self.count(error);
+    }
+
+    /// Counts a call without its latency (the totals keep no histogram: only windows are
+    /// reported as quantiles).
+    fn count(&mut self, error: Option<&ServiceError>) {
+        self.calls += 1;
         if let Some(e) = error {
             match e.class() {
                 ErrorClass::Transient => self.transient += 1,
@@ -106,6 +111,11 @@ impl Slot for CallStats {
     }
 }
 
+/// Index of the (operation, network) series.
+fn slot_of(op: Op, network: NetworkType) -> usize {
+    op as usize * NetworkType::ALL.len() + network as usize
+}
+
 /// Slot length of the call windows.
 pub(crate) const SLOT: Duration = Duration::from_secs(5);
 /// History kept: the longest window.
@@ -120,7 +130,8 @@ struct Series {
 /// What the decorator recorded; shared with the monitor and the exporters.
 pub struct VendorMetrics {
     vendor: String,
-    series: Mutex<BTreeMap<(Op, NetworkType), Series>>,
+    /// One series per (operation, network), indexed by [`slot_of`]: no map lookup per call.
+    series: Mutex<Vec<Option<Series>>>,
 }
 
 impl std::fmt::Debug for VendorMetrics {
@@ -132,7 +143,7 @@ impl std::fmt::Debug for VendorMetrics {
 }
 
 impl VendorMetrics {
-    fn series(&self) -> MutexGuard<'_, BTreeMap<(Op, NetworkType), Series>> {
+    fn series(&self) -> MutexGuard<'_, Vec<Option<Series>>> {
         // Each update completes under the lock: poison carries no torn state.
         self.series.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -150,17 +161,32 @@ impl VendorMetrics {
         latency: Duration,
         error: Option<&ServiceError>,
     ) {
-        let now = Instant::now();
+        self.record_at(Instant::now(), op, network, latency, error);
+    }
+
+    /// [`VendorMetrics::record`] of a call that ended at `now`.
+    pub fn record_at(
+        &self,
+        now: Instant,
+        op: Op,
+        network: NetworkType,
+        latency: Duration,
+        error: Option<&ServiceError>,
+    ) {
         let mut series = self.series();
-        let s = series.entry((op, network)).or_insert_with(|| Series {
+        let Some(entry) = series.get_mut(slot_of(op, network)) else {
+            return; // cannot happen: the vector holds every (op, network) pair
+        };
+        let s = entry.get_or_insert_with(|| Series {
             total: CallStats::default(),
             recent: SlotRing::new(SLOT, SPAN),
         });
-        s.total.record(latency, error);
+        s.total.count(error);
         s.recent.at(now).record(latency, error);
     }
 
-    /// Totals since start of `op` (all networks when `network` is `None`).
+    /// Totals since start of `op` (all networks when `network` is `None`); counts only, the
+    /// latency histogram of a total is empty.
     pub fn total(&self, op: Option<Op>, network: Option<NetworkType>) -> CallStats {
         self.fold(op, network, |s| s.total.clone())
     }
@@ -178,7 +204,12 @@ impl VendorMetrics {
 
     /// The (operation, network) pairs seen so far.
     pub fn keys(&self) -> Vec<(Op, NetworkType)> {
-        self.series().keys().copied().collect()
+        let series = self.series();
+        Op::ALL
+            .iter()
+            .flat_map(|&op| NetworkType::ALL.iter().map(move |&n| (op, n)))
+            .filter(|&(op, n)| matches!(series.get(slot_of(op, n)), Some(Some(_))))
+            .collect()
     }
 
     fn fold(
@@ -188,9 +219,13 @@ impl VendorMetrics {
         f: impl Fn(&Series) -> CallStats,
     ) -> CallStats {
         let mut out = CallStats::default();
-        for ((o, n), s) in self.series().iter() {
-            if op.is_none_or(|x| x == *o) && network.is_none_or(|x| x == *n) {
-                out.merge(&f(s));
+        let series = self.series();
+        for &o in &Op::ALL {
+            for &n in &NetworkType::ALL {
+                let wanted = op.is_none_or(|x| x == o) && network.is_none_or(|x| x == n);
+                if let (true, Some(Some(s))) = (wanted, series.get(slot_of(o, n))) {
+                    out.merge(&f(s));
+                }
             }
         }
         out
@@ -209,7 +244,11 @@ impl QcVendor {
     pub fn new(inner: Arc<dyn Vendor>, device: Arc<dyn DeviceContext>) -> Self {
         let metrics = Arc::new(VendorMetrics {
             vendor: inner.name().to_string(),
-            series: Mutex::new(BTreeMap::new()),
+            series: Mutex::new(
+                (0..Op::ALL.len() * NetworkType::ALL.len())
+                    .map(|_| None)
+                    .collect(),
+            ),
         });
         Self {
             inner,
@@ -228,11 +267,14 @@ impl QcVendor {
         op: Op,
         call: impl std::future::Future<Output = im_service::Result<T>>,
     ) -> im_service::Result<T> {
-        let network = self.device.sample().network;
-        let started = Instant::now();
+        let network = self.device.network();
+        // Latency from the OS monotonic clock (cheap); the slot from tokio's clock, once, so
+        // paused-time tests place calls in windows deterministically.
+        let started = std::time::Instant::now();
         let result = call.await;
+        let latency = started.elapsed();
         self.metrics
-            .record(op, network, started.elapsed(), result.as_ref().err());
+            .record_at(Instant::now(), op, network, latency, result.as_ref().err());
         result
     }
 }

@@ -442,3 +442,72 @@ async fn the_prometheus_endpoint_is_scraped_and_parsed() {
     server.shutdown().await;
     client.logout().await;
 }
+
+/// A device that switches networks mid-run: every sample carries the network it was taken
+/// on, so degradation can be split by network.
+struct Switchable(std::sync::atomic::AtomicU8);
+
+impl im_qc::DeviceContext for Switchable {
+    fn sample(&self) -> im_qc::DeviceSample {
+        im_qc::DeviceSample {
+            network: self.network(),
+            signal: None,
+            background: false,
+            os: "test".into(),
+        }
+    }
+
+    fn network(&self) -> im_qc::NetworkType {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => im_qc::NetworkType::Wifi,
+            _ => im_qc::NetworkType::Cellular,
+        }
+    }
+}
+
+#[tokio::test]
+async fn samples_are_split_by_network() {
+    let vendor = MemoryVendor::new(MemoryVendorConfig::default());
+    let tina = vendor.register_user(&UserId::new("tina"));
+    let hank = vendor.register_user(&UserId::new("hank"));
+    let conv = ConversationId::direct(&tina.user, &hank.user);
+    let device = Arc::new(Switchable(std::sync::atomic::AtomicU8::new(0)));
+    let qc = QcVendor::new(Arc::new(vendor.client()), device.clone());
+    qc.login(&tina).await.unwrap();
+    let msg = OutgoingMessage::new(conv, Content::text("hi"), Timestamp::from_millis(0));
+    for _ in 0..3 {
+        qc.send(&msg.clone()).await.unwrap();
+    }
+    device.0.store(1, std::sync::atomic::Ordering::Relaxed);
+    // On cellular the vendor fails twice.
+    vendor.fail_next(
+        VendorOp::Send,
+        2,
+        ServiceError::Unavailable("weak signal".into()),
+    );
+    for _ in 0..4 {
+        let m = OutgoingMessage::new(
+            msg.conversation.clone(),
+            Content::text("hi"),
+            Timestamp::from_millis(0),
+        );
+        let _ = qc.send(&m).await;
+    }
+    let window = Duration::from_secs(60);
+    let wifi = qc
+        .metrics()
+        .window(Some(Op::Send), Some(im_qc::NetworkType::Wifi), window);
+    let cell = qc
+        .metrics()
+        .window(Some(Op::Send), Some(im_qc::NetworkType::Cellular), window);
+    assert_eq!((wifi.calls, wifi.errors()), (3, 0));
+    assert_eq!((cell.calls, cell.errors()), (4, 2));
+    assert_eq!(
+        qc.metrics().keys(),
+        [
+            (Op::Login, im_qc::NetworkType::Wifi),
+            (Op::Send, im_qc::NetworkType::Wifi),
+            (Op::Send, im_qc::NetworkType::Cellular)
+        ]
+    );
+}
