@@ -1,9 +1,10 @@
 //! What quality control costs: the same work with and without it, in the same run.
-//! * send: 2,000 sends through a `MemoryVendor` client, bare (baseline) and wrapped in the
-//!   `QcVendor` decorator;
-//! * distribution: fan-out of 10,000 message events to 16 Reliable subscribers, without
-//!   (baseline) and with a `QcMonitor` observing the same bus (it processes every event:
-//!   end-to-end latency, business metrics, counters).
+//! * send: 2,000 sends through a `MemoryVendor` client (in process, ~5 µs a send), and 200
+//!   through the reference vendor over loopback TCP (the send benchmark of issue 3), bare
+//!   (baseline) and wrapped in the `QcVendor` decorator;
+//! * distribution: fan-out of 10,000 message events to 16 Reliable subscribers, on two
+//!   workers and on one thread, without (baseline) and with a `QcMonitor` observing the
+//!   same bus (it processes every event: end-to-end latency, business metrics, counters).
 //!
 //! Goal: QC costs under 5% of throughput: the paired ratio (see `compare`) ≥ 0.95.
 
@@ -17,36 +18,35 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use im_arch::{Bus, ClientEvent, DeliveryPolicy, Filter};
 use im_qc::{Agents, QcConfig, QcMonitor, QcVendor, UnknownDevice, Watch};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig};
+use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{
     ClientMsgId, Content, ConversationId, Message, Origin, OutgoingMessage, ReceivedMessage, Seq,
     ServerMsgId, SystemClock, Timestamp, UserId, Vendor,
 };
+use im_testkit::{ReferenceServer, ServerConfig};
 use tokio::runtime::Runtime;
 
 const SENDS: u64 = 2_000;
+const TCP_SENDS: u64 = 200;
 const EVENTS: u64 = 10_000;
 const SUBSCRIBERS: usize = 16;
+/// Alternating runs per paired figure.
+const PAIRS: usize = 101;
 
 fn send(c: &mut Criterion, rt: &Runtime) -> f64 {
     let vendor = MemoryVendor::new(MemoryVendorConfig {
         retention: None,
         ..MemoryVendorConfig::default()
     });
-    // Two senders in two conversations with absent peers: both runs do the same work (an
-    // offline-queue append), and neither sender receives the other's pushes.
+    // One session, one conversation with an absent peer, used bare and through the
+    // decorator: the two variants do exactly the same vendor work.
     let alice = vendor.register_user(&UserId::new("alice"));
-    let bob = vendor.register_user(&UserId::new("bob"));
     let carol = vendor.register_user(&UserId::new("carol"));
-    let dave = vendor.register_user(&UserId::new("dave"));
-    let bare_conv = ConversationId::direct(&alice.user, &carol.user);
-    let wrapped_conv = ConversationId::direct(&bob.user, &dave.user);
-    let bare: Arc<dyn Vendor> = Arc::new(vendor.client());
-    let wrapped_inner = Arc::new(vendor.client());
-    let wrapped: Arc<dyn Vendor> = Arc::new(QcVendor::new(wrapped_inner, Arc::new(UnknownDevice)));
-    rt.block_on(async {
-        bare.login(&alice).await.unwrap();
-        wrapped.login(&bob).await.unwrap();
-    });
+    let conv = ConversationId::direct(&alice.user, &carol.user);
+    let session = Arc::new(vendor.client());
+    let bare: Arc<dyn Vendor> = session.clone();
+    let wrapped: Arc<dyn Vendor> = Arc::new(QcVendor::new(session, Arc::new(UnknownDevice)));
+    rt.block_on(async { bare.login(&alice).await.unwrap() });
     let mut group = c.benchmark_group("qc_overhead_send");
     group.throughput(Throughput::Elements(SENDS));
     group.sample_size(20);
@@ -65,11 +65,57 @@ fn send(c: &mut Criterion, rt: &Runtime) -> f64 {
     let ratio = compare(
         &mut group,
         ("baseline_bare_vendor", "with_qc_decorator"),
-        || run(&bare, &bare_conv),
-        || run(&wrapped, &wrapped_conv),
-        41,
+        || run(&bare, &conv),
+        || run(&wrapped, &conv),
+        PAIRS,
     );
     group.finish();
+    ratio
+}
+
+/// The send benchmark over TCP: the reference vendor on loopback, one session used bare and
+/// through the decorator.
+fn send_over_tcp(c: &mut Criterion, rt: &Runtime) -> f64 {
+    let (server, session, conv) = rt.block_on(async {
+        let server = ReferenceServer::start(ServerConfig::default())
+            .await
+            .unwrap();
+        let factory = ReferenceVendor::discover(server.addr(), ReferenceConfig::default())
+            .await
+            .unwrap();
+        let alice = server.vendor().register_user(&UserId::new("alice"));
+        let carol = server.vendor().register_user(&UserId::new("carol"));
+        let conv = ConversationId::direct(&alice.user, &carol.user);
+        let session = Arc::new(factory.client());
+        session.login(&alice).await.unwrap();
+        (server, session, conv)
+    });
+    let bare: Arc<dyn Vendor> = session.clone();
+    let wrapped: Arc<dyn Vendor> = Arc::new(QcVendor::new(session, Arc::new(UnknownDevice)));
+    let mut group = c.benchmark_group("qc_overhead_send_over_tcp");
+    group.throughput(Throughput::Elements(TCP_SENDS));
+    group.sample_size(20);
+    let run = |v: &Arc<dyn Vendor>| {
+        rt.block_on(async {
+            for _ in 0..TCP_SENDS {
+                let m = OutgoingMessage::new(
+                    conv.clone(),
+                    Content::text("hello"),
+                    Timestamp::from_millis(0),
+                );
+                v.send(&m).await.unwrap();
+            }
+        })
+    };
+    let ratio = compare(
+        &mut group,
+        ("baseline_bare_vendor", "with_qc_decorator"),
+        || run(&bare),
+        || run(&wrapped),
+        PAIRS,
+    );
+    group.finish();
+    rt.block_on(server.shutdown());
     ratio
 }
 
@@ -89,11 +135,11 @@ fn event(i: u64) -> Arc<ClientEvent> {
     }))
 }
 
-fn distribution(c: &mut Criterion, rt: &Runtime) -> f64 {
+fn distribution(c: &mut Criterion, rt: &Runtime, threads: &str) -> f64 {
     let events: Vec<Arc<ClientEvent>> = (0..EVENTS).map(event).collect();
     let vendor = MemoryVendor::new(MemoryVendorConfig::default());
     let metrics_source = QcVendor::new(Arc::new(vendor.client()), Arc::new(UnknownDevice));
-    let mut group = c.benchmark_group("qc_overhead_distribution_16_subscribers");
+    let mut group = c.benchmark_group(format!("qc_overhead_distribution_16_subscribers_{threads}"));
     group.throughput(Throughput::Elements(EVENTS * SUBSCRIBERS as u64));
     group.sample_size(30);
     let run = |with_qc: bool| {
@@ -147,7 +193,7 @@ fn distribution(c: &mut Criterion, rt: &Runtime) -> f64 {
         ("baseline_without_qc", "with_qc_monitor"),
         || run(false),
         || run(true),
-        41,
+        PAIRS,
     );
     group.finish();
     ratio
@@ -190,21 +236,42 @@ fn compare(
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_time()
+        .enable_all()
         .build()
         .unwrap();
     let send = send(c, &rt);
-    let distribution = distribution(c, &rt);
+    let send_tcp = send_over_tcp(c, &rt);
+    // Fan-out twice: on two workers (throughput: the monitor mostly runs beside the
+    // publisher, and the figure carries the runtime's scheduling noise) and on one thread
+    // (deterministic scheduling: the figure is the CPU cost QC adds).
+    let two_workers = distribution(c, &rt, "2_workers");
+    let one_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let one_thread = distribution(c, &one_thread, "1_thread");
     im_benches::write_figures(
         "qc_overhead",
         &[
             (
-                "QC decorator: send throughput with / without (median of 41 pairs)".into(),
+                "QC decorator: in-process send throughput with / without (median of 101 pairs)"
+                    .into(),
                 send,
             ),
             (
-                "QC monitor: fan-out throughput with / without (median of 41 pairs)".into(),
-                distribution,
+                "QC decorator: send over TCP throughput with / without (median of 101 pairs)"
+                    .into(),
+                send_tcp,
+            ),
+            (
+                "QC monitor: fan-out throughput with / without, 2 workers (median of 101 pairs)"
+                    .into(),
+                two_workers,
+            ),
+            (
+                "QC monitor: fan-out throughput with / without, 1 thread (median of 101 pairs)"
+                    .into(),
+                one_thread,
             ),
         ],
     )

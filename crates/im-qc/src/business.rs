@@ -3,7 +3,11 @@
 //! per hour), first response time, per agent; and the list of customers waiting too long.
 //! Times are the vendor's server times, so the figures do not depend on when QC saw them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+// Fast hashing for the per-message maps: the keys are ids the vendor assigns, and these are
+// metrics, not a security boundary.
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::time::Duration;
 
 use im_service::{ConversationId, Message, ServerMsgId, Timestamp, UserId};
@@ -104,9 +108,9 @@ pub struct BusinessMetrics {
     /// Hashes of ids already counted, bounded: the oldest are forgotten past [`SEEN_CAP`].
     /// (A 64-bit hash, not the id: no allocation per message; a collision would only drop
     /// one message from the metrics.)
-    seen: HashSet<u64>,
+    seen: FxHashSet<u64>,
     seen_order: std::collections::VecDeque<u64>,
-    conversations: HashMap<ConversationId, Conversation>,
+    conversations: FxHashMap<ConversationId, Conversation>,
     agents: BTreeMap<UserId, Agent>,
     first: Option<Timestamp>,
     last: Option<Timestamp>,
@@ -122,10 +126,8 @@ impl std::fmt::Debug for BusinessMetrics {
 }
 
 fn id_hash(id: &ServerMsgId) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(id)
 }
 
 fn between(a: Timestamp, b: Timestamp) -> Duration {
@@ -139,9 +141,9 @@ impl BusinessMetrics {
         Self {
             answer_within,
             roles: Box::new(roles),
-            seen: HashSet::new(),
+            seen: FxHashSet::default(),
             seen_order: std::collections::VecDeque::new(),
-            conversations: HashMap::new(),
+            conversations: FxHashMap::default(),
             agents: BTreeMap::new(),
             first: None,
             last: None,

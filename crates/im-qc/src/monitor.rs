@@ -330,7 +330,7 @@ struct State {
 }
 
 impl State {
-    fn observe(&mut self, ev: &ClientEvent, now: Instant) {
+    fn observe(&mut self, ev: &ClientEvent, now: Instant, wall: im_service::Timestamp) {
         match ev {
             ClientEvent::State(s) => {
                 if matches!(s, ConnectionState::Reconnecting { .. }) {
@@ -349,7 +349,7 @@ impl State {
             ClientEvent::Message(r) => {
                 self.conn.at(now).ingested += 1;
                 self.processing.messages_ingested_total += 1;
-                self.observe_message(&r.message);
+                self.observe_message(&r.message, wall);
             }
             ClientEvent::Sync(p) => match p {
                 SyncProgress::Started => self.sync_started = Some(now),
@@ -395,8 +395,8 @@ impl State {
         }
     }
 
-    fn observe_message(&mut self, m: &Message) {
-        let age = self.clock.now().as_millis() - m.client_time.as_millis();
+    fn observe_message(&mut self, m: &Message, wall: im_service::Timestamp) {
+        let age = wall.as_millis() - m.client_time.as_millis();
         if age >= 0 {
             self.end_to_end.record(Duration::from_millis(age as u64));
         }
@@ -794,9 +794,10 @@ async fn run(
                     let backlog = events.drain_now();
                     let now = Instant::now();
                     let mut st = lock(&state);
-                    st.observe(&ev, now);
+                    let wall = st.clock.now();
+                    st.observe(&ev, now, wall);
                     for ev in &backlog {
-                        st.observe(ev, now);
+                        st.observe(ev, now, wall);
                     }
                     drop(st);
                     seen.fetch_add(1 + backlog.len() as u64, std::sync::atomic::Ordering::Relaxed);
