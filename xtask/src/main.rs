@@ -19,6 +19,13 @@ enum Task {
     Layers,
     /// Everything CI gates on: fmt, clippy, layers, tests.
     Ci,
+    /// Run the standardized case library against a vendor target (args go to
+    /// `im-test-suite`: --vendor memory|reference, --category, --filter, --list).
+    TestSuite {
+        /// Arguments passed through.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the criterion benchmarks (release build) and print a summary table with each
     /// result's ratio to its same-run baseline; extra args go to `cargo bench`.
     Bench {
@@ -32,7 +39,7 @@ enum Task {
 }
 
 fn run(args: &[&str]) -> Result<()> {
-    println!("$ cargo {}", args.join(" "));
+    eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(cargo())
         .args(args)
         .current_dir(project_root())
@@ -58,6 +65,19 @@ fn main() -> Result<()> {
             ])?;
             xtask::layers::run()?;
             run(&["test", "--workspace"])
+        }
+        Task::TestSuite { args } => {
+            let mut all = vec![
+                "run",
+                "-q",
+                "-p",
+                "im-testkit",
+                "--bin",
+                "im-test-suite",
+                "--",
+            ];
+            all.extend(args.iter().map(String::as_str));
+            run(&all)
         }
         Task::Bench { benches, args } => {
             let started = std::time::SystemTime::now();

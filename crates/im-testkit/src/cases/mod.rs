@@ -1,0 +1,181 @@
+//! The standardized case library: every case is data (a stable id, title, category, layer,
+//! the vendor capabilities it needs, steps, expected result, the failure class it guards)
+//! plus code (an async scenario with assertions) that runs against a named [`Target`].
+//!
+//! A case whose capabilities the target lacks is reported "not applicable" with the missing
+//! capabilities, never passed silently. Cases fail by panicking (assertions); the runner
+//! ([`crate::runner`]) isolates each in its own task and reports the panic message.
+
+use futures::future::BoxFuture;
+use im_service::{Capabilities, Capability};
+use serde::Serialize;
+
+mod arch;
+mod service;
+
+/// How important a case is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// Must pass for any vendor and any release.
+    Essential,
+    /// Deeper checks, run on demand.
+    Extended,
+}
+
+/// The layer a case exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// The vendor contract (`im-service`).
+    Service,
+    /// The client architecture layer (`im-arch`).
+    Arch,
+    /// Quality control (`im-qc`).
+    Qc,
+}
+
+/// A vendor the suite can run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// The in-process `MemoryVendor`.
+    Memory,
+    /// The reference vendor over TCP (the demo environment), started by the suite.
+    Reference,
+}
+
+impl Target {
+    /// Every target.
+    pub const ALL: [Target; 2] = [Target::Memory, Target::Reference];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Memory => "memory",
+            Target::Reference => "reference",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// What the target's vendor declares.
+    pub fn capabilities(self) -> Capabilities {
+        match self {
+            // The reference server's storage engine is the memory vendor: same declaration.
+            Target::Memory | Target::Reference => {
+                im_service::memory::MemoryVendor::new(Default::default())
+                    .capabilities()
+                    .clone()
+            }
+        }
+    }
+}
+
+/// Runs generic harness code against a target: `on_target!(target, |h| async { ... })`
+/// builds the target's harness with the default contract settings and runs the closure.
+#[macro_export]
+macro_rules! on_target {
+    ($target:expr, $f:expr) => {
+        match $target {
+            $crate::cases::Target::Memory => {
+                ($f)($crate::harness::MemoryHarness::new(
+                    $crate::harness::ContractConfig::default(),
+                ))
+                .await
+            }
+            $crate::cases::Target::Reference => {
+                ($f)(
+                    $crate::harness::ReferenceHarness::start(
+                        $crate::harness::ContractConfig::default(),
+                    )
+                    .await,
+                )
+                .await
+            }
+        }
+    };
+}
+
+/// A failure class from `BRIEF.md` ("Failure classes … we test explicitly") a case guards.
+pub type FailureClass = u8;
+
+/// One case of the library.
+#[derive(Clone, Copy)]
+pub struct Case {
+    /// Stable id, e.g. `SYNC-003`: never reused, never renumbered.
+    pub id: &'static str,
+    /// One line.
+    pub title: &'static str,
+    /// Essential or extended.
+    pub category: Category,
+    /// Which layer it exercises.
+    pub layer: Layer,
+    /// Vendor capabilities it needs; without them it is "not applicable".
+    pub needs: &'static [Capability],
+    /// What it does.
+    pub steps: &'static [&'static str],
+    /// What must hold.
+    pub expected: &'static str,
+    /// The failure class (1–10) whose return it would catch, if any.
+    pub guards: Option<FailureClass>,
+    /// The scenario.
+    pub run: fn(Target) -> BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Case")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Case {
+    /// The capabilities `target` lacks for this case (empty: applicable).
+    pub fn missing(&self, target: Target) -> Vec<Capability> {
+        target.capabilities().missing(self.needs)
+    }
+}
+
+/// The whole library, in id order.
+pub fn catalogue() -> Vec<Case> {
+    let mut all: Vec<Case> = service::cases().into_iter().chain(arch::cases()).collect();
+    all.sort_by_key(|c| c.id);
+    all
+}
+
+/// The catalogue as Markdown (`docs/test-cases.md` is this text; a test keeps it current).
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# Test-case library\n\n\
+         Generated by `cargo xtask test-suite --list --markdown` from `crates/im-testkit/src/cases/`;\n\
+         a test fails when this file is stale. Run the cases with `cargo xtask test-suite`.\n\n\
+         | id | title | category | layer | needs | guards class |\n|---|---|---|---|---|---|\n",
+    );
+    let cases = catalogue();
+    for c in &cases {
+        let needs: Vec<String> = c.needs.iter().map(|n| format!("{n:?}")).collect();
+        out.push_str(&format!(
+            "| {} | {} | {:?} | {:?} | {} | {} |\n",
+            c.id,
+            c.title,
+            c.category,
+            c.layer,
+            needs.join(", "),
+            c.guards.map(|g| g.to_string()).unwrap_or_default()
+        ));
+    }
+    out.push_str("\n## Cases\n");
+    for c in &cases {
+        out.push_str(&format!("\n### {} — {}\n\nSteps:\n", c.id, c.title));
+        for (i, s) in c.steps.iter().enumerate() {
+            out.push_str(&format!("{}. {s}\n", i + 1));
+        }
+        out.push_str(&format!("\nExpected: {}\n", c.expected));
+    }
+    out
+}
