@@ -126,3 +126,159 @@ async fn the_runner_reports_each_outcome_and_junit_counts_them() {
     assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
     assert!(page.contains("arithmetic is broken"));
 }
+
+// --- Cases catch the bugs they name: a deliberately broken vendor makes them fail. ---
+
+use async_trait::async_trait;
+use im_service::memory::MemoryClient;
+use im_service::{
+    Capabilities, ClientMsgId, ConversationId, Credentials, EventStream, HistoryPage, HistoryQuery,
+    OfflineAck, OfflineBatch, OutgoingMessage, SendReceipt, ServerMsgId, Session, Token, UserId,
+    Vendor,
+};
+use im_testkit::{ContractConfig, MemoryHarness, VendorHarness, contract};
+
+/// What the broken vendor gets wrong.
+#[derive(Clone, Copy)]
+enum Sabotage {
+    /// Every send gets a fresh client id: resends duplicate (failure class 1).
+    ForgetClientIds,
+    /// Offline batches lose their oldest message (failure class 4).
+    LoseOfflineMessage,
+}
+
+struct Broken {
+    inner: MemoryClient,
+    sabotage: Sabotage,
+}
+
+#[async_trait]
+impl Vendor for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    fn take_events(&self) -> Option<EventStream> {
+        self.inner.take_events()
+    }
+    async fn login(&self, c: &Credentials) -> im_service::Result<Session> {
+        self.inner.login(c).await
+    }
+    async fn logout(&self) -> im_service::Result<()> {
+        self.inner.logout().await
+    }
+    async fn send(&self, m: &OutgoingMessage) -> im_service::Result<SendReceipt> {
+        match self.sabotage {
+            Sabotage::ForgetClientIds => {
+                let mut m = m.clone();
+                m.client_id = ClientMsgId::new(format!("x{}", rand_suffix()));
+                self.inner.send(&m).await
+            }
+            _ => self.inner.send(m).await,
+        }
+    }
+    async fn pull_offline(&self, max: u32) -> im_service::Result<OfflineBatch> {
+        let mut batch = self.inner.pull_offline(max).await?;
+        if let Sabotage::LoseOfflineMessage = self.sabotage {
+            batch.messages.pop();
+        }
+        Ok(batch)
+    }
+    async fn ack_offline(&self, a: &OfflineAck) -> im_service::Result<()> {
+        self.inner.ack_offline(a).await
+    }
+    async fn go_online(&self) -> im_service::Result<()> {
+        self.inner.go_online().await
+    }
+    async fn pull_history(&self, q: &HistoryQuery) -> im_service::Result<HistoryPage> {
+        self.inner.pull_history(q).await
+    }
+    async fn ping(&self) -> im_service::Result<Duration> {
+        self.inner.ping().await
+    }
+    async fn mark_read(&self, c: &ConversationId, up_to: &ServerMsgId) -> im_service::Result<()> {
+        self.inner.mark_read(c, up_to).await
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+struct BrokenHarness {
+    inner: MemoryHarness,
+    sabotage: Sabotage,
+}
+
+#[async_trait]
+impl VendorHarness for BrokenHarness {
+    type Client = Broken;
+    fn config(&self) -> &ContractConfig {
+        self.inner.config()
+    }
+    async fn user(&self, name: &str) -> Credentials {
+        self.inner.user(name).await
+    }
+    async fn token(&self, user: &UserId, ttl: Duration) -> Token {
+        self.inner.token(user, ttl).await
+    }
+    async fn group(&self, id: &str, members: &[UserId]) {
+        self.inner.group(id, members).await
+    }
+    async fn client(&self) -> Broken {
+        Broken {
+            inner: self.inner.client().await,
+            sabotage: self.sabotage,
+        }
+    }
+    async fn advance(&self, by: Duration) {
+        self.inner.advance(by).await
+    }
+}
+
+fn broken(sabotage: Sabotage) -> BrokenHarness {
+    BrokenHarness {
+        inner: MemoryHarness::new(ContractConfig::default()),
+        sabotage,
+    }
+}
+
+/// Runs a scenario in its own task and says whether it failed.
+async fn fails<F>(scenario: F) -> bool
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(scenario).await.is_err()
+}
+
+#[tokio::test]
+async fn svc_008_catches_a_vendor_that_duplicates_resends() {
+    assert!(fails(contract::idempotent_send(broken(Sabotage::ForgetClientIds))).await);
+    // The same scenario passes on the honest vendor.
+    assert!(
+        !fails(contract::idempotent_send(MemoryHarness::new(
+            ContractConfig::default()
+        )))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn svc_001_catches_a_vendor_that_loses_offline_messages() {
+    assert!(
+        fails(contract::offline_queue_delivered_after_login(broken(
+            Sabotage::LoseOfflineMessage
+        )))
+        .await
+    );
+    assert!(
+        !fails(contract::offline_queue_delivered_after_login(
+            MemoryHarness::new(ContractConfig::default())
+        ))
+        .await
+    );
+}
