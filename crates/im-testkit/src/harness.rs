@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig};
+use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
-use im_service::{Credentials, GroupId, ManualClock, Token, UserId, Vendor};
+use im_service::{Credentials, GroupId, ManualClock, ServiceError, Token, UserId, Vendor};
 
 use crate::reference::{ReferenceServer, ServerConfig};
 
@@ -52,6 +52,9 @@ pub trait VendorHarness: Send + Sync + 'static {
 
     /// Moves vendor time forward and lets the vendor act on it (token events, retention).
     async fn advance(&self, by: Duration);
+
+    /// Makes the next `count` calls of `op` fail with `error` (any client).
+    fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError);
 }
 
 /// [`VendorHarness`] for the in-process [`MemoryVendor`] on a manual clock.
@@ -112,6 +115,10 @@ impl VendorHarness for MemoryHarness {
     async fn advance(&self, by: Duration) {
         self.clock.advance(by);
         self.vendor.sweep();
+    }
+
+    fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
+        self.vendor.fail_next(op, count, error);
     }
 }
 
@@ -188,5 +195,9 @@ impl VendorHarness for ReferenceHarness {
 
     async fn advance(&self, by: Duration) {
         self.server.shift_clock(by);
+    }
+
+    fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
+        self.server.fail_next(op, count, error);
     }
 }

@@ -238,6 +238,14 @@ impl VendorHarness for BrokenHarness {
     async fn advance(&self, by: Duration) {
         self.inner.advance(by).await
     }
+    fn fail_next(
+        &self,
+        op: im_service::memory::VendorOp,
+        count: u32,
+        error: im_service::ServiceError,
+    ) {
+        self.inner.fail_next(op, count, error)
+    }
 }
 
 fn broken(sabotage: Sabotage) -> BrokenHarness {

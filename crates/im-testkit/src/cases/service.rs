@@ -30,7 +30,7 @@ pub(super) fn cases() -> Vec<Case> {
             offline_queue_delivered_after_login,
             "Offline messages are delivered after login (ACK-online)",
             &[C::OfflineQueue],
-            Some(4),
+            None,
             "every message sent while away arrives once, after login, before any push; acknowledged batches do not come back",
             [
                 "alice sends 3 messages while bob is offline",
@@ -55,7 +55,7 @@ pub(super) fn cases() -> Vec<Case> {
             pushes_start_only_after_go_online,
             "Pushes start only after go_online",
             &[C::OfflineQueue],
-            Some(4),
+            None,
             "no live push reaches a client that has not declared itself online",
             [
                 "bob logs in without going online",
@@ -120,7 +120,7 @@ pub(super) fn cases() -> Vec<Case> {
             kick_on_second_login,
             "A second login kicks the first connection",
             &[C::KickOnSecondLogin],
-            Some(9),
+            None,
             "the first connection gets Kicked(LoggedInElsewhere) and its calls fail",
             ["alice logs in on device 1", "alice logs in on device 2"]
         ),
@@ -138,7 +138,7 @@ pub(super) fn cases() -> Vec<Case> {
             oversized_message_rejected,
             "Oversized messages are refused with a typed error",
             &[],
-            Some(10),
+            None,
             "MessageTooLarge with the size and the limit; nothing is stored",
             ["send content over the vendor's limit", "pull history"]
         ),
@@ -182,7 +182,7 @@ pub(super) fn cases() -> Vec<Case> {
             invalid_requests_and_undeclared_features,
             "Invalid requests and undeclared features are refused",
             &[],
-            Some(10),
+            None,
             "InvalidRequest / Unsupported errors; the session stays usable",
             [
                 "send malformed requests",
