@@ -522,6 +522,283 @@ async fn store_corruption_is_contained<H: VendorHarness>(_h: H) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Class 4: a send the vendor refuses for good ends Failed (not recoverable) within a
+/// deadline; it never stays "sending".
+async fn refused_send_ends_failed<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+    let client = ImClient::builder(vendor, alice).build();
+    let mut sub = client.subscribe();
+    client.login().await.expect("login");
+    h.fail_next(
+        im_service::memory::VendorOp::Send,
+        1,
+        im_service::ServiceError::NotMember(conv.clone()),
+    );
+    let id = client
+        .send(conv, Content::text("refused"))
+        .await
+        .expect("queued");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::SendStatus { client_id, status: Some(im_arch::SendStatus::Failed { recoverable: false, .. }), .. } if *client_id == id)
+    })
+    .await;
+    client.logout().await;
+}
+
+/// Class 4: messages queued before a restart go out exactly once after the client is
+/// rebuilt on the same sled directory.
+async fn queue_survives_restart<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let dir = std::env::temp_dir().join(format!(
+        "im-case-queue-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    {
+        let store = Arc::new(im_arch::SledStore::open(&dir).expect("open"));
+        let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+        // Never logged in: the sends wait in the outbox, then the process "dies".
+        let client = ImClient::builder(vendor, alice.clone())
+            .store(store)
+            .build();
+        for body in ["q1", "q2"] {
+            client
+                .send(conv.clone(), Content::text(body))
+                .await
+                .expect("queued");
+        }
+    }
+    // The dropped client's task lets go of the directory lock once it is torn down.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match im_arch::SledStore::open(&dir) {
+            Ok(store) => {
+                reopened = Some(store);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let store = Arc::new(reopened.expect("the store reopens once the old client is gone"));
+    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+    let client = ImClient::builder(vendor, alice).store(store).build();
+    let mut sub = client.subscribe();
+    client.login().await.expect("login");
+    let mut sent = 0;
+    until(&mut sub, Duration::from_secs(10), |e| {
+        sent += usize::from(matches!(
+            e,
+            ClientEvent::SendStatus {
+                status: Some(im_arch::SendStatus::Sent { .. }),
+                ..
+            }
+        ));
+        sent == 2
+    })
+    .await;
+    let b = h.client().await;
+    b.login(&bob).await.expect("bob logs in");
+    let batch = b.pull_offline(10).await.expect("pull");
+    assert_eq!(batch.messages.len(), 2, "each queued message exactly once");
+    client.logout().await;
+    drop(client);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Class 7: sends queued before login wait for authentication, then go out.
+async fn sends_wait_for_auth<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+    let client = ImClient::builder(vendor, alice).build();
+    let mut sub = client.subscribe();
+    let id = client
+        .send(conv, Content::text("early"))
+        .await
+        .expect("queued");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        matches!(
+            client
+                .outbox()
+                .await
+                .expect("outbox")
+                .first()
+                .map(|i| &i.status),
+            Some(im_arch::SendStatus::Sending)
+        ),
+        "nothing is attempted before authentication"
+    );
+    client.login().await.expect("login");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::SendStatus { client_id, status: Some(im_arch::SendStatus::Sent { .. }), .. } if *client_id == id)
+    })
+    .await;
+    client.logout().await;
+}
+
+/// Pinned rows first, then by the later of last message and draft.
+async fn list_order_pins_and_drafts<H: VendorHarness>(h: H) {
+    let (client, mut sub, a, direct) = online_pair(&h).await;
+    let carol = h.user("carol").await;
+    let with_carol = ConversationId::direct(&UserId::new("bob"), &carol.user);
+    let c = h.client().await;
+    c.login(&carol).await.expect("carol logs in");
+    a.send(&text(&direct, "from alice")).await.expect("send");
+    c.send(&text(&with_carol, "from carol"))
+        .await
+        .expect("send");
+    let mut got = 0;
+    until(&mut sub, Duration::from_secs(10), |e| {
+        got += usize::from(matches!(e, ClientEvent::Message(_)));
+        got == 2
+    })
+    .await;
+    let order = |client: &ImClient| -> Vec<ConversationId> {
+        client
+            .conversations(0, 10)
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    let first = order(&client);
+    assert_eq!(first.len(), 2, "one row per conversation");
+    let (top, bottom) = (first[0].clone(), first[1].clone());
+    // A draft follows the row (ordering by draft time is unit-tested in im-arch, on a
+    // clock the test controls); it survives in the row.
+    client.set_draft(&bottom, Some("typing…".into())).await;
+    let row = client
+        .conversations(0, 10)
+        .into_iter()
+        .find(|r| r.id == bottom)
+        .expect("row");
+    assert_eq!(row.draft.map(|d| d.0), Some("typing…".to_string()));
+    // Pinned rows come first whatever their time.
+    client.set_pinned(&bottom, true).await;
+    assert_eq!(order(&client), [bottom, top], "pinned first");
+    client.logout().await;
+}
+
+/// Class 6: my own messages never count as unread; muted rows leave the total.
+async fn own_and_muted_unread<H: VendorHarness>(h: H) {
+    let (client, mut sub, a, conv) = online_pair(&h).await;
+    client
+        .send(conv.clone(), Content::text("mine"))
+        .await
+        .expect("queued");
+    // Mine is stored first; theirs comes after it (so it is unread).
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(
+            e,
+            ClientEvent::SendStatus {
+                status: Some(im_arch::SendStatus::Sent { .. }),
+                ..
+            }
+        )
+    })
+    .await;
+    h.advance(Duration::from_secs(1)).await;
+    a.send(&text(&conv, "theirs")).await.expect("send");
+    until(
+        &mut sub,
+        Duration::from_secs(10),
+        |e| matches!(e, ClientEvent::Message(r) if r.message.sender.as_str() == "alice"),
+    )
+    .await;
+    assert_eq!(client.total_unread(), 1, "only their message is unread");
+    client.set_muted(&conv, true).await;
+    assert_eq!(client.total_unread(), 0, "muted rows leave the total");
+    client.logout().await;
+}
+
+/// A kind filter passes exactly its kinds; dropping a subscription removes it.
+async fn kind_filter_and_unsubscribe<H: VendorHarness>(h: H) {
+    let (client, _all, _a, conv) = online_pair(&h).await;
+    let before = client.bus().subscriber_count();
+    let mut sends = client.subscribe_with(
+        Filter::of([EventKind::SendStatus]),
+        DeliveryPolicy::Reliable { capacity: 64 },
+    );
+    assert_eq!(client.bus().subscriber_count(), before + 1);
+    let id = client.send(conv, Content::text("x")).await.expect("queued");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, sends.recv())
+            .await
+            .expect("no send status in time")
+            .expect("client gone");
+        assert_eq!(ev.kind(), EventKind::SendStatus, "only send status: {ev:?}");
+        if matches!(&*ev, ClientEvent::SendStatus { client_id, status: Some(im_arch::SendStatus::Sent { .. }), .. } if *client_id == id)
+        {
+            break;
+        }
+    }
+    drop(sends);
+    assert_eq!(
+        client.bus().subscriber_count(),
+        before,
+        "dropping unsubscribes"
+    );
+    client.logout().await;
+}
+
+/// Duplicated and reordered pushes are delivered once each, in order.
+async fn duplicated_and_reordered_pushes<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let a = h.client().await;
+    a.login(&alice).await.expect("alice logs in");
+    let faulty = Arc::new(FaultyVendor::new(Arc::new(h.client().await), 5));
+    faulty.set_push_faults(PushFaults {
+        duplicate: 1.0,
+        reorder: true,
+        ..PushFaults::default()
+    });
+    let client = ImClient::builder(faulty, bob).build();
+    let mut sub = client.subscribe();
+    client.login().await.expect("bob logs in");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await;
+    for i in 1..=4 {
+        a.send(&text(&conv, &format!("d{i}"))).await.expect("send");
+    }
+    let mut got = 0;
+    let events = until(&mut sub, Duration::from_secs(10), |e| {
+        got += usize::from(matches!(e, ClientEvent::Message(_)));
+        got == 4
+    })
+    .await;
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message(r) => r.message.seq.map(|s| s.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    // Nothing more: the duplicates were dropped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let extra: Vec<_> = sub
+        .drain_now()
+        .into_iter()
+        .filter(|e| matches!(&**e, ClientEvent::Message(_)))
+        .collect();
+    assert!(extra.is_empty(), "duplicates delivered: {extra:?}");
+    client.logout().await;
+}
+
 pub(super) fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -687,6 +964,97 @@ pub(super) fn cases() -> Vec<Case> {
             expected: "CorruptEntry for that key; other reads and writes work",
             guards: Some(9),
             run: |t| Box::pin(async move { on_target!(t, store_corruption_is_contained) }),
+        },
+        Case {
+            id: "SEND-006",
+            title: "A send the vendor refuses for good ends Failed, never stuck",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[],
+            steps: &["the vendor refuses the next send as not a member", "send"],
+            expected: "Failed { recoverable: false } within the deadline",
+            guards: Some(4),
+            run: |t| Box::pin(async move { on_target!(t, refused_send_ends_failed) }),
+        },
+        Case {
+            id: "SEND-007",
+            title: "Queued sends survive a restart and go out exactly once",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[C::OfflineQueue],
+            steps: &[
+                "queue 2 sends on a sled store without logging in",
+                "drop the client; rebuild it on the same directory; log in",
+            ],
+            expected: "both are Sent; the peer's queue holds each once",
+            guards: Some(4),
+            run: |t| Box::pin(async move { on_target!(t, queue_survives_restart) }),
+        },
+        Case {
+            id: "AUTH-001",
+            title: "Sends queued before login wait for authentication",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[],
+            steps: &["send before login", "wait", "log in"],
+            expected: "still Sending before login; Sent after",
+            guards: Some(7),
+            run: |t| Box::pin(async move { on_target!(t, sends_wait_for_auth) }),
+        },
+        Case {
+            id: "CONV-002",
+            title: "The list keeps one row per conversation, drafts on rows, pinned first",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[],
+            steps: &[
+                "two conversations get messages",
+                "edit a draft in the older",
+                "pin it",
+            ],
+            expected: "newest first; the draft moves it up; pinned stays first",
+            guards: Some(10),
+            run: |t| Box::pin(async move { on_target!(t, list_order_pins_and_drafts) }),
+        },
+        Case {
+            id: "CONV-003",
+            title: "My own messages are never unread; muted rows leave the total",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[],
+            steps: &["I send one, they send one", "mute the conversation"],
+            expected: "total unread 1, then 0",
+            guards: Some(6),
+            run: |t| Box::pin(async move { on_target!(t, own_and_muted_unread) }),
+        },
+        Case {
+            id: "DIST-003",
+            title: "A kind filter passes only its kinds; dropping it unsubscribes",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[],
+            steps: &[
+                "subscribe to send status only",
+                "send",
+                "drop the subscription",
+            ],
+            expected: "only SendStatus events; the subscriber count goes back",
+            guards: None,
+            run: |t| Box::pin(async move { on_target!(t, kind_filter_and_unsubscribe) }),
+        },
+        Case {
+            id: "SYNC-003",
+            title: "Duplicated and reordered pushes are delivered once, in order",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[C::SequenceNumbers],
+            steps: &[
+                "every push is duplicated and pairs are swapped",
+                "alice sends 4",
+            ],
+            expected: "1, 2, 3, 4 once each",
+            guards: Some(2),
+            run: |t| Box::pin(async move { on_target!(t, duplicated_and_reordered_pushes) }),
         },
     ]
 }

@@ -11,6 +11,7 @@ use im_service::{Capabilities, Capability};
 use serde::Serialize;
 
 mod arch;
+mod qc;
 mod service;
 
 /// How important a case is.
@@ -143,7 +144,11 @@ impl Case {
 
 /// The whole library, in id order.
 pub fn catalogue() -> Vec<Case> {
-    let mut all: Vec<Case> = service::cases().into_iter().chain(arch::cases()).collect();
+    let mut all: Vec<Case> = service::cases()
+        .into_iter()
+        .chain(arch::cases())
+        .chain(qc::cases())
+        .collect();
     all.sort_by_key(|c| c.id);
     all
 }

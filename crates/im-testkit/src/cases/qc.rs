@@ -1,0 +1,191 @@
+//! Quality-control cases: the `im-qc` decorator and monitor on the target vendor.
+
+// A case fails by panicking (the runner reports the message): `expect` is an assertion here.
+#![allow(clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_arch::{DeliveryPolicy, Filter, ImClient};
+use im_qc::{
+    Agents, AlertRule, Comparison, Metric, Op, QcConfig, QcEvent, QcMonitor, QcVendor, Severity,
+    UnknownDevice, Verdict, Watch,
+};
+use im_service::memory::VendorOp;
+use im_service::{ConversationId, HistoryQuery, ServiceError, SystemClock, Vendor};
+
+use super::{Case, Category, Layer};
+use crate::harness::VendorHarness;
+use crate::on_target;
+
+/// The decorator counts calls and errors by operation.
+async fn decorator_counts<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let qc = QcVendor::new(Arc::new(h.client().await), Arc::new(UnknownDevice));
+    qc.login(&alice).await.expect("login");
+    h.fail_next(
+        VendorOp::PullHistory,
+        2,
+        ServiceError::Unavailable("injected".into()),
+    );
+    for _ in 0..10 {
+        let _ = qc
+            .pull_history(&HistoryQuery::latest(conv.clone(), 5))
+            .await;
+    }
+    let pulls = qc
+        .metrics()
+        .window(Some(Op::Pull), None, Duration::from_secs(60));
+    assert_eq!((pulls.calls, pulls.transient), (10, 2));
+    assert_eq!(pulls.success_ratio(), Some(0.8));
+    assert_eq!(qc.metrics().total(Some(Op::Login), None).calls, 1);
+}
+
+fn quick() -> QcConfig {
+    QcConfig {
+        eval_interval: Duration::from_millis(50),
+        verdict_window: Duration::from_secs(5),
+        ..QcConfig::default()
+    }
+}
+
+fn watch(qc: &QcVendor, client: &ImClient) -> Watch {
+    Watch {
+        metrics: qc.metrics(),
+        bus: client.bus().clone(),
+        roles: Box::new(Agents::default()),
+        device: Arc::new(UnknownDevice),
+        clock: Arc::new(SystemClock),
+    }
+}
+
+/// A working vendor is judged Healthy and the export names it.
+async fn healthy_and_exported<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let qc = Arc::new(QcVendor::new(
+        Arc::new(h.client().await),
+        Arc::new(UnknownDevice),
+    ));
+    let client = ImClient::builder(qc.clone(), alice).build();
+    let monitor = QcMonitor::start(quick(), watch(&qc, &client)).expect("monitor");
+    client.login().await.expect("login");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(monitor.verdict().verdict, Verdict::Healthy);
+    let text = im_qc::prometheus_text(&monitor.snapshot()).expect("export");
+    assert!(text.contains("im_qc_vendor_calls_total{"), "{text}");
+    assert!(text.contains("im_qc_vendor_verdict{"));
+    client.logout().await;
+}
+
+/// Waits for `pulls_failing` to fire (`fired`) or resolve, failing the case after 5 s.
+async fn alert_changes(events: &mut im_arch::BusStream<QcEvent>, fired: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("the alert did not change in time")
+            .expect("monitor gone");
+        match &*ev {
+            QcEvent::AlertFired { rule, .. } if fired && rule == "pulls_failing" => return,
+            QcEvent::AlertResolved { rule } if !fired && rule == "pulls_failing" => return,
+            _ => {}
+        }
+    }
+}
+
+/// A success-ratio rule fires when calls fail, and resolves when they succeed again.
+async fn alert_fires_and_resolves<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let qc = Arc::new(QcVendor::new(
+        Arc::new(h.client().await),
+        Arc::new(UnknownDevice),
+    ));
+    let client = ImClient::builder(qc.clone(), alice).build();
+    let window = Duration::from_secs(60);
+    let config = QcConfig {
+        rules: vec![AlertRule {
+            name: "pulls_failing".into(),
+            metric: Metric::SuccessRatio { window },
+            comparison: Comparison::Below,
+            threshold: 0.5,
+            for_duration: Duration::from_millis(100),
+            severity: Severity::Warning,
+        }],
+        ..quick()
+    };
+    let monitor = QcMonitor::start(config, watch(&qc, &client)).expect("monitor");
+    let mut events = monitor.subscribe(Filter::all(), DeliveryPolicy::Reliable { capacity: 64 });
+    client.login().await.expect("login");
+    h.fail_next(
+        VendorOp::PullHistory,
+        10,
+        ServiceError::Unavailable("injected".into()),
+    );
+    for _ in 0..10 {
+        let _ = qc
+            .pull_history(&HistoryQuery::latest(conv.clone(), 5))
+            .await;
+    }
+    alert_changes(&mut events, true).await;
+    // Healthy calls outnumber the failures in the window: the rule resolves.
+    for _ in 0..30 {
+        qc.pull_history(&HistoryQuery::latest(conv.clone(), 5))
+            .await
+            .expect("pull");
+    }
+    alert_changes(&mut events, false).await;
+    client.logout().await;
+}
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            id: "QC-001",
+            title: "The QC decorator counts calls and errors by operation",
+            category: Category::Essential,
+            layer: Layer::Qc,
+            needs: &[],
+            steps: &[
+                "the vendor fails 2 of 10 history pulls",
+                "read the decorator's metrics",
+            ],
+            expected: "10 pull calls, 2 transient errors, success ratio 0.8; 1 login",
+            guards: None,
+            run: |t| Box::pin(async move { on_target!(t, decorator_counts) }),
+        },
+        Case {
+            id: "QC-002",
+            title: "A working vendor is Healthy, and the Prometheus export names it",
+            category: Category::Essential,
+            layer: Layer::Qc,
+            needs: &[],
+            steps: &[
+                "log in through the decorator",
+                "let the monitor evaluate",
+                "export",
+            ],
+            expected: "verdict Healthy; im_qc_vendor_calls_total and im_qc_vendor_verdict exported",
+            guards: None,
+            run: |t| Box::pin(async move { on_target!(t, healthy_and_exported) }),
+        },
+        Case {
+            id: "QC-003",
+            title: "An alert rule fires on failing calls and resolves on recovery",
+            category: Category::Essential,
+            layer: Layer::Qc,
+            needs: &[],
+            steps: &[
+                "a rule: pull success ratio below 50% for 100 ms",
+                "10 pulls fail",
+                "pulls succeed again",
+            ],
+            expected: "AlertFired, then AlertResolved",
+            guards: None,
+            run: |t| Box::pin(async move { on_target!(t, alert_fires_and_resolves) }),
+        },
+    ]
+}
