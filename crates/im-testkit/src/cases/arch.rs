@@ -799,6 +799,84 @@ async fn duplicated_and_reordered_pushes<H: VendorHarness>(h: H) {
     client.logout().await;
 }
 
+/// Class 8: after a reconnect, what was sent while the client was away is delivered, none
+/// skipped and none twice, before the client is online again.
+async fn reconnect_resyncs_without_gaps<H: VendorHarness>(h: H) {
+    let (client, mut sub, a, conv) = online_pair(&h).await;
+    a.send(&text(&conv, "before")).await.expect("send");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::Message(_))
+    })
+    .await;
+    client.reconnect_now().await;
+    for i in 0..3 {
+        a.send(&text(&conv, &format!("during{i}")))
+            .await
+            .expect("send");
+    }
+    let events = until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await;
+    // Whatever arrived before going online, plus what may come right after.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut bodies: Vec<String> = delivered(&events).into_iter().map(|(b, _)| b).collect();
+    bodies.extend(sub.drain_now().iter().filter_map(|e| match &**e {
+        ClientEvent::Message(r) => Some(format!("{:?}", r.message.content)),
+        _ => None,
+    }));
+    let during: Vec<&String> = bodies.iter().filter(|b| b.contains("during")).collect();
+    assert_eq!(during.len(), 3, "each message of the gap once: {bodies:?}");
+    assert!(
+        !bodies.iter().any(|b| b.contains("before")),
+        "nothing twice"
+    );
+    client.logout().await;
+}
+
+/// The timeline continues past the local store through the vendor's history window and
+/// keeps what comes back.
+async fn timeline_reaches_vendor_history<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let a = h.client().await;
+    a.login(&alice).await.expect("alice logs in");
+    for i in 0..4 {
+        a.send(&text(&conv, &format!("old{i}")))
+            .await
+            .expect("send");
+    }
+    // Another device of bob's took and acknowledged them: they are history now.
+    let other = h.client().await;
+    other.login(&bob).await.expect("bob's other device");
+    let batch = other.pull_offline(10).await.expect("pull");
+    if let Some(ack) = &batch.ack {
+        other.ack_offline(ack).await.expect("ack");
+    }
+    other.logout().await.expect("logout");
+    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+    let client = ImClient::builder(vendor, bob).build();
+    client.login().await.expect("login");
+    let page = client
+        .timeline_before(&conv, None, 10)
+        .await
+        .expect("timeline");
+    let bodies: Vec<String> = page
+        .messages
+        .iter()
+        .map(|m| format!("{:?}", m.content))
+        .collect();
+    let want: Vec<String> = (0..4)
+        .rev()
+        .map(|i| format!("{:?}", Content::text(format!("old{i}"))))
+        .collect();
+    assert_eq!(bodies, want, "newest first, from the vendor");
+    let stored = client.store().latest(&conv, 10).await.expect("store read");
+    assert_eq!(stored.len(), 4, "what came back is kept locally");
+    client.logout().await;
+}
+
 pub(super) fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -1055,6 +1133,35 @@ pub(super) fn cases() -> Vec<Case> {
             expected: "1, 2, 3, 4 once each",
             guards: Some(2),
             run: |t| Box::pin(async move { on_target!(t, duplicated_and_reordered_pushes) }),
+        },
+        Case {
+            id: "SYNC-004",
+            title: "After a reconnect the gap is delivered once, before going online",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[C::OfflineQueue],
+            steps: &[
+                "bob is online",
+                "bob's client reconnects",
+                "alice sends 3 meanwhile",
+            ],
+            expected: "the 3 arrive once each; nothing earlier repeats",
+            guards: Some(8),
+            run: |t| Box::pin(async move { on_target!(t, reconnect_resyncs_without_gaps) }),
+        },
+        Case {
+            id: "HIST-002",
+            title: "The timeline continues through the vendor's history and keeps it",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[C::HistoryByTime],
+            steps: &[
+                "4 messages are taken and acknowledged by another device",
+                "a fresh client pages its timeline",
+            ],
+            expected: "the 4, newest first, from the vendor; then stored locally",
+            guards: None,
+            run: |t| Box::pin(async move { on_target!(t, timeline_reaches_vendor_history) }),
         },
     ]
 }

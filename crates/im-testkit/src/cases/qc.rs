@@ -12,7 +12,9 @@ use im_qc::{
     UnknownDevice, Verdict, Watch,
 };
 use im_service::memory::VendorOp;
-use im_service::{ConversationId, HistoryQuery, ServiceError, SystemClock, Vendor};
+use im_service::{
+    Capability as C, ConversationId, HistoryQuery, ServiceError, SystemClock, Vendor,
+};
 
 use super::{Case, Category, Layer};
 use crate::harness::VendorHarness;
@@ -141,6 +143,54 @@ async fn alert_fires_and_resolves<H: VendorHarness>(h: H) {
     client.logout().await;
 }
 
+/// Business metrics from a conversation on the target: two customer messages, one answered
+/// at once, one never; after the answer time passes the rate is 50%.
+async fn response_rate_from_history<H: VendorHarness>(h: H) {
+    let tina = h.user("tina").await;
+    let hank = h.user("hank").await;
+    let conv = ConversationId::direct(&tina.user, &hank.user);
+    let (t, k) = (h.client().await, h.client().await);
+    t.login(&tina).await.expect("tina logs in");
+    k.login(&hank).await.expect("hank logs in");
+    t.send(&crate::contract::text(&conv, "help?"))
+        .await
+        .expect("send");
+    k.send(&crate::contract::text(&conv, "on it"))
+        .await
+        .expect("send");
+    h.advance(Duration::from_secs(5)).await;
+    t.send(&crate::contract::text(&conv, "and this?"))
+        .await
+        .expect("send");
+    let mut metrics = im_qc::BusinessMetrics::new(
+        Duration::from_secs(60),
+        Agents(std::collections::HashSet::from([hank.user.clone()])),
+    );
+    let page = t
+        .pull_history(&HistoryQuery::latest(conv.clone(), 10))
+        .await
+        .expect("history");
+    assert_eq!(page.messages.len(), 3);
+    for m in &page.messages {
+        metrics.observe(m);
+    }
+    let newest = page
+        .messages
+        .iter()
+        .map(|m| m.server_time)
+        .max()
+        .expect("messages");
+    assert_eq!(
+        metrics.snapshot(newest).response_rate,
+        Some(1.0),
+        "the unanswered one is not overdue yet"
+    );
+    let later = im_service::Timestamp::from_millis(newest.as_millis() + 61_000);
+    let snap = metrics.snapshot(later);
+    assert_eq!(snap.response_rate, Some(0.5));
+    assert_eq!(snap.overdue.len(), 1);
+}
+
 pub(super) fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -186,6 +236,21 @@ pub(super) fn cases() -> Vec<Case> {
             expected: "AlertFired, then AlertResolved",
             guards: None,
             run: |t| Box::pin(async move { on_target!(t, alert_fires_and_resolves) }),
+        },
+        Case {
+            id: "QC-004",
+            title: "Response rate from a conversation: answered in time vs overdue",
+            category: Category::Essential,
+            layer: Layer::Qc,
+            needs: &[C::HistoryByTime],
+            steps: &[
+                "a customer asks, an agent answers at once",
+                "the customer asks again; nobody answers",
+                "compute now, then after the answer time",
+            ],
+            expected: "100% while the second may still be answered; 50% and one overdue after",
+            guards: None,
+            run: |t| Box::pin(async move { on_target!(t, response_rate_from_history) }),
         },
     ]
 }
