@@ -145,6 +145,8 @@ enum Sabotage {
     ForgetClientIds,
     /// Offline batches lose their oldest message (failure class 4).
     LoseOfflineMessage,
+    /// History pages come oldest first (breaks newest-first).
+    OldestFirst,
 }
 
 struct Broken {
@@ -193,7 +195,11 @@ impl Vendor for Broken {
         self.inner.go_online().await
     }
     async fn pull_history(&self, q: &HistoryQuery) -> im_service::Result<HistoryPage> {
-        self.inner.pull_history(q).await
+        let mut page = self.inner.pull_history(q).await?;
+        if let Sabotage::OldestFirst = self.sabotage {
+            page.messages.reverse();
+        }
+        Ok(page)
     }
     async fn ping(&self) -> im_service::Result<Duration> {
         self.inner.ping().await
@@ -285,6 +291,22 @@ async fn svc_001_catches_a_vendor_that_loses_offline_messages() {
     );
     assert!(
         !fails(contract::offline_queue_delivered_after_login(
+            MemoryHarness::new(ContractConfig::default())
+        ))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn svc_005_catches_a_vendor_that_pages_oldest_first() {
+    assert!(
+        fails(contract::time_range_pull_newest_first_paged(broken(
+            Sabotage::OldestFirst
+        )))
+        .await
+    );
+    assert!(
+        !fails(contract::time_range_pull_newest_first_paged(
             MemoryHarness::new(ContractConfig::default())
         ))
         .await
