@@ -4,7 +4,9 @@
 //!   (baseline) and wrapped in the `QcVendor` decorator;
 //! * distribution: fan-out of 10,000 message events to 16 Reliable subscribers, on two
 //!   workers and on one thread, without (baseline) and with a `QcMonitor` observing the
-//!   same bus (it processes every event: end-to-end latency, business metrics, counters).
+//!   same bus (it processes every event: counters, windows, end-to-end latency); then with
+//!   business metrics on as well, and, to split the cost, with a 17th subscriber that does
+//!   nothing (what observing through the bus costs before any QC work).
 //!
 //! Goal: QC costs under 5% of throughput: the paired ratio (see `compare`) ≥ 0.95.
 
@@ -135,30 +137,48 @@ fn event(i: u64) -> Arc<ClientEvent> {
     }))
 }
 
-fn distribution(c: &mut Criterion, rt: &Runtime, threads: &str) -> f64 {
+/// What observes the fan-out besides its 16 readers.
+#[derive(Clone, Copy, PartialEq)]
+enum Observer {
+    /// Nothing (the baseline).
+    None,
+    /// A 17th subscriber that only counts: what subscribing alone costs.
+    IdleSubscriber,
+    /// A `QcMonitor` as a client runs it (no roles: no business metrics).
+    Monitor,
+    /// A `QcMonitor` with roles: business metrics on every message as well.
+    MonitorWithBusiness,
+}
+
+/// Fan-out of `EVENTS` to `SUBSCRIBERS` Reliable readers with `observer` watching; returns
+/// the paired ratios of each variant in `against` to the bare baseline.
+fn distribution(c: &mut Criterion, rt: &Runtime, threads: &str, against: &[Observer]) -> Vec<f64> {
     let events: Vec<Arc<ClientEvent>> = (0..EVENTS).map(event).collect();
     let vendor = MemoryVendor::new(MemoryVendorConfig::default());
     let metrics_source = QcVendor::new(Arc::new(vendor.client()), Arc::new(UnknownDevice));
     let mut group = c.benchmark_group(format!("qc_overhead_distribution_16_subscribers_{threads}"));
     group.throughput(Throughput::Elements(EVENTS * SUBSCRIBERS as u64));
     group.sample_size(30);
-    let run = |with_qc: bool| {
+    let run = |observer: Observer| {
         rt.block_on(async {
             let bus: Bus<ClientEvent> = Bus::new();
-            let monitor = with_qc.then(|| {
-                QcMonitor::start(
-                    QcConfig::default(),
-                    Watch {
-                        metrics: metrics_source.metrics(),
-                        bus: bus.clone(),
-                        roles: Box::new(Agents::default()),
-                        device: Arc::new(UnknownDevice),
-                        clock: Arc::new(SystemClock),
-                    },
-                )
-                .unwrap()
-            });
-            let readers: Vec<_> = (0..SUBSCRIBERS)
+            let monitor = matches!(observer, Observer::Monitor | Observer::MonitorWithBusiness)
+                .then(|| {
+                    QcMonitor::start(
+                        QcConfig::default(),
+                        Watch {
+                            metrics: metrics_source.metrics(),
+                            bus: bus.clone(),
+                            roles: (observer == Observer::MonitorWithBusiness)
+                                .then(|| Box::new(Agents::default()) as _),
+                            device: Arc::new(UnknownDevice),
+                            clock: Arc::new(SystemClock),
+                        },
+                    )
+                    .unwrap()
+                });
+            let readers = SUBSCRIBERS + usize::from(observer == Observer::IdleSubscriber);
+            let readers: Vec<_> = (0..readers)
                 .map(|_| {
                     let mut s =
                         bus.subscribe(Filter::all(), DeliveryPolicy::Reliable { capacity: 1024 });
@@ -179,7 +199,8 @@ fn distribution(c: &mut Criterion, rt: &Runtime, threads: &str) -> f64 {
             for r in readers {
                 total += r.await.unwrap();
             }
-            assert_eq!(total, EVENTS * SUBSCRIBERS as u64);
+            let expected = SUBSCRIBERS as u64 + u64::from(observer == Observer::IdleSubscriber);
+            assert_eq!(total, EVENTS * expected);
             if let Some(m) = monitor {
                 // Count the monitor's whole work: wait until it processed every event.
                 while m.events_seen() < EVENTS {
@@ -188,15 +209,27 @@ fn distribution(c: &mut Criterion, rt: &Runtime, threads: &str) -> f64 {
             }
         })
     };
-    let ratio = compare(
-        &mut group,
-        ("baseline_without_qc", "with_qc_monitor"),
-        || run(false),
-        || run(true),
-        PAIRS,
-    );
+    let ratios = against
+        .iter()
+        .enumerate()
+        .map(|(i, &observer)| {
+            let name = match observer {
+                Observer::None => "baseline_without_qc",
+                Observer::IdleSubscriber => "with_idle_17th_subscriber",
+                Observer::Monitor => "with_qc_monitor",
+                Observer::MonitorWithBusiness => "with_qc_monitor_and_business_metrics",
+            };
+            compare(
+                &mut group,
+                (if i == 0 { "baseline_without_qc" } else { "" }, name),
+                || run(Observer::None),
+                || run(observer),
+                PAIRS,
+            )
+        })
+        .collect();
     group.finish();
-    ratio
+    ratios
 }
 
 /// Both variants as criterion functions (absolute figures), then the ratio that judges
@@ -210,7 +243,10 @@ fn compare(
     mut b: impl FnMut(),
     pairs: usize,
 ) -> f64 {
-    group.bench_function(base, |bencher| bencher.iter(&mut a));
+    // A group comparing several variants to one baseline measures the baseline once.
+    if !base.is_empty() {
+        group.bench_function(base, |bencher| bencher.iter(&mut a));
+    }
     group.bench_function(with, |bencher| bencher.iter(&mut b));
     let time = |f: &mut dyn FnMut()| {
         let start = std::time::Instant::now();
@@ -244,34 +280,57 @@ fn bench(c: &mut Criterion) {
     // Fan-out twice: on two workers (throughput: the monitor mostly runs beside the
     // publisher, and the figure carries the runtime's scheduling noise) and on one thread
     // (deterministic scheduling: the figure is the CPU cost QC adds).
-    let two_workers = distribution(c, &rt, "2_workers");
+    let two_workers = distribution(
+        c,
+        &rt,
+        "2_workers",
+        &[Observer::Monitor, Observer::MonitorWithBusiness],
+    );
     let one_thread = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let one_thread = distribution(c, &one_thread, "1_thread");
+    let one_thread = distribution(
+        c,
+        &one_thread,
+        "1_thread",
+        &[
+            Observer::Monitor,
+            Observer::MonitorWithBusiness,
+            Observer::IdleSubscriber,
+        ],
+    );
+    let fig = |name: &str, value: f64| (format!("{name} (median of {PAIRS} pairs)"), value);
     im_benches::write_figures(
         "qc_overhead",
         &[
-            (
-                "QC decorator: in-process send throughput with / without (median of 101 pairs)"
-                    .into(),
+            fig(
+                "QC decorator: in-process send throughput with / without",
                 send,
             ),
-            (
-                "QC decorator: send over TCP throughput with / without (median of 101 pairs)"
-                    .into(),
+            fig(
+                "QC decorator: send over TCP throughput with / without",
                 send_tcp,
             ),
-            (
-                "QC monitor: fan-out throughput with / without, 2 workers (median of 101 pairs)"
-                    .into(),
-                two_workers,
+            fig(
+                "QC monitor: fan-out throughput with / without, 2 workers",
+                two_workers[0],
             ),
-            (
-                "QC monitor: fan-out throughput with / without, 1 thread (median of 101 pairs)"
-                    .into(),
-                one_thread,
+            fig(
+                "QC monitor + business metrics: fan-out with / without, 2 workers",
+                two_workers[1],
+            ),
+            fig(
+                "QC monitor: fan-out with / without, 1 thread",
+                one_thread[0],
+            ),
+            fig(
+                "QC monitor + business metrics: fan-out with / without, 1 thread",
+                one_thread[1],
+            ),
+            fig(
+                "a 17th idle subscriber (no QC): fan-out with / without, 1 thread",
+                one_thread[2],
             ),
         ],
     )

@@ -3,7 +3,7 @@
 //! per hour), first response time, per agent; and the list of customers waiting too long.
 //! Times are the vendor's server times, so the figures do not depend on when QC saw them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 // Fast hashing for the per-message maps: the keys are ids the vendor assigns, and these are
 // metrics, not a security boundary.
@@ -35,7 +35,14 @@ pub trait RoleDirectory: Send + Sync + 'static {
 
 /// A fixed set of agents; everybody else is a customer.
 #[derive(Debug, Clone, Default)]
-pub struct Agents(pub HashSet<UserId>);
+pub struct Agents(pub FxHashSet<UserId>);
+
+impl Agents {
+    /// These users are agents.
+    pub fn new(agents: impl IntoIterator<Item = UserId>) -> Self {
+        Self(agents.into_iter().collect())
+    }
+}
 
 impl RoleDirectory for Agents {
     fn role(&self, user: &UserId) -> Role {
@@ -138,9 +145,14 @@ impl BusinessMetrics {
     /// A customer message counts as answered in time when an agent writes in its
     /// conversation within `answer_within`.
     pub fn new(answer_within: Duration, roles: impl RoleDirectory) -> Self {
+        Self::with_roles(answer_within, Box::new(roles))
+    }
+
+    /// [`BusinessMetrics::new`] with an already boxed directory.
+    pub fn with_roles(answer_within: Duration, roles: Box<dyn RoleDirectory>) -> Self {
         Self {
             answer_within,
-            roles: Box::new(roles),
+            roles,
             seen: FxHashSet::default(),
             seen_order: std::collections::VecDeque::new(),
             conversations: FxHashMap::default(),
@@ -165,10 +177,14 @@ impl BusinessMetrics {
         let t = m.server_time;
         self.first = Some(self.first.map_or(t, |f| f.min(t)));
         self.last = Some(self.last.map_or(t, |l| l.max(t)));
-        let conv = self
-            .conversations
-            .entry(m.conversation.clone())
-            .or_default();
+        // Look up before inserting: `entry` would clone the id for every message.
+        if !self.conversations.contains_key(&m.conversation) {
+            self.conversations
+                .insert(m.conversation.clone(), Conversation::default());
+        }
+        let Some(conv) = self.conversations.get_mut(&m.conversation) else {
+            return; // cannot happen: inserted just above
+        };
         match self.roles.role(&m.sender) {
             Role::Customer => {
                 conv.waiting.push(t);

@@ -241,28 +241,29 @@ pub fn prometheus_text(snap: &QcSnapshot) -> Result<String, QcError> {
         "Retried vendor call attempts.",
         vec![(Labels::new(), p.retries)],
     );
-    let biz = &snap.business;
-    b.gauge(
-        "im_qc_response_rate_ratio",
-        "Share of customer messages answered in time.",
-        std::iter::once((labels(&[("agent", "all")]), biz.response_rate))
-            .chain(
-                biz.agents
-                    .iter()
-                    .map(|a| (labels(&[("agent", &a.agent)]), a.response_rate)),
-            )
-            .collect(),
-    );
-    b.gauge(
-        "im_qc_replies_per_conversation_per_hour",
-        "Agent replies per conversation per hour of activity.",
-        vec![(Labels::new(), biz.replies_per_conversation_per_hour)],
-    );
-    b.gauge(
-        "im_qc_overdue_conversations",
-        "Conversations with a customer waiting too long.",
-        vec![(Labels::new(), Some(biz.overdue.len() as f64))],
-    );
+    if let Some(biz) = &snap.business {
+        b.gauge(
+            "im_qc_response_rate_ratio",
+            "Share of customer messages answered in time.",
+            std::iter::once((labels(&[("agent", "all")]), biz.response_rate))
+                .chain(
+                    biz.agents
+                        .iter()
+                        .map(|a| (labels(&[("agent", &a.agent)]), a.response_rate)),
+                )
+                .collect(),
+        );
+        b.gauge(
+            "im_qc_replies_per_conversation_per_hour",
+            "Agent replies per conversation per hour of activity.",
+            vec![(Labels::new(), biz.replies_per_conversation_per_hour)],
+        );
+        b.gauge(
+            "im_qc_overdue_conversations",
+            "Conversations with a customer waiting too long.",
+            vec![(Labels::new(), Some(biz.overdue.len() as f64))],
+        );
+    }
     b.gauge(
         "im_qc_alert_firing",
         "1 while an alert rule fires.",

@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,7 +99,7 @@ fn watch(qc: &QcVendor, client: &ImClient) -> Watch {
     Watch {
         metrics: qc.metrics(),
         bus: client.bus().clone(),
-        roles: Box::new(Agents::default()),
+        roles: Some(Box::new(Agents::default())),
         device: Arc::new(UnknownDevice),
         clock: Arc::new(SystemClock),
     }
@@ -289,10 +288,8 @@ async fn business_metrics_of_a_scripted_conversation() {
             h.send(&msg).await.unwrap();
         }
     }
-    let mut metrics = BusinessMetrics::new(
-        Duration::from_secs(60),
-        Agents(HashSet::from([UserId::new("hank")])),
-    );
+    let mut metrics =
+        BusinessMetrics::new(Duration::from_secs(60), Agents::new([UserId::new("hank")]));
     let messages = vendor.stored_messages(&conv);
     assert_eq!(messages.len(), 8);
     for m in messages.iter().chain(messages.iter()) {

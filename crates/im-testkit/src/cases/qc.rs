@@ -57,7 +57,7 @@ fn watch(qc: &QcVendor, client: &ImClient) -> Watch {
     Watch {
         metrics: qc.metrics(),
         bus: client.bus().clone(),
-        roles: Box::new(Agents::default()),
+        roles: Some(Box::new(Agents::default())),
         device: Arc::new(UnknownDevice),
         clock: Arc::new(SystemClock),
     }
@@ -162,10 +162,8 @@ async fn response_rate_from_history<H: VendorHarness>(h: H) {
     t.send(&crate::contract::text(&conv, "and this?"))
         .await
         .expect("send");
-    let mut metrics = im_qc::BusinessMetrics::new(
-        Duration::from_secs(60),
-        Agents(std::collections::HashSet::from([hank.user.clone()])),
-    );
+    let mut metrics =
+        im_qc::BusinessMetrics::new(Duration::from_secs(60), Agents::new([hank.user.clone()]));
     let page = t
         .pull_history(&HistoryQuery::latest(conv.clone(), 10))
         .await
