@@ -1,12 +1,14 @@
 //! Harnesses: everything the contract suite needs from a vendor beyond the [`Vendor`] trait
 //! itself (creating accounts and groups, issuing tokens, moving vendor time).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
-use im_service::{Credentials, GroupId, ManualClock, ServiceError, Token, UserId, Vendor};
+use im_service::{Clock, Credentials, GroupId, ManualClock, ServiceError, Token, UserId, Vendor};
 
 use crate::reference::{ReferenceServer, ServerConfig};
 
@@ -55,6 +57,14 @@ pub trait VendorHarness: Send + Sync + 'static {
 
     /// Makes the next `count` calls of `op` fail with `error` (any client).
     fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError);
+
+    /// The vendor's clock (what [`VendorHarness::advance`] moves): a client measuring
+    /// history windows must read the same time.
+    fn clock(&self) -> Arc<dyn Clock>;
+
+    /// Where the vendor's wire protocol listens, for cases that write raw bytes to it;
+    /// `None` for an in-process vendor.
+    fn wire_addr(&self) -> Option<SocketAddr>;
 }
 
 /// [`VendorHarness`] for the in-process [`MemoryVendor`] on a manual clock.
@@ -119,6 +129,14 @@ impl VendorHarness for MemoryHarness {
 
     fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
         self.vendor.fail_next(op, count, error);
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        Arc::new(self.clock.clone())
+    }
+
+    fn wire_addr(&self) -> Option<SocketAddr> {
+        None
     }
 }
 
@@ -199,5 +217,13 @@ impl VendorHarness for ReferenceHarness {
 
     fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
         self.server.fail_next(op, count, error);
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        Arc::new(self.server.clock().clone())
+    }
+
+    fn wire_addr(&self) -> Option<SocketAddr> {
+        Some(self.server.addr())
     }
 }

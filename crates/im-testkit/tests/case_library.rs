@@ -252,6 +252,12 @@ impl VendorHarness for BrokenHarness {
     ) {
         self.inner.fail_next(op, count, error)
     }
+    fn clock(&self) -> std::sync::Arc<dyn im_service::Clock> {
+        self.inner.clock()
+    }
+    fn wire_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.wire_addr()
+    }
 }
 
 fn broken(sabotage: Sabotage) -> BrokenHarness {

@@ -16,7 +16,7 @@ use crate::harness::VendorHarness;
 use crate::on_target;
 
 /// Events until `stop` matches, failing the case after `within`.
-async fn until(
+pub(super) async fn until(
     sub: &mut im_arch::Subscription,
     within: Duration,
     mut stop: impl FnMut(&ClientEvent) -> bool,
@@ -37,7 +37,7 @@ async fn until(
     }
 }
 
-fn delivered(events: &[ClientEvent]) -> Vec<(String, Origin)> {
+pub(super) fn delivered(events: &[ClientEvent]) -> Vec<(String, Origin)> {
     events
         .iter()
         .filter_map(|e| match e {

@@ -11,7 +11,9 @@ use im_service::{Capabilities, Capability};
 use serde::Serialize;
 
 mod arch;
+mod bad_input;
 mod qc;
+mod resilience;
 mod service;
 
 /// How important a case is.
@@ -81,21 +83,15 @@ impl Target {
 #[macro_export]
 macro_rules! on_target {
     ($target:expr, $f:expr) => {
+        $crate::on_target!($target, $crate::harness::ContractConfig::default(), $f)
+    };
+    ($target:expr, $config:expr, $f:expr) => {
         match $target {
             $crate::cases::Target::Memory => {
-                ($f)($crate::harness::MemoryHarness::new(
-                    $crate::harness::ContractConfig::default(),
-                ))
-                .await
+                ($f)($crate::harness::MemoryHarness::new($config)).await
             }
             $crate::cases::Target::Reference => {
-                ($f)(
-                    $crate::harness::ReferenceHarness::start(
-                        $crate::harness::ContractConfig::default(),
-                    )
-                    .await,
-                )
-                .await
+                ($f)($crate::harness::ReferenceHarness::start($config).await).await
             }
         }
     };
@@ -147,6 +143,8 @@ pub fn catalogue() -> Vec<Case> {
     let mut all: Vec<Case> = service::cases()
         .into_iter()
         .chain(arch::cases())
+        .chain(resilience::cases())
+        .chain(bad_input::cases())
         .chain(qc::cases())
         .collect();
     all.sort_by_key(|c| c.id);
