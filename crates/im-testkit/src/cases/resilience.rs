@@ -23,6 +23,7 @@ use crate::harness::{ContractConfig, VendorHarness};
 use crate::on_target;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// Short timings, so a case about retries and reconnects takes milliseconds.
 fn quick_config() -> ClientConfig {
@@ -87,9 +88,14 @@ async fn online_bob<H: VendorHarness>(
     (client, sub, vendor)
 }
 
-/// Messages 40, 15 and 1 day old against a vendor keeping 30 days: Recent and Middle serve
-/// theirs, and Old — asked of the vendor — is an explicit gap up to its horizon, not an empty
-/// page that would read as "nothing was said".
+/// Messages 40, 15 and 1 day old against a vendor keeping 30 days and an hour: Recent and
+/// Middle serve theirs, and Old — asked of the vendor — is an explicit gap up to its horizon,
+/// not an empty page that would read as "nothing was said".
+///
+/// The extra hour keeps the Middle window's lower edge (30 days before the client's "now")
+/// inside what the vendor keeps even when a real clock ticks between the client computing the
+/// window and the vendor computing its horizon; with exactly 30 days a one-millisecond gap
+/// could appear at the edge.
 async fn history_windows_and_gaps<H: VendorHarness>(h: H) {
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
@@ -128,10 +134,12 @@ async fn history_windows_and_gaps<H: VendorHarness>(h: H) {
     let after = HistoryWindow::Old.range(h.clock().now());
     assert!(old.messages.is_empty(), "retention removed it: {old:?}");
     assert_eq!(old.gaps.len(), 1, "one explicit gap: {old:?}");
-    // The whole Old window is beyond the vendor's horizon (a real clock may tick meanwhile).
+    // The Old window is a gap from its start to the vendor's horizon, an hour before the
+    // window's end (a real clock may tick meanwhile, hence the bounds).
     let gap = &old.gaps[0];
     assert_eq!(gap.from, before.0, "{old:?}");
-    assert!(before.1 <= gap.to && gap.to <= after.1, "{old:?}");
+    let (lo, hi) = (before.1.minus(HOUR), after.1.minus(HOUR));
+    assert!(lo <= gap.to && gap.to <= hi, "{old:?}");
     client.logout().await;
 }
 
@@ -317,7 +325,7 @@ pub(super) fn cases() -> Vec<Case> {
             layer: Layer::Arch,
             needs: &[C::HistoryByTime],
             steps: &[
-                "the vendor keeps 30 days; messages are sent 40, 15 and 1 day(s) before now",
+                "the vendor keeps 30 days and an hour; messages are sent 40, 15 and 1 day(s) before now",
                 "bob's client (on the vendor's clock) reads the Recent, Middle and Old windows",
             ],
             expected: "Recent has the 1-day message, Middle the 15-day one, both without gaps; \
@@ -328,7 +336,7 @@ pub(super) fn cases() -> Vec<Case> {
                     on_target!(
                         t,
                         ContractConfig {
-                            retention: 30 * DAY,
+                            retention: 30 * DAY + HOUR,
                             ..ContractConfig::default()
                         },
                         history_windows_and_gaps
