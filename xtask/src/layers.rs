@@ -21,6 +21,7 @@ pub const LAYERS: &[(&str, u8)] = &[
 pub const REQUIRED: &[&str] = &[
     "im-service",
     "im-arch",
+    "im-archive",
     "im-qc",
     "im-business-demo",
     "im-testkit",
@@ -147,6 +148,10 @@ mod tests {
             ),
             pkg("im-testkit", &[("im-service", None), ("im-arch", None)]),
             pkg("xtask", &[("im-business-demo", None)]),
+            pkg(
+                "im-archive",
+                &[("im-service", None), ("im-arch", Some("dev"))],
+            ),
         ]
     }
 
@@ -171,7 +176,7 @@ mod tests {
         let mut pkgs = good();
         pkgs[1] = pkg("im-arch", &[("im-service", None), ("im-qc", Some("dev"))]);
         assert!(check(&json!({ "packages": pkgs.clone() })).is_empty());
-        pkgs.push(pkg("im-archive", &[("im-arch", None)]));
+        pkgs[6] = pkg("im-archive", &[("im-arch", None)]);
         assert_eq!(check(&json!({ "packages": pkgs })).len(), 1);
     }
 

@@ -15,6 +15,7 @@
 //! * kicked and token-expired sessions never reconnect in a loop;
 //! * never depends on `im-qc`, `im-business-demo` or (except as a dev-dependency) `im-testkit`.
 
+pub mod archive_history;
 pub mod bus;
 pub mod client;
 pub mod conversations;
@@ -28,6 +29,7 @@ pub mod sled_store;
 pub mod store;
 pub mod timeline;
 
+pub use archive_history::ArchiveHistory;
 pub use bus::{Bus, BusStream, DeliveryPolicy, DroppedCounter, Filter, Routed};
 pub use client::Subscription;
 pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};

@@ -47,7 +47,7 @@ pub use codec::CodecError;
 pub use error::{ErrorClass, KickReason, ServiceError};
 pub use model::{
     ClientMsgId, Content, ConversationId, GroupId, Message, Origin, OutgoingMessage,
-    ReceivedMessage, Seq, ServerMsgId, Timestamp, Token, UserId,
+    ParseConversationError, ReceivedMessage, Seq, ServerMsgId, Timestamp, Token, UserId,
 };
 #[cfg(any(test, feature = "mock"))]
 pub use vendor::MockVendor;

@@ -104,6 +104,42 @@ impl ConversationId {
     }
 }
 
+/// Why a string is not a [`ConversationId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a conversation id (\"d:<user>:<user>\" or \"g:<group>\"): {0:?}")]
+pub struct ParseConversationError(pub String);
+
+impl std::str::FromStr for ConversationId {
+    type Err = ParseConversationError;
+
+    /// Parses the [`Display`](fmt::Display) form back: `d:<low>:<high>` or `g:<group>`.
+    /// The first user id of a direct conversation must not contain `:` (the display form
+    /// could not be split otherwise); the second and group ids may.
+    ///
+    /// ```
+    /// use im_service::{ConversationId, UserId};
+    /// let c = ConversationId::direct(&UserId::new("bob"), &UserId::new("alice"));
+    /// assert_eq!(c.to_string().parse::<ConversationId>(), Ok(c));
+    /// assert!("x:y".parse::<ConversationId>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseConversationError(s.to_owned());
+        if let Some(group) = s.strip_prefix("g:") {
+            return (!group.is_empty())
+                .then(|| ConversationId::group(group))
+                .ok_or_else(bad);
+        }
+        let (a, b) = s
+            .strip_prefix("d:")
+            .and_then(|r| r.split_once(':'))
+            .ok_or_else(bad)?;
+        if a.is_empty() || b.is_empty() {
+            return Err(bad());
+        }
+        Ok(ConversationId::direct(&UserId::new(a), &UserId::new(b)))
+    }
+}
+
 impl fmt::Display for ConversationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,0 +1,262 @@
+//! [`SledArchive`]: the embedded default store, one sled tree with four key spaces.
+//!
+//! * `m` + conversation + time + id → message (the codec of `im-service`): a
+//!   conversation's messages are contiguous and ordered by (time, id), so a page is one
+//!   reverse range scan;
+//! * `i` + vendor + `\0` + vendor id → message key: dedup of redelivered callbacks;
+//! * `c` + conversation → (): conversations known;
+//! * `u` + user + `\0` + conversation → (): memberships learnt from messages.
+//!
+//! A call's entries go in one atomic batch, and a message's key is a function of the message,
+//! so even a batch replayed after a crash lands on the same keys: stored once.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use im_service::codec;
+use im_service::{ConversationId, Message, UserId};
+
+use crate::error::ArchiveError;
+use crate::store::{
+    ArchiveStore, PageQuery, Position, Stored, StoredPage, finish_page, members_of,
+};
+
+/// The sled-backed archive store.
+#[derive(Debug, Clone)]
+pub struct SledArchive {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Serialises writers: the dedup check and the count update are read-then-write.
+    write: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Group commit of flushes (see [`Durability`]).
+    durability: std::sync::Arc<Durability>,
+}
+
+/// Flushes are serialised and coalesced. Serialised because sled 0.34's `flush_async`
+/// deadlocks when called concurrently (spacejam/sled#1308: found here by the
+/// `archive_ingest` benchmark with 16 callbacks in flight); coalesced because one flush
+/// makes every write applied before it durable, so a caller whose writes an earlier flush
+/// already covered returns at once instead of queueing another fsync.
+#[derive(Debug, Default)]
+struct Durability {
+    /// Batches applied so far (bumped after each `apply_batch`).
+    written: AtomicU64,
+    /// How many of them a completed flush covers. This async mutex is the flush gate and is
+    /// deliberately held across the flush's `.await` (the one lock in the crate that is):
+    /// it only ever guards this counter and the flush itself.
+    flushed: tokio::sync::Mutex<u64>,
+}
+
+const MESSAGES: u8 = b'm';
+const IDS: u8 = b'i';
+const CONVERSATIONS: u8 = b'c';
+const USERS: u8 = b'u';
+/// Key of the message count.
+const COUNT: &[u8] = b"#count";
+
+/// Server time as 8 big-endian bytes that sort like the signed value.
+fn time_key(t: im_service::Timestamp) -> [u8; 8] {
+    ((t.as_millis() as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// `m` + conversation (length-prefixed) : every key of one conversation shares it.
+fn conversation_prefix(c: &ConversationId) -> Vec<u8> {
+    let name = c.to_string();
+    let mut k = Vec::with_capacity(3 + name.len() + 8 + 16);
+    k.push(MESSAGES);
+    // `store` refuses names over 64 KiB, so the length always fits.
+    k.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn position_key(c: &ConversationId, p: &Position) -> Vec<u8> {
+    let mut k = conversation_prefix(c);
+    k.extend_from_slice(&time_key(p.time));
+    k.extend_from_slice(p.id.as_str().as_bytes());
+    k
+}
+
+fn id_key(vendor: &str, m: &Message) -> Vec<u8> {
+    let mut k = vec![IDS];
+    k.extend_from_slice(vendor.as_bytes());
+    k.push(0);
+    k.extend_from_slice(m.server_id.as_str().as_bytes());
+    k
+}
+
+fn tagged(tag: u8, s: &str) -> Vec<u8> {
+    let mut k = vec![tag];
+    k.extend_from_slice(s.as_bytes());
+    k
+}
+
+fn user_key(u: &UserId, c: &ConversationId) -> Vec<u8> {
+    let mut k = tagged(USERS, u.as_str());
+    k.push(0);
+    k.extend_from_slice(c.to_string().as_bytes());
+    k
+}
+
+impl SledArchive {
+    /// Opens (or creates) the archive in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, ArchiveError> {
+        let db = sled::open(dir)?;
+        Self::on(db)
+    }
+
+    /// The archive on an open sled database (its tree `archive`).
+    pub fn on(db: sled::Db) -> Result<Self, ArchiveError> {
+        let tree = db.open_tree("archive")?;
+        Ok(Self {
+            db,
+            tree,
+            write: Default::default(),
+            durability: Default::default(),
+        })
+    }
+
+    fn decode(key: &[u8], value: &[u8]) -> Result<Message, ArchiveError> {
+        codec::decode(value).map_err(|e| ArchiveError::Corrupt {
+            key: key.iter().map(|b| format!("{b:02x}")).collect(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for SledArchive {
+    fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
+        if let Some(m) = messages
+            .iter()
+            .find(|m| m.conversation.to_string().len() > usize::from(u16::MAX))
+        {
+            return Err(ArchiveError::BadRequest(format!(
+                "conversation id of {} bytes",
+                m.conversation.to_string().len()
+            )));
+        }
+        // Held for this synchronous call only (never across an await).
+        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::with_capacity(messages.len());
+        let mut fresh_ids = std::collections::HashSet::new();
+        let mut added = 0u64;
+        for m in messages {
+            let id = id_key(vendor, m);
+            if self.tree.contains_key(&id)? || !fresh_ids.insert(id.clone()) {
+                out.push(Stored::Duplicate);
+                continue;
+            }
+            let key = position_key(&m.conversation, &Position::of(m));
+            let value = codec::encode(m).map_err(|e| ArchiveError::Storage(e.to_string()))?;
+            batch.insert(key.as_slice(), value);
+            batch.insert(id, key);
+            batch.insert(tagged(CONVERSATIONS, &m.conversation.to_string()), &[]);
+            for u in members_of(m) {
+                batch.insert(user_key(&u, &m.conversation), &[]);
+            }
+            added += 1;
+            out.push(Stored::New);
+        }
+        if added > 0 {
+            let count = self.len()? + added;
+            batch.insert(COUNT, &count.to_be_bytes());
+            self.tree.apply_batch(batch)?;
+            self.durability.written.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(out)
+    }
+
+    async fn flush(&self) -> Result<(), ArchiveError> {
+        let mine = self.durability.written.load(Ordering::SeqCst);
+        let mut flushed = self.durability.flushed.lock().await;
+        if *flushed >= mine {
+            return Ok(()); // a flush that began after our writes has completed
+        }
+        // Everything applied up to here is covered by the flush below.
+        let upto = self.durability.written.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        // `flush` blocks on fsync: off the runtime's threads.
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| ArchiveError::Storage(format!("flush task: {e}")))??;
+        *flushed = upto;
+        Ok(())
+    }
+
+    fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
+        let prefix = conversation_prefix(&q.conversation);
+        let mut lo = prefix.clone();
+        lo.extend_from_slice(&time_key(q.from));
+        let mut hi = prefix;
+        hi.extend_from_slice(&time_key(q.to));
+        if let Some(before) = &q.before {
+            let cursor = position_key(&q.conversation, before);
+            if cursor < hi {
+                hi = cursor;
+            }
+        }
+        if lo >= hi {
+            return Ok(StoredPage {
+                messages: Vec::new(),
+                next: None,
+            });
+        }
+        let mut hits = Vec::new();
+        for entry in self.tree.range(lo..hi).rev().take(q.limit.max(1) + 1) {
+            let (k, v) = entry?;
+            hits.push(Self::decode(&k, &v)?);
+        }
+        Ok(finish_page(&mut hits, q.limit))
+    }
+
+    fn knows(&self, conversation: &ConversationId) -> Result<bool, ArchiveError> {
+        Ok(self
+            .tree
+            .contains_key(tagged(CONVERSATIONS, &conversation.to_string()))?)
+    }
+
+    fn is_known_member(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<bool, ArchiveError> {
+        Ok(self.tree.contains_key(user_key(user, conversation))?)
+    }
+
+    fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, ArchiveError> {
+        let mut prefix = tagged(USERS, user.as_str());
+        prefix.push(0);
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.push(
+                name.parse()
+                    .map_err(
+                        |e: im_service::ParseConversationError| ArchiveError::Corrupt {
+                            key: name.clone(),
+                            reason: e.to_string(),
+                        },
+                    )?,
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn len(&self) -> Result<u64, ArchiveError> {
+        Ok(match self.tree.get(COUNT)? {
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| ArchiveError::Corrupt {
+                    key: "#count".into(),
+                    reason: format!("{} bytes, expected 8", v.len()),
+                })?;
+                u64::from_be_bytes(bytes)
+            }
+            None => 0,
+        })
+    }
+}

@@ -1,0 +1,347 @@
+//! The archive end to end: the reference vendor's signed callbacks feed it, the vendor's
+//! retention drops the messages, and a client's `Old` window still reads them through
+//! `im-arch`'s `ArchiveHistory`; the archive process killed between storing and
+//! acknowledging loses nothing and stores nothing twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use im_arch::{ArchiveHistory, HistorySource, HistoryWindow, ImClient, VendorHistory};
+use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, PageQuery, SledArchive};
+use im_service::{
+    ConversationId, Credentials, Message, ServerMsgId, ServiceError, Timestamp, Token, UserId,
+    Vendor,
+};
+use im_testkit::contract::text;
+use im_testkit::harness::{ContractConfig, ReferenceHarness, VendorHarness};
+use im_testkit::reference::ServerConfig;
+use im_testkit::reference::callbacks::CallbackConfig;
+
+const SECRET: &[u8] = b"archive e2e secret";
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A reference vendor keeping 7 days that POSTs its callbacks to `url`, retrying fast.
+async fn vendor_calling(url: String) -> ReferenceHarness {
+    let mut callbacks = CallbackConfig::new(url, SECRET);
+    callbacks.max_attempts = 200;
+    callbacks.base_backoff = Duration::from_millis(5);
+    callbacks.max_backoff = Duration::from_millis(100);
+    callbacks.request_timeout = Duration::from_secs(2);
+    ReferenceHarness::start_with(
+        ContractConfig {
+            retention: 7 * DAY,
+            ..ContractConfig::default()
+        },
+        ServerConfig {
+            callbacks: Some(callbacks),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+}
+
+/// Alice sends `n` messages to bob; returns their server ids in send order.
+async fn alice_sends(h: &ReferenceHarness, conv: &ConversationId, n: usize) -> Vec<ServerMsgId> {
+    let alice = h.user("alice").await;
+    h.user("bob").await;
+    let a = h.client().await;
+    a.login(&alice).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let out = text(conv, &format!("message {i}"));
+        let receipt = a.send(&out).await.unwrap();
+        // An idempotent resend is the same message: no second callback.
+        if i == 0 {
+            assert_eq!(a.send(&out).await.unwrap().server_id, receipt.server_id);
+        }
+        ids.push(receipt.server_id);
+    }
+    a.logout().await.unwrap();
+    ids
+}
+
+/// Waits (real time: callbacks cross real sockets) until the vendor settled `n` callbacks.
+async fn callbacks_settled(h: &ReferenceHarness, n: u64) {
+    let stats = h.server.callback_stats().expect("callbacks configured");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stats.settled() < n {
+        assert!(
+            Instant::now() < deadline,
+            "callbacks not settled: {:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = stats.snapshot();
+    assert_eq!((s.delivered, s.given_up), (n, 0), "{s:?}");
+}
+
+fn server_ids(messages: &[Message]) -> Vec<ServerMsgId> {
+    messages.iter().map(|m| m.server_id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_window_is_served_by_the_archive_after_the_vendor_forgot() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = ArchiveServer::start(
+        ArchiveConfig {
+            vendors: HashMap::from([("reference".to_owned(), SECRET.to_vec())]),
+            tokens: HashMap::from([
+                ("bob-archive-token".to_owned(), UserId::new("bob")),
+                ("carol-archive-token".to_owned(), UserId::new("carol")),
+            ]),
+            ..ArchiveConfig::default()
+        },
+        Arc::new(SledArchive::open(dir.path()).unwrap()),
+    )
+    .await
+    .unwrap();
+    let h = vendor_calling(format!("{}/v1/callbacks/reference", archive.url())).await;
+    let conv = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    let sent = alice_sends(&h, &conv, 7).await;
+    callbacks_settled(&h, 7).await;
+
+    // Forty days pass on the vendor's clock; it keeps seven.
+    h.server.shift_clock(40 * DAY);
+    let bob = Credentials {
+        user: UserId::new("bob"),
+        token: h.token(&UserId::new("bob"), 365 * DAY).await,
+    };
+    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+    vendor.login(&bob).await.unwrap();
+    let from_vendor = VendorHistory(vendor.clone())
+        .page(&conv, Timestamp::from_millis(0), h.clock().now(), None, 50)
+        .await
+        .unwrap();
+    assert!(
+        from_vendor.messages.is_empty(),
+        "retention dropped them: {from_vendor:?}"
+    );
+    vendor.logout().await.unwrap();
+
+    let client = ImClient::builder(vendor.clone(), bob)
+        .clock(h.clock())
+        .history_source(
+            HistoryWindow::Old,
+            Some(Arc::new(
+                ArchiveHistory::new(archive.url(), Token::new("bob-archive-token")).unwrap(),
+            )),
+        )
+        .build();
+    let mut got = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = client
+            .history(&conv, HistoryWindow::Old, 3, cursor)
+            .await
+            .unwrap();
+        assert!(
+            page.gaps.is_empty(),
+            "the archive covers the window: {page:?}"
+        );
+        assert!(page.messages.len() <= 3);
+        got.extend(page.messages);
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let mut newest_first = sent.clone();
+    newest_first.reverse();
+    assert_eq!(
+        server_ids(&got),
+        newest_first,
+        "all, newest first, none twice"
+    );
+    assert!(got.windows(2).all(|w| w[0].server_time >= w[1].server_time));
+    let distinct: HashSet<_> = got.iter().map(|m| &m.server_id).collect();
+    assert_eq!(distinct.len(), got.len());
+    assert_eq!(got[0].content, im_service::Content::text("message 6"));
+    drop(client);
+
+    // The same source with the wrong token, or for a stranger, gets typed, permanent errors;
+    // a conversation the archive never saw is an empty page.
+    let (from, to) = HistoryWindow::Old.range(h.clock().now());
+    let wrong = ArchiveHistory::new(archive.url(), Token::new("guess")).unwrap();
+    let err = wrong.page(&conv, from, to, None, 10).await.unwrap_err();
+    assert!(matches!(err, ServiceError::AuthFailed(_)), "{err:?}");
+    let carol = ArchiveHistory::new(archive.url(), Token::new("carol-archive-token")).unwrap();
+    let err = carol.page(&conv, from, to, None, 10).await.unwrap_err();
+    assert_eq!(err, ServiceError::NotMember(conv.clone()));
+    let never = ConversationId::direct(&UserId::new("carol"), &UserId::new("dave"));
+    assert!(
+        carol
+            .page(&never, from, to, None, 10)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    h.server.shutdown().await;
+    archive.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_or_silent_archive_is_a_retryable_error() {
+    // Nothing listens on a port just released: Unavailable.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let conv = ConversationId::direct(&UserId::new("a"), &UserId::new("b"));
+    let (from, to) = (Timestamp::from_millis(0), Timestamp::from_millis(1));
+    let src = ArchiveHistory::new(format!("http://{addr}"), Token::new("t")).unwrap();
+    let err = src.page(&conv, from, to, None, 10).await.unwrap_err();
+    assert!(matches!(err, ServiceError::Unavailable(_)), "{err:?}");
+    assert!(err.is_retryable());
+    // A peer that accepts and never answers: Timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let src = ArchiveHistory::new(format!("http://{addr}"), Token::new("t"))
+        .unwrap()
+        .timeout(Duration::from_millis(200));
+    let err = src.page(&conv, from, to, None, 10).await.unwrap_err();
+    assert_eq!(err, ServiceError::Timeout(Duration::from_millis(200)));
+    assert!(err.is_retryable());
+    hold.abort();
+}
+
+/// The archive binary as a child process, with its address read from its stdout.
+struct ArchiveProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ArchiveProcess {
+    fn spawn(data: &std::path::Path, listen: &str, extra: &[&str]) -> ArchiveProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_im-archive"))
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", listen, "--token", "tok-bob=bob"])
+            .args(extra)
+            .env(
+                "IM_ARCHIVE_VENDORS",
+                format!("reference={}", String::from_utf8_lossy(SECRET)),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn im-archive");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        ArchiveProcess { child, addr }
+    }
+
+    /// Waits for the process to end on its own (bounded), returning its status.
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "archive did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then waits for the graceful exit.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.wait_exit(Duration::from_secs(10))
+    }
+}
+
+impl Drop for ArchiveProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_store_and_ack_loses_nothing_and_stores_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first process aborts right after the 3rd callback is durable, before its 200.
+    let mut first = tokio::task::spawn_blocking({
+        let data = dir.path().to_owned();
+        move || ArchiveProcess::spawn(&data, "127.0.0.1:0", &["--crash-after-stores", "3"])
+    })
+    .await
+    .unwrap();
+    let addr = first.addr;
+    let h = vendor_calling(format!("http://{addr}/v1/callbacks/reference")).await;
+    let conv = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    let sent = alice_sends(&h, &conv, 8).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = first.wait_exit(Duration::from_secs(30));
+        drop(first);
+        status
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "it crashed: {status:?}");
+    let stats = h.server.callback_stats().unwrap();
+    assert_eq!(
+        stats.delivered(),
+        2,
+        "the 3rd was stored but never acknowledged"
+    );
+
+    // Restarted on the same address and data: the vendor's retries deliver the rest.
+    let second = tokio::task::spawn_blocking({
+        let data = dir.path().to_owned();
+        move || ArchiveProcess::spawn(&data, &addr.to_string(), &[])
+    })
+    .await
+    .unwrap();
+    callbacks_settled(&h, 8).await;
+    assert!(
+        stats.failed_attempts() >= 1,
+        "the crash cost at least one attempt"
+    );
+    let status = tokio::task::spawn_blocking(move || second.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "graceful shutdown on SIGTERM: {status:?}");
+    h.server.shutdown().await;
+
+    // Exactly once: eight entries, each message once, in order.
+    let store = SledArchive::open(dir.path()).unwrap();
+    assert_eq!(store.len().unwrap(), 8);
+    let page = store
+        .page(&PageQuery {
+            conversation: conv,
+            from: Timestamp::from_millis(i64::MIN),
+            to: Timestamp::from_millis(i64::MAX),
+            before: None,
+            limit: 100,
+        })
+        .unwrap();
+    let mut want = sent;
+    want.reverse();
+    assert_eq!(server_ids(&page.messages), want);
+}

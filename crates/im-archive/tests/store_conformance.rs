@@ -1,0 +1,336 @@
+//! One conformance suite every [`ArchiveStore`] runs: the in-memory twin and sled.
+//!
+//! `store_conformance!(module, make)` expands the same tests for a store built by `make`;
+//! a new backend (a server database) adds one line here and is held to the same contract.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use im_archive::{ArchiveStore, PageQuery, Position, Stored};
+use im_service::{
+    ClientMsgId, Content, ConversationId, GroupId, Message, ServerMsgId, Timestamp, UserId,
+};
+
+fn user(name: &str) -> UserId {
+    UserId::new(name)
+}
+
+fn direct(a: &str, b: &str) -> ConversationId {
+    ConversationId::direct(&user(a), &user(b))
+}
+
+/// A message `id` of `conv` from `sender` at `time` ms.
+fn msg(conv: &ConversationId, sender: &str, id: &str, time: i64) -> Message {
+    Message {
+        server_id: ServerMsgId::new(id),
+        client_id: ClientMsgId::new(format!("c-{id}")),
+        conversation: conv.clone(),
+        sender: user(sender),
+        seq: None,
+        server_time: Timestamp::from_millis(time),
+        client_time: Timestamp::from_millis(time - 5),
+        content: Content::Text(format!("body of {id}")),
+    }
+}
+
+fn all(conv: &ConversationId, limit: usize) -> PageQuery {
+    PageQuery {
+        conversation: conv.clone(),
+        from: Timestamp::from_millis(i64::MIN),
+        to: Timestamp::from_millis(i64::MAX),
+        before: None,
+        limit,
+    }
+}
+
+fn ids(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.server_id.as_str()).collect()
+}
+
+/// Reads a whole range page by page, following cursors.
+fn read_all(store: &dyn ArchiveStore, mut q: PageQuery) -> Vec<Message> {
+    let mut out = Vec::new();
+    loop {
+        let page = store.page(&q).unwrap();
+        assert!(page.messages.len() <= q.limit);
+        out.extend(page.messages);
+        match page.next {
+            Some(next) => q.before = Some(next),
+            None => return out,
+        }
+    }
+}
+
+/// The contract, as functions over any store; the macro below runs each on each backend.
+mod contract {
+    use super::*;
+
+    pub async fn stores_once_per_vendor_id(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m1", 1_000);
+        assert_eq!(
+            s.store("ref", std::slice::from_ref(&m)).unwrap(),
+            [Stored::New]
+        );
+        assert_eq!(
+            s.store("ref", std::slice::from_ref(&m)).unwrap(),
+            [Stored::Duplicate]
+        );
+        // A batch holding a repeat of itself stores the message once.
+        let m2 = msg(&c, "bob", "m2", 2_000);
+        assert_eq!(
+            s.store("ref", &[m2.clone(), m2.clone()]).unwrap(),
+            [Stored::New, Stored::Duplicate]
+        );
+        // The same id from another vendor is another message.
+        assert_eq!(
+            s.store("other", std::slice::from_ref(&m)).unwrap(),
+            [Stored::New]
+        );
+        s.flush().await.unwrap();
+        assert_eq!(s.len().unwrap(), 3);
+        assert!(!s.is_empty().unwrap());
+    }
+
+    pub async fn pages_newest_first_with_cursor(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        // Stored out of order, two in the same millisecond (ties broken by id).
+        let times = [5, 1, 3, 3, 9, 7, 2, 8, 4, 6];
+        let batch: Vec<Message> = times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| msg(&c, "alice", &format!("id{i}"), *t * 1000))
+            .collect();
+        s.store("ref", &batch).unwrap();
+        let got = read_all(s, all(&c, 3));
+        assert_eq!(got.len(), 10, "every message once");
+        let positions: Vec<Position> = got.iter().map(Position::of).collect();
+        let mut sorted = positions.clone();
+        sorted.sort();
+        sorted.reverse();
+        assert_eq!(positions, sorted, "newest first, ties by id");
+        assert_eq!(
+            got[0].content,
+            Content::Text("body of id4".into()),
+            "the full message"
+        );
+        // A page exactly filling the range has no next cursor.
+        let exact = s.page(&all(&c, 10)).unwrap();
+        assert_eq!(exact.messages.len(), 10);
+        assert!(exact.next.is_none());
+    }
+
+    pub async fn time_range_is_half_open(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let batch: Vec<Message> = (1..=9)
+            .map(|t| msg(&c, "bob", &format!("t{t}"), t * 1000))
+            .collect();
+        s.store("ref", &batch).unwrap();
+        let q = PageQuery {
+            from: Timestamp::from_millis(3_000),
+            to: Timestamp::from_millis(7_000),
+            ..all(&c, 2)
+        };
+        assert_eq!(ids(&read_all(s, q)), ["t6", "t5", "t4", "t3"]);
+        // Negative times (before 1970) sort before positive ones.
+        s.store("ref", &[msg(&c, "bob", "old", -50)]).unwrap();
+        let q = PageQuery {
+            to: Timestamp::from_millis(1_000),
+            ..all(&c, 5)
+        };
+        assert_eq!(ids(&read_all(s, q)), ["old"]);
+    }
+
+    pub async fn conversations_do_not_mix(s: &dyn ArchiveStore) {
+        let ab = direct("alice", "bob");
+        // A conversation whose name extends the other's must not leak into its pages.
+        let g1 = ConversationId::Group(GroupId::new("room"));
+        let g2 = ConversationId::Group(GroupId::new("room2"));
+        s.store(
+            "ref",
+            &[
+                msg(&ab, "alice", "a", 1),
+                msg(&g1, "carol", "g1", 2),
+                msg(&g2, "dave", "g2", 3),
+            ],
+        )
+        .unwrap();
+        assert_eq!(ids(&read_all(s, all(&g1, 10))), ["g1"]);
+        assert_eq!(ids(&read_all(s, all(&g2, 10))), ["g2"]);
+        assert_eq!(ids(&read_all(s, all(&ab, 10))), ["a"]);
+        let unknown = direct("x", "y");
+        assert!(!s.knows(&unknown).unwrap());
+        assert!(s.page(&all(&unknown, 10)).unwrap().messages.is_empty());
+        assert!(s.knows(&g1).unwrap());
+    }
+
+    /// Many writers flushing at once all complete, and each flush covers its own writes
+    /// (sled 0.34's concurrent `flush_async` deadlocks; the store must not expose that).
+    pub async fn concurrent_flushes_complete(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        // The deadlock is a race: rounds make it likely to show if it is there.
+        for round in 0..20 {
+            let writers = (0..32).map(|i| {
+                let m = msg(&c, "alice", &format!("w{round}-{i}"), i);
+                async move {
+                    s.store("ref", std::slice::from_ref(&m)).unwrap();
+                    s.flush().await.unwrap();
+                }
+            });
+            futures::future::join_all(writers).await;
+        }
+        assert_eq!(s.len().unwrap(), 20 * 32);
+    }
+
+    pub async fn memberships_come_from_messages(s: &dyn ArchiveStore) {
+        let ab = direct("alice", "bob");
+        let room = ConversationId::Group(GroupId::new("room"));
+        s.store(
+            "ref",
+            &[msg(&ab, "alice", "a", 1), msg(&room, "bob", "r", 2)],
+        )
+        .unwrap();
+        // Both sides of a direct conversation, only the sender of a group message.
+        assert!(s.is_known_member(&user("bob"), &ab).unwrap());
+        assert!(s.is_known_member(&user("alice"), &ab).unwrap());
+        assert!(s.is_known_member(&user("bob"), &room).unwrap());
+        assert!(!s.is_known_member(&user("alice"), &room).unwrap());
+        assert!(!s.is_known_member(&user("carol"), &ab).unwrap());
+        let mut want = vec![ab.clone(), room.clone()];
+        want.sort();
+        assert_eq!(s.conversations_of(&user("bob")).unwrap(), want);
+        assert_eq!(s.conversations_of(&user("alice")).unwrap(), [ab]);
+        assert!(s.conversations_of(&user("carol")).unwrap().is_empty());
+    }
+}
+
+/// Runs every contract test on the store `make()` builds.
+macro_rules! store_conformance {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn stores_once_per_vendor_id() {
+                let (store, _keep) = $make;
+                contract::stores_once_per_vendor_id(&store).await;
+            }
+
+            #[tokio::test]
+            async fn pages_newest_first_with_cursor() {
+                let (store, _keep) = $make;
+                contract::pages_newest_first_with_cursor(&store).await;
+            }
+
+            #[tokio::test]
+            async fn time_range_is_half_open() {
+                let (store, _keep) = $make;
+                contract::time_range_is_half_open(&store).await;
+            }
+
+            #[tokio::test]
+            async fn conversations_do_not_mix() {
+                let (store, _keep) = $make;
+                contract::conversations_do_not_mix(&store).await;
+            }
+
+            /// On its own thread and runtime: a deadlocked store blocks its runtime's
+            /// workers, so only a wait from outside can report it as a failure.
+            #[test]
+            fn concurrent_flushes_complete() {
+                let (store, _keep) = $make;
+                let (done, finished) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(contract::concurrent_flushes_complete(&store));
+                    let _ = done.send(());
+                });
+                finished
+                    .recv_timeout(std::time::Duration::from_secs(60))
+                    .expect("concurrent flushes deadlocked or failed");
+            }
+
+            #[tokio::test]
+            async fn memberships_come_from_messages() {
+                let (store, _keep) = $make;
+                contract::memberships_come_from_messages(&store).await;
+            }
+        }
+    };
+}
+
+store_conformance!(memory, (im_archive::MemoryArchive::new(), ()));
+store_conformance!(sled, {
+    let dir = tempfile::tempdir().unwrap();
+    (im_archive::SledArchive::open(dir.path()).unwrap(), dir)
+});
+
+/// Sled only: what was flushed survives a reopen, including the dedup index and the count.
+#[tokio::test]
+async fn sled_keeps_everything_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = direct("alice", "bob");
+    {
+        let s = im_archive::SledArchive::open(dir.path()).unwrap();
+        s.store("ref", &[msg(&c, "alice", "a", 1), msg(&c, "bob", "b", 2)])
+            .unwrap();
+        s.flush().await.unwrap();
+    }
+    let s = im_archive::SledArchive::open(dir.path()).unwrap();
+    assert_eq!(s.len().unwrap(), 2);
+    assert_eq!(
+        s.store("ref", &[msg(&c, "alice", "a", 1)]).unwrap(),
+        [Stored::Duplicate],
+        "a redelivery after restart is recognised"
+    );
+    assert_eq!(ids(&read_all(&s, all(&c, 10))), ["b", "a"]);
+    assert!(s.is_known_member(&user("bob"), &c).unwrap());
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any batch, with repeats, any page size: the pages concatenated are the distinct
+        /// messages, newest first, on both backends alike.
+        #[test]
+        fn paging_returns_each_distinct_message_once_newest_first(
+            entries in prop::collection::vec((0u8..30, -5i64..40), 1..60),
+            limit in 1usize..8,
+        ) {
+            let c = direct("alice", "bob");
+            let batch: Vec<Message> = entries
+                .iter()
+                .map(|(id, t)| msg(&c, "alice", &format!("m{id}"), *t))
+                .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let sled = im_archive::SledArchive::open(dir.path()).unwrap();
+            let memory = im_archive::MemoryArchive::new();
+            let mut want: Vec<Message> = Vec::new();
+            for m in &batch {
+                if !want.iter().any(|w| w.server_id == m.server_id) {
+                    want.push(m.clone());
+                }
+            }
+            want.sort_by_key(Position::of);
+            want.reverse();
+            // Half in one batch, the rest one by one: batching must not change the outcome.
+            let (first, rest) = batch.split_at(batch.len() / 2);
+            for store in [&sled as &dyn ArchiveStore, &memory] {
+                store.store("ref", first).unwrap();
+                for m in rest {
+                    store.store("ref", std::slice::from_ref(m)).unwrap();
+                }
+                let got = read_all(store, all(&c, limit));
+                prop_assert_eq!(&got, &want);
+                prop_assert_eq!(store.len().unwrap(), want.len() as u64);
+            }
+        }
+    }
+}
