@@ -289,17 +289,49 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 conversation = %item.message.conversation,
                 position = item.position
             );
-            if !deliver(&shared, item).instrument(span).await {
-                // A failing store (full disk): do not spin; try again a little later.
-                tokio::time::sleep(shared.config.retry.backoff.max).await;
-                break;
+            match deliver(&shared, item).instrument(span).await {
+                Delivery::Done => {}
+                Delivery::StoreFailed => {
+                    // A failing store (full disk): do not spin; try again a little later.
+                    tokio::time::sleep(shared.config.retry.backoff.max).await;
+                    break;
+                }
+                Delivery::Stalled => {
+                    // Wait for the state to move (offline, then online again); bounded,
+                    // in case the loss is noticed only by the next heartbeat.
+                    let _ = tokio::time::timeout(shared.config.retry.backoff.max, state.changed())
+                        .await;
+                    break;
+                }
             }
         }
     }
 }
 
-/// Sends one item; `false` when the store failed (the caller backs off).
-async fn deliver(shared: &Shared, mut item: OutboxItem) -> bool {
+/// What became of one attempt to send an outbox item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Sent, or failed and recorded as such.
+    Done,
+    /// The store failed: back off before trying again.
+    StoreFailed,
+    /// The connection was lost during the send: wait for the next time online.
+    Stalled,
+}
+
+/// Whether `e` means the session is gone rather than the message refused: not logged in,
+/// connection lost, kicked, token expired — or any failure after which the client is no
+/// longer online.
+fn session_lost(shared: &Shared, e: &ArchError) -> bool {
+    use im_service::ServiceError as S;
+    matches!(
+        e.service_error(),
+        Some(S::NotLoggedIn | S::ConnectionLost(_) | S::Kicked(_) | S::TokenExpired)
+    ) || *shared.state.borrow() != ConnectionState::Online
+}
+
+/// Sends one item.
+async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
     let result = shared
         .retry("send", || shared.vendor.send(&item.message))
         .await;
@@ -338,11 +370,21 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> bool {
                         error,
                     })
                     .await;
-                return false;
+                return Delivery::StoreFailed;
             }
             announce(shared, &item).await;
             let _ = shared.own_sent.send(stored);
-            true
+            Delivery::Done
+        }
+        Err(e) if session_lost(shared, &e) => {
+            // The connection went away under the send (the state may not say so yet): the
+            // message was not refused, it is kept queued as `Sending` and goes out after
+            // the reconnect, under the same client id (the vendor dedups a resend).
+            tracing::debug!(error = %e, "send interrupted by a connection loss; kept queued");
+            if let Err(error) = shared.store.put_outbox(&item).await {
+                tracing::warn!(error = %error, "cannot record a send attempt");
+            }
+            Delivery::Stalled
         }
         Err(e) => {
             let recoverable = e
@@ -363,10 +405,10 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> bool {
                     })
                     .await;
                 announce(shared, &item).await;
-                return false;
+                return Delivery::StoreFailed;
             }
             announce(shared, &item).await;
-            true
+            Delivery::Done
         }
     }
 }

@@ -569,3 +569,45 @@ async fn the_conversation_list_survives_a_restart() {
     assert_eq!(client.total_unread(), 1);
     client.logout().await;
 }
+
+/// A send that finds the session gone (the connection dropped under it before the state
+/// said so) is not a refusal: the message stays queued and goes out after the reconnect,
+/// once, never reported as failed. (Found by the business demo: questions written during a
+/// vendor outage were parked as permanently failed.)
+#[tokio::test(start_paused = true)]
+async fn a_send_interrupted_by_a_connection_loss_stays_queued_and_goes_out_once() {
+    let w = world();
+    let (client, mut sub) = online(&w).await;
+    for error in [
+        ServiceError::NotLoggedIn,
+        ServiceError::ConnectionLost("reset".into()),
+    ] {
+        w.vendor.fail_next(VendorOp::Send, 1, error.clone());
+        let id = client
+            .send(w.conv.clone(), Content::text(format!("after {error:?}")))
+            .await
+            .unwrap();
+        let status = status_of(&mut sub, &id, |s| !matches!(s, SendStatus::Sending)).await;
+        assert!(sent(&status), "{error:?}: {status:?}");
+    }
+    // The connection really drops too: the queued message waits for the reconnect.
+    w.vendor
+        .fail_next(VendorOp::Send, 1, ServiceError::NotLoggedIn);
+    w.vendor.disconnect(&w.bob.user);
+    let id = client
+        .send(w.conv.clone(), Content::text("during the drop"))
+        .await
+        .unwrap();
+    let status = status_of(&mut sub, &id, |s| !matches!(s, SendStatus::Sending)).await;
+    assert!(sent(&status), "{status:?}");
+    assert_eq!(
+        bodies(&w),
+        [
+            "after NotLoggedIn",
+            "after ConnectionLost(\"reset\")",
+            "during the drop"
+        ],
+        "each stored once, in order"
+    );
+    client.logout().await;
+}
