@@ -74,6 +74,44 @@ pub fn vendor_names_in_arch(root: &Path) -> Vec<String> {
     hits
 }
 
+/// Lines of the business demo, outside its wiring module, that import a vendor adapter, a
+/// server of the test tier or the archive crate, or match on a vendor error: business code
+/// speaks `im-arch` and `im-qc` only.
+pub fn adapter_names_in_demo(root: &Path) -> Vec<String> {
+    const FORBIDDEN: &[&str] = &[
+        "im_service::memory",
+        "im_service::reference",
+        "im_testkit",
+        "im_archive",
+        "MemoryVendor",
+        "ReferenceVendor",
+        "ReferenceServer",
+        "ServiceError",
+        "ErrorClass",
+        "Xmpp",
+    ];
+    let mut hits = Vec::new();
+    let mut files = Vec::new();
+    walk(&root.join("crates/im-business-demo/src"), &mut files);
+    for f in files {
+        if f.file_name().is_some_and(|n| n == "wiring.rs") {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            if FORBIDDEN.iter().any(|w| line.contains(w)) {
+                hits.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    hits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +129,11 @@ mod tests {
     fn im_arch_never_names_a_concrete_vendor() {
         let hits = vendor_names_in_arch(&crate::project_root());
         assert!(hits.is_empty(), "im-arch names a vendor: {hits:#?}");
+    }
+
+    #[test]
+    fn the_demo_names_vendors_only_in_its_wiring_module() {
+        let hits = adapter_names_in_demo(&crate::project_root());
+        assert!(hits.is_empty(), "business code names a vendor: {hits:#?}");
     }
 }

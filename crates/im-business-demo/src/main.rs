@@ -1,134 +1,114 @@
-//! `cargo run -p im-business-demo`: a customer-service chat between a tenant and a
-//! housekeeper, run end to end on the in-process reference vendor and printed as it happens.
+//! `cargo run -p im-business-demo`: a customer-service chat among tenants and housekeepers,
+//! run end to end on a rented IM vendor (by default the reference vendor in process, with
+//! the company archive fed by its callbacks), through a scripted working day with a vendor
+//! outage, shown in the terminal as it happens. `--json` prints a machine-readable summary;
+//! the exit code is 0 only when every check of the summary holds.
 
+mod day;
+mod desk;
+mod desk_runtime;
+mod panel;
 mod wiring;
 
-use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+
+use anyhow::Result;
 use clap::Parser;
-use futures::StreamExt;
-use im_service::{
-    Content, ConversationId, Origin, OutgoingMessage, ReceivedMessage, Vendor, VendorEvent,
-};
+use im_service::UserId;
 
 /// Command-line flags of the demo.
 #[derive(Debug, Parser)]
-#[command(about = "im-layers demo: a tenant and a housekeeper chat through a rented IM vendor")]
+#[command(about = "im-layers demo: tenants and housekeepers chat through a rented IM vendor")]
 struct Args {
-    /// How many messages the tenant leaves while the housekeeper is away.
-    #[arg(long, default_value_t = 3)]
-    offline: usize,
-    /// How many live question/answer rounds follow.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    /// The vendor to rent.
+    #[arg(long, value_enum, default_value_t = wiring::VendorChoice::Reference)]
+    vendor: wiring::VendorChoice,
+    /// Where the embedded reference vendor listens (default: a free port on 127.0.0.1), or
+    /// the XMPP server's address.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Number of tenants (housekeepers: one per three tenants, at least one).
+    #[arg(long, default_value_t = 6)]
+    users: usize,
+    /// Pace of the script: pauses between steps are 300 ms divided by this.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Seed of the scripted day.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// You are the first housekeeper: type your answers (Enter sends the quick reply).
+    #[arg(long)]
+    interactive: bool,
+    /// Print only a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
-fn show(m: &ReceivedMessage) {
-    let body = match &m.message.content {
-        Content::Text(t) => t.clone(),
-        Content::Custom { type_tag, payload } => format!("<{type_tag}: {} bytes>", payload.len()),
-    };
-    let origin = match m.origin {
-        Origin::Online => "live   ",
-        Origin::Offline => "offline",
-        Origin::History => "history",
-    };
-    let seq = m
-        .message
-        .seq
-        .map_or_else(|| "-".to_string(), |s| s.to_string());
-    println!("  [{origin}] {seq:>4} {:>10}: {body}", m.message.sender);
-}
-
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    let env = wiring::Environment::embedded();
-    let tenant = env.user("tenant-ana");
-    let keeper = env.user("keeper-li");
-    let conv = ConversationId::direct(&tenant.user, &keeper.user);
-    println!("im-layers demo on the `{}` vendor", env.vendor_name());
-
-    let ana = env.client();
-    ana.login(&tenant).await.context("tenant login")?;
-    println!("\n{} writes while {} is away:", tenant.user, keeper.user);
-    for i in 1..=args.offline {
-        let text = format!("Hello, the kitchen tap is leaking ({i}/{})", args.offline);
-        ana.send(&OutgoingMessage::new(
-            conv.clone(),
-            Content::text(&text),
-            env.now(),
-        ))
-        .await?;
-        println!("  sent: {text}");
+    let tenants = args.users.max(1);
+    let housekeepers = tenants.div_ceil(3).max(1);
+    let users: Vec<UserId> = (1..=tenants)
+        .map(|i| UserId::new(format!("tenant-{i}")))
+        .chain((1..=housekeepers).map(|i| UserId::new(format!("keeper-{i}"))))
+        .collect();
+    let env = wiring::Environment::start(args.vendor, args.addr, &users).await?;
+    let summary = desk_runtime::run(
+        env,
+        desk_runtime::DayOptions {
+            tenants,
+            housekeepers,
+            seed: args.seed,
+            speed: args.speed,
+            live: !args.json,
+            interactive: args.interactive,
+        },
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
     }
-
-    // The housekeeper logs in and runs ACK-online: offline first, acknowledge, then online.
-    let li = env.client();
-    let mut li_events = li.take_events().context("event stream")?;
-    li.login(&keeper).await.context("housekeeper login")?;
-    println!(
-        "\n{} logs in; offline messages first (newest first from the vendor):",
-        keeper.user
-    );
-    let mut offline = Vec::new();
-    loop {
-        let batch = li.pull_offline(100).await?;
-        offline.extend(batch.messages);
-        if let Some(ack) = batch.ack {
-            li.ack_offline(&ack).await?;
-        }
-        if batch.left == 0 {
-            break;
-        }
+    if !summary.ok {
+        anyhow::bail!("the run's checks did not hold (see the summary)");
     }
-    offline.sort_by_key(|m| m.seq);
-    for m in offline {
-        show(&ReceivedMessage {
-            message: m,
-            origin: Origin::Offline,
-        });
-    }
-    li.go_online().await?;
-    println!("\n{} is online; live conversation:", keeper.user);
-
-    let mut received = 0;
-    for round in 1..=args.rounds {
-        let q = format!("Any update? ({round}/{})", args.rounds);
-        ana.send(&OutgoingMessage::new(
-            conv.clone(),
-            Content::text(q),
-            env.now(),
-        ))
-        .await?;
-        match li_events.next().await {
-            Some(VendorEvent::MessagePushed(m)) => {
-                show(&ReceivedMessage {
-                    message: m,
-                    origin: Origin::Online,
-                });
-                received += 1;
-            }
-            other => bail!("expected a live push, got {other:?}"),
-        }
-        let a = format!("A plumber is booked for slot {round}.");
-        let receipt = li
-            .send(&OutgoingMessage::new(
-                conv.clone(),
-                Content::text(&a),
-                env.now(),
-            ))
-            .await?;
-        println!(
-            "  [sent   ] {:>4} {:>10}: {a}",
-            receipt.seq.map_or_else(String::new, |s| s.to_string()),
-            keeper.user
-        );
-    }
-    ana.logout().await?;
-    li.logout().await?;
-    println!(
-        "\nsummary: {} offline + {received} live messages delivered, {} replies sent",
-        args.offline, args.rounds
-    );
     Ok(())
+}
+
+fn print_summary(s: &desk_runtime::Summary) {
+    println!("\n=== summary ===");
+    println!(
+        "messages: {} sent, {} received, {} missing, {} duplicates",
+        s.messages_sent, s.messages_received, s.missing, s.duplicates
+    );
+    println!(
+        "outage: detected {} (after {} ms), alert fired {}, resolved {} (after {} ms)",
+        s.outage.detected,
+        s.outage.detected_after_ms.unwrap_or(0),
+        s.outage.alert_fired,
+        s.outage.resolved,
+        s.outage.resolved_after_ms.unwrap_or(0)
+    );
+    println!(
+        "response rate: measured {} , script {:.1}% ({} of {} questions answered in time, {} escalations)",
+        s.measured_response_rate
+            .map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
+        s.expected_response_rate * 100.0,
+        s.expected_answered_in_time,
+        s.questions,
+        s.escalations
+    );
+    if let Some(a) = s.archived {
+        println!("company archive: {a} messages kept");
+    }
+    println!("alerts fired: {:?}", s.alerts_fired);
+    println!("all checks: {}", if s.ok { "ok" } else { "FAILED" });
 }

@@ -1,0 +1,80 @@
+//! Runs the demo binary in scripted mode and checks its JSON summary: every message sent was
+//! received once, the outage was detected and resolved, and the response rate QC measured
+//! matches the script.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn run(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_im-business-demo"))
+        .args(["--json", "--speed", "50"])
+        .args(args)
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn check(s: &Value, vendor: &str) {
+    assert_eq!(s["vendor"], vendor);
+    let sent = s["messages_sent"].as_u64().unwrap();
+    assert!(sent > 10, "a day of conversations: {s}");
+    assert_eq!(s["messages_received"].as_u64(), Some(sent), "{s}");
+    assert_eq!(s["missing"], 0, "{s}");
+    assert_eq!(s["duplicates"], 0, "{s}");
+    let outage = &s["outage"];
+    assert_eq!(outage["injected"], true);
+    assert_eq!(outage["detected"], true, "{s}");
+    assert_eq!(outage["alert_fired"], true, "{s}");
+    assert_eq!(outage["resolved"], true, "{s}");
+    assert!(s["alerts_fired"]["vendor_down"].as_u64().unwrap() >= 1);
+    let questions = s["questions"].as_u64().unwrap();
+    let in_time = s["expected_answered_in_time"].as_u64().unwrap();
+    assert!(
+        in_time < questions,
+        "the script has a busy housekeeper: {s}"
+    );
+    let expected = in_time as f64 / questions as f64;
+    let measured = s["measured_response_rate"].as_f64().unwrap();
+    assert!(
+        (measured - expected).abs() < 1e-9,
+        "measured {measured}, script {expected}"
+    );
+    assert_eq!(s["escalations"].as_u64(), Some(questions - in_time), "{s}");
+    assert_eq!(s["ok"], true);
+}
+
+#[test]
+fn the_scripted_day_on_the_reference_vendor_with_the_archive() {
+    let s = run(&["--users", "4", "--seed", "3"]);
+    check(&s, "reference");
+    // Every message reached the company archive through the vendor's callbacks.
+    assert_eq!(s["archived"], s["messages_sent"]);
+    assert_eq!(s["housekeepers"], 2);
+}
+
+#[test]
+fn the_scripted_day_on_the_in_process_vendor() {
+    let s = run(&["--vendor", "memory", "--users", "3", "--seed", "11"]);
+    check(&s, "memory");
+    assert!(s["archived"].is_null(), "no archive without callbacks");
+}
+
+#[test]
+fn an_unavailable_vendor_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_im-business-demo"))
+        .args(["--vendor", "xmpp", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("XMPP adapter is not built"));
+}
