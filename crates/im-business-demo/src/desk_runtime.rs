@@ -78,6 +78,8 @@ pub struct Summary {
     pub measured_response_rate: Option<f64>,
     /// Tenants answered by the "unanswered too long" rule.
     pub escalations: u64,
+    /// Replies typed by the person at the keyboard (`--interactive`).
+    pub typed_replies: u64,
     /// QC alerts fired, by rule.
     pub alerts_fired: BTreeMap<String, u64>,
     /// Tenants per housekeeper.
@@ -139,6 +141,8 @@ struct Desk {
     panel: Panel,
     options: DayOptions,
     escalations: u64,
+    /// Replies a person typed (interactive mode).
+    typed_replies: u64,
 }
 
 /// The desk's forwarding tasks; dropping this stops them (on every exit path).
@@ -270,6 +274,7 @@ pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
         verdicts,
         options,
         escalations: 0,
+        typed_replies: 0,
     };
     desk.day().await
 }
@@ -437,15 +442,19 @@ impl Desk {
         if !(self.options.interactive && me) {
             return quick;
         }
-        println!("\n{tenant} asks {keeper} (you): {question}");
-        println!("  type your answer, or press Enter for the quick reply: {quick}");
+        // Prompts go to stderr: stdout stays the view (or the JSON summary).
+        eprintln!("\n{tenant} asks {keeper} (you): {question}");
+        eprintln!("  type your answer, or press Enter for the quick reply: {quick}");
         let line = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map(|_| line)
         })
         .await;
         match line {
-            Ok(Ok(l)) if !l.trim().is_empty() => l.trim().to_owned(),
+            Ok(Ok(l)) if !l.trim().is_empty() => {
+                self.typed_replies += 1;
+                l.trim().to_owned()
+            }
             _ => quick,
         }
     }
@@ -689,6 +698,7 @@ impl Desk {
             expected_response_rate: expected,
             measured_response_rate: measured,
             escalations: self.escalations,
+            typed_replies: self.typed_replies,
             alerts_fired: self.alerts_fired.clone(),
             assignments: self
                 .assignments

@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -77,4 +78,42 @@ fn an_unavailable_vendor_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("XMPP adapter is not built"));
+}
+
+#[test]
+fn a_person_answers_as_the_first_housekeeper() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-business-demo"))
+        .args([
+            "--json",
+            "--speed",
+            "50",
+            "--users",
+            "3",
+            "--seed",
+            "5",
+            "--interactive",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        // Two typed answers, then Enter (the quick reply) for the rest, then end of input.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"On my way up now.\nI will call the plumber.\n\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_str(&stdout).unwrap();
+    check(&s, "reference");
+    assert_eq!(s["typed_replies"], 2, "{s}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(you)"));
 }
