@@ -17,7 +17,7 @@ struct Cli {
 enum Task {
     /// Check the crate graph against the layer rule.
     Layers,
-    /// Everything CI gates on: fmt, clippy, layers, tests.
+    /// Everything CI gates on: fmt, clippy, docs, layers, tests.
     Ci,
     /// Run the standardized case library against a vendor target (args go to
     /// `im-test-suite`: --vendor memory|reference, --category, --filter, --list).
@@ -39,9 +39,15 @@ enum Task {
 }
 
 fn run(args: &[&str]) -> Result<()> {
+    run_with(args, &[])
+}
+
+/// `cargo args` with extra environment variables.
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(cargo())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(project_root())
         .status()?;
     if !status.success() {
@@ -63,6 +69,10 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            run_with(
+                &["doc", "--workspace", "--no-deps", "-q"],
+                &[("RUSTDOCFLAGS", "-D warnings")],
+            )?;
             xtask::layers::run()?;
             run(&["test", "--workspace"])
         }

@@ -125,7 +125,7 @@ pub enum ClientEvent {
         status: Option<SendStatus>,
     },
     /// This subscriber's queue was full and its oldest events were dropped
-    /// ([`DeliveryPolicy::DropOldest`] subscribers only).
+    /// ([`DeliveryPolicy::DropOldest`](crate::DeliveryPolicy::DropOldest) subscribers only).
     Lagged {
         /// How many, exactly, since the previous notice.
         dropped: u64,

@@ -1,7 +1,7 @@
 //! The reference vendor's wire protocol: frame types and the framing codec.
 //!
 //! A frame on the wire is a 4-byte big-endian length followed by that many bytes of
-//! [`codec`](crate::codec) encoding (version byte + bincode body). Requests carry an id the
+//! [`crate::codec`] encoding (version byte + bincode body). Requests carry an id the
 //! response echoes, so responses and pushed events can interleave on one connection.
 
 use std::marker::PhantomData;
