@@ -171,6 +171,7 @@ fn distribution(c: &mut Criterion, rt: &Runtime, threads: &str, against: &[Obser
                             bus: bus.clone(),
                             roles: (observer == Observer::MonitorWithBusiness)
                                 .then(|| Box::new(Agents::default()) as _),
+                            user: None,
                             device: Arc::new(UnknownDevice),
                             clock: Arc::new(SystemClock),
                         },

@@ -123,6 +123,10 @@ pub enum ClientEvent {
         conversation: ConversationId,
         /// The new status; `None` when the item was cancelled.
         status: Option<SendStatus>,
+        /// When the vendor stored it (with `Sent` only): with the client's own user, the
+        /// message as the vendor keeps it, for observers such as QC's business metrics
+        /// (a client's bus carries what it receives, not its own sends as messages).
+        server_time: Option<Timestamp>,
     },
     /// This subscriber's queue was full and its oldest events were dropped
     /// ([`DeliveryPolicy::DropOldest`](crate::DeliveryPolicy::DropOldest) subscribers only).

@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use im_service::{ClientMsgId, Content, ConversationId, ErrorClass, Message, OutgoingMessage};
+use im_service::{
+    ClientMsgId, Content, ConversationId, ErrorClass, Message, OutgoingMessage, Timestamp,
+};
 use tracing::Instrument;
 
 use crate::client::{ImClient, Shared};
@@ -87,6 +89,7 @@ impl ImClient {
                 client_id: id.clone(),
                 conversation: item.message.conversation.clone(),
                 status: None,
+                server_time: None,
             })
             .await;
         shared.outbox_wake.notify_one();
@@ -219,12 +222,18 @@ async fn find(shared: &Shared, id: &ClientMsgId) -> Result<Option<OutboxItem>, A
 }
 
 async fn announce(shared: &Shared, item: &OutboxItem) {
+    announce_at(shared, item, None).await;
+}
+
+/// [`announce`] with the vendor's storage time (of a `Sent` item).
+async fn announce_at(shared: &Shared, item: &OutboxItem, server_time: Option<Timestamp>) {
     shared
         .distributor
         .publish(ClientEvent::SendStatus {
             client_id: item.message.client_id.clone(),
             conversation: item.message.conversation.clone(),
             status: Some(item.status.clone()),
+            server_time,
         })
         .await;
 }
@@ -372,7 +381,7 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
                     .await;
                 return Delivery::StoreFailed;
             }
-            announce(shared, &item).await;
+            announce_at(shared, &item, Some(stored.server_time)).await;
             let _ = shared.own_sent.send(stored);
             Delivery::Done
         }

@@ -14,7 +14,7 @@ use im_arch::{
     Bus, BusStream, ClientEvent, ConnectionState, DeliveryPolicy, DroppedCounter, Filter, Routed,
     SendStatus, SyncProgress,
 };
-use im_service::{ClientMsgId, Clock, ConversationId, Message};
+use im_service::{ClientMsgId, Clock, Content, ConversationId, Message, UserId};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -324,6 +324,8 @@ struct State {
     failed: HashSet<ClientMsgId>,
     /// `None` unless the watch named roles (see [`Watch::roles`]).
     business: Option<BusinessMetrics>,
+    /// See [`Watch::user`].
+    me: Option<UserId>,
     alerts: Alerts,
     verdict: VerdictReport,
     down_since: Option<Instant>,
@@ -367,13 +369,32 @@ impl State {
                 _ => {}
             },
             ClientEvent::SendStatus {
-                client_id, status, ..
+                client_id,
+                conversation,
+                status,
+                server_time,
             } => match status {
                 Some(SendStatus::Sending) => {
                     self.failed.remove(client_id);
                     self.sending.entry(client_id.clone()).or_insert(now);
                 }
-                Some(SendStatus::Sent { .. }) => {
+                Some(SendStatus::Sent { server_id, seq }) => {
+                    if let (Some(me), Some(b), Some(t)) =
+                        (&self.me, self.business.as_mut(), server_time)
+                    {
+                        // The own message as the vendor stored it; the body does not
+                        // matter to the metrics.
+                        b.observe(&Message {
+                            server_id: server_id.clone(),
+                            client_id: client_id.clone(),
+                            conversation: conversation.clone(),
+                            sender: me.clone(),
+                            seq: *seq,
+                            server_time: *t,
+                            client_time: *t,
+                            content: Content::Text(String::new()),
+                        });
+                    }
                     self.failed.remove(client_id);
                     if let Some(t) = self.sending.remove(client_id) {
                         self.send_ack.record(now - t);
@@ -672,6 +693,10 @@ pub struct Watch {
     /// places that serve customers (an agent console, a backend): they cost a map update per
     /// message, which a customer's phone has no use for.
     pub roles: Option<Box<dyn RoleDirectory>>,
+    /// The watched client's own user. With roles, its sends (as the vendor stored them,
+    /// from the bus's `Sent` statuses) count in the business metrics: on an agent's
+    /// console they are the replies. `None`: only received messages count.
+    pub user: Option<UserId>,
     /// Device and network.
     pub device: Arc<dyn DeviceContext>,
     /// Wall clock, for end-to-end latency and business time (server times).
@@ -703,6 +728,7 @@ impl QcMonitor {
             business: watch
                 .roles
                 .map(|roles| BusinessMetrics::with_roles(config.answer_within, roles)),
+            me: watch.user,
             metrics: watch.metrics,
             device: watch.device,
             clock: watch.clock,
@@ -879,6 +905,7 @@ mod tests {
             metrics: QcVendor::new(Arc::new(vendor.client()), Arc::new(UnknownDevice)).metrics(),
             bus: bus.clone(),
             roles,
+            user: None,
             device: Arc::new(UnknownDevice),
             clock: Arc::new(SystemClock),
         }

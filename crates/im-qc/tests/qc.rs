@@ -100,6 +100,7 @@ fn watch(qc: &QcVendor, client: &ImClient) -> Watch {
         metrics: qc.metrics(),
         bus: client.bus().clone(),
         roles: Some(Box::new(Agents::default())),
+        user: None,
         device: Arc::new(UnknownDevice),
         clock: Arc::new(SystemClock),
     }
@@ -507,4 +508,110 @@ async fn samples_are_split_by_network() {
             (Op::Send, im_qc::NetworkType::Cellular)
         ]
     );
+}
+
+/// Waits for `n` events on `inbox`.
+async fn seen(inbox: &mut im_arch::BusStream<im_arch::ClientEvent>, n: usize) {
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("question received")
+            .unwrap();
+    }
+}
+
+/// On an agent's console the replies are the agent's own sends: with `Watch::user`, the
+/// monitor counts them from the bus's `Sent` statuses (vendor server times), so response
+/// rates come out of the box. 2 questions answered after 30 s, 1 after 90 s → 2/3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_own_replies_count_through_watch_user() {
+    let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig::default());
+    let tina = vendor.register_user(&UserId::new("tina"));
+    let hank = vendor.register_user(&UserId::new("hank"));
+    let conv = ConversationId::direct(&tina.user, &hank.user);
+    let t = vendor.client();
+    t.login(&tina).await.unwrap();
+    let qc = Arc::new(QcVendor::new(
+        Arc::new(vendor.client()),
+        Arc::new(UnknownDevice),
+    ));
+    let console = ImClient::builder(qc.clone(), hank.clone())
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let monitor = QcMonitor::start(
+        QcConfig {
+            eval_interval: Duration::from_millis(50),
+            ..QcConfig::default()
+        },
+        Watch {
+            roles: Some(Box::new(Agents::new([hank.user.clone()]))),
+            user: Some(hank.user.clone()),
+            clock: Arc::new(clock.clone()),
+            ..watch(&qc, &console)
+        },
+    )
+    .unwrap();
+    let mut sent = console.subscribe_with(
+        Filter::of([im_arch::EventKind::SendStatus]),
+        DeliveryPolicy::Reliable { capacity: 64 },
+    );
+    console.login().await.unwrap();
+    let ask = |body: &str| {
+        OutgoingMessage::new(conv.clone(), Content::text(body), Timestamp::from_millis(0))
+    };
+    let mut inbox = console.subscribe_with(
+        Filter::of([im_arch::EventKind::Message]),
+        DeliveryPolicy::Reliable { capacity: 64 },
+    );
+    // Business time passes, then the agent replies and the vendor acknowledges it (the send
+    // queue is asynchronous: the reply's server time is when the vendor stored it).
+    let mut reply = async |after: Duration| {
+        clock.advance(after);
+        let id = console
+            .send(conv.clone(), Content::text("on it"))
+            .await
+            .unwrap();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(10), sent.recv())
+                .await
+                .expect("sent in time")
+                .unwrap();
+            if let im_arch::ClientEvent::SendStatus {
+                client_id,
+                status: Some(im_arch::SendStatus::Sent { .. }),
+                server_time,
+                ..
+            } = &*ev
+            {
+                if *client_id == id {
+                    assert!(
+                        server_time.is_some(),
+                        "a Sent status carries the server time"
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    t.send(&ask("q1")).await.unwrap();
+    t.send(&ask("q2")).await.unwrap();
+    // The agent answers what it has seen: wait for the questions on the console first.
+    seen(&mut inbox, 2).await;
+    reply(Duration::from_secs(30)).await;
+    t.send(&ask("q3")).await.unwrap();
+    seen(&mut inbox, 1).await;
+    reply(Duration::from_secs(90)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let business = loop {
+        let b = monitor.snapshot().business.unwrap();
+        if b.agents.iter().any(|a| a.agent == "hank" && a.replies == 2) {
+            break b;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{b:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let row = business.agents.iter().find(|a| a.agent == "hank").unwrap();
+    assert_eq!((row.inbound, row.answered_in_time), (3, 2), "{business:?}");
+    assert!((business.response_rate.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    console.logout().await;
 }

@@ -58,6 +58,7 @@ fn watch(qc: &QcVendor, client: &ImClient) -> Watch {
         metrics: qc.metrics(),
         bus: client.bus().clone(),
         roles: Some(Box::new(Agents::default())),
+        user: None,
         device: Arc::new(UnknownDevice),
         clock: Arc::new(SystemClock),
     }
