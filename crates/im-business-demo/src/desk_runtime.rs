@@ -143,6 +143,8 @@ struct Desk {
     escalations: u64,
     /// Replies a person typed (interactive mode).
     typed_replies: u64,
+    /// 09:00 of the scripted day, vendor time (ms), once the day has begun.
+    day_start: Option<i64>,
 }
 
 /// The desk's forwarding tasks; dropping this stops them (on every exit path).
@@ -276,6 +278,7 @@ pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
         options,
         escalations: 0,
         typed_replies: 0,
+        day_start: None,
     };
     desk.day().await
 }
@@ -457,6 +460,8 @@ impl Desk {
                 self.env.advance(ANSWER_WITHIN + Duration::from_secs(120));
                 self.panel
                     .note(&format!("{keeper} is busy; {tenant} keeps waiting"));
+                // The unanswered question shows as unread on the housekeeper's list.
+                self.panel.render(&self.view());
                 self.escalate(&conv).await?;
             }
         }
@@ -612,6 +617,7 @@ impl Desk {
             self.absorb();
             match step {
                 Step::Hour(h) => {
+                    self.until_hour(*h);
                     self.panel.hour(*h);
                 }
                 Step::Question {
@@ -692,6 +698,24 @@ impl Desk {
         drop(tasks);
         env.shutdown().await;
         Ok(summary)
+    }
+
+    /// Business time moves on to `hour`:00 (UTC) of the scripted day: the first call moves
+    /// the vendor's clock to the next 09:00, later ones to the hour if it is still ahead.
+    fn until_hour(&mut self, hour: u32) {
+        const HOUR_MS: i64 = 3_600_000;
+        const DAY_MS: i64 = 24 * HOUR_MS;
+        let now = self.now().as_millis();
+        let day_start = *self.day_start.get_or_insert_with(|| {
+            let midnight = now.div_euclid(DAY_MS) * DAY_MS;
+            let start = midnight + i64::from(day::HOURS.start) * HOUR_MS;
+            if start >= now { start } else { start + DAY_MS }
+        });
+        let target = day_start + i64::from(hour - day::HOURS.start) * HOUR_MS;
+        if target > now {
+            self.env
+                .advance(Duration::from_millis((target - now) as u64));
+        }
     }
 
     /// What the panels show now.
