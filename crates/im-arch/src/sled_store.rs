@@ -91,6 +91,24 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// Opens `config`, waiting (at most 2 s) for the directory's lock: a store dropped just
+/// before is released only when sled's background flusher notices, up to its flush
+/// interval later, and a quick restart must not fail for that.
+fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, ArchError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(store_err),
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
     ///
@@ -107,7 +125,7 @@ impl SledStore {
     }
 
     fn with_config(config: sled::Config) -> Result<SledStore, ArchError> {
-        let db = config.open().map_err(store_err)?;
+        let db = open_waiting_for_lock(&config)?;
         // The schema is checked before any other tree is created, so a refused store is
         // left exactly as it was found.
         let meta = db.open_tree(META).map_err(store_err)?;

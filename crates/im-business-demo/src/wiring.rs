@@ -30,7 +30,7 @@ pub enum VendorChoice {
     /// The reference vendor over TCP on 127.0.0.1, with the company archive fed by its
     /// callbacks (the default).
     Reference,
-    /// An XMPP server (Prosody) at `--addr`.
+    /// An XMPP server (Prosody): refused with the reason (see `Environment::start`).
     Xmpp,
 }
 
@@ -170,7 +170,9 @@ impl Environment {
                 )
             }
             VendorChoice::Xmpp => bail!(
-                "the XMPP adapter is not built yet (issue 9): use --vendor reference or memory"
+                "--vendor xmpp: the scripted day needs a vendor it can administer (accounts, \
+                 business time, an outage), which a real XMPP server does not offer; the XMPP \
+                 adapter runs the case library instead (`cargo xtask test-suite --vendor xmpp`)"
             ),
         };
         let credentials = users

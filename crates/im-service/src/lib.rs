@@ -40,6 +40,8 @@ pub mod reference;
 pub mod vendor;
 #[cfg(feature = "webhook")]
 pub mod webhook;
+#[cfg(feature = "xmpp")]
+pub mod xmpp;
 
 pub use capabilities::{Capabilities, Capability};
 pub use clock::{Clock, ManualClock, ShiftedClock, SystemClock};

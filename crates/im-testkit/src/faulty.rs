@@ -3,13 +3,14 @@
 //! run between a call and its answer (to make another user act in the middle of a sync).
 //! Deterministic: every random choice comes from one seeded generator.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use im_service::memory::VendorOp;
 use im_service::{
     Capabilities, ConversationId, Credentials, EventStream, HistoryPage, HistoryQuery, Message,
     OfflineAck, OfflineBatch, OutgoingMessage, SendReceipt, ServerMsgId, ServiceError, Session,
@@ -38,6 +39,35 @@ pub struct PushFaults {
     pub lose: Option<LoseFilter>,
 }
 
+/// Calls made to fail on purpose, shared by every wrapper built with it (so a harness can
+/// fail "the next call of any client", as a vendor's own fault injection does).
+#[derive(Debug, Clone, Default)]
+pub struct Failures(Arc<Mutex<HashMap<VendorOp, (u32, ServiceError)>>>);
+
+impl Failures {
+    /// Makes the next `count` calls of `op` fail with `error`.
+    pub fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
+        let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if count == 0 {
+            table.remove(&op);
+        } else {
+            table.insert(op, (count, error));
+        }
+    }
+
+    /// The error the next call of `op` must fail with, if any (consumes one).
+    fn take(&self, op: VendorOp) -> Option<ServiceError> {
+        let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (left, error) = table.get_mut(&op)?;
+        let error = error.clone();
+        *left -= 1;
+        if *left == 0 {
+            table.remove(&op);
+        }
+        Some(error)
+    }
+}
+
 /// A vendor wrapper with deliberate faults.
 pub struct FaultyVendor<V> {
     inner: Arc<V>,
@@ -55,6 +85,8 @@ pub struct FaultyVendor<V> {
     /// Capabilities reported instead of the inner vendor's (to play a vendor that lacks,
     /// say, sequence numbers while reusing a full implementation underneath).
     capabilities: Option<Capabilities>,
+    /// Calls that fail before reaching the inner vendor.
+    failures: Failures,
 }
 
 impl<V: Vendor + 'static> FaultyVendor<V> {
@@ -72,7 +104,19 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
             call_delay: Mutex::new(None),
             lost_acks: Mutex::new(0),
             capabilities: None,
+            failures: Failures::default(),
         }
+    }
+
+    /// Fails calls as `failures` says (share one table among wrappers to fail any client's).
+    pub fn with_failures(mut self, failures: Failures) -> Self {
+        self.failures = failures;
+        self
+    }
+
+    /// Makes the next `count` calls of `op` through this wrapper's table fail with `error`.
+    pub fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
+        self.failures.fail_next(op, count, error);
     }
 
     /// Reports `capabilities` instead of the inner vendor's. The behaviour underneath does
@@ -120,6 +164,12 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
         if let Some(d) = d {
             tokio::time::sleep(d).await;
         }
+    }
+
+    /// The delay, then an injected failure of `op` if one is due.
+    async fn before(&self, op: VendorOp) -> Result<(), ServiceError> {
+        self.delay().await;
+        self.failures.take(op).map_or(Ok(()), Err)
     }
 }
 
@@ -224,7 +274,7 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
     }
 
     async fn login(&self, credentials: &Credentials) -> Result<Session, ServiceError> {
-        self.delay().await;
+        self.before(VendorOp::Login).await?;
         self.inner.login(credentials).await
     }
 
@@ -233,7 +283,7 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
     }
 
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ServiceError> {
-        self.delay().await;
+        self.before(VendorOp::Send).await?;
         let receipt = self.inner.send(message).await?;
         let mut lost = self.lost_acks.lock().unwrap_or_else(|e| e.into_inner());
         if *lost > 0 {
@@ -244,7 +294,7 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
     }
 
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch, ServiceError> {
-        self.delay().await;
+        self.before(VendorOp::PullOffline).await?;
         let result = self.inner.pull_offline(max).await;
         let n = {
             let mut p = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
@@ -263,22 +313,22 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
     }
 
     async fn ack_offline(&self, ack: &OfflineAck) -> Result<(), ServiceError> {
-        self.delay().await;
+        self.before(VendorOp::AckOffline).await?;
         self.inner.ack_offline(ack).await
     }
 
     async fn go_online(&self) -> Result<(), ServiceError> {
-        self.delay().await;
+        self.before(VendorOp::GoOnline).await?;
         self.inner.go_online().await
     }
 
     async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage, ServiceError> {
-        self.delay().await;
+        self.before(VendorOp::PullHistory).await?;
         self.inner.pull_history(query).await
     }
 
     async fn ping(&self) -> Result<Duration, ServiceError> {
-        self.delay().await;
+        self.before(VendorOp::Ping).await?;
         self.inner.ping().await
     }
 

@@ -10,6 +10,7 @@ use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig, VendorO
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{Clock, Credentials, GroupId, ManualClock, ServiceError, Token, UserId, Vendor};
 
+use crate::faulty::{Failures, FaultyVendor};
 use crate::reference::{ReferenceServer, ServerConfig};
 
 /// Settings every harness applies when it builds its vendor, so one suite can assert exact
@@ -225,5 +226,141 @@ impl VendorHarness for ReferenceHarness {
 
     fn wire_addr(&self) -> Option<SocketAddr> {
         Some(self.server.addr())
+    }
+}
+
+/// The XMPP domain of the test Prosody (`tests/prosody/prosody.cfg.lua`).
+pub const XMPP_DOMAIN: &str = "im.test";
+
+/// The password of an XMPP test account (the contract's token): one per user, so one
+/// user's token does not open another's account.
+fn xmpp_password(user: &str) -> String {
+    format!("pw-{user}")
+}
+
+/// Where the test Prosody listens: `IM_PROSODY_ADDR`, else 127.0.0.1:5222.
+pub fn prosody_addr() -> SocketAddr {
+    std::env::var("IM_PROSODY_ADDR")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5222)))
+}
+
+/// Whether a Prosody answers at [`prosody_addr`].
+pub fn prosody_running() -> bool {
+    std::net::TcpStream::connect_timeout(&prosody_addr(), Duration::from_millis(500)).is_ok()
+}
+
+/// [`VendorHarness`] for a real Prosody (started by `tests/prosody/prosody.sh`, shared by
+/// every harness: accounts get a per-harness suffix so cases do not meet). What a real
+/// server cannot do is declared, not faked: its clock cannot be moved
+/// ([`VendorHarness::advance`] panics; cases needing it are "not applicable"), and groups
+/// are not mapped. Failures are injected client-side ([`FaultyVendor`]), before the call
+/// reaches the server.
+#[derive(Debug)]
+pub struct XmppHarness {
+    /// The adapter.
+    pub vendor: im_service::xmpp::XmppVendor,
+    failures: Failures,
+    suffix: String,
+    config: ContractConfig,
+}
+
+impl XmppHarness {
+    /// A harness on the running Prosody. Panics with the way to start one if none runs.
+    pub fn start(config: ContractConfig) -> Self {
+        let addr = prosody_addr();
+        assert!(
+            prosody_running(),
+            "no Prosody at {addr}: run `tests/prosody/prosody.sh start` (or set IM_PROSODY_ADDR)"
+        );
+        let mut xmpp = im_service::xmpp::XmppConfig::new(addr, XMPP_DOMAIN);
+        xmpp.max_message_bytes = config.max_message_bytes;
+        Self {
+            vendor: im_service::xmpp::XmppVendor::new(xmpp),
+            failures: Failures::default(),
+            suffix: format!("{:08x}", rand::random::<u32>()),
+            config,
+        }
+    }
+
+    fn script() -> std::path::PathBuf {
+        [
+            env!("CARGO_MANIFEST_DIR"),
+            "..",
+            "..",
+            "tests",
+            "prosody",
+            "prosody.sh",
+        ]
+        .iter()
+        .collect()
+    }
+}
+
+#[async_trait]
+impl VendorHarness for XmppHarness {
+    type Client = FaultyVendor<im_service::xmpp::XmppClient>;
+
+    fn config(&self) -> &ContractConfig {
+        &self.config
+    }
+
+    async fn user(&self, name: &str) -> Credentials {
+        let user = format!("{name}-{}", self.suffix);
+        let out = tokio::process::Command::new("bash")
+            .arg(Self::script())
+            .args(["register", &user, &xmpp_password(&user)])
+            .output()
+            .await;
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "cannot register {user}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("cannot run prosody.sh: {e}"),
+        }
+        Credentials {
+            token: Token::new(xmpp_password(&user)),
+            user: UserId::new(user),
+        }
+    }
+
+    async fn token(&self, user: &UserId, _ttl: Duration) -> Token {
+        // XMPP passwords do not expire (no TokenExpiry capability): the TTL cannot apply.
+        Token::new(xmpp_password(user.as_str()))
+    }
+
+    async fn group(&self, id: &str, _members: &[UserId]) {
+        panic!("group {id}: XMPP groups (MUC) are not mapped (no GroupConversations)");
+    }
+
+    async fn client(&self) -> Self::Client {
+        FaultyVendor::new(Arc::new(self.vendor.client()), rand::random())
+            .with_failures(self.failures.clone())
+    }
+
+    async fn advance(&self, by: Duration) {
+        // A real server's time moves only by waiting: fine for the few seconds a case uses
+        // to separate timestamps, impossible for days (such cases need `VendorClock`).
+        assert!(
+            by <= Duration::from_secs(5),
+            "a real server's clock cannot move {by:?}: the case needs VendorClock"
+        );
+        tokio::time::sleep(by).await;
+    }
+
+    fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
+        self.failures.fail_next(op, count, error);
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        Arc::new(im_service::SystemClock)
+    }
+
+    fn wire_addr(&self) -> Option<SocketAddr> {
+        // Raw frames of the reference protocol mean nothing to an XMPP server.
+        None
     }
 }

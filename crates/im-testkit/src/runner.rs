@@ -52,7 +52,7 @@ pub async fn run(
             let started = Instant::now();
             let missing = case.missing(target);
             let outcome = if !missing.is_empty() {
-                Outcome::NotApplicable(missing.iter().map(|c| format!("{c:?}")).collect())
+                Outcome::NotApplicable(missing)
             } else {
                 // Its own task: a panic (a failed assertion) is caught as a JoinError.
                 let task = tokio::spawn((case.run)(target));

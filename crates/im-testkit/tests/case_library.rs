@@ -52,6 +52,7 @@ fn case(
         category: Category::Extended,
         layer: Layer::Service,
         needs,
+        harness: &[],
         steps: &["run"],
         expected: "as named",
         guards: None,

@@ -650,7 +650,8 @@ async fn sends_wait_for_auth<H: VendorHarness>(h: H) {
 async fn list_order_pins_and_drafts<H: VendorHarness>(h: H) {
     let (client, mut sub, a, direct) = online_pair(&h).await;
     let carol = h.user("carol").await;
-    let with_carol = ConversationId::direct(&UserId::new("bob"), &carol.user);
+    let bob = h.user("bob").await;
+    let with_carol = ConversationId::direct(&bob.user, &carol.user);
     let c = h.client().await;
     c.login(&carol).await.expect("carol logs in");
     a.send(&text(&direct, "from alice")).await.expect("send");
@@ -711,7 +712,7 @@ async fn own_and_muted_unread<H: VendorHarness>(h: H) {
     until(
         &mut sub,
         Duration::from_secs(10),
-        |e| matches!(e, ClientEvent::Message(r) if r.message.sender.as_str() == "alice"),
+        |e| matches!(e, ClientEvent::Message(r) if r.message.content == Content::text("theirs")),
     )
     .await;
     assert_eq!(client.total_unread(), 1, "only their message is unread");
@@ -885,6 +886,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::OfflineQueue],
+            harness: &[],
             steps: &[
                 "alice sends 3 messages while bob is away",
                 "bob's client logs in and syncs",
@@ -900,6 +902,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::ServerAcks],
+            harness: &[],
             steps: &[
                 "log in",
                 "send one message",
@@ -915,6 +918,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &[
                 "bob is online",
                 "alice sends 2 messages",
@@ -930,6 +934,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::GroupConversations],
+            harness: &[],
             steps: &[
                 "a chat screen subscribes to the direct conversation",
                 "alice writes in a group, then in the direct conversation",
@@ -944,6 +949,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::HistoryByTime],
+            harness: &[],
             steps: &[
                 "queue 5 sends at once",
                 "wait until all are Sent",
@@ -959,6 +965,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &["send content one byte over the vendor's limit"],
             expected: "a typed error; the outbox stays empty",
             guards: None,
@@ -970,6 +977,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &["receive 5 messages", "page 3, then the rest"],
             expected: "t4, t3, t2, then the 2 older ones",
             guards: None,
@@ -981,6 +989,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::IdempotentSend, C::HistoryByTime],
+            harness: &[],
             steps: &[
                 "the vendor stores a send but its ack is lost",
                 "the client resends",
@@ -995,6 +1004,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::SequenceNumbers, C::HistoryBySeq],
+            harness: &[],
             steps: &["bob is online", "alice sends 3; push 2 is lost"],
             expected: "bob gets 1, 2, 3 in order, each once",
             guards: Some(2),
@@ -1006,6 +1016,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::HistoryByTime],
+            harness: &[],
             steps: &[
                 "the vendor fails the next 2 sends with an unknown server error",
                 "queue A, B, C",
@@ -1020,6 +1031,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &[
                 "a UI subscribes DropOldest(2) and does not read",
                 "5 messages arrive",
@@ -1034,6 +1046,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &[
                 "write a cursor",
                 "corrupt it on disk",
@@ -1049,6 +1062,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &["the vendor refuses the next send as not a member", "send"],
             expected: "Failed { recoverable: false } within the deadline",
             guards: Some(4),
@@ -1060,6 +1074,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::OfflineQueue],
+            harness: &[],
             steps: &[
                 "queue 2 sends on a sled store without logging in",
                 "drop the client; rebuild it on the same directory; log in",
@@ -1074,6 +1089,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &["send before login", "wait", "log in"],
             expected: "still Sending before login; Sent after",
             guards: Some(7),
@@ -1085,6 +1101,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &[
                 "two conversations get messages",
                 "edit a draft in the older",
@@ -1100,6 +1117,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &["I send one, they send one", "mute the conversation"],
             expected: "total unread 1, then 0",
             guards: Some(6),
@@ -1111,6 +1129,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
+            harness: &[],
             steps: &[
                 "subscribe to send status only",
                 "send",
@@ -1126,6 +1145,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::SequenceNumbers],
+            harness: &[],
             steps: &[
                 "every push is duplicated and pairs are swapped",
                 "alice sends 4",
@@ -1140,6 +1160,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::OfflineQueue],
+            harness: &[],
             steps: &[
                 "bob is online",
                 "bob's client reconnects",
@@ -1155,6 +1176,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::HistoryByTime],
+            harness: &[],
             steps: &[
                 "4 messages are taken and acknowledged by another device",
                 "a fresh client pages its timeline",

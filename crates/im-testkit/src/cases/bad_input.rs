@@ -183,6 +183,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Service,
             needs: &[],
+            harness: &[],
             steps: &[
                 "write garbage, a wrong format version and a 4 GiB length prefix to the \
                  vendor's wire (the codec, for an in-process vendor)",
@@ -200,6 +201,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Service,
             needs: &[C::HistoryByTime],
+            harness: &[],
             steps: &[
                 "sign a message.stored callback of a stored message with the shared secret",
                 "verify it; then a tampered body, another secret, a replay 10 minutes \

@@ -38,6 +38,15 @@ pub enum Layer {
     Qc,
 }
 
+/// What a case needs from the test environment rather than from the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HarnessNeed {
+    /// The harness moves the vendor's clock ([`crate::harness::VendorHarness::advance`]):
+    /// simulated vendors can, a real server cannot.
+    VendorClock,
+}
+
 /// A vendor the suite can run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,17 +55,20 @@ pub enum Target {
     Memory,
     /// The reference vendor over TCP (the demo environment), started by the suite.
     Reference,
+    /// A real Prosody (XMPP) on `IM_PROSODY_ADDR`, started by `tests/prosody/prosody.sh`.
+    Xmpp,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 2] = [Target::Memory, Target::Reference];
+    pub const ALL: [Target; 3] = [Target::Memory, Target::Reference, Target::Xmpp];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Target::Memory => "memory",
             Target::Reference => "reference",
+            Target::Xmpp => "xmpp",
         }
     }
 
@@ -74,6 +86,25 @@ impl Target {
                     .capabilities()
                     .clone()
             }
+            Target::Xmpp => {
+                let mut config = im_service::xmpp::XmppConfig::new(
+                    crate::harness::prosody_addr(),
+                    crate::harness::XMPP_DOMAIN,
+                );
+                config.max_message_bytes =
+                    crate::harness::ContractConfig::default().max_message_bytes;
+                im_service::xmpp::XmppVendor::new(config)
+                    .capabilities()
+                    .clone()
+            }
+        }
+    }
+
+    /// What the target's test environment can do.
+    pub fn harness(self) -> &'static [HarnessNeed] {
+        match self {
+            Target::Memory | Target::Reference => &[HarnessNeed::VendorClock],
+            Target::Xmpp => &[],
         }
     }
 }
@@ -93,6 +124,7 @@ macro_rules! on_target {
             $crate::cases::Target::Reference => {
                 ($f)($crate::harness::ReferenceHarness::start($config).await).await
             }
+            $crate::cases::Target::Xmpp => ($f)($crate::harness::XmppHarness::start($config)).await,
         }
     };
 }
@@ -113,6 +145,8 @@ pub struct Case {
     pub layer: Layer,
     /// Vendor capabilities it needs; without them it is "not applicable".
     pub needs: &'static [Capability],
+    /// What it needs from the test environment; without it, "not applicable" too.
+    pub harness: &'static [HarnessNeed],
     /// What it does.
     pub steps: &'static [&'static str],
     /// What must hold.
@@ -132,9 +166,22 @@ impl std::fmt::Debug for Case {
 }
 
 impl Case {
-    /// The capabilities `target` lacks for this case (empty: applicable).
-    pub fn missing(&self, target: Target) -> Vec<Capability> {
-        target.capabilities().missing(self.needs)
+    /// What `target` lacks for this case, by name: vendor capabilities, then harness
+    /// needs (empty: applicable).
+    pub fn missing(&self, target: Target) -> Vec<String> {
+        let env = target.harness();
+        target
+            .capabilities()
+            .missing(self.needs)
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .chain(
+                self.harness
+                    .iter()
+                    .filter(|h| !env.contains(h))
+                    .map(|h| format!("{h:?}")),
+            )
+            .collect()
     }
 }
 
@@ -161,7 +208,12 @@ pub fn markdown() -> String {
     );
     let cases = catalogue();
     for c in &cases {
-        let needs: Vec<String> = c.needs.iter().map(|n| format!("{n:?}")).collect();
+        let needs: Vec<String> = c
+            .needs
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .chain(c.harness.iter().map(|h| format!("{h:?}")))
+            .collect();
         out.push_str(&format!(
             "| {} | {} | {:?} | {:?} | {} | {} |\n",
             c.id,

@@ -198,6 +198,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Qc,
             needs: &[],
+            harness: &[],
             steps: &[
                 "the vendor fails 2 of 10 history pulls",
                 "read the decorator's metrics",
@@ -212,6 +213,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Qc,
             needs: &[],
+            harness: &[],
             steps: &[
                 "log in through the decorator",
                 "let the monitor evaluate",
@@ -227,6 +229,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Qc,
             needs: &[],
+            harness: &[],
             steps: &[
                 "a rule: pull success ratio below 50% for 100 ms",
                 "10 pulls fail",
@@ -242,6 +245,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Qc,
             needs: &[C::HistoryByTime],
+            harness: &[],
             steps: &[
                 "a customer asks, an agent answers at once",
                 "the customer asks again; nobody answers",

@@ -17,7 +17,7 @@ use im_service::{
 };
 
 use super::arch::{delivered, until};
-use super::{Case, Category, Layer};
+use super::{Case, Category, HarnessNeed, Layer};
 use crate::contract::text;
 use crate::harness::{ContractConfig, VendorHarness};
 use crate::on_target;
@@ -324,6 +324,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::HistoryByTime],
+            harness: &[HarnessNeed::VendorClock],
             steps: &[
                 "the vendor keeps 30 days and an hour; messages are sent 40, 15 and 1 day(s) before now",
                 "bob's client (on the vendor's clock) reads the Recent, Middle and Old windows",
@@ -350,6 +351,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::HistoryByTime],
+            harness: &[],
             steps: &[
                 "bob is online with max_attempts = 3",
                 "the vendor fails the next 3 history pulls as unavailable",
@@ -366,6 +368,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::Heartbeat],
+            harness: &[],
             steps: &[
                 "bob is online, heartbeat every 50 ms, 2 misses allowed",
                 "the vendor times out the next 2 pings",
@@ -382,6 +385,7 @@ pub(super) fn cases() -> Vec<Case> {
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::OfflineQueue],
+            harness: &[],
             steps: &[
                 "alice sends 5 while bob is away",
                 "bob syncs in batches of 2; every ack of the first pass fails",

@@ -2,19 +2,23 @@
 
 use im_service::Capability as C;
 
-use super::{Case, Category, Layer};
+use super::{Case, Category, HarnessNeed, Layer};
 use crate::contract;
 use crate::on_target;
 
 /// Builds a service case from a contract scenario.
 macro_rules! contract_case {
     ($id:literal, $scenario:ident, $title:literal, $needs:expr, $guards:expr, $expected:literal, [$($step:literal),* $(,)?]) => {
+        contract_case!($id, $scenario, $title, $needs, $guards, $expected, [$($step),*], harness: &[])
+    };
+    ($id:literal, $scenario:ident, $title:literal, $needs:expr, $guards:expr, $expected:literal, [$($step:literal),* $(,)?], harness: $harness:expr) => {
         Case {
             id: $id,
             title: $title,
             category: Category::Essential,
             layer: Layer::Service,
             needs: $needs,
+            harness: $harness,
             steps: &[$($step),*],
             expected: $expected,
             guards: $guards,
@@ -74,7 +78,8 @@ pub(super) fn cases() -> Vec<Case> {
                 "send messages",
                 "advance vendor time past retention",
                 "pull history"
-            ]
+            ],
+            harness: &[HarnessNeed::VendorClock]
         ),
         contract_case!(
             "SVC-005",
@@ -86,7 +91,8 @@ pub(super) fn cases() -> Vec<Case> {
             [
                 "send messages over time",
                 "pull a time range in small pages"
-            ]
+            ],
+            harness: &[HarnessNeed::VendorClock]
         ),
         contract_case!(
             "SVC-006",
