@@ -4,6 +4,7 @@
 #   tests/prosody/prosody.sh stop
 #   tests/prosody/prosody.sh register USER PASSWORD
 # State lives in $IM_PROSODY_DIR (default /tmp/im-prosody); the server is stopped by its PID.
+# IM_PROSODY_FAKETIME_FILE (optional, needs libfaketime) lets tests move the server's clock.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export IM_PROSODY_DIR="${IM_PROSODY_DIR:-/tmp/im-prosody}"
@@ -18,7 +19,21 @@ start)
     rm -rf "$IM_PROSODY_DIR"
     mkdir -p "$IM_PROSODY_DIR/data" "$IM_PROSODY_DIR/certs"
     echo "$IM_PROSODY_PORT" > "$IM_PROSODY_DIR/port"
-    prosody --config "$cfg" > "$IM_PROSODY_DIR/stdout.log" 2>&1 &
+    # With IM_PROSODY_FAKETIME_FILE, the server's wall clock is what that file says (a
+    # libfaketime offset such as "-15d", re-read on every call): tests move it to store
+    # messages in the past, so history windows of weeks can be read back through MAM.
+    launcher=()
+    if [ -n "${IM_PROSODY_FAKETIME_FILE:-}" ]; then
+        lib="$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -n 1)"
+        if [ -z "$lib" ]; then
+            echo "IM_PROSODY_FAKETIME_FILE is set but libfaketime is missing (apt-get install faketime)" >&2
+            exit 1
+        fi
+        [ -f "$IM_PROSODY_FAKETIME_FILE" ] || echo "+0" > "$IM_PROSODY_FAKETIME_FILE"
+        launcher=(env LD_PRELOAD="$lib" FAKETIME_TIMESTAMP_FILE="$IM_PROSODY_FAKETIME_FILE"
+            FAKETIME_NO_CACHE=1 DONT_FAKE_MONOTONIC=1)
+    fi
+    "${launcher[@]}" prosody --config "$cfg" > "$IM_PROSODY_DIR/stdout.log" 2>&1 &
     echo $! > "$IM_PROSODY_DIR/prosody.pid"
     for _ in $(seq 1 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$IM_PROSODY_PORT") 2>/dev/null; then

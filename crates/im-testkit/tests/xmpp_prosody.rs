@@ -11,6 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
+use std::sync::Arc;
+
+use im_arch::{HistoryWindow, ImClient};
 use im_service::xmpp::{XmppClient, XmppConfig, XmppVendor};
 use im_service::{
     Content, ConversationId, Credentials, EventStream, HistoryQuery, HistoryRange, KickReason,
@@ -42,6 +45,11 @@ fn prosody() -> Option<SocketAddr> {
 
 /// Registers `name` (made unique) and returns its credentials.
 fn user(name: &str) -> Credentials {
+    user_in(None, name)
+}
+
+/// [`user`] on the server whose data lives in `dir` (`None`: the default one).
+fn user_in(dir: Option<&str>, name: &str) -> Credentials {
     let unique = format!("{name}-{:08x}", rand::random::<u32>());
     let script: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
@@ -53,11 +61,12 @@ fn user(name: &str) -> Credentials {
     ]
     .iter()
     .collect();
-    let out = Command::new("bash")
-        .arg(script)
-        .args(["register", &unique, "pw-secret"])
-        .output()
-        .expect("run prosody.sh register");
+    let mut cmd = Command::new("bash");
+    cmd.arg(script).args(["register", &unique, "pw-secret"]);
+    if let Some(dir) = dir {
+        cmd.env("IM_PROSODY_DIR", dir);
+    }
+    let out = cmd.output().expect("run prosody.sh register");
     assert!(
         out.status.success(),
         "register: {}",
@@ -277,4 +286,89 @@ async fn a_second_login_kicks_the_first() {
     }
     assert!(second.ping().await.is_ok(), "the newer session stays");
     second.logout().await.unwrap();
+}
+
+/// The second test server, whose clock the test moves (`prosody.sh` with
+/// `IM_PROSODY_FAKETIME_FILE`): its address, data directory and clock file, from
+/// `IM_PROSODY_FAKETIME_ADDR`, `IM_PROSODY_FAKETIME_DIR`, `IM_PROSODY_FAKETIME_FILE`.
+fn shifted_prosody() -> Option<(SocketAddr, String, String)> {
+    let vars = (
+        std::env::var("IM_PROSODY_FAKETIME_ADDR"),
+        std::env::var("IM_PROSODY_FAKETIME_DIR"),
+        std::env::var("IM_PROSODY_FAKETIME_FILE"),
+    );
+    match vars {
+        (Ok(addr), Ok(dir), Ok(file)) => Some((addr.parse().expect("host:port"), dir, file)),
+        _ if std::env::var_os("IM_REQUIRE_PROSODY").is_some() => {
+            panic!("IM_REQUIRE_PROSODY is set but the shifted-clock Prosody is not configured")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: no shifted-clock Prosody (set IM_PROSODY_FAKETIME_ADDR/_DIR/_FILE, \
+                 see tests/prosody/README.md)"
+            );
+            None
+        }
+    }
+}
+
+/// Messages stored 40 days, 15 days and 1 hour ago (the server's clock moved back while
+/// they were sent): through the client's history windows, `Recent` and `Middle` come from
+/// MAM with the right message each, and `Old` (no source configured) is an explicit gap.
+#[tokio::test]
+async fn history_windows_of_weeks_come_from_mam() {
+    let Some((addr, dir, clock)) = shifted_prosody() else {
+        return;
+    };
+    let v = vendor(addr);
+    let (alice, bob) = (user_in(Some(&dir), "alice"), user_in(Some(&dir), "bob"));
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let set_clock = |offset: &str| std::fs::write(&clock, format!("{offset}\n")).unwrap();
+    for (offset, body) in [
+        ("-40d", "40 days ago"),
+        ("-15d", "15 days ago"),
+        ("-1h", "an hour ago"),
+    ] {
+        set_clock(offset);
+        let a = v.client();
+        a.login(&alice).await.unwrap();
+        a.send(&text(&conv, body)).await.unwrap();
+        a.logout().await.unwrap();
+    }
+    set_clock("+0");
+    let vendor: Arc<dyn Vendor> = Arc::new(v.client());
+    let client = ImClient::builder(vendor, bob.clone()).build();
+    client.login().await.unwrap();
+    for (window, want) in [
+        (HistoryWindow::Recent, "an hour ago"),
+        (HistoryWindow::Middle, "15 days ago"),
+    ] {
+        let page = client.history(&conv, window, 10, None).await.unwrap();
+        assert_eq!(bodies(&page.messages), [want], "{window:?}: {page:?}");
+        assert!(page.gaps.is_empty(), "{window:?}");
+        let age = Timestamp::from_millis(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+        )
+        .as_millis()
+            - page.messages[0].server_time.as_millis();
+        let days = age / 86_400_000;
+        assert_eq!(
+            days,
+            if window == HistoryWindow::Middle {
+                15
+            } else {
+                0
+            },
+            "the server's time, not the sender's"
+        );
+    }
+    let old = client
+        .history(&conv, HistoryWindow::Old, 10, None)
+        .await
+        .unwrap();
+    assert!(old.messages.is_empty() && old.gaps.len() == 1, "{old:?}");
+    client.logout().await;
 }
