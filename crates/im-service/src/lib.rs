@@ -12,8 +12,8 @@
 //! It also hosts the one versioned binary [`codec`] of the workspace and, behind cargo
 //! features, the vendor adapters: `memory` ([`memory::MemoryVendor`], a complete in-process
 //! vendor), `reference` (`reference::ReferenceVendor`, the client of the reference vendor's
-//! TCP protocol), `mock` (`MockVendor`, a mockall mock of the trait), and `webhook` (signed
-//! vendor callbacks).
+//! TCP protocol), `xmpp` (`xmpp::XmppVendor`, for XMPP servers such as Prosody), `mock`
+//! (`MockVendor`, a mockall mock of the trait), and `webhook` (signed vendor callbacks).
 //!
 //! Invariant: this crate never depends on any other im-layers crate. Higher layers
 //! (`im-arch`, `im-qc`, business code) compile against the trait without any adapter.
