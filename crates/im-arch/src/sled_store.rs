@@ -98,8 +98,10 @@ fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, ArchError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match config.open() {
+            // sled wraps the OS error in a message: match both forms.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -165,7 +167,14 @@ impl SledStore {
 
     /// Waits until every write made so far is durable on disk.
     pub async fn flush(&self) -> Result<(), ArchError> {
-        self.db.flush_async().await.map(|_| ()).map_err(store_err)
+        // Not sled's `flush_async`: concurrent calls of it deadlock in sled 0.34
+        // (spacejam/sled#1308). The blocking flush runs off the runtime's threads.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| ArchError::Store(format!("flush task: {e}")))?
+            .map(|_| ())
+            .map_err(store_err)
     }
 
     fn write_lock(&self) -> MutexGuard<'_, ()> {

@@ -511,7 +511,7 @@ mod sled_only {
     }
 
     fn schema_on_disk(dir: &Path) -> u32 {
-        let db = sled::open(dir).unwrap();
+        let db = raw_open(dir);
         let raw = db
             .open_tree(META)
             .unwrap()
@@ -522,7 +522,7 @@ mod sled_only {
     }
 
     fn write_schema(dir: &Path, version: u32) {
-        let db = sled::open(dir).unwrap();
+        let db = raw_open(dir);
         let meta = db.open_tree(META).unwrap();
         meta.insert(SCHEMA_KEY, im_service::codec::encode(&version).unwrap())
             .unwrap();
@@ -625,7 +625,7 @@ mod sled_only {
                 .unwrap();
         }
         let key = {
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_open(dir.path());
             let raw = db
                 .open_tree("by_server_id")
                 .unwrap()
@@ -698,7 +698,7 @@ mod sled_only {
         let mut key = 2u64.to_be_bytes().to_vec();
         key.extend_from_slice(b"bad");
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_open(dir.path());
             let outbox = db.open_tree("outbox").unwrap();
             assert!(
                 outbox.contains_key(&key).unwrap(),
@@ -786,6 +786,21 @@ mod sled_only {
                 }
                 Ok(())
             })?;
+        }
+    }
+}
+
+/// Raw sled on a store's directory, waiting (at most 2 s) for the lock a just-dropped store
+/// releases when sled's background flusher notices.
+fn raw_open(dir: impl AsRef<std::path::Path>) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(dir.as_ref()) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open {}: {e}", dir.as_ref().display()),
         }
     }
 }

@@ -101,9 +101,24 @@ fn user_key(u: &UserId, c: &ConversationId) -> Vec<u8> {
 
 impl SledArchive {
     /// Opens (or creates) the archive in `dir`.
+    ///
+    /// Waits (at most 2 s) for the directory's lock: an archive dropped just before is
+    /// released only when sled's background flusher notices, and a quick restart must not
+    /// fail for that.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, ArchiveError> {
-        let db = sled::open(dir)?;
-        Self::on(db)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match sled::open(dir.as_ref()) {
+                // sled wraps the OS error in a message.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return Self::on(other?),
+            }
+        }
     }
 
     /// The archive on an open sled database (its tree `archive`).
