@@ -283,18 +283,37 @@ impl XmppHarness {
             config,
         }
     }
+}
 
-    fn script() -> std::path::PathBuf {
-        [
-            env!("CARGO_MANIFEST_DIR"),
-            "..",
-            "..",
-            "tests",
-            "prosody",
-            "prosody.sh",
-        ]
-        .iter()
-        .collect()
+/// Registers (or re-registers) `user` with `password` on the test Prosody whose data lives in
+/// `dir` (`None`: `$IM_PROSODY_DIR`), through `tests/prosody/prosody.sh register`.
+pub async fn register_xmpp_user(
+    user: &str,
+    password: &str,
+    dir: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let script: std::path::PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "..",
+        "tests",
+        "prosody",
+        "prosody.sh",
+    ]
+    .iter()
+    .collect();
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(script).args(["register", user, password]);
+    if let Some(dir) = dir {
+        cmd.env("IM_PROSODY_DIR", dir);
+    }
+    match cmd.output().await {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "cannot register {user}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("cannot run prosody.sh: {e}")),
     }
 }
 
@@ -308,18 +327,8 @@ impl VendorHarness for XmppHarness {
 
     async fn user(&self, name: &str) -> Credentials {
         let user = format!("{name}-{}", self.suffix);
-        let out = tokio::process::Command::new("bash")
-            .arg(Self::script())
-            .args(["register", &user, &xmpp_password(&user)])
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
-                "cannot register {user}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => panic!("cannot run prosody.sh: {e}"),
+        if let Err(e) = register_xmpp_user(&user, &xmpp_password(&user), None).await {
+            panic!("{e}");
         }
         Credentials {
             token: Token::new(xmpp_password(&user)),

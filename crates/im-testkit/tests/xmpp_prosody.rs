@@ -6,8 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,6 +17,7 @@ use im_service::{
     Content, ConversationId, Credentials, EventStream, HistoryQuery, HistoryRange, KickReason,
     OutgoingMessage, ServiceError, Timestamp, Token, UserId, Vendor, VendorEvent,
 };
+use im_testkit::harness::register_xmpp_user;
 
 const DOMAIN: &str = "im.test";
 
@@ -44,34 +43,16 @@ fn prosody() -> Option<SocketAddr> {
 }
 
 /// Registers `name` (made unique) and returns its credentials.
-fn user(name: &str) -> Credentials {
-    user_in(None, name)
+async fn user(name: &str) -> Credentials {
+    user_in(None, name).await
 }
 
 /// [`user`] on the server whose data lives in `dir` (`None`: the default one).
-fn user_in(dir: Option<&str>, name: &str) -> Credentials {
+async fn user_in(dir: Option<&str>, name: &str) -> Credentials {
     let unique = format!("{name}-{:08x}", rand::random::<u32>());
-    let script: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "..",
-        "tests",
-        "prosody",
-        "prosody.sh",
-    ]
-    .iter()
-    .collect();
-    let mut cmd = Command::new("bash");
-    cmd.arg(script).args(["register", &unique, "pw-secret"]);
-    if let Some(dir) = dir {
-        cmd.env("IM_PROSODY_DIR", dir);
-    }
-    let out = cmd.output().expect("run prosody.sh register");
-    assert!(
-        out.status.success(),
-        "register: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_xmpp_user(&unique, "pw-secret", dir.map(std::path::Path::new))
+        .await
+        .unwrap();
     Credentials {
         user: UserId::new(unique),
         token: Token::new("pw-secret"),
@@ -131,7 +112,7 @@ async fn online(c: &XmppClient, who: &Credentials) -> Vec<im_service::Message> {
 #[tokio::test]
 async fn login_checks_the_password() {
     let Some(addr) = prosody() else { return };
-    let alice = user("alice");
+    let alice = user("alice").await;
     let c = vendor(addr).client();
     let wrong = Credentials {
         token: Token::new("guess"),
@@ -151,7 +132,7 @@ async fn login_checks_the_password() {
 async fn sends_are_acked_and_pushed_live_with_the_origin_id() {
     let Some(addr) = prosody() else { return };
     let v = vendor(addr);
-    let (alice, bob) = (user("alice"), user("bob"));
+    let (alice, bob) = (user("alice").await, user("bob").await);
     let conv = ConversationId::direct(&alice.user, &bob.user);
     let (a, b) = (v.client(), v.client());
     let mut events = b.take_events().unwrap();
@@ -184,7 +165,7 @@ async fn sends_are_acked_and_pushed_live_with_the_origin_id() {
 async fn offline_messages_come_first_and_live_ones_wait_for_go_online() {
     let Some(addr) = prosody() else { return };
     let v = vendor(addr);
-    let (alice, bob) = (user("alice"), user("bob"));
+    let (alice, bob) = (user("alice").await, user("bob").await);
     let conv = ConversationId::direct(&alice.user, &bob.user);
     let a = v.client();
     a.login(&alice).await.unwrap();
@@ -229,7 +210,7 @@ async fn offline_messages_come_first_and_live_ones_wait_for_go_online() {
 async fn history_comes_from_mam_newest_first_in_pages() {
     let Some(addr) = prosody() else { return };
     let v = vendor(addr);
-    let (alice, bob) = (user("alice"), user("bob"));
+    let (alice, bob) = (user("alice").await, user("bob").await);
     let conv = ConversationId::direct(&alice.user, &bob.user);
     let a = v.client();
     a.login(&alice).await.unwrap();
@@ -274,7 +255,7 @@ async fn history_comes_from_mam_newest_first_in_pages() {
 async fn a_second_login_kicks_the_first() {
     let Some(addr) = prosody() else { return };
     let v = vendor(addr);
-    let bob = user("bob");
+    let bob = user("bob").await;
     let first = v.client();
     let mut events = first.take_events().unwrap();
     first.login(&bob).await.unwrap();
@@ -321,7 +302,10 @@ async fn history_windows_of_weeks_come_from_mam() {
         return;
     };
     let v = vendor(addr);
-    let (alice, bob) = (user_in(Some(&dir), "alice"), user_in(Some(&dir), "bob"));
+    let (alice, bob) = (
+        user_in(Some(&dir), "alice").await,
+        user_in(Some(&dir), "bob").await,
+    );
     let conv = ConversationId::direct(&alice.user, &bob.user);
     let set_clock = |offset: &str| std::fs::write(&clock, format!("{offset}\n")).unwrap();
     for (offset, body) in [
