@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use im_arch::{ClientEvent, DeliveryPolicy, EventKind, Filter, ImClient, SendStatus};
 use im_qc::{
-    Agents, AlertRule, Comparison, Metric, Op, QcConfig, QcEvent, QcMonitor, QcSnapshot, Severity,
-    UnknownDevice, Verdict, Watch,
+    Agents, AlertRule, BusinessSnapshot, Comparison, Metric, Op, QcConfig, QcEvent, QcMonitor,
+    QcSnapshot, Severity, UnknownDevice, Verdict, Watch,
 };
 use im_service::{ClientMsgId, Clock, Content, ConversationId, Timestamp, UserId};
 use serde::Serialize;
@@ -186,6 +186,18 @@ fn qc_config() -> QcConfig {
         ],
         ..QcConfig::default()
     }
+}
+
+/// The desk's response rate over every housekeeper's monitor: each sees only its own
+/// tenants, so the agent rows add up without counting anything twice.
+fn response_rate(businesses: &[BusinessSnapshot]) -> Option<f64> {
+    let (inbound, answered) = businesses
+        .iter()
+        .flat_map(|b| &b.agents)
+        .fold((0u64, 0u64), |(i, a), row| {
+            (i + row.inbound, a + row.answered_in_time)
+        });
+    (inbound > 0).then(|| answered as f64 / inbound as f64)
 }
 
 /// Runs the day on `env` and returns its summary.
@@ -637,14 +649,12 @@ impl Desk {
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.absorb();
         let (questions, in_time) = day::expected(&steps);
-        let (mut inbound, mut answered) = (0u64, 0u64);
-        for s in self.monitors.iter().filter_map(|m| m.snapshot().business) {
-            for a in &s.agents {
-                inbound += a.inbound;
-                answered += a.answered_in_time;
-            }
-        }
-        let measured = (inbound > 0).then(|| answered as f64 / inbound as f64);
+        let businesses: Vec<_> = self
+            .monitors
+            .iter()
+            .filter_map(|m| m.snapshot().business)
+            .collect();
+        let measured = response_rate(&businesses);
         let expected = if questions == 0 {
             1.0
         } else {
@@ -734,13 +744,10 @@ impl Desk {
             .fold(None, |acc: Option<f64>, v| {
                 Some(acc.map_or(v, |a| a.max(v)))
             });
-        let (mut inbound, mut answered) = (0u64, 0u64);
-        for b in snapshots.iter().filter_map(|s| s.business.as_ref()) {
-            for a in &b.agents {
-                inbound += a.inbound;
-                answered += a.answered_in_time;
-            }
-        }
+        let businesses: Vec<_> = snapshots
+            .iter()
+            .filter_map(|s| s.business.clone())
+            .collect();
         let firing: Vec<String> = snapshots
             .iter()
             .flat_map(|s| s.alerts.iter())
@@ -773,7 +780,7 @@ impl Desk {
         crate::panel::View {
             verdict: worst,
             send_p99_ms: send_p99,
-            response_rate: (inbound > 0).then(|| answered as f64 / inbound as f64),
+            response_rate: response_rate(&businesses),
             firing,
             conversations,
             online: self

@@ -210,10 +210,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(ms)
+    crate::clock::Clock::now(&crate::clock::SystemClock)
+}
+
+/// An XEP-0199 ping to the server `domain`, with id `id`.
+fn server_ping(domain: &str, id: String) -> Result<Iq> {
+    let domain: Jid = domain
+        .parse()
+        .map_err(|e| E::Protocol(format!("bad XMPP domain {domain:?}: {e}")))?;
+    let mut ping = Iq::from_get(id, Ping);
+    if let Iq::Get { to, .. } = &mut ping {
+        *to = Some(domain);
+    }
+    Ok(ping)
 }
 
 fn new_id() -> String {
@@ -494,14 +503,7 @@ impl Task {
                 let ping_id = new_id();
                 self.offline = Some((ping_id.clone(), done));
                 self.send(Presence::available().into()).await?;
-                let domain: Jid = self
-                    .domain
-                    .parse()
-                    .map_err(|e| E::Protocol(format!("{e}")))?;
-                let mut ping = Iq::from_get(ping_id, Ping);
-                if let Iq::Get { to, .. } = &mut ping {
-                    *to = Some(domain);
-                }
+                let ping = server_ping(&self.domain, ping_id)?;
                 self.send(ping.into()).await?;
             }
             Cmd::OfflineStored => {
@@ -1010,16 +1012,7 @@ impl Vendor for XmppClient {
     }
 
     async fn ping(&self) -> Result<Duration> {
-        let domain: Jid = self
-            .vendor
-            .config
-            .domain
-            .parse()
-            .map_err(|e| E::Protocol(format!("{e}")))?;
-        let mut iq = Iq::from_get(new_id(), Ping);
-        if let Iq::Get { to, .. } = &mut iq {
-            *to = Some(domain);
-        }
+        let iq = server_ping(&self.vendor.config.domain, new_id())?;
         let started = Instant::now();
         match self.ask(|tx| Cmd::Iq(iq, tx)).await? {
             Iq::Result { .. } => Ok(started.elapsed()),
