@@ -281,6 +281,8 @@ struct Inner<E: Routed> {
     next_id: AtomicU64,
     /// Events dropped from `DropOldest` queues since the bus was made (for QC).
     dropped_total: Arc<AtomicU64>,
+    /// Publishers never wait: every queue drops its oldest event when full.
+    never_wait: bool,
 }
 
 impl<E: Routed> Inner<E> {
@@ -362,6 +364,19 @@ impl<E: Routed> std::fmt::Debug for Bus<E> {
 impl<E: Routed> Bus<E> {
     /// A bus with no subscribers.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// A bus whose publishers never wait for a reader: a subscription asked for as
+    /// [`DeliveryPolicy::Reliable`] gets a [`DeliveryPolicy::DropOldest`] queue of the same
+    /// capacity, so a full queue drops its oldest event and its reader gets the exact
+    /// [`Routed::lagged`] notice. For a publisher that must never stall (the client's
+    /// supervisor: a reader that stops reading must not stop the connection).
+    pub fn never_waiting() -> Self {
+        Self::build(true)
+    }
+
+    fn build(never_wait: bool) -> Self {
         // Kinds are bits of a u64 mask: checked when the bus type is instantiated.
         const { assert!(E::KINDS <= 64, "at most 64 event kinds") };
         Self {
@@ -374,12 +389,19 @@ impl<E: Routed> Bus<E> {
                 }),
                 next_id: AtomicU64::new(0),
                 dropped_total: Arc::new(AtomicU64::new(0)),
+                never_wait,
             }),
         }
     }
 
     /// A new subscription: the events `filter` passes, under `policy`.
     pub fn subscribe(&self, filter: Filter, policy: DeliveryPolicy) -> BusStream<E> {
+        let policy = match policy {
+            DeliveryPolicy::Reliable { capacity } if self.inner.never_wait => {
+                DeliveryPolicy::DropOldest { capacity }
+            }
+            p => p,
+        };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue {
             id,

@@ -4,6 +4,7 @@
 //! the client's distribution stream.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -154,13 +155,17 @@ impl ImClientBuilder {
             clock: self.clock,
             provider: self.provider,
             credentials: Mutex::new(self.credentials),
-            distributor: Bus::new(),
+            // The supervisor never waits for a reader: a full queue drops its oldest event
+            // and tells its reader (lossless readers use durable subscriptions).
+            distributor: Bus::never_waiting(),
             state: watch::channel(ConnectionState::Disconnected).0,
             outbox_wake: tokio::sync::Notify::new(),
             next_position: tokio::sync::Mutex::new(None),
             own_sent: own_tx,
             own_sent_rx: Mutex::new(Some(own_rx)),
             conversations: Mutex::new(crate::conversations::ConversationList::new(me)),
+            journal_on: AtomicBool::new(false),
+            journal_head: watch::channel(0).0,
         });
         ImClient {
             shared,
@@ -191,6 +196,10 @@ pub(crate) struct Shared {
     pub(crate) own_sent_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
     /// The conversation list, updated per delivered or sent message.
     pub(crate) conversations: Mutex<crate::conversations::ConversationList>,
+    /// Whether delivered messages go to the journal (a durable subscription is registered).
+    pub(crate) journal_on: AtomicBool,
+    /// The journal's head as last committed; wakes durable subscriptions.
+    pub(crate) journal_head: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -302,19 +311,25 @@ impl ImClient {
         &self.shared
     }
 
-    /// A new subscription to everything the client publishes.
+    /// A new live subscription to everything the client publishes, with a queue of
+    /// `subscriber_capacity` events. The client never waits for it: a reader that falls
+    /// that far behind gets [`ClientEvent::Lagged`] and can take a fresh snapshot from the
+    /// store; a reader that must see every message once, across crashes, opens a
+    /// [`DurableSubscription`](crate::DurableSubscription) instead.
     pub fn subscribe(&self) -> Subscription {
         self.subscribe_with(
             Filter::all(),
-            DeliveryPolicy::Reliable {
+            DeliveryPolicy::DropOldest {
                 capacity: self.shared.config.subscriber_capacity,
             },
         )
     }
 
-    /// A subscription to the events `filter` passes, under `policy`: a chat screen takes
-    /// one conversation with [`DeliveryPolicy::DropOldest`]; persistence or QC take
-    /// everything, [`DeliveryPolicy::Reliable`].
+    /// A live subscription to the events `filter` passes, with a queue of the policy's
+    /// capacity: a chat screen takes one conversation with [`DeliveryPolicy::DropOldest`].
+    /// The client's bus never waits for a reader ([`Bus::never_waiting`]), so a
+    /// [`DeliveryPolicy::Reliable`] queue that fills up drops its oldest event too, and its
+    /// reader is told with [`ClientEvent::Lagged`]: size it for the bursts it must absorb.
     pub fn subscribe_with(&self, filter: Filter, policy: DeliveryPolicy) -> Subscription {
         self.shared.distributor.subscribe(filter, policy)
     }
@@ -340,7 +355,8 @@ impl ImClient {
     }
 
     /// Starts the supervisor (if not running) and waits until the client is online or has
-    /// stopped for good.
+    /// stopped for good. Never waits for subscribers: it returns when the client is online
+    /// whether or not anyone reads its events.
     pub async fn login(&self) -> Result<(), ArchError> {
         let mut state = self.shared.state.subscribe();
         {
@@ -414,6 +430,9 @@ impl ImClient {
             }
             let _ = r.handle.await;
             r.sender.abort();
+            // Wait until the aborted task is gone, so that it no longer holds the store
+            // (a store reopened right after logout must find its directory unlocked).
+            let _ = r.sender.await;
         }
     }
 
@@ -795,6 +814,27 @@ impl SyncEngine {
             .capabilities()
             .supports(Capability::SequenceNumbers);
         let synced_to = cursors.values().map(|c| c.time).max();
+        match (
+            shared.store.subscriptions().await,
+            shared.store.journal_head().await,
+        ) {
+            (Ok(subs), Ok(head)) => {
+                if !subs.is_empty() {
+                    shared.journal_on.store(true, Ordering::SeqCst);
+                }
+                crate::durable::publish_head(shared, head);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot read durable subscriptions");
+                shared
+                    .distributor
+                    .publish(ClientEvent::StoreFailed {
+                        op: "subscriptions",
+                        error: e,
+                    })
+                    .await;
+            }
+        }
         let in_flight = match shared.store.in_flight().await {
             Ok(ids) => ids.into_iter().collect(),
             Err(e) => {
@@ -857,10 +897,15 @@ impl SyncEngine {
                 _ => {}
             }
         }
-        unsequenced
-            .sort_by(|a, b| (a.server_time, &a.server_id).cmp(&(b.server_time, &b.server_id)));
+        // Vendors give pages newest first (the contract); without sequences, messages whose
+        // server times tie keep the vendor's own order: reversed to oldest first, then a
+        // stable sort by time (never by id, which is random on some vendors).
+        unsequenced.reverse();
+        unsequenced.sort_by_key(|m| m.server_time);
         ready.extend(unsequenced);
         let mut touched: HashMap<ConversationId, SyncCursor> = HashMap::new();
+        let journal_on = shared.journal_on.load(Ordering::SeqCst);
+        let mut journal = Vec::new();
         let count = ready.len();
         for m in ready {
             let cur = self.cursors.entry(m.conversation.clone()).or_default();
@@ -901,15 +946,23 @@ impl SyncEngine {
             if quiet == Some(&m.server_id) {
                 continue;
             }
+            if journal_on {
+                journal.push((m.server_id.clone(), origin));
+            }
             shared
                 .distributor
                 .publish(ClientEvent::Message(ReceivedMessage { message: m, origin }))
                 .await;
         }
-        // Also when nothing was delivered: saving cursors ends the in-flight record.
+        // Also when nothing was delivered: saving cursors ends the in-flight record. The
+        // journal entries go in the same atomic write as the cursors: a delivery is
+        // recorded once, or (after a crash before this point) repeated once.
         if !touched.is_empty() || !self.sequences {
             let batch: Vec<(ConversationId, SyncCursor)> = touched.into_iter().collect();
-            shared.store.set_cursors(&batch).await?;
+            let head = shared.store.commit_delivery(&batch, &journal).await?;
+            if !journal.is_empty() {
+                crate::durable::publish_head(shared, head);
+            }
         }
         Ok(count)
     }
@@ -1024,6 +1077,9 @@ impl SyncEngine {
                     // later must still have it (held until the holes below it close).
                     delivered += self.ingest(shared, batch.messages, Origin::Offline).await?;
                     if let Some(ack) = &batch.ack {
+                        // Durable before the vendor forgets them (failure class 4/8: a
+                        // crash after the ack must not lose the batch).
+                        shared.store.flush().await?;
                         shared
                             .retry("ack_offline", || shared.vendor.ack_offline(ack))
                             .await?;

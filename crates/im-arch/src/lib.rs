@@ -19,6 +19,7 @@ pub mod archive_history;
 pub mod bus;
 pub mod client;
 pub mod conversations;
+mod durable;
 pub mod error;
 pub mod events;
 pub mod history;
@@ -34,6 +35,7 @@ pub use bus::{Bus, BusStream, DeliveryPolicy, DroppedCounter, Filter, Routed};
 pub use client::Subscription;
 pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};
 pub use conversations::{ConversationList, ConversationSummary};
+pub use durable::DurableSubscription;
 pub use error::ArchError;
 pub use events::{ClientEvent, ConnectionState, EventKind, SyncProgress};
 pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
@@ -41,6 +43,7 @@ pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sequencer::{SeqGap, Sequencer};
 pub use sled_store::SledStore;
 pub use store::{
-    ConversationState, MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor,
+    ConversationState, DurableEvent, MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store,
+    SyncCursor,
 };
 pub use timeline::TimelinePage;

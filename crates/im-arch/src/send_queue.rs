@@ -3,6 +3,8 @@
 //! client is online, with the shared retry policy and the same client id on every attempt.
 //! Per conversation nothing overtakes an unsent item: a failed item blocks the ones after
 //! it until it is resent or cancelled. Unrecoverable items are parked as `Failed`.
+//! `send`, `resend` and `cancel` return only once their change is durable (the store's
+//! flush), so what the app was told survives a crash.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -58,6 +60,8 @@ impl ImClient {
             attempts: 0,
         };
         shared.store.put_outbox(&item).await?;
+        // Confirmed only once durable: a crash after `Ok` must not lose the message.
+        shared.store.flush().await?;
         announce(shared, &item).await;
         shared.outbox_wake.notify_one();
         Ok(item.message.client_id)
@@ -71,6 +75,7 @@ impl ImClient {
         };
         item.status = SendStatus::Sending;
         shared.store.put_outbox(&item).await?;
+        shared.store.flush().await?;
         announce(shared, &item).await;
         shared.outbox_wake.notify_one();
         Ok(())
@@ -83,6 +88,8 @@ impl ImClient {
             return Err(ArchError::Unavailable(format!("no queued message {id}")));
         };
         shared.store.remove_outbox(id).await?;
+        // A cancelled message must not come back after a crash and go out.
+        shared.store.flush().await?;
         shared
             .distributor
             .publish(ClientEvent::SendStatus {
@@ -127,6 +134,7 @@ impl ImClient {
         };
         if let Some(state) = state {
             persist_state(shared, &state).await;
+            flush_state(shared).await;
         }
         shared
             .distributor
@@ -184,6 +192,7 @@ impl ImClient {
         };
         if let Some(state) = state {
             persist_state(self.shared(), &state).await;
+            flush_state(self.shared()).await;
         }
         self.shared()
             .distributor
@@ -208,6 +217,18 @@ pub(crate) async fn persist_state(shared: &Shared, state: &crate::store::Convers
                 op: "put_conversation_state",
                 error,
             })
+            .await;
+    }
+}
+
+/// Makes what the user just set durable before the call returns; a failing store is
+/// reported, not fatal (the row is already shown).
+async fn flush_state(shared: &Shared) {
+    if let Err(error) = shared.store.flush().await {
+        tracing::warn!(error = %error, "cannot flush conversation state");
+        shared
+            .distributor
+            .publish(ClientEvent::StoreFailed { op: "flush", error })
             .await;
     }
 }

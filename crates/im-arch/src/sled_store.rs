@@ -11,6 +11,9 @@
 //! | `cursors`      | `0xff` `in_flight` (never a codec encoding: those start with 1) | `Vec<ServerMsgId>`     |
 //! | `outbox`       | position (u64 big-endian) · client id (UTF-8 bytes)            | `OutboxItem`           |
 //! | `outbox_ids`   | client id (UTF-8 bytes)                                        | position (`u64`)       |
+//! | `journal`      | `0x00` · position (u64 big-endian)                             | `(ServerMsgId, Origin)`|
+//! | `journal`      | `0x01` · subscription name (UTF-8)                              | acknowledged position (`u64`) |
+//! | `journal`      | `0x02` (the head)                                              | last position given out (`u64`) |
 //! | `meta`         | `schema_version`                                               | `u32`                  |
 //!
 //! A `messages` key is:
@@ -40,6 +43,16 @@
 //! sled calls are blocking but short (an in-memory page cache in front of a log): they are
 //! made directly from the async methods, without `spawn_blocking`, and every multi-entry
 //! write is batched into one call.
+//!
+//! Durability (the contract in [`crate::store`]): sled applies each batch or transaction
+//! atomically to its log and recovers a prefix of that log after a crash; a write is durable
+//! once [`Store::flush`] has written the log out (`fsync`). `flush` is a group commit:
+//! callers that arrive while a flush runs wait for the next one, which covers all of them,
+//! and a caller whose writes an already started flush covers returns when it ends. The
+//! blocking flush runs off the runtime's threads, and never through sled's `flush_async`
+//! (concurrent calls of it deadlock in sled 0.34, spacejam/sled#1308).
+//!
+//! The `journal` tree was added without a schema change: an older build ignores it.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -47,14 +60,18 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use im_service::codec::{decode, encode};
-use im_service::{ClientMsgId, ConversationId, Message, ServerMsgId};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use im_service::{ClientMsgId, ConversationId, Message, Origin, ServerMsgId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::ArchError;
-use crate::store::{ConversationState, OutboxItem, SCHEMA_VERSION, Store, SyncCursor};
+use crate::store::{
+    ConversationState, DurableEvent, OutboxItem, SCHEMA_VERSION, Store, SyncCursor,
+};
 
 const MESSAGES: &str = "messages";
 const BY_SERVER_ID: &str = "by_server_id";
@@ -63,6 +80,11 @@ const OUTBOX: &str = "outbox";
 const OUTBOX_IDS: &str = "outbox_ids";
 const META: &str = "meta";
 const CONVERSATIONS: &str = "conversations";
+const JOURNAL: &str = "journal";
+/// Key prefixes of the journal tree: entries, subscriptions, the head.
+const JOURNAL_ENTRY: u8 = 0x00;
+const JOURNAL_SUBSCRIPTION: u8 = 0x01;
+const JOURNAL_HEAD: &[u8] = &[0x02];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// The in-flight delivery record lives in the cursors tree so that saving cursors clears it
 /// in the same atomic batch. Codec encodings (the other keys) start with the format version.
@@ -80,8 +102,15 @@ pub struct SledStore {
     outbox_ids: sled::Tree,
     /// Conversation id → what the user set on it.
     conversations: sled::Tree,
+    /// The delivery journal and the durable subscriptions' positions.
+    journal: sled::Tree,
     /// Serialises `put_messages`, whose dedup check and write are two steps.
     write: Mutex<()>,
+    /// Group commit: how many flushes have begun (each takes the next number).
+    flushes_begun: AtomicU64,
+    /// Group commit: the number of the last flush that completed. Held while flushing, so
+    /// flushes run one at a time.
+    flushed: tokio::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -160,26 +189,71 @@ impl SledStore {
             outbox: tree(OUTBOX)?,
             outbox_ids: tree(OUTBOX_IDS)?,
             conversations: tree(CONVERSATIONS)?,
+            journal: tree(JOURNAL)?,
             db,
             write: Mutex::new(()),
+            flushes_begun: AtomicU64::new(0),
+            flushed: tokio::sync::Mutex::new(0),
         })
-    }
-
-    /// Waits until every write made so far is durable on disk.
-    pub async fn flush(&self) -> Result<(), ArchError> {
-        // Not sled's `flush_async`: concurrent calls of it deadlock in sled 0.34
-        // (spacejam/sled#1308). The blocking flush runs off the runtime's threads.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| ArchError::Store(format!("flush task: {e}")))?
-            .map(|_| ())
-            .map_err(store_err)
     }
 
     fn write_lock(&self) -> MutexGuard<'_, ()> {
         // The guarded data is `()`: a poisoned lock carries no torn state.
         self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stored message by id (the body of [`Store::message`], for other methods too).
+    fn message_now(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
+        let id = id.as_str().as_bytes();
+        let Some(raw) = self.by_server_id.get(id).map_err(store_err)? else {
+            return Ok(None);
+        };
+        let key: Vec<u8> = decode_value(BY_SERVER_ID, id, &raw)?;
+        match self.messages.get(&key).map_err(store_err)? {
+            Some(value) => decode_value(MESSAGES, &key, &value).map(Some),
+            None => Err(corrupt(
+                BY_SERVER_ID,
+                id,
+                "index entry points to a missing message",
+            )),
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) a subscription's position and drops, in the same
+    /// batch, the journal entries every remaining subscription has acknowledged.
+    async fn update_subscriptions(
+        &self,
+        name: &str,
+        position: Option<u64>,
+    ) -> Result<(), ArchError> {
+        let mut key = vec![JOURNAL_SUBSCRIPTION];
+        key.extend_from_slice(name.as_bytes());
+        let mut positions: Vec<u64> = self
+            .subscriptions()
+            .await?
+            .into_iter()
+            .filter(|(n, _)| n != name)
+            .map(|(_, p)| p)
+            .collect();
+        let mut batch = sled::Batch::default();
+        match position {
+            Some(p) => {
+                batch.insert(key, encode_value(&p)?);
+                positions.push(p);
+            }
+            None => batch.remove(key),
+        }
+        // Without subscriptions the journal is not needed: all of it goes.
+        let keep_after = match positions.iter().min() {
+            Some(&min) => min,
+            None => self.journal_head().await?,
+        };
+        let upto = journal_entry_key(keep_after.saturating_add(1));
+        for entry in self.journal.range(vec![JOURNAL_ENTRY]..upto) {
+            let (k, _) = entry.map_err(store_err)?;
+            batch.remove(k);
+        }
+        self.journal.apply_batch(batch).map_err(store_err)
     }
 
     /// Decodes the `messages` entries of a scan, stopping after `limit`.
@@ -209,6 +283,131 @@ impl Drop for SledStore {
 
 #[async_trait]
 impl Store for SledStore {
+    async fn flush(&self) -> Result<(), ArchError> {
+        // Flushes that begin after this point cover every write that returned before it.
+        let arrival = self.flushes_begun.load(Ordering::SeqCst);
+        let mut flushed = self.flushed.lock().await;
+        if *flushed > arrival {
+            // A flush that began after we arrived has completed meanwhile.
+            return Ok(());
+        }
+        let number = self.flushes_begun.fetch_add(1, Ordering::SeqCst) + 1;
+        let db = self.db.clone();
+        // Blocks on fsync: off the runtime's threads. The gate above is held across this
+        // await on purpose (it is what serialises flushes); nothing else takes it.
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| ArchError::Store(format!("flush task: {e}")))?
+            .map_err(store_err)?;
+        *flushed = number;
+        Ok(())
+    }
+
+    async fn commit_delivery(
+        &self,
+        cursors: &[(ConversationId, SyncCursor)],
+        journal: &[(ServerMsgId, Origin)],
+    ) -> Result<u64, ArchError> {
+        let mut cursor_entries = Vec::with_capacity(cursors.len());
+        for (conversation, cursor) in cursors {
+            cursor_entries.push((encode_value(conversation)?, encode_value(cursor)?));
+        }
+        if journal.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in cursor_entries {
+                batch.insert(k, v);
+            }
+            batch.remove(IN_FLIGHT_KEY);
+            self.cursors.apply_batch(batch).map_err(store_err)?;
+            return self.journal_head().await;
+        }
+        let mut entries = Vec::with_capacity(journal.len());
+        for entry in journal {
+            entries.push(encode_value(entry)?);
+        }
+        // Cursors, the in-flight record and the journal in one atomic step: after a crash a
+        // delivery is either wholly recorded (and not repeated) or not at all (and repeated).
+        let result = (&self.cursors, &self.journal).transaction(|(cur, jour)| {
+            for (k, v) in &cursor_entries {
+                cur.insert(k.as_slice(), v.as_slice())?;
+            }
+            cur.remove(IN_FLIGHT_KEY)?;
+            let mut head = match jour.get(JOURNAL_HEAD)? {
+                Some(raw) => decode_value::<u64>(JOURNAL, JOURNAL_HEAD, &raw)
+                    .map_err(ConflictableTransactionError::Abort)?,
+                None => 0,
+            };
+            for value in &entries {
+                head += 1;
+                jour.insert(journal_entry_key(head).as_slice(), value.as_slice())?;
+            }
+            let encoded = encode_value(&head).map_err(ConflictableTransactionError::Abort)?;
+            jour.insert(JOURNAL_HEAD, encoded)?;
+            Ok(head)
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => store_err(e),
+        })
+    }
+
+    async fn journal_head(&self) -> Result<u64, ArchError> {
+        match self.journal.get(JOURNAL_HEAD).map_err(store_err)? {
+            Some(raw) => decode_value(JOURNAL, JOURNAL_HEAD, &raw),
+            None => Ok(0),
+        }
+    }
+
+    async fn journal_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DurableEvent>, ArchError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let range = journal_entry_key(from)..vec![JOURNAL_SUBSCRIPTION];
+        let mut out = Vec::new();
+        for entry in self.journal.range(range).take(limit) {
+            let (key, value) = entry.map_err(store_err)?;
+            let (id, origin): (ServerMsgId, Origin) = decode_value(JOURNAL, &key, &value)?;
+            let position = journal_position(&key)
+                .ok_or_else(|| corrupt(JOURNAL, &key, "malformed journal key"))?;
+            let message = self.message_now(&id)?.ok_or_else(|| {
+                corrupt(
+                    JOURNAL,
+                    &key,
+                    &format!("names message {id}, which is not stored"),
+                )
+            })?;
+            out.push(DurableEvent {
+                position,
+                message,
+                origin,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<(String, u64)>, ArchError> {
+        self.journal
+            .scan_prefix([JOURNAL_SUBSCRIPTION])
+            .map(|entry| {
+                let (key, value) = entry.map_err(store_err)?;
+                let name = String::from_utf8_lossy(&key[1..]).into_owned();
+                Ok((name, decode_value(JOURNAL, &key, &value)?))
+            })
+            .collect()
+    }
+
+    async fn set_subscription(&self, name: &str, position: u64) -> Result<(), ArchError> {
+        self.update_subscriptions(name, Some(position)).await
+    }
+
+    async fn remove_subscription(&self, name: &str) -> Result<(), ArchError> {
+        self.update_subscriptions(name, None).await
+    }
+
     async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
         let _guard = self.write_lock();
         let mut fresh = Vec::with_capacity(messages.len());
@@ -254,19 +453,7 @@ impl Store for SledStore {
     }
 
     async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
-        let id = id.as_str().as_bytes();
-        let Some(raw) = self.by_server_id.get(id).map_err(store_err)? else {
-            return Ok(None);
-        };
-        let key: Vec<u8> = decode_value(BY_SERVER_ID, id, &raw)?;
-        match self.messages.get(&key).map_err(store_err)? {
-            Some(value) => decode_value(MESSAGES, &key, &value).map(Some),
-            None => Err(corrupt(
-                BY_SERVER_ID,
-                id,
-                "index entry points to a missing message",
-            )),
-        }
+        self.message_now(id)
     }
 
     async fn latest(
@@ -283,15 +470,6 @@ impl Store for SledStore {
             Some(raw) => decode_value(CURSORS, &key, &raw).map(Some),
             None => Ok(None),
         }
-    }
-
-    async fn set_cursors(&self, cursors: &[(ConversationId, SyncCursor)]) -> Result<(), ArchError> {
-        let mut batch = sled::Batch::default();
-        for (conversation, cursor) in cursors {
-            batch.insert(encode_value(conversation)?, encode_value(cursor)?);
-        }
-        batch.remove(IN_FLIGHT_KEY);
-        self.cursors.apply_batch(batch).map_err(store_err)
     }
 
     async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {
@@ -501,6 +679,22 @@ const ORDER_LEN: usize = 2 * BASE128_DIGITS + 1;
 fn push_base128(key: &mut Vec<u8>, value: u64) {
     for i in (0..BASE128_DIGITS).rev() {
         key.push(((value >> (7 * i)) & 0x7f) as u8);
+    }
+}
+
+/// The journal key of `position`.
+fn journal_entry_key(position: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(JOURNAL_ENTRY);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// The position of a journal entry key, if it is one.
+fn journal_position(key: &[u8]) -> Option<u64> {
+    match key {
+        [JOURNAL_ENTRY, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
     }
 }
 

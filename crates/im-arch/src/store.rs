@@ -1,13 +1,25 @@
 //! Local persistence behind a trait, with an in-memory twin. Sync persists every message
 //! before it is distributed or acknowledged, and keeps a per-conversation cursor of what has
-//! been delivered in order.
+//! been delivered in order, and the delivery journal that durable subscriptions read.
+//!
+//! # Durability contract
+//!
+//! Every write method is atomic (all of its call or none of it) and applied in call order.
+//! A write is *durable* — it survives the process being killed (SIGKILL) — once a
+//! [`Store::flush`] that started after the write returned has itself returned. A crash
+//! loses at most a suffix of the writes not yet flushed, never an earlier write while
+//! keeping a later one. The client relies on exactly this: it flushes before it confirms
+//! anything to the app (`send()` returning, a durable subscription's acknowledgement) or to
+//! the vendor (an offline acknowledgement), and it orders writes so that any prefix of them
+//! is a consistent state (messages before the cursors and journal entries that name them).
+//! [`MemoryStore`] keeps nothing across a crash: its `flush` returns at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use im_service::{
-    ClientMsgId, ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp,
+    ClientMsgId, ConversationId, Message, Origin, OutgoingMessage, Seq, ServerMsgId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -75,9 +87,26 @@ pub struct SyncCursor {
     pub time: Timestamp,
 }
 
-/// What the client keeps locally.
+/// One entry of the delivery journal as a durable subscription reads it: a message the
+/// client delivered to the app, with its position in the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableEvent {
+    /// Position in the journal: 1, 2, 3 … in delivery order, never reused.
+    pub position: u64,
+    /// The message.
+    pub message: Message,
+    /// How it reached the client.
+    pub origin: Origin,
+}
+
+/// What the client keeps locally. The module documentation states the durability contract
+/// every implementation keeps.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Returns once every write that returned before this call is durable (survives the
+    /// process being killed). Concurrent callers share one flush (group commit).
+    async fn flush(&self) -> Result<(), ArchError>;
+
     /// Persists a batch in one write; returns, per message, whether it was new (by server id).
     async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError>;
 
@@ -96,7 +125,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Saves delivery cursors and, in the same write, ends the in-flight delivery (see
     /// [`Store::begin_delivery`]).
-    async fn set_cursors(&self, cursors: &[(ConversationId, SyncCursor)]) -> Result<(), ArchError>;
+    async fn set_cursors(&self, cursors: &[(ConversationId, SyncCursor)]) -> Result<(), ArchError> {
+        self.commit_delivery(cursors, &[]).await.map(|_| ())
+    }
+
+    /// Records a delivery in one atomic write: saves `cursors`, appends `journal` (messages
+    /// already stored, in delivery order) to the delivery journal at the next positions,
+    /// and ends the in-flight delivery (see [`Store::begin_delivery`]). Returns the
+    /// journal's head (the last position given out; 0 while it is empty).
+    async fn commit_delivery(
+        &self,
+        cursors: &[(ConversationId, SyncCursor)],
+        journal: &[(ServerMsgId, Origin)],
+    ) -> Result<u64, ArchError>;
+
+    /// The last journal position given out (0 if none ever was).
+    async fn journal_head(&self) -> Result<u64, ArchError>;
+
+    /// Up to `limit` journal entries after position `after`, in position order, with their
+    /// messages.
+    async fn journal_after(&self, after: u64, limit: usize)
+    -> Result<Vec<DurableEvent>, ArchError>;
+
+    /// Every registered durable subscription and its acknowledged position.
+    async fn subscriptions(&self) -> Result<Vec<(String, u64)>, ArchError>;
+
+    /// Registers or moves durable subscription `name` to `position` and, in the same write,
+    /// drops the journal entries every subscription has acknowledged.
+    async fn set_subscription(&self, name: &str, position: u64) -> Result<(), ArchError>;
+
+    /// Forgets durable subscription `name` (and the journal entries only it held).
+    async fn remove_subscription(&self, name: &str) -> Result<(), ArchError>;
 
     /// Records, before they are stored, the ids of messages about to be delivered; replaces
     /// any earlier record. [`Store::set_cursors`] clears it once they are delivered. After a
@@ -160,6 +219,23 @@ struct MemoryState {
     in_flight: Vec<ServerMsgId>,
     outbox: HashMap<ClientMsgId, OutboxItem>,
     conversation_states: HashMap<ConversationId, ConversationState>,
+    /// Delivery journal: position → (message id, origin).
+    journal: BTreeMap<u64, (ServerMsgId, Origin)>,
+    journal_head: u64,
+    subscriptions: HashMap<String, u64>,
+}
+
+impl MemoryState {
+    /// Drops journal entries every subscription has acknowledged (all without any).
+    fn trim_journal(&mut self) {
+        let keep_after = self
+            .subscriptions
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.journal_head);
+        self.journal = self.journal.split_off(&(keep_after + 1));
+    }
 }
 
 /// The in-memory [`Store`]: tests, and clients that keep nothing across restarts.
@@ -182,6 +258,89 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn flush(&self) -> Result<(), ArchError> {
+        // Nothing of an in-memory store survives a crash; there is nothing to wait for.
+        Ok(())
+    }
+
+    async fn commit_delivery(
+        &self,
+        cursors: &[(ConversationId, SyncCursor)],
+        journal: &[(ServerMsgId, Origin)],
+    ) -> Result<u64, ArchError> {
+        let mut st = self.state();
+        for (c, cur) in cursors {
+            st.cursors.insert(c.clone(), *cur);
+        }
+        st.in_flight.clear();
+        for entry in journal {
+            st.journal_head += 1;
+            let head = st.journal_head;
+            st.journal.insert(head, entry.clone());
+        }
+        Ok(st.journal_head)
+    }
+
+    async fn journal_head(&self) -> Result<u64, ArchError> {
+        Ok(self.state().journal_head)
+    }
+
+    async fn journal_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DurableEvent>, ArchError> {
+        let st = self.state();
+        let mut out = Vec::new();
+        for (&position, (id, origin)) in st.journal.range(after.saturating_add(1)..).take(limit) {
+            let message = st
+                .by_id
+                .get(id)
+                .and_then(|key| {
+                    st.by_conversation
+                        .values()
+                        .find_map(|c| c.get(key))
+                        .cloned()
+                })
+                .ok_or_else(|| ArchError::CorruptEntry {
+                    tree: "journal".into(),
+                    key: position.to_string(),
+                    reason: format!("names message {id}, which is not stored"),
+                })?;
+            out.push(DurableEvent {
+                position,
+                message,
+                origin: *origin,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<(String, u64)>, ArchError> {
+        let mut subs: Vec<(String, u64)> = self
+            .state()
+            .subscriptions
+            .iter()
+            .map(|(n, p)| (n.clone(), *p))
+            .collect();
+        subs.sort();
+        Ok(subs)
+    }
+
+    async fn set_subscription(&self, name: &str, position: u64) -> Result<(), ArchError> {
+        let mut st = self.state();
+        st.subscriptions.insert(name.to_string(), position);
+        st.trim_journal();
+        Ok(())
+    }
+
+    async fn remove_subscription(&self, name: &str) -> Result<(), ArchError> {
+        let mut st = self.state();
+        st.subscriptions.remove(name);
+        st.trim_journal();
+        Ok(())
+    }
+
     async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
         let mut st = self.state();
         Ok(messages
@@ -226,15 +385,6 @@ impl Store for MemoryStore {
 
     async fn cursor(&self, conversation: &ConversationId) -> Result<Option<SyncCursor>, ArchError> {
         Ok(self.state().cursors.get(conversation).copied())
-    }
-
-    async fn set_cursors(&self, cursors: &[(ConversationId, SyncCursor)]) -> Result<(), ArchError> {
-        let mut st = self.state();
-        for (c, cur) in cursors {
-            st.cursors.insert(c.clone(), *cur);
-        }
-        st.in_flight.clear();
-        Ok(())
     }
 
     async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {

@@ -8,8 +8,8 @@
 use im_arch::store::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
 use im_arch::{ArchError, SledStore};
 use im_service::{
-    ClientMsgId, Content, ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp,
-    UserId,
+    ClientMsgId, Content, ConversationId, Message, Origin, OutgoingMessage, Seq, ServerMsgId,
+    Timestamp, UserId,
 };
 
 fn alice_bob() -> ConversationId {
@@ -301,6 +301,136 @@ mod suite {
         assert!(store.cursors().await.unwrap().is_empty());
     }
 
+    pub async fn journal_appends_with_cursors_in_delivery_order(store: &impl Store) {
+        let c = alice_bob();
+        assert_eq!(store.journal_head().await.unwrap(), 0);
+        assert!(store.journal_after(0, 10).await.unwrap().is_empty());
+        let m: Vec<Message> = (1..=5)
+            .map(|i| msg(&c, &format!("m{i}"), i, None))
+            .collect();
+        store.put_messages(&m).await.unwrap();
+        store
+            .begin_delivery(&[m[0].server_id.clone()])
+            .await
+            .unwrap();
+        let cursor = SyncCursor {
+            seq: None,
+            time: Timestamp::from_millis(3),
+        };
+        // Delivery order, not id order: m3 before m1.
+        let head = store
+            .commit_delivery(
+                &[(c.clone(), cursor)],
+                &[
+                    (m[2].server_id.clone(), Origin::Offline),
+                    (m[0].server_id.clone(), Origin::Offline),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(head, 2);
+        // One write: the cursor saved and the in-flight record ended with the journal.
+        assert_eq!(store.cursor(&c).await.unwrap(), Some(cursor));
+        assert!(store.in_flight().await.unwrap().is_empty());
+        let head = store
+            .commit_delivery(&[], &[(m[4].server_id.clone(), Origin::Online)])
+            .await
+            .unwrap();
+        assert_eq!(head, 3);
+        // Cursors without journal entries leave the head where it is.
+        assert_eq!(store.commit_delivery(&[], &[]).await.unwrap(), 3);
+        let all = store.journal_after(0, 10).await.unwrap();
+        let got: Vec<(u64, &str, Origin)> = all
+            .iter()
+            .map(|e| (e.position, e.message.server_id.as_str(), e.origin))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "m3", Origin::Offline),
+                (2, "m1", Origin::Offline),
+                (3, "m5", Origin::Online)
+            ]
+        );
+        let tail = store.journal_after(1, 1).await.unwrap();
+        assert_eq!(tail.len(), 1, "limit respected");
+        assert_eq!(tail[0].position, 2);
+        assert!(store.journal_after(3, 10).await.unwrap().is_empty());
+        assert!(store.journal_after(u64::MAX, 10).await.unwrap().is_empty());
+    }
+
+    pub async fn subscriptions_trim_what_all_acknowledged(store: &impl Store) {
+        let c = alice_bob();
+        let m: Vec<Message> = (1..=4)
+            .map(|i| msg(&c, &format!("m{i}"), i, None))
+            .collect();
+        store.put_messages(&m).await.unwrap();
+        store.set_subscription("ui", 0).await.unwrap();
+        store.set_subscription("ledger", 0).await.unwrap();
+        let entries: Vec<_> = m
+            .iter()
+            .map(|m| (m.server_id.clone(), Origin::Online))
+            .collect();
+        assert_eq!(store.commit_delivery(&[], &entries).await.unwrap(), 4);
+        store.set_subscription("ui", 3).await.unwrap();
+        // "ledger" still needs everything.
+        assert_eq!(store.journal_after(0, 10).await.unwrap().len(), 4);
+        store.set_subscription("ledger", 2).await.unwrap();
+        let left: Vec<u64> = store
+            .journal_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(left, vec![3, 4], "entries both acknowledged are dropped");
+        let mut subs = store.subscriptions().await.unwrap();
+        subs.sort();
+        assert_eq!(subs, vec![("ledger".to_string(), 2), ("ui".to_string(), 3)]);
+        store.remove_subscription("ledger").await.unwrap();
+        let left: Vec<u64> = store
+            .journal_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(
+            left,
+            vec![4],
+            "only what the remaining one has not acknowledged"
+        );
+        store.remove_subscription("ui").await.unwrap();
+        assert!(store.journal_after(0, 10).await.unwrap().is_empty());
+        // The head never goes back, even with the journal empty.
+        assert_eq!(store.journal_head().await.unwrap(), 4);
+        assert_eq!(
+            store
+                .commit_delivery(&[], &[(m[0].server_id.clone(), Origin::Online)])
+                .await
+                .unwrap(),
+            5
+        );
+    }
+
+    pub async fn flush_returns_for_concurrent_callers(store: &(impl Store + Sync)) {
+        let c = &alice_bob();
+        let writes = (0..16).map(|i| async move {
+            store
+                .put_messages(&[msg(c, &format!("f{i}"), i, None)])
+                .await
+                .unwrap();
+            store.flush().await.unwrap();
+        });
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures::future::join_all(writes),
+        )
+        .await
+        .expect("16 concurrent flushes complete (no deadlock)");
+        assert_eq!(store.latest(&alice_bob(), 100).await.unwrap().len(), 16);
+    }
+
     pub async fn outbox_put_replace_remove_in_enqueue_order(store: &impl Store) {
         assert!(store.outbox().await.unwrap().is_empty());
         for (id, pos) in [("third", 3), ("first", 1), ("second", 2)] {
@@ -482,6 +612,21 @@ macro_rules! store_conformance {
             #[tokio::test]
             async fn equal_server_time_orders_by_seq() {
                 suite::equal_server_time_orders_by_seq(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn journal_appends_with_cursors_in_delivery_order() {
+                suite::journal_appends_with_cursors_in_delivery_order(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn subscriptions_trim_what_all_acknowledged() {
+                suite::subscriptions_trim_what_all_acknowledged(&store()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn flush_returns_for_concurrent_callers() {
+                suite::flush_returns_for_concurrent_callers(&store()).await;
             }
 
             #[tokio::test]
