@@ -16,7 +16,7 @@
 //!   server's `<a h>` covers it. XMPP has no server-wide message id: each archive assigns its
 //!   own stanza-id, so the origin-id is the id every copy of a message shares (live, offline,
 //!   MAM), and the adapter uses it as the server id. No server sequence numbers: the
-//!   architecture layer orders by time and id;
+//!   architecture layer orders by time, ties in the order of the lists (below);
 //! * ACK-online: `pull_offline` sends the initial presence, after which the server delivers
 //!   the offline messages (XEP-0160) at once, then a ping; everything before the ping's
 //!   answer is the offline batch (a stream is ordered). Messages after it wait in the adapter
@@ -24,6 +24,21 @@
 //!   local; a crash in between is covered by the client's catch-up through history;
 //! * history: MAM (XEP-0313) with `with`, start/end and RSM `before` paging, newest first;
 //! * heartbeat: XEP-0199 ping to the server, answered with the round-trip time.
+//!
+//! Order without sequences. A message's time is its sender's millisecond when our adapter
+//! sent it (carried in the stanza id), else the server's stamp, which Prosody gives in whole
+//! seconds: a burst from a foreign client shares one time. The server's own order is the
+//! order it hands messages out (the offline store and a MAM page come oldest first), so
+//! every list this adapter returns is exactly that order reversed, then stably sorted by
+//! time, newest first: messages with the same time stay in reverse server order, and the
+//! client (which reverses a list and sorts it stably by time) gets them in server order.
+//! Ids never break ties (stanza-ids are random). No sub-second time is made up for foreign
+//! senders: the offline and the MAM copy of a message would get different ones, and a made-up
+//! millisecond would reorder it against our senders' real milliseconds. The offline messages
+//! (all delivered by the server at presence) are handed out in batches of `max` starting
+//! from the oldest chunk, each batch newest first: a client without sequences delivers each
+//! batch as it comes, so the newest chunk first would put it before older messages (a burst
+//! of more than one batch would arrive out of order at the app).
 
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -148,7 +163,8 @@ impl XmppVendor {
 pub struct XmppClient {
     vendor: XmppVendor,
     conn: Mutex<Option<Conn>>,
-    /// The offline batch received at presence, handed out by `pull_offline`.
+    /// The offline messages received at presence, newest first, handed out by
+    /// `pull_offline` from the oldest end.
     offline: Mutex<Vec<Message>>,
     /// Receipts of this connection's sends by client id (a resend of the same id on the same
     /// connection is answered from here).
@@ -715,6 +731,17 @@ fn to_model(m: &XMessage, stamp: Option<Timestamp>, archive_id: Option<&str>) ->
     })
 }
 
+/// Messages in the server's order (oldest first, as the offline store and MAM hand them
+/// out) as the contract's newest-first list: reversed, then sorted by time with a *stable*
+/// sort, so messages of the same time (a foreign burst within one of the server's whole
+/// seconds) stay in exactly reverse server order. Never by id: stanza-ids are random, and an
+/// id tie-break scrambles such a burst (issue 16).
+fn newest_first(mut in_server_order: Vec<Message>) -> Vec<Message> {
+    in_server_order.reverse();
+    in_server_order.sort_by_key(|m| std::cmp::Reverse(m.server_time));
+    in_server_order
+}
+
 fn rfc3339(t: Timestamp) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(t.as_millis())
         .unwrap_or_default()
@@ -852,17 +879,15 @@ impl Vendor for XmppClient {
             .map(|c| c.offline_fetched)
             .ok_or(E::NotLoggedIn)?;
         if !fetched {
+            // The server delivers its offline store in its own order, oldest first; that
+            // order is the only one a foreign burst of one (whole) second has.
             let delivered = self.ask(Cmd::Presence).await?;
-            let mut batch: Vec<Message> = delivered
-                .iter()
-                .filter_map(|m| to_model(m, None, None))
-                .collect();
-            // Newest first, as the contract pulls.
-            batch.sort_by(|a, b| {
-                b.server_time
-                    .cmp(&a.server_time)
-                    .then(b.server_id.cmp(&a.server_id))
-            });
+            let batch = newest_first(
+                delivered
+                    .iter()
+                    .filter_map(|m| to_model(m, None, None))
+                    .collect(),
+            );
             *lock(&self.offline) = batch;
             if let Some(c) = lock(&self.conn).as_mut() {
                 c.offline_fetched = true;
@@ -870,7 +895,10 @@ impl Vendor for XmppClient {
         }
         let mut offline = lock(&self.offline);
         let take = (max.max(1) as usize).min(offline.len());
-        let messages: Vec<Message> = offline.drain(..take).collect();
+        // The oldest chunk first, each batch newest first (module doc): the client delivers
+        // a batch as it comes, so the newest chunk first would overtake the older ones.
+        let oldest = offline.len().saturating_sub(take);
+        let messages: Vec<Message> = offline.drain(oldest..).collect();
         let ack = (!messages.is_empty()).then(|| OfflineAck { token: new_id() });
         if let Some(a) = &ack {
             lock(&self.acks).insert(a.token.clone());
@@ -987,7 +1015,7 @@ impl Vendor for XmppClient {
             }
             other => return Err(E::Protocol(format!("unexpected mam answer {other:?}"))),
         };
-        let mut messages: Vec<Message> = results
+        let messages = results
             .iter()
             .filter_map(|r| {
                 let stamp = r.forwarded.delay.as_ref().map(|d| millis(&d.stamp));
@@ -996,9 +1024,10 @@ impl Vendor for XmppClient {
             .filter(|m| {
                 from.is_none_or(|f| m.server_time >= f) && to.is_none_or(|t| m.server_time < t)
             })
-            .collect();
-        // A page comes oldest first; the contract reads newest first.
-        messages.reverse();
+            .collect::<Vec<_>>();
+        // A page comes oldest first, in archive order; the contract reads newest first, and
+        // messages of the same time keep archive order (reversed; see `newest_first`).
+        let messages = newest_first(messages);
         let next = if fin.complete {
             None
         } else {
@@ -1022,5 +1051,42 @@ impl Vendor for XmppClient {
 
     async fn mark_read(&self, _conversation: &ConversationId, _up_to: &ServerMsgId) -> Result<()> {
         Err(E::Unsupported(Capability::ReadReceipts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(id: &str, millis: i64) -> Message {
+        let (a, b) = (UserId::new("a"), UserId::new("b"));
+        Message {
+            server_id: ServerMsgId::new(id),
+            client_id: ClientMsgId::new(id),
+            conversation: ConversationId::direct(&a, &b),
+            sender: a,
+            seq: None,
+            server_time: Timestamp::from_millis(millis),
+            client_time: Timestamp::from_millis(millis),
+            content: Content::text(id),
+        }
+    }
+
+    fn ids(ms: &[Message]) -> Vec<&str> {
+        ms.iter().map(|m| m.server_id.as_str()).collect()
+    }
+
+    /// Issue 16: a burst stamped with one whole second keeps exactly reverse server order,
+    /// whatever its (random) ids; different times still go newest first.
+    #[test]
+    fn newest_first_keeps_server_order_on_ties_and_never_sorts_by_id() {
+        let server_order = vec![
+            at("z", 1_000),
+            at("m", 2_000),
+            at("a", 2_000),
+            at("q", 2_000),
+            at("b", 1_500),
+        ];
+        assert_eq!(ids(&newest_first(server_order)), ["q", "a", "m", "b", "z"]);
     }
 }
