@@ -9,6 +9,11 @@
 //! Invariants:
 //! * depends on `im-service`'s contract only, never on a vendor adapter: it never names a
 //!   concrete vendor (checked by `xtask`'s tidy test), and it compiles with no adapter feature;
+//! * durable before confirmed: what the API confirms (`send` returning, an offline
+//!   acknowledgement to the vendor, a [`DurableSubscription`] acknowledgement) was flushed
+//!   first ([`Store`]'s durability contract);
+//! * the supervisor never waits for a subscriber; a [`DurableSubscription`] hands out, after
+//!   a crash, exactly the events it had not acknowledged;
 //! * a message is persisted before it is distributed or acknowledged to the vendor;
 //! * every subscriber sees each message once, in per-conversation order; the delivery cursor
 //!   never moves past a hole, and a detected hole is always fetched;
