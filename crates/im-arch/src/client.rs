@@ -1146,9 +1146,6 @@ impl SyncEngine {
     /// when `all`), by sequence where the vendor has it, else by time.
     async fn catch_up(&self, shared: &Shared, all: bool) -> Result<Vec<Message>, ArchError> {
         let caps = shared.vendor.capabilities().clone();
-        if !all && !caps.supports(Capability::HistoryBySeq) {
-            return Ok(Vec::new());
-        }
         let mut recent: Vec<(&ConversationId, &SyncCursor)> = self.cursors.iter().collect();
         recent.sort_by_key(|(_, c)| std::cmp::Reverse(c.time));
         if !all {
@@ -1171,6 +1168,14 @@ impl SyncEngine {
                 )
                 .await?,
             );
+        }
+        // Per conversation only where it is cheap (by sequence) or the only way (no offline
+        // queue). The query above runs for every vendor with history by time: a push the
+        // vendor counts as delivered (e.g. XEP-0198 acknowledged) but a crash kept from the
+        // store is in no offline queue, and the offline pull has already moved the cursors
+        // past it.
+        if !all && !caps.supports(Capability::HistoryBySeq) {
+            return Ok(out);
         }
         for (conversation, cursor) in recent {
             let range = match (

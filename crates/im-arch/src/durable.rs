@@ -100,6 +100,10 @@ impl DurableSubscription {
             if head > self.handed {
                 let events = self.store.journal_after(self.handed, max.max(1)).await?;
                 if let Some(last) = events.last() {
+                    // Durable before handed out: the supervisor commits journal entries
+                    // without waiting for the disk; an entry a crash could still take back
+                    // (and give to another message) must never reach the app.
+                    self.store.flush().await?;
                     self.handed = last.position;
                     return Ok(events);
                 }

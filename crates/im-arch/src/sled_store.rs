@@ -473,8 +473,21 @@ impl Store for SledStore {
     }
 
     async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {
+        let earlier: std::collections::HashSet<ServerMsgId> =
+            self.in_flight().await?.into_iter().collect();
+        let mut fresh = Vec::with_capacity(ids.len());
+        for id in ids {
+            if earlier.contains(id)
+                || !self
+                    .by_server_id
+                    .contains_key(id.as_str().as_bytes())
+                    .map_err(store_err)?
+            {
+                fresh.push(id.clone());
+            }
+        }
         self.cursors
-            .insert(IN_FLIGHT_KEY, encode_value(ids)?)
+            .insert(IN_FLIGHT_KEY, encode_value(&fresh)?)
             .map(|_| ())
             .map_err(store_err)
     }

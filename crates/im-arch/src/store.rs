@@ -157,11 +157,13 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets durable subscription `name` (and the journal entries only it held).
     async fn remove_subscription(&self, name: &str) -> Result<(), ArchError>;
 
-    /// Records, before they are stored, the ids of messages about to be delivered; replaces
-    /// any earlier record. [`Store::set_cursors`] clears it once they are delivered. After a
-    /// crash the record names messages that may be stored yet never delivered: a vendor
-    /// without sequence numbers cannot tell the client, and the store alone would take
-    /// them for duplicates.
+    /// Records, before they are stored, the ids of messages about to be delivered that the
+    /// store does not hold yet, and those the earlier record names (a delivery a crash
+    /// interrupted, being repeated); other ids already stored are duplicates, delivered
+    /// before, and are left out. Replaces the earlier record. [`Store::set_cursors`] clears it once
+    /// they are delivered. After a crash the record names messages that may be stored yet
+    /// never delivered: a vendor without sequence numbers cannot tell the client, and the
+    /// store alone would take them for duplicates.
     async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError>;
 
     /// The ids recorded by [`Store::begin_delivery`] and not cleared since.
@@ -388,7 +390,14 @@ impl Store for MemoryStore {
     }
 
     async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {
-        self.state().in_flight = ids.to_vec();
+        let mut st = self.state();
+        let earlier = std::mem::take(&mut st.in_flight);
+        let fresh = ids
+            .iter()
+            .filter(|id| !st.by_id.contains_key(*id) || earlier.contains(id))
+            .cloned()
+            .collect();
+        st.in_flight = fresh;
         Ok(())
     }
 

@@ -299,6 +299,25 @@ mod suite {
         store.set_cursors(&[]).await.unwrap();
         assert!(store.in_flight().await.unwrap().is_empty());
         assert!(store.cursors().await.unwrap().is_empty());
+        // An id already stored is a duplicate (delivered before): never recorded, or a
+        // restart would deliver it again.
+        let c = alice_bob();
+        store.put_messages(&[msg(&c, "d", 1, None)]).await.unwrap();
+        store.begin_delivery(&ids(&["d", "e"])).await.unwrap();
+        assert_eq!(
+            store.in_flight().await.unwrap(),
+            ids(&["e"]),
+            "a stored id is left out of the in-flight record"
+        );
+        // … unless the earlier record names it: a crashed delivery being repeated keeps it
+        // recorded until the repeat is committed (a second crash must not lose it).
+        store.put_messages(&[msg(&c, "e", 2, None)]).await.unwrap();
+        store.begin_delivery(&ids(&["d", "e"])).await.unwrap();
+        assert_eq!(
+            store.in_flight().await.unwrap(),
+            ids(&["e"]),
+            "a repeated delivery stays recorded"
+        );
     }
 
     pub async fn journal_appends_with_cursors_in_delivery_order(store: &impl Store) {
@@ -691,8 +710,9 @@ mod sled_only {
             store.set_cursors(&[(c.clone(), cursor)]).await.unwrap();
             store.put_outbox(&outbox_item("q2", 2)).await.unwrap();
             store.put_outbox(&outbox_item("q1", 1)).await.unwrap();
+            // A message about to be delivered, not stored yet.
             store
-                .begin_delivery(&[messages[19].server_id.clone()])
+                .begin_delivery(&[ServerMsgId::new("m20")])
                 .await
                 .unwrap();
             store.flush().await.unwrap();
@@ -710,10 +730,7 @@ mod sled_only {
             [false, false]
         );
         assert_eq!(store.cursor(&c).await.unwrap(), Some(cursor));
-        assert_eq!(
-            store.in_flight().await.unwrap(),
-            [messages[19].server_id.clone()]
-        );
+        assert_eq!(store.in_flight().await.unwrap(), [ServerMsgId::new("m20")]);
         assert_eq!(outbox_ids(&store.outbox().await.unwrap()), ["q1", "q2"]);
         store.remove_outbox(&ClientMsgId::new("q1")).await.unwrap();
         drop(store);

@@ -742,10 +742,12 @@ fn newest_first(mut in_server_order: Vec<Message>) -> Vec<Message> {
     in_server_order
 }
 
-fn rfc3339(t: Timestamp) -> String {
+/// `t` as an XEP-0082 date-time, or `None` beyond what one can say (after year 9999, or
+/// outside chrono's range): an open bound such as "until the end of time" (`i64::MAX`).
+fn rfc3339(t: Timestamp) -> Option<String> {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(t.as_millis())
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        .filter(|d| chrono::Datelike::year(d) <= 9999)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 #[async_trait]
@@ -967,10 +969,16 @@ impl Vendor for XmppClient {
         if let Some(f) = from {
             // Not before 1970: the server cannot read earlier dates.
             let start = f.minus(MARGIN).max(Timestamp::from_millis(0));
-            fields.push(Field::text_single("start", &rfc3339(start)));
+            // A start beyond year 9999 is left out: the exact filter below still applies.
+            if let Some(start) = rfc3339(start) {
+                fields.push(Field::text_single("start", &start));
+            }
         }
         if let Some(t) = to {
-            fields.push(Field::text_single("end", &rfc3339(t.plus(MARGIN))));
+            // An end beyond year 9999 (a catch-up "until now and later") is an open end.
+            if let Some(end) = rfc3339(t.plus(MARGIN)) {
+                fields.push(Field::text_single("end", &end));
+            }
         }
         let queryid = new_id();
         let limit = query
