@@ -1,4 +1,4 @@
-//! `cargo xtask`: the project's task runner (layer check, CI gates, benchmarks).
+//! `cargo xtask`: the project's task runner (layer check, CI gates, benchmarks, crash soak).
 
 use std::process::Command;
 
@@ -23,6 +23,24 @@ enum Task {
     /// `im-test-suite`: --vendor memory|reference, --category, --filter, --list).
     TestSuite {
         /// Arguments passed through.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the crash harness: a client in a child process SIGKILLed at N seeded points and
+    /// restarted on its store, then 0 lost / 0 duplicated / 0 stuck checked (debug build;
+    /// prints the summary line, or the failure with its seed).
+    Crash {
+        /// Kill points.
+        #[arg(long, default_value_t = 200)]
+        runs: u32,
+        /// Seed to replay (default: $IM_CRASH_SEED, else random).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// `reference` (im-vendor-sim, started by the run) or `xmpp` (Prosody at
+        /// $IM_PROSODY_ADDR).
+        #[arg(long, default_value = "reference", value_parser = ["reference", "xmpp"])]
+        vendor: String,
+        /// Further `im-crash` flags (--messages, --pace-ms, --addr, --keep).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -86,6 +104,44 @@ fn main() -> Result<()> {
                 "im-test-suite",
                 "--",
             ];
+            all.extend(args.iter().map(String::as_str));
+            run(&all)
+        }
+        Task::Crash {
+            runs,
+            seed,
+            vendor,
+            args,
+        } => {
+            // The driver finds both children next to itself: build them first.
+            run(&[
+                "build",
+                "-q",
+                "-p",
+                "im-testkit",
+                "--bin",
+                "im-vendor-sim",
+                "--bin",
+                "im-crash-client",
+            ])?;
+            let runs = runs.to_string();
+            let seed = seed.map(|s| s.to_string());
+            let mut all = vec![
+                "run",
+                "-q",
+                "-p",
+                "im-testkit",
+                "--bin",
+                "im-crash",
+                "--",
+                "--runs",
+                runs.as_str(),
+                "--vendor",
+                vendor.as_str(),
+            ];
+            if let Some(seed) = &seed {
+                all.extend(["--seed", seed.as_str()]);
+            }
             all.extend(args.iter().map(String::as_str));
             run(&all)
         }

@@ -432,7 +432,7 @@ mod suite {
         );
     }
 
-    pub async fn flush_returns_for_concurrent_callers(store: &(impl Store + Sync)) {
+    pub async fn flush_returns_for_concurrent_callers(store: &impl Store) {
         let c = &alice_bob();
         let writes = (0..16).map(|i| async move {
             store

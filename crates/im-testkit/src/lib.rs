@@ -7,6 +7,7 @@
 
 pub mod cases;
 pub mod contract;
+pub mod crash;
 pub mod faulty;
 pub mod harness;
 pub mod reference;
