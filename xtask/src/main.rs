@@ -95,6 +95,18 @@ fn main() -> Result<()> {
             run(&["test", "--workspace"])
         }
         Task::TestSuite { args } => {
+            // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the
+            // suite's binary: build them first.
+            run(&[
+                "build",
+                "-q",
+                "-p",
+                "im-testkit",
+                "--bin",
+                "im-vendor-sim",
+                "--bin",
+                "im-crash-client",
+            ])?;
             let mut all = vec![
                 "run",
                 "-q",

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 mod arch;
 mod bad_input;
+mod crash;
 mod qc;
 mod resilience;
 mod service;
@@ -45,6 +46,9 @@ pub enum HarnessNeed {
     /// The harness moves the vendor's clock ([`crate::harness::VendorHarness::advance`]):
     /// simulated vendors can, a real server cannot.
     VendorClock,
+    /// The vendor runs in a process of its own that outlives a client killed with SIGKILL
+    /// (`im-vendor-sim`, Prosody); the in-process memory vendor dies with its client.
+    VendorProcess,
 }
 
 /// A vendor the suite can run against.
@@ -103,8 +107,9 @@ impl Target {
     /// What the target's test environment can do.
     pub fn harness(self) -> &'static [HarnessNeed] {
         match self {
-            Target::Memory | Target::Reference => &[HarnessNeed::VendorClock],
-            Target::Xmpp => &[],
+            Target::Memory => &[HarnessNeed::VendorClock],
+            Target::Reference => &[HarnessNeed::VendorClock, HarnessNeed::VendorProcess],
+            Target::Xmpp => &[HarnessNeed::VendorProcess],
         }
     }
 }
@@ -192,6 +197,7 @@ pub fn catalogue() -> Vec<Case> {
         .chain(arch::cases())
         .chain(resilience::cases())
         .chain(bad_input::cases())
+        .chain(crash::cases())
         .chain(qc::cases())
         .collect();
     all.sort_by_key(|c| c.id);
