@@ -813,7 +813,20 @@ impl SyncEngine {
             .vendor
             .capabilities()
             .supports(Capability::SequenceNumbers);
-        let synced_to = cursors.values().map(|c| c.time).max();
+        // Where the last completed sync pass left off. Not the newest cursor: a pass killed
+        // after delivering newer offline messages would hide an older message the vendor
+        // counts as delivered (pushed, acknowledged, lost with the process). A store with
+        // cursors but no mark never completed a pass: catch up from the beginning (the
+        // query is capped at `catch_up_pages`).
+        let synced_to = match shared.store.sync_mark().await {
+            Ok(Some(mark)) => Some(mark),
+            Ok(None) if cursors.is_empty() => None,
+            Ok(None) => Some(im_service::Timestamp::from_millis(0)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the sync mark; catching up from the start");
+                Some(im_service::Timestamp::from_millis(0))
+            }
+        };
         match (
             shared.store.subscriptions().await,
             shared.store.journal_head().await,
@@ -1109,6 +1122,10 @@ impl SyncEngine {
             // vendor's clock, the newest delivered message is the best mark we have.
             let newest = self.cursors.values().map(|c| c.time).max();
             self.synced_to = login_time.or(newest).or(self.synced_to);
+            if let Some(mark) = self.synced_to {
+                // Not flushed on purpose: a lost mark only makes the next catch-up wider.
+                shared.store.set_sync_mark(mark).await?;
+            }
             shared
                 .distributor
                 .publish(ClientEvent::Sync(SyncProgress::Finished { delivered }))

@@ -15,6 +15,7 @@
 //! | `journal`      | `0x01` · subscription name (UTF-8)                              | acknowledged position (`u64`) |
 //! | `journal`      | `0x02` (the head)                                              | last position given out (`u64`) |
 //! | `meta`         | `schema_version`                                               | `u32`                  |
+//! | `meta`         | `sync_mark`                                                    | `Timestamp`            |
 //!
 //! A `messages` key is:
 //! * the conversation prefix: the length of the conversation id's codec encoding (u32
@@ -86,6 +87,7 @@ const JOURNAL_ENTRY: u8 = 0x00;
 const JOURNAL_SUBSCRIPTION: u8 = 0x01;
 const JOURNAL_HEAD: &[u8] = &[0x02];
 const SCHEMA_KEY: &[u8] = b"schema_version";
+const SYNC_MARK_KEY: &[u8] = b"sync_mark";
 /// The in-flight delivery record lives in the cursors tree so that saving cursors clears it
 /// in the same atomic batch. Codec encodings (the other keys) start with the format version.
 const IN_FLIGHT_KEY: &[u8] = b"\xffin_flight";
@@ -104,6 +106,8 @@ pub struct SledStore {
     conversations: sled::Tree,
     /// The delivery journal and the durable subscriptions' positions.
     journal: sled::Tree,
+    /// The schema version and the sync mark.
+    meta: sled::Tree,
     /// Serialises `put_messages`, whose dedup check and write are two steps.
     write: Mutex<()>,
     /// Group commit: how many flushes have begun (each takes the next number).
@@ -190,6 +194,7 @@ impl SledStore {
             outbox_ids: tree(OUTBOX_IDS)?,
             conversations: tree(CONVERSATIONS)?,
             journal: tree(JOURNAL)?,
+            meta,
             db,
             write: Mutex::new(()),
             flushes_begun: AtomicU64::new(0),
@@ -349,6 +354,20 @@ impl Store for SledStore {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => store_err(e),
         })
+    }
+
+    async fn sync_mark(&self) -> Result<Option<im_service::Timestamp>, ArchError> {
+        match self.meta.get(SYNC_MARK_KEY).map_err(store_err)? {
+            Some(raw) => decode_value(META, SYNC_MARK_KEY, &raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_sync_mark(&self, mark: im_service::Timestamp) -> Result<(), ArchError> {
+        self.meta
+            .insert(SYNC_MARK_KEY, encode_value(&mark)?)
+            .map(|_| ())
+            .map_err(store_err)
     }
 
     async fn journal_head(&self) -> Result<u64, ArchError> {

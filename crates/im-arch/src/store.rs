@@ -172,6 +172,15 @@ pub trait Store: Send + Sync + 'static {
     /// Every saved cursor.
     async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError>;
 
+    /// The server time from which the last *completed* sync pass left nothing behind: the
+    /// catch-up after a restart asks the vendor for everything since. Unlike the cursors, it
+    /// does not move while a pass is under way (a pass killed after delivering newer
+    /// offline messages must not hide an older one the vendor counts as delivered).
+    async fn sync_mark(&self) -> Result<Option<Timestamp>, ArchError>;
+
+    /// Saves the sync mark (see [`Store::sync_mark`]).
+    async fn set_sync_mark(&self, mark: Timestamp) -> Result<(), ArchError>;
+
     /// Up to `limit` messages of a conversation strictly older than `before` (all when
     /// `None`), newest first: the timeline page a chat screen scrolls through.
     async fn page_before(
@@ -225,6 +234,7 @@ struct MemoryState {
     journal: BTreeMap<u64, (ServerMsgId, Origin)>,
     journal_head: u64,
     subscriptions: HashMap<String, u64>,
+    sync_mark: Option<Timestamp>,
 }
 
 impl MemoryState {
@@ -285,6 +295,15 @@ impl Store for MemoryStore {
 
     async fn journal_head(&self) -> Result<u64, ArchError> {
         Ok(self.state().journal_head)
+    }
+
+    async fn sync_mark(&self) -> Result<Option<Timestamp>, ArchError> {
+        Ok(self.state().sync_mark)
+    }
+
+    async fn set_sync_mark(&self, mark: Timestamp) -> Result<(), ArchError> {
+        self.state().sync_mark = Some(mark);
+        Ok(())
     }
 
     async fn journal_after(

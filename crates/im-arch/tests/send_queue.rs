@@ -432,6 +432,12 @@ impl im_arch::Store for FullDisk {
     async fn journal_head(&self) -> Result<u64, ArchError> {
         self.inner.journal_head().await
     }
+    async fn sync_mark(&self) -> Result<Option<im_service::Timestamp>, ArchError> {
+        self.inner.sync_mark().await
+    }
+    async fn set_sync_mark(&self, mark: im_service::Timestamp) -> Result<(), ArchError> {
+        self.inner.set_sync_mark(mark).await
+    }
     async fn journal_after(
         &self,
         after: u64,

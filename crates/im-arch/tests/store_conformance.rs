@@ -432,6 +432,25 @@ mod suite {
         );
     }
 
+    pub async fn sync_mark_round_trips(store: &impl Store) {
+        assert_eq!(store.sync_mark().await.unwrap(), None);
+        store
+            .set_sync_mark(Timestamp::from_millis(42))
+            .await
+            .unwrap();
+        store
+            .set_sync_mark(Timestamp::from_millis(7))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.sync_mark().await.unwrap(),
+            Some(Timestamp::from_millis(7)),
+            "the last mark set, even an earlier time"
+        );
+        // The mark is not a cursor.
+        assert!(store.cursors().await.unwrap().is_empty());
+    }
+
     pub async fn flush_returns_for_concurrent_callers(store: &impl Store) {
         let c = &alice_bob();
         let writes = (0..16).map(|i| async move {
@@ -641,6 +660,11 @@ macro_rules! store_conformance {
             #[tokio::test]
             async fn subscriptions_trim_what_all_acknowledged() {
                 suite::subscriptions_trim_what_all_acknowledged(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn sync_mark_round_trips() {
+                suite::sync_mark_round_trips(&store()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,19 +40,15 @@ async fn config(target: Target) -> CrashConfig {
     let client = sibling("im-crash-client");
     let seed = seed_from_env();
     match target {
-        Target::Reference => CrashConfig::reference(
-            sibling("im-vendor-sim"),
-            client,
-            KILL_POINTS,
-            seed,
-        ),
+        Target::Reference => {
+            CrashConfig::reference(sibling("im-vendor-sim"), client, KILL_POINTS, seed)
+        }
         Target::Xmpp => {
             let h = XmppHarness::start(Default::default());
             let sender = h.user("crash-sender").await;
             let receiver = h.user("crash-receiver").await;
-            let account = |c: &im_service::Credentials| {
-                Account::new(c.user.as_str(), c.token.expose())
-            };
+            let account =
+                |c: &im_service::Credentials| Account::new(c.user.as_str(), c.token.expose());
             CrashConfig::xmpp(
                 prosody_addr(),
                 XMPP_DOMAIN,
