@@ -56,6 +56,20 @@ enum Task {
     },
 }
 
+/// Builds the binaries the crash harness runs as children (found beside the driver).
+fn build_crash_binaries() -> Result<()> {
+    run(&[
+        "build",
+        "-q",
+        "-p",
+        "im-testkit",
+        "--bin",
+        "im-vendor-sim",
+        "--bin",
+        "im-crash-client",
+    ])
+}
+
 fn run(args: &[&str]) -> Result<()> {
     run_with(args, &[])
 }
@@ -97,16 +111,7 @@ fn main() -> Result<()> {
         Task::TestSuite { args } => {
             // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the
             // suite's binary: build them first.
-            run(&[
-                "build",
-                "-q",
-                "-p",
-                "im-testkit",
-                "--bin",
-                "im-vendor-sim",
-                "--bin",
-                "im-crash-client",
-            ])?;
+            build_crash_binaries()?;
             let mut all = vec![
                 "run",
                 "-q",
@@ -126,16 +131,7 @@ fn main() -> Result<()> {
             args,
         } => {
             // The driver finds both children next to itself: build them first.
-            run(&[
-                "build",
-                "-q",
-                "-p",
-                "im-testkit",
-                "--bin",
-                "im-vendor-sim",
-                "--bin",
-                "im-crash-client",
-            ])?;
+            build_crash_binaries()?;
             let runs = runs.to_string();
             let seed = seed.map(|s| s.to_string());
             let mut all = vec![
