@@ -413,6 +413,9 @@ impl State {
             },
             ClientEvent::Retry(_) => self.processing.retries += 1,
             ClientEvent::StoreFailed { .. } => self.processing.store_errors += 1,
+            ClientEvent::Lagged { dropped } => {
+                tracing::warn!(dropped, "quality monitor fell behind the client's events");
+            }
             _ => {}
         }
     }
@@ -721,9 +724,12 @@ impl QcMonitor {
                 });
             }
         }
+        // The client's bus never waits for a reader: a monitor that falls 4,096 events behind
+        // loses the oldest, is told so (`ClientEvent::Lagged`), and the loss counts in the
+        // bus's dropped events, which QC reports.
         let events: BusStream<ClientEvent> = watch
             .bus
-            .subscribe(Filter::all(), DeliveryPolicy::Reliable { capacity: 4096 });
+            .subscribe(Filter::all(), DeliveryPolicy::DropOldest { capacity: 4096 });
         let state = Arc::new(Mutex::new(State {
             business: watch
                 .roles
