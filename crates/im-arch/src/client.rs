@@ -166,11 +166,13 @@ impl ImClientBuilder {
             conversations: Mutex::new(crate::conversations::ConversationList::new(me)),
             journal_on: AtomicBool::new(false),
             journal_head: watch::channel(0).0,
+            stopped_by: Mutex::new(None),
         });
         ImClient {
             shared,
             events: Mutex::new(events),
             task: Mutex::new(None),
+            login_gate: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -200,9 +202,35 @@ pub(crate) struct Shared {
     pub(crate) journal_on: AtomicBool,
     /// The journal's head as last committed; wakes durable subscriptions.
     pub(crate) journal_head: watch::Sender<u64>,
+    /// Why the supervisor stopped for good, typed (`login()` answers with it).
+    stopped_by: Mutex<Option<ArchError>>,
 }
 
 impl Shared {
+    /// Ends in terminal `state` for the typed reason `cause` (what `login()` answers).
+    async fn stop(&self, state: ConnectionState, cause: ArchError) {
+        *self.stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause);
+        self.set_state(state).await;
+    }
+
+    /// The typed reason for terminal state `state`.
+    fn stop_reason(&self, state: &ConnectionState) -> ArchError {
+        if let Some(cause) = self
+            .stopped_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return cause;
+        }
+        match state {
+            ConnectionState::Kicked(r) => ArchError::Kicked(r.clone()),
+            ConnectionState::TokenExpired => ArchError::TokenExpired,
+            ConnectionState::LoggedOut => ArchError::LoggedOut,
+            other => ArchError::Unavailable(format!("{other:?}")),
+        }
+    }
+
     pub(crate) async fn set_state(&self, state: ConnectionState) {
         tracing::info!(state = ?state, "connection state");
         self.state.send_replace(state.clone());
@@ -240,7 +268,8 @@ impl Shared {
 /// The running supervisor task and its command channel.
 struct Running {
     commands: mpsc::Sender<Command>,
-    handle: JoinHandle<()>,
+    /// Hands back what a later `login` needs when the supervisor stops.
+    handle: JoinHandle<Leftovers>,
     /// The send queue's task; stops with the supervisor.
     sender: JoinHandle<()>,
 }
@@ -248,6 +277,13 @@ struct Running {
 enum Command {
     Logout(oneshot::Sender<()>),
     Reconnect,
+}
+
+/// What a stopped supervisor hands back, so that the same client can log in again (after
+/// logout, a kick, token expiry or a refused login).
+struct Leftovers {
+    events: EventStream,
+    own: Option<mpsc::UnboundedReceiver<Message>>,
 }
 
 /// An IM client on any vendor: login, supervision, ACK-online sync, history.
@@ -274,6 +310,8 @@ pub struct ImClient {
     /// The vendor's event stream until the supervisor takes it.
     events: Mutex<Option<EventStream>>,
     task: Mutex<Option<Running>>,
+    /// One `login`/`logout` at a time starts or stops the supervisor.
+    login_gate: tokio::sync::Mutex<()>,
 }
 
 /// A snapshot of the connection state with helpers.
@@ -357,18 +395,39 @@ impl ImClient {
     /// Starts the supervisor (if not running) and waits until the client is online or has
     /// stopped for good. Never waits for subscribers: it returns when the client is online
     /// whether or not anyone reads its events.
+    ///
+    /// Logging in again on the same client works after [`ImClient::logout`], a kick, token
+    /// expiry or a refused login. The error says why the client stopped:
+    /// [`ArchError::AuthFailed`], [`ArchError::UnknownUser`], [`ArchError::Kicked`],
+    /// [`ArchError::TokenExpired`], [`ArchError::LoggedOut`], [`ArchError::GaveUp`] (after
+    /// `max_reconnect_attempts`) or [`ArchError::Permanent`] (another refusal).
     pub async fn login(&self) -> Result<(), ArchError> {
         let mut state = self.shared.state.subscribe();
         {
+            let _gate = self.login_gate.lock().await;
+            // A supervisor that stopped for good hands back the vendor's event stream.
+            let finished = {
+                let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+                match task.as_ref() {
+                    Some(r) if r.handle.is_finished() => task.take(),
+                    _ => None,
+                }
+            };
+            if let Some(r) = finished {
+                self.reclaim(r).await?;
+            }
             let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-            let running = task.as_ref().is_some_and(|r| !r.handle.is_finished());
-            if !running {
+            if task.is_none() {
                 let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).take();
+                // Only gone when a supervisor panicked (its stream went with it).
                 let Some(events) = events else {
-                    return Err(ArchError::Unavailable(
-                        "the vendor's event stream was taken elsewhere".into(),
-                    ));
+                    return Err(ArchError::Stopped);
                 };
+                *self
+                    .shared
+                    .stopped_by
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
                 let (tx, rx) = mpsc::channel(8);
                 let user = self.shared.credentials().user;
                 let span = tracing::info_span!("im_client", user = %user, vendor = self.shared.vendor.name());
@@ -397,13 +456,24 @@ impl ImClient {
             let now = state.borrow_and_update().clone();
             match now {
                 ConnectionState::Online => return Ok(()),
-                s if s.is_terminal() => return Err(ArchError::Unavailable(format!("{s:?}"))),
+                s if s.is_terminal() => return Err(self.shared.stop_reason(&s)),
                 _ => {}
             }
             if state.changed().await.is_err() {
                 return Err(ArchError::Stopped);
             }
         }
+    }
+
+    /// Replaces the token the client logs in with (the app renewed it, e.g. after
+    /// [`ArchError::TokenExpired`] or [`ArchError::AuthFailed`]); the next (re)connect uses
+    /// it. The user stays the same: one client, one store, one account.
+    pub fn set_token(&self, token: im_service::Token) {
+        self.shared
+            .credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .token = token;
     }
 
     /// Asks the supervisor to drop the connection and reconnect now (e.g. the app learned
@@ -422,17 +492,40 @@ impl ImClient {
 
     /// Logs out and stops the supervisor.
     pub async fn logout(&self) {
+        let _gate = self.login_gate.lock().await;
         let running = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(r) = running {
             let (tx, rx) = oneshot::channel();
             if r.commands.send(Command::Logout(tx)).await.is_ok() {
                 let _ = rx.await;
             }
-            let _ = r.handle.await;
-            r.sender.abort();
-            // Wait until the aborted task is gone, so that it no longer holds the store
-            // (a store reopened right after logout must find its directory unlocked).
-            let _ = r.sender.await;
+            if let Err(e) = self.reclaim(r).await {
+                tracing::warn!(error = %e, "the supervisor ended abnormally");
+            }
+        }
+    }
+
+    /// Stops the send queue's task of a stopped (or stopping) supervisor, waits for both,
+    /// and takes back the vendor's event stream and the own-sent channel for the next login.
+    async fn reclaim(&self, r: Running) -> Result<(), ArchError> {
+        r.sender.abort();
+        // Wait until the aborted task is gone, so that it no longer holds the store (a
+        // store reopened right after logout must find its directory unlocked).
+        let _ = r.sender.await;
+        match r.handle.await {
+            Ok(left) => {
+                *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(left.events);
+                *self
+                    .shared
+                    .own_sent_rx
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = left.own;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the supervisor task failed");
+                Err(ArchError::Stopped)
+            }
         }
     }
 
@@ -496,8 +589,19 @@ enum Exit {
 async fn supervise(
     shared: Arc<Shared>,
     mut events: EventStream,
-    mut commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Command>,
     mut own: Option<mpsc::UnboundedReceiver<Message>>,
+) -> Leftovers {
+    supervise_until_stopped(shared, &mut events, commands, &mut own).await;
+    Leftovers { events, own }
+}
+
+/// The body of [`supervise`]; returns when the client stopped for good.
+async fn supervise_until_stopped(
+    shared: Arc<Shared>,
+    events: &mut EventStream,
+    mut commands: mpsc::Receiver<Command>,
+    own: &mut Option<mpsc::UnboundedReceiver<Message>>,
 ) {
     let mut engine = SyncEngine::load(&shared).await;
     if let Err(error) = load_conversations(&shared).await {
@@ -512,6 +616,8 @@ async fn supervise(
     }
     let mut attempt: u32 = 0;
     let mut refreshed = false;
+    // The last retryable error, for the typed reason of giving up.
+    let mut last_error: Option<ServiceError> = None;
     loop {
         if attempt > 0 {
             if shared
@@ -519,11 +625,20 @@ async fn supervise(
                 .max_reconnect_attempts
                 .is_some_and(|max| attempt > max)
             {
+                let cause = ArchError::GaveUp {
+                    op: "login",
+                    attempts: attempt - 1,
+                    last: last_error
+                        .unwrap_or(ServiceError::Unavailable("no attempt succeeded".into())),
+                };
                 shared
-                    .set_state(ConnectionState::Failed(format!(
-                        "gave up after {} reconnect attempts",
-                        attempt - 1
-                    )))
+                    .stop(
+                        ConnectionState::Failed(format!(
+                            "gave up after {} reconnect attempts",
+                            attempt - 1
+                        )),
+                        cause,
+                    )
                     .await;
                 return;
             }
@@ -567,15 +682,18 @@ async fn supervise(
                 if refresh_token(&shared).await {
                     continue;
                 }
-                shared.set_state(ConnectionState::TokenExpired).await;
+                shared
+                    .stop(ConnectionState::TokenExpired, ArchError::TokenExpired)
+                    .await;
                 return;
             }
             Err(e) => match terminal_state(&e) {
                 Some(state) => {
-                    shared.set_state(state).await;
+                    shared.stop(state, refusal("login", e)).await;
                     return;
                 }
                 None => {
+                    last_error = Some(e);
                     attempt += 1;
                     continue;
                 }
@@ -584,21 +702,25 @@ async fn supervise(
         refreshed = false;
         shared.set_state(ConnectionState::Syncing).await;
         if let Err(e) = engine.sync_pass(&shared, login_time).await {
-            let terminal = e.service_error().and_then(terminal_state);
+            let cause = e.service_error().cloned();
+            let terminal = cause.as_ref().and_then(terminal_state);
             shared
                 .distributor
                 .publish(ClientEvent::Sync(SyncProgress::Failed(e)))
                 .await;
             let _ = shared.vendor.logout().await;
-            if let Some(state) = terminal {
-                shared.set_state(state).await;
-                return;
+            match (terminal, cause) {
+                (Some(state), Some(cause)) => {
+                    shared.stop(state, refusal("sync", cause)).await;
+                    return;
+                }
+                (_, cause) => last_error = cause.or(last_error),
             }
             attempt += 1;
             continue;
         }
         shared.set_state(ConnectionState::Online).await;
-        match online(&shared, &mut engine, &mut events, &mut commands, &mut own).await {
+        match online(&shared, &mut engine, events, &mut commands, own).await {
             Exit::Reconnect(why) => {
                 tracing::warn!(reason = %why, "reconnecting");
                 let _ = shared.vendor.logout().await;
@@ -606,7 +728,8 @@ async fn supervise(
             }
             Exit::Stop(state) => {
                 let _ = shared.vendor.logout().await;
-                shared.set_state(state).await;
+                let cause = shared.stop_reason(&state);
+                shared.stop(state, cause).await;
                 return;
             }
             Exit::Logout(done) => {
@@ -619,9 +742,22 @@ async fn supervise(
 
 async fn finish_logout(shared: &Shared, done: Option<oneshot::Sender<()>>) {
     let _ = shared.vendor.logout().await;
-    shared.set_state(ConnectionState::LoggedOut).await;
+    shared
+        .stop(ConnectionState::LoggedOut, ArchError::LoggedOut)
+        .await;
     if let Some(done) = done {
         let _ = done.send(());
+    }
+}
+
+/// The typed reason of a refusal `e` during `op` that ends the client.
+fn refusal(op: &'static str, e: ServiceError) -> ArchError {
+    match e {
+        ServiceError::Kicked(r) => ArchError::Kicked(r),
+        ServiceError::TokenExpired => ArchError::TokenExpired,
+        ServiceError::AuthFailed(why) => ArchError::AuthFailed(why),
+        ServiceError::UnknownUser(user) => ArchError::UnknownUser(user),
+        error => ArchError::Permanent { op, error },
     }
 }
 

@@ -122,7 +122,7 @@ impl DurableSubscription {
             return Ok(());
         }
         if position > self.handed {
-            return Err(ArchError::Unavailable(format!(
+            return Err(ArchError::InvalidArgument(format!(
                 "durable subscription {:?}: position {position} was not handed out yet \
                  (last handed out: {})",
                 self.name, self.handed
@@ -144,7 +144,7 @@ impl ImClient {
     /// each be handed the same events.
     pub async fn durable_subscription(&self, name: &str) -> Result<DurableSubscription, ArchError> {
         if name.is_empty() || name.len() > MAX_NAME {
-            return Err(ArchError::Unavailable(format!(
+            return Err(ArchError::InvalidArgument(format!(
                 "a durable subscription name has 1 to {MAX_NAME} bytes, got {}",
                 name.len()
             )));

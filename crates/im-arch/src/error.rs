@@ -1,6 +1,6 @@
 //! The architecture layer's error type.
 
-use im_service::{ErrorClass, ServiceError};
+use im_service::{ClientMsgId, ErrorClass, KickReason, ServiceError, UserId};
 
 /// Every way an `im-arch` operation can fail.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -47,7 +47,33 @@ pub enum ArchError {
         /// Why it could not be read.
         reason: String,
     },
-    /// The client is not in a state that allows this (e.g. logged out, kicked).
+    /// The vendor refused the credentials (wrong token or password). Log in again with
+    /// other credentials.
+    #[error("login refused: {0}")]
+    AuthFailed(String),
+    /// The vendor does not know the user.
+    #[error("unknown user {0}")]
+    UnknownUser(UserId),
+    /// The vendor closed the session (another login took over, the account was removed …);
+    /// the client does not reconnect by itself. `login()` again to take over.
+    #[error("kicked: {0:?}")]
+    Kicked(KickReason),
+    /// The token expired and no fresh one could be had (no token provider, or it failed);
+    /// `login()` again after the app renewed the credentials.
+    #[error("token expired")]
+    TokenExpired,
+    /// The client was logged out (by [`ImClient::logout`](crate::ImClient::logout)) while the
+    /// call waited.
+    #[error("logged out")]
+    LoggedOut,
+    /// No queued message has this client id (already sent, or cancelled).
+    #[error("no queued message {0}")]
+    NotQueued(ClientMsgId),
+    /// The call's arguments are not acceptable (a bad subscription name, an
+    /// acknowledgement of an event not handed out yet …).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A local facility the client needs could not be set up (e.g. an HTTP client).
     #[error("client unavailable: {0}")]
     Unavailable(String),
     /// The client's background task has stopped.
@@ -69,6 +95,13 @@ impl ArchError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ArchError::Permanent { .. }
+            | ArchError::AuthFailed(_)
+            | ArchError::UnknownUser(_)
+            | ArchError::Kicked(_)
+            | ArchError::TokenExpired
+            | ArchError::LoggedOut
+            | ArchError::NotQueued(_)
+            | ArchError::InvalidArgument(_)
             | ArchError::Stopped
             | ArchError::SchemaTooNew { .. }
             | ArchError::CorruptEntry { .. } => false,

@@ -71,7 +71,7 @@ impl ImClient {
     pub async fn resend(&self, id: &ClientMsgId) -> Result<(), ArchError> {
         let shared = self.shared();
         let Some(mut item) = find(shared, id).await? else {
-            return Err(ArchError::Unavailable(format!("no queued message {id}")));
+            return Err(ArchError::NotQueued(id.clone()));
         };
         item.status = SendStatus::Sending;
         shared.store.put_outbox(&item).await?;
@@ -85,7 +85,7 @@ impl ImClient {
     pub async fn cancel(&self, id: &ClientMsgId) -> Result<(), ArchError> {
         let shared = self.shared();
         let Some(item) = find(shared, id).await? else {
-            return Err(ArchError::Unavailable(format!("no queued message {id}")));
+            return Err(ArchError::NotQueued(id.clone()));
         };
         shared.store.remove_outbox(id).await?;
         // A cancelled message must not come back after a crash and go out.

@@ -208,7 +208,7 @@ async fn acknowledging_what_was_not_handed_out_is_refused() {
     assert_eq!(first.len(), 1);
     let refused = sub.ack(2).await;
     assert!(
-        matches!(refused, Err(ArchError::Unavailable(_))),
+        matches!(refused, Err(ArchError::InvalidArgument(_))),
         "ack of an unseen position: {refused:?}"
     );
     assert_eq!(sub.acked(), 0);

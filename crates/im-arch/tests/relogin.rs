@@ -1,0 +1,207 @@
+//! Logging the same `ImClient` in again — after a kick, a logout, token expiry and a refused
+//! login — and the typed errors `login()` answers with, on the in-process vendor with tokio
+//! time paused.
+
+// Test helpers outside #[test] fns: a panic is how they fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_arch::{ArchError, ClientConfig, ClientEvent, ConnectionState, ImClient, Subscription};
+use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig};
+use im_service::{
+    Content, ConversationId, Credentials, ManualClock, OutgoingMessage, Timestamp, Token, UserId,
+    Vendor,
+};
+
+/// Every wait of a test ends by this (paused) deadline at the latest, as a named failure.
+const DEADLINE: Duration = Duration::from_secs(3600);
+
+struct World {
+    vendor: MemoryVendor,
+    clock: ManualClock,
+    alice: Arc<MemoryClient>,
+    bob: Credentials,
+    conv: ConversationId,
+}
+
+async fn world() -> World {
+    let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig::default());
+    let a = vendor.register_user(&UserId::new("alice"));
+    let bob = vendor.register_user(&UserId::new("bob"));
+    let conv = ConversationId::direct(&a.user, &bob.user);
+    let alice = Arc::new(vendor.client());
+    alice.login(&a).await.unwrap();
+    World {
+        vendor,
+        clock,
+        alice,
+        bob,
+        conv,
+    }
+}
+
+impl World {
+    async fn say(&self, body: &str) {
+        let msg = OutgoingMessage::new(
+            self.conv.clone(),
+            Content::text(body),
+            Timestamp::from_millis(0),
+        );
+        self.alice.send(&msg).await.unwrap();
+    }
+
+    fn client(&self, creds: Credentials) -> ImClient {
+        ImClient::builder(Arc::new(self.vendor.client()), creds)
+            .config(ClientConfig {
+                heartbeat_interval: Duration::from_secs(1),
+                heartbeat_timeout: Duration::from_millis(500),
+                ..ClientConfig::default()
+            })
+            .build()
+    }
+}
+
+/// Waits (overall deadline) until an event matches; `what` names the failure.
+async fn wait_for(sub: &mut Subscription, what: &str, mut pred: impl FnMut(&ClientEvent) -> bool) {
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(ev) = sub.recv().await {
+            if pred(&ev) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(found, Ok(true)), "never saw {what}");
+}
+
+async fn receives(w: &World, sub: &mut Subscription, body: &str) {
+    w.say(body).await;
+    let want = Content::text(body);
+    wait_for(
+        sub,
+        &format!("message {body:?}"),
+        |e| matches!(e, ClientEvent::Message(r) if r.message.content == want),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kicked_client_logs_in_again_and_receives() {
+    let w = world().await;
+    let client = w.client(w.bob.clone());
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    receives(&w, &mut sub, "before the kick").await;
+
+    let other_device = w.vendor.client();
+    other_device.login(&w.bob).await.unwrap();
+    wait_for(&mut sub, "the kick", |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Kicked(_)))
+    })
+    .await;
+    // While kicked, a waiting login() would be told why (nothing reconnects by itself).
+    assert!(!client.state().is_online());
+
+    // "Log in here again": this device takes over.
+    tokio::time::timeout(DEADLINE, client.login())
+        .await
+        .expect("login again")
+        .expect("the same client logs in again after a kick");
+    assert!(client.state().is_online());
+    receives(&w, &mut sub, "after the kick").await;
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_logged_out_client_logs_in_again_and_receives() {
+    let w = world().await;
+    let client = w.client(w.bob.clone());
+    let mut sub = client.subscribe();
+    for round in 0..3 {
+        tokio::time::timeout(DEADLINE, client.login())
+            .await
+            .expect("login")
+            .unwrap_or_else(|e| panic!("login round {round}: {e}"));
+        receives(&w, &mut sub, &format!("round {round}")).await;
+        client.logout().await;
+        assert_eq!(client.state().0, ConnectionState::LoggedOut);
+    }
+    // What arrived while logged out comes as offline messages on the next login.
+    w.say("while away").await;
+    client.login().await.unwrap();
+    wait_for(&mut sub, "the offline message", |e| {
+        matches!(e, ClientEvent::Message(r) if r.message.content == Content::text("while away"))
+    })
+    .await;
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_token_expiry_login_answers_token_expired_and_a_new_token_logs_in() {
+    let w = world().await;
+    let short = w
+        .vendor
+        .issue_token(&w.bob.user, Some(Duration::from_secs(600)))
+        .unwrap();
+    let client = w.client(Credentials {
+        user: w.bob.user.clone(),
+        token: short,
+    });
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    w.clock.advance(Duration::from_secs(601));
+    w.vendor.sweep();
+    wait_for(&mut sub, "token expiry", |e| {
+        matches!(e, ClientEvent::State(ConnectionState::TokenExpired))
+    })
+    .await;
+    // The old token is dead: typed, not a string.
+    let again = tokio::time::timeout(DEADLINE, client.login())
+        .await
+        .expect("login answers");
+    assert!(
+        matches!(again, Err(ArchError::TokenExpired)),
+        "login with the expired token: {again:?}"
+    );
+    // The app renews the token and logs the same client in.
+    let fresh = w
+        .vendor
+        .issue_token(&w.bob.user, Some(Duration::from_secs(3600)))
+        .unwrap();
+    client.set_token(fresh);
+    tokio::time::timeout(DEADLINE, client.login())
+        .await
+        .expect("login")
+        .expect("a refreshed token logs the same client in");
+    receives(&w, &mut sub, "after the refresh").await;
+    client.logout().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_login_is_typed_and_the_client_can_log_in_afterwards() {
+    let w = world().await;
+    let client = w.client(Credentials {
+        user: w.bob.user.clone(),
+        token: Token::new("wrong"),
+    });
+    let mut sub = client.subscribe();
+    match tokio::time::timeout(DEADLINE, client.login())
+        .await
+        .expect("login answers")
+    {
+        Err(ArchError::AuthFailed(why)) => assert!(!why.is_empty()),
+        other => panic!("a wrong token must be AuthFailed, got {other:?}"),
+    }
+    client.set_token(w.bob.token.clone());
+    tokio::time::timeout(DEADLINE, client.login())
+        .await
+        .expect("login")
+        .expect("the right token logs in after a refusal");
+    receives(&w, &mut sub, "after the refusal").await;
+    client.logout().await;
+    // A logout is its own answer too.
+    assert_eq!(client.state().0, ConnectionState::LoggedOut);
+}
