@@ -124,13 +124,31 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
-/// Opens `config`, waiting (at most 2 s) for the directory's lock: a store dropped just
-/// before is released only when sled's background flusher notices, up to its flush
-/// interval later, and a quick restart must not fail for that.
-fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, ArchError> {
+/// Opens `config` (in directory `dir`, if not temporary), waiting (at most 2 s) for the
+/// directory's lock: a store dropped just before is released only when sled's background
+/// flusher notices, up to its flush interval later, and a quick restart must not fail for
+/// that.
+///
+/// Also repairs what sled 0.34 leaves when a process is killed while it writes a snapshot
+/// (it does at open and now and then): a partial `snap.<lsn>.generating` file, which the
+/// next open reads as the newest snapshot and refuses with "Read corrupted data at file
+/// offset None", for good. Such a file is incomplete by definition (sled renames it when
+/// it is whole) and the log it summarises is intact, so it is removed and the open retried
+/// (found by the crash harness; reproduced by killing a process during open: 231 of 400).
+fn open_waiting_for_lock(config: &sled::Config, dir: Option<&Path>) -> Result<sled::Db, ArchError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut repaired = false;
     loop {
         match config.open() {
+            Err(sled::Error::Corruption { .. }) if !repaired && dir.is_some() => {
+                repaired = true;
+                let removed = dir.map_or(0, remove_partial_snapshots);
+                tracing::warn!(
+                    removed,
+                    "sled store reported corruption on open; removed partial snapshots \
+                     left by a killed process, opening again"
+                );
+            }
             // sled wraps the OS error in a message: match both forms.
             Err(sled::Error::Io(e))
                 if (e.kind() == std::io::ErrorKind::WouldBlock
@@ -144,6 +162,23 @@ fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, ArchError> {
     }
 }
 
+/// Removes the `snap.*.generating` files in `dir` (snapshots a killed process did not
+/// finish); returns how many.
+fn remove_partial_snapshots(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("snap.") && name.ends_with(".generating")
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
     ///
@@ -151,16 +186,17 @@ impl SledStore {
     /// [`ArchError::Store`] if it has an older layout (no migration exists yet); in both
     /// cases the recorded schema version is left as it is.
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, ArchError> {
-        Self::with_config(sled::Config::new().path(path.as_ref()))
+        let path = path.as_ref();
+        Self::with_config(sled::Config::new().path(path), Some(path))
     }
 
     /// A store in a temporary directory, deleted when the store is dropped: demos and tests.
     pub fn temporary() -> Result<SledStore, ArchError> {
-        Self::with_config(sled::Config::new().temporary(true))
+        Self::with_config(sled::Config::new().temporary(true), None)
     }
 
-    fn with_config(config: sled::Config) -> Result<SledStore, ArchError> {
-        let db = open_waiting_for_lock(&config)?;
+    fn with_config(config: sled::Config, dir: Option<&Path>) -> Result<SledStore, ArchError> {
+        let db = open_waiting_for_lock(&config, dir)?;
         // The schema is checked before any other tree is created, so a refused store is
         // left exactly as it was found.
         let meta = db.open_tree(META).map_err(store_err)?;

@@ -765,6 +765,37 @@ mod sled_only {
         assert_eq!(schema_on_disk(dir.path()), SCHEMA_VERSION);
     }
 
+    /// sled 0.34 reads a snapshot a killed process left half-written (`snap.*.generating`)
+    /// as the newest one and refuses to open for good; the store removes it and opens, with
+    /// everything it held (the crash harness found this; a process killed during open
+    /// leaves one).
+    #[tokio::test]
+    async fn a_partial_snapshot_left_by_a_killed_process_does_not_lock_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = alice_bob();
+        let messages: Vec<Message> = (0..5)
+            .map(|i| msg(&c, &format!("p{i}"), 10 + i, None))
+            .collect();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_messages(&messages).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        // What a kill in the middle of writing a snapshot leaves: a newer, partial one.
+        let partial = dir.path().join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&partial, vec![0xAB; 8192]).unwrap();
+        let store = SledStore::open(dir.path())
+            .expect("a partial snapshot must not keep the store from opening");
+        assert!(!partial.exists(), "the partial snapshot was removed");
+        let mut newest_first = messages.clone();
+        newest_first.reverse();
+        assert_eq!(
+            store.latest(&c, 10).await.unwrap(),
+            newest_first,
+            "nothing lost"
+        );
+    }
+
     #[test]
     fn newer_schema_is_refused_and_left_unchanged() {
         let dir = tempfile::tempdir().unwrap();

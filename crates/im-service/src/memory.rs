@@ -274,6 +274,15 @@ impl MemoryVendor {
         if !st.users.contains_key(user) {
             return Err(E::UnknownUser(user.clone()));
         }
+        // Tokens are keyed by their secret: one that another account holds would silently
+        // move to this one and lock the other out.
+        if let Some(holder) = st.tokens.get(token.expose()).map(|r| &r.user) {
+            if holder != user {
+                return Err(E::InvalidRequest(format!(
+                    "token already belongs to user {holder}: each account needs its own token"
+                )));
+            }
+        }
         st.tokens.insert(
             token.expose().to_string(),
             TokenRecord {

@@ -120,3 +120,81 @@ async fn fail_next_flag_fails_requests_with_the_chosen_class() {
     }
     alice.ping().await.unwrap();
 }
+
+/// Two accounts given the same token: refused at start with a clear message, instead of
+/// the second silently taking the token and locking the first out.
+#[test]
+fn duplicate_tokens_are_refused_at_start() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-vendor-sim"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--user", "alice:secret", "--user", "bob:secret"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run im-vendor-sim");
+    // A server that accepted the accounts keeps running: give it a deadline, not a hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("duplicate tokens were accepted: the server started and kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!status.success(), "duplicate tokens must not start");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(
+        stderr.contains("token already belongs to user alice"),
+        "the refusal names the holder: {stderr}"
+    );
+}
+
+/// Every `im-vendor-sim` command line README.md shows starts the server with the accounts
+/// it names, and each of them logs in with its token.
+#[tokio::test]
+async fn the_readme_command_lines_do_what_the_readme_says() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let marker = "cargo run -p im-testkit --bin im-vendor-sim --";
+    let lines: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.split_once(marker).map(|(_, args)| args))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "README.md shows an im-vendor-sim command"
+    );
+    for line in lines {
+        // The shell comment after the command is not part of it.
+        let args: Vec<&str> = line
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let accounts: Vec<(&str, &str)> = args
+            .windows(2)
+            .filter(|w| w[0] == "--user")
+            .map(|w| w[1].split_once(':').expect("user:token"))
+            .collect();
+        assert!(!accounts.is_empty(), "the README command names accounts");
+        let (_server, addr) = start(&args).await;
+        let vendor = ReferenceVendor::discover(addr, ReferenceConfig::default())
+            .await
+            .unwrap();
+        for (user, token) in accounts {
+            let client = vendor.client();
+            client
+                .login(&creds(user, token))
+                .await
+                .unwrap_or_else(|e| panic!("README account {user} cannot log in: {e}"));
+        }
+    }
+}

@@ -186,7 +186,10 @@ async fn main() -> Result<()> {
     let ttl = args.token_ttl_secs.map(Duration::from_secs);
     for (user, token) in &accounts {
         server.vendor().register_user(user);
-        server.vendor().insert_token(user, token, ttl)?;
+        server
+            .vendor()
+            .insert_token(user, token, ttl)
+            .with_context(|| format!("account {user}"))?;
     }
     println!(
         "im-vendor-sim listening on {} with {} account(s)",
