@@ -646,6 +646,63 @@ async fn sends_wait_for_auth<H: VendorHarness>(h: H) {
     client.logout().await;
 }
 
+/// The same client logs in again after a refused login, a kick and a logout, and receives
+/// each time; the refusal is typed.
+async fn relogin_after_refusal_kick_and_logout<H: VendorHarness>(h: H) {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let a = h.client().await;
+    a.login(&alice).await.expect("alice logs in");
+    let wrong = im_service::Credentials {
+        user: bob.user.clone(),
+        token: im_service::Token::new("not-the-token"),
+    };
+    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+    let client = ImClient::builder(vendor, wrong).build();
+    let mut sub = client.subscribe();
+    let refused = tokio::time::timeout(Duration::from_secs(20), client.login())
+        .await
+        .expect("a refused login answers");
+    assert!(
+        matches!(refused, Err(im_arch::ArchError::AuthFailed(_))),
+        "a wrong token is AuthFailed: {refused:?}"
+    );
+    client.set_token(bob.token.clone());
+    for (round, body) in ["after the refusal", "after the kick", "after the logout"]
+        .into_iter()
+        .enumerate()
+    {
+        tokio::time::timeout(Duration::from_secs(20), client.login())
+            .await
+            .expect("login answers")
+            .unwrap_or_else(|e| panic!("login {round} on the same client: {e}"));
+        a.send(&text(&conv, body)).await.expect("alice sends");
+        let want = Content::text(body);
+        until(
+            &mut sub,
+            Duration::from_secs(10),
+            |e| matches!(e, ClientEvent::Message(r) if r.message.content == want),
+        )
+        .await;
+        match round {
+            0 => {
+                // Another device of Bob's takes over: this client is kicked.
+                let other = h.client().await;
+                other.login(&bob).await.expect("the other device logs in");
+                until(&mut sub, Duration::from_secs(10), |e| {
+                    matches!(e, ClientEvent::State(ConnectionState::Kicked(_)))
+                })
+                .await;
+                other.logout().await.expect("the other device logs out");
+            }
+            1 => client.logout().await,
+            _ => {}
+        }
+    }
+    client.logout().await;
+}
+
 /// Pinned rows first, then by the later of last message and draft.
 async fn list_order_pins_and_drafts<H: VendorHarness>(h: H) {
     let (client, mut sub, a, direct) = online_pair(&h).await;
@@ -1094,6 +1151,24 @@ pub(super) fn cases() -> Vec<Case> {
             expected: "still Sending before login; Sent after",
             guards: Some(7),
             run: |t| Box::pin(async move { on_target!(t, sends_wait_for_auth) }),
+        },
+        Case {
+            id: "AUTH-002",
+            title: "The same client logs in again after a refused login, a kick and a logout",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[],
+            harness: &[],
+            steps: &[
+                "log in with a wrong token",
+                "set the right token, log in, receive",
+                "another device of the same user logs in (kick); log in again, receive",
+                "log out; log in again, receive",
+            ],
+            expected: "the refusal is ArchError::AuthFailed; every later login of the same \
+                       client succeeds and receives",
+            guards: Some(7),
+            run: |t| Box::pin(async move { on_target!(t, relogin_after_refusal_kick_and_logout) }),
         },
         Case {
             id: "CONV-002",
