@@ -167,6 +167,7 @@ impl ImClientBuilder {
             journal_on: AtomicBool::new(false),
             journal_head: watch::channel(0).0,
             stopped_by: Mutex::new(None),
+            clock_skew_ms: std::sync::atomic::AtomicU64::new(0),
         });
         ImClient {
             shared,
@@ -204,9 +205,20 @@ pub(crate) struct Shared {
     pub(crate) journal_head: watch::Sender<u64>,
     /// Why the supervisor stopped for good, typed (`login()` answers with it).
     stopped_by: Mutex<Option<ArchError>>,
+    /// How far the vendor's clock and ours differed at the last login, in milliseconds
+    /// (0 until measured): history gaps no longer than this are clock noise, not gaps.
+    clock_skew_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
+    /// Whether `gap` is more than the clock skew measured at login: a vendor whose clock
+    /// runs a few milliseconds ahead puts its retention horizon that much inside a window,
+    /// which is not a range anyone lost.
+    pub(crate) fn is_real_gap(&self, gap: &HistoryGap) -> bool {
+        let skew = self.clock_skew_ms.load(Ordering::Relaxed);
+        gap.to.as_millis().saturating_sub(gap.from.as_millis()) > skew as i64
+    }
+
     /// Ends in terminal `state` for the typed reason `cause` (what `login()` answers).
     async fn stop(&self, state: ConnectionState, cause: ArchError) {
         *self.stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause);
@@ -560,6 +572,7 @@ impl ImClient {
         self.shared.store.put_messages(&page.messages).await?;
         let gaps = HistoryGap::before_horizon(source.name(), page.horizon, from, to)
             .into_iter()
+            .filter(|g| self.shared.is_real_gap(g))
             .collect();
         Ok(HistoryResult {
             messages: page.messages,
@@ -675,6 +688,10 @@ async fn supervise_until_stopped(
         let login_time = match login {
             Ok(session) => {
                 tracing::debug!(session = %session.session_id, "logged in");
+                if let Some(server) = session.server_time {
+                    let skew = server.as_millis().abs_diff(shared.clock.now().as_millis());
+                    shared.clock_skew_ms.store(skew, Ordering::Relaxed);
+                }
                 session.server_time
             }
             Err(ServiceError::TokenExpired) if shared.provider.is_some() && !refreshed => {

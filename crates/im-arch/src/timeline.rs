@@ -64,12 +64,10 @@ impl ImClient {
                 })
                 .await?;
             shared.store.put_messages(&page.messages).await?;
-            gaps.extend(HistoryGap::before_horizon(
-                source.name(),
-                page.horizon,
-                from,
-                to,
-            ));
+            gaps.extend(
+                HistoryGap::before_horizon(source.name(), page.horizon, from, to)
+                    .filter(|g| shared.is_real_gap(g)),
+            );
             for m in page.messages {
                 if seen.insert(m.server_id.clone()) {
                     anchor = anchor.min(m.server_time);
