@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ArchError;
 
 /// Version of the persisted layout. A store written by a newer version refuses to open.
+/// The golden fixtures of every stored value (`tests/fixtures/*.v{codec}-schema{this}.bin`)
+/// carry it in their names: a change of a stored value's bytes needs a new version.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Where a queued send stands.

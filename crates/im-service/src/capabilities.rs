@@ -38,8 +38,11 @@ pub enum Capability {
 }
 
 impl Capability {
+    /// How many capabilities there are.
+    pub const COUNT: usize = 12;
+
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 12] = [
+    pub const ALL: [Capability; Self::COUNT] = [
         Capability::HistoryByTime,
         Capability::HistoryBySeq,
         Capability::SequenceNumbers,
@@ -54,10 +57,35 @@ impl Capability {
         Capability::IdempotentSend,
     ];
 
-    const fn bit(self) -> u32 {
+    /// This capability's bit in [`Capabilities`]' feature set. Cannot overflow: the
+    /// assertions below make the build fail before a capability outgrows [`Features`].
+    const fn bit(self) -> Features {
         1 << (self as u32)
     }
 }
+
+/// The feature set of [`Capabilities`]: one bit per [`Capability`], room for 128. It was a
+/// `u32`; bincode's varint encodes a `u128` below 2³² in exactly the bytes of that `u32`, so
+/// the stored and wire format is unchanged (the golden fixtures check it).
+type Features = u128;
+
+// The build fails, rather than a shift overflowing, when the capabilities outgrow the set
+// (then widen `Features` with a new format version), or when `ALL` is not every capability
+// in declaration order (each one's discriminant is its bit).
+const _: () = {
+    assert!(
+        Capability::COUNT <= Features::BITS as usize,
+        "more capabilities than bits in `Features`: widen it (a new format version)"
+    );
+    let mut i = 0;
+    while i < Capability::COUNT {
+        assert!(
+            Capability::ALL[i] as usize == i,
+            "Capability::ALL must list every capability in declaration order"
+        );
+        i += 1;
+    }
+};
 
 impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -78,7 +106,7 @@ impl fmt::Display for Capability {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     /// Bit set of supported [`Capability`] values.
-    features: u32,
+    features: Features,
     /// How long the vendor keeps history; `None` = forever. Older windows must come from the
     /// company's own archive.
     pub retention: Option<Duration>,
@@ -147,5 +175,86 @@ impl Capabilities {
     /// All supported capabilities.
     pub fn supported(&self) -> impl Iterator<Item = Capability> + '_ {
         Capability::ALL.into_iter().filter(|c| self.supports(*c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// The layout before the feature set was widened from `u32`.
+    #[derive(Serialize)]
+    struct CapabilitiesU32 {
+        features: u32,
+        retention: Option<Duration>,
+        max_message_bytes: usize,
+        offline_batch_max: u32,
+        history_page_max: u32,
+    }
+
+    #[test]
+    fn every_capability_is_listed_once_with_its_own_bit() {
+        // A new variant breaks this match: add it to `ALL` (and bump `COUNT`) as well.
+        let listed = |c: Capability| match c {
+            Capability::HistoryByTime
+            | Capability::HistoryBySeq
+            | Capability::SequenceNumbers
+            | Capability::ServerAcks
+            | Capability::OfflineQueue
+            | Capability::ExplicitOfflineAck
+            | Capability::GroupConversations
+            | Capability::ReadReceipts
+            | Capability::KickOnSecondLogin
+            | Capability::TokenExpiry
+            | Capability::Heartbeat
+            | Capability::IdempotentSend => Capability::ALL.contains(&c),
+        };
+        assert!(Capability::ALL.into_iter().all(listed));
+        let mut caps = Capabilities::none();
+        for (i, cap) in Capability::ALL.into_iter().enumerate() {
+            assert!(!caps.supports(cap));
+            caps = caps.with(cap);
+            assert_eq!(caps.supported().count(), i + 1);
+        }
+        for cap in Capability::ALL {
+            assert!(!caps.clone().without(cap).supports(cap));
+            assert_eq!(
+                caps.clone().without(cap).supported().count(),
+                Capability::COUNT - 1
+            );
+        }
+    }
+
+    #[test]
+    fn the_encoding_is_the_one_of_the_u32_feature_set() {
+        let all = Capability::ALL
+            .into_iter()
+            .fold(Capabilities::none(), Capabilities::with)
+            .with_retention(Some(Duration::from_secs(3600)));
+        for caps in [Capabilities::none(), all] {
+            let old = CapabilitiesU32 {
+                features: u32::try_from(caps.features).unwrap(),
+                retention: caps.retention,
+                max_message_bytes: caps.max_message_bytes,
+                offline_batch_max: caps.offline_batch_max,
+                history_page_max: caps.history_page_max,
+            };
+            let old_bytes = codec::encode(&old).unwrap();
+            assert_eq!(codec::encode(&caps).unwrap(), old_bytes);
+            assert_eq!(codec::decode::<Capabilities>(&old_bytes).unwrap(), caps);
+        }
+    }
+
+    #[test]
+    fn the_feature_set_has_room_beyond_32_capabilities() {
+        // What a `u32` could not hold: the 33rd and the 128th bit survive a round trip.
+        let caps = Capabilities {
+            features: (1 << 32) | (1 << 127),
+            ..Capabilities::none()
+        };
+        let back: Capabilities = codec::decode(&codec::encode(&caps).unwrap()).unwrap();
+        assert_eq!(back, caps);
+        assert_eq!(back.supported().count(), 0, "no known capability is set");
     }
 }

@@ -1,6 +1,7 @@
 //! The workspace's one binary codec: a format-version byte followed by a bincode 2 body,
 //! with a size limit. Every binary encoding in im-layers (wire frames, store entries) goes
-//! through here, so a later switch of serializer touches this file only.
+//! through here, so a later switch of serializer touches this file only. What it writes is
+//! pinned by golden fixtures ([`golden`]).
 //!
 //! ```
 //! use im_service::codec::{decode, encode};
@@ -15,8 +16,13 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod golden;
+
 /// Version byte written in front of every encoding. Bump it (and keep a decoder for the
-/// old value) whenever the serializer or its configuration changes.
+/// old value) whenever the serializer or its configuration changes, or the encoding of a
+/// type written with it changes (bincode is positional: adding, removing or reordering a
+/// field changes the bytes). The [`golden`] fixtures of each crate fail on a change of the
+/// bytes made without a new version.
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Largest encoding accepted or produced, version byte included (16 MiB).
