@@ -300,6 +300,11 @@ struct Leftovers {
 
 /// An IM client on any vendor: login, supervision, ACK-online sync, history.
 ///
+/// Complete programs against real servers are the examples `quickstart` (two clients on the
+/// reference vendor over TCP, each with a [`SledStore`](crate::SledStore)) and
+/// `xmpp_quickstart` (the same on Prosody) in `crates/im-arch/examples/`; README.md's
+/// "Examples" section says how to start their servers. In process:
+///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use std::sync::Arc;

@@ -94,7 +94,33 @@ const IN_FLIGHT_KEY: &[u8] = b"\xffin_flight";
 
 /// The sled-backed [`Store`]: what a client keeps across restarts.
 ///
-/// One directory can be opened by one `SledStore` at a time (sled locks it).
+/// One directory can be opened by one `SledStore` at a time (sled locks it). Give each
+/// client (user, device) its own directory; `crates/im-arch/examples/quickstart.rs` runs this
+/// against the reference vendor over TCP.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use im_arch::{ImClient, SledStore};
+/// use im_service::memory::MemoryVendor;
+/// use im_service::{Content, ConversationId, UserId};
+///
+/// let dir = tempfile::tempdir()?;
+/// let vendor = MemoryVendor::default();
+/// let alice = vendor.register_user(&UserId::new("alice"));
+/// vendor.register_user(&UserId::new("bob"));
+/// let store = SledStore::open(dir.path().join("alice"))?;
+/// let client = ImClient::builder(Arc::new(vendor.client()), alice)
+///     .store(Arc::new(store))
+///     .build();
+/// client.login().await?;
+/// let to_bob = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+/// // On disk (flushed) when `send` returns: a crash now does not lose it.
+/// client.send(to_bob, Content::text("hello")).await?;
+/// client.logout().await;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 pub struct SledStore {
     db: sled::Db,
     messages: sled::Tree,

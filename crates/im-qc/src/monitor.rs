@@ -665,6 +665,41 @@ impl State {
 }
 
 /// The running monitor. Dropping it stops its task.
+///
+/// It watches a client through two taps: the vendor wrapped in [`QcVendor`](crate::QcVendor)
+/// (every call timed and classified) and the client's event bus. Export it with
+/// [`MetricsServer`](crate::MetricsServer); `crates/im-qc/examples/qc_metrics.rs` does so
+/// against the reference vendor over TCP and scrapes `/metrics`.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use im_arch::ImClient;
+/// use im_qc::{MetricsServer, QcConfig, QcMonitor, QcVendor, UnknownDevice, Watch};
+/// use im_service::memory::MemoryVendor;
+/// use im_service::{SystemClock, UserId};
+///
+/// let vendor = MemoryVendor::default();
+/// let alice = vendor.register_user(&UserId::new("alice"));
+/// let qc = Arc::new(QcVendor::new(Arc::new(vendor.client()), Arc::new(UnknownDevice)));
+/// let metrics = qc.metrics();
+/// let client = ImClient::builder(qc, alice).build();
+/// let watch = Watch {
+///     metrics,
+///     bus: client.bus().clone(),
+///     roles: None,
+///     user: Some(UserId::new("alice")),
+///     device: Arc::new(UnknownDevice),
+///     clock: Arc::new(SystemClock),
+/// };
+/// let monitor = QcMonitor::start(QcConfig::default(), watch)?;
+/// let server = MetricsServer::serve(([127, 0, 0, 1], 0).into(), monitor.source()).await?;
+/// client.login().await?;
+/// println!("verdict {:?}, Prometheus text at http://{}/metrics", monitor.verdict(), server.addr());
+/// client.logout().await;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 pub struct QcMonitor {
     state: Arc<Mutex<State>>,
     /// Client events processed (for tests and benchmarks that wait for the monitor).

@@ -23,6 +23,16 @@ pub struct Credentials {
     pub token: Token,
 }
 
+impl Credentials {
+    /// `user` logging in with `token` (for XMPP, the password).
+    pub fn new(user: impl AsRef<str>, token: impl Into<String>) -> Self {
+        Self {
+            user: UserId::new(user),
+            token: Token::new(token),
+        }
+    }
+}
+
 /// A logged-in session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {

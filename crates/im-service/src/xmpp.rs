@@ -115,6 +115,26 @@ impl XmppConfig {
 }
 
 /// The XMPP vendor: a factory of [`XmppClient`]s.
+///
+/// A client's token is its XMPP password. Against the test Prosody README.md starts
+/// (`tests/prosody/prosody.sh start`, domain `im.test`, accounts made with
+/// `tests/prosody/prosody.sh register alice alice-secret`); with `im_arch::ImClient` see
+/// `crates/im-arch/examples/xmpp_quickstart.rs`:
+///
+/// ```no_run
+/// # async fn demo() -> im_service::Result<()> {
+/// use im_service::xmpp::{XmppConfig, XmppVendor};
+/// use im_service::{Credentials, Vendor};
+///
+/// let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 5222));
+/// let vendor = XmppVendor::new(XmppConfig::new(addr, "im.test"));
+/// let alice = vendor.client();
+/// let session = alice.login(&Credentials::new("alice", "alice-secret")).await?;
+/// println!("logged in as {}", session.user);
+/// alice.logout().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct XmppVendor {
     config: XmppConfig,

@@ -54,6 +54,30 @@ impl Default for ReferenceConfig {
 }
 
 /// A reference vendor server, as discovered by [`ReferenceVendor::discover`].
+///
+/// Each [`ReferenceVendor::client`] is one device's [`Vendor`]: hand it to `im_arch::ImClient`
+/// (as `crates/im-arch/examples/quickstart.rs` does) or call it directly. Against the server
+/// README.md starts (`cargo run -p im-testkit --bin im-vendor-sim -- --user
+/// alice:alice-secret --user bob:bob-secret`):
+///
+/// ```no_run
+/// # async fn demo() -> im_service::Result<()> {
+/// use im_service::reference::{ReferenceConfig, ReferenceVendor};
+/// use im_service::{Content, ConversationId, Credentials, OutgoingMessage, SystemClock};
+/// use im_service::{Clock, UserId, Vendor};
+///
+/// let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7700));
+/// let vendor = ReferenceVendor::discover(addr, ReferenceConfig::default()).await?;
+/// let alice = vendor.client();
+/// alice.login(&Credentials::new("alice", "alice-secret")).await?;
+/// let to_bob = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+/// let message = OutgoingMessage::new(to_bob, Content::text("hi"), SystemClock.now());
+/// let receipt = alice.send(&message).await?;
+/// println!("stored as {:?}", receipt.server_id);
+/// alice.logout().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ReferenceVendor {
     addr: SocketAddr,

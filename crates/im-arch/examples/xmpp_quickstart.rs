@@ -1,0 +1,79 @@
+//! The quickstart on XMPP: two clients (alice and bob) on a real XMPP server (Prosody) through
+//! `XmppVendor`, each with its own on-disk `SledStore`; alice sends bob a message. Only the
+//! vendor differs from `quickstart.rs`: the client code is the same.
+//!
+//! Start the test Prosody (README.md) and register the two accounts (the token is the
+//! password), then run the example:
+//!
+//! ```sh
+//! tests/prosody/prosody.sh start                      # 127.0.0.1:5222, domain im.test
+//! tests/prosody/prosody.sh register alice alice-secret
+//! tests/prosody/prosody.sh register bob bob-secret
+//! cargo run -p im-arch --example xmpp_quickstart     # IM_PROSODY_ADDR=host:port for another
+//! ```
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use im_arch::{ClientEvent, ImClient, SledStore};
+use im_service::xmpp::{XmppConfig, XmppVendor};
+use im_service::{Content, ConversationId, Credentials, UserId};
+
+/// A client of `user` on `vendor` with its own `SledStore` under `dir`, logged in.
+async fn online(
+    vendor: &XmppVendor,
+    dir: &Path,
+    user: &str,
+    secret: &str,
+) -> anyhow::Result<ImClient> {
+    let store = SledStore::open(dir.join(user))?;
+    let credentials = Credentials::new(user, secret);
+    let client = ImClient::builder(Arc::new(vendor.client()), credentials)
+        .store(Arc::new(store))
+        .build();
+    let what = || format!("{user} cannot log in: is Prosody running with these accounts?");
+    // `login` retries an unreachable server with backoff: bound the wait.
+    let login = tokio::time::timeout(Duration::from_secs(10), client.login()).await;
+    login.with_context(what)?.with_context(what)?;
+    Ok(client)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::var("IM_PROSODY_ADDR").unwrap_or_else(|_| "127.0.0.1:5222".into());
+    let addr: SocketAddr = addr.parse().context("bad IM_PROSODY_ADDR")?;
+    let vendor = XmppVendor::new(XmppConfig::new(addr, "im.test"));
+    let dir = tempfile::tempdir()?;
+    let alice = online(&vendor, dir.path(), "alice", "alice-secret").await?;
+    let bob = online(&vendor, dir.path(), "bob", "bob-secret").await?;
+    let mut bob_events = bob.subscribe();
+
+    let conversation = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    let text = format!("hello bob over XMPP (from process {})", std::process::id());
+    alice.send(conversation, Content::text(&text)).await?;
+
+    // Bob's events: wait (at most 10 s) for alice's message.
+    let received = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = bob_events.next().await {
+            match &*event {
+                ClientEvent::Message(m) if m.message.content == Content::text(&text) => {
+                    return Some(m.clone());
+                }
+                _ => {}
+            }
+        }
+        None
+    });
+    let Ok(Some(m)) = received.await else {
+        bail!("bob did not receive alice's message within 10 s");
+    };
+    let (content, from) = (&m.message.content, &m.message.sender);
+    println!("bob received {content:?} from {from} ({:?})", m.origin);
+    alice.logout().await;
+    bob.logout().await;
+    println!("xmpp_quickstart: ok");
+    Ok(())
+}
