@@ -73,13 +73,24 @@ async fn status_of(
     id: &ClientMsgId,
     done: impl Fn(&SendStatus) -> bool,
 ) -> SendStatus {
+    // One deadline for the whole wait (heartbeats would keep a per-event timeout from firing).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let mut seen = Vec::new();
     loop {
         let ev = std::sync::Arc::unwrap_or_clone(
-            tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            tokio::time::timeout_at(deadline, sub.recv())
                 .await
-                .expect("timed out")
+                .unwrap_or_else(|_| panic!("{id} never reached the status; saw {seen:?}"))
                 .expect("gone"),
         );
+        if let ClientEvent::SendStatus {
+            client_id, status, ..
+        } = &ev
+        {
+            if client_id == id {
+                seen.push(status.clone());
+            }
+        }
         if let ClientEvent::SendStatus {
             client_id,
             status: Some(s),
@@ -221,11 +232,13 @@ async fn the_local_echo_is_reconciled_not_repeated() {
         im_service::OutgoingMessage::new(w.conv.clone(), Content::text("theirs"), w.vendor.now());
     // Alice answers after Bob's message is stored.
     let mut statuses = Vec::new();
+    // One deadline for the whole wait, not one per event (heartbeats keep coming).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         let ev = std::sync::Arc::unwrap_or_clone(
-            tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            tokio::time::timeout_at(deadline, sub.recv())
                 .await
-                .unwrap()
+                .expect("the awaited event never came (overall deadline)")
                 .unwrap(),
         );
         match ev {
@@ -375,11 +388,13 @@ async fn the_conversation_list_follows_received_sent_and_read_messages() {
         .unwrap();
     status_of(&mut sub, &id, sent).await;
     // The row moves to the sent message once it is in the sequence.
+    // One deadline for the whole wait, not one per event (heartbeats keep coming).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         let ev = std::sync::Arc::unwrap_or_clone(
-            tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            tokio::time::timeout_at(deadline, sub.recv())
                 .await
-                .unwrap()
+                .expect("the awaited event never came (overall deadline)")
                 .unwrap(),
         );
         if let ClientEvent::ConversationChanged(row) = ev {
@@ -519,11 +534,13 @@ async fn a_failed_store_write_is_reported_and_the_message_stays_queued() {
         .send(w.conv.clone(), Content::text("keep me"))
         .await
         .unwrap();
+    // One deadline for the whole wait, not one per event (heartbeats keep coming).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         let ev = std::sync::Arc::unwrap_or_clone(
-            tokio::time::timeout(Duration::from_secs(3600), sub.recv())
+            tokio::time::timeout_at(deadline, sub.recv())
                 .await
-                .unwrap()
+                .expect("the awaited event never came (overall deadline)")
                 .unwrap(),
         );
         if let ClientEvent::StoreFailed { op, error } = ev {

@@ -8,18 +8,20 @@ use std::time::Duration;
 use im_arch::{ClientEvent, Subscription};
 use im_service::Origin;
 
-/// Events until `stop` matches (included); panics with what was seen if a single event
-/// takes longer than `within`.
+/// Events until `stop` matches (included); panics with what was seen if that takes longer
+/// than `within` in all. An overall deadline, not one per event: with heartbeats flowing, a
+/// per-event timeout would never fire and a regression would spin instead of failing.
 pub async fn until_within(
     sub: &mut Subscription,
     within: Duration,
     mut stop: impl FnMut(&ClientEvent) -> bool,
 ) -> Vec<ClientEvent> {
+    let deadline = tokio::time::Instant::now() + within;
     let mut seen = Vec::new();
     loop {
-        let ev = tokio::time::timeout(within, sub.recv())
+        let ev = tokio::time::timeout_at(deadline, sub.recv())
             .await
-            .unwrap_or_else(|_| panic!("timed out; saw {seen:#?}"))
+            .unwrap_or_else(|_| panic!("timed out after {within:?} in all; saw {seen:#?}"))
             .expect("client gone");
         let ev = std::sync::Arc::unwrap_or_clone(ev);
         let done = stop(&ev);
