@@ -310,4 +310,35 @@ mod tests {
         }
         assert!(b.ceiling(2) > b.ceiling(1));
     }
+
+    /// Failure class 7: a fleet dropped at once must spread its reconnects over the whole
+    /// window, not retry at the ceiling together. 1,000 draws of the capped attempt: they
+    /// cover the window from near zero to near the cap, roughly uniformly.
+    #[test]
+    fn full_jitter_spreads_a_fleet_over_the_window() {
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: Jitter::Full,
+        };
+        let cap = b.ceiling(10).as_millis() as f64;
+        let draws: Vec<f64> = (0..1000).map(|_| b.delay(10).as_millis() as f64).collect();
+        let below_tenth = draws.iter().filter(|&&d| d < cap / 10.0).count();
+        let above_nine_tenths = draws.iter().filter(|&&d| d > cap * 0.9).count();
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        // Uniform on [0, cap]: ~100 in each tenth, mean cap / 2. Bounds far outside chance.
+        assert!(
+            below_tenth >= 40,
+            "{below_tenth} of 1000 in the first tenth: no spread"
+        );
+        assert!(
+            above_nine_tenths >= 40,
+            "{above_nine_tenths} of 1000 in the last tenth"
+        );
+        assert!(
+            (mean - cap / 2.0).abs() < cap / 10.0,
+            "mean {mean} ms, expected about {} ms: not uniform",
+            cap / 2.0
+        );
+    }
 }
