@@ -5,62 +5,28 @@
 // Test helpers outside #[test] fns: a panic is how they fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{World, world};
+
 use im_arch::{ArchError, ClientConfig, ClientEvent, ConnectionState, ImClient, Subscription};
-use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig};
-use im_service::{
-    Content, ConversationId, Credentials, ManualClock, OutgoingMessage, Timestamp, Token, UserId,
-    Vendor,
-};
+use im_service::{Content, Credentials, Token, Vendor};
 
 /// Every wait of a test ends by this (paused) deadline at the latest, as a named failure.
 const DEADLINE: Duration = Duration::from_secs(3600);
 
-struct World {
-    vendor: MemoryVendor,
-    clock: ManualClock,
-    alice: Arc<MemoryClient>,
-    bob: Credentials,
-    conv: ConversationId,
-}
-
-async fn world() -> World {
-    let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig::default());
-    let a = vendor.register_user(&UserId::new("alice"));
-    let bob = vendor.register_user(&UserId::new("bob"));
-    let conv = ConversationId::direct(&a.user, &bob.user);
-    let alice = Arc::new(vendor.client());
-    alice.login(&a).await.unwrap();
-    World {
-        vendor,
-        clock,
-        alice,
-        bob,
-        conv,
-    }
-}
-
-impl World {
-    async fn say(&self, body: &str) {
-        let msg = OutgoingMessage::new(
-            self.conv.clone(),
-            Content::text(body),
-            Timestamp::from_millis(0),
-        );
-        self.alice.send(&msg).await.unwrap();
-    }
-
-    fn client(&self, creds: Credentials) -> ImClient {
-        ImClient::builder(Arc::new(self.vendor.client()), creds)
-            .config(ClientConfig {
-                heartbeat_interval: Duration::from_secs(1),
-                heartbeat_timeout: Duration::from_millis(500),
-                ..ClientConfig::default()
-            })
-            .build()
-    }
+/// A client of Bob's (or whoever `creds` name) on the world's vendor, quick heartbeats.
+fn client_of(w: &World, creds: Credentials) -> ImClient {
+    ImClient::builder(Arc::new(w.vendor.client()), creds)
+        .config(ClientConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_millis(500),
+            ..ClientConfig::default()
+        })
+        .build()
 }
 
 /// Waits (overall deadline) until an event matches; `what` names the failure.
@@ -91,7 +57,7 @@ async fn receives(w: &World, sub: &mut Subscription, body: &str) {
 #[tokio::test(start_paused = true)]
 async fn a_kicked_client_logs_in_again_and_receives() {
     let w = world().await;
-    let client = w.client(w.bob.clone());
+    let client = client_of(&w, w.bob.clone());
     let mut sub = client.subscribe();
     client.login().await.unwrap();
     receives(&w, &mut sub, "before the kick").await;
@@ -118,7 +84,7 @@ async fn a_kicked_client_logs_in_again_and_receives() {
 #[tokio::test(start_paused = true)]
 async fn a_logged_out_client_logs_in_again_and_receives() {
     let w = world().await;
-    let client = w.client(w.bob.clone());
+    let client = client_of(&w, w.bob.clone());
     let mut sub = client.subscribe();
     for round in 0..3 {
         tokio::time::timeout(DEADLINE, client.login())
@@ -146,10 +112,13 @@ async fn after_token_expiry_login_answers_token_expired_and_a_new_token_logs_in(
         .vendor
         .issue_token(&w.bob.user, Some(Duration::from_secs(600)))
         .unwrap();
-    let client = w.client(Credentials {
-        user: w.bob.user.clone(),
-        token: short,
-    });
+    let client = client_of(
+        &w,
+        Credentials {
+            user: w.bob.user.clone(),
+            token: short,
+        },
+    );
     let mut sub = client.subscribe();
     client.login().await.unwrap();
     w.clock.advance(Duration::from_secs(601));
@@ -183,10 +152,13 @@ async fn after_token_expiry_login_answers_token_expired_and_a_new_token_logs_in(
 #[tokio::test(start_paused = true)]
 async fn a_refused_login_is_typed_and_the_client_can_log_in_afterwards() {
     let w = world().await;
-    let client = w.client(Credentials {
-        user: w.bob.user.clone(),
-        token: Token::new("wrong"),
-    });
+    let client = client_of(
+        &w,
+        Credentials {
+            user: w.bob.user.clone(),
+            token: Token::new("wrong"),
+        },
+    );
     let mut sub = client.subscribe();
     match tokio::time::timeout(DEADLINE, client.login())
         .await

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::messages;
+use common::{messages, world};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,48 +19,12 @@ use im_arch::{
     ArchError, Backoff, ClientConfig, ClientEvent, ConnectionState, HistorySource, HistoryWindow,
     ImClient, Jitter, MemoryStore, RetryPolicy, Store, Subscription, SyncProgress, TokenProvider,
 };
-use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig, VendorOp};
+use im_service::memory::{MemoryVendor, VendorOp};
 use im_service::{
-    Capability, Content, ConversationId, Credentials, HistoryPage, KickReason, ManualClock,
-    Message, Origin, OutgoingMessage, PageCursor, ServiceError, Timestamp, Token, UserId, Vendor,
-    VendorEvent,
+    Capability, Content, ConversationId, Credentials, HistoryPage, KickReason, Message, Origin,
+    OutgoingMessage, PageCursor, ServiceError, Timestamp, Token, UserId, Vendor, VendorEvent,
 };
 use im_testkit::{FaultyVendor, PushFaults};
-
-struct World {
-    vendor: MemoryVendor,
-    clock: ManualClock,
-    alice: Arc<MemoryClient>,
-    bob: Credentials,
-    conv: ConversationId,
-}
-
-async fn world() -> World {
-    let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig::default());
-    let a = vendor.register_user(&UserId::new("alice"));
-    let bob = vendor.register_user(&UserId::new("bob"));
-    let conv = ConversationId::direct(&a.user, &bob.user);
-    let alice = Arc::new(vendor.client());
-    alice.login(&a).await.unwrap();
-    World {
-        vendor,
-        clock,
-        alice,
-        bob,
-        conv,
-    }
-}
-
-impl World {
-    async fn say(&self, body: &str) -> im_service::SendReceipt {
-        let msg = OutgoingMessage::new(
-            self.conv.clone(),
-            Content::text(body),
-            Timestamp::from_millis(0),
-        );
-        self.alice.send(&msg).await.unwrap()
-    }
-}
 
 fn config() -> ClientConfig {
     ClientConfig {

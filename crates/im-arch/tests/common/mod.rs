@@ -1,12 +1,18 @@
 //! Helpers shared by the im-arch integration tests: waiting on a subscription and
 //! summarising what it delivered.
 
-#![allow(dead_code, clippy::expect_used)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use im_arch::{ClientEvent, Subscription};
-use im_service::Origin;
+use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig};
+use im_service::{
+    Content, ConversationId, Credentials, ManualClock, Origin, OutgoingMessage, Timestamp, UserId,
+    Vendor,
+};
 
 /// Events until `stop` matches (included); panics with what was seen if that takes longer
 /// than `within` in all. An overall deadline, not one per event: with heartbeats flowing, a
@@ -41,4 +47,43 @@ pub fn messages(events: &[ClientEvent]) -> Vec<(u64, Origin)> {
             _ => None,
         })
         .collect()
+}
+
+/// Alice (logged in on the in-process vendor, manual clock) and Bob (credentials only) in
+/// one direct conversation.
+pub struct World {
+    pub vendor: MemoryVendor,
+    pub clock: ManualClock,
+    pub alice: Arc<MemoryClient>,
+    pub bob: Credentials,
+    pub conv: ConversationId,
+}
+
+/// A fresh [`World`].
+pub async fn world() -> World {
+    let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig::default());
+    let a = vendor.register_user(&UserId::new("alice"));
+    let bob = vendor.register_user(&UserId::new("bob"));
+    let conv = ConversationId::direct(&a.user, &bob.user);
+    let alice = Arc::new(vendor.client());
+    alice.login(&a).await.unwrap();
+    World {
+        vendor,
+        clock,
+        alice,
+        bob,
+        conv,
+    }
+}
+
+impl World {
+    /// Alice says `body` in the conversation.
+    pub async fn say(&self, body: &str) -> im_service::SendReceipt {
+        let msg = OutgoingMessage::new(
+            self.conv.clone(),
+            Content::text(body),
+            Timestamp::from_millis(0),
+        );
+        self.alice.send(&msg).await.unwrap()
+    }
 }
