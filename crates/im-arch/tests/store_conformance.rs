@@ -327,11 +327,17 @@ mod suite {
         let m: Vec<Message> = (1..=5)
             .map(|i| msg(&c, &format!("m{i}"), i, None))
             .collect();
-        store.put_messages(&m).await.unwrap();
+        // The client's order: record in flight, then store, then commit the delivery.
         store
             .begin_delivery(&[m[0].server_id.clone()])
             .await
             .unwrap();
+        store.put_messages(&m).await.unwrap();
+        assert_eq!(
+            store.in_flight().await.unwrap(),
+            [m[0].server_id.clone()],
+            "recorded before it was stored"
+        );
         let cursor = SyncCursor {
             seq: None,
             time: Timestamp::from_millis(3),
