@@ -422,11 +422,15 @@ impl ImClient {
         let mut state = self.shared.state.subscribe();
         {
             let _gate = self.login_gate.lock().await;
-            // A supervisor that stopped for good hands back the vendor's event stream.
+            // A supervisor that stopped for good hands back the vendor's event stream. One
+            // that has published its terminal state may not have returned yet: it is on its
+            // way out, so wait for it rather than mistake it for a running one (whose old
+            // terminal state the wait below would then report).
+            let stopping = self.shared.state.borrow().is_terminal();
             let finished = {
                 let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
                 match task.as_ref() {
-                    Some(r) if r.handle.is_finished() => task.take(),
+                    Some(r) if stopping || r.handle.is_finished() => task.take(),
                     _ => None,
                 }
             };

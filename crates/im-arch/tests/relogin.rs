@@ -177,3 +177,36 @@ async fn a_refused_login_is_typed_and_the_client_can_log_in_afterwards() {
     // A logout is its own answer too.
     assert_eq!(client.state().0, ConnectionState::LoggedOut);
 }
+
+/// A refused login followed at once by a login with the right token, many times, on a
+/// multi-threaded runtime: the second `login()` must not find the refused supervisor still
+/// on its way out and answer with its stale refusal (seen on Prosody as a flaky AUTH-002).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_right_after_a_refusal_never_gets_the_stale_refusal() {
+    let w = world().await;
+    for round in 0..200 {
+        let client = client_of(
+            &w,
+            Credentials {
+                user: w.bob.user.clone(),
+                token: Token::new("wrong"),
+            },
+        );
+        let refused = tokio::time::timeout(DEADLINE, client.login())
+            .await
+            .expect("login answers");
+        assert!(
+            matches!(refused, Err(ArchError::AuthFailed(_))),
+            "round {round}: {refused:?}"
+        );
+        client.set_token(w.bob.token.clone());
+        let again = tokio::time::timeout(DEADLINE, client.login())
+            .await
+            .expect("login answers");
+        assert!(
+            again.is_ok(),
+            "round {round}: the right token got the previous refusal: {again:?}"
+        );
+        client.logout().await;
+    }
+}
