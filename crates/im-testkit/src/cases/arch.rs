@@ -488,8 +488,22 @@ async fn store_corruption_is_contained<H: VendorHarness>(_h: H) {
         store.flush().await.expect("flush");
     }
     {
-        // Corrupt the cursor entry behind the store's back.
-        let db = sled::open(&dir).expect("raw open");
+        // Corrupt the cursor entry behind the store's back. sled's background threads can
+        // hold the directory's lock for a moment after the last handle is dropped (seen on
+        // CI), so the raw open waits for it the way `SledStore::open` does, within a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let db = loop {
+            match sled::open(&dir) {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("raw open: {e:?}"),
+            }
+        };
         let tree = db.open_tree("cursors").expect("tree");
         let keys: Vec<_> = tree.iter().keys().map(|k| k.expect("key")).collect();
         for k in keys {
