@@ -603,6 +603,9 @@ impl Drop for ImClient {
 /// Why the online loop ended.
 enum Exit {
     Reconnect(String),
+    /// The token expired and was refreshed: reconnect with the fresh one, which is this
+    /// expiry's one refresh (a refusal of it ends the client).
+    Refreshed,
     Stop(ConnectionState),
     Logout(Option<oneshot::Sender<()>>),
 }
@@ -752,6 +755,13 @@ async fn supervise_until_stopped(
                 let _ = shared.vendor.logout().await;
                 attempt = 1;
             }
+            Exit::Refreshed => {
+                tracing::warn!("token expired; refreshed; reconnecting");
+                let _ = shared.vendor.logout().await;
+                attempt = 1;
+                // This expiry's refresh is spent: a refused fresh token stops the client.
+                refreshed = true;
+            }
             Exit::Stop(state) => {
                 let _ = shared.vendor.logout().await;
                 let cause = shared.stop_reason(&state);
@@ -868,7 +878,7 @@ async fn online(
                 }
                 Some(VendorEvent::TokenExpired) => {
                     if refresh_token(shared).await {
-                        return Exit::Reconnect("token expired; refreshed".into());
+                        return Exit::Refreshed;
                     }
                     return Exit::Stop(ConnectionState::TokenExpired);
                 }

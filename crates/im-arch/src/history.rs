@@ -122,3 +122,54 @@ impl HistoryGap {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The window a message of age `age` falls in as of `now` (`[from, to)` ranges).
+    fn window_of(now: Timestamp, age: Duration) -> Vec<HistoryWindow> {
+        let at = now.minus(age);
+        HistoryWindow::ALL
+            .into_iter()
+            .filter(|w| {
+                let (from, to) = w.range(now);
+                from <= at && at < to
+            })
+            .collect()
+    }
+
+    /// Messages on each side of each window edge land in exactly one window, the right
+    /// one: ≤ 7 days is recent, 7–30 days is the middle, older is old.
+    #[test]
+    fn messages_at_each_window_edge_land_in_the_right_window() {
+        let now = Timestamp::from_millis(400 * 24 * 3600 * 1000);
+        let ms = Duration::from_millis(1);
+        let cases = [
+            (Duration::ZERO, HistoryWindow::Recent),
+            (7 * DAY - ms, HistoryWindow::Recent),
+            (7 * DAY, HistoryWindow::Recent),
+            (7 * DAY + ms, HistoryWindow::Middle),
+            (30 * DAY - ms, HistoryWindow::Middle),
+            (30 * DAY, HistoryWindow::Middle),
+            (30 * DAY + ms, HistoryWindow::Old),
+            (365 * DAY, HistoryWindow::Old),
+        ];
+        for (age, want) in cases {
+            assert_eq!(
+                window_of(now, age),
+                [want],
+                "a message {age:?} old belongs to exactly {want:?}"
+            );
+        }
+        // The windows tile time without a hole: each ends where the next begins.
+        assert_eq!(
+            HistoryWindow::Recent.range(now).0,
+            HistoryWindow::Middle.range(now).1
+        );
+        assert_eq!(
+            HistoryWindow::Middle.range(now).0,
+            HistoryWindow::Old.range(now).1
+        );
+    }
+}

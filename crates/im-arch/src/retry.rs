@@ -311,6 +311,53 @@ mod tests {
         assert!(b.ceiling(2) > b.ceiling(1));
     }
 
+    /// The defaults the brief requires: sends and pulls are retried at least three times
+    /// (four attempts in all) with capped exponential backoff and full jitter, within a
+    /// deadline; the client's reconnect backoff is jittered too (failure class 7).
+    #[test]
+    fn the_default_policy_retries_at_least_three_times_with_full_jitter() {
+        let policy = RetryPolicy::default();
+        assert!(
+            policy.max_attempts >= 4,
+            "at least three retries after the first attempt: {policy:?}"
+        );
+        assert_eq!(
+            policy,
+            RetryPolicy {
+                max_attempts: 4,
+                backoff: Backoff {
+                    base: Duration::from_millis(200),
+                    max: Duration::from_secs(5),
+                    jitter: Jitter::Full,
+                },
+                deadline: Some(Duration::from_secs(30)),
+            },
+            "the documented default policy"
+        );
+        // The backoff grows and is capped: 200 ms, 400 ms, 800 ms … 5 s.
+        let ceilings: Vec<Duration> = (1..=6).map(|a| policy.backoff.ceiling(a)).collect();
+        assert_eq!(
+            ceilings,
+            [200, 400, 800, 1600, 3200, 5000].map(Duration::from_millis),
+            "backoff ceilings"
+        );
+        // The deadline leaves room for every attempt at the largest delays.
+        let waits: Duration = (1..policy.max_attempts)
+            .map(|a| policy.backoff.ceiling(a))
+            .sum();
+        assert!(
+            policy.deadline.is_some_and(|d| d > waits),
+            "the deadline cuts retries short: {policy:?}"
+        );
+        let client = crate::client::ClientConfig::default();
+        assert_eq!(client.retry, policy, "the client uses the default policy");
+        assert_eq!(
+            client.reconnect.jitter,
+            Jitter::Full,
+            "reconnects are spread with full jitter"
+        );
+    }
+
     /// Failure class 7: a fleet dropped at once must spread its reconnects over the whole
     /// window, not retry at the ceiling together. 1,000 draws of the capped attempt: they
     /// cover the window from near zero to near the cap, roughly uniformly.

@@ -15,6 +15,7 @@ use im_arch::{
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::{ClientMsgId, Content, ConversationId, Credentials, ServiceError, UserId, Vendor};
 use im_testkit::FaultyVendor;
+use im_testkit::cases::{GateCall, GatedVendor};
 
 fn config() -> ClientConfig {
     ClientConfig {
@@ -285,6 +286,58 @@ async fn queued_sends_wait_for_authentication() {
     client.login().await.unwrap();
     assert_eq!(client.state().0, ConnectionState::Online);
     status_of(&mut sub, &id, sent).await;
+    assert_eq!(bodies(&w), ["early"]);
+    client.logout().await;
+}
+
+/// Failure class 7: while the login is still pending (held at a gate), the queued send is
+/// not attempted; the vendor sees `send` only after the login was accepted.
+#[tokio::test(start_paused = true)]
+async fn nothing_is_sent_while_the_login_is_pending() {
+    let w = world();
+    let gated = Arc::new(GatedVendor::new(Arc::new(w.vendor.client())));
+    gated.close();
+    let client = ImClient::builder(gated.clone(), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    let id = client
+        .send(w.conv.clone(), Content::text("early"))
+        .await
+        .unwrap();
+    let login = client.login();
+    tokio::pin!(login);
+    tokio::select! {
+        r = &mut login => panic!("the login passed a closed gate: {r:?}"),
+        r = gated.wait_until(Duration::from_secs(3600), |c| c.contains(&GateCall::LoginStarted)) => {
+            r.unwrap_or_else(|calls| panic!("the login never reached the vendor: {calls:?}"));
+        }
+    }
+    // The login hangs at the vendor for a minute: the client is connecting, not
+    // authenticated. A sender that does not wait for authentication sends now.
+    tokio::select! {
+        r = &mut login => panic!("the login passed a closed gate: {r:?}"),
+        () = tokio::time::sleep(Duration::from_secs(60)) => {}
+    }
+    assert_eq!(
+        gated.calls(),
+        [GateCall::LoginStarted],
+        "nothing is attempted before authentication completes"
+    );
+    assert!(bodies(&w).is_empty(), "nothing reached the vendor");
+    gated.open();
+    tokio::time::timeout(Duration::from_secs(3600), login)
+        .await
+        .expect("the login answers once the gate opens")
+        .unwrap();
+    status_of(&mut sub, &id, sent).await;
+    let calls = gated.calls();
+    let logged_in = calls.iter().position(|c| *c == GateCall::LoggedIn);
+    let first_send = calls.iter().position(|c| *c == GateCall::Send);
+    assert!(
+        logged_in.is_some() && first_send > logged_in,
+        "the first send comes after the accepted login: {calls:?}"
+    );
     assert_eq!(bodies(&w), ["early"]);
     client.logout().await;
 }

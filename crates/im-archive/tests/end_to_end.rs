@@ -242,8 +242,18 @@ async fn middle_and_old_windows_are_served_by_the_archive() {
         );
     }
     let recent = client.history(&conv, HistoryWindow::Recent, 50, None).await;
-    // Recent is the vendor's (not logged in here: a typed error, not the archive's data).
-    assert!(recent.is_err() || recent.unwrap().messages.is_empty());
+    // Recent is the vendor's, and this client never logged in: the vendor's typed,
+    // permanent refusal, not the archive's data and not an empty page.
+    assert!(
+        matches!(
+            recent,
+            Err(im_arch::ArchError::Permanent {
+                op: "pull_history",
+                error: ServiceError::NotLoggedIn,
+            })
+        ),
+        "the Recent window is the vendor's, which refuses a client not logged in: {recent:?}"
+    );
     drop(client);
     h.server.shutdown().await;
     archive.shutdown().await;

@@ -37,6 +37,14 @@ pub(super) async fn until(
     }
 }
 
+/// Events until the client is `Online`, failing the case after 10 s in all.
+async fn until_online(sub: &mut im_arch::Subscription) -> Vec<ClientEvent> {
+    until(sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await
+}
+
 pub(super) fn delivered(events: &[ClientEvent]) -> Vec<(String, Origin)> {
     events
         .iter()
@@ -87,7 +95,9 @@ async fn ack_online<H: VendorHarness>(h: H) {
     client.logout().await;
 }
 
-/// A send goes out once and reports Sent with the vendor's id.
+/// Class 5: a send goes out once and reports Sent with the vendor's id; the local echo is
+/// the only copy the app sees: the message is never delivered again as a received message,
+/// neither when the vendor echoes it nor after a resync.
 async fn send_reports_sent<H: VendorHarness>(h: H) {
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
@@ -96,7 +106,7 @@ async fn send_reports_sent<H: VendorHarness>(h: H) {
     let client = ImClient::builder(vendor, alice).build();
     let mut sub = client.subscribe();
     client.login().await.expect("login");
-    until(&mut sub, Duration::from_secs(10), |e| {
+    let mut seen = until(&mut sub, Duration::from_secs(10), |e| {
         matches!(e, ClientEvent::State(ConnectionState::Online))
     })
     .await;
@@ -118,22 +128,74 @@ async fn send_reports_sent<H: VendorHarness>(h: H) {
         )),
         "the local echo comes first"
     );
+    seen.extend(events);
     let b = h.client().await;
     b.login(&bob).await.expect("bob logs in");
     let batch = b.pull_offline(10).await.expect("pull");
     assert_eq!(batch.messages.len(), 1, "stored once at the vendor");
+    // Bob answers: whatever the vendor echoes of ours has come back by the time his
+    // answer arrives (one conversation, one order).
+    b.send(&text(&conv, "reply")).await.expect("bob replies");
+    let want = Content::text("reply");
+    seen.extend(
+        until(
+            &mut sub,
+            Duration::from_secs(10),
+            |e| matches!(e, ClientEvent::Message(r) if r.message.content == want),
+        )
+        .await,
+    );
+    // A resync pulls the conversation's tail again, our message included.
+    client.reconnect_now().await;
+    seen.extend(
+        until(&mut sub, Duration::from_secs(20), |e| {
+            matches!(e, ClientEvent::State(ConnectionState::Online))
+        })
+        .await,
+    );
+    b.send(&text(&conv, "after the resync"))
+        .await
+        .expect("bob sends");
+    let want = Content::text("after the resync");
+    seen.extend(
+        until(
+            &mut sub,
+            Duration::from_secs(10),
+            |e| matches!(e, ClientEvent::Message(r) if r.message.content == want),
+        )
+        .await,
+    );
+    let again: Vec<&ClientEvent> = seen
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Message(r) if r.message.client_id == id))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "the echo of our own message was delivered again: {again:?}"
+    );
+    let received: Vec<String> = delivered(&seen).into_iter().map(|(b, _)| b).collect();
+    assert_eq!(
+        received,
+        ["reply", "after the resync"],
+        "only bob's messages arrive, once each"
+    );
+    b.logout().await.expect("bob logs out");
     client.logout().await;
 }
 
-/// Unread counts follow received messages and mark-read.
+/// Class 6: unread counts follow received messages and mark-read, and stay consistent
+/// after a resync re-delivers the conversation and after a restart on the same store.
 async fn unread_and_mark_read<H: VendorHarness>(h: H) {
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     let conv = ConversationId::direct(&alice.user, &bob.user);
     let a = h.client().await;
     a.login(&alice).await.expect("alice logs in");
+    let store: Arc<dyn im_arch::Store> = Arc::new(im_arch::MemoryStore::new());
     let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
-    let client = ImClient::builder(vendor, bob).build();
+    let client = ImClient::builder(vendor, bob.clone())
+        .store(store.clone())
+        .build();
     let mut sub = client.subscribe();
     client.login().await.expect("bob logs in");
     until(&mut sub, Duration::from_secs(10), |e| {
@@ -149,9 +211,46 @@ async fn unread_and_mark_read<H: VendorHarness>(h: H) {
         got == 2
     })
     .await;
-    assert_eq!(client.total_unread(), 2);
+    assert_eq!(client.total_unread(), 2, "two received, unread");
     client.mark_read(&conv).await.expect("mark read");
-    assert_eq!(client.total_unread(), 0);
+    assert_eq!(client.total_unread(), 0, "0 after mark-read");
+    // A resync goes over the conversation again: what was read stays read.
+    client.reconnect_now().await;
+    until(&mut sub, Duration::from_secs(20), |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await;
+    assert_eq!(
+        client.total_unread(),
+        0,
+        "a resync does not make read messages unread"
+    );
+    a.send(&text(&conv, "u2")).await.expect("send");
+    let want = Content::text("u2");
+    until(
+        &mut sub,
+        Duration::from_secs(10),
+        |e| matches!(e, ClientEvent::Message(r) if r.message.content == want),
+    )
+    .await;
+    assert_eq!(client.total_unread(), 1, "only the message after mark-read");
+    client.logout().await;
+    drop(sub);
+    drop(client);
+    // A restart on the same store: the read position survived.
+    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+    let client = ImClient::builder(vendor, bob).store(store).build();
+    let mut sub = client.subscribe();
+    client.login().await.expect("bob logs in again");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await;
+    assert_eq!(
+        client.total_unread(),
+        1,
+        "after a restart the read state is kept: only the message after mark-read is unread"
+    );
     client.logout().await;
 }
 
@@ -274,7 +373,8 @@ async fn oversized_send_refused<H: VendorHarness>(h: H) {
     client.logout().await;
 }
 
-/// The timeline pages newest first from the local store.
+/// The timeline pages newest first from the local store: every page holds exactly the
+/// messages it should, in order, and paging past the oldest finds nothing more.
 async fn timeline_newest_first<H: VendorHarness>(h: H) {
     let (client, mut sub, a, conv) = online_pair(&h).await;
     for i in 0..5 {
@@ -286,25 +386,41 @@ async fn timeline_newest_first<H: VendorHarness>(h: H) {
         got == 5
     })
     .await;
+    let bodies = |page: &im_arch::TimelinePage| -> Vec<String> {
+        page.messages
+            .iter()
+            .map(|m| format!("{:?}", m.content))
+            .collect()
+    };
+    let want = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .map(|b| format!("{:?}", Content::text(*b)))
+            .collect()
+    };
     let page = client
         .timeline_before(&conv, None, 3)
         .await
         .expect("timeline");
-    let bodies: Vec<String> = page
-        .messages
-        .iter()
-        .map(|m| format!("{:?}", m.content))
-        .collect();
-    let want: Vec<String> = ["t4", "t3", "t2"]
-        .iter()
-        .map(|b| format!("{:?}", Content::text(*b)))
-        .collect();
-    assert_eq!(bodies, want);
+    assert_eq!(bodies(&page), want(&["t4", "t3", "t2"]), "the first page");
     let older = client
         .timeline_before(&conv, page.messages.last(), 10)
         .await
         .expect("timeline");
-    assert_eq!(older.messages.len(), 2, "the rest, no repeats");
+    assert_eq!(
+        bodies(&older),
+        want(&["t1", "t0"]),
+        "the second page: the rest, newest first, no repeats"
+    );
+    let oldest = client
+        .timeline_before(&conv, older.messages.last(), 10)
+        .await
+        .expect("timeline");
+    assert_eq!(
+        bodies(&oldest),
+        Vec::<String>::new(),
+        "nothing is older than the oldest"
+    );
     client.logout().await;
 }
 
@@ -378,45 +494,100 @@ async fn lost_push_is_filled<H: VendorHarness>(h: H) {
     client.logout().await;
 }
 
-/// Class 3: the head send fails with a server error; nothing overtakes it; it is retried
-/// and the rest follow in order.
+/// Class 3: the head send fails for good with a server error (more failures than its
+/// attempts absorb); nothing overtakes it while it is Failed; resending it releases the
+/// rest, in order.
 async fn failed_head_blocks_then_releases<H: VendorHarness>(h: H) {
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     let conv = ConversationId::direct(&alice.user, &bob.user);
+    // The default number of attempts, with short delays so the case is quick.
+    let retry = im_arch::RetryPolicy {
+        backoff: im_arch::Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            jitter: im_arch::Jitter::None,
+        },
+        ..im_arch::RetryPolicy::default()
+    };
     let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
-    let client = ImClient::builder(vendor, alice).build();
+    let client = ImClient::builder(vendor, alice)
+        .config(im_arch::ClientConfig {
+            retry,
+            ..im_arch::ClientConfig::default()
+        })
+        .build();
     let mut sub = client.subscribe();
     client.login().await.expect("login");
     until(&mut sub, Duration::from_secs(10), |e| {
         matches!(e, ClientEvent::State(ConnectionState::Online))
     })
     .await;
-    // An unknown server error: transient, retried by the shared policy.
+    // An unknown server error (transient) on every attempt A gets: A fails.
     h.fail_next(
         im_service::memory::VendorOp::Send,
-        2,
+        retry.max_attempts,
         im_service::ServiceError::Server {
             code: 500,
             message: "injected".into(),
         },
     );
+    let mut ids = Vec::new();
     for body in ["A", "B", "C"] {
-        client
-            .send(conv.clone(), Content::text(body))
-            .await
-            .expect("queued");
+        ids.push(
+            client
+                .send(conv.clone(), Content::text(body))
+                .await
+                .expect("queued"),
+        );
     }
-    let mut sent = 0;
-    until(&mut sub, Duration::from_secs(20), |e| {
-        sent += usize::from(matches!(
+    let a = ids[0].clone();
+    let events = until(&mut sub, Duration::from_secs(20), |e| {
+        matches!(e, ClientEvent::SendStatus { client_id, status: Some(im_arch::SendStatus::Failed { .. }), .. } if *client_id == a)
+    })
+    .await;
+    assert!(
+        events.iter().any(|e| matches!(
             e,
             ClientEvent::SendStatus {
-                status: Some(im_arch::SendStatus::Sent { .. }),
+                client_id,
+                status: Some(im_arch::SendStatus::Failed {
+                    recoverable: true,
+                    ..
+                }),
                 ..
-            }
-        ));
-        sent == 3
+            } if *client_id == a
+        )),
+        "the head fails after its attempts, recoverable (an unknown server error is transient)"
+    );
+    let early_sent: Vec<&ClientEvent> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ClientEvent::SendStatus {
+                    status: Some(im_arch::SendStatus::Sent { .. }),
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert!(
+        early_sent.is_empty(),
+        "nothing is sent while the head fails: {early_sent:?}"
+    );
+    client.resend(&a).await.expect("resend the head");
+    let mut sent = std::collections::HashSet::new();
+    until(&mut sub, Duration::from_secs(20), |e| {
+        if let ClientEvent::SendStatus {
+            client_id,
+            status: Some(im_arch::SendStatus::Sent { .. }),
+            ..
+        } = e
+        {
+            sent.insert(client_id.clone());
+        }
+        ids.iter().all(|id| sent.contains(id))
     })
     .await;
     let b = h.client().await;
@@ -466,7 +637,8 @@ async fn lagging_ui_is_told<H: VendorHarness>(h: H) {
 }
 
 /// Class 9: a corrupted store entry gives a typed error naming the key; the rest of the
-/// store stays usable, and a newer schema is refused without being touched.
+/// store stays usable; a store a newer build wrote (higher schema version) is refused
+/// with `SchemaTooNew` and left exactly as it was.
 async fn store_corruption_is_contained<H: VendorHarness>(_h: H) {
     use im_arch::{SledStore, Store};
     let dir = std::env::temp_dir().join(format!(
@@ -488,22 +660,8 @@ async fn store_corruption_is_contained<H: VendorHarness>(_h: H) {
         store.flush().await.expect("flush");
     }
     {
-        // Corrupt the cursor entry behind the store's back. sled's background threads can
-        // hold the directory's lock for a moment after the last handle is dropped (seen on
-        // CI), so the raw open waits for it the way `SledStore::open` does, within a deadline.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let db = loop {
-            match sled::open(&dir) {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("raw open: {e:?}"),
-            }
-        };
+        // Corrupt the cursor entry behind the store's back.
+        let db = raw_open(&dir).await;
         let tree = db.open_tree("cursors").expect("tree");
         let keys: Vec<_> = tree.iter().keys().map(|k| k.expect("key")).collect();
         for k in keys {
@@ -532,8 +690,82 @@ async fn store_corruption_is_contained<H: VendorHarness>(_h: H) {
     }];
     assert_eq!(store.put_messages(&fresh).await.expect("write"), [true]);
     assert_eq!(store.latest(&conv, 10).await.expect("read"), fresh);
+    store.flush().await.expect("flush");
     drop(store);
+    // A newer build wrote the store: its schema version is above ours.
+    let newer = im_arch::SCHEMA_VERSION + 1;
+    let before = {
+        let db = raw_open(&dir).await;
+        let meta = db.open_tree("meta").expect("meta tree");
+        meta.insert(
+            "schema_version",
+            im_service::codec::encode(&newer).expect("encode"),
+        )
+        .expect("write the schema version");
+        db.flush().expect("flush");
+        snapshot(&db)
+    };
+    match SledStore::open(&dir) {
+        Err(im_arch::ArchError::SchemaTooNew { found, supported }) => {
+            assert_eq!(
+                (found, supported),
+                (newer, im_arch::SCHEMA_VERSION),
+                "the refusal names both versions"
+            );
+        }
+        Err(other) => panic!("a newer schema must be SchemaTooNew, got {other:?}"),
+        Ok(_) => panic!("a store with a newer schema version ({newer}) was opened"),
+    }
+    let after = snapshot(&raw_open(&dir).await);
+    assert!(
+        before == after,
+        "the refused store was modified: {} entries before, {} after",
+        before.len(),
+        after.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens a sled directory behind the store's back. sled's background threads can hold the
+/// directory's lock for a moment after the last handle is dropped (seen on CI), so this
+/// waits for it the way `SledStore::open` does, within a deadline.
+async fn raw_open(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("raw open of {}: {e:?}", dir.display()),
+        }
+    }
+}
+
+/// Every tree's name and entries, to compare a store before and after.
+type Snapshot = Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+/// Every (tree, key, value) of `db`.
+fn snapshot(db: &sled::Db) -> Snapshot {
+    let mut names = db.tree_names();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let tree = db.open_tree(&name).expect("tree");
+            let entries = tree
+                .iter()
+                .map(|kv| {
+                    let (k, v) = kv.expect("entry");
+                    (k.to_vec(), v.to_vec())
+                })
+                .collect();
+            (name.to_vec(), entries)
+        })
+        .collect()
 }
 
 /// Class 4: a send the vendor refuses for good ends Failed (not recoverable) within a
@@ -627,19 +859,41 @@ async fn queue_survives_restart<H: VendorHarness>(h: H) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Class 7: sends queued before login wait for authentication, then go out.
+/// Class 7: sends queued before login wait for authentication: while the login is held
+/// at the vendor (the client is connecting, not authenticated) nothing is sent; the first
+/// send reaches the vendor after the login was accepted.
 async fn sends_wait_for_auth<H: VendorHarness>(h: H) {
+    use super::{GateCall, GatedVendor};
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     let conv = ConversationId::direct(&alice.user, &bob.user);
-    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
-    let client = ImClient::builder(vendor, alice).build();
+    let gated = Arc::new(GatedVendor::new(Arc::new(h.client().await)));
+    gated.close();
+    let client = ImClient::builder(gated.clone(), alice).build();
     let mut sub = client.subscribe();
     let id = client
         .send(conv, Content::text("early"))
         .await
         .expect("queued");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let login = client.login();
+    tokio::pin!(login);
+    tokio::select! {
+        r = &mut login => panic!("the login passed a closed gate: {r:?}"),
+        r = gated.wait_until(Duration::from_secs(10), |c| c.contains(&GateCall::LoginStarted)) => {
+            r.unwrap_or_else(|calls| panic!("the login never reached the vendor: {calls:?}"));
+        }
+    }
+    // The login is pending at the vendor. A sender that does not wait for authentication
+    // sends in this window (the pass does not depend on its length).
+    tokio::select! {
+        r = &mut login => panic!("the login passed a closed gate: {r:?}"),
+        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    assert_eq!(
+        gated.calls(),
+        [GateCall::LoginStarted],
+        "nothing is attempted before authentication completes"
+    );
     assert!(
         matches!(
             client
@@ -650,13 +904,24 @@ async fn sends_wait_for_auth<H: VendorHarness>(h: H) {
                 .map(|i| &i.status),
             Some(im_arch::SendStatus::Sending)
         ),
-        "nothing is attempted before authentication"
+        "the queued send waits as Sending"
     );
-    client.login().await.expect("login");
+    gated.open();
+    tokio::time::timeout(Duration::from_secs(20), login)
+        .await
+        .expect("the login answers once the vendor lets it through")
+        .expect("login");
     until(&mut sub, Duration::from_secs(10), |e| {
         matches!(e, ClientEvent::SendStatus { client_id, status: Some(im_arch::SendStatus::Sent { .. }), .. } if *client_id == id)
     })
     .await;
+    let calls = gated.calls();
+    let logged_in = calls.iter().position(|c| *c == GateCall::LoggedIn);
+    let first_send = calls.iter().position(|c| *c == GateCall::Send);
+    assert!(
+        logged_in.is_some() && first_send > logged_in,
+        "the first send comes after the accepted login: {calls:?}"
+    );
     client.logout().await;
 }
 
@@ -717,23 +982,50 @@ async fn relogin_after_refusal_kick_and_logout<H: VendorHarness>(h: H) {
     client.logout().await;
 }
 
-/// Pinned rows first, then by the later of last message and draft.
+/// Class 10: the list has one consistent order: pinned rows first, then by the later of
+/// the last message and the draft; the draft stays on its row, across a restart too.
 async fn list_order_pins_and_drafts<H: VendorHarness>(h: H) {
-    let (client, mut sub, a, direct) = online_pair(&h).await;
-    let carol = h.user("carol").await;
+    let alice = h.user("alice").await;
     let bob = h.user("bob").await;
+    let carol = h.user("carol").await;
+    let direct = ConversationId::direct(&alice.user, &bob.user);
     let with_carol = ConversationId::direct(&bob.user, &carol.user);
+    let a = h.client().await;
+    a.login(&alice).await.expect("alice logs in");
     let c = h.client().await;
     c.login(&carol).await.expect("carol logs in");
+    let store: Arc<dyn im_arch::Store> = Arc::new(im_arch::MemoryStore::new());
+    let build = |vendor: Arc<dyn Vendor>| {
+        ImClient::builder(vendor, bob.clone())
+            .clock(h.clock())
+            .store(store.clone())
+            .build()
+    };
+    let client = build(Arc::new(h.client().await));
+    let mut sub = client.subscribe();
+    client.login().await.expect("bob logs in");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await;
     a.send(&text(&direct, "from alice")).await.expect("send");
+    let want = Content::text("from alice");
+    until(
+        &mut sub,
+        Duration::from_secs(10),
+        |e| matches!(e, ClientEvent::Message(r) if r.message.content == want),
+    )
+    .await;
+    h.advance(Duration::from_secs(1)).await;
     c.send(&text(&with_carol, "from carol"))
         .await
         .expect("send");
-    let mut got = 0;
-    until(&mut sub, Duration::from_secs(10), |e| {
-        got += usize::from(matches!(e, ClientEvent::Message(_)));
-        got == 2
-    })
+    let want = Content::text("from carol");
+    until(
+        &mut sub,
+        Duration::from_secs(10),
+        |e| matches!(e, ClientEvent::Message(r) if r.message.content == want),
+    )
     .await;
     let order = |client: &ImClient| -> Vec<ConversationId> {
         client
@@ -742,27 +1034,81 @@ async fn list_order_pins_and_drafts<H: VendorHarness>(h: H) {
             .map(|r| r.id)
             .collect()
     };
-    let first = order(&client);
-    assert_eq!(first.len(), 2, "one row per conversation");
-    let (top, bottom) = (first[0].clone(), first[1].clone());
-    // A draft follows the row (ordering by draft time is unit-tested in im-arch, on a
-    // clock the test controls); it survives in the row.
-    client.set_draft(&bottom, Some("typing…".into())).await;
-    let row = client
-        .conversations(0, 10)
-        .into_iter()
-        .find(|r| r.id == bottom)
-        .expect("row");
-    assert_eq!(row.draft.map(|d| d.0), Some("typing…".to_string()));
+    assert_eq!(
+        order(&client),
+        [with_carol.clone(), direct.clone()],
+        "one row per conversation, newest message first"
+    );
+    // A draft edited after carol's message moves the older conversation up.
+    h.advance(Duration::from_secs(1)).await;
+    client.set_draft(&direct, Some("typing…".into())).await;
+    assert_eq!(
+        order(&client),
+        [direct.clone(), with_carol.clone()],
+        "the draft moves its row up"
+    );
+    let draft_of = |client: &ImClient| {
+        client
+            .conversations(0, 10)
+            .into_iter()
+            .find(|r| r.id == direct)
+            .and_then(|r| r.draft.map(|d| d.0))
+    };
+    assert_eq!(
+        draft_of(&client),
+        Some("typing…".to_string()),
+        "the draft is on its row"
+    );
     // Pinned rows come first whatever their time.
-    client.set_pinned(&bottom, true).await;
-    assert_eq!(order(&client), [bottom, top], "pinned first");
+    client.set_pinned(&with_carol, true).await;
+    assert_eq!(
+        order(&client),
+        [with_carol.clone(), direct.clone()],
+        "pinned first"
+    );
+    client.logout().await;
+    drop(sub);
+    drop(client);
+    // A restart on the same store: the same order, the draft kept.
+    let client = build(Arc::new(h.client().await));
+    let mut sub = client.subscribe();
+    client.login().await.expect("bob logs in again");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await;
+    assert_eq!(
+        order(&client),
+        [with_carol, direct.clone()],
+        "the order survives a restart"
+    );
+    assert_eq!(
+        draft_of(&client),
+        Some("typing…".to_string()),
+        "the draft survives a restart"
+    );
     client.logout().await;
 }
 
-/// Class 6: my own messages never count as unread; muted rows leave the total.
+/// Class 6: my own messages never count as unread; muted rows leave the total; both, and
+/// the read position after mark-read, survive a restart on the same store.
 async fn own_and_muted_unread<H: VendorHarness>(h: H) {
-    let (client, mut sub, a, conv) = online_pair(&h).await;
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let a = h.client().await;
+    a.login(&alice).await.expect("alice logs in");
+    let store: Arc<dyn im_arch::Store> = Arc::new(im_arch::MemoryStore::new());
+    let start = |vendor: Arc<dyn Vendor>| {
+        let client = ImClient::builder(vendor, bob.clone())
+            .store(store.clone())
+            .build();
+        let sub = client.subscribe();
+        (client, sub)
+    };
+    let (client, mut sub) = start(Arc::new(h.client().await));
+    client.login().await.expect("bob logs in");
+    until_online(&mut sub).await;
     client
         .send(conv.clone(), Content::text("mine"))
         .await
@@ -790,6 +1136,34 @@ async fn own_and_muted_unread<H: VendorHarness>(h: H) {
     client.set_muted(&conv, true).await;
     assert_eq!(client.total_unread(), 0, "muted rows leave the total");
     client.logout().await;
+    drop((client, sub));
+
+    // Restart: still muted; unmuted, only theirs is unread (mine is not, after a reload).
+    let (client, mut sub) = start(Arc::new(h.client().await));
+    client.login().await.expect("bob logs in again");
+    until_online(&mut sub).await;
+    assert_eq!(client.total_unread(), 0, "muted survives a restart");
+    client.set_muted(&conv, false).await;
+    assert_eq!(
+        client.total_unread(),
+        1,
+        "after a restart my own message is still not unread"
+    );
+    client.mark_read(&conv).await.expect("mark read");
+    assert_eq!(client.total_unread(), 0, "0 after mark-read");
+    client.logout().await;
+    drop((client, sub));
+
+    // Restart again: the read position survived.
+    let (client, mut sub) = start(Arc::new(h.client().await));
+    client.login().await.expect("bob logs in a third time");
+    until_online(&mut sub).await;
+    assert_eq!(
+        client.total_unread(),
+        0,
+        "mark-read survives a restart: nothing is unread again"
+    );
+    client.logout().await;
 }
 
 /// A kind filter passes exactly its kinds; dropping a subscription removes it.
@@ -802,12 +1176,15 @@ async fn kind_filter_and_unsubscribe<H: VendorHarness>(h: H) {
     );
     assert_eq!(client.bus().subscriber_count(), before + 1);
     let id = client.send(conv, Content::text("x")).await.expect("queued");
+    // One deadline for the whole wait; on time-out the case says what it saw.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
     loop {
         let ev = tokio::time::timeout_at(deadline, sends.recv())
             .await
-            .expect("no send status in time")
-            .expect("client gone");
+            .unwrap_or_else(|_| panic!("{id} was not Sent within 10 s; saw {seen:?}"))
+            .unwrap_or_else(|| panic!("client gone; saw {seen:?}"));
+        seen.push(ev.clone());
         assert_eq!(ev.kind(), EventKind::SendStatus, "only send status: {ev:?}");
         if matches!(&*ev, ClientEvent::SendStatus { client_id, status: Some(im_arch::SendStatus::Sent { .. }), .. } if *client_id == id)
         {
@@ -872,37 +1249,59 @@ async fn duplicated_and_reordered_pushes<H: VendorHarness>(h: H) {
 }
 
 /// Class 8: after a reconnect, what was sent while the client was away is delivered, none
-/// skipped and none twice, before the client is online again.
+/// skipped and none twice, before the client reports itself online again.
 async fn reconnect_resyncs_without_gaps<H: VendorHarness>(h: H) {
-    let (client, mut sub, a, conv) = online_pair(&h).await;
+    use super::{GateCall, GatedVendor};
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let a = h.client().await;
+    a.login(&alice).await.expect("alice logs in");
+    let gated = Arc::new(GatedVendor::new(Arc::new(h.client().await)));
+    let client = ImClient::builder(gated.clone(), bob).build();
+    let mut sub = client.subscribe();
+    client.login().await.expect("bob logs in");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Online))
+    })
+    .await;
     a.send(&text(&conv, "before")).await.expect("send");
     until(&mut sub, Duration::from_secs(10), |e| {
         matches!(e, ClientEvent::Message(_))
     })
     .await;
+    // Reconnect; the new login waits at the gate while alice writes: the gap is certain.
+    gated.close();
     client.reconnect_now().await;
+    let logins = |c: &[GateCall]| c.iter().filter(|c| **c == GateCall::LoginStarted).count();
+    gated
+        .wait_until(Duration::from_secs(20), |c| logins(c) == 2)
+        .await
+        .unwrap_or_else(|calls| panic!("the reconnect's login never came: {calls:?}"));
     for i in 0..3 {
         a.send(&text(&conv, &format!("during{i}")))
             .await
             .expect("send");
     }
-    let events = until(&mut sub, Duration::from_secs(10), |e| {
+    gated.open();
+    let events = until(&mut sub, Duration::from_secs(20), |e| {
         matches!(e, ClientEvent::State(ConnectionState::Online))
     })
     .await;
-    // Whatever arrived before going online, plus what may come right after.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut bodies: Vec<String> = delivered(&events).into_iter().map(|(b, _)| b).collect();
-    bodies.extend(sub.drain_now().iter().filter_map(|e| match &**e {
-        ClientEvent::Message(r) => Some(format!("{:?}", r.message.content)),
-        _ => None,
-    }));
-    let during: Vec<&String> = bodies.iter().filter(|b| b.contains("during")).collect();
-    assert_eq!(during.len(), 3, "each message of the gap once: {bodies:?}");
-    assert!(
-        !bodies.iter().any(|b| b.contains("before")),
-        "nothing twice"
+    let bodies: Vec<String> = delivered(&events).into_iter().map(|(b, _)| b).collect();
+    assert_eq!(
+        bodies,
+        ["during0", "during1", "during2"],
+        "the gap, in order, once each, before Online (nothing earlier repeats)"
     );
+    // After Online only new messages come: the marker is next, nothing of the gap again.
+    a.send(&text(&conv, "after")).await.expect("send");
+    let events = until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::Message(_))
+    })
+    .await;
+    let bodies: Vec<String> = delivered(&events).into_iter().map(|(b, _)| b).collect();
+    assert_eq!(bodies, ["after"], "nothing of the gap after Online");
     client.logout().await;
 }
 
@@ -969,7 +1368,7 @@ pub(super) fn cases() -> Vec<Case> {
         },
         Case {
             id: "SEND-001",
-            title: "A queued send shows a local echo, goes out once, reports Sent",
+            title: "A queued send shows a local echo, goes out once, reports Sent, never comes back",
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[C::ServerAcks],
@@ -978,14 +1377,16 @@ pub(super) fn cases() -> Vec<Case> {
                 "log in",
                 "send one message",
                 "read the peer's offline queue",
+                "the peer replies; the client resyncs; the peer sends again",
             ],
-            expected: "Sending then Sent; the vendor stores it once",
+            expected: "Sending then Sent; the vendor stores it once; the message is never \
+                       delivered again as a received message (only the peer's two arrive)",
             guards: Some(5),
             run: |t| Box::pin(async move { on_target!(t, send_reports_sent) }),
         },
         Case {
             id: "CONV-001",
-            title: "Unread counts follow received messages and mark-read",
+            title: "Unread counts follow received messages and mark-read, across a resync and a restart",
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
@@ -994,8 +1395,11 @@ pub(super) fn cases() -> Vec<Case> {
                 "bob is online",
                 "alice sends 2 messages",
                 "bob marks the conversation read",
+                "bob's client resyncs; alice sends 1 more",
+                "bob's client restarts on the same store",
             ],
-            expected: "total unread 2, then 0",
+            expected: "total unread 2, then 0, still 0 after the resync, 1 after the new \
+                       message, still 1 after the restart",
             guards: Some(6),
             run: |t| Box::pin(async move { on_target!(t, unread_and_mark_read) }),
         },
@@ -1049,8 +1453,11 @@ pub(super) fn cases() -> Vec<Case> {
             layer: Layer::Arch,
             needs: &[],
             harness: &[],
-            steps: &["receive 5 messages", "page 3, then the rest"],
-            expected: "t4, t3, t2, then the 2 older ones",
+            steps: &[
+                "receive 5 messages t0..t4",
+                "page 3, then 10 before the last, then 10 before that",
+            ],
+            expected: "t4, t3, t2; then t1, t0; then nothing",
             guards: None,
             run: |t| Box::pin(async move { on_target!(t, timeline_newest_first) }),
         },
@@ -1089,10 +1496,13 @@ pub(super) fn cases() -> Vec<Case> {
             needs: &[C::HistoryByTime],
             harness: &[],
             steps: &[
-                "the vendor fails the next 2 sends with an unknown server error",
+                "the vendor fails as many sends as the default policy attempts, with an \
+                 unknown server error",
                 "queue A, B, C",
+                "A ends Failed; resend A",
             ],
-            expected: "A is retried and sent first; the vendor holds A, B, C in order",
+            expected: "A is Failed (recoverable) with nothing sent behind it; after the \
+                       resend the vendor holds A, B, C in order",
             guards: Some(3),
             run: |t| Box::pin(async move { on_target!(t, failed_head_blocks_then_releases) }),
         },
@@ -1113,7 +1523,7 @@ pub(super) fn cases() -> Vec<Case> {
         },
         Case {
             id: "STORE-001",
-            title: "A corrupted store entry is a typed error; the rest stays usable",
+            title: "A corrupted store entry is a typed error; the rest stays usable; a newer schema is refused",
             category: Category::Essential,
             layer: Layer::Arch,
             needs: &[],
@@ -1122,8 +1532,10 @@ pub(super) fn cases() -> Vec<Case> {
                 "write a cursor",
                 "corrupt it on disk",
                 "reopen, read it, write messages",
+                "raise the schema version on disk above this build's; open",
             ],
-            expected: "CorruptEntry for that key; other reads and writes work",
+            expected: "CorruptEntry for that key; other reads and writes work; the newer \
+                       store is refused with SchemaTooNew and left unchanged",
             guards: Some(9),
             run: |t| Box::pin(async move { on_target!(t, store_corruption_is_contained) }),
         },
@@ -1161,8 +1573,13 @@ pub(super) fn cases() -> Vec<Case> {
             layer: Layer::Arch,
             needs: &[],
             harness: &[],
-            steps: &["send before login", "wait", "log in"],
-            expected: "still Sending before login; Sent after",
+            steps: &[
+                "send before login",
+                "log in; the vendor holds the login",
+                "let the login through",
+            ],
+            expected: "no send reaches the vendor while the login is pending (still \
+                       Sending); the first send comes after the accepted login; Sent",
             guards: Some(7),
             run: |t| Box::pin(async move { on_target!(t, sends_wait_for_auth) }),
         },
@@ -1192,11 +1609,13 @@ pub(super) fn cases() -> Vec<Case> {
             needs: &[],
             harness: &[],
             steps: &[
-                "two conversations get messages",
-                "edit a draft in the older",
-                "pin it",
+                "two conversations get messages, a second apart",
+                "a second later, edit a draft in the older",
+                "pin the other",
+                "restart on the same store",
             ],
-            expected: "newest first; the draft moves it up; pinned stays first",
+            expected: "newest first; the draft moves its row up and stays on it; pinned \
+                       first; order and draft survive the restart",
             guards: Some(10),
             run: |t| Box::pin(async move { on_target!(t, list_order_pins_and_drafts) }),
         },
@@ -1207,8 +1626,14 @@ pub(super) fn cases() -> Vec<Case> {
             layer: Layer::Arch,
             needs: &[],
             harness: &[],
-            steps: &["I send one, they send one", "mute the conversation"],
-            expected: "total unread 1, then 0",
+            steps: &[
+                "I send one, they send one",
+                "mute the conversation",
+                "restart on the same store; unmute; mark read",
+                "restart again",
+            ],
+            expected: "total unread 1, then 0; after the restart 0, 1 when unmuted (mine \
+                       never counts), 0 after mark-read; still 0 after the second restart",
             guards: Some(6),
             run: |t| Box::pin(async move { on_target!(t, own_and_muted_unread) }),
         },
@@ -1252,10 +1677,12 @@ pub(super) fn cases() -> Vec<Case> {
             harness: &[],
             steps: &[
                 "bob is online",
-                "bob's client reconnects",
-                "alice sends 3 meanwhile",
+                "bob's client reconnects; the vendor holds its login",
+                "alice sends 3 meanwhile; the login goes through",
+                "alice sends one more",
             ],
-            expected: "the 3 arrive once each; nothing earlier repeats",
+            expected: "the 3 arrive in order, once each, before Online; nothing earlier \
+                       repeats; after Online only the new one",
             guards: Some(8),
             run: |t| Box::pin(async move { on_target!(t, reconnect_resyncs_without_gaps) }),
         },

@@ -13,9 +13,12 @@ use serde::Serialize;
 mod arch;
 mod bad_input;
 mod crash;
+mod gate;
 mod qc;
 mod resilience;
 mod service;
+
+pub use gate::{GateCall, GatedVendor};
 
 /// How important a case is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -84,12 +84,15 @@ async fn healthy_and_exported<H: VendorHarness>(h: H) {
 
 /// Waits for `pulls_failing` to fire (`fired`) or resolve, failing the case after 5 s.
 async fn alert_changes(events: &mut im_arch::BusStream<QcEvent>, fired: bool) {
+    // One deadline for the whole wait; on time-out the case says what it saw.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
     loop {
         let ev = tokio::time::timeout_at(deadline, events.recv())
             .await
-            .expect("the alert did not change in time")
-            .expect("monitor gone");
+            .unwrap_or_else(|_| panic!("the alert did not change within 5 s; saw {seen:?}"))
+            .unwrap_or_else(|| panic!("monitor gone; saw {seen:?}"));
+        seen.push(ev.clone());
         match &*ev {
             QcEvent::AlertFired { rule, .. } if fired && rule == "pulls_failing" => return,
             QcEvent::AlertResolved { rule } if !fired && rule == "pulls_failing" => return,
