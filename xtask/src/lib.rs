@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod layers;
+pub mod mutants;
 pub mod tidy;
 
 use std::path::{Path, PathBuf};

@@ -159,6 +159,7 @@ impl ImClientBuilder {
             // and tells its reader (lossless readers use durable subscriptions).
             distributor: Bus::never_waiting(),
             state: watch::channel(ConnectionState::Disconnected).0,
+            network: watch::channel(true).0,
             outbox_wake: tokio::sync::Notify::new(),
             next_position: tokio::sync::Mutex::new(None),
             own_sent: own_tx,
@@ -173,7 +174,7 @@ impl ImClientBuilder {
             shared,
             events: Mutex::new(events),
             task: Mutex::new(None),
-            login_gate: tokio::sync::Mutex::new(()),
+            login_gate: tokio::sync::Mutex::new(None),
         }
     }
 }
@@ -190,6 +191,9 @@ pub(crate) struct Shared {
     pub(crate) credentials: Mutex<Credentials>,
     pub(crate) distributor: Bus<ClientEvent>,
     pub(crate) state: watch::Sender<ConnectionState>,
+    /// Whether the app says the device has a network (reachability); no connection attempt
+    /// is made while it is `false`.
+    network: watch::Sender<bool>,
     /// Wakes the sender task (new item, resend, cancel, back online).
     pub(crate) outbox_wake: tokio::sync::Notify,
     /// Next outbox position; loaded from the store on first use.
@@ -300,6 +304,12 @@ struct Leftovers {
 
 /// An IM client on any vendor: login, supervision, ACK-online sync, history.
 ///
+/// The supervisor reconnects by itself with capped, jittered backoff
+/// ([`ClientConfig::reconnect`]). Apps that know when the device has no network (the
+/// platform's reachability) say so with [`ImClient::set_network_available`]: while it is
+/// down no connection attempt is made, and when it is back the client reconnects after a
+/// short jittered delay.
+///
 /// Complete programs against real servers are the examples `quickstart` (two clients on the
 /// reference vendor over TCP, each with a [`SledStore`](crate::SledStore)) and
 /// `xmpp_quickstart` (the same on Prosody) in `crates/im-arch/examples/`; README.md's
@@ -327,8 +337,11 @@ pub struct ImClient {
     /// The vendor's event stream until the supervisor takes it.
     events: Mutex<Option<EventStream>>,
     task: Mutex<Option<Running>>,
-    /// One `login`/`logout` at a time starts or stops the supervisor.
-    login_gate: tokio::sync::Mutex<()>,
+    /// One `login`/`logout` at a time starts or stops the supervisor. What it guards is a
+    /// supervisor on its way out: it stays here, not in a local variable, until its
+    /// leftovers (the vendor's event stream) are back, so a `login()` or `logout()` whose
+    /// caller gives up (a timeout around it) loses nothing; the next call finishes the job.
+    login_gate: tokio::sync::Mutex<Option<Running>>,
 }
 
 /// A snapshot of the connection state with helpers.
@@ -421,22 +434,19 @@ impl ImClient {
     pub async fn login(&self) -> Result<(), ArchError> {
         let mut state = self.shared.state.subscribe();
         {
-            let _gate = self.login_gate.lock().await;
+            let mut retiring = self.login_gate.lock().await;
             // A supervisor that stopped for good hands back the vendor's event stream. One
             // that has published its terminal state may not have returned yet: it is on its
             // way out, so wait for it rather than mistake it for a running one (whose old
             // terminal state the wait below would then report).
             let stopping = self.shared.state.borrow().is_terminal();
-            let finished = {
+            {
                 let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-                match task.as_ref() {
-                    Some(r) if stopping || r.handle.is_finished() => task.take(),
-                    _ => None,
+                if matches!(task.as_ref(), Some(r) if stopping || r.handle.is_finished()) {
+                    *retiring = task.take();
                 }
-            };
-            if let Some(r) = finished {
-                self.reclaim(r).await?;
             }
+            self.reclaim(&mut retiring).await?;
             let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
             if task.is_none() {
                 let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -497,8 +507,44 @@ impl ImClient {
             .token = token;
     }
 
+    /// Tells the client whether the device has a network, as the platform's reachability
+    /// reports it (default: available).
+    ///
+    /// While the network is known down the supervisor makes **no connection attempt**: a
+    /// client that loses its connection (or is between attempts, or has not connected yet)
+    /// waits in [`ConnectionState::Disconnected`] instead of burning its backoff on a dead
+    /// link, and [`ImClient::reconnect_now`] does not override that. Attempts made before the
+    /// network went down do not count towards `max_reconnect_attempts` afterwards: when it
+    /// comes back the backoff starts over. A live connection is not closed by marking the
+    /// network down (reachability flaps during a Wi-Fi/cellular handover while the
+    /// connection may survive); heartbeats decide whether it is dead.
+    ///
+    /// When the network comes back the client reconnects promptly but not at once: it waits
+    /// a delay drawn like the first reconnect's (`reconnect.delay(1)`, full jitter over
+    /// `[0, reconnect.base]` by default) in [`ConnectionState::Reconnecting`], so a fleet that
+    /// regains the network together does not hit the vendor in one instant.
+    /// [`ImClient::login`] called while the network is down waits for it the same way (it
+    /// returns once online or stopped for good, as always).
+    pub fn set_network_available(&self, available: bool) {
+        let changed = self.shared.network.send_if_modified(|now| {
+            let changed = *now != available;
+            *now = available;
+            changed
+        });
+        if changed {
+            tracing::info!(available, "network availability");
+        }
+    }
+
+    /// Whether the client takes the network to be available (see
+    /// [`ImClient::set_network_available`]).
+    pub fn network_available(&self) -> bool {
+        *self.shared.network.borrow()
+    }
+
     /// Asks the supervisor to drop the connection and reconnect now (e.g. the app learned
-    /// the network is back).
+    /// the network is back). While the network is marked down (see
+    /// [`ImClient::set_network_available`]) the reconnect waits until it is back.
     pub async fn reconnect_now(&self) {
         let tx = self
             .task
@@ -513,27 +559,42 @@ impl ImClient {
 
     /// Logs out and stops the supervisor.
     pub async fn logout(&self) {
-        let _gate = self.login_gate.lock().await;
-        let running = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(r) = running {
-            let (tx, rx) = oneshot::channel();
-            if r.commands.send(Command::Logout(tx)).await.is_ok() {
-                let _ = rx.await;
-            }
-            if let Err(e) = self.reclaim(r).await {
-                tracing::warn!(error = %e, "the supervisor ended abnormally");
-            }
+        let mut retiring = self.login_gate.lock().await;
+        if let Some(r) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            *retiring = Some(r);
+        }
+        if let Err(e) = self.reclaim(&mut retiring).await {
+            tracing::warn!(error = %e, "the supervisor ended abnormally");
         }
     }
 
-    /// Stops the send queue's task of a stopped (or stopping) supervisor, waits for both,
-    /// and takes back the vendor's event stream and the own-sent channel for the next login.
-    async fn reclaim(&self, r: Running) -> Result<(), ArchError> {
+    /// Stops the supervisor in `retiring` (if any) and its send queue's task, waits for
+    /// both, and takes back the vendor's event stream and the own-sent channel for the next
+    /// login. Cancel-safe: every wait polls the handles in place, and the slot is emptied
+    /// only after the leftovers are back, so a caller that gives up leaves the work to the
+    /// next `login`/`logout`.
+    async fn reclaim(&self, retiring: &mut Option<Running>) -> Result<(), ArchError> {
+        let Some(r) = retiring.as_mut() else {
+            return Ok(());
+        };
+        // Ask it to log out and wait for that. One that stopped on its own has dropped its
+        // command receiver, so both fail at once; a logout whose caller gave up before its
+        // command went out is finished here.
+        let (tx, rx) = oneshot::channel();
+        if r.commands.send(Command::Logout(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
         r.sender.abort();
         // Wait until the aborted task is gone, so that it no longer holds the store (a
-        // store reopened right after logout must find its directory unlocked).
-        let _ = r.sender.await;
-        match r.handle.await {
+        // store reopened right after logout must find its directory unlocked). A handle
+        // already awaited to its end (by a call that then gave up) is not polled again.
+        if !r.sender.is_finished() {
+            let _ = (&mut r.sender).await;
+        }
+        let left = (&mut r.handle).await;
+        // Nothing awaits from here on: the slot empties exactly when the leftovers land.
+        *retiring = None;
+        match left {
             Ok(left) => {
                 *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(left.events);
                 *self
@@ -597,6 +658,10 @@ impl Drop for ImClient {
             r.handle.abort();
             r.sender.abort();
         }
+        if let Some(r) = self.login_gate.get_mut().take() {
+            r.handle.abort();
+            r.sender.abort();
+        }
     }
 }
 
@@ -644,50 +709,34 @@ async fn supervise_until_stopped(
     // The last retryable error, for the typed reason of giving up.
     let mut last_error: Option<ServiceError> = None;
     loop {
-        if attempt > 0 {
-            if shared
+        // While the network is known down nobody gives up: the attempts that failed were
+        // probably the network's fault, and the count starts over when it is back.
+        if attempt > 0
+            && *shared.network.borrow()
+            && shared
                 .config
                 .max_reconnect_attempts
                 .is_some_and(|max| attempt > max)
-            {
-                let cause = ArchError::GaveUp {
-                    op: "login",
-                    attempts: attempt - 1,
-                    last: last_error
-                        .unwrap_or(ServiceError::Unavailable("no attempt succeeded".into())),
-                };
-                shared
-                    .stop(
-                        ConnectionState::Failed(format!(
-                            "gave up after {} reconnect attempts",
-                            attempt - 1
-                        )),
-                        cause,
-                    )
-                    .await;
-                return;
-            }
-            let next_in = shared.config.reconnect.delay(attempt);
+        {
+            let cause = ArchError::GaveUp {
+                op: "login",
+                attempts: attempt - 1,
+                last: last_error
+                    .unwrap_or(ServiceError::Unavailable("no attempt succeeded".into())),
+            };
             shared
-                .set_state(ConnectionState::Reconnecting { attempt, next_in })
+                .stop(
+                    ConnectionState::Failed(format!(
+                        "gave up after {} reconnect attempts",
+                        attempt - 1
+                    )),
+                    cause,
+                )
                 .await;
-            let wake = tokio::time::sleep(next_in);
-            tokio::pin!(wake);
-            loop {
-                tokio::select! {
-                    _ = &mut wake => break,
-                    cmd = commands.recv() => match cmd {
-                        Some(Command::Reconnect) => break,
-                        Some(Command::Logout(done)) => {
-                            finish_logout(&shared, Some(done)).await;
-                            return;
-                        }
-                        None => return,
-                    },
-                    // Stale events of the dead connection are dropped while we wait.
-                    ev = events.next() => if ev.is_none() { return },
-                }
-            }
+            return;
+        }
+        if !wait_to_attempt(&shared, &mut attempt, &mut commands, events).await {
+            return;
         }
         shared.set_state(ConnectionState::Connecting).await;
         let creds = shared.credentials();
@@ -771,6 +820,83 @@ async fn supervise_until_stopped(
             Exit::Logout(done) => {
                 finish_logout(&shared, done).await;
                 return;
+            }
+        }
+    }
+}
+
+/// Waits before connection attempt `attempt` (0: the first login, no backoff): the backoff
+/// delay, and while the network is known down, until it is back and then a jittered delay
+/// of the first retry's ceiling (a fleet that regains the network together must not
+/// reconnect in one instant). Attempts counted before the network went down are forgotten
+/// (`attempt` drops to 1; 0 stays 0). Returns `false` when the supervisor must stop (logged
+/// out, or its command or event channel closed).
+async fn wait_to_attempt(
+    shared: &Shared,
+    attempt: &mut u32,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mut EventStream,
+) -> bool {
+    let mut network = shared.network.subscribe();
+    let mut next_in = (*attempt > 0).then(|| shared.config.reconnect.delay(*attempt));
+    loop {
+        if !*network.borrow_and_update() {
+            shared.set_state(ConnectionState::Disconnected).await;
+            tracing::info!("network down: no connection attempt until it is back");
+            loop {
+                tokio::select! {
+                    changed = network.changed() => {
+                        // The sender lives in `shared`, which outlives this task.
+                        if changed.is_err() || *network.borrow_and_update() {
+                            break;
+                        }
+                    }
+                    cmd = commands.recv() => match cmd {
+                        // Nothing is attempted while the network is known down.
+                        Some(Command::Reconnect) => {}
+                        Some(Command::Logout(done)) => {
+                            finish_logout(shared, Some(done)).await;
+                            return false;
+                        }
+                        None => return false,
+                    },
+                    // Stale events of the dead connection are dropped while we wait.
+                    ev = events.next() => if ev.is_none() { return false },
+                }
+            }
+            *attempt = (*attempt).min(1);
+            next_in = Some(shared.config.reconnect.delay(1));
+        }
+        let Some(wait) = next_in else {
+            return true;
+        };
+        shared
+            .set_state(ConnectionState::Reconnecting {
+                attempt: (*attempt).max(1),
+                next_in: wait,
+            })
+            .await;
+        let wake = tokio::time::sleep(wait);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = &mut wake => return true,
+                _ = network.changed() => {
+                    if !*network.borrow_and_update() {
+                        // Down again: wait for it, then draw a fresh delay.
+                        break;
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Reconnect) => return true,
+                    Some(Command::Logout(done)) => {
+                        finish_logout(shared, Some(done)).await;
+                        return false;
+                    }
+                    None => return false,
+                },
+                // Stale events of the dead connection are dropped while we wait.
+                ev = events.next() => if ev.is_none() { return false },
             }
         }
     }
@@ -942,7 +1068,7 @@ async fn load_conversations(shared: &Shared) -> Result<(), ArchError> {
             .conversations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .restore(&id, state, last, &after_read);
+            .restore(&id, state, last, read.as_ref(), &after_read);
     }
     Ok(())
 }
@@ -1295,8 +1421,13 @@ impl SyncEngine {
             let newest = self.cursors.values().map(|c| c.time).max();
             self.synced_to = login_time.or(newest).or(self.synced_to);
             if let Some(mark) = self.synced_to {
-                // Not flushed on purpose: a lost mark only makes the next catch-up wider.
+                // Flushed: a live push after this point is confirmed to the vendor on
+                // receipt, and only the mark tells a restarted client to catch up by time
+                // from here. Losing a later mark only widens the next catch-up, but losing
+                // the first one (a fresh store) skipped the catch-up entirely and lost such
+                // a push for good (found by `cargo xtask sim`: 2 steps, send then crash).
                 shared.store.set_sync_mark(mark).await?;
+                shared.store.flush().await?;
             }
             shared
                 .distributor

@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
-use im_service::{ConversationId, Message, ServerMsgId, Timestamp, UserId};
+use im_service::{ConversationId, Message, Seq, ServerMsgId, Timestamp, UserId};
 
 use crate::store::ConversationState;
 
@@ -51,13 +51,39 @@ impl ConversationSummary {
 /// Sort key: pinned first, newest first, then id for a total, stable order.
 type OrderKey = (Reverse<bool>, Reverse<Timestamp>, ConversationId);
 
+/// A message's place in its conversation, in the store's order: server time, then the
+/// vendor's sequence, then id. Two messages in one millisecond are told apart by their
+/// sequence, not by comparing id strings (where "m:10" < "m:8": an own reply then failed to
+/// clear the message it answered; found by `cargo xtask sim`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    time: Timestamp,
+    seq: Option<Seq>,
+    id: ServerMsgId,
+}
+
+impl Position {
+    fn of(m: &Message) -> Self {
+        Self {
+            time: m.server_time,
+            seq: m.seq,
+            id: m.server_id.clone(),
+        }
+    }
+
+    /// The saved form ([`ConversationState::read_up_to`]), which has no sequence.
+    fn saved(&self) -> (Timestamp, ServerMsgId) {
+        (self.time, self.id.clone())
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     summary: ConversationSummary,
     /// Unread messages from others after the read position (dedups re-deliveries).
-    unread: BTreeSet<(Timestamp, ServerMsgId)>,
-    /// Everything at or before this (server time, id) is read.
-    read_up_to: Option<(Timestamp, ServerMsgId)>,
+    unread: BTreeSet<Position>,
+    /// Everything at or before this position is read.
+    read_up_to: Option<Position>,
 }
 
 /// The list of one user's conversations.
@@ -100,12 +126,12 @@ impl ConversationList {
     pub fn on_message(&mut self, message: &Message) -> ConversationSummary {
         let me = self.me.clone();
         self.update(&message.conversation, |e| {
-            let pos = (message.server_time, message.server_id.clone());
+            let pos = Position::of(message);
             let newer = e
                 .summary
                 .last_message
                 .as_ref()
-                .is_none_or(|last| (last.server_time, &last.server_id) < (pos.0, &pos.1));
+                .is_none_or(|last| Position::of(last) < pos);
             if newer {
                 e.summary.last_message = Some(message.clone());
             }
@@ -129,7 +155,7 @@ impl ConversationList {
         let summary = self.update(id, |e| {
             last = e.summary.last_message.clone();
             if let Some(m) = &last {
-                e.read_up_to = Some((m.server_time, m.server_id.clone()));
+                e.read_up_to = Some(Position::of(m));
             }
             e.unread.clear();
         });
@@ -171,17 +197,19 @@ impl ConversationList {
             pinned: e.summary.pinned,
             muted: e.summary.muted,
             draft: e.summary.draft.clone(),
-            read_up_to: e.read_up_to.clone(),
+            read_up_to: e.read_up_to.as_ref().map(Position::saved),
         })
     }
 
-    /// Rebuilds a row after a restart from its saved state, its newest stored message and
-    /// the stored messages after its read position.
+    /// Rebuilds a row after a restart from its saved state, its newest stored message, the
+    /// stored message at its read position (`read`: it gives the position its sequence; when
+    /// it is gone the saved time and id are used) and the stored messages after it.
     pub fn restore(
         &mut self,
         id: &ConversationId,
         state: Option<&ConversationState>,
         last: Option<Message>,
+        read: Option<&Message>,
         after_read: &[Message],
     ) -> ConversationSummary {
         let me = self.me.clone();
@@ -190,13 +218,20 @@ impl ConversationList {
                 e.summary.pinned = st.pinned;
                 e.summary.muted = st.muted;
                 e.summary.draft = st.draft.clone();
-                e.read_up_to = st.read_up_to.clone();
+                e.read_up_to = match (read, &st.read_up_to) {
+                    (Some(m), Some((_, saved))) if &m.server_id == saved => Some(Position::of(m)),
+                    (_, saved) => saved.clone().map(|(time, id)| Position {
+                        time,
+                        seq: None,
+                        id,
+                    }),
+                };
             }
             e.summary.last_message = last;
             e.unread = after_read
                 .iter()
                 .filter(|m| m.sender != me)
-                .map(|m| (m.server_time, m.server_id.clone()))
+                .map(Position::of)
                 .filter(|pos| e.read_up_to.as_ref().is_none_or(|r| pos > r))
                 .collect();
         })
@@ -261,6 +296,44 @@ mod tests {
             .into_iter()
             .map(|s| s.id.to_string())
             .collect()
+    }
+
+    /// Two messages in one millisecond: the vendor's sequence orders them, not the id
+    /// strings ("m:10" < "m:8"). My reply (seq 2) reads the peer's message (seq 1), live
+    /// and after a restart. (Found by `cargo xtask sim`, seed 2026, schedule 115.)
+    #[test]
+    fn a_reply_in_the_same_millisecond_reads_what_it_answers() {
+        let conv = ConversationId::group("g");
+        let at = |id: &str, from: &str, seq: u64| Message {
+            server_id: ServerMsgId::new(id),
+            seq: Some(Seq(seq)),
+            server_time: Timestamp::from_millis(1009),
+            ..msg(&conv, from, 1009)
+        };
+        let (theirs, mine) = (at("m:8", "peer", 1), at("m:10", "me", 2));
+        let mut list = ConversationList::new(UserId::new("me"));
+        list.on_message(&theirs);
+        assert_eq!(list.get(&conv).map(|s| s.unread), Some(1));
+        let row = list.on_message(&mine);
+        assert_eq!(row.unread, 0, "my reply read the message before it");
+        assert_eq!(
+            row.last_message.as_ref(),
+            Some(&mine),
+            "the reply is the last"
+        );
+
+        // After a restart: the saved read position (my reply) resolves to the message.
+        let mut saved = list.state(&conv).expect("state");
+        saved.read_up_to = Some((mine.server_time, mine.server_id.clone()));
+        let mut again = ConversationList::new(UserId::new("me"));
+        let row = again.restore(
+            &conv,
+            Some(&saved),
+            Some(mine.clone()),
+            Some(&mine),
+            &[theirs.clone(), mine.clone()],
+        );
+        assert_eq!(row.unread, 0, "still read after a restart");
     }
 
     #[test]

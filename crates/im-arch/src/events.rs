@@ -15,7 +15,10 @@ use crate::store::SendStatus;
 /// The connection supervisor's state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConnectionState {
-    /// Not started, or between connections.
+    /// Not started, or between connections; also while the app has marked the network
+    /// down ([`ImClient::set_network_available`](crate::ImClient::set_network_available)):
+    /// no connection attempt is made until it is back. Not terminal: the client goes on by
+    /// itself.
     Disconnected,
     /// Opening the connection and authenticating.
     Connecting,
@@ -23,7 +26,9 @@ pub enum ConnectionState {
     Syncing,
     /// Up to date and taking live pushes.
     Online,
-    /// Waiting before reconnect attempt `attempt`.
+    /// Waiting before reconnect attempt `attempt` (the backoff's jittered delay), or before
+    /// the first attempt after the network came back (`attempt` 1, a delay drawn like the
+    /// first reconnect's, so a fleet regaining the network does not reconnect at once).
     Reconnecting {
         /// 1-based attempt number.
         attempt: u32,

@@ -127,6 +127,18 @@ impl HistoryGap {
 mod tests {
     use super::*;
 
+    /// A range that starts exactly at the horizon is servable: no gap (not an empty one).
+    /// Found by cargo-mutants (`>` → `>=` survived).
+    #[test]
+    fn a_range_starting_at_the_horizon_has_no_gap() {
+        let (from, to) = (Timestamp::from_millis(1_000), Timestamp::from_millis(5_000));
+        assert_eq!(HistoryGap::before_horizon("v", Some(from), from, to), None);
+        assert_eq!(HistoryGap::before_horizon("v", None, from, to), None);
+        let gap = HistoryGap::before_horizon("v", Some(Timestamp::from_millis(1_001)), from, to)
+            .expect("a millisecond before the horizon is a gap");
+        assert_eq!((gap.from, gap.to), (from, Timestamp::from_millis(1_001)));
+    }
+
     /// The window a message of age `age` falls in as of `now` (`[from, to)` ranges).
     fn window_of(now: Timestamp, age: Duration) -> Vec<HistoryWindow> {
         let at = now.minus(age);

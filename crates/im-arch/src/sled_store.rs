@@ -264,6 +264,13 @@ impl SledStore {
         })
     }
 
+    /// Fuzzing and corruption tests only, not part of the API: the underlying sled
+    /// database, to write garbage behind the store's back (`tests/fuzz_store.rs`).
+    #[doc(hidden)]
+    pub fn raw_db(&self) -> &sled::Db {
+        &self.db
+    }
+
     fn write_lock(&self) -> MutexGuard<'_, ()> {
         // The guarded data is `()`: a poisoned lock carries no torn state.
         self.write.lock().unwrap_or_else(|e| e.into_inner())
@@ -405,7 +412,16 @@ impl Store for SledStore {
                 None => 0,
             };
             for value in &entries {
-                head += 1;
+                // Checked: a damaged head of `u64::MAX` made this overflow, a panic in debug
+                // builds (found by the fuzz target `sled_store_entries`); no position is left
+                // after it, so the entry is reported corrupt.
+                head = head.checked_add(1).ok_or_else(|| {
+                    ConflictableTransactionError::Abort(corrupt(
+                        JOURNAL,
+                        JOURNAL_HEAD,
+                        "the journal head is at u64::MAX: no position left",
+                    ))
+                })?;
                 jour.insert(journal_entry_key(head).as_slice(), value.as_slice())?;
             }
             let encoded = encode_value(&head).map_err(ConflictableTransactionError::Abort)?;

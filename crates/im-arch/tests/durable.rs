@@ -216,3 +216,51 @@ async fn acknowledging_what_was_not_handed_out_is_refused() {
     assert!(client.durable_subscription("").await.is_err(), "empty name");
     client.logout().await;
 }
+
+/// Names: 1 to 200 bytes (exactly 200 is accepted, 201 refused), and a subscription knows
+/// its own name (in its accessor and its `Debug`). Found by cargo-mutants: the bound
+/// `> MAX_NAME` could become `>=` unnoticed.
+#[tokio::test]
+async fn names_of_one_to_two_hundred_bytes_are_accepted_and_known() {
+    let w = world(0);
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone()).build();
+    let longest = "n".repeat(200);
+    let sub = client
+        .durable_subscription(&longest)
+        .await
+        .expect("a 200-byte name is accepted");
+    assert_eq!(sub.name(), longest);
+    assert!(format!("{sub:?}").contains(&longest), "{sub:?}");
+    let refused = client.durable_subscription(&"n".repeat(201)).await;
+    assert!(
+        matches!(refused, Err(ArchError::InvalidArgument(_))),
+        "a 201-byte name: {refused:?}"
+    );
+}
+
+/// Removing a subscription forgets its position: opened again, it starts afresh at the
+/// journal's head (it does not replay what it had not acknowledged). Found by
+/// cargo-mutants: `remove_durable_subscription` could do nothing unnoticed.
+#[tokio::test]
+async fn a_removed_subscription_starts_afresh_at_the_head() {
+    let w = world(1);
+    queue_offline(&w, 3).await;
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone()).build();
+    let mut sub = client.durable_subscription("ledger").await.unwrap();
+    client.login().await.unwrap();
+    let got = read(&mut sub, 3, 10).await;
+    sub.ack(got[0].position).await.unwrap();
+    drop(sub);
+    let kept = client.durable_subscription("ledger").await.unwrap();
+    assert_eq!(kept.acked(), got[0].position, "kept while registered");
+    drop(kept);
+
+    client.remove_durable_subscription("ledger").await.unwrap();
+    let fresh = client.durable_subscription("ledger").await.unwrap();
+    assert_eq!(
+        fresh.acked(),
+        got[2].position,
+        "re-registered at the head, not at its old position"
+    );
+    client.logout().await;
+}

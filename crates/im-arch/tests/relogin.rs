@@ -210,3 +210,37 @@ async fn a_login_right_after_a_refusal_never_gets_the_stale_refusal() {
         client.logout().await;
     }
 }
+
+/// `login()` and `logout()` are cancel-safe: an app that puts a timeout around them (or
+/// drops the future) at any point loses nothing, and the next call finishes the job.
+/// (Found by `cargo xtask sim`: a login dropped while it took back a kicked supervisor's
+/// event stream lost the stream, and every later login answered `Stopped`.)
+#[tokio::test(start_paused = true)]
+async fn login_and_logout_survive_being_cancelled_at_any_point() {
+    let w = world().await;
+    let client = client_of(&w, w.bob.clone());
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    let other_device = w.vendor.client();
+    for round in 0..20u64 {
+        // Kicked by another device, then a login given up after `round` polls' worth of
+        // paused time (0 gives up at its first await, mid-reclaim).
+        other_device.login(&w.bob).await.unwrap();
+        wait_for(&mut sub, "the kick", |e| {
+            matches!(e, ClientEvent::State(ConnectionState::Kicked(_)))
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_micros(round * 50), client.login()).await;
+        // A logout given up half way as well, on odd rounds.
+        if round % 2 == 1 {
+            let _ = tokio::time::timeout(Duration::ZERO, client.logout()).await;
+        }
+        tokio::time::timeout(DEADLINE, client.login())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: login hung after a cancelled call"))
+            .unwrap_or_else(|e| panic!("round {round}: login after a cancelled call: {e:?}"));
+        assert!(client.state().is_online(), "round {round}");
+        receives(&w, &mut sub, &format!("round {round}")).await;
+    }
+    client.logout().await;
+}

@@ -115,22 +115,69 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion { found: version });
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice::<T, _>(body, config()).map_err(map_decode_error)?;
+    let (value, used) = decode_body::<T>(body).map_err(|e| map_decode_error(e, body.len()))?;
     if used != body.len() {
         return Err(CodecError::TrailingBytes(body.len() - used));
     }
     Ok(value)
 }
 
-fn map_decode_error(e: bincode::error::DecodeError) -> CodecError {
+/// What a valid body of `len` bytes can claim at most (see [`decode_body`]).
+fn claim_bound(len: usize) -> usize {
+    len.saturating_mul(CLAIM_RATIO).saturating_add(64)
+}
+
+/// bincode counts a "claim" for every value it decodes: a string's or byte vector's length,
+/// a primitive's in-memory size. A claim is never more than this many times the bytes it
+/// was read from (a `u128` from a 1-byte varint), so a valid body of `n` bytes never claims
+/// more than [`claim_bound`]`(n)`.
+const CLAIM_RATIO: usize = 16;
+
+/// Decodes a body with a claim limit tied to its length: the smallest of a few tiers (each
+/// 8 times the last, up to the codec's limit) above [`claim_bound`]. A valid body never
+/// meets its limit; a short hostile body whose length prefix claims megabytes (bincode
+/// allocates a string's claimed length before reading it) is refused before allocating,
+/// so decoding `n` bytes allocates at most about 128 `n` bytes plus serde's cautious
+/// preallocation of sequences (at most 1 MiB each). Found by `tests/fuzz_decoders.rs`: a
+/// 493-byte frame made the decoder allocate 4 MiB (up to 16 MiB was possible).
+fn decode_body<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    let need = claim_bound(body.len());
+    macro_rules! with_limit {
+        ($limit:expr) => {
+            bincode::serde::decode_from_slice::<T, _>(
+                body,
+                bincode::config::standard().with_limit::<{ $limit }>(),
+            )
+        };
+    }
+    if need <= 2 << 10 {
+        with_limit!(2 << 10)
+    } else if need <= 16 << 10 {
+        with_limit!(16 << 10)
+    } else if need <= 128 << 10 {
+        with_limit!(128 << 10)
+    } else if need <= 1 << 20 {
+        with_limit!(1 << 20)
+    } else if need <= 8 << 20 {
+        with_limit!(8 << 20)
+    } else {
+        bincode::serde::decode_from_slice::<T, _>(body, config())
+    }
+}
+
+fn map_decode_error(e: bincode::error::DecodeError, body_len: usize) -> CodecError {
     use bincode::error::DecodeError as D;
     match e {
         D::UnexpectedEnd { .. } => CodecError::Truncated,
-        D::LimitExceeded => CodecError::Oversized {
+        // Under the codec's own limit: the value is too large for any input.
+        D::LimitExceeded if claim_bound(body_len) > 8 << 20 => CodecError::Oversized {
             len: MAX_ENCODED_LEN,
             max: MAX_ENCODED_LEN,
         },
+        // Under a tier's limit: a length claims more bytes than the input holds.
+        D::LimitExceeded => CodecError::Truncated,
         other => CodecError::Malformed(other.to_string()),
     }
 }
@@ -349,5 +396,24 @@ mod tests {
             0xFF,
         ];
         assert!(decode::<Vec<u8>>(&bytes).is_err());
+    }
+
+    #[test]
+    fn short_input_claiming_a_long_string_is_truncated() {
+        // Version byte, a varint claiming a 4 MiB string (252 = u32 follows), 3 bytes of it.
+        let mut bytes = vec![FORMAT_VERSION, 252];
+        bytes.extend_from_slice(&(4u32 << 20).to_le_bytes());
+        bytes.extend_from_slice(b"abc");
+        assert_eq!(decode::<String>(&bytes), Err(CodecError::Truncated));
+    }
+
+    #[test]
+    fn claims_of_valid_values_stay_under_the_tier_limits() {
+        // The worst claim ratio: u128 (16 bytes claimed per 1-byte varint), at every tier edge.
+        for n in [1usize, 100, 127, 128, 1000, 1023, 1024, 8191, 8192, 70_000] {
+            let v = vec![0u128; n];
+            let bytes = encode(&v).unwrap();
+            assert_eq!(decode::<Vec<u128>>(&bytes).unwrap(), v, "{n} u128s");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod faulty;
 pub mod harness;
 pub mod reference;
 pub mod runner;
+pub mod sim;
 
 pub use faulty::{FaultyVendor, Hook, PushFaults};
 pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};

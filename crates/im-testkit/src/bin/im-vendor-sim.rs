@@ -1,5 +1,7 @@
 //! `im-vendor-sim`: the reference vendor as a standalone server, with accounts from flags
-//! or a file and every fault settable from the command line.
+//! or a file and every fault settable from the command line; with `--control`, driven
+//! line by line from stdin (drop every connection, count and time login attempts), as the
+//! reconnect-storm test and `im-storm` do.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,6 +81,69 @@ struct Args {
     /// Secret for callback signatures (required with --callback-url).
     #[arg(long, env = "IM_CALLBACK_SECRET")]
     callback_secret: Option<String>,
+    /// Read commands from stdin, one per line, each answered with one line on stdout:
+    /// `drop-all` (break every connection; answers `dropped UNIX_MS`), `record-logins`
+    /// (start timing login requests; `recording`), `logins` (the recorded ones since the
+    /// last call: `logins N USER=UNIX_MS …`), `stats` (`stats open=N accepted=N logins=N`),
+    /// `quit`. The server stops when stdin closes.
+    #[arg(long)]
+    control: bool,
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms(t: std::time::SystemTime) -> u128 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The answer to one `--control` command; `None` for `quit`.
+fn control(server: &ReferenceServer, command: &str) -> Option<String> {
+    Some(match command.trim() {
+        "drop-all" => {
+            server.drop_all_connections();
+            format!("dropped {}", unix_ms(std::time::SystemTime::now()))
+        }
+        "record-logins" => {
+            server.record_logins();
+            "recording".into()
+        }
+        "logins" => {
+            let logins = server.take_logins();
+            let mut line = format!("logins {}", logins.len());
+            for l in &logins {
+                line.push_str(&format!(" {}={}", l.user, unix_ms(l.at)));
+            }
+            line
+        }
+        "stats" => format!(
+            "stats open={} accepted={} logins={}",
+            server.connections(),
+            server.accepted_connections(),
+            server.login_attempts()
+        ),
+        "quit" => return None,
+        other => format!("error unknown command {other:?}"),
+    })
+}
+
+/// Serves `--control` commands from stdin until `quit` or the end of stdin.
+async fn control_loop(server: &ReferenceServer) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Blocking reads on a thread of their own (tokio's stdin would need another feature).
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        match control(server, &line) {
+            Some(answer) => println!("{answer}"),
+            None => return,
+        }
+    }
 }
 
 fn parse_fail_next(spec: &str) -> Result<(VendorOp, u32, ServiceError)> {
@@ -205,9 +270,16 @@ async fn main() -> Result<()> {
         tracing::warn!(seconds = len, "injected outage");
         server.outage(Duration::from_secs(len));
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for ctrl-c")?;
+    if args.control {
+        tokio::select! {
+            stop = tokio::signal::ctrl_c() => stop.context("waiting for ctrl-c")?,
+            () = control_loop(&server) => {}
+        }
+    } else {
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for ctrl-c")?;
+    }
     println!("shutting down");
     server.shutdown().await;
     Ok(())

@@ -8,4 +8,4 @@ pub mod faults;
 pub mod server;
 
 pub use faults::Faults;
-pub use server::{ReferenceServer, ServerConfig};
+pub use server::{LoginRecord, ReferenceServer, ServerConfig};

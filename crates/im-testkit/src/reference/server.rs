@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::{SinkExt, StreamExt};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::protocol::DEFAULT_MAX_FRAME_LEN;
 use im_service::reference::{ClientFrame, Reply, Request, ServerFrame, WireCodec};
-use im_service::{Capabilities, ServiceError, ShiftedClock, Vendor, VendorEvent};
+use im_service::{Capabilities, ServiceError, ShiftedClock, UserId, Vendor, VendorEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -64,6 +64,16 @@ impl Default for ServerConfig {
     }
 }
 
+/// One login request the server received (see [`ReferenceServer::record_logins`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRecord {
+    /// Who tried to log in.
+    pub user: UserId,
+    /// When the request arrived, by the wall clock (comparable across processes on one
+    /// machine, which is what a reconnect-storm measurement needs).
+    pub at: SystemTime,
+}
+
 /// State every connection task shares.
 struct Shared {
     vendor: MemoryVendor,
@@ -75,6 +85,12 @@ struct Shared {
     outage_until: Mutex<Option<Instant>>,
     connections: AtomicUsize,
     next_connection: AtomicU64,
+    /// TCP connections accepted, including those an outage dropped at once.
+    accepted: AtomicU64,
+    /// Login requests received.
+    logins: AtomicU64,
+    /// Each login request, while recording ([`ReferenceServer::record_logins`]).
+    login_log: Mutex<Option<Vec<LoginRecord>>>,
     cancel: CancellationToken,
 }
 
@@ -91,6 +107,21 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|t| Instant::now() < t)
+    }
+
+    fn note_login(&self, user: &UserId) {
+        self.logins.fetch_add(1, Ordering::SeqCst);
+        if let Some(log) = self
+            .login_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            log.push(LoginRecord {
+                user: user.clone(),
+                at: SystemTime::now(),
+            });
+        }
     }
 }
 
@@ -135,6 +166,9 @@ impl ReferenceServer {
             outage_until: Mutex::new(None),
             connections: AtomicUsize::new(0),
             next_connection: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
+            login_log: Mutex::new(None),
             cancel,
             config,
         });
@@ -197,9 +231,47 @@ impl ReferenceServer {
         self.shared.outage_generation.send_modify(|g| *g += 1);
     }
 
+    /// Breaks every open connection now, as a network failure on the server's side would
+    /// (the clients see their connection lost); new connections are accepted as before.
+    pub fn drop_all_connections(&self) {
+        self.outage(Duration::ZERO);
+    }
+
     /// Open connections right now.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted since start (including any an outage dropped at once).
+    pub fn accepted_connections(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Login requests received since start (refused ones included).
+    pub fn login_attempts(&self) -> u64 {
+        self.shared.logins.load(Ordering::SeqCst)
+    }
+
+    /// Starts keeping a record of every login request (who, when); an earlier record is
+    /// discarded. Off by default: a long-running server would grow it without bound.
+    pub fn record_logins(&self) {
+        *self
+            .shared
+            .login_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// The login requests recorded since [`ReferenceServer::record_logins`] or the previous
+    /// call (recording goes on); empty when not recording.
+    pub fn take_logins(&self) -> Vec<LoginRecord> {
+        self.shared
+            .login_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Counters of the callback dispatcher, if callbacks are configured.
@@ -256,6 +328,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
                 continue;
             }
         };
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
         if shared.in_outage() {
             drop(stream);
             continue;
@@ -446,6 +519,7 @@ async fn handle(
     if let Request::Login(creds) = &request {
         // Recorded on the connection span, so every later line of it names the user.
         tracing::Span::current().record("user", tracing::field::display(&creds.user));
+        out.shared.note_login(&creds.user);
     }
     let span = tracing::debug_span!("request", id, kind);
     let (result, flow) = async {
