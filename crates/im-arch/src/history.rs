@@ -127,6 +127,16 @@ impl HistoryGap {
 mod tests {
     use super::*;
 
+    /// The vendor as a history source goes by the vendor's name (gap reasons name it).
+    #[test]
+    fn the_vendor_history_source_is_named_after_the_vendor() {
+        let vendor = im_service::memory::MemoryVendor::new(Default::default());
+        let client: Arc<dyn im_service::Vendor> = Arc::new(vendor.client());
+        let name = client.name().to_string();
+        assert!(!name.is_empty());
+        assert_eq!(VendorHistory(client).name(), name);
+    }
+
     /// A range that starts exactly at the horizon is servable: no gap (not an empty one).
     /// Found by cargo-mutants (`>` → `>=` survived).
     #[test]

@@ -208,6 +208,55 @@ mod tests {
         ));
     }
 
+    /// A retry that starts exactly at the deadline is still made; only one that would
+    /// start after it is not. (Found by cargo-mutants: `>` → `>=` survived.)
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_starts_exactly_at_the_deadline_is_made() {
+        let calls = AtomicU32::new(0);
+        let at_the_edge = RetryPolicy {
+            deadline: Some(Duration::from_secs(1)),
+            ..fixed(5)
+        };
+        let result = at_the_edge
+            .run(
+                "send",
+                |_| async {},
+                || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n == 0 {
+                            Err(ServiceError::Timeout(Duration::from_secs(1)))
+                        } else {
+                            Ok(n)
+                        }
+                    }
+                },
+            )
+            .await;
+        assert_eq!(result.ok(), Some(1), "the retry at t = deadline ran");
+        let past = RetryPolicy {
+            deadline: Some(Duration::from_millis(999)),
+            ..fixed(5)
+        };
+        calls.store(0, Ordering::SeqCst);
+        let result = past
+            .run(
+                "send",
+                |_| async {},
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err::<u32, _>(ServiceError::Timeout(Duration::from_secs(1))) }
+                },
+            )
+            .await;
+        assert!(result.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "no retry past the deadline"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn permanent_errors_are_not_retried() {
         let calls = AtomicU32::new(0);

@@ -135,6 +135,24 @@ mod tests {
         }
     }
 
+    /// Skipping to a sequence that is already held releases nothing at or below it and
+    /// leaves no stale entry behind (no phantom hole). (Found by cargo-mutants: the
+    /// `retain` bound `>` → `>=` survived.)
+    #[test]
+    fn skipping_to_a_held_sequence_leaves_no_phantom_hole() {
+        let conv = ConversationId::group("g");
+        let mut s = Sequencer::new([]);
+        assert_eq!(s.admit(msg(&conv, 1)).len(), 1);
+        assert!(
+            s.admit(msg(&conv, 5)).is_empty(),
+            "held behind the hole 2..4"
+        );
+        assert!(s.skip_to(&conv, Seq(5)).is_empty());
+        assert_eq!(s.delivered(&conv), Seq(5));
+        assert!(s.gaps().is_empty(), "no hole left: {:?}", s.gaps());
+        assert_eq!(s.admit(msg(&conv, 6)).len(), 1, "the next one flows");
+    }
+
     fn seqs(ms: &[Message]) -> Vec<u64> {
         ms.iter().filter_map(|m| m.seq.map(|s| s.0)).collect()
     }
