@@ -182,7 +182,10 @@ mod tests {
                     async {}
                 },
                 || {
-                    calls.fetch_add(1, Ordering::SeqCst);
+                    // A runaway loop (attempts never counted up) fails here by name
+                    // instead of spinning forever.
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    assert!(n < 100, "runaway retry loop: {n} calls for 4 attempts");
                     async { Err(ServiceError::Timeout(Duration::from_secs(1))) }
                 },
             )
