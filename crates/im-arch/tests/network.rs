@@ -6,18 +6,15 @@
 // Test helpers outside #[test] fns: a panic is how they fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use im_arch::{Backoff, ClientConfig, ClientEvent, ConnectionState, ImClient, Jitter};
-use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig};
+use im_service::memory::{MemoryVendor, MemoryVendorConfig};
 use im_service::{
-    Capabilities, Content, ConversationId, Credentials, EventStream, HistoryPage, HistoryQuery,
-    OfflineAck, OfflineBatch, OutgoingMessage, SendReceipt, ServerMsgId, ServiceError, Session,
-    Timestamp, UserId, Vendor,
+    Content, ConversationId, Credentials, OutgoingMessage, Timestamp, UserId, Vendor,
 };
+use im_testkit::cases::GatedVendor;
 use tokio::time::Instant;
 
 /// Reconnect backoff of these tests: full jitter, ceilings 1 s, 2 s, 4 s, 8 s.
@@ -33,76 +30,6 @@ fn config(jitter: Jitter) -> ClientConfig {
             jitter,
         },
         ..ClientConfig::default()
-    }
-}
-
-/// A memory client that records when each login was attempted and can refuse them (a dead
-/// link, as the client sees it).
-struct Counting {
-    inner: MemoryClient,
-    logins: Mutex<Vec<Instant>>,
-    refuse: AtomicBool,
-}
-
-impl Counting {
-    fn new(inner: MemoryClient) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            logins: Mutex::new(Vec::new()),
-            refuse: AtomicBool::new(false),
-        })
-    }
-
-    fn logins(&self) -> Vec<Instant> {
-        self.logins.lock().unwrap().clone()
-    }
-}
-
-#[async_trait]
-impl Vendor for Counting {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    fn take_events(&self) -> Option<EventStream> {
-        self.inner.take_events()
-    }
-    async fn login(&self, credentials: &Credentials) -> Result<Session, ServiceError> {
-        self.logins.lock().unwrap().push(Instant::now());
-        if self.refuse.load(Ordering::SeqCst) {
-            return Err(ServiceError::ConnectionLost("network unreachable".into()));
-        }
-        self.inner.login(credentials).await
-    }
-    async fn logout(&self) -> Result<(), ServiceError> {
-        self.inner.logout().await
-    }
-    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ServiceError> {
-        self.inner.send(message).await
-    }
-    async fn pull_offline(&self, max: u32) -> Result<OfflineBatch, ServiceError> {
-        self.inner.pull_offline(max).await
-    }
-    async fn ack_offline(&self, ack: &OfflineAck) -> Result<(), ServiceError> {
-        self.inner.ack_offline(ack).await
-    }
-    async fn go_online(&self) -> Result<(), ServiceError> {
-        self.inner.go_online().await
-    }
-    async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage, ServiceError> {
-        self.inner.pull_history(query).await
-    }
-    async fn ping(&self) -> Result<Duration, ServiceError> {
-        self.inner.ping().await
-    }
-    async fn mark_read(
-        &self,
-        conversation: &ConversationId,
-        up_to: &ServerMsgId,
-    ) -> Result<(), ServiceError> {
-        self.inner.mark_read(conversation, up_to).await
     }
 }
 
@@ -136,13 +63,13 @@ fn counted_client(
     vendor: &MemoryVendor,
     name: &str,
     jitter: Jitter,
-) -> (Arc<Counting>, ImClient, Credentials) {
+) -> (Arc<GatedVendor>, ImClient, Credentials) {
     let creds = vendor.register_user(&UserId::new(name));
-    let counting = Counting::new(vendor.client());
-    let client = ImClient::builder(counting.clone(), creds.clone())
+    let gated = Arc::new(GatedVendor::new(Arc::new(vendor.client())));
+    let client = ImClient::builder(gated.clone(), creds.clone())
         .config(config(jitter))
         .build();
-    (counting, client, creds)
+    (gated, client, creds)
 }
 
 #[tokio::test(start_paused = true)]
@@ -150,11 +77,11 @@ async fn no_connection_attempt_while_the_network_is_known_down() {
     let vendor = MemoryVendor::new(MemoryVendorConfig::default());
     // Without jitter the delays are exact: the one after the network is back is the first
     // retry's ceiling, not the grown backoff's (8 s), whatever the random draws.
-    let (counting, alice, creds) = counted_client(&vendor, "alice", Jitter::None);
+    let (gated, alice, creds) = counted_client(&vendor, "alice", Jitter::None);
     let bob_creds = vendor.register_user(&UserId::new("bob"));
     let mut events = alice.subscribe();
     alice.login().await.unwrap();
-    assert_eq!(counting.logins().len(), 1);
+    assert_eq!(gated.login_times().len(), 1);
 
     // Marking the network down does not drop a live connection: heartbeats decide.
     alice.set_network_available(false);
@@ -168,10 +95,10 @@ async fn no_connection_attempt_while_the_network_is_known_down() {
     alice.set_network_available(true);
 
     // The link dies and stays dead: attempts fail and the backoff grows (ceilings up to 8 s).
-    counting.refuse.store(true, Ordering::SeqCst);
+    gated.refuse_logins(true);
     vendor.disconnect(&creds.user);
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let failed = counting.logins().len() - 1;
+    let failed = gated.login_times().len() - 1;
     assert!(
         failed >= 3,
         "expected failing reconnect attempts before the network is marked down, saw {failed}"
@@ -186,11 +113,11 @@ async fn no_connection_attempt_while_the_network_is_known_down() {
         |s| *s == ConnectionState::Disconnected,
     )
     .await;
-    let before = counting.logins().len();
+    let before = gated.login_times().len();
     alice.reconnect_now().await;
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(
-        counting.logins().len(),
+        gated.login_times().len(),
         before,
         "login attempted while the network was known down (reconnect_now included)"
     );
@@ -210,7 +137,7 @@ async fn no_connection_attempt_while_the_network_is_known_down() {
         .unwrap();
 
     // Back up: one attempt within the first retry's ceiling (not the grown backoff), online.
-    counting.refuse.store(false, Ordering::SeqCst);
+    gated.refuse_logins(false);
     let up = Instant::now();
     alice.set_network_available(true);
     state_within(
@@ -220,7 +147,7 @@ async fn no_connection_attempt_while_the_network_is_known_down() {
         |s| *s == ConnectionState::Online,
     )
     .await;
-    let after: Vec<Duration> = counting.logins()[before..]
+    let after: Vec<Duration> = gated.login_times()[before..]
         .iter()
         .map(|t| t.duration_since(up))
         .collect();
@@ -255,7 +182,7 @@ async fn no_connection_attempt_while_the_network_is_known_down() {
 #[tokio::test(start_paused = true)]
 async fn login_while_the_network_is_down_waits_for_it() {
     let vendor = MemoryVendor::new(MemoryVendorConfig::default());
-    let (counting, alice, _) = counted_client(&vendor, "alice", Jitter::Full);
+    let (gated, alice, _) = counted_client(&vendor, "alice", Jitter::Full);
     alice.set_network_available(false);
     let login = tokio::time::timeout(Duration::from_secs(600), alice.login()).await;
     assert!(
@@ -263,7 +190,7 @@ async fn login_while_the_network_is_down_waits_for_it() {
         "login returned while the network was down: {login:?}"
     );
     assert!(
-        counting.logins().is_empty(),
+        gated.login_times().is_empty(),
         "the first login was attempted while the network was known down"
     );
     let up = Instant::now();
@@ -272,7 +199,7 @@ async fn login_while_the_network_is_down_waits_for_it() {
         .await
         .expect("not online within the first retry's ceiling after the network came back")
         .unwrap();
-    let logins = counting.logins();
+    let logins = gated.login_times();
     assert_eq!(logins.len(), 1, "expected one login, saw {logins:?}");
     assert!(logins[0].duration_since(up) <= BASE);
     alice.logout().await;
@@ -284,7 +211,7 @@ async fn login_while_the_network_is_down_waits_for_it() {
 async fn a_fleet_regaining_the_network_reconnects_spread_over_the_jitter_window() {
     const FLEET: usize = 200;
     let vendor = MemoryVendor::new(MemoryVendorConfig::default());
-    let fleet: Vec<(Arc<Counting>, ImClient, Credentials)> = (0..FLEET)
+    let fleet: Vec<(Arc<GatedVendor>, ImClient, Credentials)> = (0..FLEET)
         .map(|i| counted_client(&vendor, &format!("user{i}"), Jitter::Full))
         .collect();
     for (_, client, _) in &fleet {
@@ -318,8 +245,8 @@ async fn a_fleet_regaining_the_network_reconnects_spread_over_the_jitter_window(
         .await;
     }
     let mut offsets = Vec::new();
-    for (i, (counting, _, _)) in fleet.iter().enumerate() {
-        let logins = counting.logins();
+    for (i, (gated, _, _)) in fleet.iter().enumerate() {
+        let logins = gated.login_times();
         assert_eq!(
             logins.len(),
             2,

@@ -1,6 +1,8 @@
 //! [`GatedVendor`]: a vendor wrapper that can hold logins at a gate and records the order of
 //! the calls it passes on, so a case or test can show that nothing is sent before
-//! authentication completes, or make something happen while a client is (re)connecting.
+//! authentication completes, or make something happen while a client is (re)connecting;
+//! it also timestamps login attempts and can refuse them (a dead link, as a client sees
+//! it), for the reconnect and network-state tests.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +35,10 @@ pub struct GatedVendor {
     inner: Arc<dyn Vendor>,
     gate: watch::Sender<bool>,
     calls: Mutex<Vec<GateCall>>,
+    /// When each login attempt started (tokio time: paused time in tests).
+    login_times: Mutex<Vec<tokio::time::Instant>>,
+    /// Refuse logins with `ConnectionLost` (without reaching the inner vendor).
+    refuse: std::sync::atomic::AtomicBool,
     /// Bumped on every recorded call, to wake [`GatedVendor::wait_until`].
     recorded: watch::Sender<u64>,
 }
@@ -54,6 +60,8 @@ impl GatedVendor {
             inner,
             gate: watch::channel(true).0,
             calls: Mutex::new(Vec::new()),
+            login_times: Mutex::new(Vec::new()),
+            refuse: std::sync::atomic::AtomicBool::new(false),
             recorded: watch::channel(0).0,
         }
     }
@@ -66,6 +74,21 @@ impl GatedVendor {
     /// Opens the gate: waiting logins go on.
     pub fn open(&self) {
         self.gate.send_replace(true);
+    }
+
+    /// From now on refuse (`true`) or pass on (`false`) logins: a refused one fails with
+    /// `ConnectionLost`, as a login over a dead network does.
+    pub fn refuse_logins(&self, refuse: bool) {
+        self.refuse
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// When each login attempt so far started, in order.
+    pub fn login_times(&self) -> Vec<tokio::time::Instant> {
+        self.login_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every call so far, in order.
@@ -119,7 +142,15 @@ impl Vendor for GatedVendor {
     }
 
     async fn login(&self, credentials: &Credentials) -> Result<Session, ServiceError> {
+        self.login_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tokio::time::Instant::now());
         self.record(GateCall::LoginStarted);
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            self.record(GateCall::LoginRefused);
+            return Err(ServiceError::ConnectionLost("network unreachable".into()));
+        }
         let mut gate = self.gate.subscribe();
         // The sender lives in `self`: `changed` cannot fail while we are borrowed.
         while !*gate.borrow_and_update() {
