@@ -17,7 +17,7 @@ struct Cli {
 enum Task {
     /// Check the crate graph against the layer rule.
     Layers,
-    /// Everything CI gates on: fmt, clippy, docs, layers, tests.
+    /// Everything CI gates on: fmt, clippy, docs, layers, tests, the simulation (2,000).
     Ci,
     /// Run the standardized case library against a vendor target (args go to
     /// `im-test-suite`: --vendor memory|reference, --category, --filter, --list).
@@ -160,7 +160,19 @@ fn main() -> Result<()> {
                 &[("RUSTDOCFLAGS", "-D warnings")],
             )?;
             xtask::layers::run()?;
-            run(&["test", "--workspace"])
+            run(&["test", "--workspace"])?;
+            // As in .ci/run: the deterministic simulation, 2,000 random schedules.
+            run(&[
+                "run",
+                "-q",
+                "-p",
+                "im-testkit",
+                "--bin",
+                "im-sim",
+                "--",
+                "--schedules",
+                "2000",
+            ])
         }
         Task::TestSuite { args } => {
             // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the
