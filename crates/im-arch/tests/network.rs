@@ -14,7 +14,7 @@ use im_service::memory::{MemoryVendor, MemoryVendorConfig};
 use im_service::{
     Content, ConversationId, Credentials, OutgoingMessage, Timestamp, UserId, Vendor,
 };
-use im_testkit::cases::GatedVendor;
+use im_testkit::GatedVendor;
 use tokio::time::Instant;
 
 /// Reconnect backoff of these tests: full jitter, ceilings 1 s, 2 s, 4 s, 8 s.

@@ -14,6 +14,7 @@ pub mod reference;
 pub mod runner;
 pub mod sim;
 
+pub use cases::{GateCall, GatedVendor};
 pub use faulty::{FaultyVendor, Hook, PushFaults};
 pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};
 pub use reference::{Faults, ReferenceServer, ServerConfig};
