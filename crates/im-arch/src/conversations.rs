@@ -336,6 +336,51 @@ mod tests {
         assert_eq!(row.unread, 0, "still read after a restart");
     }
 
+    /// A re-delivery of the message at the read position stays read, `mark_all_read`
+    /// clears every row, and `restore` trusts a resolved message only if it is the saved
+    /// one. (Found by cargo-mutants: `>` → `>=`/`==`, an empty `mark_all_read` and a
+    /// guard replaced by `true` survived.)
+    #[test]
+    fn read_positions_hold_through_redelivery_mark_all_and_restore() {
+        let (a, b) = (ConversationId::group("a"), ConversationId::group("b"));
+        let mut list = ConversationList::new(UserId::new("me"));
+        let read = msg(&a, "peer", 1);
+        list.on_message(&read);
+        list.mark_read(&a);
+        let row = list.on_message(&read);
+        assert_eq!(row.unread, 0, "the read message delivered again stays read");
+        assert_eq!(
+            list.on_message(&msg(&a, "peer", 2)).unread,
+            1,
+            "a newer one counts"
+        );
+
+        list.on_message(&msg(&b, "peer", 1));
+        assert_eq!(list.total_unread(), 2);
+        list.mark_all_read();
+        assert_eq!(list.total_unread(), 0, "mark_all_read clears every row");
+
+        // The saved position is message 1; a resolved message that is not it (message 3)
+        // must not move the read position.
+        let saved = ConversationState {
+            id: a.clone(),
+            pinned: false,
+            muted: false,
+            draft: None,
+            read_up_to: Some((read.server_time, read.server_id.clone())),
+        };
+        let mut again = ConversationList::new(UserId::new("me"));
+        let after = [msg(&a, "peer", 2), msg(&a, "peer", 3)];
+        let row = again.restore(
+            &a,
+            Some(&saved),
+            Some(msg(&a, "peer", 3)),
+            Some(&after[1]),
+            &after,
+        );
+        assert_eq!(row.unread, 2, "read up to message 1 only: {row:?}");
+    }
+
     #[test]
     fn pinned_first_then_by_the_later_of_message_and_draft() {
         let (a, b, c) = (
