@@ -357,11 +357,12 @@ mod tests {
 
         list.on_message(&msg(&b, "peer", 1));
         assert_eq!(list.total_unread(), 2);
+        assert_eq!((list.len(), list.is_empty()), (2, false));
         list.mark_all_read();
         assert_eq!(list.total_unread(), 0, "mark_all_read clears every row");
 
-        // The saved position is message 1; a resolved message that is not it (message 3)
-        // must not move the read position.
+        // After a restart, read up to message 1 (saved). The loader passes what follows the
+        // read message; the read message itself and my own messages never count.
         let saved = ConversationState {
             id: a.clone(),
             pinned: false,
@@ -369,15 +370,20 @@ mod tests {
             draft: None,
             read_up_to: Some((read.server_time, read.server_id.clone())),
         };
+        let after = [
+            read.clone(),
+            msg(&a, "peer", 2),
+            msg(&a, "me", 4),
+            msg(&a, "peer", 3),
+        ];
+        let last = Some(msg(&a, "peer", 3));
         let mut again = ConversationList::new(UserId::new("me"));
-        let after = [msg(&a, "peer", 2), msg(&a, "peer", 3)];
-        let row = again.restore(
-            &a,
-            Some(&saved),
-            Some(msg(&a, "peer", 3)),
-            Some(&after[1]),
-            &after,
-        );
+        let row = again.restore(&a, Some(&saved), last.clone(), Some(&read), &after);
+        assert_eq!(row.unread, 2, "messages 2 and 3 from the peer: {row:?}");
+        // A resolved message that is not the saved one (message 2) must not move the read
+        // position: the saved time and id are used instead.
+        let mut again = ConversationList::new(UserId::new("me"));
+        let row = again.restore(&a, Some(&saved), last, Some(&after[1]), &after[1..]);
         assert_eq!(row.unread, 2, "read up to message 1 only: {row:?}");
     }
 
