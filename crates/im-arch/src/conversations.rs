@@ -358,6 +358,8 @@ mod tests {
         list.on_message(&msg(&b, "peer", 1));
         assert_eq!(list.total_unread(), 2);
         assert_eq!((list.len(), list.is_empty()), (2, false));
+        let empty = ConversationList::new(UserId::new("me"));
+        assert_eq!((empty.len(), empty.is_empty()), (0, true));
         list.mark_all_read();
         assert_eq!(list.total_unread(), 0, "mark_all_read clears every row");
 
