@@ -710,3 +710,102 @@ async fn a_send_interrupted_by_a_connection_loss_stays_queued_and_goes_out_once(
     );
     client.logout().await;
 }
+
+/// A message of exactly the vendor's maximum size is accepted (only larger ones are
+/// refused). (cargo-mutants: `>` → `>=` survived.)
+#[tokio::test(start_paused = true)]
+async fn content_of_exactly_the_maximum_size_is_queued() {
+    let w = world();
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .build();
+    let max = w.vendor.capabilities().max_message_bytes;
+    client
+        .send(w.conv.clone(), Content::text("x".repeat(max)))
+        .await
+        .expect("exactly the maximum is allowed");
+    assert_eq!(client.outbox().await.unwrap().len(), 1);
+}
+
+/// Sends made after a restart queue behind the ones already waiting in the store: the
+/// queue position continues after the last stored item (it never reuses one, which would
+/// overwrite a waiting message). (cargo-mutants: `position + 1` → `- 1` / `* 1` survived.)
+#[tokio::test(start_paused = true)]
+async fn sends_after_a_restart_queue_behind_the_waiting_ones() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let client_on = |store: Arc<im_arch::SledStore>| {
+        ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+            .config(config())
+            .store(store)
+            .build()
+    };
+    {
+        let client = client_on(Arc::new(im_arch::SledStore::open(dir.path()).unwrap()));
+        for body in ["one", "two"] {
+            client
+                .send(w.conv.clone(), Content::text(body))
+                .await
+                .unwrap();
+        }
+    }
+    let client = client_on(Arc::new(im_arch::SledStore::open(dir.path()).unwrap()));
+    let three = client
+        .send(w.conv.clone(), Content::text("three"))
+        .await
+        .unwrap();
+    let outbox = client.outbox().await.unwrap();
+    let queued: Vec<(u64, String)> = outbox
+        .iter()
+        .map(|i| (i.position, format!("{:?}", i.message.content)))
+        .collect();
+    assert_eq!(queued.len(), 3, "nothing overwritten: {queued:?}");
+    assert!(
+        queued.windows(2).all(|p| p[0].0 < p[1].0),
+        "each send has its own, later position: {queued:?}"
+    );
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    status_of(&mut sub, &three, sent).await;
+    assert_eq!(bodies(&w), ["one", "two", "three"], "in queue order, once");
+    client.logout().await;
+}
+
+/// Pin, mute and draft are durable when the call returns: a crash right after (a store
+/// that keeps none of its unflushed writes, as the `Store` contract allows) keeps them.
+/// (cargo-mutants: `flush_state` → `()` and `set_muted` → `()` survived.)
+#[tokio::test(start_paused = true)]
+async fn conversation_settings_are_durable_when_the_call_returns() {
+    use im_testkit::sim::CrashStore;
+    let w = world();
+    let store = Arc::new(CrashStore::new());
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .store(store.clone())
+        .build();
+    client.login().await.unwrap();
+    client.set_pinned(&w.conv, true).await;
+    client.set_muted(&w.conv, true).await;
+    client.set_draft(&w.conv, Some("later".into())).await;
+    // The crash: the old instance is dead from here on; nothing was flushed for the test.
+    let after = Arc::new(store.crash(0, false).await.unwrap());
+    drop(client);
+    let client = ImClient::builder(Arc::new(w.vendor.client()), w.bob.clone())
+        .config(config())
+        .store(after)
+        .build();
+    client.login().await.unwrap();
+    let row = client
+        .conversations(0, 10)
+        .into_iter()
+        .next()
+        .expect("the row");
+    assert!(row.pinned, "pin survives: {row:?}");
+    assert!(row.muted, "mute survives: {row:?}");
+    assert_eq!(
+        row.draft.as_ref().map(|(d, _)| d.as_str()),
+        Some("later"),
+        "draft survives"
+    );
+    client.logout().await;
+}
