@@ -155,6 +155,13 @@ async fn a_failed_send_blocks_its_conversation_until_resent() {
             .collect::<Vec<_>>(),
         [a.clone(), b.clone(), c.clone()]
     );
+    // The failed head records its delivery round (cargo-mutants: `attempts += 1` →
+    // `*= 1` survived); the ones behind it were never tried.
+    assert_eq!(
+        queue.iter().map(|i| i.attempts).collect::<Vec<_>>(),
+        [1, 0, 0],
+        "attempts per queued item"
+    );
 
     client.resend(&a).await.unwrap();
     status_of(&mut sub, &c, sent).await;
