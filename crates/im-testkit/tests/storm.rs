@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use im_arch::{
     Backoff, ClientConfig, ClientEvent, ConnectionState, DeliveryPolicy, EventKind, Filter,
@@ -25,8 +25,7 @@ use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{
     Content, ConversationId, Credentials, OutgoingMessage, ServerMsgId, Timestamp, UserId, Vendor,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use im_testkit::reference::VendorSimControl;
 use tokio::time::Instant;
 
 /// Clients in the storm.
@@ -42,108 +41,43 @@ const ONLINE_BOUND: Duration = Duration::from_secs(2 * 3 + 20);
 /// Width of the histogram buckets of the spread check.
 const BUCKET_MS: u64 = 100;
 
-/// The `im-vendor-sim` process under `--control`; killed by its PID however the test ends
-/// (`kill_on_drop`).
-struct Sim {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    addr: SocketAddr,
-}
+/// The `im-vendor-sim` process under `--control` (killed with the handle however the test
+/// ends); every control call fails the test by name.
+struct Sim(VendorSimControl);
 
 impl Sim {
     async fn start(users_file: &std::path::Path) -> Sim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_im-vendor-sim"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--control",
-                "--retention-days",
-                "0",
-            ])
-            .args(["--idle-timeout-secs", "600", "--max-connections", "5000"])
-            .arg("--users-file")
-            .arg(users_file)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn im-vendor-sim");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("im-vendor-sim did not print its address within 60 s")
-            .expect("reading im-vendor-sim's stdout")
-            .expect("im-vendor-sim exited before printing its address");
-        let addr = first
-            .split_whitespace()
-            .find_map(|w| w.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("no address in {first:?}"));
-        Sim {
-            child,
-            stdin,
-            lines,
-            addr,
-        }
+        Sim(VendorSimControl::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_im-vendor-sim")),
+            users_file,
+            5000,
+            Duration::from_secs(600),
+            Stdio::null(),
+        )
+        .await
+        .expect("start im-vendor-sim --control"))
     }
 
-    /// Sends one control command and returns its one-line answer.
-    async fn command(&mut self, command: &str) -> String {
-        self.stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .expect("writing to im-vendor-sim");
-        self.stdin.flush().await.expect("flushing im-vendor-sim");
-        tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no answer to {command:?} within 30 s"))
-            .expect("reading im-vendor-sim")
-            .unwrap_or_else(|| panic!("im-vendor-sim exited on {command:?}"))
+    fn addr(&self) -> SocketAddr {
+        self.0.addr()
     }
 
-    /// Breaks every connection; the server's wall-clock time of the drop.
+    async fn record_logins(&mut self) {
+        self.0.record_logins().await.expect("record-logins");
+    }
+
     async fn drop_all(&mut self) -> SystemTime {
-        let answer = self.command("drop-all").await;
-        let ms: u64 = answer
-            .strip_prefix("dropped ")
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected answer to drop-all: {answer:?}"));
-        UNIX_EPOCH + Duration::from_millis(ms)
+        self.0.drop_all().await.expect("drop-all")
     }
 
-    /// The login requests recorded since the last call: (user, wall-clock time).
     async fn logins(&mut self) -> Vec<(String, SystemTime)> {
-        let answer = self.command("logins").await;
-        let mut words = answer.split_whitespace();
-        assert_eq!(words.next(), Some("logins"), "unexpected answer {answer:?}");
-        let n: usize = words.next().and_then(|n| n.parse().ok()).unwrap();
-        let out: Vec<(String, SystemTime)> = words
-            .map(|w| {
-                let (user, ms) = w.split_once('=').expect("USER=MS");
-                (
-                    user.to_string(),
-                    UNIX_EPOCH + Duration::from_millis(ms.parse().expect("ms")),
-                )
-            })
-            .collect();
-        assert_eq!(out.len(), n, "logins answer miscounted: {answer:?}");
-        out
+        self.0.logins().await.expect("logins")
     }
 
     /// (open, accepted, logins) as the server counts them.
     async fn stats(&mut self) -> (u64, u64, u64) {
-        let answer = self.command("stats").await;
-        let field = |name: &str| -> u64 {
-            answer
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {answer:?}"))
-        };
-        (field("open"), field("accepted"), field("logins"))
+        let s = self.0.stats().await.expect("stats");
+        (s.open, s.accepted, s.logins)
     }
 }
 
@@ -369,7 +303,7 @@ async fn reconnect_storm_of_1000_clients_follows_the_jitter_and_loses_nothing() 
     }
     std::fs::write(&users_file, accounts).unwrap();
     let mut sim = Sim::start(&users_file).await;
-    let vendor = ReferenceVendor::discover(sim.addr, ReferenceConfig::default())
+    let vendor = ReferenceVendor::discover(sim.addr(), ReferenceConfig::default())
         .await
         .expect("discover im-vendor-sim");
 
@@ -423,7 +357,7 @@ async fn reconnect_storm_of_1000_clients_follows_the_jitter_and_loses_nothing() 
     );
 
     // Phase 1: the server drops everyone; the network is up on the clients.
-    sim.command("record-logins").await;
+    sim.record_logins().await;
     let dropped = sim.drop_all().await;
     let t0 = Instant::now();
     let away = send_to_all(&vendor, "storm").await;
@@ -515,7 +449,7 @@ async fn reconnect_storm_of_1000_clients_follows_the_jitter_and_loses_nothing() 
     for r in readers {
         r.abort();
     }
-    sim.child.kill().await.expect("kill im-vendor-sim");
+    sim.0.kill().await.expect("kill im-vendor-sim");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

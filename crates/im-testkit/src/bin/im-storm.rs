@@ -9,19 +9,17 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use im_arch::{Backoff, ClientConfig, ImClient, Jitter};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{Credentials, Vendor};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use im_testkit::reference::VendorSimControl;
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -77,68 +75,6 @@ fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// The server process under `--control`.
-struct Sim {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    addr: SocketAddr,
-    pid: String,
-}
-
-impl Sim {
-    async fn start(bin: &Path, users_file: &Path, clients: usize) -> Result<Sim> {
-        let mut child = Command::new(bin)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--control",
-                "--retention-days",
-                "0",
-            ])
-            .args(["--idle-timeout-secs", "3600"])
-            .args(["--max-connections", &(clients + 100).to_string()])
-            .arg("--users-file")
-            .arg(users_file)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("server pid")?.to_string();
-        let stdin = child.stdin.take().context("server stdin")?;
-        let mut lines = BufReader::new(child.stdout.take().context("server stdout")?).lines();
-        let first = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-            .await
-            .context("im-vendor-sim did not print its address")??
-            .context("im-vendor-sim exited")?;
-        let addr = first
-            .split_whitespace()
-            .find_map(|w| w.parse::<SocketAddr>().ok())
-            .with_context(|| format!("no address in {first:?}"))?;
-        Ok(Sim {
-            child,
-            stdin,
-            lines,
-            addr,
-            pid,
-        })
-    }
-
-    async fn command(&mut self, command: &str) -> Result<String> {
-        self.stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await?;
-        self.stdin.flush().await?;
-        tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
-            .await
-            .with_context(|| format!("no answer to {command:?}"))??
-            .with_context(|| format!("im-vendor-sim exited on {command:?}"))
-    }
-}
-
 /// What keeps a connected client alive: a full client or a bare adapter connection.
 enum Idle {
     Client(ImClient),
@@ -177,8 +113,16 @@ async fn main() -> Result<()> {
         accounts.push_str(&format!("u{i}:secret-{i}\n"));
     }
     std::fs::write(&users_file, accounts)?;
-    let mut sim = Sim::start(&server_bin, &users_file, n).await?;
-    let vendor = ReferenceVendor::discover(sim.addr, ReferenceConfig::default()).await?;
+    let mut sim = VendorSimControl::start(
+        &server_bin,
+        &users_file,
+        n + 100,
+        Duration::from_secs(3600),
+        Stdio::inherit(),
+    )
+    .await?;
+    let pid = sim.pid().context("server pid")?.to_string();
+    let vendor = ReferenceVendor::discover(sim.addr(), ReferenceConfig::default()).await?;
     let config = ClientConfig {
         reconnect: Backoff {
             base: Duration::from_millis(args.base_ms),
@@ -191,7 +135,7 @@ async fn main() -> Result<()> {
     // Baselines: the server with its accounts and no connection; this process with its
     // runtime and no client.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let server_before = rss_kib(&sim.pid)?;
+    let server_before = rss_kib(&pid)?;
     let client_before = rss_kib("self")?;
     let started = Instant::now();
     let mut fleet: Vec<Arc<Idle>> = Vec::with_capacity(n);
@@ -227,8 +171,8 @@ async fn main() -> Result<()> {
     }
     let connect_time = started.elapsed();
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
-    let stats = sim.command("stats").await?;
-    let server_after = rss_kib(&sim.pid)?;
+    let stats = sim.stats().await?;
+    let server_after = rss_kib(&pid)?;
     let client_after = rss_kib("self")?;
     let per_client = (client_after.saturating_sub(client_before)) as f64 * 1024.0 / n as f64;
     let per_conn = (server_after.saturating_sub(server_before)) as f64 * 1024.0 / n as f64;
@@ -238,7 +182,7 @@ async fn main() -> Result<()> {
         "ImClients (MemoryStore, default config)"
     };
     println!(
-        "{n} idle {what} connected in {:.1} s; server says: {stats}",
+        "{n} idle {what} connected in {:.1} s; server says: {stats:?}",
         connect_time.as_secs_f64()
     );
     println!("| process | RSS before | RSS with {n} idle | per client / connection |");
@@ -275,31 +219,27 @@ async fn main() -> Result<()> {
             c.logout().await;
         }
     }
-    sim.child.kill().await?;
+    sim.kill().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 /// Drops every connection and reports when each client tried again and when all were
 /// online again.
-async fn storm(sim: &mut Sim, clients: &[&ImClient]) -> Result<()> {
-    sim.command("record-logins").await?;
-    let answer = sim.command("drop-all").await?;
-    let dropped: u64 = answer
-        .strip_prefix("dropped ")
-        .and_then(|ms| ms.parse().ok())
-        .with_context(|| format!("unexpected answer {answer:?}"))?;
+async fn storm(sim: &mut VendorSimControl, clients: &[&ImClient]) -> Result<()> {
+    let ms_of = |t: SystemTime| -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    sim.record_logins().await?;
+    let dropped = ms_of(sim.drop_all().await?);
     let started = Instant::now();
     // Wait until every client has left Online and come back (overall deadline 120 s).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut first: HashMap<String, u64> = HashMap::new();
     while first.len() < clients.len() {
-        let answer = sim.command("logins").await?;
-        for w in answer.split_whitespace().skip(2) {
-            if let Some((user, ms)) = w.split_once('=') {
-                let ms: u64 = ms.parse().unwrap_or(dropped);
-                first.entry(user.to_string()).or_insert(ms);
-            }
+        for (user, at) in sim.logins().await? {
+            first.entry(user).or_insert(ms_of(at));
         }
         if tokio::time::Instant::now() > deadline {
             bail!(

@@ -4,8 +4,10 @@
 //! so the in-process and the networked vendor share one set of semantics.
 
 pub mod callbacks;
+mod control;
 pub mod faults;
 pub mod server;
 
+pub use control::{ControlError, ServerStats, VendorSimControl};
 pub use faults::Faults;
 pub use server::{LoginRecord, ReferenceServer, ServerConfig};
