@@ -234,9 +234,8 @@ async fn expired_token_without_provider_stops() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn expired_token_is_refreshed_once_and_never_reused() {
-    let w = world().await;
+/// Bob's client on a token that expires in ten minutes, refreshed through `provider`.
+fn with_expiring_token(w: &common::World, provider: Arc<dyn im_arch::TokenProvider>) -> ImClient {
     let token = w
         .vendor
         .issue_token(&w.bob.user, Some(Duration::from_secs(600)))
@@ -245,14 +244,20 @@ async fn expired_token_is_refreshed_once_and_never_reused() {
         user: w.bob.user.clone(),
         token,
     };
+    ImClient::builder(Arc::new(w.vendor.client()), creds)
+        .config(config())
+        .token_provider(provider)
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_token_is_refreshed_once_and_never_reused() {
+    let w = world().await;
     let provider = Arc::new(Refresh {
         vendor: w.vendor.clone(),
         calls: AtomicU32::new(0),
     });
-    let client = ImClient::builder(Arc::new(w.vendor.client()), creds)
-        .config(config())
-        .token_provider(provider.clone())
-        .build();
+    let client = with_expiring_token(&w, provider.clone());
     let mut sub = client.subscribe();
     client.login().await.unwrap();
     w.clock.advance(Duration::from_secs(540));
@@ -339,22 +344,11 @@ async fn a_refused_token_is_refreshed_once_at_login() {
 #[tokio::test(start_paused = true)]
 async fn a_refused_token_after_an_online_expiry_is_refreshed_once() {
     let w = world().await;
-    let token = w
-        .vendor
-        .issue_token(&w.bob.user, Some(Duration::from_secs(600)))
-        .unwrap();
-    let creds = Credentials {
-        user: w.bob.user.clone(),
-        token,
-    };
     let provider = Arc::new(RefusedRefresh {
         vendor: w.vendor.clone(),
         calls: AtomicU32::new(0),
     });
-    let client = ImClient::builder(Arc::new(w.vendor.client()), creds)
-        .config(config())
-        .token_provider(provider.clone())
-        .build();
+    let client = with_expiring_token(&w, provider.clone());
     let mut sub = client.subscribe();
     client.login().await.unwrap();
     w.vendor
