@@ -124,6 +124,13 @@ fn build_crash_binaries() -> Result<()> {
     ])
 }
 
+/// Runs the simulation binary (`im-sim`, debug build) with `args`.
+fn run_sim(args: &[&str]) -> Result<()> {
+    let mut all = vec!["run", "-q", "-p", "im-testkit", "--bin", "im-sim", "--"];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
 fn run(args: &[&str]) -> Result<()> {
     run_with(args, &[])
 }
@@ -162,17 +169,7 @@ fn main() -> Result<()> {
             xtask::layers::run()?;
             run(&["test", "--workspace"])?;
             // As in .ci/run: the deterministic simulation, 2,000 random schedules.
-            run(&[
-                "run",
-                "-q",
-                "-p",
-                "im-testkit",
-                "--bin",
-                "im-sim",
-                "--",
-                "--schedules",
-                "2000",
-            ])
+            run_sim(&["--schedules", "2000"])
         }
         Task::TestSuite { args } => {
             // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the
@@ -246,17 +243,7 @@ fn main() -> Result<()> {
             let schedules = schedules.to_string();
             let seed = seed.map(|s| s.to_string());
             let index = schedule_index.map(|i| i.to_string());
-            let mut all = vec![
-                "run",
-                "-q",
-                "-p",
-                "im-testkit",
-                "--bin",
-                "im-sim",
-                "--",
-                "--schedules",
-                schedules.as_str(),
-            ];
+            let mut all = vec!["--schedules", schedules.as_str()];
             if let Some(seed) = &seed {
                 all.extend(["--seed", seed.as_str()]);
             }
@@ -267,7 +254,7 @@ fn main() -> Result<()> {
                 all.extend(["--steps", steps.as_str()]);
             }
             all.extend(args.iter().map(String::as_str));
-            run(&all)
+            run_sim(&all)
         }
         Task::Fuzz { minutes } => {
             use std::io::BufRead;
