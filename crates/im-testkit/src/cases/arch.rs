@@ -626,6 +626,18 @@ async fn lagging_ui_is_told<H: VendorHarness>(h: H) {
         got == 5
     })
     .await;
+    // The bus fills each subscriber's queue in turn, so `all` can see the fifth message a
+    // moment before `ui` has it: wait (bounded) until the third drop has been counted; the
+    // count and the push happen under the queue's lock, so the queue is complete then.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.bus().dropped_total() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the UI queue dropped {} of 3 within 10 s",
+            client.bus().dropped_total()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let drained = ui.drain_now();
     assert!(
         matches!(&*drained[0], ClientEvent::Lagged { dropped: 3 }),
