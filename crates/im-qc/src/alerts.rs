@@ -109,7 +109,7 @@ pub struct AlertRule {
 
 impl AlertRule {
     /// Checks the rule makes sense.
-    pub fn validate(&self) -> Result<(), QcError> {
+    pub(crate) fn validate(&self) -> Result<(), QcError> {
         let bad = |reason: &str| {
             Err(QcError::InvalidRule {
                 rule: self.name.clone(),
@@ -151,7 +151,7 @@ pub struct AlertStatus {
 
 /// What evaluation produced.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Transition {
+pub(crate) enum Transition {
     /// The rule started firing.
     Fired {
         /// The rule.

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 /// How many message ids are remembered for dedup: repeats come from reconnect catch-ups
 /// and history re-fetches of recent messages, far fewer than this.
-pub const SEEN_CAP: usize = 100_000;
+pub(crate) const SEEN_CAP: usize = 100_000;
 
 /// A participant's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -149,7 +149,7 @@ impl BusinessMetrics {
     }
 
     /// [`BusinessMetrics::new`] with an already boxed directory.
-    pub fn with_roles(answer_within: Duration, roles: Box<dyn RoleDirectory>) -> Self {
+    pub(crate) fn with_roles(answer_within: Duration, roles: Box<dyn RoleDirectory>) -> Self {
         Self {
             answer_within,
             roles,

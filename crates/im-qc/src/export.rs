@@ -20,7 +20,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::QcError;
-use crate::monitor::{QcSnapshot, SnapshotSource};
+use crate::monitor::SnapshotSource;
+use crate::report::{OpReport, QcSnapshot, WindowAvailability};
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -63,7 +64,7 @@ pub fn prometheus_text(snap: &QcSnapshot) -> Result<String, QcError> {
         registry: Registry::default(),
     };
     let vendor = snap.vendor.as_str();
-    let ops = |f: &dyn Fn(&crate::monitor::OpReport) -> u64| -> Vec<(Labels, u64)> {
+    let ops = |f: &dyn Fn(&OpReport) -> u64| -> Vec<(Labels, u64)> {
         snap.operations
             .iter()
             .map(|o| {
@@ -130,7 +131,7 @@ pub fn prometheus_text(snap: &QcSnapshot) -> Result<String, QcError> {
         "Vendor call latency quantiles over the last minute.",
         latency,
     );
-    let per_window = |f: &dyn Fn(&crate::monitor::WindowAvailability) -> Option<f64>| {
+    let per_window = |f: &dyn Fn(&WindowAvailability) -> Option<f64>| {
         snap.availability
             .iter()
             .map(|w| (labels(&[("vendor", vendor), ("window", w.window)]), f(w)))

@@ -63,14 +63,14 @@ fn upper_bound(i: usize) -> Duration {
 
 impl LatencyHistogram {
     /// Records one sample.
-    pub fn record(&mut self, d: Duration) {
+    pub(crate) fn record(&mut self, d: Duration) {
         let b = bucket_of(d);
         self.counts[b] = self.counts[b].saturating_add(1);
         self.total += 1;
     }
 
     /// Adds another histogram's samples.
-    pub fn merge(&mut self, other: &LatencyHistogram) {
+    pub(crate) fn merge(&mut self, other: &LatencyHistogram) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a = a.saturating_add(*b);
         }

@@ -10,28 +10,38 @@
 //!   dropped UI events), business metrics ([`BusinessMetrics`]), and [`AlertRule`]s that fire
 //!   and resolve as [`QcEvent`]s on its own bus and through `tracing`.
 //! * Export: [`prometheus_text`] / [`MetricsServer`] and the JSON [`QcSnapshot`].
+//! * Modules: `monitor.rs` is the handle, `state.rs` what the monitor observed and its
+//!   evaluation, `task.rs` the background observer, `report.rs` and `event.rs` what it
+//!   reports and publishes, `config.rs` its tunables.
 //!
 //! Invariants: observes `im-arch` and `im-service` only through their public APIs; never
 //! depends on the business demo; never changes what it observes (the decorator passes
 //! every call and answer through unchanged).
 
-pub mod alerts;
-pub mod business;
-pub mod device;
-pub mod error;
-pub mod export;
-pub mod histogram;
-pub mod monitor;
-pub mod vendor;
-pub mod window;
+mod alerts;
+mod business;
+mod config;
+mod device;
+mod error;
+mod event;
+mod export;
+mod histogram;
+mod monitor;
+mod report;
+mod state;
+mod task;
+mod vendor;
+mod window;
 
+// The public API, in one list; everything else is internal to the crate.
 pub use alerts::{AlertRule, AlertStatus, Comparison, Metric, Severity};
 pub use business::{AgentMetrics, Agents, BusinessMetrics, BusinessSnapshot, Role, RoleDirectory};
+pub use config::QcConfig;
 pub use device::{DeviceContext, DeviceSample, NetworkType, UnknownDevice};
 pub use error::QcError;
+pub use event::{QcEvent, QcEventKind};
 pub use export::{MetricsServer, prometheus_text};
 pub use histogram::LatencyHistogram;
-pub use monitor::{
-    QcConfig, QcEvent, QcMonitor, QcSnapshot, SnapshotSource, Verdict, VerdictReport, Watch,
-};
+pub use monitor::{QcMonitor, SnapshotSource, Watch};
+pub use report::{OpReport, Processing, QcSnapshot, Verdict, VerdictReport, WindowAvailability};
 pub use vendor::{CallStats, Op, QcVendor, VendorMetrics};

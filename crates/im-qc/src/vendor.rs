@@ -2,7 +2,7 @@
 //! class, timeouts and a latency histogram, in sliding windows, labelled with the device's
 //! network. It adds metrics, never behaviour: every call and answer passes through as is.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +11,7 @@ use im_service::{
     OfflineAck, OfflineBatch, OutgoingMessage, SendReceipt, ServerMsgId, ServiceError, Session,
     Vendor,
 };
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -144,8 +145,7 @@ impl std::fmt::Debug for VendorMetrics {
 
 impl VendorMetrics {
     fn series(&self) -> MutexGuard<'_, Vec<Option<Series>>> {
-        // Each update completes under the lock: poison carries no torn state.
-        self.series.lock().unwrap_or_else(|e| e.into_inner())
+        self.series.lock()
     }
 
     /// The vendor's name.
@@ -153,19 +153,8 @@ impl VendorMetrics {
         &self.vendor
     }
 
-    /// Records one call (what the decorator does; public so other wrappers can feed it).
-    pub fn record(
-        &self,
-        op: Op,
-        network: NetworkType,
-        latency: Duration,
-        error: Option<&ServiceError>,
-    ) {
-        self.record_at(Instant::now(), op, network, latency, error);
-    }
-
-    /// [`VendorMetrics::record`] of a call that ended at `now`.
-    pub fn record_at(
+    /// Records one call that ended at `now` (what the decorator does).
+    pub(crate) fn record_at(
         &self,
         now: Instant,
         op: Op,

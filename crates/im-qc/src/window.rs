@@ -8,14 +8,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// What a slot accumulates.
-pub trait Slot: Default + Clone {
+pub(crate) trait Slot: Default + Clone {
     /// Adds `other` into `self`.
     fn merge(&mut self, other: &Self);
 }
 
 /// A ring of slots covering at most `span`.
 #[derive(Debug, Clone)]
-pub struct SlotRing<S> {
+pub(crate) struct SlotRing<S> {
     slot: Duration,
     span: Duration,
     /// (slot start, data), oldest first.
@@ -24,7 +24,7 @@ pub struct SlotRing<S> {
 
 impl<S: Slot> SlotRing<S> {
     /// Slots of length `slot`, keeping `span` of history.
-    pub fn new(slot: Duration, span: Duration) -> Self {
+    pub(crate) fn new(slot: Duration, span: Duration) -> Self {
         Self {
             slot: slot.max(Duration::from_millis(1)),
             span,
@@ -33,7 +33,7 @@ impl<S: Slot> SlotRing<S> {
     }
 
     /// The slot for `now`, created (and old slots dropped) as needed.
-    pub fn at(&mut self, now: Instant) -> &mut S {
+    pub(crate) fn at(&mut self, now: Instant) -> &mut S {
         let fresh = match self.slots.back() {
             Some((start, _)) => now.duration_since(*start) >= self.slot,
             None => true,
@@ -56,7 +56,7 @@ impl<S: Slot> SlotRing<S> {
     }
 
     /// Everything recorded in the last `window` before `now` (slot granularity).
-    pub fn window(&self, now: Instant, window: Duration) -> S {
+    pub(crate) fn window(&self, now: Instant, window: Duration) -> S {
         let mut out = S::default();
         for (start, s) in self.slots.iter().rev() {
             if now.duration_since(*start) > window {
