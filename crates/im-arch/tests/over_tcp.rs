@@ -18,47 +18,30 @@ use im_arch::{
     Subscription,
 };
 use im_service::memory::{MemoryClient, VendorOp};
-use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{
-    Content, ConversationId, Credentials, KickReason, Origin, OutgoingMessage, ServiceError,
-    Timestamp, UserId, Vendor,
+    Content, Credentials, KickReason, Origin, OutgoingMessage, ServiceError, Timestamp, Vendor,
 };
-use im_testkit::{Faults, ReferenceServer, ServerConfig};
+use im_testkit::{Faults, TcpWorld};
 
+/// The shared TCP world, plus Alice's client talking in process to the same store, so
+/// faults on TCP hit only Bob.
 struct World {
-    server: ReferenceServer,
-    vendor: ReferenceVendor,
-    /// Alice talks in process to the same store, so faults on TCP hit only Bob.
-    alice: MemoryClient,
-    bob: Credentials,
-    conv: ConversationId,
+    tcp: TcpWorld,
+    alice_client: MemoryClient,
+}
+
+impl std::ops::Deref for World {
+    type Target = TcpWorld;
+
+    fn deref(&self) -> &TcpWorld {
+        &self.tcp
+    }
 }
 
 async fn world() -> World {
-    let server = ReferenceServer::start(ServerConfig::default())
-        .await
-        .unwrap();
-    let vendor = ReferenceVendor::discover(
-        server.addr(),
-        ReferenceConfig {
-            request_timeout: Duration::from_millis(500),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let a = server.vendor().register_user(&UserId::new("alice"));
-    let bob = server.vendor().register_user(&UserId::new("bob"));
-    let conv = ConversationId::direct(&a.user, &bob.user);
-    let alice = server.vendor().client();
-    alice.login(&a).await.unwrap();
-    World {
-        server,
-        vendor,
-        alice,
-        bob,
-        conv,
-    }
+    let tcp = TcpWorld::start().await;
+    let alice_client = tcp.in_process(&tcp.alice).await;
+    World { tcp, alice_client }
 }
 
 impl World {
@@ -68,7 +51,7 @@ impl World {
             Content::text(format!("m{n}")),
             Timestamp::from_millis(0),
         );
-        self.alice.send(&msg).await.unwrap();
+        self.alice_client.send(&msg).await.unwrap();
     }
 
     fn client(&self) -> ImClient {

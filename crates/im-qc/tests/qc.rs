@@ -16,43 +16,11 @@ use im_qc::{
     QcMonitor, QcVendor, Severity, UnknownDevice, Verdict, Watch,
 };
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
-use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{
-    Content, ConversationId, Credentials, HistoryQuery, OutgoingMessage, ServiceError, SystemClock,
-    Timestamp, UserId, Vendor,
+    Content, ConversationId, HistoryQuery, OutgoingMessage, ServiceError, SystemClock, Timestamp,
+    UserId, Vendor,
 };
-use im_testkit::{Faults, ReferenceServer, ServerConfig};
-
-struct World {
-    server: ReferenceServer,
-    factory: ReferenceVendor,
-    bob: Credentials,
-    conv: ConversationId,
-}
-
-async fn world() -> World {
-    let server = ReferenceServer::start(ServerConfig::default())
-        .await
-        .unwrap();
-    let factory = ReferenceVendor::discover(
-        server.addr(),
-        ReferenceConfig {
-            request_timeout: Duration::from_millis(500),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let alice = server.vendor().register_user(&UserId::new("alice"));
-    let bob = server.vendor().register_user(&UserId::new("bob"));
-    let conv = ConversationId::direct(&alice.user, &bob.user);
-    World {
-        server,
-        factory,
-        bob,
-        conv,
-    }
-}
+use im_testkit::{Faults, TcpWorld};
 
 fn client_config() -> ClientConfig {
     ClientConfig {
@@ -126,9 +94,9 @@ async fn next_event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_goes_down_fires_the_alert_and_recovery_resolves_it() {
-    let w = world().await;
+    let w = TcpWorld::start().await;
     let qc = Arc::new(QcVendor::new(
-        Arc::new(w.factory.client()),
+        Arc::new(w.vendor.client()),
         Arc::new(UnknownDevice),
     ));
     let client = ImClient::builder(qc.clone(), w.bob.clone())
@@ -192,8 +160,8 @@ async fn an_outage_goes_down_fires_the_alert_and_recovery_resolves_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_latency_shows_in_p99() {
-    let w = world().await;
-    let qc = QcVendor::new(Arc::new(w.factory.client()), Arc::new(UnknownDevice));
+    let w = TcpWorld::start().await;
+    let qc = QcVendor::new(Arc::new(w.vendor.client()), Arc::new(UnknownDevice));
     qc.login(&w.bob).await.unwrap();
     let send = |i: u32| {
         OutgoingMessage::new(
@@ -228,8 +196,8 @@ async fn injected_latency_shows_in_p99() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_pulls_lower_the_success_ratio_by_the_injected_amount() {
-    let w = world().await;
-    let qc = QcVendor::new(Arc::new(w.factory.client()), Arc::new(UnknownDevice));
+    let w = TcpWorld::start().await;
+    let qc = QcVendor::new(Arc::new(w.vendor.client()), Arc::new(UnknownDevice));
     qc.login(&w.bob).await.unwrap();
     let query = HistoryQuery::latest(w.conv.clone(), 10);
     // 23 of 100 pulls fail: the ratio must read 77% (±1 point).
@@ -339,9 +307,9 @@ async fn business_metrics_of_a_scripted_conversation() {
 /// naming conventions; `/snapshot.json` parses as JSON with the same verdict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prometheus_endpoint_is_scraped_and_parsed() {
-    let w = world().await;
+    let w = TcpWorld::start().await;
     let qc = Arc::new(QcVendor::new(
-        Arc::new(w.factory.client()),
+        Arc::new(w.vendor.client()),
         Arc::new(UnknownDevice),
     ));
     let client = ImClient::builder(qc.clone(), w.bob.clone())

@@ -13,8 +13,10 @@ pub mod harness;
 pub mod reference;
 pub mod runner;
 pub mod sim;
+mod tcp_world;
 
 pub use cases::{GateCall, GatedVendor};
 pub use faulty::{FaultyVendor, Hook, PushFaults};
 pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};
 pub use reference::{Faults, ReferenceServer, ServerConfig};
+pub use tcp_world::TcpWorld;
