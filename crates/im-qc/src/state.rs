@@ -51,6 +51,7 @@ impl Slot for ConnSlot {
     }
 }
 
+/// A duration in milliseconds, as reports carry them.
 fn ms(d: Option<Duration>) -> Option<f64> {
     d.map(|d| d.as_secs_f64() * 1e3)
 }
