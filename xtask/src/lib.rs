@@ -1,6 +1,7 @@
 //! Project tooling behind `cargo xtask`: the layer check, formatting/lint/test gates, and
 //! benchmark runs. A library so its checks are unit-tested and run by `cargo test`.
 
+pub mod arch_doc;
 pub mod bench;
 pub mod layers;
 pub mod mutants;
