@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use im_service::Capability;
-use im_testkit::cases::{Case, Category, Layer, Target, catalogue, markdown};
+use im_testkit::cases::{Case, Category, FailureClass, Layer, Target, catalogue, markdown};
 use im_testkit::runner::{self, Outcome};
 
 #[test]
@@ -26,8 +26,37 @@ fn ids_are_unique_and_well_formed() {
         );
         assert!(!c.title.is_empty() && !c.steps.is_empty() && !c.expected.is_empty());
         if let Some(class) = c.guards {
-            assert!((1..=10).contains(&class), "{}: failure class {class}", c.id);
+            assert!(
+                (1..=10).contains(&class.number()),
+                "{}: failure class {class}",
+                c.id
+            );
         }
+    }
+}
+
+#[test]
+fn every_failure_class_is_documented_and_guarded() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/failure-classes.md");
+    let doc = std::fs::read_to_string(path)
+        .expect("docs/failure-classes.md exists")
+        .to_lowercase();
+    let cases = catalogue();
+    for (i, class) in FailureClass::ALL.into_iter().enumerate() {
+        assert_eq!(
+            usize::from(class.number()),
+            i + 1,
+            "{class}: numbered in order"
+        );
+        let heading = format!("\n## {}. {}\n", class.number(), class.name());
+        assert!(
+            doc.contains(&heading),
+            "docs/failure-classes.md lacks {heading:?}"
+        );
+        assert!(
+            cases.iter().any(|c| c.guards == Some(class)),
+            "no case guards failure class {class}"
+        );
     }
 }
 

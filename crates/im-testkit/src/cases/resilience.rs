@@ -17,7 +17,7 @@ use im_service::{
 };
 
 use super::arch::{delivered, until};
-use super::{Case, Category, HarnessNeed, Layer};
+use super::{Case, Category, FailureClass, HarnessNeed, Layer};
 use crate::contract::text;
 use crate::harness::{ContractConfig, VendorHarness};
 use crate::on_target;
@@ -392,7 +392,7 @@ pub(super) fn cases() -> Vec<Case> {
                 "the pass gives up, the client reconnects and syncs again",
             ],
             expected: "a Reconnecting state, then Online; each of the 5 delivered exactly once",
-            guards: Some(8),
+            guards: Some(FailureClass::ForgottenSession),
             run: |t| Box::pin(async move { on_target!(t, reconnect_mid_sync) }),
         },
     ]
