@@ -13,8 +13,10 @@ pub mod harness;
 pub mod reference;
 pub mod runner;
 pub mod sim;
+pub mod wait;
 
 pub use cases::{GateCall, GatedVendor};
 pub use faulty::{FaultyVendor, Hook, PushFaults};
 pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};
 pub use reference::{Faults, ReferenceServer, ServerConfig};
+pub use wait::until;

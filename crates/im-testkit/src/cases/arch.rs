@@ -14,28 +14,7 @@ use crate::contract::text;
 use crate::faulty::{FaultyVendor, PushFaults};
 use crate::harness::VendorHarness;
 use crate::on_target;
-
-/// Events until `stop` matches, failing the case after `within`.
-pub(super) async fn until(
-    sub: &mut im_arch::Subscription,
-    within: Duration,
-    mut stop: impl FnMut(&ClientEvent) -> bool,
-) -> Vec<ClientEvent> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = Vec::new();
-    loop {
-        let ev = match tokio::time::timeout_at(deadline, sub.recv()).await {
-            Ok(Some(ev)) => (*ev).clone(),
-            Ok(None) => panic!("client gone; saw {seen:?}"),
-            Err(_) => panic!("timed out; saw {seen:?}"),
-        };
-        let done = stop(&ev);
-        seen.push(ev);
-        if done {
-            return seen;
-        }
-    }
-}
+use crate::wait::until;
 
 /// Events until the client is `Online`, failing the case after 10 s in all.
 async fn until_online(sub: &mut im_arch::Subscription) -> Vec<ClientEvent> {

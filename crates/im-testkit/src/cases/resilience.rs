@@ -16,11 +16,12 @@ use im_service::{
     Capability as C, Content, ConversationId, Credentials, Message, ServiceError, UserId, Vendor,
 };
 
-use super::arch::{delivered, until};
+use super::arch::delivered;
 use super::{Case, Category, FailureClass, HarnessNeed, Layer};
 use crate::contract::text;
 use crate::harness::{ContractConfig, VendorHarness};
 use crate::on_target;
+use crate::wait::until;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const HOUR: Duration = Duration::from_secs(3600);
