@@ -30,17 +30,8 @@ fn client_of(w: &World, creds: Credentials) -> ImClient {
 }
 
 /// Waits (overall deadline) until an event matches; `what` names the failure.
-async fn wait_for(sub: &mut Subscription, what: &str, mut pred: impl FnMut(&ClientEvent) -> bool) {
-    let found = tokio::time::timeout(DEADLINE, async {
-        while let Some(ev) = sub.recv().await {
-            if pred(&ev) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(matches!(found, Ok(true)), "never saw {what}");
+async fn wait_for(sub: &mut Subscription, what: &str, pred: impl FnMut(&ClientEvent) -> bool) {
+    im_testkit::wait::wait_for(sub, DEADLINE, what, pred).await;
 }
 
 async fn receives(w: &World, sub: &mut Subscription, body: &str) {

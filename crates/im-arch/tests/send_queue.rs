@@ -68,40 +68,27 @@ fn bodies(w: &World) -> Vec<String> {
         .collect()
 }
 
-/// Waits (in paused time) until `id` reaches a status matching `done`.
+/// Waits (in paused time, overall deadline) until `id` reaches a status matching `done`.
 async fn status_of(
     sub: &mut Subscription,
     id: &ClientMsgId,
     done: impl Fn(&SendStatus) -> bool,
 ) -> SendStatus {
-    // One deadline for the whole wait (heartbeats would keep a per-event timeout from firing).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-    let mut seen = Vec::new();
-    loop {
-        let ev = std::sync::Arc::unwrap_or_clone(
-            tokio::time::timeout_at(deadline, sub.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{id} never reached the status; saw {seen:?}"))
-                .expect("gone"),
-        );
-        if let ClientEvent::SendStatus {
-            client_id, status, ..
-        } = &ev
-        {
-            if client_id == id {
-                seen.push(status.clone());
-            }
-        }
-        if let ClientEvent::SendStatus {
-            client_id,
-            status: Some(s),
-            ..
-        } = ev
-        {
-            if &client_id == id && done(&s) {
-                return s;
-            }
-        }
+    let ev = im_testkit::wait::wait_for(
+        sub,
+        Duration::from_secs(3600),
+        &format!("{id} reaching the status"),
+        |e| {
+            matches!(e, ClientEvent::SendStatus { client_id, status: Some(s), .. }
+                if client_id == id && done(s))
+        },
+    )
+    .await;
+    match ev {
+        ClientEvent::SendStatus {
+            status: Some(s), ..
+        } => s,
+        other => unreachable!("wait_for returned a non-matching {other:?}"),
     }
 }
 
@@ -448,21 +435,18 @@ async fn the_conversation_list_follows_received_sent_and_read_messages() {
         .unwrap();
     status_of(&mut sub, &id, sent).await;
     // The row moves to the sent message once it is in the sequence.
-    // One deadline for the whole wait, not one per event (heartbeats keep coming).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-    loop {
-        let ev = std::sync::Arc::unwrap_or_clone(
-            tokio::time::timeout_at(deadline, sub.recv())
-                .await
-                .expect("the awaited event never came (overall deadline)")
-                .unwrap(),
-        );
-        if let ClientEvent::ConversationChanged(row) = ev {
-            if row.last_message.as_ref().is_some_and(|m| m.client_id == id) {
-                assert_eq!(row.unread, 0);
-                break;
-            }
-        }
+    let ev = im_testkit::wait::wait_for(
+        &mut sub,
+        Duration::from_secs(3600),
+        "the row moving to the sent message",
+        |e| {
+            matches!(e, ClientEvent::ConversationChanged(row)
+                if row.last_message.as_ref().is_some_and(|m| m.client_id == id))
+        },
+    )
+    .await;
+    if let ClientEvent::ConversationChanged(row) = ev {
+        assert_eq!(row.unread, 0);
     }
     client.logout().await;
 }
@@ -594,20 +578,16 @@ async fn a_failed_store_write_is_reported_and_the_message_stays_queued() {
         .send(w.conv.clone(), Content::text("keep me"))
         .await
         .unwrap();
-    // One deadline for the whole wait, not one per event (heartbeats keep coming).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-    loop {
-        let ev = std::sync::Arc::unwrap_or_clone(
-            tokio::time::timeout_at(deadline, sub.recv())
-                .await
-                .expect("the awaited event never came (overall deadline)")
-                .unwrap(),
-        );
-        if let ClientEvent::StoreFailed { op, error } = ev {
-            assert_eq!(op, "remove_outbox");
-            assert!(matches!(error, ArchError::Store(_)));
-            break;
-        }
+    let ev = im_testkit::wait::wait_for(
+        &mut sub,
+        Duration::from_secs(3600),
+        "the failed store write",
+        |e| matches!(e, ClientEvent::StoreFailed { .. }),
+    )
+    .await;
+    if let ClientEvent::StoreFailed { op, error } = ev {
+        assert_eq!(op, "remove_outbox");
+        assert!(matches!(error, ArchError::Store(_)));
     }
     let queued = client.outbox().await.unwrap();
     assert_eq!(queued.len(), 1, "the message stays in the outbox");

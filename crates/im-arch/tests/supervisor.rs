@@ -52,7 +52,7 @@ fn config() -> ClientConfig {
 
 /// Events until `stop` matches (included), failing after an hour of (paused) time.
 async fn until(sub: &mut Subscription, stop: impl FnMut(&ClientEvent) -> bool) -> Vec<ClientEvent> {
-    common::until_within(sub, Duration::from_secs(3600), stop).await
+    im_testkit::wait::until(sub, Duration::from_secs(3600), stop).await
 }
 
 fn states(events: &[ClientEvent]) -> Vec<ConnectionState> {

@@ -1,9 +1,13 @@
-//! The vendor contract suite: one set of scenarios every `im-service` adapter must pass
-//! (the matrix-rust-sdk way: one macro, every backend). A scenario whose capability the
-//! vendor does not declare checks that the call is refused with `Unsupported` instead.
+//! The vendor contract suite's scenarios: one set every `im-service` adapter must pass (the
+//! matrix-rust-sdk way: one macro, every backend). A scenario whose capability the vendor
+//! does not declare checks that the call is refused with `Unsupported` instead.
+//!
+//! They are wired once, in the case library's service table
+//! ([`vendor_contract_tests!`](crate::vendor_contract_tests)), which gives each its `SVC-…`
+//! case and generates the per-adapter tests:
 //!
 //! ```text
-//! im_testkit::vendor_contract_tests!(|cfg| async move { im_testkit::MemoryHarness::new(cfg) });
+//! im_testkit::vendor_contract_tests!(im_testkit::cases::Target::Memory);
 //! ```
 
 use std::time::Duration;
@@ -604,39 +608,4 @@ pub async fn invalid_requests_and_undeclared_features<H: VendorHarness>(h: H) {
             Err(ServiceError::Unsupported(Capability::ReadReceipts))
         );
     }
-}
-
-/// Generates one `#[tokio::test]` per contract scenario for a harness factory.
-///
-/// `$make` is an expression callable as `$make(ContractConfig) -> impl Future<Output = H>`.
-#[macro_export]
-macro_rules! vendor_contract_tests {
-    ($make:expr) => {
-        $crate::vendor_contract_tests!(@each $make;
-            offline_queue_delivered_after_login,
-            offline_batches_page_newest_first,
-            pushes_start_only_after_go_online,
-            retention_cuts_old_history,
-            time_range_pull_newest_first_paged,
-            seq_range_pull_newest_first_paged,
-            all_conversations_pull_newest_first,
-            idempotent_send,
-            kick_on_second_login,
-            token_expiry_events,
-            oversized_message_rejected,
-            bad_credentials_and_no_session,
-            group_conversation,
-            heartbeat_rtt,
-            invalid_requests_and_undeclared_features,
-        );
-    };
-    (@each $make:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let harness = ($make)($crate::harness::ContractConfig::default()).await;
-                $crate::contract::$name(harness).await;
-            }
-        )*
-    };
 }

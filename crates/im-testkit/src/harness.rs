@@ -238,17 +238,39 @@ fn xmpp_password(user: &str) -> String {
     format!("pw-{user}")
 }
 
-/// Where the test Prosody listens: `IM_PROSODY_ADDR`, else 127.0.0.1:5222.
+/// Where the test Prosody listens: `IM_PROSODY_ADDR`, else 127.0.0.1:5222. Panics when
+/// the variable is set but not `host:port` (a typo must not test some other server).
 pub fn prosody_addr() -> SocketAddr {
-    std::env::var("IM_PROSODY_ADDR")
-        .ok()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5222)))
+    match std::env::var("IM_PROSODY_ADDR") {
+        Ok(a) => a
+            .parse()
+            .unwrap_or_else(|_| panic!("IM_PROSODY_ADDR={a:?} is not host:port")),
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 5222)),
+    }
 }
 
 /// Whether a Prosody answers at [`prosody_addr`].
 pub fn prosody_running() -> bool {
     std::net::TcpStream::connect_timeout(&prosody_addr(), Duration::from_millis(500)).is_ok()
+}
+
+/// The gate of every XMPP test: true when a Prosody answers at [`prosody_addr`]. Otherwise
+/// prints why the test is skipped and returns false, or panics when `IM_REQUIRE_PROSODY` is
+/// set: CI starts a Prosody and sets it, so there a missing server is a failure, not a skip.
+pub fn prosody_or_skip() -> bool {
+    let addr = prosody_addr();
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("IM_REQUIRE_PROSODY").is_some() => {
+            panic!("no Prosody at {addr} ({e}) although IM_REQUIRE_PROSODY is set")
+        }
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: no Prosody at {addr} ({e}); start one with `tests/prosody/prosody.sh start`"
+            );
+            false
+        }
+    }
 }
 
 /// [`VendorHarness`] for a real Prosody (started by `tests/prosody/prosody.sh`, shared by

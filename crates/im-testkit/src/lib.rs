@@ -14,9 +14,11 @@ pub mod reference;
 pub mod runner;
 pub mod sim;
 mod tcp_world;
+pub mod wait;
 
 pub use cases::{GateCall, GatedVendor};
 pub use faulty::{FaultyVendor, Hook, PushFaults};
 pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};
 pub use reference::{Faults, ReferenceServer, ServerConfig};
 pub use tcp_world::TcpWorld;
+pub use wait::until;

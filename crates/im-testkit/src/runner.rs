@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite, XmlString};
+
 use crate::cases::{Case, Target};
 
 /// How a case ended.
@@ -160,55 +162,59 @@ pub fn table(results: &[CaseResult]) -> String {
     out
 }
 
-fn xml_escape(s: &str) -> String {
+/// JUnit XML: one `testsuite` for the target (a `skipped` count beside quick-junit's
+/// `disabled`, for readers that expect it); one `testcase` per case named `ID title`;
+/// failures carry the first line of the message as `message` and all of it as text;
+/// not-applicable cases are `skipped` with what they need.
+pub fn junit(target: Target, results: &[CaseResult]) -> String {
+    let mut suite = TestSuite::new(target.name());
+    for r in results {
+        let status = match &r.outcome {
+            Outcome::Passed => TestCaseStatus::success(),
+            Outcome::Failed(m) => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(m.lines().next().unwrap_or(""))
+                    .set_description(m.as_str());
+                s
+            }
+            Outcome::TimedOut => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message("timed out").set_description("timed out");
+                s
+            }
+            Outcome::NotApplicable(missing) => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(format!("not applicable: needs {}", missing.join(", ")));
+                s
+            }
+        };
+        let mut case = TestCase::new(format!("{} {}", r.id, r.title), status);
+        case.set_classname(format!("{}.{}", target.name(), r.layer))
+            .set_time(r.time);
+        suite.add_test_case(case);
+    }
+    let time: Duration = results.iter().map(|r| r.time).sum();
+    suite.set_time(time);
+    suite.extra.insert(
+        XmlString::new("skipped"),
+        XmlString::new(suite.disabled.to_string()),
+    );
+    let mut report = Report::new("im-layers case library");
+    report.set_time(time).add_test_suite(suite);
+    // Cannot fail: quick-junit writes into a `Vec<u8>` (no I/O error) from `XmlString`s,
+    // which are valid UTF-8 with invalid XML characters already stripped.
+    #[allow(clippy::expect_used)]
+    report
+        .to_string()
+        .expect("serialising a JUnit report into memory cannot fail")
+}
+
+fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
-/// JUnit XML: one `testsuite` for the target; not-applicable cases are `skipped`.
-pub fn junit(target: Target, results: &[CaseResult]) -> String {
-    let t = totals(results);
-    let time: f64 = results.iter().map(|r| r.time.as_secs_f64()).sum();
-    let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"im-layers case library\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{time:.3}\">\n  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{time:.3}\">\n",
-        t.total,
-        t.failed,
-        t.not_applicable,
-        target.name(),
-        t.total,
-        t.failed,
-        t.not_applicable
-    );
-    for r in results {
-        out.push_str(&format!(
-            "    <testcase classname=\"{}.{}\" name=\"{} {}\" time=\"{:.3}\"",
-            target.name(),
-            r.layer,
-            r.id,
-            xml_escape(r.title),
-            r.time.as_secs_f64()
-        ));
-        match &r.outcome {
-            Outcome::Passed => out.push_str("/>\n"),
-            Outcome::Failed(m) => out.push_str(&format!(
-                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
-                xml_escape(m.lines().next().unwrap_or("")),
-                xml_escape(m)
-            )),
-            Outcome::TimedOut => out.push_str(
-                ">\n      <failure message=\"timed out\">timed out</failure>\n    </testcase>\n",
-            ),
-            Outcome::NotApplicable(missing) => out.push_str(&format!(
-                ">\n      <skipped message=\"not applicable: needs {}\"/>\n    </testcase>\n",
-                xml_escape(&missing.join(", "))
-            )),
-        }
-    }
-    out.push_str("  </testsuite>\n</testsuites>\n");
-    out
+        .replace('\'', "&#39;")
 }
 
 /// A self-contained HTML page (inline style, no scripts).
@@ -218,14 +224,14 @@ pub fn html(target: Target, results: &[CaseResult]) -> String {
     for r in results {
         let (class, detail) = match &r.outcome {
             Outcome::Passed => ("pass", String::new()),
-            Outcome::Failed(m) => ("fail", xml_escape(m)),
+            Outcome::Failed(m) => ("fail", html_escape(m)),
             Outcome::TimedOut => ("fail", "timed out".to_string()),
-            Outcome::NotApplicable(m) => ("na", format!("needs {}", xml_escape(&m.join(", ")))),
+            Outcome::NotApplicable(m) => ("na", format!("needs {}", html_escape(&m.join(", ")))),
         };
         rows.push_str(&format!(
             "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td><td><pre>{detail}</pre></td></tr>\n",
             r.id,
-            xml_escape(r.title),
+            html_escape(r.title),
             r.layer,
             short(&r.outcome),
             r.time.as_millis()

@@ -1,4 +1,5 @@
-//! The XMPP adapter against a real Prosody (`tests/prosody/prosody.sh`). Skipped, with a
+//! The XMPP adapter against a real Prosody (`tests/prosody/prosody.sh`), including the vendor
+//! contract suite every adapter runs. Skipped, with a
 //! message, when no Prosody answers at `IM_PROSODY_ADDR` (default 127.0.0.1:5222);
 //! `.ci/run` always starts one and sets `IM_REQUIRE_PROSODY`, which turns a skip into a
 //! failure. Users get a unique suffix per test, so tests share the server.
@@ -18,29 +19,21 @@ use im_service::{
     Content, ConversationId, Credentials, EventStream, HistoryQuery, HistoryRange, KickReason,
     Origin, OutgoingMessage, ServiceError, Timestamp, Token, UserId, Vendor, VendorEvent,
 };
-use im_testkit::harness::register_xmpp_user;
+use im_testkit::harness::{prosody_addr, prosody_or_skip, register_xmpp_user};
 
 const DOMAIN: &str = "im.test";
 
-/// The server, or `None` (and a note on stderr) when none runs.
+/// The server, or `None` (and a note on stderr) when none runs; a failure instead under
+/// `IM_REQUIRE_PROSODY` (the shared gate, [`prosody_or_skip`]).
 fn prosody() -> Option<SocketAddr> {
-    let addr: SocketAddr = std::env::var("IM_PROSODY_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:5222".into())
-        .parse()
-        .expect("IM_PROSODY_ADDR is host:port");
-    match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-        Ok(_) => Some(addr),
-        // CI starts one and sets IM_REQUIRE_PROSODY: there, a missing server is a failure.
-        Err(e) if std::env::var_os("IM_REQUIRE_PROSODY").is_some() => {
-            panic!("no Prosody at {addr} ({e}) although IM_REQUIRE_PROSODY is set")
-        }
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: no Prosody at {addr} ({e}); start one with `tests/prosody/prosody.sh start`"
-            );
-            None
-        }
-    }
+    prosody_or_skip().then(prosody_addr)
+}
+
+/// The vendor contract suite on XMPP: the same table as every adapter (and the case
+/// library's `SVC-…` cases); cases the server cannot run (a vendor clock to move, groups)
+/// are skipped as not applicable, as the case library reports them.
+mod contract {
+    im_testkit::vendor_contract_tests!(im_testkit::cases::Target::Xmpp);
 }
 
 /// Registers `name` (made unique) and returns its credentials.

@@ -1,42 +1,21 @@
-//! Helpers shared by the im-arch integration tests: waiting on a subscription and
-//! summarising what it delivered.
+//! Helpers shared by the im-arch integration tests: a vendor world and summaries of what a
+//! subscription delivered (waiting on one is `im_testkit::wait`).
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use std::sync::Arc;
 
-use im_arch::{ClientEvent, Subscription};
+use im_arch::ClientEvent;
 use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig};
 use im_service::{
     Content, ConversationId, Credentials, ManualClock, Origin, OutgoingMessage, Timestamp, UserId,
     Vendor,
 };
 
-/// Events until `stop` matches (included); panics with what was seen if that takes longer
-/// than `within` in all. An overall deadline, not one per event: with heartbeats flowing, a
-/// per-event timeout would never fire and a regression would spin instead of failing.
-pub async fn until_within(
-    sub: &mut Subscription,
-    within: Duration,
-    mut stop: impl FnMut(&ClientEvent) -> bool,
-) -> Vec<ClientEvent> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = Vec::new();
-    loop {
-        let ev = tokio::time::timeout_at(deadline, sub.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out after {within:?} in all; saw {seen:#?}"))
-            .expect("client gone");
-        let ev = std::sync::Arc::unwrap_or_clone(ev);
-        let done = stop(&ev);
-        seen.push(ev);
-        if done {
-            return seen;
-        }
-    }
-}
+/// The shared overall-deadline wait ([`im_testkit::wait::until`]) under the name the TCP
+/// tests (`over_tcp.rs`) call it by; unused in the other test binaries that share this module.
+#[allow(unused_imports)]
+pub use im_testkit::wait::until as until_within;
 
 /// (sequence, origin) of every delivered message, in delivery order.
 pub fn messages(events: &[ClientEvent]) -> Vec<(u64, Origin)> {

@@ -9,33 +9,12 @@ use std::time::Duration;
 use im_arch::{ClientEvent, ConnectionState, DeliveryPolicy, EventKind, Filter, ImClient};
 use im_service::{Capability as C, Content, ConversationId, Origin, UserId, Vendor};
 
-use super::{Case, Category, Layer};
+use super::{Case, Category, FailureClass, Layer};
 use crate::contract::text;
 use crate::faulty::{FaultyVendor, PushFaults};
 use crate::harness::VendorHarness;
 use crate::on_target;
-
-/// Events until `stop` matches, failing the case after `within`.
-pub(super) async fn until(
-    sub: &mut im_arch::Subscription,
-    within: Duration,
-    mut stop: impl FnMut(&ClientEvent) -> bool,
-) -> Vec<ClientEvent> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = Vec::new();
-    loop {
-        let ev = match tokio::time::timeout_at(deadline, sub.recv()).await {
-            Ok(Some(ev)) => (*ev).clone(),
-            Ok(None) => panic!("client gone; saw {seen:?}"),
-            Err(_) => panic!("timed out; saw {seen:?}"),
-        };
-        let done = stop(&ev);
-        seen.push(ev);
-        if done {
-            return seen;
-        }
-    }
-}
+use crate::wait::until;
 
 /// Events until the client is `Online`, failing the case after 10 s in all.
 async fn until_online(sub: &mut im_arch::Subscription) -> Vec<ClientEvent> {
@@ -1393,7 +1372,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "Sending then Sent; the vendor stores it once; the message is never \
                        delivered again as a received message (only the peer's two arrive)",
-            guards: Some(5),
+            guards: Some(FailureClass::LocalEcho),
             run: |t| Box::pin(async move { on_target!(t, send_reports_sent) }),
         },
         Case {
@@ -1412,7 +1391,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "total unread 2, then 0, still 0 after the resync, 1 after the new \
                        message, still 1 after the restart",
-            guards: Some(6),
+            guards: Some(FailureClass::UnreadDrift),
             run: |t| Box::pin(async move { on_target!(t, unread_and_mark_read) }),
         },
         Case {
@@ -1443,7 +1422,7 @@ pub(super) fn cases() -> Vec<Case> {
                 "read history",
             ],
             expected: "the vendor holds them in the order they were queued",
-            guards: Some(3),
+            guards: Some(FailureClass::SendQueueOrder),
             run: |t| Box::pin(async move { on_target!(t, sends_keep_their_order) }),
         },
         Case {
@@ -1485,7 +1464,7 @@ pub(super) fn cases() -> Vec<Case> {
                 "the client resends",
             ],
             expected: "Sent; the vendor holds one copy",
-            guards: Some(1),
+            guards: Some(FailureClass::DuplicateAfterLostAck),
             run: |t| Box::pin(async move { on_target!(t, lost_ack_counts_as_sent) }),
         },
         Case {
@@ -1497,7 +1476,7 @@ pub(super) fn cases() -> Vec<Case> {
             harness: &[],
             steps: &["bob is online", "alice sends 3; push 2 is lost"],
             expected: "bob gets 1, 2, 3 in order, each once",
-            guards: Some(2),
+            guards: Some(FailureClass::SequenceGap),
             run: |t| Box::pin(async move { on_target!(t, lost_push_is_filled) }),
         },
         Case {
@@ -1515,7 +1494,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "A is Failed (recoverable) with nothing sent behind it; after the \
                        resend the vendor holds A, B, C in order",
-            guards: Some(3),
+            guards: Some(FailureClass::SendQueueOrder),
             run: |t| Box::pin(async move { on_target!(t, failed_head_blocks_then_releases) }),
         },
         Case {
@@ -1530,7 +1509,7 @@ pub(super) fn cases() -> Vec<Case> {
                 "5 messages arrive",
             ],
             expected: "Lagged(3), then the newest 2; the bus counts 3 dropped",
-            guards: Some(10),
+            guards: Some(FailureClass::LagAndClockSkew),
             run: |t| Box::pin(async move { on_target!(t, lagging_ui_is_told) }),
         },
         Case {
@@ -1548,7 +1527,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "CorruptEntry for that key; other reads and writes work; the newer \
                        store is refused with SchemaTooNew and left unchanged",
-            guards: Some(9),
+            guards: Some(FailureClass::StoreCorruption),
             run: |t| Box::pin(async move { on_target!(t, store_corruption_is_contained) }),
         },
         Case {
@@ -1560,7 +1539,7 @@ pub(super) fn cases() -> Vec<Case> {
             harness: &[],
             steps: &["the vendor refuses the next send as not a member", "send"],
             expected: "Failed { recoverable: false } within the deadline",
-            guards: Some(4),
+            guards: Some(FailureClass::StuckSending),
             run: |t| Box::pin(async move { on_target!(t, refused_send_ends_failed) }),
         },
         Case {
@@ -1575,7 +1554,7 @@ pub(super) fn cases() -> Vec<Case> {
                 "drop the client; rebuild it on the same directory; log in",
             ],
             expected: "both are Sent; the peer's queue holds each once",
-            guards: Some(4),
+            guards: Some(FailureClass::StuckSending),
             run: |t| Box::pin(async move { on_target!(t, queue_survives_restart) }),
         },
         Case {
@@ -1592,7 +1571,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "no send reaches the vendor while the login is pending (still \
                        Sending); the first send comes after the accepted login; Sent",
-            guards: Some(7),
+            guards: Some(FailureClass::ReconnectStorm),
             run: |t| Box::pin(async move { on_target!(t, sends_wait_for_auth) }),
         },
         Case {
@@ -1610,7 +1589,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "the refusal is ArchError::AuthFailed; every later login of the same \
                        client succeeds and receives",
-            guards: Some(7),
+            guards: Some(FailureClass::ReconnectStorm),
             run: |t| Box::pin(async move { on_target!(t, relogin_after_refusal_kick_and_logout) }),
         },
         Case {
@@ -1628,7 +1607,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "newest first; the draft moves its row up and stays on it; pinned \
                        first; order and draft survive the restart",
-            guards: Some(10),
+            guards: Some(FailureClass::LagAndClockSkew),
             run: |t| Box::pin(async move { on_target!(t, list_order_pins_and_drafts) }),
         },
         Case {
@@ -1646,7 +1625,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "total unread 1, then 0; after the restart 0, 1 when unmuted (mine \
                        never counts), 0 after mark-read; still 0 after the second restart",
-            guards: Some(6),
+            guards: Some(FailureClass::UnreadDrift),
             run: |t| Box::pin(async move { on_target!(t, own_and_muted_unread) }),
         },
         Case {
@@ -1677,7 +1656,7 @@ pub(super) fn cases() -> Vec<Case> {
                 "alice sends 4",
             ],
             expected: "1, 2, 3, 4 once each",
-            guards: Some(2),
+            guards: Some(FailureClass::SequenceGap),
             run: |t| Box::pin(async move { on_target!(t, duplicated_and_reordered_pushes) }),
         },
         Case {
@@ -1695,7 +1674,7 @@ pub(super) fn cases() -> Vec<Case> {
             ],
             expected: "the 3 arrive in order, once each, before Online; nothing earlier \
                        repeats; after Online only the new one",
-            guards: Some(8),
+            guards: Some(FailureClass::ForgottenSession),
             run: |t| Box::pin(async move { on_target!(t, reconnect_resyncs_without_gaps) }),
         },
         Case {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use im_service::Capability as C;
 
-use super::{Case, Category, HarnessNeed, Layer, Target};
+use super::{Case, Category, FailureClass, HarnessNeed, Layer, Target};
 use crate::crash::{Account, CrashConfig, run_campaign, seed_from_env};
 use crate::harness::{VendorHarness, XMPP_DOMAIN, XmppHarness, prosody_addr};
 
@@ -99,7 +99,7 @@ pub(super) fn cases() -> Vec<Case> {
         expected: "every send() that returned Ok reaches the receiver's durable subscription \
                    exactly once; positions run without a gap, an acknowledged event is never \
                    handed out again; the outbox ends empty",
-        guards: Some(4),
+        guards: Some(FailureClass::StuckSending),
         run: |t| Box::pin(campaign(t)),
     }]
 }

@@ -4,8 +4,10 @@
 //! it also timestamps login attempts and can refuse them (a dead link, as a client sees
 //! it), for the reconnect and network-state tests.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use im_service::{
@@ -85,15 +87,12 @@ impl GatedVendor {
 
     /// When each login attempt so far started, in order.
     pub fn login_times(&self) -> Vec<tokio::time::Instant> {
-        self.login_times
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.login_times.lock().clone()
     }
 
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<GateCall> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.calls.lock().clone()
     }
 
     /// Waits until `done` holds for the calls so far, within `within` in all; on timeout,
@@ -119,10 +118,7 @@ impl GatedVendor {
     }
 
     fn record(&self, call: GateCall) {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(call);
+        self.calls.lock().push(call);
         self.recorded.send_modify(|n| *n += 1);
     }
 }
@@ -142,10 +138,7 @@ impl Vendor for GatedVendor {
     }
 
     async fn login(&self, credentials: &Credentials) -> Result<Session, ServiceError> {
-        self.login_times
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tokio::time::Instant::now());
+        self.login_times.lock().push(tokio::time::Instant::now());
         self.record(GateCall::LoginStarted);
         if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
             self.record(GateCall::LoginRefused);

@@ -19,6 +19,7 @@ mod resilience;
 mod service;
 
 pub use gate::{GateCall, GatedVendor};
+pub use service::run_contract_case;
 
 /// How important a case is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -137,8 +138,86 @@ macro_rules! on_target {
     };
 }
 
-/// A failure class from `BRIEF.md` ("Failure classes … we test explicitly") a case guards.
-pub type FailureClass = u8;
+/// One of the ten failure classes other IM SDKs shipped and this library guards against
+/// (`docs/failure-classes.md` describes each, with where it was seen). The number is stable:
+/// reports and `docs/test-cases.md` print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// 1. Duplicate after a lost ack: a resend with the same client id must be stored once
+    ///    and count as sent.
+    DuplicateAfterLostAck = 1,
+    /// 2. Loss through a sequence gap: the sync cursor never moves past a hole; a detected
+    ///    gap is always fetched.
+    SequenceGap = 2,
+    /// 3. Send-queue order: nothing overtakes a message that failed transiently.
+    SendQueueOrder = 3,
+    /// 4. Stuck "sending": after a crash or an offline spell every message reaches Sent or
+    ///    Failed within a deadline.
+    StuckSending = 4,
+    /// 5. Local echo reconciled: a sent message shows exactly once, before and after its
+    ///    server copy comes back.
+    LocalEcho = 5,
+    /// 6. Unread counts that drift: unread is what came after my read position and I did
+    ///    not send; never negative, 0 after mark-read.
+    UnreadDrift = 6,
+    /// 7. Reconnect storms and re-auth: spread-out reconnects, one token refresh per expiry,
+    ///    never an expired token reused.
+    ReconnectStorm = 7,
+    /// 8. Resume after the server forgot the session: a full resync without an empty-screen
+    ///    flash and without a skipped range.
+    ForgottenSession = 8,
+    /// 9. Store corruption and migration: the cache rebuilds, pending sends survive, a
+    ///    partial migration does not bump the schema version.
+    StoreCorruption = 9,
+    /// 10. Lagging subscribers and clock skew: an explicit lagged signal, one consistent
+    ///     conversation order, a fast client clock reorders nothing.
+    LagAndClockSkew = 10,
+}
+
+impl FailureClass {
+    /// Every class, in number order.
+    pub const ALL: [FailureClass; 10] = [
+        FailureClass::DuplicateAfterLostAck,
+        FailureClass::SequenceGap,
+        FailureClass::SendQueueOrder,
+        FailureClass::StuckSending,
+        FailureClass::LocalEcho,
+        FailureClass::UnreadDrift,
+        FailureClass::ReconnectStorm,
+        FailureClass::ForgottenSession,
+        FailureClass::StoreCorruption,
+        FailureClass::LagAndClockSkew,
+    ];
+
+    /// The class's number (1–10), as `docs/failure-classes.md` numbers them.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The class's name, as `docs/failure-classes.md` titles it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::DuplicateAfterLostAck => "duplicate after a lost ack",
+            FailureClass::SequenceGap => "loss through a sequence gap",
+            FailureClass::SendQueueOrder => "send-queue order",
+            FailureClass::StuckSending => "stuck \"sending\"",
+            FailureClass::LocalEcho => "local echo reconciled",
+            FailureClass::UnreadDrift => "unread counts that drift",
+            FailureClass::ReconnectStorm => "reconnect storms and re-auth",
+            FailureClass::ForgottenSession => "resume after the server forgot the session",
+            FailureClass::StoreCorruption => "store corruption and migration",
+            FailureClass::LagAndClockSkew => "lagging subscribers and clock skew",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureClass {
+    /// `3 (send-queue order)`: the number first, so sorting and grepping by number work.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.number(), self.name())
+    }
+}
 
 /// One case of the library.
 #[derive(Clone, Copy)]
@@ -159,7 +238,7 @@ pub struct Case {
     pub steps: &'static [&'static str],
     /// What must hold.
     pub expected: &'static str,
-    /// The failure class (1–10) whose return it would catch, if any.
+    /// The failure class whose return it would catch, if any.
     pub guards: Option<FailureClass>,
     /// The scenario.
     pub run: fn(Target) -> BoxFuture<'static, ()>,
@@ -230,7 +309,8 @@ pub fn markdown() -> String {
             c.category,
             c.layer,
             needs.join(", "),
-            c.guards.map(|g| g.to_string()).unwrap_or_default()
+            // The number only: the table stays narrow; docs/failure-classes.md names them.
+            c.guards.map(|g| g.number().to_string()).unwrap_or_default()
         ));
     }
     out.push_str("\n## Cases\n");

@@ -16,11 +16,12 @@ use im_service::{
     Capability as C, Content, ConversationId, Credentials, Message, ServiceError, UserId, Vendor,
 };
 
-use super::arch::{delivered, until};
-use super::{Case, Category, HarnessNeed, Layer};
+use super::arch::delivered;
+use super::{Case, Category, FailureClass, HarnessNeed, Layer};
 use crate::contract::text;
 use crate::harness::{ContractConfig, VendorHarness};
 use crate::on_target;
+use crate::wait::until;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -392,7 +393,7 @@ pub(super) fn cases() -> Vec<Case> {
                 "the pass gives up, the client reconnects and syncs again",
             ],
             expected: "a Reconnecting state, then Online; each of the 5 delivered exactly once",
-            guards: Some(8),
+            guards: Some(FailureClass::ForgottenSession),
             run: |t| Box::pin(async move { on_target!(t, reconnect_mid_sync) }),
         },
     ]

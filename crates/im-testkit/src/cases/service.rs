@@ -1,200 +1,270 @@
-//! Service-layer cases: the vendor contract scenarios (`crate::contract`), one case each.
+//! Service-layer cases: the vendor contract suite, wired once. One table row per scenario of
+//! [`crate::contract`] gives its case-library entry (`SVC-…`); the same table generates the
+//! per-adapter tests ([`vendor_contract_tests!`](crate::vendor_contract_tests)), so every
+//! adapter, XMPP included, runs the same checks as the library.
 
-use im_service::Capability as C;
+use super::{Case, Target};
+use crate::harness::prosody_or_skip;
 
-use super::{Case, Category, HarnessNeed, Layer};
-use crate::contract;
-use crate::on_target;
-
-/// Builds a service case from a contract scenario.
-macro_rules! contract_case {
-    ($id:literal, $scenario:ident, $title:literal, $needs:expr, $guards:expr, $expected:literal, [$($step:literal),* $(,)?]) => {
-        contract_case!($id, $scenario, $title, $needs, $guards, $expected, [$($step),*], harness: &[])
-    };
-    ($id:literal, $scenario:ident, $title:literal, $needs:expr, $guards:expr, $expected:literal, [$($step:literal),* $(,)?], harness: $harness:expr) => {
-        Case {
-            id: $id,
-            title: $title,
-            category: Category::Essential,
-            layer: Layer::Service,
-            needs: $needs,
-            harness: $harness,
-            steps: &[$($step),*],
-            expected: $expected,
-            guards: $guards,
-            run: |t| Box::pin(async move { on_target!(t, contract::$scenario) }),
+/// The vendor contract suite: one row per scenario of [`crate::contract`], wired once.
+///
+/// In a test crate, `vendor_contract_tests!(Target::…)` generates one
+/// `#[tokio::test]` per scenario, named after it, that runs the scenario on that target's
+/// harness (with [`ContractConfig::default`](crate::harness::ContractConfig)) through
+/// [`run_contract_case`](crate::cases::run_contract_case):
+///
+/// ```text
+/// im_testkit::vendor_contract_tests!(im_testkit::cases::Target::Memory);
+/// ```
+///
+/// The case library builds its `SVC-…` cases from the same rows (`@cases`, crate-internal).
+/// A row is `"ID" scenario { title, needs: [Capability…], harness: [HarnessNeed…],
+/// guards: [FailureClass?], expected, steps: [...] }`.
+#[macro_export]
+macro_rules! vendor_contract_tests {
+    (@rows [$($mode:tt)*]) => {
+        $crate::vendor_contract_tests! { @emit [$($mode)*]
+            "SVC-001" offline_queue_delivered_after_login {
+                title: "Offline messages are delivered after login (ACK-online)",
+                needs: [OfflineQueue],
+                harness: [],
+                guards: [],
+                expected: "every message sent while away arrives once, after login, before any push; acknowledged batches do not come back",
+                steps: [
+                    "alice sends 3 messages while bob is offline",
+                    "bob logs in and pulls offline",
+                    "bob acknowledges and pulls again",
+                ],
+            }
+            "SVC-002" offline_batches_page_newest_first {
+                title: "Offline batches page newest first with a remaining count",
+                needs: [OfflineQueue],
+                harness: [],
+                guards: [],
+                expected: "batches come newest first, each with how many are left",
+                steps: [
+                    "queue more messages than one batch",
+                    "pull batches until none are left",
+                ],
+            }
+            "SVC-003" pushes_start_only_after_go_online {
+                title: "Pushes start only after go_online",
+                needs: [OfflineQueue],
+                harness: [],
+                guards: [],
+                expected: "no live push reaches a client that has not declared itself online",
+                steps: [
+                    "bob logs in without going online",
+                    "alice sends",
+                    "bob goes online",
+                ],
+            }
+            "SVC-004" retention_cuts_old_history {
+                title: "Retention cuts history older than the vendor keeps",
+                needs: [HistoryByTime],
+                harness: [VendorClock],
+                guards: [],
+                expected: "messages older than the retention are gone from history pulls",
+                steps: [
+                    "send messages",
+                    "advance vendor time past retention",
+                    "pull history",
+                ],
+            }
+            "SVC-005" time_range_pull_newest_first_paged {
+                title: "History by time range: newest first, paged",
+                needs: [HistoryByTime],
+                harness: [VendorClock],
+                guards: [],
+                expected: "pages come newest first, cursors continue without loss or repeat",
+                steps: [
+                    "send messages over time",
+                    "pull a time range in small pages",
+                ],
+            }
+            "SVC-006" seq_range_pull_newest_first_paged {
+                title: "History by sequence range: newest first, paged",
+                needs: [HistoryBySeq],
+                harness: [],
+                guards: [SequenceGap],
+                expected: "a sequence range returns exactly the messages between, newest first",
+                steps: [
+                    "send messages",
+                    "pull a sequence range in small pages",
+                ],
+            }
+            "SVC-007" all_conversations_pull_newest_first {
+                title: "History across all conversations, newest first",
+                needs: [HistoryByTime],
+                harness: [],
+                guards: [],
+                expected: "messages of every conversation of the user, newest first",
+                steps: [
+                    "send in two conversations",
+                    "pull all conversations",
+                ],
+            }
+            "SVC-008" idempotent_send {
+                title: "Resending a client message id stores one message",
+                needs: [IdempotentSend],
+                harness: [],
+                guards: [DuplicateAfterLostAck],
+                expected: "the second send returns the same server id and the conversation has one message",
+                steps: [
+                    "send a message",
+                    "send it again with the same client id",
+                ],
+            }
+            "SVC-009" kick_on_second_login {
+                title: "A second login kicks the first connection",
+                needs: [KickOnSecondLogin],
+                harness: [],
+                guards: [],
+                expected: "the first connection gets Kicked(LoggedInElsewhere) and its calls fail",
+                steps: [
+                    "alice logs in on device 1",
+                    "alice logs in on device 2",
+                ],
+            }
+            "SVC-010" token_expiry_events {
+                title: "Token expiry is warned before and reported at expiry",
+                needs: [TokenExpiry],
+                harness: [],
+                guards: [ReconnectStorm],
+                expected: "TokenWillExpire comes first, then TokenExpired, and calls fail with TokenExpired",
+                steps: [
+                    "log in with a short-lived token",
+                    "advance vendor time",
+                ],
+            }
+            "SVC-011" oversized_message_rejected {
+                title: "Oversized messages are refused with a typed error",
+                needs: [],
+                harness: [],
+                guards: [],
+                expected: "MessageTooLarge with the size and the limit; nothing is stored",
+                steps: [
+                    "send content over the vendor's limit",
+                    "pull history",
+                ],
+            }
+            "SVC-012" bad_credentials_and_no_session {
+                title: "Bad credentials and calls without a session get typed errors",
+                needs: [],
+                harness: [],
+                guards: [],
+                expected: "AuthFailed / UnknownUser / NotLoggedIn, never a panic or a hang",
+                steps: [
+                    "log in with a wrong token",
+                    "log in as an unknown user",
+                    "call without logging in",
+                ],
+            }
+            "SVC-013" group_conversation {
+                title: "Group conversations deliver to every member",
+                needs: [GroupConversations],
+                harness: [],
+                guards: [],
+                expected: "every member gets the message once; non-members are refused",
+                steps: [
+                    "create a group",
+                    "send into it",
+                    "a non-member sends into it",
+                ],
+            }
+            "SVC-014" heartbeat_rtt {
+                title: "Heartbeat returns a round-trip time",
+                needs: [Heartbeat],
+                harness: [],
+                guards: [],
+                expected: "ping answers with a plausible RTT",
+                steps: [
+                    "log in",
+                    "ping",
+                ],
+            }
+            "SVC-015" invalid_requests_and_undeclared_features {
+                title: "Invalid requests and undeclared features are refused",
+                needs: [],
+                harness: [],
+                guards: [],
+                expected: "InvalidRequest / Unsupported errors; the session stays usable",
+                steps: [
+                    "send malformed requests",
+                    "use a feature the vendor does not declare",
+                    "send a valid message",
+                ],
+            }
         }
     };
+    (@emit [cases] $($id:literal $scenario:ident {
+        title: $title:literal,
+        needs: [$($need:ident),* $(,)?],
+        harness: [$($harness:ident),* $(,)?],
+        guards: [$($class:ident)?],
+        expected: $expected:literal,
+        steps: [$($step:literal),* $(,)?] $(,)?
+    })*) => {
+        ::std::vec![$(
+            $crate::cases::Case {
+                id: $id,
+                title: $title,
+                category: $crate::cases::Category::Essential,
+                layer: $crate::cases::Layer::Service,
+                needs: &[$(::im_service::Capability::$need),*],
+                harness: &[$($crate::cases::HarnessNeed::$harness),*],
+                steps: &[$($step),*],
+                expected: $expected,
+                guards: $crate::vendor_contract_tests!(@guard $($class)?),
+                run: |t| {
+                    ::std::boxed::Box::pin(async move {
+                        $crate::on_target!(t, $crate::contract::$scenario)
+                    })
+                },
+            }
+        ),*]
+    };
+    (@emit [tests $target:expr] $($id:literal $scenario:ident { $($row:tt)* })*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                $crate::cases::run_contract_case($target, $id).await;
+            }
+        )*
+    };
+    (@guard) => { ::std::option::Option::None };
+    (@guard $class:ident) => {
+        ::std::option::Option::Some($crate::cases::FailureClass::$class)
+    };
+    (@cases) => { $crate::vendor_contract_tests! { @rows [cases] } };
+    ($target:expr) => { $crate::vendor_contract_tests! { @rows [tests $target] } };
 }
 
 pub(super) fn cases() -> Vec<Case> {
-    vec![
-        contract_case!(
-            "SVC-001",
-            offline_queue_delivered_after_login,
-            "Offline messages are delivered after login (ACK-online)",
-            &[C::OfflineQueue],
-            None,
-            "every message sent while away arrives once, after login, before any push; acknowledged batches do not come back",
-            [
-                "alice sends 3 messages while bob is offline",
-                "bob logs in and pulls offline",
-                "bob acknowledges and pulls again"
-            ]
-        ),
-        contract_case!(
-            "SVC-002",
-            offline_batches_page_newest_first,
-            "Offline batches page newest first with a remaining count",
-            &[C::OfflineQueue],
-            None,
-            "batches come newest first, each with how many are left",
-            [
-                "queue more messages than one batch",
-                "pull batches until none are left"
-            ]
-        ),
-        contract_case!(
-            "SVC-003",
-            pushes_start_only_after_go_online,
-            "Pushes start only after go_online",
-            &[C::OfflineQueue],
-            None,
-            "no live push reaches a client that has not declared itself online",
-            [
-                "bob logs in without going online",
-                "alice sends",
-                "bob goes online"
-            ]
-        ),
-        contract_case!(
-            "SVC-004",
-            retention_cuts_old_history,
-            "Retention cuts history older than the vendor keeps",
-            &[C::HistoryByTime],
-            None,
-            "messages older than the retention are gone from history pulls",
-            [
-                "send messages",
-                "advance vendor time past retention",
-                "pull history"
-            ],
-            harness: &[HarnessNeed::VendorClock]
-        ),
-        contract_case!(
-            "SVC-005",
-            time_range_pull_newest_first_paged,
-            "History by time range: newest first, paged",
-            &[C::HistoryByTime],
-            None,
-            "pages come newest first, cursors continue without loss or repeat",
-            [
-                "send messages over time",
-                "pull a time range in small pages"
-            ],
-            harness: &[HarnessNeed::VendorClock]
-        ),
-        contract_case!(
-            "SVC-006",
-            seq_range_pull_newest_first_paged,
-            "History by sequence range: newest first, paged",
-            &[C::HistoryBySeq],
-            Some(2),
-            "a sequence range returns exactly the messages between, newest first",
-            ["send messages", "pull a sequence range in small pages"]
-        ),
-        contract_case!(
-            "SVC-007",
-            all_conversations_pull_newest_first,
-            "History across all conversations, newest first",
-            &[C::HistoryByTime],
-            None,
-            "messages of every conversation of the user, newest first",
-            ["send in two conversations", "pull all conversations"]
-        ),
-        contract_case!(
-            "SVC-008",
-            idempotent_send,
-            "Resending a client message id stores one message",
-            &[C::IdempotentSend],
-            Some(1),
-            "the second send returns the same server id and the conversation has one message",
-            ["send a message", "send it again with the same client id"]
-        ),
-        contract_case!(
-            "SVC-009",
-            kick_on_second_login,
-            "A second login kicks the first connection",
-            &[C::KickOnSecondLogin],
-            None,
-            "the first connection gets Kicked(LoggedInElsewhere) and its calls fail",
-            ["alice logs in on device 1", "alice logs in on device 2"]
-        ),
-        contract_case!(
-            "SVC-010",
-            token_expiry_events,
-            "Token expiry is warned before and reported at expiry",
-            &[C::TokenExpiry],
-            Some(7),
-            "TokenWillExpire comes first, then TokenExpired, and calls fail with TokenExpired",
-            ["log in with a short-lived token", "advance vendor time"]
-        ),
-        contract_case!(
-            "SVC-011",
-            oversized_message_rejected,
-            "Oversized messages are refused with a typed error",
-            &[],
-            None,
-            "MessageTooLarge with the size and the limit; nothing is stored",
-            ["send content over the vendor's limit", "pull history"]
-        ),
-        contract_case!(
-            "SVC-012",
-            bad_credentials_and_no_session,
-            "Bad credentials and calls without a session get typed errors",
-            &[],
-            None,
-            "AuthFailed / UnknownUser / NotLoggedIn, never a panic or a hang",
-            [
-                "log in with a wrong token",
-                "log in as an unknown user",
-                "call without logging in"
-            ]
-        ),
-        contract_case!(
-            "SVC-013",
-            group_conversation,
-            "Group conversations deliver to every member",
-            &[C::GroupConversations],
-            None,
-            "every member gets the message once; non-members are refused",
-            [
-                "create a group",
-                "send into it",
-                "a non-member sends into it"
-            ]
-        ),
-        contract_case!(
-            "SVC-014",
-            heartbeat_rtt,
-            "Heartbeat returns a round-trip time",
-            &[C::Heartbeat],
-            None,
-            "ping answers with a plausible RTT",
-            ["log in", "ping"]
-        ),
-        contract_case!(
-            "SVC-015",
-            invalid_requests_and_undeclared_features,
-            "Invalid requests and undeclared features are refused",
-            &[],
-            None,
-            "InvalidRequest / Unsupported errors; the session stays usable",
-            [
-                "send malformed requests",
-                "use a feature the vendor does not declare",
-                "send a valid message"
-            ]
-        ),
-    ]
+    crate::vendor_contract_tests!(@cases)
+}
+
+/// Runs contract case `id` (`SVC-…`) on `target` as a test; what
+/// [`vendor_contract_tests!`](crate::vendor_contract_tests) generates calls this. Panics when
+/// a check fails. Returns early, printing why on stderr, when the target cannot run the case:
+/// it is not applicable there (the case library reports it so too), or the target is XMPP and
+/// no Prosody answers ([`prosody_or_skip`], which panics instead under
+/// `IM_REQUIRE_PROSODY`).
+pub async fn run_contract_case(target: Target, id: &str) {
+    if target == Target::Xmpp && !prosody_or_skip() {
+        return;
+    }
+    let Some(case) = cases().into_iter().find(|c| c.id == id) else {
+        panic!("no contract case {id}");
+    };
+    let missing = case.missing(target);
+    if !missing.is_empty() {
+        eprintln!(
+            "SKIPPED: {id} is not applicable on {}: needs {}",
+            target.name(),
+            missing.join(", ")
+        );
+        return;
+    }
+    (case.run)(target).await;
 }
