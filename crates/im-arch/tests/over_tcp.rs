@@ -86,7 +86,7 @@ fn config() -> ClientConfig {
 }
 
 async fn until(sub: &mut Subscription, stop: impl FnMut(&ClientEvent) -> bool) -> Vec<ClientEvent> {
-    common::until_within(sub, Duration::from_secs(20), stop).await
+    im_testkit::wait::until(sub, Duration::from_secs(20), stop).await
 }
 
 fn got_seq(n: u64) -> impl FnMut(&ClientEvent) -> bool {

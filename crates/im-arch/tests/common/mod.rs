@@ -12,11 +12,6 @@ use im_service::{
     Vendor,
 };
 
-/// The shared overall-deadline wait ([`im_testkit::wait::until`]) under the name the TCP
-/// tests (`over_tcp.rs`) call it by; unused in the other test binaries that share this module.
-#[allow(unused_imports)]
-pub use im_testkit::wait::until as until_within;
-
 /// (sequence, origin) of every delivered message, in delivery order.
 pub fn messages(events: &[ClientEvent]) -> Vec<(u64, Origin)> {
     events
