@@ -1,6 +1,7 @@
 //! The conversation list: last message, unread count, pinned, draft, muted and updated time
 //! per conversation, kept sorted (pinned first, then by the later of last message and
-//! draft) and updated per message without rescanning the list.
+//! draft) and updated per message without rescanning the list. A leaf: the shared state
+//! holds the list, and the conversation API (`conversations`) changes it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};

@@ -1,0 +1,191 @@
+//! The conversation API behind `ImClient`'s conversation methods: the list's pages and
+//! total unread, mark-read (with the vendor's read receipt), pinned, muted and drafts, the
+//! list's upkeep per delivered message, and its rebuild from the store at start.
+//!
+//! Every user setting is durable when its call returns (saved and flushed); a failing
+//! store is reported on the bus, not fatal (the row is already shown). The list itself
+//! ([`ConversationList`]) lives in `conversation_list`, a leaf the shared state holds.
+
+use std::collections::HashMap;
+
+use im_service::{Capability, ConversationId, Message, Timestamp};
+
+use crate::conversation_list::{ConversationList, ConversationSummary};
+use crate::error::ArchError;
+use crate::events::ClientEvent;
+use crate::shared::Shared;
+use crate::store::ConversationState;
+
+/// Rows `offset..offset + limit` of the conversation list, pinned first, newest first.
+pub(crate) fn page(shared: &Shared, offset: usize, limit: usize) -> Vec<ConversationSummary> {
+    shared.conversations.lock().page(offset, limit)
+}
+
+/// Unread messages over all conversations that are not muted.
+pub(crate) fn total_unread(shared: &Shared) -> u64 {
+    shared.conversations.lock().total_unread()
+}
+
+/// Marks a conversation read, and tells the vendor where it supports read receipts.
+pub(crate) async fn mark_read(
+    shared: &Shared,
+    conversation: &ConversationId,
+) -> Result<(), ArchError> {
+    let (row, last, state) = {
+        let mut list = shared.conversations.lock();
+        let (row, last) = list.mark_read(conversation);
+        (row, last, list.state(conversation))
+    };
+    if let Some(state) = state {
+        persist_state(shared, &state).await;
+        flush_state(shared).await;
+    }
+    shared
+        .distributor
+        .publish(ClientEvent::ConversationChanged(row))
+        .await;
+    if let Some(last) = last.filter(|_| {
+        shared
+            .vendor
+            .capabilities()
+            .supports(Capability::ReadReceipts)
+    }) {
+        shared
+            .retry("mark_read", || {
+                shared.vendor.mark_read(conversation, &last.server_id)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Pins or unpins a conversation.
+pub(crate) async fn set_pinned(shared: &Shared, conversation: &ConversationId, pinned: bool) {
+    update_row(shared, |list| list.set_pinned(conversation, pinned)).await;
+}
+
+/// Mutes or unmutes a conversation.
+pub(crate) async fn set_muted(shared: &Shared, conversation: &ConversationId, muted: bool) {
+    update_row(shared, |list| list.set_muted(conversation, muted)).await;
+}
+
+/// Saves (`Some`) or clears (`None`) a conversation's draft, edited now.
+pub(crate) async fn set_draft(
+    shared: &Shared,
+    conversation: &ConversationId,
+    draft: Option<String>,
+) {
+    let now: Timestamp = shared.clock.now();
+    update_row(shared, |list| list.set_draft(conversation, draft, now)).await;
+}
+
+/// Changes one row of the conversation list, makes its state durable and announces it.
+/// The lock is released before anything is awaited.
+async fn update_row(
+    shared: &Shared,
+    change: impl FnOnce(&mut ConversationList) -> ConversationSummary,
+) -> ConversationSummary {
+    let (row, state) = {
+        let mut list = shared.conversations.lock();
+        let row = change(&mut list);
+        let state = list.state(&row.id);
+        (row, state)
+    };
+    if let Some(state) = state {
+        persist_state(shared, &state).await;
+        flush_state(shared).await;
+    }
+    shared
+        .distributor
+        .publish(ClientEvent::ConversationChanged(row.clone()))
+        .await;
+    row
+}
+
+/// Updates the list for a delivered message `m` and returns its row (to announce). My own
+/// message (from any device) moves my read position: that is saved (not flushed: the
+/// delivery's commit follows).
+pub(crate) async fn on_delivered(shared: &Shared, m: &Message) -> ConversationSummary {
+    let me = shared.credentials.lock().user.clone();
+    let (row, state) = {
+        let mut list = shared.conversations.lock();
+        let row = list.on_message(m);
+        let state = if m.sender == me {
+            list.state(&m.conversation)
+        } else {
+            None
+        };
+        (row, state)
+    };
+    if let Some(state) = state {
+        persist_state(shared, &state).await;
+    }
+    row
+}
+
+/// Saves a conversation's user state; a failing store is reported, not fatal.
+async fn persist_state(shared: &Shared, state: &ConversationState) {
+    if let Err(error) = shared.store.put_conversation_state(state).await {
+        tracing::warn!(error = %error, "cannot save conversation state");
+        shared
+            .distributor
+            .publish(ClientEvent::StoreFailed {
+                op: "put_conversation_state",
+                error,
+            })
+            .await;
+    }
+}
+
+/// Makes what the user just set durable before the call returns; a failing store is
+/// reported, not fatal (the row is already shown).
+async fn flush_state(shared: &Shared) {
+    if let Err(error) = shared.store.flush().await {
+        tracing::warn!(error = %error, "cannot flush conversation state");
+        shared
+            .distributor
+            .publish(ClientEvent::StoreFailed { op: "flush", error })
+            .await;
+    }
+}
+
+/// Rebuilds the conversation list from the store: every conversation with delivered
+/// messages or saved state, its newest message and its unread messages.
+pub(crate) async fn load(shared: &Shared) -> Result<(), ArchError> {
+    /// Unread messages counted per conversation at most (a badge shows "999+" anyway).
+    const MAX_UNREAD_SCAN: usize = 10_000;
+    let states: HashMap<ConversationId, ConversationState> = shared
+        .store
+        .conversation_states()
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
+    let mut ids: Vec<ConversationId> = shared
+        .store
+        .cursors()
+        .await?
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    ids.extend(states.keys().cloned());
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        let state = states.get(&id);
+        let last = shared.store.latest(&id, 1).await?.into_iter().next();
+        let read = match state.and_then(|s| s.read_up_to.as_ref()) {
+            Some((_, read_id)) => shared.store.message(read_id).await?,
+            None => None,
+        };
+        let after_read = match &read {
+            Some(read) => shared.store.page_after(&id, read, MAX_UNREAD_SCAN).await?,
+            None => shared.store.page_before(&id, None, MAX_UNREAD_SCAN).await?,
+        };
+        shared
+            .conversations
+            .lock()
+            .restore(&id, state, last, read.as_ref(), &after_read);
+    }
+    Ok(())
+}
