@@ -790,7 +790,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            assert_eq!(got, 2);
+            assert_eq!(got, 2, "released past the hole");
             assert_eq!(delivered(&mut sub), ["m1", "m2"], "nothing past the hole");
             let cursor = store.inner.cursor(&conversation()).await.unwrap();
             assert_eq!(
