@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::client::sync::SyncEngine;
+use super::sync::SyncEngine;
 use crate::error::ArchError;
 use crate::events::{ClientEvent, ConnectionState, SyncProgress};
 use crate::shared::Shared;
