@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use im_service::{Capability, ConversationId, Message, Timestamp};
+use im_service::{Capability, ConversationId, Message};
 
 use crate::conversation_list::{ConversationList, ConversationSummary};
 use crate::error::ArchError;
@@ -75,7 +75,7 @@ pub(crate) async fn set_draft(
     conversation: &ConversationId,
     draft: Option<String>,
 ) {
-    let now: Timestamp = shared.clock.now();
+    let now = shared.clock.now();
     update_row(shared, |list| list.set_draft(conversation, draft, now)).await;
 }
 

@@ -1,12 +1,13 @@
 //! Message details: a conversation's timeline paged backwards and forwards from the local
 //! store; when the store runs out, older pages continue through the history windows (the
 //! vendor for recent ones, the archive for old ones), are persisted, and whatever no source
-//! can serve is reported as a gap.
+//! can serve is reported as a gap. Also one page of a single history window
+//! (`ImClient::history`).
 
-use im_service::{ConversationId, Message, ServerMsgId, Timestamp};
+use im_service::{ConversationId, Message, PageCursor, ServerMsgId, Timestamp};
 
 use crate::error::ArchError;
-use crate::history::{HistoryGap, HistoryWindow};
+use crate::history::{HistoryGap, HistoryResult, HistoryWindow};
 use crate::shared::Shared;
 
 /// One page of a timeline.
@@ -19,7 +20,7 @@ pub struct TimelinePage {
 }
 
 /// Up to `limit` messages older than `before` (the newest when `None`), newest first.
-pub(crate) async fn before(
+pub(crate) async fn page_before(
     shared: &Shared,
     conversation: &ConversationId,
     before: Option<&Message>,
@@ -81,11 +82,50 @@ pub(crate) async fn before(
 }
 
 /// Up to `limit` locally stored messages newer than `after`, oldest first.
-pub(crate) async fn after(
+pub(crate) async fn page_after(
     shared: &Shared,
     conversation: &ConversationId,
     after: &Message,
     limit: usize,
 ) -> Result<Vec<Message>, ArchError> {
     shared.store.page_after(conversation, after, limit).await
+}
+
+/// One page of a conversation's history in `window`, persisted locally. Ranges no
+/// configured source can serve are returned as gaps.
+pub(crate) async fn window_page(
+    shared: &Shared,
+    conversation: &ConversationId,
+    window: HistoryWindow,
+    limit: u32,
+    cursor: Option<PageCursor>,
+) -> Result<HistoryResult, ArchError> {
+    let now = shared.clock.now();
+    let (from, to) = window.range(now);
+    let Some(source) = shared.sources.get(&window).cloned() else {
+        return Ok(HistoryResult {
+            messages: Vec::new(),
+            gaps: vec![HistoryGap {
+                from,
+                to,
+                reason: format!("no history source for {window:?}"),
+            }],
+            next: None,
+        });
+    };
+    let page = shared
+        .retry("pull_history", || {
+            source.page(conversation, from, to, cursor.clone(), limit)
+        })
+        .await?;
+    shared.store.put_messages(&page.messages).await?;
+    let gaps = HistoryGap::before_horizon(source.name(), page.horizon, from, to)
+        .into_iter()
+        .filter(|g| shared.is_real_gap(g))
+        .collect();
+    Ok(HistoryResult {
+        messages: page.messages,
+        gaps,
+        next: page.next,
+    })
 }

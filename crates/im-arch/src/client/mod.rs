@@ -26,7 +26,7 @@ use crate::conversation_list::ConversationSummary;
 use crate::durable::DurableSubscription;
 use crate::error::ArchError;
 use crate::events::{ClientEvent, ConnectionState};
-use crate::history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
+use crate::history::{HistoryResult, HistorySource, HistoryWindow, VendorHistory};
 use crate::shared::Shared;
 use crate::store::{MemoryStore, OutboxItem, Store};
 use crate::timeline::TimelinePage;
@@ -396,35 +396,7 @@ impl ImClient {
         limit: u32,
         cursor: Option<PageCursor>,
     ) -> Result<HistoryResult, ArchError> {
-        let now = self.shared.clock.now();
-        let (from, to) = window.range(now);
-        let Some(source) = self.shared.sources.get(&window).cloned() else {
-            return Ok(HistoryResult {
-                messages: Vec::new(),
-                gaps: vec![HistoryGap {
-                    from,
-                    to,
-                    reason: format!("no history source for {window:?}"),
-                }],
-                next: None,
-            });
-        };
-        let page = self
-            .shared
-            .retry("pull_history", || {
-                source.page(conversation, from, to, cursor.clone(), limit)
-            })
-            .await?;
-        self.shared.store.put_messages(&page.messages).await?;
-        let gaps = HistoryGap::before_horizon(source.name(), page.horizon, from, to)
-            .into_iter()
-            .filter(|g| self.shared.is_real_gap(g))
-            .collect();
-        Ok(HistoryResult {
-            messages: page.messages,
-            gaps,
-            next: page.next,
-        })
+        timeline::window_page(&self.shared, conversation, window, limit, cursor).await
     }
 }
 
@@ -501,7 +473,7 @@ impl ImClient {
         before: Option<&Message>,
         limit: usize,
     ) -> Result<TimelinePage, ArchError> {
-        timeline::before(&self.shared, conversation, before, limit).await
+        timeline::page_before(&self.shared, conversation, before, limit).await
     }
 
     /// Up to `limit` locally stored messages newer than `after`, oldest first.
@@ -511,7 +483,7 @@ impl ImClient {
         after: &Message,
         limit: usize,
     ) -> Result<Vec<Message>, ArchError> {
-        timeline::after(&self.shared, conversation, after, limit).await
+        timeline::page_after(&self.shared, conversation, after, limit).await
     }
 
     /// A locally stored message by its vendor id.
