@@ -15,14 +15,16 @@ use anyhow::{Context, Result, bail};
 
 /// The modules that carry the delivery rules (the list: sequencer, sync, send
 /// queue, retry, conversations, history windows, bus). The sync engine lives in
-/// `client.rs` (supervisor) and `durable.rs` (the app-side journal).
+/// `client/sync.rs`, driven by `client/supervisor.rs`; `durable.rs` is the app-side journal.
 pub const DELIVERY_MODULES: &[&str] = &[
     "crates/im-arch/src/sequencer.rs",
-    "crates/im-arch/src/client.rs",
+    "crates/im-arch/src/client/sync.rs",
+    "crates/im-arch/src/client/supervisor.rs",
     "crates/im-arch/src/durable.rs",
     "crates/im-arch/src/send_queue.rs",
     "crates/im-arch/src/retry.rs",
     "crates/im-arch/src/conversations.rs",
+    "crates/im-arch/src/conversation_list.rs",
     "crates/im-arch/src/history.rs",
     "crates/im-arch/src/bus.rs",
 ];

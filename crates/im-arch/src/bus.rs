@@ -26,12 +26,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
 
 use futures::Stream;
 use im_service::ConversationId;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHasher;
 use tokio::sync::Notify;
 
@@ -164,16 +165,11 @@ struct QueueState<E> {
 }
 
 impl<E> Queue<E> {
-    fn state(&self) -> MutexGuard<'_, QueueState<E>> {
-        // Every critical section leaves the state consistent: poison carries no torn state.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Queues `event` unless the queue is full under the Reliable policy; then hands it
     /// back. A closed queue takes (and discards) everything.
     fn try_push(&self, event: Arc<E>) -> Result<(), Arc<E>> {
         let waker = {
-            let mut st = self.state();
+            let mut st = self.state.lock();
             if st.closed {
                 return Ok(());
             }
@@ -214,7 +210,7 @@ impl<E> Queue<E> {
 
     fn close(&self) {
         let waker = {
-            let mut st = self.state();
+            let mut st = self.state.lock();
             st.closed = true;
             st.waker.take()
         };
@@ -286,16 +282,8 @@ struct Inner<E: Routed> {
 }
 
 impl<E: Routed> Inner<E> {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index<E>> {
-        self.index.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index<E>> {
-        self.index.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn unsubscribe(&self, id: u64) {
-        let mut index = self.write();
+        let mut index = self.index.write();
         let Some(conversations) = index.subscriptions.remove(&id) else {
             return;
         };
@@ -319,7 +307,7 @@ impl<E: Routed> Inner<E> {
 impl<E: Routed> Drop for Inner<E> {
     fn drop(&mut self) {
         // The last bus handle is gone: streams end once drained.
-        let index = self.index.get_mut().unwrap_or_else(|e| e.into_inner());
+        let index = self.index.get_mut();
         for q in index
             .everywhere
             .iter()
@@ -418,7 +406,7 @@ impl<E: Routed> Bus<E> {
             dropped_total: self.inner.dropped_total.clone(),
         });
         let kinds = (0..E::KINDS).filter(|&k| filter.kinds & bit(k) != 0);
-        let mut index = self.inner.write();
+        let mut index = self.inner.index.write();
         match &filter.conversations {
             None => kinds.for_each(|k| index.everywhere[k].push(queue.clone())),
             Some(list) => {
@@ -487,7 +475,7 @@ impl<E: Routed> Bus<E> {
     fn visit(&self, event: &E, mut f: impl FnMut(&Arc<Queue<E>>)) -> usize {
         let kind = event.kind();
         let mask = bit(kind);
-        let index = self.inner.read();
+        let index = self.inner.index.read();
         let mut n = 0;
         let mut each = |q: &Arc<Queue<E>>| {
             n += 1;
@@ -526,7 +514,7 @@ impl<E: Routed> Bus<E> {
 
     /// Live subscriptions.
     pub fn subscriber_count(&self) -> usize {
-        self.inner.read().subscriptions.len()
+        self.inner.index.read().subscriptions.len()
     }
 }
 
@@ -569,7 +557,7 @@ impl<E: Routed> BusStream<E> {
 
     /// Events queued now (a UI can show a backlog).
     pub fn queued(&self) -> usize {
-        self.local.len() + self.queue.state().events.len()
+        self.local.len() + self.queue.state.lock().events.len()
     }
 
     /// Everything queued now, without waiting, in order (a lagged notice where events were
@@ -577,7 +565,7 @@ impl<E: Routed> BusStream<E> {
     pub fn drain_now(&mut self) -> Vec<Arc<E>> {
         let mut out: Vec<Arc<E>> = self.local.drain(..).collect();
         {
-            let mut st = self.queue.state();
+            let mut st = self.queue.state.lock();
             if st.dropped > 0 {
                 let dropped = std::mem::take(&mut st.dropped);
                 out.push(Arc::new(E::lagged(dropped)));
@@ -595,7 +583,7 @@ impl<E: Routed> BusStream<E> {
             return Poll::Ready(Some(event));
         }
         let took = {
-            let mut st = self.queue.state();
+            let mut st = self.queue.state.lock();
             if st.dropped > 0 {
                 let dropped = std::mem::take(&mut st.dropped);
                 return Poll::Ready(Some(Arc::new(E::lagged(dropped))));

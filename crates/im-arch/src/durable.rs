@@ -12,21 +12,24 @@
 //! atomic write that advances the sync cursors ([`Store::commit_delivery`]). The store is
 //! the buffer: the supervisor never waits for a reader, and a slow or absent one catches up
 //! from the journal. Journal entries every subscription has acknowledged are dropped.
+//!
+//! [`ImClient::subscribe`]: crate::ImClient::subscribe
+//! [`Store::commit_delivery`]: crate::Store::commit_delivery
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 
-use crate::client::{ImClient, Shared};
 use crate::error::ArchError;
+use crate::shared::Shared;
 use crate::store::{DurableEvent, Store};
 
 /// Longest subscription name, in bytes.
 const MAX_NAME: usize = 200;
 
 /// A named, durable reader of the messages the client delivers. Created by
-/// [`ImClient::durable_subscription`].
+/// [`ImClient::durable_subscription`](crate::ImClient::durable_subscription).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -135,62 +138,53 @@ impl DurableSubscription {
     }
 }
 
-impl ImClient {
-    /// Opens the durable subscription `name`, registering it on first use (it then starts
-    /// at the journal's head: it receives what is delivered from now on). Register before
-    /// the first [`ImClient::login`] to receive the offline messages of that login too.
-    ///
-    /// Only one reader per name should be open at a time: two readers of one name would
-    /// each be handed the same events.
-    pub async fn durable_subscription(&self, name: &str) -> Result<DurableSubscription, ArchError> {
-        if name.is_empty() || name.len() > MAX_NAME {
-            return Err(ArchError::InvalidArgument(format!(
-                "a durable subscription name has 1 to {MAX_NAME} bytes, got {}",
-                name.len()
-            )));
+/// Opens the durable subscription `name`, registering it on first use (it then starts at
+/// the journal's head).
+pub(crate) async fn open(shared: &Shared, name: &str) -> Result<DurableSubscription, ArchError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(ArchError::InvalidArgument(format!(
+            "a durable subscription name has 1 to {MAX_NAME} bytes, got {}",
+            name.len()
+        )));
+    }
+    // Journal from now on, before the head is read: nothing delivered after the
+    // registration below is missed.
+    shared.journal_on.store(true, Ordering::SeqCst);
+    let store = shared.store.clone();
+    let head = store.journal_head().await?;
+    publish_head(shared, head);
+    let acked = match store
+        .subscriptions()
+        .await?
+        .into_iter()
+        .find(|(n, _)| n == name)
+    {
+        Some((_, position)) => position,
+        None => {
+            store.set_subscription(name, head).await?;
+            store.flush().await?;
+            head
         }
-        let shared = self.shared();
-        // Journal from now on, before the head is read: nothing delivered after the
-        // registration below is missed.
-        shared.journal_on.store(true, Ordering::SeqCst);
-        let store = shared.store.clone();
-        let head = store.journal_head().await?;
-        publish_head(shared, head);
-        let acked = match store
-            .subscriptions()
-            .await?
-            .into_iter()
-            .find(|(n, _)| n == name)
-        {
-            Some((_, position)) => position,
-            None => {
-                store.set_subscription(name, head).await?;
-                store.flush().await?;
-                head
-            }
-        };
-        tracing::debug!(
-            subscription = name,
-            acked,
-            head,
-            "durable subscription opened"
-        );
-        Ok(DurableSubscription {
-            name: name.to_string(),
-            store,
-            head: shared.journal_head.subscribe(),
-            acked,
-            handed: acked,
-        })
-    }
+    };
+    tracing::debug!(
+        subscription = name,
+        acked,
+        head,
+        "durable subscription opened"
+    );
+    Ok(DurableSubscription {
+        name: name.to_string(),
+        store,
+        head: shared.journal_head.subscribe(),
+        acked,
+        handed: acked,
+    })
+}
 
-    /// Forgets the durable subscription `name` and the journal entries only it held. When
-    /// no subscription is left the client stops journaling (after its next restart).
-    pub async fn remove_durable_subscription(&self, name: &str) -> Result<(), ArchError> {
-        let store = &self.shared().store;
-        store.remove_subscription(name).await?;
-        store.flush().await
-    }
+/// Forgets the durable subscription `name` and the journal entries only it held.
+pub(crate) async fn remove(shared: &Shared, name: &str) -> Result<(), ArchError> {
+    shared.store.remove_subscription(name).await?;
+    shared.store.flush().await
 }
 
 /// Raises the published journal head to `head` (never lowers it).

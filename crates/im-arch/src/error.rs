@@ -33,7 +33,7 @@ pub enum ArchError {
         /// The version recorded in the store.
         found: u32,
         /// The newest version this build reads
-        /// ([`SCHEMA_VERSION`](crate::store::SCHEMA_VERSION)).
+        /// ([`SCHEMA_VERSION`](crate::SCHEMA_VERSION)).
         supported: u32,
     },
     /// One stored entry cannot be read (its bytes do not decode). Only operations that touch

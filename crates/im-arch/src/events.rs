@@ -1,13 +1,13 @@
 //! What the client tells its subscribers: connection state, messages, heartbeats, sync
 //! progress, retries and errors, from login down to UI rendering; their kinds and routing on
-//! the [`Bus`](crate::bus::Bus).
+//! the [`Bus`](crate::Bus).
 
 use std::time::Duration;
 
 use im_service::{ClientMsgId, ConversationId, KickReason, ReceivedMessage, Timestamp};
 
 use crate::bus::{Filter, Routed};
-use crate::conversations::ConversationSummary;
+use crate::conversation_list::ConversationSummary;
 use crate::error::ArchError;
 use crate::retry::RetryAttempt;
 use crate::store::SendStatus;
@@ -46,6 +46,11 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
+    /// Whether the client is online (synced and taking live pushes).
+    pub fn is_online(&self) -> bool {
+        *self == ConnectionState::Online
+    }
+
     /// Whether the supervisor has stopped for good (until the next `login`).
     pub fn is_terminal(&self) -> bool {
         matches!(

@@ -2,9 +2,32 @@
 //!
 //! [`ImClient`] owns one vendor connection through a supervisor task: login, the ACK-online
 //! sync (offline first, acknowledged after persisting, then online), per-conversation
-//! ordering with gap fill ([`Sequencer`]), heartbeats and reconnection with capped jittered
-//! backoff, one [`RetryPolicy`] for every retried call, history windows with explicit gaps,
-//! and a typed, filtered distribution [`Bus`] of [`ClientEvent`]s.
+//! ordering with gap fill, heartbeats and reconnection with capped jittered backoff, one
+//! [`RetryPolicy`] for every retried call, history windows with explicit gaps, and a typed,
+//! filtered distribution [`Bus`] of [`ClientEvent`]s.
+//!
+//! # The API, by group
+//!
+//! * **The client**: [`ImClient`] (built with [`ImClientBuilder`]; its methods cover login
+//!   and connection, sending, the conversation list, the timeline and history, and
+//!   subscriptions), configured with [`ClientConfig`] and an optional [`TokenProvider`];
+//!   fails with [`ArchError`].
+//! * **Events**: [`ClientEvent`] and its [`EventKind`], [`ConnectionState`],
+//!   [`SyncProgress`], [`RetryAttempt`]; live readers take a [`Subscription`]; lossless
+//!   readers a [`DurableSubscription`] of [`DurableEvent`]s.
+//! * **Distribution**: the [`Bus`] the client publishes on, usable for app events too:
+//!   [`Routed`] events, [`Filter`], [`DeliveryPolicy`], [`BusStream`], [`DroppedCounter`].
+//! * **Conversations and timeline**: [`ConversationSummary`] rows (and the
+//!   [`ConversationList`] that orders them), [`TimelinePage`].
+//! * **History**: [`HistoryWindow`], [`HistorySource`] with [`VendorHistory`] and
+//!   [`ArchiveHistory`], and what a request returns: [`HistoryResult`], [`HistoryGap`].
+//! * **Retry**: [`RetryPolicy`], [`Backoff`], [`Jitter`].
+//! * **Storage**: the [`Store`] trait and its durability contract, [`MemoryStore`] and
+//!   [`SledStore`], and the values they keep: [`SyncCursor`], [`OutboxItem`],
+//!   [`SendStatus`], [`ConversationState`], [`SCHEMA_VERSION`].
+//!
+//! Everything else (the supervisor, the sync engine and its sequencer, the send queue's
+//! task, the shared state) is private: modules are private and this list is the API.
 //!
 //! Invariants:
 //! * depends on `im-service`'s contract only, never on a vendor adapter: it never names a
@@ -20,32 +43,34 @@
 //! * kicked and token-expired sessions never reconnect in a loop;
 //! * never depends on `im-qc`, `im-business-demo` or (except as a dev-dependency) `im-testkit`.
 
-pub mod archive_history;
-pub mod bus;
-pub mod client;
-pub mod conversations;
+mod archive_history;
+mod bus;
+mod client;
+mod config;
+mod conversation_list;
+mod conversations;
 mod durable;
-pub mod error;
-pub mod events;
-pub mod history;
-pub mod retry;
-pub mod send_queue;
-pub mod sequencer;
-pub mod sled_store;
-pub mod store;
-pub mod timeline;
+mod error;
+mod events;
+mod history;
+mod retry;
+mod send_queue;
+mod sequencer;
+mod shared;
+mod sled_store;
+mod store;
+mod timeline;
 
 pub use archive_history::ArchiveHistory;
 pub use bus::{Bus, BusStream, DeliveryPolicy, DroppedCounter, Filter, Routed};
-pub use client::Subscription;
-pub use client::{ClientConfig, ImClient, ImClientBuilder, StateView, TokenProvider};
-pub use conversations::{ConversationList, ConversationSummary};
+pub use client::{ImClient, ImClientBuilder, Subscription};
+pub use config::{ClientConfig, TokenProvider};
+pub use conversation_list::{ConversationList, ConversationSummary};
 pub use durable::DurableSubscription;
 pub use error::ArchError;
 pub use events::{ClientEvent, ConnectionState, EventKind, SyncProgress};
 pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
-pub use sequencer::{SeqGap, Sequencer};
 pub use sled_store::SledStore;
 pub use store::{
     ConversationState, DurableEvent, MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store,

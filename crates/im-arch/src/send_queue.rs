@@ -14,223 +14,94 @@ use im_service::{
 };
 use tracing::Instrument;
 
-use crate::client::{ImClient, Shared};
 use crate::error::ArchError;
 use crate::events::{ClientEvent, ConnectionState};
+use crate::shared::Shared;
 use crate::store::{OutboxItem, SendStatus};
 
-impl ImClient {
-    /// Queues a message: it is persisted and announced as `Sending` before this returns,
-    /// and goes out as soon as the client is online. Oversized content is refused here.
-    pub async fn send(
-        &self,
-        conversation: ConversationId,
-        content: Content,
-    ) -> Result<ClientMsgId, ArchError> {
-        let shared = self.shared();
-        let max = shared.vendor.capabilities().max_message_bytes;
-        if content.size() > max {
-            return Err(ArchError::Permanent {
-                op: "send",
-                error: im_service::ServiceError::MessageTooLarge {
-                    size: content.size(),
-                    max,
-                },
-            });
-        }
-        let message = OutgoingMessage::new(conversation, content, shared.clock.now());
-        let position = {
-            let mut next = shared.next_position.lock().await;
-            let n = match *next {
-                Some(n) => n,
-                None => shared
-                    .store
-                    .outbox()
-                    .await?
-                    .last()
-                    .map_or(1, |i| i.position + 1),
-            };
-            *next = Some(n + 1);
-            n
+/// Queues a message: it is persisted and announced as `Sending` before this returns, and
+/// goes out as soon as the client is online. Oversized content is refused here.
+pub(crate) async fn send(
+    shared: &Shared,
+    conversation: ConversationId,
+    content: Content,
+) -> Result<ClientMsgId, ArchError> {
+    let max = shared.vendor.capabilities().max_message_bytes;
+    if content.size() > max {
+        return Err(ArchError::Permanent {
+            op: "send",
+            error: im_service::ServiceError::MessageTooLarge {
+                size: content.size(),
+                max,
+            },
+        });
+    }
+    let message = OutgoingMessage::new(conversation, content, shared.clock.now());
+    let position = {
+        let mut next = shared.next_position.lock().await;
+        let n = match *next {
+            Some(n) => n,
+            None => shared
+                .store
+                .outbox()
+                .await?
+                .last()
+                .map_or(1, |i| i.position + 1),
         };
-        let item = OutboxItem {
-            position,
-            message,
-            status: SendStatus::Sending,
-            attempts: 0,
-        };
-        shared.store.put_outbox(&item).await?;
-        // Confirmed only once durable: a crash after `Ok` must not lose the message.
-        shared.store.flush().await?;
-        announce(shared, &item).await;
-        shared.outbox_wake.notify_one();
-        Ok(item.message.client_id)
-    }
-
-    /// Puts a failed item back in the queue (same client id).
-    pub async fn resend(&self, id: &ClientMsgId) -> Result<(), ArchError> {
-        let shared = self.shared();
-        let Some(mut item) = find(shared, id).await? else {
-            return Err(ArchError::NotQueued(id.clone()));
-        };
-        item.status = SendStatus::Sending;
-        shared.store.put_outbox(&item).await?;
-        shared.store.flush().await?;
-        announce(shared, &item).await;
-        shared.outbox_wake.notify_one();
-        Ok(())
-    }
-
-    /// Removes an unsent item from the queue, releasing the ones behind it.
-    pub async fn cancel(&self, id: &ClientMsgId) -> Result<(), ArchError> {
-        let shared = self.shared();
-        let Some(item) = find(shared, id).await? else {
-            return Err(ArchError::NotQueued(id.clone()));
-        };
-        shared.store.remove_outbox(id).await?;
-        // A cancelled message must not come back after a crash and go out.
-        shared.store.flush().await?;
-        shared
-            .distributor
-            .publish(ClientEvent::SendStatus {
-                client_id: id.clone(),
-                conversation: item.message.conversation.clone(),
-                status: None,
-                server_time: None,
-            })
-            .await;
-        shared.outbox_wake.notify_one();
-        Ok(())
-    }
-
-    /// Rows `offset..offset + limit` of the conversation list, pinned first, newest first.
-    pub fn conversations(&self, offset: usize, limit: usize) -> Vec<crate::ConversationSummary> {
-        self.shared()
-            .conversations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .page(offset, limit)
-    }
-
-    /// Unread messages over all conversations that are not muted.
-    pub fn total_unread(&self) -> u64 {
-        self.shared()
-            .conversations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .total_unread()
-    }
-
-    /// Marks a conversation read, and tells the vendor where it supports read receipts.
-    pub async fn mark_read(&self, conversation: &ConversationId) -> Result<(), ArchError> {
-        let shared = self.shared();
-        let (row, last, state) = {
-            let mut list = shared
-                .conversations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let (row, last) = list.mark_read(conversation);
-            (row, last, list.state(conversation))
-        };
-        if let Some(state) = state {
-            persist_state(shared, &state).await;
-            flush_state(shared).await;
-        }
-        shared
-            .distributor
-            .publish(ClientEvent::ConversationChanged(row))
-            .await;
-        if let Some(last) = last.filter(|_| {
-            shared
-                .vendor
-                .capabilities()
-                .supports(im_service::Capability::ReadReceipts)
-        }) {
-            shared
-                .retry("mark_read", || {
-                    shared.vendor.mark_read(conversation, &last.server_id)
-                })
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Pins or unpins a conversation.
-    pub async fn set_pinned(&self, conversation: &ConversationId, pinned: bool) {
-        self.update_row(|list| list.set_pinned(conversation, pinned))
-            .await;
-    }
-
-    /// Mutes or unmutes a conversation.
-    pub async fn set_muted(&self, conversation: &ConversationId, muted: bool) {
-        self.update_row(|list| list.set_muted(conversation, muted))
-            .await;
-    }
-
-    /// Saves (`Some`) or clears (`None`) a conversation's draft.
-    pub async fn set_draft(&self, conversation: &ConversationId, draft: Option<String>) {
-        let now = self.shared().clock.now();
-        self.update_row(|list| list.set_draft(conversation, draft, now))
-            .await;
-    }
-
-    /// Changes one row of the conversation list and announces it. The lock is released
-    /// before the announcement is awaited.
-    async fn update_row(
-        &self,
-        change: impl FnOnce(&mut crate::ConversationList) -> crate::ConversationSummary,
-    ) -> crate::ConversationSummary {
-        let (row, state) = {
-            let mut list = self
-                .shared()
-                .conversations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let row = change(&mut list);
-            let state = list.state(&row.id);
-            (row, state)
-        };
-        if let Some(state) = state {
-            persist_state(self.shared(), &state).await;
-            flush_state(self.shared()).await;
-        }
-        self.shared()
-            .distributor
-            .publish(ClientEvent::ConversationChanged(row.clone()))
-            .await;
-        row
-    }
-
-    /// The queue as it stands, in enqueue order (for a UI that shows why a message waits).
-    pub async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
-        self.shared().store.outbox().await
-    }
+        *next = Some(n + 1);
+        n
+    };
+    let item = OutboxItem {
+        position,
+        message,
+        status: SendStatus::Sending,
+        attempts: 0,
+    };
+    shared.store.put_outbox(&item).await?;
+    // Confirmed only once durable: a crash after `Ok` must not lose the message.
+    shared.store.flush().await?;
+    announce(shared, &item).await;
+    shared.outbox_wake.notify_one();
+    Ok(item.message.client_id)
 }
 
-/// Saves a conversation's user state; a failing store is reported, not fatal.
-pub(crate) async fn persist_state(shared: &Shared, state: &crate::store::ConversationState) {
-    if let Err(error) = shared.store.put_conversation_state(state).await {
-        tracing::warn!(error = %error, "cannot save conversation state");
-        shared
-            .distributor
-            .publish(ClientEvent::StoreFailed {
-                op: "put_conversation_state",
-                error,
-            })
-            .await;
-    }
+/// Puts a failed item back in the queue (same client id).
+pub(crate) async fn resend(shared: &Shared, id: &ClientMsgId) -> Result<(), ArchError> {
+    let Some(mut item) = find(shared, id).await? else {
+        return Err(ArchError::NotQueued(id.clone()));
+    };
+    item.status = SendStatus::Sending;
+    shared.store.put_outbox(&item).await?;
+    shared.store.flush().await?;
+    announce(shared, &item).await;
+    shared.outbox_wake.notify_one();
+    Ok(())
 }
 
-/// Makes what the user just set durable before the call returns; a failing store is
-/// reported, not fatal (the row is already shown).
-async fn flush_state(shared: &Shared) {
-    if let Err(error) = shared.store.flush().await {
-        tracing::warn!(error = %error, "cannot flush conversation state");
-        shared
-            .distributor
-            .publish(ClientEvent::StoreFailed { op: "flush", error })
-            .await;
-    }
+/// Removes an unsent item from the queue, releasing the ones behind it.
+pub(crate) async fn cancel(shared: &Shared, id: &ClientMsgId) -> Result<(), ArchError> {
+    let Some(item) = find(shared, id).await? else {
+        return Err(ArchError::NotQueued(id.clone()));
+    };
+    shared.store.remove_outbox(id).await?;
+    // A cancelled message must not come back after a crash and go out.
+    shared.store.flush().await?;
+    shared
+        .distributor
+        .publish(ClientEvent::SendStatus {
+            client_id: id.clone(),
+            conversation: item.message.conversation.clone(),
+            status: None,
+            server_time: None,
+        })
+        .await;
+    shared.outbox_wake.notify_one();
+    Ok(())
+}
+
+/// The queue as it stands, in enqueue order.
+pub(crate) async fn outbox(shared: &Shared) -> Result<Vec<OutboxItem>, ArchError> {
+    shared.store.outbox().await
 }
 
 async fn find(shared: &Shared, id: &ClientMsgId) -> Result<Option<OutboxItem>, ArchError> {
@@ -369,12 +240,7 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
     match result {
         Ok(receipt) => {
             // A duplicate receipt (resend after a lost ack) is a success, never a failure.
-            let me = shared
-                .credentials
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .user
-                .clone();
+            let me = shared.credentials.lock().user.clone();
             let stored = Message {
                 server_id: receipt.server_id.clone(),
                 client_id: item.message.client_id.clone(),

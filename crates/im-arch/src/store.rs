@@ -15,12 +15,12 @@
 //! [`MemoryStore`] keeps nothing across a crash: its `flush` returns at once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use im_service::{
     ClientMsgId, ConversationId, Message, Origin, OutgoingMessage, Seq, ServerMsgId, Timestamp,
 };
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ArchError;
@@ -263,11 +263,6 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-
-    fn state(&self) -> MutexGuard<'_, MemoryState> {
-        // Each method completes its mutation before unlocking; poison carries no torn state.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 #[async_trait]
@@ -282,7 +277,7 @@ impl Store for MemoryStore {
         cursors: &[(ConversationId, SyncCursor)],
         journal: &[(ServerMsgId, Origin)],
     ) -> Result<u64, ArchError> {
-        let mut st = self.state();
+        let mut st = self.state.lock();
         for (c, cur) in cursors {
             st.cursors.insert(c.clone(), *cur);
         }
@@ -296,15 +291,15 @@ impl Store for MemoryStore {
     }
 
     async fn journal_head(&self) -> Result<u64, ArchError> {
-        Ok(self.state().journal_head)
+        Ok(self.state.lock().journal_head)
     }
 
     async fn sync_mark(&self) -> Result<Option<Timestamp>, ArchError> {
-        Ok(self.state().sync_mark)
+        Ok(self.state.lock().sync_mark)
     }
 
     async fn set_sync_mark(&self, mark: Timestamp) -> Result<(), ArchError> {
-        self.state().sync_mark = Some(mark);
+        self.state.lock().sync_mark = Some(mark);
         Ok(())
     }
 
@@ -313,7 +308,7 @@ impl Store for MemoryStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<DurableEvent>, ArchError> {
-        let st = self.state();
+        let st = self.state.lock();
         let mut out = Vec::new();
         for (&position, (id, origin)) in st.journal.range(after.saturating_add(1)..).take(limit) {
             let message = st
@@ -341,7 +336,8 @@ impl Store for MemoryStore {
 
     async fn subscriptions(&self) -> Result<Vec<(String, u64)>, ArchError> {
         let mut subs: Vec<(String, u64)> = self
-            .state()
+            .state
+            .lock()
             .subscriptions
             .iter()
             .map(|(n, p)| (n.clone(), *p))
@@ -351,21 +347,21 @@ impl Store for MemoryStore {
     }
 
     async fn set_subscription(&self, name: &str, position: u64) -> Result<(), ArchError> {
-        let mut st = self.state();
+        let mut st = self.state.lock();
         st.subscriptions.insert(name.to_string(), position);
         st.trim_journal();
         Ok(())
     }
 
     async fn remove_subscription(&self, name: &str) -> Result<(), ArchError> {
-        let mut st = self.state();
+        let mut st = self.state.lock();
         st.subscriptions.remove(name);
         st.trim_journal();
         Ok(())
     }
 
     async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
-        let mut st = self.state();
+        let mut st = self.state.lock();
         Ok(messages
             .iter()
             .map(|m| {
@@ -384,7 +380,7 @@ impl Store for MemoryStore {
     }
 
     async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
-        let st = self.state();
+        let st = self.state.lock();
         Ok(st.by_id.get(id).and_then(|key| {
             st.by_conversation
                 .values()
@@ -398,7 +394,7 @@ impl Store for MemoryStore {
         conversation: &ConversationId,
         limit: usize,
     ) -> Result<Vec<Message>, ArchError> {
-        let st = self.state();
+        let st = self.state.lock();
         Ok(st
             .by_conversation
             .get(conversation)
@@ -407,11 +403,11 @@ impl Store for MemoryStore {
     }
 
     async fn cursor(&self, conversation: &ConversationId) -> Result<Option<SyncCursor>, ArchError> {
-        Ok(self.state().cursors.get(conversation).copied())
+        Ok(self.state.lock().cursors.get(conversation).copied())
     }
 
     async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {
-        let mut st = self.state();
+        let mut st = self.state.lock();
         let earlier = std::mem::take(&mut st.in_flight);
         let fresh = ids
             .iter()
@@ -423,12 +419,13 @@ impl Store for MemoryStore {
     }
 
     async fn in_flight(&self) -> Result<Vec<ServerMsgId>, ArchError> {
-        Ok(self.state().in_flight.clone())
+        Ok(self.state.lock().in_flight.clone())
     }
 
     async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError> {
         Ok(self
-            .state()
+            .state
+            .lock()
             .cursors
             .iter()
             .map(|(c, cur)| (c.clone(), *cur))
@@ -441,7 +438,7 @@ impl Store for MemoryStore {
         before: Option<&Message>,
         limit: usize,
     ) -> Result<Vec<Message>, ArchError> {
-        let st = self.state();
+        let st = self.state.lock();
         let Some(conv) = st.by_conversation.get(conversation) else {
             return Ok(Vec::new());
         };
@@ -463,7 +460,7 @@ impl Store for MemoryStore {
         after: &Message,
         limit: usize,
     ) -> Result<Vec<Message>, ArchError> {
-        let st = self.state();
+        let st = self.state.lock();
         let Some(conv) = st.by_conversation.get(conversation) else {
             return Ok(Vec::new());
         };
@@ -479,31 +476,39 @@ impl Store for MemoryStore {
     }
 
     async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError> {
-        self.state()
+        self.state
+            .lock()
             .outbox
             .insert(item.message.client_id.clone(), item.clone());
         Ok(())
     }
 
     async fn remove_outbox(&self, id: &ClientMsgId) -> Result<(), ArchError> {
-        self.state().outbox.remove(id);
+        self.state.lock().outbox.remove(id);
         Ok(())
     }
 
     async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
-        let mut items: Vec<OutboxItem> = self.state().outbox.values().cloned().collect();
+        let mut items: Vec<OutboxItem> = self.state.lock().outbox.values().cloned().collect();
         items.sort_by_key(|i| i.position);
         Ok(items)
     }
 
     async fn put_conversation_state(&self, state: &ConversationState) -> Result<(), ArchError> {
-        self.state()
+        self.state
+            .lock()
             .conversation_states
             .insert(state.id.clone(), state.clone());
         Ok(())
     }
 
     async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError> {
-        Ok(self.state().conversation_states.values().cloned().collect())
+        Ok(self
+            .state
+            .lock()
+            .conversation_states
+            .values()
+            .cloned()
+            .collect())
     }
 }

@@ -1,13 +1,14 @@
 //! Message details: a conversation's timeline paged backwards and forwards from the local
 //! store; when the store runs out, older pages continue through the history windows (the
 //! vendor for recent ones, the archive for old ones), are persisted, and whatever no source
-//! can serve is reported as a gap.
+//! can serve is reported as a gap. Also one page of a single history window
+//! (`ImClient::history`).
 
-use im_service::{ConversationId, Message, ServerMsgId, Timestamp};
+use im_service::{ConversationId, Message, PageCursor, ServerMsgId, Timestamp};
 
-use crate::client::ImClient;
 use crate::error::ArchError;
-use crate::history::{HistoryGap, HistoryWindow};
+use crate::history::{HistoryGap, HistoryResult, HistoryWindow};
+use crate::shared::Shared;
 
 /// One page of a timeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,85 +19,113 @@ pub struct TimelinePage {
     pub gaps: Vec<HistoryGap>,
 }
 
-impl ImClient {
-    /// Up to `limit` messages older than `before` (the newest when `None`), newest first.
-    pub async fn timeline_before(
-        &self,
-        conversation: &ConversationId,
-        before: Option<&Message>,
-        limit: usize,
-    ) -> Result<TimelinePage, ArchError> {
-        let shared = self.shared();
-        let mut messages = shared
-            .store
-            .page_before(conversation, before, limit)
+/// Up to `limit` messages older than `before` (the newest when `None`), newest first.
+pub(crate) async fn page_before(
+    shared: &Shared,
+    conversation: &ConversationId,
+    before: Option<&Message>,
+    limit: usize,
+) -> Result<TimelinePage, ArchError> {
+    let mut messages = shared
+        .store
+        .page_before(conversation, before, limit)
+        .await?;
+    let mut gaps = Vec::new();
+    if messages.len() >= limit {
+        return Ok(TimelinePage { messages, gaps });
+    }
+    // The store is exhausted: continue from the oldest known point through the windows.
+    let mut anchor = messages.last().or(before).map_or_else(
+        || shared.clock.now().plus(std::time::Duration::from_secs(1)),
+        |m| m.server_time,
+    );
+    let mut seen: std::collections::HashSet<ServerMsgId> =
+        messages.iter().map(|m| m.server_id.clone()).collect();
+    let now = shared.clock.now();
+    for window in HistoryWindow::ALL {
+        let (from, to) = window.range(now);
+        if from >= anchor || messages.len() >= limit {
+            continue;
+        }
+        let to = to.min(anchor);
+        let Some(source) = shared.sources.get(&window).cloned() else {
+            gaps.push(HistoryGap {
+                from,
+                to,
+                reason: format!("no history source for {window:?}"),
+            });
+            continue;
+        };
+        let want = u32::try_from(limit - messages.len()).unwrap_or(u32::MAX);
+        let page = shared
+            .retry("pull_history", || {
+                source.page(conversation, from, to, None, want)
+            })
             .await?;
-        let mut gaps = Vec::new();
-        if messages.len() >= limit {
-            return Ok(TimelinePage { messages, gaps });
-        }
-        // The store is exhausted: continue from the oldest known point through the windows.
-        let mut anchor = messages.last().or(before).map_or_else(
-            || shared.clock.now().plus(std::time::Duration::from_secs(1)),
-            |m| m.server_time,
+        shared.store.put_messages(&page.messages).await?;
+        gaps.extend(
+            HistoryGap::before_horizon(source.name(), page.horizon, from, to)
+                .filter(|g| shared.is_real_gap(g)),
         );
-        let mut seen: std::collections::HashSet<ServerMsgId> =
-            messages.iter().map(|m| m.server_id.clone()).collect();
-        let now = shared.clock.now();
-        for window in HistoryWindow::ALL {
-            let (from, to) = window.range(now);
-            if from >= anchor || messages.len() >= limit {
-                continue;
-            }
-            let to = to.min(anchor);
-            let Some(source) = shared.sources.get(&window).cloned() else {
-                gaps.push(HistoryGap {
-                    from,
-                    to,
-                    reason: format!("no history source for {window:?}"),
-                });
-                continue;
-            };
-            let want = u32::try_from(limit - messages.len()).unwrap_or(u32::MAX);
-            let page = shared
-                .retry("pull_history", || {
-                    source.page(conversation, from, to, None, want)
-                })
-                .await?;
-            shared.store.put_messages(&page.messages).await?;
-            gaps.extend(
-                HistoryGap::before_horizon(source.name(), page.horizon, from, to)
-                    .filter(|g| shared.is_real_gap(g)),
-            );
-            for m in page.messages {
-                if seen.insert(m.server_id.clone()) {
-                    anchor = anchor.min(m.server_time);
-                    messages.push(m);
-                }
-            }
-            if anchor <= Timestamp::from_millis(0) {
-                break;
+        for m in page.messages {
+            if seen.insert(m.server_id.clone()) {
+                anchor = anchor.min(m.server_time);
+                messages.push(m);
             }
         }
-        messages.truncate(limit);
-        Ok(TimelinePage { messages, gaps })
+        if anchor <= Timestamp::from_millis(0) {
+            break;
+        }
     }
+    messages.truncate(limit);
+    Ok(TimelinePage { messages, gaps })
+}
 
-    /// Up to `limit` locally stored messages newer than `after`, oldest first.
-    pub async fn timeline_after(
-        &self,
-        conversation: &ConversationId,
-        after: &Message,
-        limit: usize,
-    ) -> Result<Vec<Message>, ArchError> {
-        self.shared()
-            .store
-            .page_after(conversation, after, limit)
-            .await
-    }
+/// Up to `limit` locally stored messages newer than `after`, oldest first.
+pub(crate) async fn page_after(
+    shared: &Shared,
+    conversation: &ConversationId,
+    after: &Message,
+    limit: usize,
+) -> Result<Vec<Message>, ArchError> {
+    shared.store.page_after(conversation, after, limit).await
+}
 
-    /// A locally stored message by its vendor id.
-    pub async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
-        self.shared().store.message(id).await
-    }
+/// One page of a conversation's history in `window`, persisted locally. Ranges no
+/// configured source can serve are returned as gaps.
+pub(crate) async fn window_page(
+    shared: &Shared,
+    conversation: &ConversationId,
+    window: HistoryWindow,
+    limit: u32,
+    cursor: Option<PageCursor>,
+) -> Result<HistoryResult, ArchError> {
+    let now = shared.clock.now();
+    let (from, to) = window.range(now);
+    let Some(source) = shared.sources.get(&window).cloned() else {
+        return Ok(HistoryResult {
+            messages: Vec::new(),
+            gaps: vec![HistoryGap {
+                from,
+                to,
+                reason: format!("no history source for {window:?}"),
+            }],
+            next: None,
+        });
+    };
+    let page = shared
+        .retry("pull_history", || {
+            source.page(conversation, from, to, cursor.clone(), limit)
+        })
+        .await?;
+    shared.store.put_messages(&page.messages).await?;
+    let gaps = HistoryGap::before_horizon(source.name(), page.horizon, from, to)
+        .into_iter()
+        .filter(|g| shared.is_real_gap(g))
+        .collect();
+    Ok(HistoryResult {
+        messages: page.messages,
+        gaps,
+        next: page.next,
+    })
 }

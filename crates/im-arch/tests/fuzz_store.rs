@@ -15,9 +15,7 @@ use fuzz_support::model::{conversation, id, message, outgoing, text, time};
 use fuzz_support::mutate::{self, Mutation};
 use fuzz_support::{check_bounded, fuzz, measure};
 use im_arch::SledStore;
-use im_arch::store::{
-    ConversationState, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor,
-};
+use im_arch::{ConversationState, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
 use im_service::codec::encode;
 use im_service::{ClientMsgId, Message, Origin, Seq, ServerMsgId};
 use proptest::prelude::*;

@@ -121,7 +121,7 @@ async fn no_connection_attempt_while_the_network_is_known_down() {
         before,
         "login attempted while the network was known down (reconnect_now included)"
     );
-    assert_eq!(alice.state().0, ConnectionState::Disconnected);
+    assert_eq!(alice.state(), ConnectionState::Disconnected);
 
     // A message for her while she is away.
     let bob = vendor.client();

@@ -84,7 +84,7 @@ async fn a_logged_out_client_logs_in_again_and_receives() {
             .unwrap_or_else(|e| panic!("login round {round}: {e}"));
         receives(&w, &mut sub, &format!("round {round}")).await;
         client.logout().await;
-        assert_eq!(client.state().0, ConnectionState::LoggedOut);
+        assert_eq!(client.state(), ConnectionState::LoggedOut);
     }
     // What arrived while logged out comes as offline messages on the next login.
     w.say("while away").await;
@@ -166,7 +166,7 @@ async fn a_refused_login_is_typed_and_the_client_can_log_in_afterwards() {
     receives(&w, &mut sub, "after the refusal").await;
     client.logout().await;
     // A logout is its own answer too.
-    assert_eq!(client.state().0, ConnectionState::LoggedOut);
+    assert_eq!(client.state(), ConnectionState::LoggedOut);
 }
 
 /// A refused login followed at once by a login with the right token, many times, on a

@@ -278,7 +278,7 @@ async fn queued_sends_wait_for_authentication() {
         .unwrap();
     assert!(bodies(&w).is_empty());
     client.login().await.unwrap();
-    assert_eq!(client.state().0, ConnectionState::Online);
+    assert_eq!(client.state(), ConnectionState::Online);
     status_of(&mut sub, &id, sent).await;
     assert_eq!(bodies(&w), ["early"]);
     client.logout().await;

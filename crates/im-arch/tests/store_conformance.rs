@@ -5,8 +5,8 @@
 // Test helpers outside #[test] fns: a panic is how they fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use im_arch::store::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
 use im_arch::{ArchError, SledStore};
+use im_arch::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
 use im_service::{
     ClientMsgId, Content, ConversationId, Message, Origin, OutgoingMessage, Seq, ServerMsgId,
     Timestamp, UserId,

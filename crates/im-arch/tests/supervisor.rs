@@ -335,7 +335,7 @@ async fn a_refused_token_is_refreshed_once_at_login() {
         1,
         "one refresh for the refused login, not again and again"
     );
-    assert_eq!(client.state().0, ConnectionState::TokenExpired);
+    assert_eq!(client.state(), ConnectionState::TokenExpired);
 }
 
 /// Failure class 7, while online: the token expires, the fresh one is refused too; one

@@ -28,6 +28,7 @@
 //! assert_eq!(Content::text("hi").size(), 2);
 //! ```
 
+pub mod backoff;
 pub mod capabilities;
 pub mod clock;
 pub mod codec;
@@ -43,6 +44,7 @@ pub mod webhook;
 #[cfg(feature = "xmpp")]
 pub mod xmpp;
 
+pub use backoff::{ExponentialBackoff, full_jitter};
 pub use capabilities::{Capabilities, Capability};
 pub use clock::{Clock, ManualClock, ShiftedClock, SystemClock};
 pub use codec::CodecError;

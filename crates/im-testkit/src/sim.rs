@@ -1199,7 +1199,7 @@ impl World {
     /// The app logs in again when its client stopped (kicked, token expired).
     async fn watchdog(&mut self) {
         for n in &mut self.nodes {
-            if n.client.state().0.is_terminal() && n.login.is_finished() {
+            if n.client.state().is_terminal() && n.login.is_finished() {
                 n.login = spawn_login(&n.client);
             }
         }
@@ -1275,7 +1275,7 @@ impl World {
                     if !acked.contains(&t) {
                         missing.push(format!(
                             "u{i}'s app has not acknowledged {t} (client state {:?})",
-                            n.client.state().0
+                            n.client.state()
                         ));
                     }
                 }

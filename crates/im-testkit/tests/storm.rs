@@ -122,7 +122,7 @@ async fn all_online(
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| !c.state().is_online())
-                    .map(|(j, c)| (j, c.state().0))
+                    .map(|(j, c)| (j, c.state()))
                     .collect();
                 panic!(
                     "{what}: {} of {} clients not Online within {within:?} (client {i} among them); first few: {:?}",
@@ -410,7 +410,7 @@ async fn reconnect_storm_of_1000_clients_follows_the_jitter_and_loses_nothing() 
     let waiting: Vec<(usize, ConnectionState)> = clients
         .iter()
         .enumerate()
-        .map(|(i, c)| (i, c.state().0))
+        .map(|(i, c)| (i, c.state()))
         .filter(|(_, s)| *s != ConnectionState::Disconnected)
         .collect();
     assert!(
