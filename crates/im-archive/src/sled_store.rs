@@ -28,7 +28,7 @@ pub struct SledArchive {
     db: sled::Db,
     tree: sled::Tree,
     /// Serialises writers: the dedup check and the count update are read-then-write.
-    write: std::sync::Arc<std::sync::Mutex<()>>,
+    write: std::sync::Arc<parking_lot::Mutex<()>>,
     /// Group commit of flushes (see [`Durability`]).
     durability: std::sync::Arc<Durability>,
 }
@@ -153,7 +153,7 @@ impl ArchiveStore for SledArchive {
             )));
         }
         // Held for this synchronous call only (never across an await).
-        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.write.lock();
         let mut batch = sled::Batch::default();
         let mut out = Vec::with_capacity(messages.len());
         let mut fresh_ids = std::collections::HashSet::new();
