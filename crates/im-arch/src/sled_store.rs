@@ -57,10 +57,11 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use im_service::codec::{decode, encode};
+use im_service::lock_wait;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use im_service::{ClientMsgId, ConversationId, Message, Origin, ServerMsgId};
@@ -162,10 +163,10 @@ impl std::fmt::Debug for SledStore {
 /// it is whole) and the log it summarises is intact, so it is removed and the open retried
 /// (found by the crash harness; reproduced by killing a process during open: 231 of 400).
 fn open_waiting_for_lock(config: &sled::Config, dir: Option<&Path>) -> Result<sled::Db, ArchError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut repaired = false;
-    loop {
-        match config.open() {
+    lock_wait::retry_while(
+        std::time::Duration::from_secs(2),
+        || match config.open() {
             Err(sled::Error::Corruption { .. }) if !repaired && dir.is_some() => {
                 repaired = true;
                 let removed = dir.map_or(0, remove_partial_snapshots);
@@ -174,18 +175,13 @@ fn open_waiting_for_lock(config: &sled::Config, dir: Option<&Path>) -> Result<sl
                     "sled store reported corruption on open; removed partial snapshots \
                      left by a killed process, opening again"
                 );
+                config.open()
             }
-            // sled wraps the OS error in a message: match both forms.
-            Err(sled::Error::Io(e))
-                if (e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("could not acquire lock"))
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other.map_err(store_err),
-        }
-    }
+            other => other,
+        },
+        |e| matches!(e, sled::Error::Io(e) if lock_wait::is_lock_contention(e)),
+    )
+    .map_err(store_err)
 }
 
 /// Removes the `snap.*.generating` files in `dir` (snapshots a killed process did not
@@ -269,11 +265,6 @@ impl SledStore {
     #[doc(hidden)]
     pub fn raw_db(&self) -> &sled::Db {
         &self.db
-    }
-
-    fn write_lock(&self) -> MutexGuard<'_, ()> {
-        // The guarded data is `()`: a poisoned lock carries no torn state.
-        self.write.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A stored message by id (the body of [`Store::message`], for other methods too).
@@ -506,7 +497,7 @@ impl Store for SledStore {
     }
 
     async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
-        let _guard = self.write_lock();
+        let _guard = self.write.lock();
         let mut fresh = Vec::with_capacity(messages.len());
         let mut seen_in_batch = std::collections::HashSet::with_capacity(messages.len());
         // A pulled page is mostly a few conversations: encode each prefix once.

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use im_service::codec;
+use im_service::lock_wait;
 use im_service::{ConversationId, Message, UserId};
 
 use crate::error::ArchiveError;
@@ -106,19 +107,12 @@ impl SledArchive {
     /// released only when sled's background flusher notices, and a quick restart must not
     /// fail for that.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, ArchiveError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            match sled::open(dir.as_ref()) {
-                // sled wraps the OS error in a message.
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => return Self::on(other?),
-            }
-        }
+        let db = lock_wait::retry_while(
+            std::time::Duration::from_secs(2),
+            || sled::open(dir.as_ref()),
+            |e| matches!(e, sled::Error::Io(e) if lock_wait::is_lock_contention(e)),
+        )?;
+        Self::on(db)
     }
 
     /// The archive on an open sled database (its tree `archive`).

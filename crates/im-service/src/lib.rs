@@ -32,6 +32,7 @@ pub mod capabilities;
 pub mod clock;
 pub mod codec;
 pub mod error;
+pub mod lock_wait;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod model;
