@@ -28,6 +28,9 @@
 //!   otherwise (none sorts first, as `Option` does);
 //! * the server id's bytes (UTF-8, which never contains `0xff`).
 //!
+//! The components are written by [`im_service::ordered_key`], whose property test checks
+//! that byte order is value order and that keys decode back.
+//!
 //! Why base-128 and not plain big-endian bytes: sled 0.34's reverse iterator steps to the
 //! previous node by guessing a predecessor of the node's low key (last byte − 1, then four
 //! `0xff`); when real keys have four `0xff` bytes at that point (time −1 is `7f ff ff ff ff
@@ -61,6 +64,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use im_service::codec::{decode, encode};
 use im_service::lock_wait;
+use im_service::ordered_key::{self, KeyReader};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -747,62 +751,45 @@ pub(crate) fn display_key(key: &[u8]) -> String {
 /// Length (u32 big-endian) + codec encoding of the conversation id.
 fn conversation_prefix(conversation: &ConversationId) -> Result<Vec<u8>, ArchError> {
     let encoded = encode_value(conversation)?;
-    let len = u32::try_from(encoded.len())
+    let mut prefix = Vec::with_capacity(4 + encoded.len() + ORDER_LEN + 32);
+    ordered_key::push_len_prefixed_u32(&mut prefix, &encoded)
         .map_err(|_| ArchError::Store("conversation id too long for a key".into()))?;
-    let mut prefix = Vec::with_capacity(4 + encoded.len() + 2 * BASE128_DIGITS + 1 + 32);
-    prefix.extend_from_slice(&len.to_be_bytes());
-    prefix.extend_from_slice(&encoded);
     Ok(prefix)
 }
 
-/// Appends the in-conversation order of `m`: time (sign flipped), sequence, server id.
+/// Appends the in-conversation order of `m`: time (base 128, sign flipped), sequence (base
+/// 128, none first), server id.
 fn push_order(key: &mut Vec<u8>, m: &Message) {
-    let time = (m.server_time.as_millis() as u64) ^ (1 << 63);
-    push_base128(key, time);
-    match m.seq {
-        None => key.extend_from_slice(&[0; 1 + BASE128_DIGITS]),
-        Some(seq) => {
-            key.push(1);
-            push_base128(key, seq.0);
-        }
-    }
-    key.extend_from_slice(m.server_id.as_str().as_bytes());
+    ordered_key::push_i64_base128(key, m.server_time.as_millis());
+    ordered_key::push_opt_u64_base128(key, m.seq.map(|s| s.0));
+    ordered_key::push_tail(key, m.server_id.as_str().as_bytes());
 }
-
-/// Digits of a `u64` in base 128 (⌈64 / 7⌉).
-const BASE128_DIGITS: usize = 10;
 
 /// Bytes [`push_order`] writes before the server id: time digits, sequence tag and digits.
-const ORDER_LEN: usize = 2 * BASE128_DIGITS + 1;
-
-/// Appends `value` as [`BASE128_DIGITS`] big-endian base-128 digits: fixed width, so byte
-/// order is numeric order, and no byte is above `0x7f` (see the module doc for why).
-fn push_base128(key: &mut Vec<u8>, value: u64) {
-    for i in (0..BASE128_DIGITS).rev() {
-        key.push(((value >> (7 * i)) & 0x7f) as u8);
-    }
-}
+const ORDER_LEN: usize = ordered_key::BASE128_DIGITS + ordered_key::OPT_U64_BASE128_LEN;
 
 /// The journal key of `position`.
 fn journal_entry_key(position: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);
     key.push(JOURNAL_ENTRY);
-    key.extend_from_slice(&position.to_be_bytes());
+    ordered_key::push_u64_be(&mut key, position);
     key
 }
 
 /// The position of a journal entry key, if it is one.
 fn journal_position(key: &[u8]) -> Option<u64> {
-    match key {
-        [JOURNAL_ENTRY, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
-        _ => None,
+    let mut r = KeyReader::new(key);
+    if r.byte()? != JOURNAL_ENTRY {
+        return None;
     }
+    let position = r.u64_be()?;
+    r.tail().is_empty().then_some(position)
 }
 
 fn outbox_key(position: u64, client_id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + client_id.len());
-    key.extend_from_slice(&position.to_be_bytes());
-    key.extend_from_slice(client_id);
+    ordered_key::push_u64_be(&mut key, position);
+    ordered_key::push_tail(&mut key, client_id);
     key
 }
 
@@ -815,34 +802,5 @@ mod tests {
         assert_eq!(display_key(b"schema_version"), "schema_version");
         assert_eq!(display_key(&[0, 1, 0xff]), "0001ff");
         assert_eq!(display_key(b""), "");
-    }
-
-    #[test]
-    fn base128_keeps_numeric_order_and_has_no_high_byte() {
-        let values = [
-            0,
-            1,
-            127,
-            128,
-            255,
-            256,
-            1 << 62,
-            (1 << 63) - 1,
-            1 << 63,
-            u64::MAX,
-        ];
-        let encoded: Vec<Vec<u8>> = values
-            .iter()
-            .map(|&v| {
-                let mut k = Vec::new();
-                push_base128(&mut k, v);
-                k
-            })
-            .collect();
-        for pair in encoded.windows(2) {
-            assert!(pair[0] < pair[1]);
-        }
-        assert!(encoded.iter().flatten().all(|&b| b <= 0x7f));
-        assert!(encoded.iter().all(|k| k.len() == BASE128_DIGITS));
     }
 }

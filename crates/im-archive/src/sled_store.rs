@@ -7,6 +7,10 @@
 //! * `c` + conversation → (): conversations known;
 //! * `u` + user + `\0` + conversation → (): memberships learnt from messages.
 //!
+//! The message keys are written with [`im_service::ordered_key`] (time big-endian, this
+//! store's format from the start; the client store's base-128 time is the other encoding
+//! there).
+//!
 //! A call's entries go in one atomic batch, and a message's key is a function of the message,
 //! so even a batch replayed after a crash lands on the same keys: stored once.
 
@@ -16,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use im_service::codec;
 use im_service::lock_wait;
+use im_service::ordered_key;
 use im_service::{ConversationId, Message, UserId};
 
 use crate::error::ArchiveError;
@@ -56,27 +61,31 @@ const USERS: u8 = b'u';
 /// Key of the message count.
 const COUNT: &[u8] = b"#count";
 
-/// Server time as 8 big-endian bytes that sort like the signed value.
-fn time_key(t: im_service::Timestamp) -> [u8; 8] {
-    ((t.as_millis() as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// `m` + conversation (length-prefixed) : every key of one conversation shares it.
-fn conversation_prefix(c: &ConversationId) -> Vec<u8> {
+/// `m` + conversation (u16 length + its text): every key of one conversation shares it.
+/// `None` for a name too long for the prefix (`store` refuses those, so nothing has one).
+fn conversation_prefix(c: &ConversationId) -> Option<Vec<u8>> {
     let name = c.to_string();
     let mut k = Vec::with_capacity(3 + name.len() + 8 + 16);
     k.push(MESSAGES);
-    // `store` refuses names over 64 KiB, so the length always fits.
-    k.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
-    k.extend_from_slice(name.as_bytes());
-    k
+    ordered_key::push_len_prefixed_u16(&mut k, name.as_bytes()).ok()?;
+    Some(k)
 }
 
-fn position_key(c: &ConversationId, p: &Position) -> Vec<u8> {
-    let mut k = conversation_prefix(c);
-    k.extend_from_slice(&time_key(p.time));
-    k.extend_from_slice(p.id.as_str().as_bytes());
-    k
+/// Server time as 8 big-endian bytes that sort like the signed value.
+fn push_time(k: &mut Vec<u8>, t: im_service::Timestamp) {
+    ordered_key::push_i64_be(k, t.as_millis());
+}
+
+/// Appends the in-conversation order: time, then id.
+fn push_position(k: &mut Vec<u8>, p: &Position) {
+    push_time(k, p.time);
+    ordered_key::push_tail(k, p.id.as_str().as_bytes());
+}
+
+fn position_key(c: &ConversationId, p: &Position) -> Option<Vec<u8>> {
+    let mut k = conversation_prefix(c)?;
+    push_position(&mut k, p);
+    Some(k)
 }
 
 fn id_key(vendor: &str, m: &Message) -> Vec<u8> {
@@ -158,7 +167,10 @@ impl ArchiveStore for SledArchive {
                 out.push(Stored::Duplicate);
                 continue;
             }
-            let key = position_key(&m.conversation, &Position::of(m));
+            // The length was checked above.
+            let key = position_key(&m.conversation, &Position::of(m)).ok_or_else(|| {
+                ArchiveError::BadRequest("conversation id too long for a key".into())
+            })?;
             let value = codec::encode(m).map_err(|e| ArchiveError::Storage(e.to_string()))?;
             batch.insert(key.as_slice(), value);
             batch.insert(id, key);
@@ -196,22 +208,27 @@ impl ArchiveStore for SledArchive {
     }
 
     fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
-        let prefix = conversation_prefix(&q.conversation);
+        let empty = StoredPage {
+            messages: Vec::new(),
+            next: None,
+        };
+        // A name too long for a key was never stored.
+        let Some(prefix) = conversation_prefix(&q.conversation) else {
+            return Ok(empty);
+        };
         let mut lo = prefix.clone();
-        lo.extend_from_slice(&time_key(q.from));
-        let mut hi = prefix;
-        hi.extend_from_slice(&time_key(q.to));
+        push_time(&mut lo, q.from);
+        let mut hi = prefix.clone();
+        push_time(&mut hi, q.to);
         if let Some(before) = &q.before {
-            let cursor = position_key(&q.conversation, before);
+            let mut cursor = prefix;
+            push_position(&mut cursor, before);
             if cursor < hi {
                 hi = cursor;
             }
         }
         if lo >= hi {
-            return Ok(StoredPage {
-                messages: Vec::new(),
-                next: None,
-            });
+            return Ok(empty);
         }
         let mut hits = Vec::new();
         for entry in self.tree.range(lo..hi).rev().take(q.limit.max(1) + 1) {

@@ -40,6 +40,7 @@ pub mod lock_wait;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod model;
+pub mod ordered_key;
 #[cfg(feature = "reference")]
 pub mod reference;
 pub mod vendor;
