@@ -803,4 +803,51 @@ mod tests {
         assert_eq!(display_key(&[0, 1, 0xff]), "0001ff");
         assert_eq!(display_key(b""), "");
     }
+
+    /// The `messages` key bytes are the ones earlier builds wrote (they are on disk): a
+    /// literal, spelled out by component.
+    #[test]
+    fn message_keys_keep_their_on_disk_bytes() {
+        use im_service::{ClientMsgId, Content, Seq, Timestamp, UserId};
+        let conversation = ConversationId::direct(&UserId::new("a"), &UserId::new("b"));
+        let m = |time: i64, seq: Option<u64>| Message {
+            server_id: ServerMsgId::new("s1"),
+            client_id: ClientMsgId::new("c1"),
+            conversation: conversation.clone(),
+            sender: UserId::new("a"),
+            seq: seq.map(Seq),
+            server_time: Timestamp::from_millis(time),
+            client_time: Timestamp::from_millis(0),
+            content: Content::text("x"),
+        };
+        let encoded = encode(&conversation).unwrap();
+        let mut prefix = (encoded.len() as u32).to_be_bytes().to_vec();
+        prefix.extend_from_slice(&encoded);
+        let key = |time: i64, seq: Option<u64>| {
+            let mut k = prefix.clone();
+            push_order(&mut k, &m(time, seq));
+            k
+        };
+        // Time -1: sign flipped 0x7fff_ffff_ffff_ffff, in base 128: 0 then nine 0x7f.
+        let mut expected = prefix.clone();
+        expected.push(0x00);
+        expected.extend_from_slice(&[0x7f; 9]);
+        // Sequence 300 = 2·128 + 44.
+        expected.push(0x01);
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 2, 44]);
+        expected.extend_from_slice(b"s1");
+        assert_eq!(key(-1, Some(300)), expected);
+        // Time 0: 1 << 63 is digit 1 then nine zeros; no sequence: 0x00 and ten zeros.
+        let mut expected = prefix.clone();
+        expected.push(0x01);
+        expected.extend_from_slice(&[0; 9]);
+        expected.extend_from_slice(&[0; 11]);
+        expected.extend_from_slice(b"s1");
+        assert_eq!(key(0, None), expected);
+        assert_eq!(conversation_prefix(&conversation).unwrap(), prefix);
+        assert_eq!(journal_entry_key(258), [0, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(journal_position(&[0, 0, 0, 0, 0, 0, 0, 1, 2]), Some(258));
+        assert_eq!(journal_position(&[0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(outbox_key(1, b"c"), [0, 0, 0, 0, 0, 0, 0, 1, b'c']);
+    }
 }

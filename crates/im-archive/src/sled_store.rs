@@ -286,3 +286,30 @@ impl ArchiveStore for SledArchive {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use im_service::{GroupId, ServerMsgId, Timestamp};
+
+    /// The message key bytes are the ones earlier builds wrote (they are on disk).
+    #[test]
+    fn message_keys_keep_their_on_disk_bytes() {
+        let c = ConversationId::Group(GroupId::new("g"));
+        let name = c.to_string();
+        let position = |time: i64| Position {
+            time: Timestamp::from_millis(time),
+            id: ServerMsgId::new("s\u{0}1"),
+        };
+        let mut expected = vec![b'm'];
+        expected.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        expected.extend_from_slice(name.as_bytes());
+        expected.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        expected.extend_from_slice(b"s\x001");
+        assert_eq!(position_key(&c, &position(-1)), Some(expected.clone()));
+        expected.truncate(3 + name.len());
+        expected.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0x05]);
+        expected.extend_from_slice(b"s\x001");
+        assert_eq!(position_key(&c, &position(5)), Some(expected));
+    }
+}
