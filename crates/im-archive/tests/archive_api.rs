@@ -2,6 +2,8 @@
 //! each side uses: the client writes the query with reqwest and reads JSON with serde_json,
 //! the server reads the query with axum's `Query` and writes JSON with axum's `Json`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use axum::extract::Query;
 use axum::http::Uri;
 use im_service::archive_api::{

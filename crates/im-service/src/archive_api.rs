@@ -4,7 +4,7 @@
 //!
 //! | route | request | answer |
 //! |---|---|---|
-//! | `POST` [`CALLBACK_ROUTE`] | a signed `message.stored` callback ([`crate::webhook`]) | [`CallbackOutcome`] |
+//! | `POST` [`CALLBACK_ROUTE`] | a signed `message.stored` callback (`webhook` feature) | [`CallbackOutcome`] |
 //! | `GET` [`HISTORY_PATH`] | [`HistoryParams`] as the query string, bearer token | [`HistoryPage`], newest first |
 //! | `GET` [`CONVERSATIONS_PATH`] | bearer token | the caller's conversation ids (`["d:alice|bob", …]`) |
 //! | `GET` [`HEALTH_PATH`], [`READY_PATH`] | — | liveness; readiness (503 while shutting down) |

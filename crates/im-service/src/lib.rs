@@ -13,7 +13,7 @@
 //! binary [`codec`] of the workspace, the archive's HTTP contract ([`archive_api`]), the
 //! order-preserving key encoding of the sled stores ([`ordered_key`]), and waiting for a
 //! store's lock on open ([`lock_wait`]); and, behind cargo
-//! features, the vendor adapters: `memory` ([`memory::MemoryVendor`], a complete in-process
+//! features, the vendor adapters: `memory` (`memory::MemoryVendor`, a complete in-process
 //! vendor), `reference` (`reference::ReferenceVendor`, the client of the reference vendor's
 //! TCP protocol), `xmpp` (`xmpp::XmppVendor`, for XMPP servers such as Prosody), `mock`
 //! (`MockVendor`, a mockall mock of the trait), and `webhook` (signed vendor callbacks).

@@ -3,6 +3,8 @@
 //! Times include the extremes and the values around zero; strings and ids are drawn from an
 //! alphabet rich in separators, `0x00` and `0xff`, so ties and prefix relations are common.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::cmp::Ordering;
 
 use im_service::ordered_key::{
@@ -70,7 +72,7 @@ struct ClientKey {
 impl ClientKey {
     fn encode(&self) -> Vec<u8> {
         let mut k = Vec::new();
-        push_len_prefixed_u32(&mut k, &self.conversation).unwrap();
+        push_len_prefixed_u32(&mut k, &self.conversation).expect("short components");
         push_i64_base128(&mut k, self.time);
         push_opt_u64_base128(&mut k, self.seq);
         push_tail(&mut k, &self.id);
@@ -105,7 +107,7 @@ struct ArchiveKey {
 impl ArchiveKey {
     fn encode(&self) -> Vec<u8> {
         let mut k = vec![b'm'];
-        push_len_prefixed_u16(&mut k, &self.conversation).unwrap();
+        push_len_prefixed_u16(&mut k, &self.conversation).expect("short components");
         push_i64_be(&mut k, self.time);
         push_tail(&mut k, &self.id);
         k
