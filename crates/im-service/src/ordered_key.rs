@@ -19,15 +19,14 @@
 //! | [`push_len_prefixed_u16`], [`push_len_prefixed_u32`] | bytes after their length (big-endian) | by length, then bytewise |
 //! | [`push_tail`] | the rest of the key | bytewise |
 //!
-//! Two widths of integers exist because two on-disk formats exist, and both stay readable
-//! as they are:
-//!
-//! * `im-arch`'s client store writes times and sequences in **base 128**: sled 0.34's
-//!   reverse iterator steps to the previous node by guessing a predecessor of the node's
-//!   low key (last byte − 1, then four `0xff`), and panics ("tree traversal") when real keys
-//!   have four `0xff` bytes at that point, as plain big-endian time −1 (`7f ff ff ff ff ff
-//!   ff ff`) does. Base-128 digits never exceed `0x7f`.
-//! * `im-archive`'s store writes times **big-endian** (its format since its first version).
+//! Times are written in **base 128** by both stores: sled 0.34's reverse iterator steps to
+//! the previous node by guessing a predecessor of the node's low key (last byte − 1, then
+//! four `0xff`), and panics ("tree traversal") when real keys have four `0xff` bytes at that
+//! point, as plain big-endian time −1 (`7f ff ff ff ff ff ff ff`) does. Base-128 digits never
+//! exceed `0x7f`. (`im-arch`'s client store found this first; `im-archive`'s store wrote
+//! big-endian times until its schema 2 and migrates them on open, reading them with
+//! [`KeyReader::i64_be`].) Big-endian `u64`s remain for positions (outbox, journal), whose
+//! keys are only scanned forwards.
 //!
 //! Decoding is strict: a [`KeyReader`] refuses digits above `0x7f`, base-128 values above
 //! `u64::MAX`, unknown option tags and short input, so every key decodes to at most one value

@@ -96,7 +96,8 @@ fn client_key() -> impl Strategy<Value = ClientKey> {
     })
 }
 
-/// `im-archive`'s message key: tag, conversation (u16 length), time (big-endian), id.
+/// `im-archive`'s message key: tag, conversation (u16 length), time (base 128 in schema 2,
+/// big-endian in schema 1, which its migration reads), id.
 #[derive(Debug, Clone)]
 struct ArchiveKey {
     conversation: Vec<u8>,
@@ -105,10 +106,14 @@ struct ArchiveKey {
 }
 
 impl ArchiveKey {
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self, schema: u32) -> Vec<u8> {
         let mut k = vec![b'm'];
         push_len_prefixed_u16(&mut k, &self.conversation).expect("short components");
-        push_i64_be(&mut k, self.time);
+        if schema == 1 {
+            push_i64_be(&mut k, self.time);
+        } else {
+            push_i64_base128(&mut k, self.time);
+        }
         push_tail(&mut k, &self.id);
         k
     }
@@ -172,8 +177,9 @@ proptest! {
     #[test]
     fn archive_keys_sort_like_their_values_and_decode(
         keys in proptest::collection::vec(archive_key(), 2..12),
+        schema in 1u32..=2,
     ) {
-        let encoded: Vec<Vec<u8>> = keys.iter().map(ArchiveKey::encode).collect();
+        let encoded: Vec<Vec<u8>> = keys.iter().map(|k| k.encode(schema)).collect();
         for (a, ka) in keys.iter().zip(&encoded) {
             for (b, kb) in keys.iter().zip(&encoded) {
                 prop_assert_eq!(ka.cmp(kb), a.order(b), "{:?} vs {:?}", a, b);
@@ -181,7 +187,8 @@ proptest! {
             let mut r = KeyReader::new(ka);
             prop_assert_eq!(r.byte(), Some(b'm'));
             prop_assert_eq!(r.len_prefixed_u16(), Some(&a.conversation[..]));
-            prop_assert_eq!(r.i64_be(), Some(a.time));
+            let time = if schema == 1 { r.i64_be() } else { r.i64_base128() };
+            prop_assert_eq!(time, Some(a.time));
             prop_assert_eq!(r.tail(), &a.id[..]);
         }
     }
