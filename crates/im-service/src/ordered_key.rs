@@ -53,21 +53,13 @@
 //! assert_eq!(r.tail(), b"id");
 //! ```
 
+use crate::codec::CodecError;
+
 /// Digits of a `u64` in base 128 (⌈64 / 7⌉).
 pub const BASE128_DIGITS: usize = 10;
 
 /// Bytes [`push_opt_u64_base128`] writes: the tag and the digits.
 pub const OPT_U64_BASE128_LEN: usize = 1 + BASE128_DIGITS;
-
-/// A component does not fit its length prefix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("key component of {len} bytes exceeds its length prefix's limit of {max}")]
-pub struct ComponentTooLong {
-    /// The component's length.
-    pub len: usize,
-    /// The largest length the prefix can state.
-    pub max: usize,
-}
 
 /// Flips the sign bit: unsigned order of the result is signed order of `v`.
 fn flip(v: i64) -> u64 {
@@ -113,9 +105,10 @@ pub fn push_opt_u64_base128(key: &mut Vec<u8>, v: Option<u64>) {
     }
 }
 
-/// Appends `bytes` after their length as a big-endian `u16`.
-pub fn push_len_prefixed_u16(key: &mut Vec<u8>, bytes: &[u8]) -> Result<(), ComponentTooLong> {
-    let len = u16::try_from(bytes.len()).map_err(|_| ComponentTooLong {
+/// Appends `bytes` after their length as a big-endian `u16`; [`CodecError::Oversized`] if
+/// they are longer than that can state (nothing is appended then).
+pub fn push_len_prefixed_u16(key: &mut Vec<u8>, bytes: &[u8]) -> Result<(), CodecError> {
+    let len = u16::try_from(bytes.len()).map_err(|_| CodecError::Oversized {
         len: bytes.len(),
         max: usize::from(u16::MAX),
     })?;
@@ -124,9 +117,10 @@ pub fn push_len_prefixed_u16(key: &mut Vec<u8>, bytes: &[u8]) -> Result<(), Comp
     Ok(())
 }
 
-/// Appends `bytes` after their length as a big-endian `u32`.
-pub fn push_len_prefixed_u32(key: &mut Vec<u8>, bytes: &[u8]) -> Result<(), ComponentTooLong> {
-    let len = u32::try_from(bytes.len()).map_err(|_| ComponentTooLong {
+/// Appends `bytes` after their length as a big-endian `u32`; [`CodecError::Oversized`] if
+/// they are longer than that can state (nothing is appended then).
+pub fn push_len_prefixed_u32(key: &mut Vec<u8>, bytes: &[u8]) -> Result<(), CodecError> {
+    let len = u32::try_from(bytes.len()).map_err(|_| CodecError::Oversized {
         len: bytes.len(),
         max: u32::MAX as usize,
     })?;
@@ -310,7 +304,7 @@ mod tests {
         let long = vec![0u8; usize::from(u16::MAX) + 1];
         assert_eq!(
             push_len_prefixed_u16(&mut Vec::new(), &long),
-            Err(ComponentTooLong {
+            Err(CodecError::Oversized {
                 len: long.len(),
                 max: usize::from(u16::MAX)
             })
