@@ -1,13 +1,7 @@
-//! The archive's HTTP service (axum): signed vendor callbacks in, history out.
-//!
-//! | route | what |
-//! |---|---|
-//! | `POST /v1/callbacks/{vendor}` | a signed `message.stored` callback ([`im_service::webhook`]) |
-//! | `GET /v1/history?conversation=…&from=…&to=…&cursor=…&limit=…` | a page, newest first (bearer token) |
-//! | `GET /v1/conversations` | the caller's conversations (bearer token) |
-//! | `GET /healthz`, `GET /readyz` | liveness; readiness (503 while shutting down) |
-//!
-//! The routes, query and bodies are the shared contract in [`im_service::archive_api`].
+//! The archive's HTTP service (axum): signed vendor callbacks in, history out. Its routes,
+//! query, bodies and statuses are the contract in [`im_service::archive_api`] (shared with
+//! the client, `im-arch`'s `ArchiveHistory`): `POST /v1/callbacks/{vendor}`,
+//! `GET /v1/history`, `GET /v1/conversations`, `GET /healthz`, `GET /readyz`.
 //!
 //! A callback is acknowledged (200) only after the store made it durable, so a crash
 //! before the answer makes the vendor retry, and the retry is recognised as a duplicate.
