@@ -3,12 +3,14 @@
 //! reach past the vendor's retention.
 //!
 //! It speaks the archive's HTTP API and nothing else: `im-arch` does not depend on the
-//! archive crate (a client never links the backend), only on the wire form, which is the
-//! vendor-neutral [`HistoryPage`] as JSON.
+//! archive crate (a client never links the backend), only on the contract both share,
+//! [`im_service::archive_api`] (path, query, error body, status meanings; the page is the
+//! vendor-neutral [`HistoryPage`] as JSON).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use im_service::archive_api::{self, ErrorBody, HISTORY_PATH, HistoryParams};
 use im_service::{ConversationId, HistoryPage, PageCursor, ServiceError, Timestamp, Token};
 
 use crate::error::ArchError;
@@ -16,16 +18,17 @@ use crate::history::HistorySource;
 
 /// The archive's largest page (its default `max_page`); larger requests are cut to it
 /// instead of being refused.
-pub const DEFAULT_MAX_PAGE: u32 = 200;
+pub use im_service::archive_api::DEFAULT_MAX_PAGE;
 
 /// Reads history from an `im-archive` service with the user's bearer token.
 ///
 /// Answers map onto the contract's errors so the client's retry policy treats them like
-/// any vendor call: 401 → [`ServiceError::AuthFailed`], 403 →
-/// [`ServiceError::NotMember`], 400 → [`ServiceError::InvalidRequest`] (all permanent);
-/// 429 → [`ServiceError::RateLimited`]; 5xx → [`ServiceError::Server`], unreachable →
-/// [`ServiceError::Unavailable`], no answer in time → [`ServiceError::Timeout`] (all
-/// retried). A 404 (the archive holds nothing of the conversation) is an empty page.
+/// any vendor call, as [`archive_api::history_failure`] says: 401 →
+/// [`ServiceError::AuthFailed`], 403 → [`ServiceError::NotMember`], 400 →
+/// [`ServiceError::InvalidRequest`] (all permanent); 429 → [`ServiceError::RateLimited`];
+/// 5xx → [`ServiceError::Server`]; and here: unreachable → [`ServiceError::Unavailable`],
+/// no answer in time → [`ServiceError::Timeout`] (all retried). A 404 (the archive holds
+/// nothing of the conversation) is an empty page.
 ///
 /// ```no_run
 /// # fn wire(vendor: std::sync::Arc<dyn im_service::Vendor>, me: im_service::Credentials)
@@ -104,10 +107,6 @@ impl ArchiveHistory {
 
 /// The `error` field of the archive's error bodies, or the raw text.
 fn reason(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct ErrorBody {
-        error: String,
-    }
     serde_json::from_slice::<ErrorBody>(body)
         .map(|b| b.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect())
@@ -127,18 +126,16 @@ impl HistorySource for ArchiveHistory {
         cursor: Option<PageCursor>,
         limit: u32,
     ) -> Result<HistoryPage, ServiceError> {
-        let mut query: Vec<(&str, String)> = vec![
-            ("conversation", conversation.to_string()),
-            ("from", from.as_millis().to_string()),
-            ("to", to.as_millis().to_string()),
-            ("limit", limit.clamp(1, self.max_page).to_string()),
-        ];
-        if let Some(c) = cursor {
-            query.push(("cursor", c.0));
-        }
+        let query = HistoryParams::new(
+            conversation,
+            from,
+            to,
+            cursor,
+            limit.clamp(1, self.max_page),
+        );
         let response = self
             .http
-            .get(format!("{}/v1/history", self.base))
+            .get(format!("{}{HISTORY_PATH}", self.base))
             .query(&query)
             .bearer_auth(self.token.expose())
             .timeout(self.timeout)
@@ -159,21 +156,7 @@ impl HistorySource for ArchiveHistory {
         match status.as_u16() {
             200 => serde_json::from_slice(&body)
                 .map_err(|e| ServiceError::Protocol(format!("archive page: {e}"))),
-            404 => Ok(HistoryPage {
-                messages: Vec::new(),
-                next: None,
-                horizon: None,
-            }),
-            400 => Err(ServiceError::InvalidRequest(reason(&body))),
-            401 => Err(ServiceError::AuthFailed(reason(&body))),
-            403 => Err(ServiceError::NotMember(conversation.clone())),
-            429 => Err(ServiceError::RateLimited {
-                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
-            }),
-            code => Err(ServiceError::Server {
-                code: u32::from(code),
-                message: reason(&body),
-            }),
+            code => archive_api::history_failure(code, reason(&body), retry_after, conversation),
         }
     }
 }

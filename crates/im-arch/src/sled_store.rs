@@ -28,6 +28,9 @@
 //!   otherwise (none sorts first, as `Option` does);
 //! * the server id's bytes (UTF-8, which never contains `0xff`).
 //!
+//! The components are written by [`im_service::ordered_key`], whose property test checks
+//! that byte order is value order and that keys decode back.
+//!
 //! Why base-128 and not plain big-endian bytes: sled 0.34's reverse iterator steps to the
 //! previous node by guessing a predecessor of the node's low key (last byte − 1, then four
 //! `0xff`); when real keys have four `0xff` bytes at that point (time −1 is `7f ff ff ff ff
@@ -57,10 +60,12 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use im_service::codec::{decode, encode};
+use im_service::lock_wait;
+use im_service::ordered_key::{self, KeyReader};
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use im_service::{ClientMsgId, ConversationId, Message, Origin, ServerMsgId};
@@ -162,10 +167,10 @@ impl std::fmt::Debug for SledStore {
 /// it is whole) and the log it summarises is intact, so it is removed and the open retried
 /// (found by the crash harness; reproduced by killing a process during open: 231 of 400).
 fn open_waiting_for_lock(config: &sled::Config, dir: Option<&Path>) -> Result<sled::Db, ArchError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut repaired = false;
-    loop {
-        match config.open() {
+    lock_wait::retry_while(
+        std::time::Duration::from_secs(2),
+        || match config.open() {
             Err(sled::Error::Corruption { .. }) if !repaired && dir.is_some() => {
                 repaired = true;
                 let removed = dir.map_or(0, remove_partial_snapshots);
@@ -174,18 +179,13 @@ fn open_waiting_for_lock(config: &sled::Config, dir: Option<&Path>) -> Result<sl
                     "sled store reported corruption on open; removed partial snapshots \
                      left by a killed process, opening again"
                 );
+                config.open()
             }
-            // sled wraps the OS error in a message: match both forms.
-            Err(sled::Error::Io(e))
-                if (e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("could not acquire lock"))
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other.map_err(store_err),
-        }
-    }
+            other => other,
+        },
+        |e| matches!(e, sled::Error::Io(e) if lock_wait::is_lock_contention(e)),
+    )
+    .map_err(store_err)
 }
 
 /// Removes the `snap.*.generating` files in `dir` (snapshots a killed process did not
@@ -269,11 +269,6 @@ impl SledStore {
     #[doc(hidden)]
     pub fn raw_db(&self) -> &sled::Db {
         &self.db
-    }
-
-    fn write_lock(&self) -> MutexGuard<'_, ()> {
-        // The guarded data is `()`: a poisoned lock carries no torn state.
-        self.write.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A stored message by id (the body of [`Store::message`], for other methods too).
@@ -506,7 +501,7 @@ impl Store for SledStore {
     }
 
     async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
-        let _guard = self.write_lock();
+        let _guard = self.write.lock();
         let mut fresh = Vec::with_capacity(messages.len());
         let mut seen_in_batch = std::collections::HashSet::with_capacity(messages.len());
         // A pulled page is mostly a few conversations: encode each prefix once.
@@ -756,62 +751,45 @@ pub(crate) fn display_key(key: &[u8]) -> String {
 /// Length (u32 big-endian) + codec encoding of the conversation id.
 fn conversation_prefix(conversation: &ConversationId) -> Result<Vec<u8>, ArchError> {
     let encoded = encode_value(conversation)?;
-    let len = u32::try_from(encoded.len())
+    let mut prefix = Vec::with_capacity(4 + encoded.len() + ORDER_LEN + 32);
+    ordered_key::push_len_prefixed_u32(&mut prefix, &encoded)
         .map_err(|_| ArchError::Store("conversation id too long for a key".into()))?;
-    let mut prefix = Vec::with_capacity(4 + encoded.len() + 2 * BASE128_DIGITS + 1 + 32);
-    prefix.extend_from_slice(&len.to_be_bytes());
-    prefix.extend_from_slice(&encoded);
     Ok(prefix)
 }
 
-/// Appends the in-conversation order of `m`: time (sign flipped), sequence, server id.
+/// Appends the in-conversation order of `m`: time (base 128, sign flipped), sequence (base
+/// 128, none first), server id.
 fn push_order(key: &mut Vec<u8>, m: &Message) {
-    let time = (m.server_time.as_millis() as u64) ^ (1 << 63);
-    push_base128(key, time);
-    match m.seq {
-        None => key.extend_from_slice(&[0; 1 + BASE128_DIGITS]),
-        Some(seq) => {
-            key.push(1);
-            push_base128(key, seq.0);
-        }
-    }
-    key.extend_from_slice(m.server_id.as_str().as_bytes());
+    ordered_key::push_i64_base128(key, m.server_time.as_millis());
+    ordered_key::push_opt_u64_base128(key, m.seq.map(|s| s.0));
+    ordered_key::push_tail(key, m.server_id.as_str().as_bytes());
 }
-
-/// Digits of a `u64` in base 128 (⌈64 / 7⌉).
-const BASE128_DIGITS: usize = 10;
 
 /// Bytes [`push_order`] writes before the server id: time digits, sequence tag and digits.
-const ORDER_LEN: usize = 2 * BASE128_DIGITS + 1;
-
-/// Appends `value` as [`BASE128_DIGITS`] big-endian base-128 digits: fixed width, so byte
-/// order is numeric order, and no byte is above `0x7f` (see the module doc for why).
-fn push_base128(key: &mut Vec<u8>, value: u64) {
-    for i in (0..BASE128_DIGITS).rev() {
-        key.push(((value >> (7 * i)) & 0x7f) as u8);
-    }
-}
+const ORDER_LEN: usize = ordered_key::BASE128_DIGITS + ordered_key::OPT_U64_BASE128_LEN;
 
 /// The journal key of `position`.
 fn journal_entry_key(position: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);
     key.push(JOURNAL_ENTRY);
-    key.extend_from_slice(&position.to_be_bytes());
+    ordered_key::push_u64_be(&mut key, position);
     key
 }
 
 /// The position of a journal entry key, if it is one.
 fn journal_position(key: &[u8]) -> Option<u64> {
-    match key {
-        [JOURNAL_ENTRY, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
-        _ => None,
+    let mut r = KeyReader::new(key);
+    if r.byte()? != JOURNAL_ENTRY {
+        return None;
     }
+    let position = r.u64_be()?;
+    r.tail().is_empty().then_some(position)
 }
 
 fn outbox_key(position: u64, client_id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + client_id.len());
-    key.extend_from_slice(&position.to_be_bytes());
-    key.extend_from_slice(client_id);
+    ordered_key::push_u64_be(&mut key, position);
+    ordered_key::push_tail(&mut key, client_id);
     key
 }
 
@@ -826,32 +804,50 @@ mod tests {
         assert_eq!(display_key(b""), "");
     }
 
+    /// The `messages` key bytes are the ones earlier builds wrote (they are on disk): a
+    /// literal, spelled out by component.
     #[test]
-    fn base128_keeps_numeric_order_and_has_no_high_byte() {
-        let values = [
-            0,
-            1,
-            127,
-            128,
-            255,
-            256,
-            1 << 62,
-            (1 << 63) - 1,
-            1 << 63,
-            u64::MAX,
-        ];
-        let encoded: Vec<Vec<u8>> = values
-            .iter()
-            .map(|&v| {
-                let mut k = Vec::new();
-                push_base128(&mut k, v);
-                k
-            })
-            .collect();
-        for pair in encoded.windows(2) {
-            assert!(pair[0] < pair[1]);
-        }
-        assert!(encoded.iter().flatten().all(|&b| b <= 0x7f));
-        assert!(encoded.iter().all(|k| k.len() == BASE128_DIGITS));
+    fn message_keys_keep_their_on_disk_bytes() {
+        use im_service::{ClientMsgId, Content, Seq, Timestamp, UserId};
+        let conversation = ConversationId::direct(&UserId::new("a"), &UserId::new("b"));
+        let m = |time: i64, seq: Option<u64>| Message {
+            server_id: ServerMsgId::new("s1"),
+            client_id: ClientMsgId::new("c1"),
+            conversation: conversation.clone(),
+            sender: UserId::new("a"),
+            seq: seq.map(Seq),
+            server_time: Timestamp::from_millis(time),
+            client_time: Timestamp::from_millis(0),
+            content: Content::text("x"),
+        };
+        let encoded = encode(&conversation).unwrap();
+        let mut prefix = (encoded.len() as u32).to_be_bytes().to_vec();
+        prefix.extend_from_slice(&encoded);
+        let key = |time: i64, seq: Option<u64>| {
+            let mut k = prefix.clone();
+            push_order(&mut k, &m(time, seq));
+            k
+        };
+        // Time -1: sign flipped 0x7fff_ffff_ffff_ffff, in base 128: 0 then nine 0x7f.
+        let mut expected = prefix.clone();
+        expected.push(0x00);
+        expected.extend_from_slice(&[0x7f; 9]);
+        // Sequence 300 = 2·128 + 44.
+        expected.push(0x01);
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 2, 44]);
+        expected.extend_from_slice(b"s1");
+        assert_eq!(key(-1, Some(300)), expected);
+        // Time 0: 1 << 63 is digit 1 then nine zeros; no sequence: 0x00 and ten zeros.
+        let mut expected = prefix.clone();
+        expected.push(0x01);
+        expected.extend_from_slice(&[0; 9]);
+        expected.extend_from_slice(&[0; 11]);
+        expected.extend_from_slice(b"s1");
+        assert_eq!(key(0, None), expected);
+        assert_eq!(conversation_prefix(&conversation).unwrap(), prefix);
+        assert_eq!(journal_entry_key(258), [0, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(journal_position(&[0, 0, 0, 0, 0, 0, 0, 1, 2]), Some(258));
+        assert_eq!(journal_position(&[0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(outbox_key(1, b"c"), [0, 0, 0, 0, 0, 0, 0, 1, b'c']);
     }
 }

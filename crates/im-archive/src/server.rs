@@ -1,11 +1,7 @@
-//! The archive's HTTP service (axum): signed vendor callbacks in, history out.
-//!
-//! | route | what |
-//! |---|---|
-//! | `POST /v1/callbacks/{vendor}` | a signed `message.stored` callback ([`im_service::webhook`]) |
-//! | `GET /v1/history?conversation=…&from=…&to=…&cursor=…&limit=…` | a page, newest first (bearer token) |
-//! | `GET /v1/conversations` | the caller's conversations (bearer token) |
-//! | `GET /healthz`, `GET /readyz` | liveness; readiness (503 while shutting down) |
+//! The archive's HTTP service (axum): signed vendor callbacks in, history out. Its routes,
+//! query, bodies and statuses are the contract in [`im_service::archive_api`] (shared with
+//! the client, `im-arch`'s `ArchiveHistory`): `POST /v1/callbacks/{vendor}`,
+//! `GET /v1/history`, `GET /v1/conversations`, `GET /healthz`, `GET /readyz`.
 //!
 //! A callback is acknowledged (200) only after the store made it durable, so a crash
 //! before the answer makes the vendor retry, and the retry is recognised as a duplicate.
@@ -23,11 +19,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use im_service::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use im_service::{
-    Clock, ConversationId, GroupId, HistoryPage, PageCursor, SystemClock, Timestamp, UserId,
+use im_service::archive_api::{
+    CALLBACK_ROUTE, CONVERSATIONS_PATH, DEFAULT_MAX_PAGE, DEFAULT_PAGE, HEALTH_PATH, HISTORY_PATH,
+    HistoryParams, READY_PATH,
 };
-use serde::{Deserialize, Serialize};
+pub use im_service::archive_api::{CallbackOutcome, ErrorBody};
+use im_service::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use im_service::{Clock, ConversationId, GroupId, HistoryPage, SystemClock, UserId};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -66,7 +64,7 @@ impl Default for ArchiveConfig {
             groups: HashMap::new(),
             replay_window: Duration::from_secs(300),
             max_body_bytes: 64 * 1024,
-            max_page: 200,
+            max_page: DEFAULT_MAX_PAGE,
             clock: Arc::new(SystemClock),
         }
     }
@@ -106,25 +104,6 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The answer to a callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CallbackOutcome {
-    /// Stored now.
-    Stored,
-    /// Stored before (a redelivery): nothing changed.
-    Duplicate,
-    /// An event this archive does not keep (anything but `message.stored`).
-    Ignored,
-}
-
-/// Error bodies: `{"error": "..."}`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: String,
-}
-
 impl IntoResponse for ArchiveError {
     fn into_response(self) -> Response {
         (
@@ -136,21 +115,6 @@ impl IntoResponse for ArchiveError {
             .into_response()
     }
 }
-
-/// Query of `GET /v1/history`.
-#[derive(Debug, Deserialize)]
-struct HistoryParams {
-    conversation: String,
-    /// Inclusive, unix milliseconds (default: the beginning).
-    from: Option<i64>,
-    /// Exclusive, unix milliseconds (default: the end of time).
-    to: Option<i64>,
-    cursor: Option<String>,
-    limit: Option<u32>,
-}
-
-/// The default page size.
-const DEFAULT_PAGE: u32 = 50;
 
 impl Shared {
     fn user(&self, headers: &HeaderMap) -> Result<UserId, ArchiveError> {
@@ -221,8 +185,7 @@ async fn history(
     let user = shared.user(&headers)?;
     tracing::Span::current().record("user", tracing::field::display(&user));
     let conversation: ConversationId = p
-        .conversation
-        .parse()
+        .conversation()
         .map_err(|e: im_service::ParseConversationError| ArchiveError::BadRequest(e.to_string()))?;
     // Without a limit: the default page, or the largest allowed if that is smaller.
     let limit = p.limit.unwrap_or(DEFAULT_PAGE.min(shared.max_page));
@@ -232,10 +195,7 @@ async fn history(
             shared.max_page
         )));
     }
-    let before = p
-        .cursor
-        .map(|c| Position::parse(&PageCursor(c)))
-        .transpose()?;
+    let before = p.page_cursor().map(|c| Position::parse(&c)).transpose()?;
     if !shared.store.knows(&conversation)? {
         return Err(ArchiveError::UnknownConversation(conversation.to_string()));
     }
@@ -245,10 +205,11 @@ async fn history(
             conversation: conversation.to_string(),
         });
     }
+    let (from, to) = p.time_range();
     let page = shared.store.page(&PageQuery {
         conversation,
-        from: Timestamp::from_millis(p.from.unwrap_or(i64::MIN)),
-        to: Timestamp::from_millis(p.to.unwrap_or(i64::MAX)),
+        from,
+        to,
         before,
         limit: limit as usize,
     })?;
@@ -357,11 +318,11 @@ impl ArchiveServer {
             ready: AtomicBool::new(true),
         });
         let app = Router::new()
-            .route("/v1/callbacks/{vendor}", post(callback))
-            .route("/v1/history", get(history))
-            .route("/v1/conversations", get(conversations))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(ready))
+            .route(CALLBACK_ROUTE, post(callback))
+            .route(HISTORY_PATH, get(history))
+            .route(CONVERSATIONS_PATH, get(conversations))
+            .route(HEALTH_PATH, get(|| async { "ok" }))
+            .route(READY_PATH, get(ready))
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::from_fn(traced))
             .with_state(shared.clone());

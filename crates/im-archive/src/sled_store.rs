@@ -5,7 +5,20 @@
 //!   reverse range scan;
 //! * `i` + vendor + `\0` + vendor id → message key: dedup of redelivered callbacks;
 //! * `c` + conversation → (): conversations known;
-//! * `u` + user + `\0` + conversation → (): memberships learnt from messages.
+//! * `u` + user + `\0` + conversation → (): memberships learnt from messages;
+//! * `#count` → the number of messages; `#schema` → the key layout's version.
+//!
+//! A message key is `m`, the conversation's text after its length (u16 big-endian), the
+//! server time as 10 base-128 digits of the sign-flipped `i64`, and the server id, all
+//! written by [`im_service::ordered_key`]. Base 128 since schema 2 (tree `archive.v2`):
+//! schema 1 (tree `archive`) wrote the time as 8 big-endian bytes, and sled 0.34's reverse
+//! iterator panics ("tree traversal") when keys have four `0xff` bytes where it guesses a
+//! node's predecessor, as big-endian time −1 (`7f ff ff ff ff ff ff ff`) does; paging
+//! thousands of messages around time 0 found it (`tests/sled_layout.rs`). Digits stay below
+//! `0x80` and UTF-8 never has `0xff`, so no key has such a run. Opening a schema 1 archive
+//! rewrites it into the new tree in one atomic batch, then drops the old tree; an older
+//! build opening a migrated directory finds its tree gone (an empty archive), never a
+//! misread one.
 //!
 //! A call's entries go in one atomic batch, and a message's key is a function of the message,
 //! so even a batch replayed after a crash lands on the same keys: stored once.
@@ -15,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use im_service::codec;
+use im_service::lock_wait;
+use im_service::ordered_key::{self, KeyReader};
 use im_service::{ConversationId, Message, UserId};
 
 use crate::error::ArchiveError;
@@ -28,7 +43,7 @@ pub struct SledArchive {
     db: sled::Db,
     tree: sled::Tree,
     /// Serialises writers: the dedup check and the count update are read-then-write.
-    write: std::sync::Arc<std::sync::Mutex<()>>,
+    write: std::sync::Arc<parking_lot::Mutex<()>>,
     /// Group commit of flushes (see [`Durability`]).
     durability: std::sync::Arc<Durability>,
 }
@@ -54,28 +69,86 @@ const CONVERSATIONS: u8 = b'c';
 const USERS: u8 = b'u';
 /// Key of the message count.
 const COUNT: &[u8] = b"#count";
+/// Key of the schema version (`u32` big-endian).
+const SCHEMA_KEY: &[u8] = b"#schema";
+/// The key layout this build writes (see the module doc).
+const SCHEMA_VERSION: u32 = 2;
+/// The tree of schema 2.
+const TREE: &str = "archive.v2";
+/// The tree of schema 1 (message times big-endian), migrated and dropped on open.
+const TREE_V1: &str = "archive";
 
-/// Server time as 8 big-endian bytes that sort like the signed value.
-fn time_key(t: im_service::Timestamp) -> [u8; 8] {
-    ((t.as_millis() as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// `m` + conversation (length-prefixed) : every key of one conversation shares it.
-fn conversation_prefix(c: &ConversationId) -> Vec<u8> {
+/// `m` + conversation (u16 length + its text): every key of one conversation shares it.
+/// `None` for a name too long for the prefix (`store` refuses those, so nothing has one).
+fn conversation_prefix(c: &ConversationId) -> Option<Vec<u8>> {
     let name = c.to_string();
     let mut k = Vec::with_capacity(3 + name.len() + 8 + 16);
     k.push(MESSAGES);
-    // `store` refuses names over 64 KiB, so the length always fits.
-    k.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
-    k.extend_from_slice(name.as_bytes());
-    k
+    ordered_key::push_len_prefixed_u16(&mut k, name.as_bytes()).ok()?;
+    Some(k)
 }
 
-fn position_key(c: &ConversationId, p: &Position) -> Vec<u8> {
-    let mut k = conversation_prefix(c);
-    k.extend_from_slice(&time_key(p.time));
-    k.extend_from_slice(p.id.as_str().as_bytes());
-    k
+/// Server time as 10 base-128 digits that sort like the signed value (schema 2).
+fn push_time(k: &mut Vec<u8>, t: im_service::Timestamp) {
+    ordered_key::push_i64_base128(k, t.as_millis());
+}
+
+/// A schema 1 message key (time as 8 big-endian bytes) in the schema 2 form.
+fn migrate_message_key(old: &[u8]) -> Option<Vec<u8>> {
+    let mut r = KeyReader::new(old);
+    if r.byte()? != MESSAGES {
+        return None;
+    }
+    let name = r.len_prefixed_u16()?;
+    let time = r.i64_be()?;
+    let mut k = vec![MESSAGES];
+    ordered_key::push_len_prefixed_u16(&mut k, name).ok()?;
+    ordered_key::push_i64_base128(&mut k, time);
+    ordered_key::push_tail(&mut k, r.tail());
+    Some(k)
+}
+
+/// Adds every entry of the schema 1 tree to `batch` in the schema 2 form: message keys and
+/// the id index's values (which are message keys) rewritten, the rest copied. Returns how
+/// many messages it moved.
+fn migrate_v1(old: &sled::Tree, batch: &mut sled::Batch) -> Result<u64, ArchiveError> {
+    let corrupt = |key: &[u8]| ArchiveError::Corrupt {
+        key: key.iter().map(|b| format!("{b:02x}")).collect(),
+        reason: "not a schema 1 message key".into(),
+    };
+    let mut messages = 0;
+    for entry in old.iter() {
+        let (key, value) = entry?;
+        match key.first() {
+            Some(&MESSAGES) => {
+                batch.insert(
+                    migrate_message_key(&key).ok_or_else(|| corrupt(&key))?,
+                    value,
+                );
+                messages += 1;
+            }
+            Some(&IDS) => {
+                batch.insert(
+                    key,
+                    migrate_message_key(&value).ok_or_else(|| corrupt(&value))?,
+                );
+            }
+            _ => batch.insert(key, value),
+        }
+    }
+    Ok(messages)
+}
+
+/// Appends the in-conversation order: time, then id.
+fn push_position(k: &mut Vec<u8>, p: &Position) {
+    push_time(k, p.time);
+    ordered_key::push_tail(k, p.id.as_str().as_bytes());
+}
+
+fn position_key(c: &ConversationId, p: &Position) -> Option<Vec<u8>> {
+    let mut k = conversation_prefix(c)?;
+    push_position(&mut k, p);
+    Some(k)
 }
 
 fn id_key(vendor: &str, m: &Message) -> Vec<u8> {
@@ -106,24 +179,58 @@ impl SledArchive {
     /// released only when sled's background flusher notices, and a quick restart must not
     /// fail for that.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, ArchiveError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            match sled::open(dir.as_ref()) {
-                // sled wraps the OS error in a message.
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => return Self::on(other?),
-            }
-        }
+        let db = lock_wait::retry_while(
+            std::time::Duration::from_secs(2),
+            || sled::open(dir.as_ref()),
+            |e| matches!(e, sled::Error::Io(e) if lock_wait::is_lock_contention(e)),
+        )?;
+        Self::on(db)
     }
 
-    /// The archive on an open sled database (its tree `archive`).
+    /// The archive on an open sled database (its tree `archive.v2`), migrating a schema 1
+    /// archive (tree `archive`) first; see the module doc.
+    ///
+    /// Fails with [`ArchiveError::Storage`] if a newer build wrote the store (left as it
+    /// is), and with [`ArchiveError::Corrupt`] if an old entry does not decode (nothing is
+    /// migrated then).
     pub fn on(db: sled::Db) -> Result<Self, ArchiveError> {
-        let tree = db.open_tree("archive")?;
+        let has_v1 = db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == TREE_V1.as_bytes());
+        let tree = db.open_tree(TREE)?;
+        match tree.get(SCHEMA_KEY)? {
+            Some(raw) => {
+                let found = <[u8; 4]>::try_from(raw.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| ArchiveError::Corrupt {
+                        key: "#schema".into(),
+                        reason: format!("{} bytes, expected 4", raw.len()),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(ArchiveError::Storage(format!(
+                        "archive schema version {found} is newer than this build's \
+                         {SCHEMA_VERSION}; the store was left unchanged"
+                    )));
+                }
+            }
+            None => {
+                // One atomic batch: the migrated entries and the version, or nothing.
+                let mut batch = sled::Batch::default();
+                if has_v1 {
+                    let old = db.open_tree(TREE_V1)?;
+                    let migrated = migrate_v1(&old, &mut batch)?;
+                    tracing::info!(migrated, "archive store migrated from schema 1 to 2");
+                }
+                batch.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes());
+                tree.apply_batch(batch)?;
+                tree.flush()?;
+            }
+        }
+        if has_v1 {
+            // Migrated (now, or by an open that stopped before this line).
+            db.drop_tree(TREE_V1)?;
+        }
         Ok(Self {
             db,
             tree,
@@ -153,7 +260,7 @@ impl ArchiveStore for SledArchive {
             )));
         }
         // Held for this synchronous call only (never across an await).
-        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.write.lock();
         let mut batch = sled::Batch::default();
         let mut out = Vec::with_capacity(messages.len());
         let mut fresh_ids = std::collections::HashSet::new();
@@ -164,7 +271,10 @@ impl ArchiveStore for SledArchive {
                 out.push(Stored::Duplicate);
                 continue;
             }
-            let key = position_key(&m.conversation, &Position::of(m));
+            // The length was checked above.
+            let key = position_key(&m.conversation, &Position::of(m)).ok_or_else(|| {
+                ArchiveError::BadRequest("conversation id too long for a key".into())
+            })?;
             let value = codec::encode(m).map_err(|e| ArchiveError::Storage(e.to_string()))?;
             batch.insert(key.as_slice(), value);
             batch.insert(id, key);
@@ -202,22 +312,27 @@ impl ArchiveStore for SledArchive {
     }
 
     fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
-        let prefix = conversation_prefix(&q.conversation);
+        let empty = StoredPage {
+            messages: Vec::new(),
+            next: None,
+        };
+        // A name too long for a key was never stored.
+        let Some(prefix) = conversation_prefix(&q.conversation) else {
+            return Ok(empty);
+        };
         let mut lo = prefix.clone();
-        lo.extend_from_slice(&time_key(q.from));
-        let mut hi = prefix;
-        hi.extend_from_slice(&time_key(q.to));
+        push_time(&mut lo, q.from);
+        let mut hi = prefix.clone();
+        push_time(&mut hi, q.to);
         if let Some(before) = &q.before {
-            let cursor = position_key(&q.conversation, before);
+            let mut cursor = prefix;
+            push_position(&mut cursor, before);
             if cursor < hi {
                 hi = cursor;
             }
         }
         if lo >= hi {
-            return Ok(StoredPage {
-                messages: Vec::new(),
-                next: None,
-            });
+            return Ok(empty);
         }
         let mut hits = Vec::new();
         for entry in self.tree.range(lo..hi).rev().take(q.limit.max(1) + 1) {
@@ -273,5 +388,42 @@ impl ArchiveStore for SledArchive {
             }
             None => 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use im_service::{GroupId, ServerMsgId, Timestamp};
+
+    /// The message key bytes of schema 2, spelled out, and the schema 1 bytes they replace.
+    #[test]
+    fn message_keys_have_the_schema_2_bytes_and_migrate_from_schema_1() {
+        let c = ConversationId::Group(GroupId::new("g"));
+        let name = c.to_string();
+        let position = |time: i64| Position {
+            time: Timestamp::from_millis(time),
+            id: ServerMsgId::new("s\u{0}1"),
+        };
+        let mut prefix = vec![b'm'];
+        prefix.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        prefix.extend_from_slice(name.as_bytes());
+        let key = |time: &[u8]| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(time);
+            k.extend_from_slice(b"s\x001");
+            k
+        };
+        // −1, sign flipped: 0x7fff_ffff_ffff_ffff; 5: 0x8000_0000_0000_0005.
+        let v1_minus_one = key(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let v2_minus_one = key(&[0, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f]);
+        let v1_five = key(&[0x80, 0, 0, 0, 0, 0, 0, 5]);
+        let v2_five = key(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        assert_eq!(position_key(&c, &position(-1)), Some(v2_minus_one.clone()));
+        assert_eq!(position_key(&c, &position(5)), Some(v2_five.clone()));
+        assert_eq!(migrate_message_key(&v1_minus_one), Some(v2_minus_one));
+        assert_eq!(migrate_message_key(&v1_five), Some(v2_five));
+        assert_eq!(migrate_message_key(b"m\x00\x05d:a|b\x80"), None);
+        assert_eq!(migrate_message_key(b"c"), None);
     }
 }

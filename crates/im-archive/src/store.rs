@@ -4,10 +4,10 @@
 //! same conformance suite (`tests/store_conformance.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use im_service::{ConversationId, Message, PageCursor, ServerMsgId, Timestamp, UserId};
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::ArchiveError;
 
@@ -159,8 +159,8 @@ impl MemoryArchive {
     }
 
     fn state(&self) -> MutexGuard<'_, MemoryState> {
-        // Every update completes under the lock: poison carries no torn state.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        // parking_lot: no poisoning; every update completes under the lock.
+        self.state.lock()
     }
 }
 

@@ -484,7 +484,7 @@ fn fuzz_archive_sled_entries() {
             let db = sled::Config::new().temporary(true).open().unwrap();
             let store = SledArchive::on(db.clone()).unwrap();
             store.store("reference", &messages).unwrap();
-            let tree = db.open_tree("archive").unwrap();
+            let tree = db.open_tree("archive.v2").unwrap();
             let page = |store: &SledArchive, c: &ConversationId| {
                 store.page(&PageQuery {
                     conversation: c.clone(),

@@ -9,8 +9,11 @@
 //! * the **capabilities** ([`Capabilities`]): what a vendor cannot do is declared, never faked;
 //! * the **errors** ([`ServiceError`]) with a retry classification ([`ErrorClass`]).
 //!
-//! It also hosts the one versioned binary [`codec`] of the workspace and, behind cargo
-//! features, the vendor adapters: `memory` ([`memory::MemoryVendor`], a complete in-process
+//! It also hosts what several higher crates share and nothing lower can: the one versioned
+//! binary [`codec`] of the workspace, the archive's HTTP contract ([`archive_api`]), the
+//! order-preserving key encoding of the sled stores ([`ordered_key`]), and waiting for a
+//! store's lock on open ([`lock_wait`]); and, behind cargo
+//! features, the vendor adapters: `memory` (`memory::MemoryVendor`, a complete in-process
 //! vendor), `reference` (`reference::ReferenceVendor`, the client of the reference vendor's
 //! TCP protocol), `xmpp` (`xmpp::XmppVendor`, for XMPP servers such as Prosody), `mock`
 //! (`MockVendor`, a mockall mock of the trait), and `webhook` (signed vendor callbacks).
@@ -28,14 +31,17 @@
 //! assert_eq!(Content::text("hi").size(), 2);
 //! ```
 
+pub mod archive_api;
 pub mod backoff;
 pub mod capabilities;
 pub mod clock;
 pub mod codec;
 pub mod error;
+pub mod lock_wait;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod model;
+pub mod ordered_key;
 #[cfg(feature = "reference")]
 pub mod reference;
 pub mod vendor;

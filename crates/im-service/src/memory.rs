@@ -5,10 +5,11 @@
 //! only after the client declares itself online.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
 use crate::capabilities::{Capabilities, Capability};
@@ -451,9 +452,8 @@ impl MemoryVendor {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-updated in a way later
-        // calls rely on (every mutation is completed before unlocking), so poison is ignored.
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        // parking_lot: no poisoning; every mutation completes before unlocking.
+        self.inner.state.lock()
     }
 }
 
@@ -560,7 +560,7 @@ impl std::fmt::Debug for MemoryClient {
 
 impl MemoryClient {
     fn session_id(&self) -> Option<u64> {
-        *self.session.lock().unwrap_or_else(|p| p.into_inner())
+        *self.session.lock()
     }
 
     /// Runs `f` on the state with this client's live session, after the fault and
@@ -698,11 +698,7 @@ impl Vendor for MemoryClient {
     }
 
     fn take_events(&self) -> Option<EventStream> {
-        let rx = self
-            .events_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()?;
+        let rx = self.events_rx.lock().take()?;
         Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
@@ -728,7 +724,7 @@ impl Vendor for MemoryClient {
         }
         let expires_at = tok.expires_at;
 
-        let mut slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.session.lock();
         if let Some(old) = slot.take() {
             // Re-login on the same handle replaces its own session silently.
             close_session(&mut st, old);
@@ -775,7 +771,7 @@ impl Vendor for MemoryClient {
 
     async fn logout(&self) -> Result<()> {
         let mut st = self.vendor.state();
-        let mut slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.session.lock();
         if let Some(id) = slot.take() {
             close_session(&mut st, id);
         }

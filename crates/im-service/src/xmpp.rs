@@ -43,11 +43,12 @@
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
@@ -240,11 +241,6 @@ enum Cmd {
     Close(oneshot::Sender<()>),
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update completes under the lock: poison carries no torn state.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn now() -> Timestamp {
     crate::clock::Clock::now(&crate::clock::SystemClock)
 }
@@ -277,9 +273,9 @@ impl XmppClient {
     }
 
     fn commands(&self) -> Result<(UserId, mpsc::UnboundedSender<Cmd>)> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let c = conn.as_ref().ok_or(E::NotLoggedIn)?;
-        if let Some(e) = lock(&c.ended).clone() {
+        if let Some(e) = c.ended.lock().clone() {
             return Err(e);
         }
         Ok((c.me.clone(), c.commands.clone()))
@@ -499,7 +495,7 @@ impl Task {
             Some(VendorEvent::ConnectionLost { reason }) => E::ConnectionLost(reason.clone()),
             _ => E::NotLoggedIn,
         };
-        *lock(&self.ended) = Some(error.clone());
+        *self.ended.lock() = Some(error.clone());
         for p in self.acks.drain(..) {
             let _ = p.done.send(Err(error.clone()));
         }
@@ -809,7 +805,7 @@ impl Vendor for XmppClient {
     }
 
     fn take_events(&self) -> Option<EventStream> {
-        let rx = lock(&self.events_rx).take()?;
+        let rx = self.events_rx.lock().take()?;
         Some(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         ))
@@ -817,7 +813,7 @@ impl Vendor for XmppClient {
 
     async fn login(&self, credentials: &Credentials) -> Result<Session> {
         // A previous connection of this handle ends first.
-        drop(lock(&self.conn).take());
+        drop(self.conn.lock().take());
         let (stream, me) = self
             .open(credentials)
             .instrument(tracing::info_span!("xmpp_login", user = %credentials.user))
@@ -841,16 +837,16 @@ impl Vendor for XmppClient {
             online: false,
         };
         let handle = tokio::spawn(task.run(rx));
-        *lock(&self.conn) = Some(Conn {
+        *self.conn.lock() = Some(Conn {
             me: credentials.user.clone(),
             commands: tx,
             task: handle,
             offline_fetched: false,
             ended,
         });
-        lock(&self.offline).clear();
-        lock(&self.sent).clear();
-        lock(&self.acks).clear();
+        self.offline.lock().clear();
+        self.sent.lock().clear();
+        self.acks.lock().clear();
         Ok(Session {
             user: credentials.user.clone(),
             token_expires_at: None,
@@ -860,7 +856,7 @@ impl Vendor for XmppClient {
     }
 
     async fn logout(&self) -> Result<()> {
-        let conn = lock(&self.conn).take();
+        let conn = self.conn.lock().take();
         if let Some(conn) = conn {
             let (tx, rx) = oneshot::channel();
             if conn.commands.send(Cmd::Close(tx)).is_ok() {
@@ -877,7 +873,7 @@ impl Vendor for XmppClient {
         if size > max {
             return Err(E::MessageTooLarge { size, max });
         }
-        if let Some(r) = lock(&self.sent).get(&message.client_id) {
+        if let Some(r) = self.sent.lock().get(&message.client_id) {
             return Ok(SendReceipt {
                 duplicate: true,
                 ..r.clone()
@@ -919,12 +915,16 @@ impl Vendor for XmppClient {
             server_time: sent_at,
             duplicate: false,
         };
-        lock(&self.sent).insert(message.client_id.clone(), receipt.clone());
+        self.sent
+            .lock()
+            .insert(message.client_id.clone(), receipt.clone());
         Ok(receipt)
     }
 
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch> {
-        let fetched = lock(&self.conn)
+        let fetched = self
+            .conn
+            .lock()
             .as_ref()
             .map(|c| c.offline_fetched)
             .ok_or(E::NotLoggedIn)?;
@@ -938,12 +938,12 @@ impl Vendor for XmppClient {
                     .filter_map(|m| to_model(m, None, None))
                     .collect(),
             );
-            *lock(&self.offline) = batch;
-            if let Some(c) = lock(&self.conn).as_mut() {
+            *self.offline.lock() = batch;
+            if let Some(c) = self.conn.lock().as_mut() {
                 c.offline_fetched = true;
             }
         }
-        let mut offline = lock(&self.offline);
+        let mut offline = self.offline.lock();
         let take = (max.max(1) as usize).min(offline.len());
         // The oldest chunk first, each batch newest first (module doc): the client delivers
         // a batch as it comes, so the newest chunk first would overtake the older ones.
@@ -951,11 +951,11 @@ impl Vendor for XmppClient {
         let messages: Vec<Message> = offline.drain(oldest..).collect();
         let ack = (!messages.is_empty()).then(|| OfflineAck { token: new_id() });
         if let Some(a) = &ack {
-            lock(&self.acks).insert(a.token.clone());
+            self.acks.lock().insert(a.token.clone());
         }
         let left = offline.len() as u64;
         drop(offline);
-        if left == 0 && lock(&self.acks).is_empty() {
+        if left == 0 && self.acks.lock().is_empty() {
             self.offline_stored()?;
         }
         Ok(OfflineBatch {
@@ -969,8 +969,8 @@ impl Vendor for XmppClient {
         self.commands()?;
         // The server dropped its copies when it delivered them: the ack only checks that
         // it is one this connection handed out.
-        if lock(&self.acks).remove(&ack.token) {
-            if lock(&self.acks).is_empty() && lock(&self.offline).is_empty() {
+        if self.acks.lock().remove(&ack.token) {
+            if self.acks.lock().is_empty() && self.offline.lock().is_empty() {
                 self.offline_stored()?;
             }
             Ok(())

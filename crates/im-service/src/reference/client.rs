@@ -7,12 +7,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -169,14 +170,9 @@ impl Drop for Connection {
     }
 }
 
-fn lock(p: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
-    // Every critical section leaves `Pending` consistent, so a poisoned lock is still usable.
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Ends a connection: fails every waiting request and remembers why.
 fn close(pending: &Mutex<Pending>, why: ServiceError) {
-    let mut p = lock(pending);
+    let mut p = pending.lock();
     if p.closed.is_none() {
         p.closed = Some(why.clone());
     }
@@ -222,7 +218,7 @@ impl Connection {
                 let why = loop {
                     match source.next().await {
                         Some(Ok(ServerFrame::Response { id, result })) => {
-                            let tx = lock(&reader_pending).waiting.remove(&id);
+                            let tx = reader_pending.lock().waiting.remove(&id);
                             if let Some(tx) = tx {
                                 let _ = tx.send(result);
                             }
@@ -238,7 +234,7 @@ impl Connection {
                             }
                             if let Some(why) = &ended {
                                 // Later calls fail with the reason even before the socket closes.
-                                lock(&reader_pending).closed.get_or_insert_with(|| why.clone());
+                                reader_pending.lock().closed.get_or_insert_with(|| why.clone());
                             }
                             if events.send(ev).await.is_err() {
                                 tracing::debug!("event stream dropped by the client");
@@ -251,7 +247,7 @@ impl Connection {
                     }
                 };
                 let announced = matches!(why, E::Kicked(_) | E::TokenExpired)
-                    || matches!(&why, E::ConnectionLost(_) if lock(&reader_pending).closed.is_some());
+                    || matches!(&why, E::ConnectionLost(_) if reader_pending.lock().closed.is_some());
                 close(&reader_pending, why.clone());
                 if !reader_closing.load(Ordering::SeqCst) && !announced {
                     let _ = events.send(VendorEvent::ConnectionLost { reason: why.to_string() }).await;
@@ -273,7 +269,7 @@ impl Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut p = lock(&self.pending);
+            let mut p = self.pending.lock();
             if let Some(why) = &p.closed {
                 return Err(why.clone());
             }
@@ -285,20 +281,24 @@ impl Connection {
             .await
             .is_err()
         {
-            lock(&self.pending).waiting.remove(&id);
-            return Err(lock(&self.pending)
+            self.pending.lock().waiting.remove(&id);
+            return Err(self
+                .pending
+                .lock()
                 .closed
                 .clone()
                 .unwrap_or(E::ConnectionLost("writer stopped".into())));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(lock(&self.pending)
+            Ok(Err(_)) => Err(self
+                .pending
+                .lock()
                 .closed
                 .clone()
                 .unwrap_or(E::ConnectionLost("connection closed".into()))),
             Err(_) => {
-                lock(&self.pending).waiting.remove(&id);
+                self.pending.lock().waiting.remove(&id);
                 Err(E::Timeout(timeout))
             }
         }
@@ -324,14 +324,11 @@ impl std::fmt::Debug for ReferenceClient {
 
 impl ReferenceClient {
     fn current(&self) -> Option<Arc<Connection>> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.conn.lock().clone()
     }
 
     fn replace(&self, next: Option<Arc<Connection>>) -> Option<Arc<Connection>> {
-        std::mem::replace(
-            &mut *self.conn.lock().unwrap_or_else(|e| e.into_inner()),
-            next,
-        )
+        std::mem::replace(&mut *self.conn.lock(), next)
     }
 
     async fn call(&self, request: Request) -> Result<Reply> {
@@ -355,11 +352,7 @@ impl Vendor for ReferenceClient {
     }
 
     fn take_events(&self) -> Option<EventStream> {
-        let rx = self
-            .events_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
+        let rx = self.events_rx.lock().take()?;
         Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
@@ -394,7 +387,7 @@ impl Vendor for ReferenceClient {
             return Ok(());
         };
         conn.closing.store(true, Ordering::SeqCst);
-        if lock(&conn.pending).closed.is_none() {
+        if conn.pending.lock().closed.is_none() {
             // Best effort: the server closes after answering; a dead link needs no goodbye.
             let _ = conn.call(Request::Logout, Duration::from_secs(2)).await;
         }

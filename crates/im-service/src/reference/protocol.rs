@@ -6,10 +6,10 @@
 
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::ServiceError;
 use crate::capabilities::Capabilities;
@@ -123,18 +123,57 @@ pub enum ServerFrame {
 
 /// Length-delimited framing of `In` (decoded) and `Out` (encoded) frames through the
 /// workspace codec, with a body size limit enforced before any allocation.
+///
+/// The framing itself is tokio-util's [`LengthDelimitedCodec`] (4-byte big-endian length,
+/// no adjustment); this type adds the workspace codec on the body and turns the framing's
+/// I/O errors into the typed [`CodecError`]s callers match on (`Oversized` with the
+/// announced length, `Truncated` at end of input inside a frame).
 #[derive(Debug)]
 pub struct WireCodec<In, Out> {
+    framing: LengthDelimitedCodec,
     max_frame_len: usize,
+    /// Whether `framing` has consumed a length prefix whose body has not arrived yet
+    /// (`LengthDelimitedCodec` keeps that in its state, not in the buffer, and does not
+    /// report it at end of input).
+    inside_frame: bool,
     _frames: PhantomData<fn(Out) -> In>,
+}
+
+/// The wire's framing: a 4-byte big-endian body length, then the body.
+fn framing(max_frame_len: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_type::<u32>()
+        .big_endian()
+        .max_frame_length(max_frame_len)
+        .new_codec()
 }
 
 impl<In, Out> WireCodec<In, Out> {
     /// A codec accepting bodies up to `max_frame_len` bytes.
     pub fn new(max_frame_len: usize) -> Self {
         Self {
+            framing: framing(max_frame_len),
             max_frame_len,
+            inside_frame: false,
             _frames: PhantomData,
+        }
+    }
+
+    /// The typed error for the framing's refusal of the frame at the head of `src`: the only
+    /// error `LengthDelimitedCodec` decodes with (no length adjustment is configured) is a
+    /// length above the limit, and it leaves the prefix in `src` when it refuses.
+    fn oversized(&self, src: &BytesMut, e: std::io::Error) -> ServiceError {
+        match src.get(..LEN_PREFIX) {
+            Some(prefix) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let mut len = [0u8; LEN_PREFIX];
+                len.copy_from_slice(prefix);
+                CodecError::Oversized {
+                    len: u32::from_be_bytes(len) as usize,
+                    max: self.max_frame_len,
+                }
+                .into()
+            }
+            _ => CodecError::Malformed(format!("framing: {e}")).into(),
         }
     }
 }
@@ -150,32 +189,25 @@ impl<In: DeserializeOwned, Out> Decoder for WireCodec<In, Out> {
     type Error = ServiceError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, ServiceError> {
-        if src.len() < LEN_PREFIX {
-            return Ok(None);
-        }
-        let mut prefix = [0u8; LEN_PREFIX];
-        prefix.copy_from_slice(&src[..LEN_PREFIX]);
-        let len = u32::from_be_bytes(prefix) as usize;
-        if len > self.max_frame_len {
-            return Err(CodecError::Oversized {
-                len,
-                max: self.max_frame_len,
+        let before = src.len();
+        match self.framing.decode(src) {
+            Ok(Some(body)) => {
+                self.inside_frame = false;
+                Ok(Some(codec::decode(&body)?))
             }
-            .into());
+            Ok(None) => {
+                // A consumed prefix means the body is still to come.
+                self.inside_frame |= src.len() < before;
+                Ok(None)
+            }
+            Err(e) => Err(self.oversized(src, e)),
         }
-        if src.len() < LEN_PREFIX + len {
-            src.reserve(LEN_PREFIX + len - src.len());
-            return Ok(None);
-        }
-        src.advance(LEN_PREFIX);
-        let body = src.split_to(len);
-        Ok(Some(codec::decode(&body)?))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<In>, ServiceError> {
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
-            None if buf.is_empty() => Ok(None),
+            None if buf.is_empty() && !self.inside_frame => Ok(None),
             None => Err(CodecError::Truncated.into()),
         }
     }
@@ -186,6 +218,7 @@ impl<In, Out: Serialize> Encoder<Out> for WireCodec<In, Out> {
 
     fn encode(&mut self, frame: Out, dst: &mut BytesMut) -> Result<(), ServiceError> {
         let body = codec::encode(&frame)?;
+        // Checked here, not left to the framing, for the typed error with the length.
         if body.len() > self.max_frame_len {
             return Err(CodecError::Oversized {
                 len: body.len(),
@@ -193,11 +226,8 @@ impl<In, Out: Serialize> Encoder<Out> for WireCodec<In, Out> {
             }
             .into());
         }
-        dst.reserve(LEN_PREFIX + body.len());
-        // Cannot truncate: body.len() <= max_frame_len, which callers keep far below 4 GiB.
-        dst.put_u32(body.len() as u32);
-        dst.extend_from_slice(&body);
-        Ok(())
+        Encoder::<&[u8]>::encode(&mut self.framing, &body, dst)
+            .map_err(|e| CodecError::Encode(format!("framing: {e}")).into())
     }
 }
 
@@ -207,13 +237,14 @@ impl From<std::io::Error> for ServiceError {
     }
 }
 
-/// Encodes one frame with its length prefix (for tests that write raw bytes).
+/// Encodes one frame with its length prefix (for tests that write raw bytes). No frame
+/// limit but the codec's own ([`codec::MAX_ENCODED_LEN`]).
 pub fn frame_bytes<T: Serialize>(frame: &T) -> Result<Vec<u8>, ServiceError> {
     let body = codec::encode(frame)?;
-    let mut out = Vec::with_capacity(LEN_PREFIX + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    let mut out = BytesMut::with_capacity(LEN_PREFIX + body.len());
+    Encoder::<&[u8]>::encode(&mut framing(codec::MAX_ENCODED_LEN), &body, &mut out)
+        .map_err(|e| CodecError::Encode(format!("framing: {e}")))?;
+    Ok(out.to_vec())
 }
 
 #[cfg(test)]
@@ -274,5 +305,47 @@ mod tests {
             ServerSide::default().decode_eof(&mut buf),
             Err(ServiceError::Codec(CodecError::Truncated))
         );
+    }
+
+    #[test]
+    fn eof_after_a_consumed_length_prefix_is_truncation() {
+        // The framing consumes the prefix once it has it, leaving the buffer empty: end of
+        // input there is still inside a frame.
+        let bytes = frame_bytes(&ClientFrame::Hello).unwrap();
+        let mut dec = ServerSide::default();
+        let mut buf = BytesMut::from(&bytes[..LEN_PREFIX]);
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert_eq!(
+            dec.decode_eof(&mut buf),
+            Err(ServiceError::Codec(CodecError::Truncated))
+        );
+    }
+
+    #[test]
+    fn oversized_frames_are_not_encoded() {
+        let mut enc: WireCodec<ServerFrame, ClientFrame> = WireCodec::new(2);
+        let mut buf = BytesMut::new();
+        let err = enc
+            .encode(
+                ClientFrame::Request {
+                    id: 1,
+                    request: Request::Ping,
+                },
+                &mut buf,
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ServiceError::Codec(CodecError::Oversized { max: 2, .. })
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn the_framing_is_a_four_byte_big_endian_length() {
+        let bytes = frame_bytes(&ClientFrame::Hello).unwrap();
+        let body = codec::encode(&ClientFrame::Hello).unwrap();
+        assert_eq!(bytes[..LEN_PREFIX], (body.len() as u32).to_be_bytes());
+        assert_eq!(bytes[LEN_PREFIX..], body[..]);
     }
 }
