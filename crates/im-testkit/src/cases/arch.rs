@@ -719,21 +719,20 @@ async fn store_corruption_is_contained<H: VendorHarness>(_h: H) {
 
 /// Opens a sled directory behind the store's back. sled's background threads can hold the
 /// directory's lock for a moment after the last handle is dropped (seen on CI), so this
-/// waits for it the way `SledStore::open` does, within a deadline.
+/// waits for it with the helper `SledStore::open` uses (`im_service::lock_wait`), off the
+/// runtime threads, within a deadline.
 async fn raw_open(dir: &std::path::Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match sled::open(dir) {
-            Ok(db) => return db,
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("raw open of {}: {e:?}", dir.display()),
-        }
-    }
+    let path = dir.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || {
+        im_service::lock_wait::retry_while(
+            Duration::from_secs(10),
+            || sled::open(&path),
+            |e| matches!(e, sled::Error::Io(io) if im_service::lock_wait::is_lock_contention(io)),
+        )
+    })
+    .await
+    .expect("the blocking open ran");
+    opened.unwrap_or_else(|e| panic!("raw open of {}: {e:?}", dir.display()))
 }
 
 /// Every tree's name and entries, to compare a store before and after.
