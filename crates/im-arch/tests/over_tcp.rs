@@ -23,7 +23,7 @@ use im_service::{
     Content, ConversationId, Credentials, KickReason, Origin, OutgoingMessage, ServiceError,
     Timestamp, UserId, Vendor,
 };
-use im_testkit::{Faults, ReferenceServer, ServerConfig};
+use im_vendor_sim::{Faults, ReferenceServer, ServerConfig};
 
 struct World {
     server: ReferenceServer,

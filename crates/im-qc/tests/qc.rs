@@ -21,7 +21,7 @@ use im_service::{
     Content, ConversationId, Credentials, HistoryQuery, OutgoingMessage, ServiceError, SystemClock,
     Timestamp, UserId, Vendor,
 };
-use im_testkit::{Faults, ReferenceServer, ServerConfig};
+use im_vendor_sim::{Faults, ReferenceServer, ServerConfig};
 
 struct World {
     server: ReferenceServer,

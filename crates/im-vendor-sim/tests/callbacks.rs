@@ -18,9 +18,7 @@ use im_service::webhook::{
 };
 use im_service::{Clock, ConversationId, ManualClock, ServerMsgId, UserId, Vendor};
 use im_testkit::contract::text;
-use im_testkit::reference::callbacks::{
-    CallbackConfig, CallbackDispatcher, CallbackStats, CallbackStatsSnapshot,
-};
+use im_vendor_sim::{CallbackConfig, CallbackDispatcher, CallbackStats, CallbackStatsSnapshot};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -432,7 +430,7 @@ fn config_debug_never_shows_the_secret() {
 async fn reference_server_posts_signed_callbacks_for_messages_sent_over_tcp() -> anyhow::Result<()>
 {
     use im_service::reference::{ReferenceConfig, ReferenceVendor};
-    use im_testkit::{ReferenceServer, ServerConfig};
+    use im_vendor_sim::{ReferenceServer, ServerConfig};
 
     let (listener, addr) = bind_local().await?;
     let receiver = Receiver::new(Arc::new(im_service::SystemClock), 0);
