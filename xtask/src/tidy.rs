@@ -1,9 +1,14 @@
 //! Source-tree invariants checked as tests (the rust-analyzer "tidy" idea): every Rust file
-//! says what it is for on its first line, and no library names a concrete vendor where the
-//! architecture forbids it.
+//! says what it is for on its first line, no library names a concrete vendor where the
+//! architecture forbids it, no file imports a file that imports it back ([`import_cycles`]),
+//! and the toolchain is not older than the workspace's `rust-version`.
+
+mod imports;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+
+pub use imports::{FileRefs, file_refs, import_cycles};
 
 /// All `.rs` files under the project's source folders.
 pub fn rust_files(root: &Path) -> Vec<PathBuf> {
@@ -129,6 +134,18 @@ mod tests {
     fn im_arch_never_names_a_concrete_vendor() {
         let hits = vendor_names_in_arch(&crate::project_root());
         assert!(hits.is_empty(), "im-arch names a vendor: {hits:#?}");
+    }
+
+    #[test]
+    fn no_file_imports_a_file_that_imports_it_back() {
+        let cycles = import_cycles(&crate::project_root());
+        assert!(
+            cycles.is_empty(),
+            "{} import cycle(s) between files (move the shared item to a module both use, \
+             or turn the dependency around):\n{}",
+            cycles.len(),
+            cycles.join("\n")
+        );
     }
 
     #[test]
