@@ -88,12 +88,13 @@ pub fn check(metadata: &Value) -> Vec<String> {
                 problems.push(format!(
                     "{src} -> {dst}: the demo environment is a dev-dependency only below the demo"
                 ));
-            } else if let (Some(ls), Some(ld)) = (layer(src), layer(dst)) {
-                if !dev && ld >= ls {
-                    problems.push(format!(
-                        "{src} (layer {ls}) -> {dst} (layer {ld}): points up or sideways"
-                    ));
-                }
+            } else if let (Some(ls), Some(ld)) = (layer(src), layer(dst))
+                && !dev
+                && ld >= ls
+            {
+                problems.push(format!(
+                    "{src} (layer {ls}) -> {dst} (layer {ld}): points up or sideways"
+                ));
             }
         }
     }
