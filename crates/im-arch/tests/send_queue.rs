@@ -87,20 +87,19 @@ async fn status_of(
         if let ClientEvent::SendStatus {
             client_id, status, ..
         } = &ev
+            && client_id == id
         {
-            if client_id == id {
-                seen.push(status.clone());
-            }
+            seen.push(status.clone());
         }
         if let ClientEvent::SendStatus {
             client_id,
             status: Some(s),
             ..
         } = ev
+            && &client_id == id
+            && done(&s)
         {
-            if &client_id == id && done(&s) {
-                return s;
-            }
+            return s;
         }
     }
 }
@@ -457,11 +456,11 @@ async fn the_conversation_list_follows_received_sent_and_read_messages() {
                 .expect("the awaited event never came (overall deadline)")
                 .unwrap(),
         );
-        if let ClientEvent::ConversationChanged(row) = ev {
-            if row.last_message.as_ref().is_some_and(|m| m.client_id == id) {
-                assert_eq!(row.unread, 0);
-                break;
-            }
+        if let ClientEvent::ConversationChanged(row) = ev
+            && row.last_message.as_ref().is_some_and(|m| m.client_id == id)
+        {
+            assert_eq!(row.unread, 0);
+            break;
         }
     }
     client.logout().await;

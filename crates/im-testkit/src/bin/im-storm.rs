@@ -94,10 +94,10 @@ fn mib(kib: u64) -> f64 {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let n = args.clients;
-    if let Some(limit) = open_files_limit() {
-        if limit < n as u64 + 200 {
-            bail!("open-file limit {limit} is too low for {n} connections: raise it (ulimit -n)");
-        }
+    if let Some(limit) = open_files_limit()
+        && limit < n as u64 + 200
+    {
+        bail!("open-file limit {limit} is too low for {n} connections: raise it (ulimit -n)");
     }
     let server_bin = match args.server_bin.clone() {
         Some(p) => p,
