@@ -330,17 +330,32 @@ pub fn check_junit(xml: &str, summary: &SuiteSummary, min_cases: usize) -> Resul
     }
     if let Some(start) = xml.find("<testsuite ") {
         let element = &xml[start..start + xml[start..].find('>').unwrap_or(0)];
-        for (attribute, expected) in [
-            ("tests", summary.total),
-            ("failures", summary.failed),
-            ("skipped", summary.not_applicable),
+        // Each count the element carries must agree; failures and errors together (a
+        // writer may file a time-out as either).
+        let number = |name: &str| -> Option<Result<usize, String>> {
+            let raw = attribute_value(element, name)?;
+            Some(
+                raw.parse()
+                    .map_err(|_| format!("testsuite {name}=\"{raw}\" does not parse")),
+            )
+        };
+        let failures = match (number("failures"), number("errors")) {
+            (None, None) => None,
+            (f, e) => Some(
+                f.unwrap_or(Ok(0))
+                    .and_then(|f| e.unwrap_or(Ok(0)).map(|e| f + e)),
+            ),
+        };
+        for (what, found, expected) in [
+            ("tests", number("tests"), summary.total),
+            ("failures+errors", failures, summary.failed),
+            ("skipped", number("skipped"), summary.not_applicable),
         ] {
-            if let Some(value) = attribute_value(element, attribute)
-                && value.parse::<usize>().ok() != Some(expected)
-            {
-                problems.push(format!(
-                    "testsuite {attribute}=\"{value}\", expected {expected}"
-                ));
+            match found {
+                None => {}
+                Some(Ok(n)) if n == expected => {}
+                Some(Ok(n)) => problems.push(format!("testsuite {what}={n}, expected {expected}")),
+                Some(Err(e)) => problems.push(e),
             }
         }
     } else {
@@ -673,7 +688,20 @@ mod tests {
         };
         let wrong = junit(45, 0, 4).replace("tests=\"45\" failures", "tests=\"46\" failures");
         let err = check_junit(&wrong, &summary, 40).unwrap_err();
-        assert!(err.contains("tests=\"46\""), "{err}");
+        assert!(err.contains("testsuite tests=46, expected 45"), "{err}");
+        // A time-out filed as an error counts as a failure of the run.
+        let one_failed = SuiteSummary {
+            failed: 1,
+            passed: 40,
+            ..summary
+        };
+        let as_error = junit(45, 1, 4)
+            .replace("failures=\"1\" errors=\"0\"", "failures=\"0\" errors=\"1\"")
+            .replace(
+                "<failure message=\"m\">m</failure>",
+                "<error message=\"m\"/>",
+            );
+        assert_eq!(check_junit(&as_error, &one_failed, 40), Ok(()));
         let without = junit(45, 0, 4).replace(" skipped=\"4\"", "");
         assert_eq!(check_junit(&without, &summary, 40), Ok(()));
     }

@@ -3,8 +3,8 @@
 //! `im_service::webhook::verify`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +19,7 @@ use im_service::webhook::{
 use im_service::{Clock, ConversationId, ManualClock, ServerMsgId, UserId, Vendor};
 use im_testkit::contract::text;
 use im_vendor_sim::{CallbackConfig, CallbackDispatcher, CallbackStats, CallbackStatsSnapshot};
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -50,17 +51,11 @@ impl Receiver {
     }
 
     fn accepted(&self) -> Vec<CallbackPayload> {
-        self.accepted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.accepted.lock().clone()
     }
 
     fn rejected(&self) -> Vec<WebhookError> {
-        self.rejected
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.rejected.lock().clone()
     }
 
     /// Serves on `listener` until `stop` is cancelled.
@@ -93,18 +88,12 @@ async fn receive(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) ->
         WINDOW,
     ) {
         Err(e) => {
-            rx.rejected
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(e);
+            rx.rejected.lock().push(e);
             StatusCode::UNAUTHORIZED
         }
         Ok(_) if n < rx.fail_first => StatusCode::INTERNAL_SERVER_ERROR,
         Ok(payload) => {
-            rx.accepted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(payload);
+            rx.accepted.lock().push(payload);
             StatusCode::NO_CONTENT
         }
     }
