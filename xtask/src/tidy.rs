@@ -88,6 +88,7 @@ pub fn adapter_names_in_demo(root: &Path) -> Vec<String> {
         "im_service::memory",
         "im_service::reference",
         "im_testkit",
+        "im_vendor_sim",
         "im_archive",
         "MemoryVendor",
         "ReferenceVendor",
