@@ -56,7 +56,7 @@ use im_service::{
     ClientMsgId, Content, ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp,
     UserId, Vendor, codec,
 };
-use im_testkit::{ReferenceServer, ServerConfig};
+use im_vendor_sim::{ReferenceServer, ServerConfig};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use tokio::runtime::Runtime;

@@ -25,7 +25,7 @@ use im_service::{
     ClientMsgId, Content, ConversationId, Message, Origin, OutgoingMessage, ReceivedMessage, Seq,
     ServerMsgId, SystemClock, Timestamp, UserId, Vendor,
 };
-use im_testkit::{ReferenceServer, ServerConfig};
+use im_vendor_sim::{ReferenceServer, ServerConfig};
 use tokio::runtime::Runtime;
 
 const SENDS: u64 = 2_000;

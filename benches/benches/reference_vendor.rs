@@ -16,7 +16,7 @@ use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{
     Content, ConversationId, EventStream, OutgoingMessage, Timestamp, UserId, Vendor, VendorEvent,
 };
-use im_testkit::{ReferenceServer, ServerConfig};
+use im_vendor_sim::{ReferenceServer, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;

@@ -1,7 +1,9 @@
 //! The layer rule of the workspace, checked on `cargo metadata`:
 //! service ← arch ← qc ← business. A normal dependency may only point down the table; the
 //! testkit is a dev-dependency of library crates; nothing below the business layer uses
-//! the demo. `../shared/tools/check-layers` checks the same rule independently.
+//! the demo. The demo environment (`im-vendor-sim`) depends on the service layer only and
+//! is a dev-dependency of the library layers below the demo. The demo is a layer like the
+//! others: no exemption. `../shared/tools/check-layers` checks the same rule independently.
 
 use std::process::Command;
 
@@ -25,6 +27,7 @@ pub const REQUIRED: &[&str] = &[
     "im-qc",
     "im-business-demo",
     "im-testkit",
+    "im-vendor-sim",
 ];
 
 /// The test tier: may use any library crate, and is used only as a dev-dependency.
@@ -32,6 +35,13 @@ pub const TEST_TIER: &str = "im-testkit";
 
 /// The business demo: nothing below it may depend on it.
 pub const DEMO: &str = "im-business-demo";
+
+/// The demo environment (the reference vendor server): used by the demo, the test tier and
+/// the tooling; a dev-dependency only of the library layers below the demo.
+pub const VENDOR_SIM: &str = "im-vendor-sim";
+
+/// The only workspace crates [`VENDOR_SIM`] may depend on normally.
+pub const VENDOR_SIM_DEPS: &[&str] = &["im-service"];
 
 fn layer(name: &str) -> Option<u8> {
     LAYERS.iter().find(|(n, _)| *n == name).map(|(_, l)| *l)
@@ -49,11 +59,9 @@ pub fn check(metadata: &Value) -> Vec<String> {
     for pkg in &packages {
         let src = pkg["name"].as_str().unwrap_or_default();
         let manifest = pkg["manifest_path"].as_str().unwrap_or_default();
-        // Tooling and cross-crate test/bench packages sit above every layer.
-        let free = src == DEMO
-            || src == "xtask"
-            || manifest.contains("/tests/")
-            || manifest.contains("/benches/");
+        // Tooling and cross-crate test/bench packages sit above every layer. The demo does
+        // not: it is layer 3 and keeps the rule like every library crate.
+        let free = src == "xtask" || manifest.contains("/tests/") || manifest.contains("/benches/");
         for dep in pkg["dependencies"].as_array().into_iter().flatten() {
             let dst = dep["name"].as_str().unwrap_or_default();
             if !names.contains(&dst) || dst == src {
@@ -68,12 +76,25 @@ pub fn check(metadata: &Value) -> Vec<String> {
                 problems.push(format!(
                     "{src} -> {dst}: the testkit is a dev-dependency only for library crates"
                 ));
-            } else if let (Some(ls), Some(ld)) = (layer(src), layer(dst)) {
-                if !dev && ld >= ls {
-                    problems.push(format!(
-                        "{src} (layer {ls}) -> {dst} (layer {ld}): points up or sideways"
-                    ));
-                }
+            } else if src == VENDOR_SIM && !dev && !VENDOR_SIM_DEPS.contains(&dst) {
+                problems.push(format!(
+                    "{src} -> {dst}: the demo environment depends on {} only",
+                    VENDOR_SIM_DEPS.join(", ")
+                ));
+            } else if dst == VENDOR_SIM
+                && !dev
+                && layer(src).is_some_and(|l| l < layer(DEMO).unwrap_or(u8::MAX))
+            {
+                problems.push(format!(
+                    "{src} -> {dst}: the demo environment is a dev-dependency only below the demo"
+                ));
+            } else if let (Some(ls), Some(ld)) = (layer(src), layer(dst))
+                && !dev
+                && ld >= ls
+            {
+                problems.push(format!(
+                    "{src} (layer {ls}) -> {dst} (layer {ld}): points up or sideways"
+                ));
             }
         }
     }
@@ -144,15 +165,43 @@ mod tests {
             pkg("im-qc", &[("im-service", None), ("im-arch", None)]),
             pkg(
                 "im-business-demo",
-                &[("im-qc", None), ("im-arch", None), ("im-service", None)],
+                &[
+                    ("im-qc", None),
+                    ("im-arch", None),
+                    ("im-service", None),
+                    ("im-vendor-sim", None),
+                    ("im-testkit", Some("dev")),
+                ],
             ),
-            pkg("im-testkit", &[("im-service", None), ("im-arch", None)]),
+            pkg(
+                "im-testkit",
+                &[
+                    ("im-service", None),
+                    ("im-arch", None),
+                    ("im-vendor-sim", None),
+                ],
+            ),
             pkg("xtask", &[("im-business-demo", None)]),
             pkg(
                 "im-archive",
                 &[("im-service", None), ("im-arch", Some("dev"))],
             ),
+            pkg(
+                "im-vendor-sim",
+                &[("im-service", None), ("im-testkit", Some("dev"))],
+            ),
         ]
+    }
+
+    /// `good()` with the package called `name` replaced by `with`.
+    fn replace(name: &str, with: Value) -> Vec<Value> {
+        let mut pkgs = good();
+        let i = pkgs
+            .iter()
+            .position(|p| p["name"] == name)
+            .expect("a package of good()");
+        pkgs[i] = with;
+        pkgs
     }
 
     #[test]
@@ -196,6 +245,96 @@ mod tests {
         let mut pkgs = good();
         pkgs[4] = pkg("im-testkit", &[("im-business-demo", Some("dev"))]);
         assert_eq!(check(&json!({ "packages": pkgs })).len(), 1);
+    }
+
+    #[test]
+    fn the_demo_may_not_use_the_testkit_normally() {
+        let pkgs = replace(
+            "im-business-demo",
+            pkg("im-business-demo", &[("im-qc", None), ("im-testkit", None)]),
+        );
+        assert_eq!(
+            check(&json!({ "packages": pkgs })),
+            [
+                "im-business-demo -> im-testkit: the testkit is a dev-dependency only for library crates"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_demo_may_use_the_vendor_sim() {
+        let pkgs = replace(
+            "im-business-demo",
+            pkg(
+                "im-business-demo",
+                &[("im-qc", None), ("im-vendor-sim", None)],
+            ),
+        );
+        assert_eq!(check(&json!({ "packages": pkgs })), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_vendor_sim_depends_on_the_service_layer_only() {
+        let pkgs = replace(
+            "im-vendor-sim",
+            pkg("im-vendor-sim", &[("im-service", None), ("im-arch", None)]),
+        );
+        assert_eq!(
+            check(&json!({ "packages": pkgs })),
+            ["im-vendor-sim -> im-arch: the demo environment depends on im-service only"]
+        );
+        // A dev-dependency (its tests use the testkit's helpers) is allowed.
+        let pkgs = replace(
+            "im-vendor-sim",
+            pkg(
+                "im-vendor-sim",
+                &[("im-service", None), ("im-arch", Some("dev"))],
+            ),
+        );
+        assert_eq!(check(&json!({ "packages": pkgs })), Vec::<String>::new());
+    }
+
+    #[test]
+    fn libraries_below_the_demo_use_the_vendor_sim_as_a_dev_dependency_only() {
+        let normal = replace(
+            "im-arch",
+            pkg("im-arch", &[("im-service", None), ("im-vendor-sim", None)]),
+        );
+        assert_eq!(
+            check(&json!({ "packages": normal })),
+            [
+                "im-arch -> im-vendor-sim: the demo environment is a dev-dependency only below the demo"
+            ]
+        );
+        let dev = replace(
+            "im-arch",
+            pkg(
+                "im-arch",
+                &[("im-service", None), ("im-vendor-sim", Some("dev"))],
+            ),
+        );
+        assert_eq!(check(&json!({ "packages": dev })), Vec::<String>::new());
+        // The service layer below it too.
+        let service = replace("im-service", pkg("im-service", &[("im-vendor-sim", None)]));
+        assert_eq!(check(&json!({ "packages": service })).len(), 1);
+    }
+
+    #[test]
+    fn tooling_and_test_packages_may_use_the_vendor_sim() {
+        let mut pkgs = good();
+        pkgs.push(json!({
+            "name": "im-integration-tests",
+            "manifest_path": "/w/tests/Cargo.toml",
+            "dependencies": [{ "name": "im-vendor-sim", "kind": null }],
+        }));
+        pkgs.push(json!({
+            "name": "im-benches",
+            "manifest_path": "/w/benches/Cargo.toml",
+            "dependencies": [{ "name": "im-vendor-sim", "kind": null }],
+        }));
+        let i = pkgs.iter().position(|p| p["name"] == "xtask").unwrap();
+        pkgs[i] = pkg("xtask", &[("im-vendor-sim", None)]);
+        assert_eq!(check(&json!({ "packages": pkgs })), Vec::<String>::new());
     }
 
     #[test]

@@ -3,11 +3,15 @@
 
 pub mod arch_doc;
 pub mod bench;
+pub mod ci;
 pub mod layers;
 pub mod mutants;
 pub mod tidy;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Result, bail};
 
 /// The workspace root (the parent of this crate's directory).
 pub fn project_root() -> PathBuf {
@@ -20,4 +24,46 @@ pub fn project_root() -> PathBuf {
 /// The cargo binary running us (falls back to `cargo` on PATH).
 pub fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Runs `cargo args` in the project root with extra environment variables; fails on a
+/// non-zero exit.
+pub fn run_cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo())
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(project_root())
+        .status()?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs the simulation binary (`im-sim`, debug build) with `args`.
+pub fn run_sim(args: &[&str]) -> Result<()> {
+    let mut all = vec!["run", "-q", "-p", "im-testkit", "--bin", "im-sim", "--"];
+    all.extend_from_slice(args);
+    run_cargo(&all, &[])
+}
+
+/// Builds the binaries the crash harness runs as children (found beside the driver):
+/// `im-crash-client` of the test tier and `im-vendor-sim` of its own package.
+pub fn build_crash_binaries() -> Result<()> {
+    run_cargo(
+        &[
+            "build",
+            "-q",
+            "-p",
+            "im-testkit",
+            "--bin",
+            "im-crash-client",
+            "-p",
+            "im-vendor-sim",
+            "--bin",
+            "im-vendor-sim",
+        ],
+        &[],
+    )
 }

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use xtask::{cargo, project_root};
+use xtask::{build_crash_binaries, cargo, project_root, run_cargo, run_sim};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "im-layers project tasks")]
@@ -17,7 +17,12 @@ struct Cli {
 enum Task {
     /// Check the crate graph against the layer rule.
     Layers,
-    /// Everything CI gates on: fmt, clippy, docs, layers, tests, the simulation (2,000).
+    /// Everything CI gates on, in order, each step timed: toolchain and `rust-version`, fmt,
+    /// clippy, docs, `im-service` per adapter feature, layers (and
+    /// `../shared/tools/check-layers` if present), tests with the crash harness summary, the
+    /// simulation (2,000), the case library per vendor with its JUnit reports checked, and
+    /// README.md's examples against the servers they need (xmpp parts need $IM_PROSODY_ADDR;
+    /// `.ci/run` starts Prosody and calls this).
     Ci,
     /// Run the standardized case library against a vendor target (args go to
     /// `im-test-suite`: --vendor memory|reference, --category, --filter, --list).
@@ -110,67 +115,14 @@ enum Task {
     },
 }
 
-/// Builds the binaries the crash harness runs as children (found beside the driver).
-fn build_crash_binaries() -> Result<()> {
-    run(&[
-        "build",
-        "-q",
-        "-p",
-        "im-testkit",
-        "--bin",
-        "im-vendor-sim",
-        "--bin",
-        "im-crash-client",
-    ])
-}
-
-/// Runs the simulation binary (`im-sim`, debug build) with `args`.
-fn run_sim(args: &[&str]) -> Result<()> {
-    let mut all = vec!["run", "-q", "-p", "im-testkit", "--bin", "im-sim", "--"];
-    all.extend_from_slice(args);
-    run(&all)
-}
-
 fn run(args: &[&str]) -> Result<()> {
-    run_with(args, &[])
-}
-
-/// `cargo args` with extra environment variables.
-fn run_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
-    eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(cargo())
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(project_root())
-        .status()?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
+    run_cargo(args, &[])
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Layers => xtask::layers::run(),
-        Task::Ci => {
-            run(&["fmt", "--all", "--check"])?;
-            run(&[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])?;
-            run_with(
-                &["doc", "--workspace", "--no-deps", "-q"],
-                &[("RUSTDOCFLAGS", "-D warnings")],
-            )?;
-            xtask::layers::run()?;
-            run(&["test", "--workspace"])?;
-            // As in .ci/run: the deterministic simulation, 2,000 random schedules.
-            run_sim(&["--schedules", "2000"])
-        }
+        Task::Ci => xtask::ci::run(),
         Task::TestSuite { args } => {
             // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the
             // suite's binary: build them first.

@@ -4,7 +4,7 @@
 //! Start the reference vendor (README.md), then run the example in another terminal:
 //!
 //! ```sh
-//! cargo run -p im-testkit --bin im-vendor-sim -- --user alice:alice-secret --user bob:bob-secret
+//! cargo run -p im-vendor-sim -- --user alice:alice-secret --user bob:bob-secret
 //! cargo run -p im-arch --example quickstart    # IM_VENDOR_ADDR=host:port for another server
 //! ```
 use std::net::SocketAddr;

@@ -292,10 +292,10 @@ impl<E: Routed> Inner<E> {
             None => index.everywhere.iter_mut().for_each(keep),
             Some(list) => {
                 for c in list {
-                    if let Some(subs) = index.by_conversation.get_mut(&c) {
-                        if !subs.remove(id) {
-                            index.by_conversation.remove(&c);
-                        }
+                    if let Some(subs) = index.by_conversation.get_mut(&c)
+                        && !subs.remove(id)
+                    {
+                        index.by_conversation.remove(&c);
                     }
                 }
                 index.scoped_global.iter_mut().for_each(keep);

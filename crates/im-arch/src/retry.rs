@@ -123,10 +123,10 @@ impl RetryPolicy {
             if attempt >= max {
                 wait = None;
             }
-            if let (Some(w), Some(deadline)) = (wait, self.deadline) {
-                if started.elapsed() + w > deadline {
-                    wait = None;
-                }
+            if let (Some(w), Some(deadline)) = (wait, self.deadline)
+                && started.elapsed() + w > deadline
+            {
+                wait = None;
             }
             let report = RetryAttempt {
                 op,

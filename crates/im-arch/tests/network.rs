@@ -166,10 +166,10 @@ async fn no_connection_attempt_while_the_network_is_known_down() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut copies = 0;
     while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await {
-        if let ClientEvent::Message(r) = &*ev {
-            if r.message.server_id == receipt.server_id {
-                copies += 1;
-            }
+        if let ClientEvent::Message(r) = &*ev
+            && r.message.server_id == receipt.server_id
+        {
+            copies += 1;
         }
     }
     assert_eq!(

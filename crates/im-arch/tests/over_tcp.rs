@@ -21,7 +21,8 @@ use im_service::memory::{MemoryClient, VendorOp};
 use im_service::{
     Content, Credentials, KickReason, Origin, OutgoingMessage, ServiceError, Timestamp, Vendor,
 };
-use im_testkit::{Faults, TcpWorld};
+use im_testkit::TcpWorld;
+use im_vendor_sim::Faults;
 
 /// The shared TCP world, plus Alice's client talking in process to the same store, so
 /// faults on TCP hit only Bob.

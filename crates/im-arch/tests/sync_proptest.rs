@@ -78,8 +78,9 @@ async fn run(
     let faulty = Arc::new(FaultyVendor::new(Arc::new(vendor.client()), seed));
     let lose: im_testkit::faulty::LoseFilter = Arc::new(move |m: &Message| {
         lose_one_in > 0
-            && m.seq
-                .is_some_and(|s| (s.0.wrapping_mul(2_654_435_761) ^ seed) % lose_one_in == 0)
+            && m.seq.is_some_and(|s| {
+                (s.0.wrapping_mul(2_654_435_761) ^ seed).is_multiple_of(lose_one_in)
+            })
     });
     faulty.set_push_faults(PushFaults {
         duplicate,

@@ -20,8 +20,7 @@ use im_service::{
 };
 use im_testkit::contract::text;
 use im_testkit::harness::{ContractConfig, ReferenceHarness, VendorHarness};
-use im_testkit::reference::ServerConfig;
-use im_testkit::reference::callbacks::CallbackConfig;
+use im_vendor_sim::{CallbackConfig, ServerConfig};
 
 const SECRET: &[u8] = b"archive e2e secret";
 const DAY: Duration = Duration::from_secs(24 * 3600);

@@ -227,13 +227,13 @@ pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
         let me = user.clone();
         tasks.0.push(tokio::spawn(async move {
             while let Some(ev) = messages.recv().await {
-                if let ClientEvent::Message(m) = &*ev {
-                    if m.message.sender != me {
-                        let _ = tx.send(Seen {
-                            user: me.clone(),
-                            id: m.message.client_id.clone(),
-                        });
-                    }
+                if let ClientEvent::Message(m) = &*ev
+                    && m.message.sender != me
+                {
+                    let _ = tx.send(Seen {
+                        user: me.clone(),
+                        id: m.message.client_id.clone(),
+                    });
                 }
             }
         }));

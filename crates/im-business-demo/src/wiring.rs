@@ -18,8 +18,7 @@ use im_qc::{QcVendor, UnknownDevice, VendorMetrics};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{Clock, Credentials, ServiceError, ShiftedClock, Token, UserId, Vendor};
-use im_testkit::reference::callbacks::CallbackConfig;
-use im_testkit::{ReferenceServer, ServerConfig};
+use im_vendor_sim::{CallbackConfig, ReferenceServer, ServerConfig};
 
 /// Which vendor the demo rents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

@@ -6,7 +6,7 @@
 //! Start the reference vendor (README.md), then run the example in another terminal:
 //!
 //! ```sh
-//! cargo run -p im-testkit --bin im-vendor-sim -- --user alice:alice-secret --user bob:bob-secret
+//! cargo run -p im-vendor-sim -- --user alice:alice-secret --user bob:bob-secret
 //! cargo run -p im-qc --example qc_metrics    # IM_VENDOR_ADDR=host:port for another server
 //! ```
 use std::net::SocketAddr;

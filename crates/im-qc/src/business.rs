@@ -169,10 +169,10 @@ impl BusinessMetrics {
             return;
         }
         self.seen_order.push_back(id);
-        if self.seen_order.len() > SEEN_CAP {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
-            }
+        if self.seen_order.len() > SEEN_CAP
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&old);
         }
         let t = m.server_time;
         self.first = Some(self.first.map_or(t, |f| f.min(t)));

@@ -20,7 +20,8 @@ use im_service::{
     Content, ConversationId, HistoryQuery, OutgoingMessage, ServiceError, SystemClock, Timestamp,
     UserId, Vendor,
 };
-use im_testkit::{Faults, TcpWorld};
+use im_testkit::TcpWorld;
+use im_vendor_sim::Faults;
 
 fn client_config() -> ClientConfig {
     ClientConfig {

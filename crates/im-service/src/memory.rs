@@ -277,12 +277,12 @@ impl MemoryVendor {
         }
         // Tokens are keyed by their secret: one that another account holds would silently
         // move to this one and lock the other out.
-        if let Some(holder) = st.tokens.get(token.expose()).map(|r| &r.user) {
-            if holder != user {
-                return Err(E::InvalidRequest(format!(
-                    "token already belongs to user {holder}: each account needs its own token"
-                )));
-            }
+        if let Some(holder) = st.tokens.get(token.expose()).map(|r| &r.user)
+            && holder != user
+        {
+            return Err(E::InvalidRequest(format!(
+                "token already belongs to user {holder}: each account needs its own token"
+            )));
         }
         st.tokens.insert(
             token.expose().to_string(),
@@ -459,10 +459,10 @@ impl MemoryVendor {
 
 /// Removes a session its own client closed (logout, re-login, drop): nothing to report.
 fn close_session(st: &mut State, id: u64) {
-    if let Some(s) = st.sessions.remove(&id) {
-        if let Some(u) = st.users.get_mut(&s.user) {
-            u.sessions.remove(&id);
-        }
+    if let Some(s) = st.sessions.remove(&id)
+        && let Some(u) = st.users.get_mut(&s.user)
+    {
+        u.sessions.remove(&id);
     }
     st.ended.remove(&id);
 }
@@ -608,15 +608,15 @@ impl MemoryClient {
 }
 
 fn take_fault(st: &mut State, op: VendorOp) -> Result<()> {
-    if let Some((left, err)) = st.faults.get_mut(&op) {
-        if *left > 0 {
-            *left -= 1;
-            let err = err.clone();
-            if *left == 0 {
-                st.faults.remove(&op);
-            }
-            return Err(err);
+    if let Some((left, err)) = st.faults.get_mut(&op)
+        && *left > 0
+    {
+        *left -= 1;
+        let err = err.clone();
+        if *left == 0 {
+            st.faults.remove(&op);
         }
+        return Err(err);
     }
     Ok(())
 }
@@ -656,12 +656,13 @@ fn deliver(st: &mut State, message: &Message, recipients: &[UserId], sender_sess
             }
         }
         // The sender's own other devices are not sent an offline copy: they see it in history.
-        if !pushed && &message.sender != user {
-            if let Some(u) = st.users.get_mut(user) {
-                u.next_offline += 1;
-                let pos = u.next_offline;
-                u.offline.insert(pos, message.clone());
-            }
+        if !pushed
+            && &message.sender != user
+            && let Some(u) = st.users.get_mut(user)
+        {
+            u.next_offline += 1;
+            let pos = u.next_offline;
+            u.offline.insert(pos, message.clone());
         }
     }
 }
@@ -983,10 +984,9 @@ impl Vendor for MemoryClient {
                             .conversations
                             .get(c)
                             .and_then(|conv| conv.messages.get(g))
+                            && visible(m)
                         {
-                            if visible(m) {
-                                found.push((*g, m.clone()));
-                            }
+                            found.push((*g, m.clone()));
                         }
                     }
                 }

@@ -616,10 +616,10 @@ impl Task {
                             from.clone().unwrap_or_else(|| Jid::from(self.me.clone())),
                             id,
                         );
-                        if from.is_none() {
-                            if let Iq::Result { to, .. } = &mut pong {
-                                *to = None;
-                            }
+                        if from.is_none()
+                            && let Iq::Result { to, .. } = &mut pong
+                        {
+                            *to = None;
                         }
                         if let Err(e) = self.send(pong.into()).await {
                             return Err(VendorEvent::ConnectionLost {

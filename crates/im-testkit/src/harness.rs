@@ -11,7 +11,7 @@ use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{Clock, Credentials, GroupId, ManualClock, ServiceError, Token, UserId, Vendor};
 
 use crate::faulty::{Failures, FaultyVendor};
-use crate::reference::{ReferenceServer, ServerConfig};
+use im_vendor_sim::{ReferenceServer, ServerConfig};
 
 /// Settings every harness applies when it builds its vendor, so one suite can assert exact
 /// limits against every adapter.

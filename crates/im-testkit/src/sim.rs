@@ -1142,10 +1142,10 @@ impl World {
                     let _ = elsewhere.login(&Credentials { user: u, token }).await;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     drop(elsewhere);
-                    if let Some(n) = self.node(user) {
-                        if n.login.is_finished() {
-                            n.login = spawn_login(&n.client);
-                        }
+                    if let Some(n) = self.node(user)
+                        && n.login.is_finished()
+                    {
+                        n.login = spawn_login(&n.client);
                     }
                 }
             }
@@ -1396,10 +1396,10 @@ impl World {
                 receiver.push_str(&format!("{line}\n"));
                 // A reopened subscription's position is acknowledged durably, whether or
                 // not the `ack` that wrote it returned before the crash.
-                if let ReceiverEntry::Open { acked, .. } = e {
-                    if *acked > 0 {
-                        receiver.push_str(&format!("{}\n", ReceiverEntry::Acked(*acked)));
-                    }
+                if let ReceiverEntry::Open { acked, .. } = e
+                    && *acked > 0
+                {
+                    receiver.push_str(&format!("{}\n", ReceiverEntry::Acked(*acked)));
                 }
             }
             let mut audit = String::new();
@@ -1454,13 +1454,13 @@ impl World {
                 let Some(&(c, seq, _)) = stored.get(text) else {
                     continue;
                 };
-                if let Some((p0, s0, t0)) = last.get(&c) {
-                    if *s0 >= seq {
-                        v.push(format!(
-                            "u{i}: order: in c{c}, {t0} (seq {s0}) at position {p0} before \
+                if let Some((p0, s0, t0)) = last.get(&c)
+                    && *s0 >= seq
+                {
+                    v.push(format!(
+                        "u{i}: order: in c{c}, {t0} (seq {s0}) at position {p0} before \
                              {text} (seq {seq}) at position {position}"
-                        ));
-                    }
+                    ));
                 }
                 last.insert(c, (*position, seq, text.clone()));
             }
@@ -1635,10 +1635,10 @@ async fn app(
         if sabotage == Some(Sabotage::AppSkipsAck) {
             // Acknowledge what has not been processed yet: one event may be handed out
             // and lost. (The store refuses positions not handed out: ask for one more.)
-            if let Ok(more) = sub.next_batch(1).await {
-                if let Some(e) = more.first() {
-                    let _ = sub.ack(e.position).await;
-                }
+            if let Ok(more) = sub.next_batch(1).await
+                && let Some(e) = more.first()
+            {
+                let _ = sub.ack(e.position).await;
             }
         }
     }

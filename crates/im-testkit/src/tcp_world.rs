@@ -8,7 +8,7 @@ use im_service::memory::MemoryClient;
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{ConversationId, Credentials, UserId, Vendor};
 
-use crate::reference::{ReferenceServer, ServerConfig};
+use im_vendor_sim::{ReferenceServer, ServerConfig};
 
 /// A reference server with a default configuration, reachable over TCP, and two users.
 ///

@@ -69,7 +69,7 @@ fn run(config: CrashConfig) {
 #[test]
 fn crash_campaign_on_the_reference_vendor() {
     run(CrashConfig::reference(
-        PathBuf::from(env!("CARGO_BIN_EXE_im-vendor-sim")),
+        im_testkit::vendor_sim_bin().expect("the im-vendor-sim binary"),
         client(),
         REFERENCE_KILL_POINTS,
         seed_from_env(),

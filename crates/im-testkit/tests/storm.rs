@@ -25,7 +25,7 @@ use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{
     Content, ConversationId, Credentials, OutgoingMessage, ServerMsgId, Timestamp, UserId, Vendor,
 };
-use im_testkit::reference::VendorSimControl;
+use im_testkit::{VendorSimControl, vendor_sim_bin};
 use tokio::time::Instant;
 
 /// Clients in the storm.
@@ -47,8 +47,13 @@ struct Sim(VendorSimControl);
 
 impl Sim {
     async fn start(users_file: &std::path::Path) -> Sim {
+        // Another package's binary: built (or found up to date) through cargo, off the runtime.
+        let bin = tokio::task::spawn_blocking(vendor_sim_bin)
+            .await
+            .expect("join the binary lookup")
+            .expect("the im-vendor-sim binary");
         Sim(VendorSimControl::start(
-            std::path::Path::new(env!("CARGO_BIN_EXE_im-vendor-sim")),
+            &bin,
             users_file,
             5000,
             Duration::from_secs(600),

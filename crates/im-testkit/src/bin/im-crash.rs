@@ -1,6 +1,7 @@
 //! `im-crash`: runs one crash-harness campaign (`im_testkit::crash`) and prints its summary
-//! line; `cargo xtask crash --runs N` builds and runs it. Finds `im-vendor-sim` and
-//! `im-crash-client` next to its own executable. Exits non-zero, naming the seed, on failure.
+//! line; `cargo xtask crash --runs N` builds and runs it. Finds `im-crash-client` next to
+//! its own executable and `im-vendor-sim` through `im_testkit::vendor_sim_bin`. Exits
+//! non-zero, naming the seed, on failure.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,7 +83,7 @@ async fn main() -> Result<()> {
     let client = sibling("im-crash-client")?;
     let mut config = match args.vendor {
         VendorKind::Reference => {
-            CrashConfig::reference(sibling("im-vendor-sim")?, client, args.runs, seed)
+            CrashConfig::reference(im_testkit::vendor_sim_bin()?, client, args.runs, seed)
         }
         VendorKind::Xmpp => {
             let addr = args.addr.unwrap_or_else(prosody_addr);

@@ -19,7 +19,7 @@ use clap::Parser;
 use im_arch::{Backoff, ClientConfig, ImClient, Jitter};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{Credentials, Vendor};
-use im_testkit::reference::VendorSimControl;
+use im_testkit::{VendorSimControl, vendor_sim_bin};
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -51,7 +51,8 @@ struct Args {
     /// Backoff cap, in milliseconds.
     #[arg(long, default_value_t = 3_000)]
     cap_ms: u64,
-    /// The `im-vendor-sim` binary (default: next to this one).
+    /// The `im-vendor-sim` binary (default: `$IM_VENDOR_SIM_BIN`, else built through cargo
+    /// when run by cargo, else next to this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
 }
@@ -93,17 +94,14 @@ fn mib(kib: u64) -> f64 {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let n = args.clients;
-    if let Some(limit) = open_files_limit() {
-        if limit < n as u64 + 200 {
-            bail!("open-file limit {limit} is too low for {n} connections: raise it (ulimit -n)");
-        }
+    if let Some(limit) = open_files_limit()
+        && limit < n as u64 + 200
+    {
+        bail!("open-file limit {limit} is too low for {n} connections: raise it (ulimit -n)");
     }
     let server_bin = match args.server_bin.clone() {
         Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory of im-storm")?
-            .join("im-vendor-sim"),
+        None => vendor_sim_bin()?,
     };
     let dir = std::env::temp_dir().join(format!("im-storm-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -2,8 +2,8 @@
 //! reference protocol on top of a shared `MemoryVendor`, applying the configured faults.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::{SinkExt, StreamExt};
@@ -11,6 +11,7 @@ use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::protocol::DEFAULT_MAX_FRAME_LEN;
 use im_service::reference::{ClientFrame, Reply, Request, ServerFrame, WireCodec};
 use im_service::{Capabilities, ServiceError, ShiftedClock, UserId, Vendor, VendorEvent};
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -22,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::callbacks::{CallbackConfig, CallbackDispatcher, CallbackStats};
-use super::faults::Faults;
+use crate::callbacks::{CallbackConfig, CallbackDispatcher, CallbackStats};
+use crate::faults::Faults;
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
@@ -96,27 +97,16 @@ struct Shared {
 
 impl Shared {
     fn faults(&self) -> Faults {
-        self.faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.faults.lock().clone()
     }
 
     fn in_outage(&self) -> bool {
-        self.outage_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| Instant::now() < t)
+        self.outage_until.lock().is_some_and(|t| Instant::now() < t)
     }
 
     fn note_login(&self, user: &UserId) {
         self.logins.fetch_add(1, Ordering::SeqCst);
-        if let Some(log) = self
-            .login_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
+        if let Some(log) = self.login_log.lock().as_mut() {
             log.push(LoginRecord {
                 user: user.clone(),
                 at: SystemTime::now(),
@@ -213,7 +203,7 @@ impl ReferenceServer {
 
     /// Replaces the active wire faults.
     pub fn set_faults(&self, faults: Faults) {
-        *self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
+        *self.shared.faults.lock() = faults;
     }
 
     /// Makes the next `count` requests of `op` fail with `error` (any connection).
@@ -223,11 +213,7 @@ impl ReferenceServer {
 
     /// Full outage: every connection breaks now and new ones are dropped for `duration`.
     pub fn outage(&self, duration: Duration) {
-        *self
-            .shared
-            .outage_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + duration);
+        *self.shared.outage_until.lock() = Some(Instant::now() + duration);
         self.shared.outage_generation.send_modify(|g| *g += 1);
     }
 
@@ -255,11 +241,7 @@ impl ReferenceServer {
     /// Starts keeping a record of every login request (who, when); an earlier record is
     /// discarded. Off by default: a long-running server would grow it without bound.
     pub fn record_logins(&self) {
-        *self
-            .shared
-            .login_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        *self.shared.login_log.lock() = Some(Vec::new());
     }
 
     /// The login requests recorded since [`ReferenceServer::record_logins`] or the previous
@@ -268,7 +250,6 @@ impl ReferenceServer {
         self.shared
             .login_log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()

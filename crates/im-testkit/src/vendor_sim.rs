@@ -1,10 +1,16 @@
-//! [`VendorSimControl`]: an `im-vendor-sim --control` child process and its stdin control
-//! channel (`drop-all`, `record-logins`, `logins`, `stats`), for the reconnect storm test
-//! and the `im-storm` figures. One home for starting the process, reading its address and
+//! The `im-vendor-sim` binary (package `im-vendor-sim`) seen from the test tier: where to
+//! find it ([`vendor_sim_bin`], built on demand), and [`VendorSimControl`], an
+//! `im-vendor-sim --control` child process and its stdin control channel (`drop-all`,
+//! `record-logins`, `logins`, `stats`), for the reconnect storm test and the `im-storm`
+//! figures. One home for locating and starting the process, reading its address and
 //! parsing the answers.
+//!
+//! It stays in the test tier rather than in `im-vendor-sim`: it drives the server from a
+//! test's point of view (a child process killed with the handle), and the demo, which
+//! depends on `im-vendor-sim`, has no use for it.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +29,9 @@ pub enum ControlError {
     /// It exited (its stdout closed) while we waited for {0}.
     #[error("im-vendor-sim exited while waiting for {0}")]
     Exited(String),
+    /// The binary is not where it should be and building it failed.
+    #[error("im-vendor-sim binary: {0}")]
+    Binary(String),
     /// An answer that does not parse.
     #[error("im-vendor-sim: unexpected answer to {command}: {answer:?}")]
     Answer {
@@ -191,6 +200,84 @@ impl VendorSimControl {
     }
 }
 
+/// The binary's name, as `cargo build -p im-vendor-sim --bin im-vendor-sim` writes it.
+const BIN: &str = "im-vendor-sim";
+
+/// The `im-vendor-sim` binary of this workspace. `IM_VENDOR_SIM_BIN` names it explicitly;
+/// under cargo (`cargo test`, `cargo run`: `CARGO` is set) it is built, or found up to date,
+/// with `cargo build -p im-vendor-sim --bin im-vendor-sim` and cargo's own answer says
+/// where; otherwise it is looked up beside the running executable (and one directory up,
+/// for a test binary in `target/<profile>/deps`). Cargo builds a binary for the tests of
+/// its own package only (`CARGO_BIN_EXE_*`), and the test tier is another package.
+pub fn vendor_sim_bin() -> Result<PathBuf, ControlError> {
+    if let Some(path) = std::env::var_os("IM_VENDOR_SIM_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    match std::env::var_os("CARGO") {
+        Some(cargo) => build_with(&cargo),
+        None => beside_current_exe(),
+    }
+}
+
+/// Builds the binary with `cargo` (same target directory and profile as the caller's
+/// environment) and returns the executable cargo reports.
+fn build_with(cargo: &std::ffi::OsStr) -> Result<PathBuf, ControlError> {
+    let release = std::env::current_exe()
+        .ok()
+        .is_some_and(|exe| exe.components().any(|c| c.as_os_str() == "release"));
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        BIN,
+        "--bin",
+        BIN,
+        "--message-format=json",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| ControlError::Binary(format!("running cargo build: {e}")))?;
+    if !out.status.success() {
+        return Err(ControlError::Binary(format!(
+            "cargo build -p {BIN} --bin {BIN} failed ({})",
+            out.status
+        )));
+    }
+    executable_in(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+        ControlError::Binary("cargo build reported no im-vendor-sim executable".into())
+    })
+}
+
+/// The `"executable"` of the `im-vendor-sim` artifact in cargo's JSON messages.
+fn executable_in(messages: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == BIN)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+}
+
+/// `im-vendor-sim` in the running executable's directory or its parent.
+fn beside_current_exe() -> Result<PathBuf, ControlError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().unwrap_or(&exe);
+    [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join(BIN))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            ControlError::Binary(format!(
+                "not found beside {}: build it with `cargo build -p {BIN}` or set IM_VENDOR_SIM_BIN",
+                exe.display()
+            ))
+        })
+}
+
 /// `logins N USER=MS ...` → the pairs, or `None` if it does not parse or miscounts.
 fn parse_logins(answer: &str) -> Option<Vec<(String, SystemTime)>> {
     let mut words = answer.split_whitespace();
@@ -235,5 +322,21 @@ mod tests {
         assert!(parse_logins("logins 3 u1=1").is_none(), "miscounted");
         assert!(parse_logins("stats open=1").is_none());
         assert!(parse_logins("logins 1 u1=x").is_none());
+    }
+
+    #[test]
+    fn the_executable_comes_from_the_vendor_sim_artifact() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"im_service"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"im-vendor-sim"},"executable":"/t/debug/im-vendor-sim"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            executable_in(messages),
+            Some(PathBuf::from("/t/debug/im-vendor-sim"))
+        );
+        assert_eq!(executable_in(r#"{"reason":"build-finished"}"#), None);
     }
 }

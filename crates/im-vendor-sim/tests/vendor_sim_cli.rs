@@ -162,7 +162,7 @@ fn duplicate_tokens_are_refused_at_start() {
 async fn the_readme_command_lines_do_what_the_readme_says() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README.md");
-    let marker = "cargo run -p im-testkit --bin im-vendor-sim --";
+    let marker = "cargo run -p im-vendor-sim --";
     let lines: Vec<&str> = readme
         .lines()
         .filter_map(|l| l.split_once(marker).map(|(_, args)| args))

@@ -11,8 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use im_service::memory::{MemoryVendorConfig, VendorOp};
 use im_service::{ServiceError, Token, UserId};
-use im_testkit::reference::callbacks::CallbackConfig;
-use im_testkit::{Faults, ReferenceServer, ServerConfig};
+use im_vendor_sim::{CallbackConfig, Faults, ReferenceServer, ServerConfig};
 
 /// Command-line flags.
 #[derive(Debug, Parser)]

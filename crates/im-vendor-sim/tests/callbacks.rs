@@ -3,8 +3,8 @@
 //! `im_service::webhook::verify`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,9 +18,8 @@ use im_service::webhook::{
 };
 use im_service::{Clock, ConversationId, ManualClock, ServerMsgId, UserId, Vendor};
 use im_testkit::contract::text;
-use im_testkit::reference::callbacks::{
-    CallbackConfig, CallbackDispatcher, CallbackStats, CallbackStatsSnapshot,
-};
+use im_vendor_sim::{CallbackConfig, CallbackDispatcher, CallbackStats, CallbackStatsSnapshot};
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,17 +51,11 @@ impl Receiver {
     }
 
     fn accepted(&self) -> Vec<CallbackPayload> {
-        self.accepted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.accepted.lock().clone()
     }
 
     fn rejected(&self) -> Vec<WebhookError> {
-        self.rejected
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.rejected.lock().clone()
     }
 
     /// Serves on `listener` until `stop` is cancelled.
@@ -95,18 +88,12 @@ async fn receive(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) ->
         WINDOW,
     ) {
         Err(e) => {
-            rx.rejected
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(e);
+            rx.rejected.lock().push(e);
             StatusCode::UNAUTHORIZED
         }
         Ok(_) if n < rx.fail_first => StatusCode::INTERNAL_SERVER_ERROR,
         Ok(payload) => {
-            rx.accepted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(payload);
+            rx.accepted.lock().push(payload);
             StatusCode::NO_CONTENT
         }
     }
@@ -432,7 +419,7 @@ fn config_debug_never_shows_the_secret() {
 async fn reference_server_posts_signed_callbacks_for_messages_sent_over_tcp() -> anyhow::Result<()>
 {
     use im_service::reference::{ReferenceConfig, ReferenceVendor};
-    use im_testkit::{ReferenceServer, ServerConfig};
+    use im_vendor_sim::{ReferenceServer, ServerConfig};
 
     let (listener, addr) = bind_local().await?;
     let receiver = Receiver::new(Arc::new(im_service::SystemClock), 0);

@@ -15,7 +15,7 @@ use im_service::{
     VendorEvent,
 };
 use im_testkit::contract::{next_event, next_push, text};
-use im_testkit::{Faults, ReferenceServer, ServerConfig};
+use im_vendor_sim::{Faults, ReferenceServer, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
