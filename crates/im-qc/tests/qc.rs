@@ -551,14 +551,13 @@ async fn an_agents_own_replies_count_through_watch_user() {
                 server_time,
                 ..
             } = &*ev
+                && *client_id == id
             {
-                if *client_id == id {
-                    assert!(
-                        server_time.is_some(),
-                        "a Sent status carries the server time"
-                    );
-                    return;
-                }
+                assert!(
+                    server_time.is_some(),
+                    "a Sent status carries the server time"
+                );
+                return;
             }
         }
     };

@@ -61,7 +61,8 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        self.millis.fetch_add(duration_millis(by), Ordering::SeqCst);
+        self.millis
+            .fetch_add(crate::model::duration_millis(by), Ordering::SeqCst);
     }
 
     /// Sets the clock to an absolute time (may move it backwards, to model a skewed client).
@@ -93,7 +94,8 @@ impl ShiftedClock {
 
     /// Moves the clock forward by `by`, from now on.
     pub fn shift(&self, by: Duration) {
-        self.offset.fetch_add(duration_millis(by), Ordering::SeqCst);
+        self.offset
+            .fetch_add(crate::model::duration_millis(by), Ordering::SeqCst);
     }
 }
 
@@ -102,9 +104,4 @@ impl Clock for ShiftedClock {
         let now = SystemClock.now().as_millis();
         Timestamp::from_millis(now.saturating_add(self.offset.load(Ordering::SeqCst)))
     }
-}
-
-/// Milliseconds of a duration, saturated to `i64`.
-pub(crate) fn duration_millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

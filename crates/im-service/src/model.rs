@@ -239,12 +239,12 @@ impl Timestamp {
 
     /// This instant moved back by `d` (saturating).
     pub fn minus(self, d: std::time::Duration) -> Self {
-        Self(self.0.saturating_sub(crate::clock::duration_millis(d)))
+        Self(self.0.saturating_sub(duration_millis(d)))
     }
 
     /// This instant moved forward by `d` (saturating).
     pub fn plus(self, d: std::time::Duration) -> Self {
-        Self(self.0.saturating_add(crate::clock::duration_millis(d)))
+        Self(self.0.saturating_add(duration_millis(d)))
     }
 }
 
@@ -364,4 +364,10 @@ pub struct ReceivedMessage {
     pub message: Message,
     /// Delivery origin.
     pub origin: Origin,
+}
+
+/// Milliseconds of a duration, saturated to `i64` (the unit of [`Timestamp`]; the clocks
+/// use it too, which is why it lives here, below them).
+pub(crate) fn duration_millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use im_service::webhook::{self, CallbackPayload, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use im_service::{Clock, Message};
-use rand::Rng;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,13 +58,8 @@ impl CallbackConfig {
     /// The backoff before attempt `failed + 1` after `failed` failed attempts (from 1):
     /// uniformly random in `[0, min(max_backoff, base_backoff * 2^(failed - 1))]`.
     fn backoff(&self, failed: u32) -> Duration {
-        let exponent = failed.saturating_sub(1).min(31);
-        let ceiling = self
-            .base_backoff
-            .saturating_mul(1u32 << exponent)
-            .min(self.max_backoff);
-        let ceiling_nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=ceiling_nanos))
+        im_service::ExponentialBackoff::new(self.base_backoff, self.max_backoff)
+            .full_jitter(failed, &mut rand::rng())
     }
 }
 

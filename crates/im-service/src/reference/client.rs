@@ -58,7 +58,7 @@ impl Default for ReferenceConfig {
 ///
 /// Each [`ReferenceVendor::client`] is one device's [`Vendor`]: hand it to `im_arch::ImClient`
 /// (as `crates/im-arch/examples/quickstart.rs` does) or call it directly. Against the server
-/// README.md starts (`cargo run -p im-testkit --bin im-vendor-sim -- --user
+/// README.md starts (`cargo run -p im-vendor-sim -- --user
 /// alice:alice-secret --user bob:bob-secret`):
 ///
 /// ```no_run

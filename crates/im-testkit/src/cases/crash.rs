@@ -1,7 +1,8 @@
 //! Crash cases (CRASH): the client killed with SIGKILL at seeded points while its vendor
 //! lives on in a process of its own, restarted on the same store, its ledgers checked
-//! ([`crate::crash`]). They need the `im-crash-client` binary (and `im-vendor-sim` for the
-//! reference target) beside the running one: `cargo build -p im-testkit --bins`.
+//! ([`crate::crash`]). They need the `im-crash-client` binary beside the running one
+//! (`cargo build -p im-testkit --bins`) and, for the reference target, `im-vendor-sim`
+//! ([`crate::vendor_sim_bin`] builds or finds it).
 
 // A case fails by panicking (the runner reports the message): `expect` is an assertion here.
 #![allow(clippy::expect_used)]
@@ -40,9 +41,12 @@ async fn config(target: Target) -> CrashConfig {
     let client = sibling("im-crash-client");
     let seed = seed_from_env();
     match target {
-        Target::Reference => {
-            CrashConfig::reference(sibling("im-vendor-sim"), client, KILL_POINTS, seed)
-        }
+        Target::Reference => CrashConfig::reference(
+            crate::vendor_sim_bin().expect("the im-vendor-sim binary"),
+            client,
+            KILL_POINTS,
+            seed,
+        ),
         Target::Xmpp => {
             let h = XmppHarness::start(Default::default());
             let sender = h.user("crash-sender").await;
