@@ -4,7 +4,7 @@
 //! Deterministic: every random choice comes from one seeded generator.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use im_service::{
     OfflineAck, OfflineBatch, OutgoingMessage, SendReceipt, ServerMsgId, ServiceError, Session,
     Vendor, VendorEvent,
 };
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -47,7 +48,7 @@ pub struct Failures(Arc<Mutex<HashMap<VendorOp, (u32, ServiceError)>>>);
 impl Failures {
     /// Makes the next `count` calls of `op` fail with `error`.
     pub fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
-        let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.0.lock();
         if count == 0 {
             table.remove(&op);
         } else {
@@ -57,7 +58,7 @@ impl Failures {
 
     /// The error the next call of `op` must fail with, if any (consumes one).
     fn take(&self, op: VendorOp) -> Option<ServiceError> {
-        let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.0.lock();
         let (left, error) = table.get_mut(&op)?;
         let error = error.clone();
         *left -= 1;
@@ -133,7 +134,7 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
 
     /// Replaces the push faults.
     pub fn set_push_faults(&self, faults: PushFaults) {
-        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
+        *self.faults.lock() = faults;
     }
 
     /// Adds an event to the stream as if the vendor had sent it.
@@ -143,7 +144,7 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
 
     /// The next `n` successful sends lose their acknowledgement.
     pub fn lose_send_acks(&self, n: u32) {
-        *self.lost_acks.lock().unwrap_or_else(|e| e.into_inner()) = n;
+        *self.lost_acks.lock() = n;
     }
 
     /// A handle that injects events from anywhere (e.g. from inside a hook).
@@ -153,14 +154,11 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
 
     /// Runs `hook(n)` after the n-th (1-based) `pull_offline` answered.
     pub fn after_pull_offline(&self, hook: Hook) {
-        *self
-            .after_pull_offline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
+        *self.after_pull_offline.lock() = Some(hook);
     }
 
     async fn delay(&self) {
-        let d = *self.call_delay.lock().unwrap_or_else(|e| e.into_inner());
+        let d = *self.call_delay.lock();
         if let Some(d) = d {
             tokio::time::sleep(d).await;
         }
@@ -193,21 +191,12 @@ impl StreamState {
             self.out.push_back(ev);
             return;
         };
-        let faults = self
-            .faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let faults = self.faults.lock().clone();
         if faults.lose.as_ref().is_some_and(|lose| lose(m)) {
             return;
         }
         let p = faults.duplicate.clamp(0.0, 1.0);
-        let dup = p > 0.0
-            && self
-                .rng
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .random_bool(p);
+        let dup = p > 0.0 && self.rng.lock().random_bool(p);
         if faults.reorder && self.held.is_none() {
             self.held = Some(ev);
             return;
@@ -236,11 +225,7 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
 
     fn take_events(&self) -> Option<EventStream> {
         let inner = self.inner.take_events()?;
-        let injected = self
-            .inject_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
+        let injected = self.inject_rx.lock().take()?;
         let state = StreamState {
             inner,
             injected,
@@ -285,7 +270,7 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ServiceError> {
         self.before(VendorOp::Send).await?;
         let receipt = self.inner.send(message).await?;
-        let mut lost = self.lost_acks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lost = self.lost_acks.lock();
         if *lost > 0 {
             *lost -= 1;
             return Err(ServiceError::ConnectionLost("acknowledgement lost".into()));
@@ -297,15 +282,11 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
         self.before(VendorOp::PullOffline).await?;
         let result = self.inner.pull_offline(max).await;
         let n = {
-            let mut p = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self.pulls.lock();
             *p += 1;
             *p
         };
-        let hook = self
-            .after_pull_offline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let hook = self.after_pull_offline.lock().clone();
         if let Some(hook) = hook {
             hook(n).await;
         }

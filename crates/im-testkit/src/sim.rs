@@ -22,8 +22,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,6 +36,7 @@ use im_service::{
     ClientMsgId, Clock, Content, ConversationId, Credentials, GroupId, Message, Origin,
     ServerMsgId, ServiceError, Timestamp, Token, UserId, Vendor,
 };
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
@@ -563,9 +564,9 @@ impl CrashStore {
         Self::default()
     }
 
-    fn disk(&self) -> std::sync::MutexGuard<'_, Disk> {
+    fn disk(&self) -> parking_lot::MutexGuard<'_, Disk> {
         // Every holder completes its change before unlocking; poison carries no torn state.
-        self.disk.lock().unwrap_or_else(|e| e.into_inner())
+        self.disk.lock()
     }
 
     /// Kills this instance and returns the store the restarted process finds: the flushed
@@ -799,11 +800,7 @@ struct SimTokens {
 
 impl SimTokens {
     fn current(&self, user: &UserId) -> Option<Token> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(user)
-            .cloned()
+        self.current.lock().get(user).cloned()
     }
 }
 
@@ -811,10 +808,7 @@ impl SimTokens {
 impl TokenProvider for SimTokens {
     async fn token(&self, user: &UserId) -> Result<Token, ServiceError> {
         let token = self.vendor.issue_token(user, None)?;
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user.clone(), token.clone());
+        self.current.lock().insert(user.clone(), token.clone());
         Ok(token)
     }
 }
@@ -901,11 +895,7 @@ impl World {
             .collect();
         for u in &users {
             let creds = vendor.register_user(u);
-            tokens
-                .current
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(u.clone(), creds.token);
+            tokens.current.lock().insert(u.clone(), creds.token);
         }
         let mut harness_errors = Vec::new();
         let conversations: Vec<ConversationId> = schedule
@@ -1279,7 +1269,7 @@ impl World {
                         ));
                     }
                 }
-                let entries = self.ledgers[i].lock().unwrap_or_else(|e| e.into_inner());
+                let entries = self.ledgers[i].lock();
                 let handed = entries
                     .iter()
                     .filter_map(|e| match e {
@@ -1373,10 +1363,7 @@ impl World {
                 }
             }
             sender.push_str(&format!("{}\n", SenderEntry::OutboxEmpty));
-            let entries = self.ledgers[i]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let entries = self.ledgers[i].lock().clone();
             let mut receiver = String::new();
             for e in &entries {
                 let line = match e {
@@ -1522,7 +1509,7 @@ impl World {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for l in &self.ledgers {
-            for e in l.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for e in l.lock().iter() {
                 e.to_string().hash(&mut h);
             }
         }
@@ -1556,13 +1543,13 @@ fn text_of_outgoing(item: &OutboxItem) -> String {
 }
 
 fn push(ledger: &Ledger, entry: ReceiverEntry) {
-    ledger.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+    ledger.lock().push(entry);
 }
 
 /// Texts whose events the app acknowledged (an `ack` covering them returned, or a later
 /// open started past them).
 fn acknowledged_texts(ledger: &Ledger) -> BTreeSet<String> {
-    let entries = ledger.lock().unwrap_or_else(|e| e.into_inner());
+    let entries = ledger.lock();
     let mut done = BTreeSet::new();
     let mut pending: Vec<(u64, String)> = Vec::new();
     for e in entries.iter() {
