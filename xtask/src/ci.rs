@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_crash_binaries, cargo, project_root, run_cargo, run_sim};
+use crate::{build_crash_binaries, cargo, project_root, run_cargo, run_sim, testkit_bin};
 
 /// Runs named steps in order, timing each.
 #[derive(Debug)]
@@ -389,19 +389,10 @@ fn case_library(root: &Path, with_prosody: bool) -> Result<()> {
             println!("case library on xmpp: skipped (IM_PROSODY_ADDR unset)");
             continue;
         }
-        let args = [
-            "run",
-            "-q",
-            "-p",
-            "im-testkit",
-            "--bin",
+        let args = testkit_bin(
             "im-test-suite",
-            "--",
-            "--vendor",
-            target,
-            "--category",
-            "essential",
-        ];
+            &["--vendor", target, "--category", "essential"],
+        );
         eprintln!("$ cargo {}", args.join(" "));
         let mut child = Command::new(cargo())
             .args(args)

@@ -41,11 +41,17 @@ pub fn run_cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+/// The cargo arguments that run the test tier's binary `bin` (debug build) with `args`:
+/// the one spelling of `cargo run -q -p im-testkit --bin BIN -- ARGS` the tasks share.
+pub fn testkit_bin<'a>(bin: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["run", "-q", "-p", "im-testkit", "--bin", bin, "--"];
+    all.extend_from_slice(args);
+    all
+}
+
 /// Runs the simulation binary (`im-sim`, debug build) with `args`.
 pub fn run_sim(args: &[&str]) -> Result<()> {
-    let mut all = vec!["run", "-q", "-p", "im-testkit", "--bin", "im-sim", "--"];
-    all.extend_from_slice(args);
-    run_cargo(&all, &[])
+    run_cargo(&testkit_bin("im-sim", args), &[])
 }
 
 /// Builds the binaries the crash harness runs as children (found beside the driver):

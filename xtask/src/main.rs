@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use xtask::{build_crash_binaries, cargo, project_root, run_cargo, run_sim};
+use xtask::{build_crash_binaries, cargo, project_root, run_cargo, run_sim, testkit_bin};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "im-layers project tasks")]
@@ -127,17 +127,8 @@ fn main() -> Result<()> {
             // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the
             // suite's binary: build them first.
             build_crash_binaries()?;
-            let mut all = vec![
-                "run",
-                "-q",
-                "-p",
-                "im-testkit",
-                "--bin",
-                "im-test-suite",
-                "--",
-            ];
-            all.extend(args.iter().map(String::as_str));
-            run(&all)
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&testkit_bin("im-test-suite", &args))
         }
         Task::Crash {
             runs,
@@ -149,24 +140,12 @@ fn main() -> Result<()> {
             build_crash_binaries()?;
             let runs = runs.to_string();
             let seed = seed.map(|s| s.to_string());
-            let mut all = vec![
-                "run",
-                "-q",
-                "-p",
-                "im-testkit",
-                "--bin",
-                "im-crash",
-                "--",
-                "--runs",
-                runs.as_str(),
-                "--vendor",
-                vendor.as_str(),
-            ];
+            let mut all = vec!["--runs", runs.as_str(), "--vendor", vendor.as_str()];
             if let Some(seed) = &seed {
                 all.extend(["--seed", seed.as_str()]);
             }
             all.extend(args.iter().map(String::as_str));
-            run(&all)
+            run(&testkit_bin("im-crash", &all))
         }
         Task::Mutants {
             curated,
