@@ -511,7 +511,7 @@ impl Desk {
                         .and_then(|s| s.last_message)
                         .map(|m| match m.content {
                             Content::Text(t) => t,
-                            Content::Custom { .. } => String::new(),
+                            Content::Custom { .. } | Content::Recalled { .. } => String::new(),
                         })
                         .unwrap_or_default();
                     let reply = format!("{LATE_PREFIX}{}", desk::quick_reply(&last).text);

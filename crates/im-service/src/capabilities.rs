@@ -35,11 +35,26 @@ pub enum Capability {
     Heartbeat,
     /// Resending a client message id never creates a second message.
     IdempotentSend,
+    /// A sender can recall a message within the vendor's window
+    /// ([`LifecyclePolicy::recall_window`](crate::LifecyclePolicy::recall_window)).
+    Recall,
+    /// A message can be edited (who may: [`LifecyclePolicy`](crate::LifecyclePolicy)).
+    Edit,
+    /// A user can delete a message for themselves (on all their devices).
+    DeleteForMe,
+    /// Read positions come back as events: a peer's read ("seen") and my other devices'.
+    ReadReceiptEvents,
+    /// Several devices of one user stay logged in at once; my sends reach my other devices
+    /// as my own messages, and read state follows. (The opposite of `KickOnSecondLogin`.)
+    MultiDevice,
+    /// A client that was away can pull the changes and read receipts it missed
+    /// ([`Vendor::pull_changes`](crate::Vendor::pull_changes)).
+    ChangeFeed,
 }
 
 impl Capability {
     /// How many capabilities there are.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 18;
 
     /// Every capability, in declaration order.
     pub const ALL: [Capability; Self::COUNT] = [
@@ -55,6 +70,12 @@ impl Capability {
         Capability::TokenExpiry,
         Capability::Heartbeat,
         Capability::IdempotentSend,
+        Capability::Recall,
+        Capability::Edit,
+        Capability::DeleteForMe,
+        Capability::ReadReceiptEvents,
+        Capability::MultiDevice,
+        Capability::ChangeFeed,
     ];
 
     /// This capability's bit in [`Capabilities`]' feature set. Cannot overflow: the
@@ -208,7 +229,13 @@ mod tests {
             | Capability::KickOnSecondLogin
             | Capability::TokenExpiry
             | Capability::Heartbeat
-            | Capability::IdempotentSend => Capability::ALL.contains(&c),
+            | Capability::IdempotentSend
+            | Capability::Recall
+            | Capability::Edit
+            | Capability::DeleteForMe
+            | Capability::ReadReceiptEvents
+            | Capability::MultiDevice
+            | Capability::ChangeFeed => Capability::ALL.contains(&c),
         };
         assert!(Capability::ALL.into_iter().all(listed));
         let mut caps = Capabilities::none();

@@ -110,6 +110,11 @@ pub enum ServiceError {
     /// Encoding or decoding failed.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The vendor refused to recall, edit or delete a message (by its
+    /// [`LifecyclePolicy`](crate::LifecyclePolicy), or because the message is unknown).
+    /// Appended last, so the encodings of the other variants are unchanged.
+    #[error("change refused: {0}")]
+    ChangeRefused(crate::lifecycle::ChangeRefusal),
 }
 
 impl ServiceError {
@@ -143,7 +148,8 @@ impl ServiceError {
             | ServiceError::InvalidRequest(_)
             | ServiceError::Unsupported(_)
             | ServiceError::Protocol(_)
-            | ServiceError::Codec(_) => ErrorClass::Permanent,
+            | ServiceError::Codec(_)
+            | ServiceError::ChangeRefused(_) => ErrorClass::Permanent,
         }
     }
 

@@ -37,6 +37,7 @@ pub mod capabilities;
 pub mod clock;
 pub mod codec;
 pub mod error;
+mod lifecycle;
 pub mod lock_wait;
 #[cfg(feature = "memory")]
 pub mod memory;
@@ -55,6 +56,10 @@ pub use capabilities::{Capabilities, Capability};
 pub use clock::{Clock, ManualClock, ShiftedClock, SystemClock};
 pub use codec::CodecError;
 pub use error::{ErrorClass, KickReason, ServiceError};
+pub use lifecycle::{
+    ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, EditPermission, LifecyclePolicy,
+    MessageChange, ReadReceipt,
+};
 pub use model::{
     ClientMsgId, Content, ConversationId, GroupId, Message, Origin, OutgoingMessage,
     ParseConversationError, ReceivedMessage, Seq, ServerMsgId, Timestamp, Token, UserId,

@@ -282,6 +282,15 @@ pub enum Content {
         /// Opaque bytes the application encodes.
         payload: Vec<u8>,
     },
+    /// What is left of a recalled message: who recalled it and when, never its content
+    /// (see [`MessageChange::apply`](crate::MessageChange::apply)). Appended last, so the
+    /// encodings of the other variants are unchanged.
+    Recalled {
+        /// Who recalled it.
+        by: UserId,
+        /// The vendor's time of the recall.
+        at: Timestamp,
+    },
 }
 
 impl Content {
@@ -295,6 +304,7 @@ impl Content {
         match self {
             Content::Text(s) => s.len(),
             Content::Custom { type_tag, payload } => type_tag.len() + payload.len(),
+            Content::Recalled { .. } => 0,
         }
     }
 }

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::KickReason;
+use crate::lifecycle::{ChangeBatch, ChangeCursor, LifecyclePolicy, MessageChange, ReadReceipt};
 use crate::model::{
-    ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp, Token, UserId,
+    Content, ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp, Token, UserId,
 };
 
 /// What a client logs in with.
@@ -194,6 +195,13 @@ pub enum VendorEvent {
     },
     /// The token has expired; calls now fail with `TokenExpired`.
     TokenExpired,
+    /// A message was recalled, edited or deleted (for this user) elsewhere: by its sender,
+    /// or on another device of this user. Live, after [`Vendor::go_online`]; what happened
+    /// while away comes from [`Vendor::pull_changes`].
+    MessageChanged(MessageChange),
+    /// A read position came back: a peer's ("seen") or, when `reader` is this user, one of
+    /// its other devices'.
+    ReadReceipt(ReadReceipt),
 }
 
 /// The stream of [`VendorEvent`]s of one client.
@@ -251,6 +259,60 @@ pub trait Vendor: Send + Sync {
     /// Tells the vendor the user has read `conversation` up to and including `up_to`.
     /// Vendors without [`Capability::ReadReceipts`] fail with `Unsupported`.
     async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()>;
+
+    /// The vendor's rules for recall and edit (windows, who may edit), as data. Meaningful
+    /// only with [`Capability::Recall`] / [`Capability::Edit`].
+    fn lifecycle(&self) -> LifecyclePolicy {
+        LifecyclePolicy::default()
+    }
+
+    /// Recalls the caller's message `target` for everyone, within the recall window.
+    /// Returns the change as stored (also pushed to the conversation's other members and
+    /// the caller's other devices). Vendors without [`Capability::Recall`] fail with
+    /// `Unsupported`; a refused recall is [`ServiceError::ChangeRefused`](crate::ServiceError::ChangeRefused).
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        let _ = (conversation, target);
+        Err(crate::ServiceError::Unsupported(Capability::Recall))
+    }
+
+    /// Replaces the content of `target` (who may, and until when: [`Vendor::lifecycle`]).
+    /// Vendors without [`Capability::Edit`] fail with `Unsupported`.
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &Content,
+    ) -> Result<MessageChange> {
+        let _ = (conversation, target, content);
+        Err(crate::ServiceError::Unsupported(Capability::Edit))
+    }
+
+    /// Deletes `target` for the caller only, on all the caller's devices. Vendors without
+    /// [`Capability::DeleteForMe`] fail with `Unsupported`.
+    async fn delete_for_me(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        let _ = (conversation, target);
+        Err(crate::ServiceError::Unsupported(Capability::DeleteForMe))
+    }
+
+    /// The changes and read receipts concerning the caller after `since`, oldest first, at
+    /// most `max` entries. `None` starts at the feed's current end (an empty batch whose
+    /// `next` is the position to keep): a fresh client gets messages in their current state
+    /// from offline and history pulls, so it needs only what changes from then on. A client
+    /// pulls until `left == 0` in its ACK-online pass, after the offline messages and
+    /// before [`Vendor::go_online`]. Vendors without [`Capability::ChangeFeed`] fail with
+    /// `Unsupported`.
+    async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
+        let _ = (since, max);
+        Err(crate::ServiceError::Unsupported(Capability::ChangeFeed))
+    }
 }
 
 #[cfg(test)]

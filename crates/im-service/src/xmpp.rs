@@ -889,6 +889,11 @@ impl Vendor for XmppClient {
             Content::Custom { .. } => {
                 return Err(E::InvalidRequest("XMPP carries text messages only".into()));
             }
+            Content::Recalled { .. } => {
+                return Err(E::InvalidRequest(
+                    "a recalled placeholder cannot be sent: recall the message instead".into(),
+                ));
+            }
         };
         let sent_at = now();
         let mut stanza = XMessage::chat(to).with_body(Lang::new(), body);

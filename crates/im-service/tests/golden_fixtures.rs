@@ -85,8 +85,10 @@ fn outgoing() -> OutgoingMessage {
     }
 }
 
+/// Every other capability of the first twelve (the set the v1 fixtures were written with:
+/// capabilities added later must not change the canonical value, only be encodable).
 fn capabilities() -> Capabilities {
-    Capability::ALL
+    Capability::ALL[..12]
         .iter()
         .step_by(2)
         .fold(Capabilities::none(), |caps, cap| caps.with(*cap))

@@ -57,6 +57,7 @@ fn bodies(messages: &[Message]) -> Vec<String> {
         .map(|m| match &m.content {
             Content::Text(t) => t.clone(),
             Content::Custom { type_tag, .. } => format!("<{type_tag}>"),
+            Content::Recalled { .. } => "<recalled>".to_string(),
         })
         .collect()
 }

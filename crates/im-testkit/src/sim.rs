@@ -866,6 +866,7 @@ fn text_of(m: &Message) -> String {
     match &m.content {
         Content::Text(t) => t.clone(),
         Content::Custom { type_tag, .. } => type_tag.clone(),
+        Content::Recalled { .. } => String::new(),
     }
 }
 
@@ -1539,6 +1540,7 @@ fn text_of_outgoing(item: &OutboxItem) -> String {
     match &item.message.content {
         Content::Text(t) => t.clone(),
         Content::Custom { type_tag, .. } => type_tag.clone(),
+        Content::Recalled { .. } => String::new(),
     }
 }
 

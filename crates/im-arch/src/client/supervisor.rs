@@ -374,6 +374,14 @@ async fn online(
                     }
                     return Exit::Stop(ConnectionState::TokenExpired);
                 }
+                Some(VendorEvent::MessageChanged(change)) => {
+                    // Lifecycle events (issue 20): not applied by the client yet; no vendor
+                    // declares the capabilities that send them.
+                    tracing::debug!(kind = change.kind.as_str(), "message change not applied yet");
+                }
+                Some(VendorEvent::ReadReceipt(_)) => {
+                    tracing::debug!("read receipt not applied yet");
+                }
             },
             _ = heartbeat.tick() => {
                 match tokio::time::timeout(shared.config.heartbeat_timeout, shared.vendor.ping()).await {

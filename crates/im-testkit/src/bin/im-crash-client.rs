@@ -131,6 +131,7 @@ fn text_of(content: &Content) -> String {
     match content {
         Content::Text(t) => t.clone(),
         Content::Custom { type_tag, .. } => format!("<custom:{type_tag}>"),
+        Content::Recalled { .. } => "<recalled>".to_string(),
     }
 }
 
