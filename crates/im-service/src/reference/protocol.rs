@@ -404,6 +404,52 @@ mod tests {
     }
 
     #[test]
+    fn version_2_frames_roundtrip_and_leave_version_1_indexes_alone() {
+        use crate::lifecycle::{ChangeKind, MessageChange};
+        use crate::model::{Timestamp, UserId};
+        let change = MessageChange {
+            conversation: ConversationId::group("g"),
+            target: ServerMsgId::new("m"),
+            kind: ChangeKind::Recalled,
+            by: UserId::new("alice"),
+            at: Timestamp::from_millis(5),
+            revision: 1,
+        };
+        let mut enc: WireCodec<ServerFrame, ClientFrame> = WireCodec::default();
+        let mut dec = ServerSide::default();
+        let mut buf = BytesMut::new();
+        let frames = [
+            ClientFrame::HelloV2 {
+                version: PROTOCOL_VERSION,
+            },
+            ClientFrame::Request {
+                id: 1,
+                request: Request::PullChanges(Some(ChangeCursor(vec![1])), 10),
+            },
+        ];
+        for f in frames.clone() {
+            enc.encode(f, &mut buf).unwrap();
+        }
+        for f in frames {
+            assert_eq!(dec.decode(&mut buf).unwrap(), Some(f));
+        }
+        let reply = ServerFrame::Response {
+            id: 1,
+            result: Ok(Reply::Change(change)),
+        };
+        assert_eq!(
+            codec::decode::<ServerFrame>(&codec::encode(&reply).unwrap()).unwrap(),
+            reply
+        );
+        // Appended, not inserted: `Hello` keeps index 0 (bincode writes the index first).
+        assert_eq!(codec::encode(&ClientFrame::Hello).unwrap()[1..], [0]);
+        assert_eq!(Request::PullChanges(None, 1).kind(), "pull_changes");
+        assert!(
+            matches!(version_1_refused(), ServiceError::Protocol(m) if m.contains("version 1"))
+        );
+    }
+
+    #[test]
     fn the_framing_is_a_four_byte_big_endian_length() {
         let bytes = frame_bytes(&ClientFrame::Hello).unwrap();
         let body = codec::encode(&ClientFrame::Hello).unwrap();
