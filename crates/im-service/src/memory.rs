@@ -1,11 +1,13 @@
 //! `MemoryVendor`: a complete IM vendor in process memory, for tests and the demo's fastest
 //! mode. It behaves like a rented vendor, not like a mock: tokens expire, a second login
-//! kicks the first, absent users get an offline queue that must be acknowledged, history is
-//! cut by a retention window, resends are recognised by client id, and live pushes start
-//! only after the client declares itself online.
+//! kicks the first (unless it models a multi-device vendor), absent users get an offline
+//! queue that must be acknowledged, history is cut by a retention window, resends are
+//! recognised by client id, and live pushes start only after the client declares itself
+//! online.
 //!
-//! The message lifecycle ([`crate::lifecycle`]) lives here too, and as this vendor is the
-//! storage engine of the reference server its behaviour is the reference semantics:
+//! The message lifecycle ([`LifecyclePolicy`], [`MessageChange`]) lives here too, and as
+//! this vendor is the storage engine of the reference server its behaviour is the
+//! reference semantics:
 //!
 //! - **Current state.** A recall or edit rewrites the stored message ([`MessageChange::apply`]):
 //!   a recalled message's content is gone from the store, the offline queues and every later

@@ -477,7 +477,11 @@ async fn a_read_receipt_reaches_the_peer_and_my_other_device() {
 
     // Read positions only move forward.
     a2.mark_read(&w.conv, &first).await.expect("older read");
-    assert_eq!(drain(&mut b_events), vec![]);
+    assert_eq!(
+        drain(&mut b_events),
+        vec![],
+        "an older read position reports nothing"
+    );
     assert_eq!(
         w.vendor.read_position(&w.alice.user, &w.conv),
         Some(receipt.clone())
@@ -557,4 +561,97 @@ async fn the_vendor_feeds_every_stored_change_in_order() {
         fed.push(c);
     }
     assert_eq!(fed, vec![edit, delete, recall]);
+}
+
+#[tokio::test]
+async fn a_device_that_was_away_learns_my_sends_from_history_and_my_deletions_from_the_feed() {
+    let w = world(multi_device());
+    let (a1, _a1e) = online(&w.vendor, &w.alice).await;
+    let (a2, _a2e) = logged_in(&w.vendor, &w.alice).await;
+    let a2_start = a2.pull_changes(None, 10).await.expect("start").next;
+    a2.logout().await.expect("away");
+    let (b, _be) = online(&w.vendor, &w.bob).await;
+
+    let mine = say(&a1, &w.conv, "sent from my phone").await;
+    say(&b, &w.conv, "answer").await; // pushed live to a1: no offline copy for alice
+    a1.delete_for_me(&w.conv, &mine).await.expect("delete");
+    assert_eq!(
+        w.vendor.offline_len(&w.alice.user),
+        0,
+        "no offline copy of my own send, nor of what another device took live"
+    );
+
+    a2.login(&w.alice).await.expect("back");
+    assert!(
+        a2.pull_offline(10)
+            .await
+            .expect("offline")
+            .messages
+            .is_empty()
+    );
+    let all = HistoryQuery {
+        scope: HistoryScope::All,
+        ..HistoryQuery::latest(w.conv.clone(), 50)
+    };
+    let page = a2.pull_history(&all).await.expect("history");
+    assert_eq!(
+        texts(&page.messages),
+        vec!["answer"],
+        "deleted for me on every device"
+    );
+    let fed = a2.pull_changes(Some(a2_start), 10).await.expect("feed");
+    assert_eq!(fed.changes.len(), 1);
+    assert_eq!(fed.changes[0].kind, ChangeKind::DeletedForMe);
+    assert_eq!(fed.changes[0].target, mine);
+}
+
+#[tokio::test]
+async fn a_recall_in_a_group_reaches_every_online_member() {
+    let w = world(MemoryVendorConfig::default());
+    let carol = w.vendor.register_user(&UserId::new("carol"));
+    let group = GroupId::new("desk");
+    let members = [w.alice.user.clone(), w.bob.user.clone(), carol.user.clone()];
+    w.vendor.create_group(&group, &members).expect("group");
+    let conv = ConversationId::Group(group);
+    let (a, _ae) = online(&w.vendor, &w.alice).await;
+    let (_b, mut b_events) = online(&w.vendor, &w.bob).await;
+    let (c, _ce) = logged_in(&w.vendor, &carol).await; // syncing: no live pushes yet
+    let c_start = c.pull_changes(None, 10).await.expect("start").next;
+    let id = say(&a, &conv, "wrong tenant").await;
+    drain(&mut b_events);
+    let change = a.recall(&conv, &id).await.expect("recall");
+    assert_eq!(
+        drain(&mut b_events),
+        vec![VendorEvent::MessageChanged(change.clone())]
+    );
+    let fed = c.pull_changes(Some(c_start), 10).await.expect("feed");
+    assert_eq!(fed.changes, vec![change]);
+}
+
+#[tokio::test]
+async fn a_device_that_does_not_read_its_changes_is_dropped_and_loses_nothing() {
+    let w = world(MemoryVendorConfig {
+        event_buffer: 2,
+        ..MemoryVendorConfig::default()
+    });
+    let (a, _ae) = online(&w.vendor, &w.alice).await;
+    let b = w.vendor.client();
+    let _held = b.take_events(); // never read
+    b.login(&w.bob).await.expect("login");
+    let start = b.pull_changes(None, 10).await.expect("start").next;
+    b.go_online().await.expect("online");
+    let id = say(&a, &w.conv, "v0").await;
+    for i in 1..=3 {
+        let edit = a.edit(&w.conv, &id, &Content::text(format!("v{i}"))).await;
+        edit.expect("edit");
+    }
+    assert!(
+        !w.vendor.is_online(&w.bob.user),
+        "a full queue drops the device"
+    );
+    let b = w.vendor.client();
+    b.login(&w.bob).await.expect("login again");
+    let fed = b.pull_changes(Some(start), 10).await.expect("feed");
+    let revisions: Vec<u32> = fed.changes.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, vec![1, 2, 3], "the feed kept every change");
 }
