@@ -22,10 +22,13 @@
 //! - **Read receipts.** [`Vendor::mark_read`] keeps the user's read position per conversation
 //!   (it only moves forward) and reports it to the peers' and the caller's other sessions.
 //! - **Change feed.** Per user, an append-only log of changes and receipts that concern it,
-//!   read with [`Vendor::pull_changes`]; entries older than the retention are dropped by
-//!   [`MemoryVendor::sweep`], and a cursor older than what is kept gets everything kept
-//!   (what was dropped with it is older than retention: the messages themselves are gone
-//!   from history too, and what is left there is in its current state).
+//!   read with [`Vendor::pull_changes`]. What is recorded between a session's last pull and
+//!   its [`Vendor::go_online`] is pushed then, as offline messages that raced the offline
+//!   pull are. It is bounded: [`MemoryVendor::sweep`] drops entries older than the
+//!   retention, and past [`MemoryVendorConfig::change_feed_max`] entries per user the oldest
+//!   go as new ones arrive. A cursor older than what is kept reads everything kept; what was
+//!   dropped is in the messages themselves, which history returns in their current state
+//!   (or no more, past retention).
 //! - **Several devices.** With [`MemoryVendorConfig::multi_device`] sessions of one user
 //!   coexist. A send reaches the sender's other *online* sessions as a push whose sender is
 //!   the user; devices that are not online get no offline copy of their own user's sends
@@ -80,6 +83,9 @@ pub struct MemoryVendorConfig {
     pub lifecycle: LifecyclePolicy,
     /// Most entries per change-feed pull.
     pub change_batch_max: u32,
+    /// Most entries one user's change feed keeps (the oldest go first, like entries past
+    /// retention: a cursor older than what is kept reads everything kept).
+    pub change_feed_max: usize,
     /// Capacity of each client's event queue. A client that lets it fill up is disconnected
     /// (as a server drops a slow consumer); its messages stay in the offline queue.
     pub event_buffer: usize,
@@ -98,6 +104,7 @@ impl Default for MemoryVendorConfig {
             multi_device: false,
             lifecycle: LifecyclePolicy::default(),
             change_batch_max: 200,
+            change_feed_max: 10_000,
             event_buffer: 1024,
             token_warning_ratio: 0.8,
         }
@@ -223,6 +230,8 @@ struct UserRecord {
 struct FeedEntry {
     /// When it was recorded (the retention sweep drops entries older than the horizon).
     at: Timestamp,
+    /// The session that caused it (it is never pushed back to that session).
+    origin: u64,
     item: FeedItem,
 }
 
@@ -265,6 +274,10 @@ struct SessionRecord {
     online: bool,
     warned: bool,
     events: mpsc::Sender<VendorEvent>,
+    /// The change-feed position this session last pulled up to, if it pulled at all:
+    /// [`Vendor::go_online`] pushes what was recorded after it, so nothing falls between
+    /// the last pull and the first live push.
+    feed_seen: Option<u64>,
 }
 
 impl Default for MemoryVendor {
@@ -750,6 +763,7 @@ impl MemoryClient {
         kind: ChangeKind,
     ) -> Result<MessageChange> {
         let policy = &self.vendor.inner.config.lifecycle;
+        let feed_max = self.vendor.inner.config.change_feed_max;
         self.with_session(VendorOp::Change, |st, session, now| {
             let user = Self::user_of(st, session)?;
             if !is_member(st, conversation, &user) {
@@ -813,6 +827,7 @@ impl MemoryClient {
                 .retain(|l| l.send(change.clone()).is_ok());
             publish(
                 st,
+                feed_max,
                 &concerned,
                 session,
                 &FeedItem::Change(change.clone()),
@@ -894,7 +909,14 @@ fn deliver(st: &mut State, message: &Message, recipients: &[UserId], sender_sess
 
 /// Records `item` in the change feed of each of `users` and pushes it to their online
 /// sessions, except `origin` (the session that caused it, which has it already).
-fn publish(st: &mut State, users: &[UserId], origin: u64, item: &FeedItem, at: Timestamp) {
+fn publish(
+    st: &mut State,
+    feed_max: usize,
+    users: &[UserId],
+    origin: u64,
+    item: &FeedItem,
+    at: Timestamp,
+) {
     for user in users {
         let Some(u) = st.users.get_mut(user) else {
             continue;
@@ -905,9 +927,13 @@ fn publish(st: &mut State, users: &[UserId], origin: u64, item: &FeedItem, at: T
             pos,
             FeedEntry {
                 at,
+                origin,
                 item: item.clone(),
             },
         );
+        while u.feed.len() > feed_max.max(1) {
+            u.feed.pop_first();
+        }
         for sid in sessions_of(st, user) {
             if sid != origin {
                 push_event(st, sid, item.event());
@@ -1027,6 +1053,7 @@ impl Vendor for MemoryClient {
                 online: false,
                 warned: false,
                 events: self.events_tx.clone(),
+                feed_seen: None,
             },
         );
         if let Some(u) = st.users.get_mut(&credentials.user) {
@@ -1187,7 +1214,9 @@ impl Vendor for MemoryClient {
             let Some(s) = st.sessions.get_mut(&session) else {
                 return Err(E::NotLoggedIn);
             };
-            s.online = true;
+            let was_online = std::mem::replace(&mut s.online, true);
+            // Pulled while online: the live pushes covered it already.
+            let seen = s.feed_seen.take().filter(|_| !was_online);
             let tx = s.events.clone();
             for (i, m) in pending.iter().enumerate() {
                 if tx.try_send(VendorEvent::MessagePushed(m.clone())).is_err() {
@@ -1206,7 +1235,27 @@ impl Vendor for MemoryClient {
                         E::ConnectionLost(why.clone()),
                         Some(VendorEvent::ConnectionLost { reason: why }),
                     );
-                    break;
+                    return Ok(());
+                }
+            }
+            // Changes recorded after this session's last feed pull raced it like the
+            // messages above: pushed now, after the messages they may refer to.
+            if let Some(seen) = seen {
+                let missed: Vec<VendorEvent> = st
+                    .users
+                    .get(&user)
+                    .map(|u| {
+                        u.feed
+                            .range(seen.saturating_add(1)..)
+                            .filter(|(_, e)| e.origin != session)
+                            .map(|(_, e)| e.item.event())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for event in missed {
+                    if !push_event(st, session, event) {
+                        break;
+                    }
                 }
             }
             Ok(())
@@ -1338,7 +1387,15 @@ impl Vendor for MemoryClient {
             u.read
                 .insert(conversation.clone(), (global, receipt.clone()));
             let concerned = members(st, conversation)?;
-            publish(st, &concerned, session, &FeedItem::Receipt(receipt), now);
+            let feed_max = self.vendor.inner.config.change_feed_max;
+            publish(
+                st,
+                feed_max,
+                &concerned,
+                session,
+                &FeedItem::Receipt(receipt),
+                now,
+            );
             Ok(())
         })
     }
@@ -1397,8 +1454,12 @@ impl Vendor for MemoryClient {
             let user = Self::user_of(st, session)?;
             let u = st.users.get(&user).ok_or(E::UnknownUser(user.clone()))?;
             let Some(after) = after else {
+                let end = u.feed_end;
+                if let Some(s) = st.sessions.get_mut(&session) {
+                    s.feed_seen = Some(end);
+                }
                 return Ok(ChangeBatch {
-                    next: feed_cursor(u.feed_end),
+                    next: feed_cursor(end),
                     ..ChangeBatch::default()
                 });
             };
@@ -1418,6 +1479,9 @@ impl Vendor for MemoryClient {
             batch.next = feed_cursor(last);
             let left = u.feed.range(last.saturating_add(1)..).count();
             batch.left = u32::try_from(left).unwrap_or(u32::MAX);
+            if let Some(s) = st.sessions.get_mut(&session) {
+                s.feed_seen = Some(last);
+            }
             Ok(batch)
         })
     }

@@ -655,3 +655,57 @@ async fn a_device_that_does_not_read_its_changes_is_dropped_and_loses_nothing() 
     let revisions: Vec<u32> = fed.changes.iter().map(|c| c.revision).collect();
     assert_eq!(revisions, vec![1, 2, 3], "the feed kept every change");
 }
+
+#[tokio::test]
+async fn go_online_pushes_what_changed_after_the_last_feed_pull() {
+    let w = world(multi_device());
+    let (a, _ae) = online(&w.vendor, &w.alice).await;
+    let id = say(&a, &w.conv, "v0").await;
+    let (b1, mut b1_events) = logged_in(&w.vendor, &w.bob).await;
+    let (b2, _b2e) = online(&w.vendor, &w.bob).await;
+    b1.pull_changes(None, 10).await.expect("synced to the end");
+    // Between b1's last pull and its go_online: a peer's edit, b1's own deletion of it
+    // (returned to b1 already), and b2's read.
+    let edit = a
+        .edit(&w.conv, &id, &Content::text("v1"))
+        .await
+        .expect("edit");
+    b2.mark_read(&w.conv, &id).await.expect("read on b2");
+    let receipt = w.vendor.read_position(&w.bob.user, &w.conv).expect("kept");
+    b1.delete_for_me(&w.conv, &id).await.expect("delete");
+    drain(&mut b1_events);
+    b1.go_online().await.expect("online");
+    assert_eq!(
+        drain(&mut b1_events),
+        vec![
+            VendorEvent::MessageChanged(edit),
+            VendorEvent::ReadReceipt(receipt)
+        ],
+        "what raced the feed pull is pushed once, never the session's own change"
+    );
+    // A client that does not use the feed gets no replay.
+    let (b3, mut b3_events) = online(&w.vendor, &w.bob).await;
+    assert_eq!(drain(&mut b3_events), vec![]);
+    b3.ping().await.expect("alive");
+}
+
+#[tokio::test]
+async fn the_change_feed_keeps_at_most_its_bound() {
+    let w = world(MemoryVendorConfig {
+        change_feed_max: 2,
+        ..MemoryVendorConfig::default()
+    });
+    let (a, _ae) = online(&w.vendor, &w.alice).await;
+    let (b, _be) = logged_in(&w.vendor, &w.bob).await;
+    let start = b.pull_changes(None, 10).await.expect("start").next;
+    let id = say(&a, &w.conv, "v0").await;
+    for i in 1..=3 {
+        let edit = a.edit(&w.conv, &id, &Content::text(format!("v{i}"))).await;
+        edit.expect("edit");
+    }
+    assert_eq!(w.vendor.change_feed_len(&w.bob.user), 2);
+    let fed = b.pull_changes(Some(start), 10).await.expect("feed");
+    let revisions: Vec<u32> = fed.changes.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, vec![2, 3], "the oldest went first");
+    assert_eq!(texts(&history(&b, &w.conv).await), vec!["v3"]);
+}
