@@ -25,6 +25,42 @@
 //! * history: MAM (XEP-0313) with `with`, start/end and RSM `before` paging, newest first;
 //! * heartbeat: XEP-0199 ping to the server, answered with the round-trip time.
 //!
+//! The message lifecycle (issue 20), as far as Prosody 0.12 carries it (it only stores and
+//! routes these stanzas; every rule is the adapter's):
+//! * recall: an XEP-0424 `<retract id=origin-id xmlns='urn:xmpp:message-retract:1'/>` with
+//!   the XEP's fallback body, `<fallback for=…>` and a `<store/>` hint (XEP-0334), so the
+//!   offline store and MAM keep it; edit: an XEP-0308 `<replace id=…/>` with the new body,
+//!   referring to the original's stanza `id` (`<millis>.<origin-id>` for ours; a receiver
+//!   resolves either form to the origin-id). Both are checked on the sending side with
+//!   [`LifecyclePolicy::check`] (recall window from [`XmppConfig::lifecycle`], edits by the
+//!   sender only): the message must be known, from this handle's sends and receipts, else
+//!   from the newest MAM pages of the conversation, which give its sender and its
+//!   millisecond. What no adapter can enforce: a foreign client may send a retraction or a
+//!   correction of anything, at any time; on receipt, one whose author is not the target's
+//!   sender is ignored (never a change, never a message), and a change of a message not
+//!   seen yet waits for it (applied when it shows up, if its sender made it). The recall
+//!   window of a foreign sender is not checked on receipt (XEP-0424 has none);
+//! * revision: XMPP has none; it is the change's time in tenths of a second since 2024
+//!   (the sender's millisecond travels in our stanza ids, so every copy gives the same);
+//! * read state: `mark_read` sends an XEP-0333 `<displayed/>` (our messages are
+//!   `<markable/>`); a received one is a [`VendorEvent::ReadReceipt`], whose reader is me
+//!   when it comes from my other device (a carbon);
+//! * several devices ([`XmppConfig::multi_device`]): each handle binds its own resource and
+//!   enables XEP-0280 carbons (Prosody's `mod_carbons`): a carbon `sent` copy from my other
+//!   device is pushed as my own message; a carbon must come from my own bare JID, and a
+//!   message already delivered on the connection (a `received` copy of one routed to me
+//!   directly) is not delivered twice. Default: one fixed resource, a second login kicks;
+//! * away: retractions, corrections and markers arrive in the offline flood and in MAM like
+//!   messages and are never returned as messages: a change in the same offline pass or MAM
+//!   page as its target is applied to it (current state; a history page applies what this
+//!   handle learned from newer pages too); the offline pass's other changes (a message
+//!   delivered before, looked up in MAM when this handle never saw it) and its markers are
+//!   pushed as `MessageChanged`/`ReadReceipt` events at `go_online`, before the held live
+//!   messages. No [`Capability::ChangeFeed`]: Prosody keeps no per-user change log, the
+//!   offline store holds only what arrived while *no* device was online, so a buffer of
+//!   the offline pass would be a per-login, incomplete feed; `pull_changes` is
+//!   `Unsupported`. No delete-for-me (no XEP): `Unsupported`.
+//!
 //! Order without sequences. A message's time is its sender's millisecond when our adapter
 //! sent it (carried in the stanza id), else the server's stamp, which Prosody gives in whole
 //! seconds: a burst from a foreign client shares one time. The server's own order is the
@@ -1869,5 +1905,223 @@ mod tests {
             at("b", 1_500),
         ];
         assert_eq!(ids(&newest_first(server_order)), ["q", "a", "m", "b", "z"]);
+    }
+
+    fn jid(s: &str) -> Jid {
+        s.parse().unwrap()
+    }
+
+    /// `m` as the receiver gets it: from alice's device to bob, through XML and back.
+    fn received(mut m: XMessage) -> XMessage {
+        m.from = Some(jid("alice@im.test/phone"));
+        let el: tokio_xmpp::minidom::Element = m.into();
+        XMessage::try_from(el).unwrap()
+    }
+
+    fn conv() -> ConversationId {
+        ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"))
+    }
+
+    #[test]
+    fn a_retraction_is_a_stored_change_with_a_fallback_never_a_message() {
+        let at = Timestamp::from_millis(1_800_000_000_123);
+        let m = retraction(jid("bob@im.test"), "c-orig", at, "c-new").unwrap();
+        assert!(m.payloads.iter().any(|p| p.is("store", NS_HINTS)));
+        assert!(
+            m.payloads
+                .iter()
+                .any(|p| p.is("fallback", NS_FALLBACK) && p.attr("for") == Some(NS_RETRACT))
+        );
+        assert_eq!(
+            m.get_best_body_cloned(vec![]).map(|(_, b)| b).as_deref(),
+            Some(RETRACT_FALLBACK)
+        );
+        assert_eq!(
+            parse(&received(m), None, None),
+            Some(Parsed::Change(StatedChange {
+                conversation: conv(),
+                target: "c-orig".into(),
+                kind: ChangeKind::Recalled,
+                by: UserId::new("alice"),
+                at,
+            }))
+        );
+    }
+
+    #[test]
+    fn a_correction_and_a_marker_parse_as_change_and_read() {
+        let at = Timestamp::from_millis(1_800_000_000_456);
+        let fix = correction(jid("bob@im.test"), "17.c-orig", "fixed".into(), at, "c-2");
+        assert_eq!(
+            parse(&received(fix), None, None),
+            Some(Parsed::Change(StatedChange {
+                conversation: conv(),
+                target: "17.c-orig".into(),
+                kind: ChangeKind::Edited(Content::text("fixed")),
+                by: UserId::new("alice"),
+                at,
+            }))
+        );
+        let read = displayed(jid("bob@im.test"), "17.c-orig", at, "c-3").unwrap();
+        assert_eq!(
+            parse(&received(read), None, None),
+            Some(Parsed::Read(StatedRead {
+                conversation: conv(),
+                reader: UserId::new("alice"),
+                target: "17.c-orig".into(),
+                at,
+            }))
+        );
+        let plain = stanza(jid("bob@im.test"), at, "c-4").with_body(Lang::new(), "hi".into());
+        match parse(&received(plain), None, None) {
+            Some(Parsed::Message { message, stanza_id }) => {
+                assert_eq!(message.server_id.as_str(), "c-4");
+                assert_eq!(message.server_time, at);
+                assert_eq!(stanza_id.as_deref(), Some("1800000000456.c-4"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_my_own_server_may_hand_me_a_carbon() {
+        let me: BareJid = "alice@im.test".parse().unwrap();
+        let inner = stanza(jid("bob@im.test"), Timestamp::from_millis(5), "c-9")
+            .with_body(Lang::new(), "from my phone".into());
+        let mut inner = inner;
+        inner.from = Some(jid("alice@im.test/phone"));
+        let forwarded = tokio_xmpp::parsers::forwarding::Forwarded {
+            delay: None,
+            message: inner.clone(),
+        };
+        let mut carbon = XMessage::chat(jid("alice@im.test/laptop")).with_payload(Sent {
+            forwarded: forwarded.clone(),
+        });
+        carbon.from = Some(jid("alice@im.test"));
+        let (unwrapped, _) = uncarbon(&carbon, &me).unwrap();
+        assert_eq!(unwrapped.id, inner.id);
+        match parse(&unwrapped, None, None) {
+            Some(Parsed::Message { message, .. }) => {
+                assert_eq!(message.sender, UserId::new("alice"), "my own message");
+            }
+            other => panic!("{other:?}"),
+        }
+        carbon.from = Some(jid("mallory@im.test"));
+        assert!(
+            uncarbon(&carbon, &me).is_none(),
+            "a forged carbon is dropped"
+        );
+        let plain = XMessage::chat(jid("alice@im.test"));
+        assert!(uncarbon(&plain, &me).is_some());
+    }
+
+    fn stated(kind: ChangeKind, by: &str, target: &str, ms: i64) -> StatedChange {
+        StatedChange {
+            conversation: conv(),
+            target: target.into(),
+            kind,
+            by: UserId::new(by),
+            at: Timestamp::from_millis(REVISION_EPOCH_MS + ms),
+        }
+    }
+
+    #[test]
+    fn changes_need_the_sender_and_apply_newest_once() {
+        let mut known = Known::default();
+        let mut m = at("c-1", REVISION_EPOCH_MS);
+        m.sender = UserId::new("alice");
+        m.conversation = conv();
+        known.learn(&m, Some("1000.c-1"));
+        let edit = |t: &str, ms| {
+            stated(
+                ChangeKind::Edited(Content::text(t)),
+                "alice",
+                "1000.c-1",
+                ms,
+            )
+        };
+        assert_eq!(
+            known.change(stated(ChangeKind::Recalled, "bob", "c-1", 1_000)),
+            None,
+            "a non-sender's recall is ignored"
+        );
+        assert_eq!(
+            known.change(stated(
+                ChangeKind::Edited(Content::text("x")),
+                "bob",
+                "c-1",
+                1_000
+            )),
+            None,
+            "a non-sender's edit is ignored"
+        );
+        let first = known.change(edit("one", 1_000)).expect("the sender's edit");
+        assert_eq!(
+            first.target.as_str(),
+            "c-1",
+            "the stanza id resolves to the origin-id"
+        );
+        assert_eq!(first.revision, 10);
+        assert_eq!(
+            known.change(edit("one", 1_000)),
+            None,
+            "seen twice, applied once"
+        );
+        assert_eq!(known.change(edit("old", 500)), None, "an older edit loses");
+        let recall = known
+            .change(stated(ChangeKind::Recalled, "alice", "c-1", 2_000))
+            .expect("the recall");
+        assert!(recall.revision > first.revision);
+        assert_eq!(
+            known.change(edit("late", 3_000)),
+            None,
+            "recalled stays recalled"
+        );
+        assert!(matches!(known.current(m).content, Content::Recalled { .. }));
+    }
+
+    #[test]
+    fn a_change_waits_for_its_target_and_still_needs_its_sender() {
+        let mut known = Known::default();
+        assert_eq!(
+            known.change(stated(ChangeKind::Recalled, "bob", "c-7", 1)),
+            None
+        );
+        assert_eq!(
+            known.change(stated(
+                ChangeKind::Edited(Content::text("y")),
+                "alice",
+                "c-8",
+                1
+            )),
+            None
+        );
+        let mut theirs = at("c-7", REVISION_EPOCH_MS);
+        theirs.sender = UserId::new("alice");
+        theirs.conversation = conv();
+        known.learn(&theirs, None);
+        assert_eq!(
+            known.current(theirs.clone()),
+            theirs,
+            "bob's recall never applies"
+        );
+        let mut edited = at("c-8", REVISION_EPOCH_MS);
+        edited.sender = UserId::new("alice");
+        edited.conversation = conv();
+        known.learn(&edited, None);
+        assert_eq!(known.current(edited).content, Content::text("y"));
+    }
+
+    #[test]
+    fn a_read_marker_takes_the_time_from_our_stanza_id() {
+        let known = Known::default();
+        let r = known.read(StatedRead {
+            conversation: conv(),
+            reader: UserId::new("bob"),
+            target: "1234.c-1".into(),
+            at: Timestamp::from_millis(9_999),
+        });
+        assert_eq!(r.up_to.as_str(), "c-1");
+        assert_eq!(r.up_to_time, Timestamp::from_millis(1234));
     }
 }

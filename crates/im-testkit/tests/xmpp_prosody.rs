@@ -888,11 +888,15 @@ mod lifecycle {
             "messages only, never changes: {offline:?}"
         );
         let by_id = |id: &ServerMsgId| offline.iter().find(|m| m.server_id == *id).unwrap();
-        assert_eq!(by_id(&m1.server_id).content, Content::text("fixed"));
-        assert!(matches!(
-            by_id(&m2.server_id).content,
-            Content::Recalled { .. }
-        ));
+        assert_eq!(
+            by_id(&m1.server_id).content,
+            Content::text("fixed"),
+            "the edit in the same offline pass is applied to its target"
+        );
+        assert!(
+            matches!(by_id(&m2.server_id).content, Content::Recalled { .. }),
+            "the recall in the same offline pass is applied to its target"
+        );
         let c = change(&mut events).await;
         assert_eq!(
             (c.target, c.kind),
