@@ -37,8 +37,10 @@
 //!   from the newest MAM pages of the conversation, which give its sender and its
 //!   millisecond. What no adapter can enforce: a foreign client may send a retraction or a
 //!   correction of anything, at any time; on receipt, one whose author is not the target's
-//!   sender is ignored (never a change, never a message), and a change of a message not
-//!   seen yet waits for it (applied when it shows up, if its sender made it). The recall
+//!   sender is ignored (never a change, never a message), and a change of a message this
+//!   handle has not seen is checked against the newest MAM page of the conversation (live,
+//!   by the connection task; offline, by `pull_offline`), else waits for the message to
+//!   show up in a history page (applied then, if its sender made it). The recall
 //!   window of a foreign sender is not checked on receipt (XEP-0424 has none);
 //! * revision: XMPP has none; it is the change's time in tenths of a second since 2024
 //!   (the sender's millisecond travels in our stanza ids, so every copy gives the same);
@@ -735,7 +737,13 @@ struct Task {
     online: bool,
     /// The handle's lifecycle knowledge (see [`Known`]).
     known: Arc<Mutex<Known>>,
+    /// MAM lookups of live changes' unknown targets, in flight (owned by this task).
+    lookups: futures::stream::FuturesUnordered<Lookup>,
 }
+
+/// A MAM lookup in flight: the change waiting for it, and the page's results.
+type Lookup =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (StatedChange, Vec<MamResult>)> + Send>>;
 
 impl Task {
     async fn send(&mut self, stanza: Stanza) -> std::result::Result<(), E> {
@@ -757,6 +765,9 @@ impl Task {
                         Ok(false) => return,
                         Err(e) => break Some(VendorEvent::ConnectionLost { reason: e.to_string() }),
                     }
+                }
+                Some((c, results)) = self.lookups.next(), if !self.lookups.is_empty() => {
+                    self.looked_up(c, results);
                 }
                 el = self.stream.next() => {
                     match el.map(|v| v.and_then(|v| v.into_read_error())) {
@@ -830,7 +841,9 @@ impl Task {
             Cmd::GoOnline => {
                 self.online = true;
                 for m in std::mem::take(&mut self.held) {
-                    self.deliver(&m);
+                    if let Some(c) = self.deliver(&m) {
+                        self.look_up(c).await?;
+                    }
                 }
             }
             Cmd::Close(done) => {
@@ -847,27 +860,106 @@ impl Task {
 
     /// Pushes what a live stanza means: a message (once, whether it came directly or as a
     /// carbon), a change of a known message by its sender, or a read marker.
-    fn deliver(&self, m: &XMessage) {
-        let Some((m, stamp)) = uncarbon(m, &self.me) else {
-            return;
-        };
+    /// A change of a message this handle has not seen is returned (it waits in [`Known`]):
+    /// the caller looks the message up ([`Task::look_up`]).
+    fn deliver(&self, m: &XMessage) -> Option<StatedChange> {
+        let (m, stamp) = uncarbon(m, &self.me)?;
         let event = match parse(&m, stamp, None) {
             Some(Parsed::Message { message, stanza_id }) => {
                 let mut known = self.known.lock();
                 known.learn(&message, stanza_id.as_deref());
                 if !known.delivered.insert(message.server_id.clone()) {
-                    return;
+                    return None;
                 }
                 VendorEvent::MessagePushed(known.current(message))
             }
-            Some(Parsed::Change(c)) => match self.known.lock().change(c) {
-                Some(change) => VendorEvent::MessageChanged(change),
-                None => return,
-            },
+            Some(Parsed::Change(c)) => {
+                let mut known = self.known.lock();
+                let unknown = !known.messages.contains_key(&known.resolve(&c.target));
+                match known.change(c.clone()) {
+                    Some(change) => VendorEvent::MessageChanged(change),
+                    None if unknown => return Some(c),
+                    None => return None,
+                }
+            }
             Some(Parsed::Read(r)) => VendorEvent::ReadReceipt(self.known.lock().read(r)),
-            None => return,
+            None => return None,
         };
         let _ = self.events.send(event);
+        None
+    }
+
+    /// Looks up the target of a live change this handle has not seen (a message delivered
+    /// before it existed) in the newest MAM page of the conversation; [`Task::looked_up`]
+    /// applies the answer. At most [`LOOKUPS_MAX`] at once (more are dropped, logged).
+    async fn look_up(&mut self, c: StatedChange) -> std::result::Result<(), E> {
+        let me = UserId::new(self.me.node().map(|n| n.as_str()).unwrap_or_default());
+        let Some(peer) = c.conversation.peer_of(&me).cloned() else {
+            return Ok(());
+        };
+        if self.lookups.len() >= LOOKUPS_MAX {
+            tracing::warn!(target = %c.target, "xmpp change lookup dropped: too many in flight");
+            return Ok(());
+        }
+        let with: BareJid = format!("{peer}@{}", self.domain)
+            .parse()
+            .map_err(|e| E::Protocol(format!("bad peer {peer}: {e}")))?;
+        let queryid = new_id();
+        let iq = Iq::from_set(
+            new_id(),
+            Query {
+                queryid: Some(QueryId(queryid.clone())),
+                node: None,
+                form: Some(DataForm::new(
+                    DataFormType::Submit,
+                    ns::MAM,
+                    vec![Field::text_single("with", &with.to_string())],
+                )),
+                set: Some(SetQuery {
+                    max: Some(100),
+                    after: None,
+                    before: Some(String::new()),
+                    index: None,
+                }),
+                flip_page: false,
+            },
+        );
+        let (tx, rx) = oneshot::channel();
+        self.mams
+            .insert(iq_id(&iq).to_owned(), (queryid, Vec::new(), tx));
+        self.send(iq.into()).await?;
+        self.lookups.push(Box::pin(async move {
+            let results = match rx.await {
+                Ok(Ok((results, _))) => results,
+                _ => Vec::new(),
+            };
+            (c, results)
+        }));
+        Ok(())
+    }
+
+    /// Applies a lookup's MAM page: the messages teach their senders, and the change is
+    /// pushed if its target is there and its sender made it.
+    fn looked_up(&self, c: StatedChange, results: Vec<MamResult>) {
+        let mut known = self.known.lock();
+        for r in &results {
+            let stamp = r.forwarded.delay.as_ref().map(|d| millis(&d.stamp));
+            match parse(&r.forwarded.message, stamp, Some(&r.id)) {
+                Some(Parsed::Message { message, stanza_id }) => {
+                    known.learn(&message, stanza_id.as_deref());
+                }
+                Some(Parsed::Change(other)) => {
+                    let _ = known.change(other);
+                }
+                Some(Parsed::Read(_)) | None => {}
+            }
+        }
+        let target = known.resolve(&c.target);
+        let latest = known.messages.get(&target).and_then(|k| k.latest.clone());
+        drop(known);
+        if let Some(change) = latest.filter(|l| l.by == c.by && l.kind == c.kind) {
+            let _ = self.events.send(VendorEvent::MessageChanged(change));
+        }
     }
 
     /// Handles one received element; `Err` ends the connection with that event.
@@ -971,7 +1063,13 @@ impl Task {
                 // Bodiless stanzas (markers, retractions, carbons …) count too: `parse`
                 // drops what means nothing here (chat states).
                 if self.online {
-                    self.deliver(&m);
+                    if let Some(c) = self.deliver(&m)
+                        && let Err(e) = self.look_up(c).await
+                    {
+                        return Err(VendorEvent::ConnectionLost {
+                            reason: e.to_string(),
+                        });
+                    }
                 } else {
                     self.held.push(m);
                 }
@@ -998,6 +1096,8 @@ const KNOWN_MAX: usize = 10_000;
 /// How many MAM pages (of `history_page_max`) `recall`/`edit` search for a message this
 /// handle has not seen.
 const LOOKUP_PAGES: usize = 3;
+/// Most MAM lookups of live changes' targets in flight at once on one connection.
+const LOOKUPS_MAX: usize = 16;
 /// 2024-01-01T00:00:00Z: the origin of time-based revisions.
 const REVISION_EPOCH_MS: i64 = 1_704_067_200_000;
 
@@ -1499,6 +1599,7 @@ impl Vendor for XmppClient {
             held: Vec::new(),
             online: false,
             known: self.known.clone(),
+            lookups: futures::stream::FuturesUnordered::new(),
         };
         let handle = tokio::spawn(task.run(rx));
         *self.conn.lock() = Some(Conn {

@@ -953,6 +953,30 @@ mod lifecycle {
         assert_eq!((c.target, c.by), (m.server_id.clone(), alice.user.clone()));
         assert_eq!(c.kind, ChangeKind::Recalled);
         restarted.logout().await.unwrap();
+
+        // Live: a handle that never saw the message gets its recall once the target is
+        // looked up in MAM (which also checks that its sender made it).
+        let seen = v.client();
+        online(&seen, &bob).await;
+        let m2 = a.send(&text(&conv, "seen elsewhere")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen.logout().await.unwrap();
+        let live = v.client();
+        let mut events = live.take_events().unwrap();
+        assert!(online(&live, &bob).await.is_empty());
+        a.recall(&conv, &m2.server_id).await.unwrap();
+        let c = change(&mut events).await;
+        assert_eq!(
+            (c.target, c.by, c.kind),
+            (
+                m2.server_id.clone(),
+                alice.user.clone(),
+                ChangeKind::Recalled
+            ),
+            "the live recall of a message this handle never saw"
+        );
+        quiet(&mut events, 300).await;
+        live.logout().await.unwrap();
         a.logout().await.unwrap();
     }
 
