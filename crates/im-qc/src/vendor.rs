@@ -25,9 +25,9 @@ use crate::window::{Slot, SlotRing};
 pub enum Op {
     /// `login` and `go_online`.
     Login,
-    /// `send`.
+    /// `send`, and the message changes (`recall`, `edit`, `delete_for_me`).
     Send,
-    /// `pull_offline` and `pull_history`.
+    /// `pull_offline`, `pull_history` and `pull_changes`.
     Pull,
     /// `ack_offline` and `mark_read`.
     Ack,
@@ -320,6 +320,48 @@ impl Vendor for QcVendor {
         up_to: &ServerMsgId,
     ) -> im_service::Result<()> {
         self.timed(Op::Ack, self.inner.mark_read(conversation, up_to))
+            .await
+    }
+
+    fn lifecycle(&self) -> im_service::LifecyclePolicy {
+        self.inner.lifecycle()
+    }
+
+    // A change is a write like a send; the change feed is a pull like the offline queue.
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> im_service::Result<im_service::MessageChange> {
+        self.timed(Op::Send, self.inner.recall(conversation, target))
+            .await
+    }
+
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &im_service::Content,
+    ) -> im_service::Result<im_service::MessageChange> {
+        self.timed(Op::Send, self.inner.edit(conversation, target, content))
+            .await
+    }
+
+    async fn delete_for_me(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> im_service::Result<im_service::MessageChange> {
+        self.timed(Op::Send, self.inner.delete_for_me(conversation, target))
+            .await
+    }
+
+    async fn pull_changes(
+        &self,
+        since: Option<im_service::ChangeCursor>,
+        max: u32,
+    ) -> im_service::Result<im_service::ChangeBatch> {
+        self.timed(Op::Pull, self.inner.pull_changes(since, max))
             .await
     }
 }

@@ -320,4 +320,41 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
     ) -> Result<(), ServiceError> {
         self.inner.mark_read(conversation, up_to).await
     }
+
+    fn lifecycle(&self) -> im_service::LifecyclePolicy {
+        self.inner.lifecycle()
+    }
+
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<im_service::MessageChange, ServiceError> {
+        self.inner.recall(conversation, target).await
+    }
+
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &im_service::Content,
+    ) -> Result<im_service::MessageChange, ServiceError> {
+        self.inner.edit(conversation, target, content).await
+    }
+
+    async fn delete_for_me(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<im_service::MessageChange, ServiceError> {
+        self.inner.delete_for_me(conversation, target).await
+    }
+
+    async fn pull_changes(
+        &self,
+        since: Option<im_service::ChangeCursor>,
+        max: u32,
+    ) -> Result<im_service::ChangeBatch, ServiceError> {
+        self.inner.pull_changes(since, max).await
+    }
 }

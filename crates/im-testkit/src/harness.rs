@@ -310,6 +310,8 @@ impl XmppHarness {
         );
         let mut xmpp = im_service::xmpp::XmppConfig::new(addr, XMPP_DOMAIN);
         xmpp.max_message_bytes = config.max_message_bytes;
+        // Several devices of one user: a resource per client handle, carbons on.
+        xmpp.multi_device = config.multi_device;
         Self {
             vendor: im_service::xmpp::XmppVendor::new(xmpp),
             failures: Failures::default(),

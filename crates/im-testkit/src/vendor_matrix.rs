@@ -29,13 +29,22 @@ fn memory(name: &'static str, config: MemoryVendorConfig) -> Column {
     }
 }
 
+fn xmpp(name: &'static str, config: XmppConfig) -> Column {
+    let vendor = XmppVendor::new(config);
+    Column {
+        name,
+        capabilities: vendor.capabilities().clone(),
+        lifecycle: Vendor::lifecycle(&vendor.client()),
+    }
+}
+
 fn columns() -> Vec<Column> {
-    let xmpp = XmppVendor::new(XmppConfig::new(
+    let config = XmppConfig::new(
         "127.0.0.1:5222"
             .parse()
             .unwrap_or_else(|_| unreachable!("a valid address")),
         "localhost",
-    ));
+    );
     vec![
         memory("memory, reference", MemoryVendorConfig::default()),
         memory(
@@ -45,11 +54,11 @@ fn columns() -> Vec<Column> {
                 ..MemoryVendorConfig::default()
             },
         ),
-        Column {
-            name: "xmpp (Prosody)",
-            capabilities: xmpp.capabilities().clone(),
-            lifecycle: Vendor::lifecycle(&xmpp.client()),
-        },
+        xmpp("xmpp (Prosody)", config.clone()),
+        xmpp(
+            "xmpp: resource per device, carbons",
+            config.with_multi_device(),
+        ),
     ]
 }
 

@@ -112,9 +112,14 @@ impl Target {
                 );
                 config.max_message_bytes =
                     crate::harness::ContractConfig::default().max_message_bytes;
-                im_service::xmpp::XmppVendor::new(config)
+                // As for the other targets: what any configuration declares (one resource
+                // that a second login kicks, or a resource per device with carbons).
+                let single = im_service::xmpp::XmppVendor::new(config.clone());
+                let multi = im_service::xmpp::XmppVendor::new(config.with_multi_device());
+                multi
                     .capabilities()
-                    .clone()
+                    .supported()
+                    .fold(single.capabilities().clone(), |caps, c| caps.with(c))
             }
         }
     }
