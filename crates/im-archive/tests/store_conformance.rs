@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use im_archive::{ArchiveStore, PageQuery, Position, Stored};
+use im_archive::{ArchiveError, ArchiveStore, ChangeStored, PageQuery, Position, Stored};
 use im_service::{
-    ClientMsgId, Content, ConversationId, GroupId, Message, ServerMsgId, Timestamp, UserId,
+    ChangeKind, ClientMsgId, Content, ConversationId, GroupId, Message, MessageChange, ServerMsgId,
+    Timestamp, UserId,
 };
 
 fn user(name: &str) -> UserId {
@@ -44,6 +45,30 @@ fn all(conv: &ConversationId, limit: usize) -> PageQuery {
 
 fn ids(messages: &[Message]) -> Vec<&str> {
     messages.iter().map(|m| m.server_id.as_str()).collect()
+}
+
+/// A change of `m` by its sender at revision `revision`.
+fn change(m: &Message, kind: ChangeKind, revision: u32) -> MessageChange {
+    MessageChange {
+        conversation: m.conversation.clone(),
+        target: m.server_id.clone(),
+        kind,
+        by: m.sender.clone(),
+        at: Timestamp::from_millis(m.server_time.as_millis() + i64::from(revision)),
+        revision,
+    }
+}
+
+fn edit(m: &Message, text: &str, revision: u32) -> MessageChange {
+    change(m, ChangeKind::Edited(Content::text(text)), revision)
+}
+
+fn revisions(s: &dyn ArchiveStore, vendor: &str, m: &Message) -> Vec<u32> {
+    s.changes_of(vendor, &m.server_id)
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect()
 }
 
 /// Reads a whole range page by page, following cursors.
@@ -203,6 +228,142 @@ mod contract {
     }
 }
 
+/// The message-change rules (`im_archive::store`'s module doc).
+mod changes {
+    use super::*;
+
+    pub async fn apply_by_revision_once(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m1", 1_000);
+        let other = msg(&c, "bob", "m2", 2_000);
+        s.store("ref", &[m.clone(), other.clone()]).unwrap();
+
+        let e1 = edit(&m, "fixed", 1);
+        assert_eq!(s.change("ref", &e1).unwrap(), ChangeStored::Applied);
+        assert_eq!(
+            s.change("ref", &e1).unwrap(),
+            ChangeStored::Duplicate,
+            "a redelivered change is a duplicate"
+        );
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(
+            ids(&page),
+            ["m2", "m1"],
+            "an edit keeps the message's place"
+        );
+        assert_eq!(page[1].content, Content::text("fixed"));
+        assert_eq!(page[0], other, "other messages are untouched");
+
+        let recall = change(&m, ChangeKind::Recalled, 3);
+        assert_eq!(s.change("ref", &recall).unwrap(), ChangeStored::Applied);
+        // Revision 2 comes late: recorded, but older than the recall, so nothing changes.
+        assert_eq!(
+            s.change("ref", &edit(&m, "late", 2)).unwrap(),
+            ChangeStored::Duplicate,
+            "an older change is a duplicate"
+        );
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(
+            page[1],
+            recall
+                .apply(&edit(&m, "fixed", 1).apply(&m).unwrap())
+                .unwrap()
+        );
+        assert!(matches!(page[1].content, Content::Recalled { .. }));
+        assert_eq!(
+            revisions(s, "ref", &m),
+            [1, 2, 3],
+            "each change stored once"
+        );
+        assert_eq!(s.original("ref", &m.server_id).unwrap(), Some(m.clone()));
+        assert_eq!(s.original("ref", &other.server_id).unwrap(), Some(other));
+        assert_eq!(s.original("other", &m.server_id).unwrap(), None);
+        assert!(
+            s.changes_of("other", &m.server_id).unwrap().is_empty(),
+            "changes are per vendor"
+        );
+        assert_eq!(s.len().unwrap(), 2, "changes are not messages");
+        s.flush().await.unwrap();
+    }
+
+    pub async fn change_before_its_message_applies_on_arrival(s: &dyn ArchiveStore) {
+        let c = ConversationId::Group(GroupId::new("room"));
+        let m = msg(&c, "alice", "m1", 1_000);
+        // Out of order, before the message: revision 3 (delete for me), then 1 (an edit).
+        let gone = change(&m, ChangeKind::DeletedForMe, 3);
+        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Pending);
+        assert_eq!(
+            s.change("ref", &edit(&m, "first", 1)).unwrap(),
+            ChangeStored::Pending
+        );
+        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Duplicate);
+        assert!(
+            !s.knows(&c).unwrap(),
+            "a pending change makes no conversation"
+        );
+        assert_eq!(s.len().unwrap(), 0);
+
+        assert_eq!(
+            s.store("ref", std::slice::from_ref(&m)).unwrap(),
+            [Stored::New]
+        );
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(
+            page.len(),
+            1,
+            "a delete-for-me never removes a message from the archive"
+        );
+        assert_eq!(page[0].content, Content::text("first"));
+        assert_eq!(s.original("ref", &m.server_id).unwrap(), Some(m.clone()));
+        // Revision 2 is older than the held 3: recorded, not applied.
+        assert_eq!(
+            s.change("ref", &edit(&m, "second", 2)).unwrap(),
+            ChangeStored::Duplicate
+        );
+        assert_eq!(
+            s.change("ref", &edit(&m, "fourth", 4)).unwrap(),
+            ChangeStored::Applied
+        );
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(page[0].content, Content::text("fourth"));
+        assert_eq!(revisions(s, "ref", &m), [1, 2, 3, 4]);
+        // The same id from another vendor is another message: its change waits for it.
+        assert_eq!(
+            s.change("other", &edit(&m, "x", 1)).unwrap(),
+            ChangeStored::Pending
+        );
+    }
+
+    pub async fn delete_for_me_keeps_the_message(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m1", 1_000);
+        s.store("ref", std::slice::from_ref(&m)).unwrap();
+        let gone = MessageChange {
+            by: user("bob"),
+            ..change(&m, ChangeKind::DeletedForMe, 1)
+        };
+        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Applied);
+        assert_eq!(s.page(&all(&c, 10)).unwrap().messages, [m.clone()]);
+        assert_eq!(revisions(s, "ref", &m), [1]);
+    }
+
+    pub async fn a_change_naming_another_conversation_is_refused(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m1", 1_000);
+        s.store("ref", std::slice::from_ref(&m)).unwrap();
+        let stray = MessageChange {
+            conversation: direct("alice", "mallory"),
+            ..edit(&m, "hijacked", 1)
+        };
+        assert!(matches!(
+            s.change("ref", &stray),
+            Err(ArchiveError::BadRequest(_))
+        ));
+        assert!(revisions(s, "ref", &m).is_empty(), "nothing is kept");
+        assert_eq!(s.page(&all(&c, 10)).unwrap().messages, [m]);
+    }
+}
+
 /// Runs every contract test on the store `make()` builds.
 macro_rules! store_conformance {
     ($name:ident, $make:expr) => {
@@ -254,6 +415,30 @@ macro_rules! store_conformance {
             }
 
             #[tokio::test]
+            async fn changes_apply_by_revision_once() {
+                let (store, _keep) = $make;
+                changes::apply_by_revision_once(&store).await;
+            }
+
+            #[tokio::test]
+            async fn a_change_before_its_message_applies_on_arrival() {
+                let (store, _keep) = $make;
+                changes::change_before_its_message_applies_on_arrival(&store).await;
+            }
+
+            #[tokio::test]
+            async fn delete_for_me_keeps_the_message() {
+                let (store, _keep) = $make;
+                changes::delete_for_me_keeps_the_message(&store).await;
+            }
+
+            #[tokio::test]
+            async fn a_change_naming_another_conversation_is_refused() {
+                let (store, _keep) = $make;
+                changes::a_change_naming_another_conversation_is_refused(&store).await;
+            }
+
+            #[tokio::test]
             async fn memberships_come_from_messages() {
                 let (store, _keep) = $make;
                 contract::memberships_come_from_messages(&store).await;
@@ -288,6 +473,38 @@ async fn sled_keeps_everything_across_reopen() {
     );
     assert_eq!(ids(&read_all(&s, all(&c, 10))), ["b", "a"]);
     assert!(s.is_known_member(&user("bob"), &c).unwrap());
+}
+
+/// Sled only: the change log, the originals and the pending changes survive a reopen.
+#[tokio::test]
+async fn sled_keeps_changes_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = direct("alice", "bob");
+    let (a, b) = (msg(&c, "alice", "a", 1), msg(&c, "bob", "b", 2));
+    {
+        let s = im_archive::SledArchive::open(dir.path()).unwrap();
+        s.store("ref", std::slice::from_ref(&a)).unwrap();
+        s.change("ref", &edit(&a, "edited", 1)).unwrap();
+        assert_eq!(
+            s.change("ref", &change(&b, ChangeKind::Recalled, 1))
+                .unwrap(),
+            ChangeStored::Pending
+        );
+        s.flush().await.unwrap();
+    }
+    let s = im_archive::SledArchive::open(dir.path()).unwrap();
+    assert_eq!(
+        s.change("ref", &edit(&a, "edited", 1)).unwrap(),
+        ChangeStored::Duplicate,
+        "a redelivery after restart is recognised"
+    );
+    s.store("ref", std::slice::from_ref(&b)).unwrap();
+    let page = read_all(&s, all(&c, 10));
+    assert_eq!(ids(&page), ["b", "a"]);
+    assert!(matches!(page[0].content, Content::Recalled { .. }));
+    assert_eq!(page[1].content, Content::text("edited"));
+    assert_eq!(s.original("ref", &a.server_id).unwrap(), Some(a));
+    assert_eq!(s.len().unwrap(), 2);
 }
 
 mod props {
