@@ -343,7 +343,10 @@ mod changes {
             ..change(&m, ChangeKind::DeletedForMe, 1)
         };
         assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Applied);
-        assert_eq!(s.page(&all(&c, 10)).unwrap().messages, std::slice::from_ref(&m));
+        assert_eq!(
+            s.page(&all(&c, 10)).unwrap().messages,
+            std::slice::from_ref(&m)
+        );
         assert_eq!(revisions(s, "ref", &m), [1]);
     }
 
