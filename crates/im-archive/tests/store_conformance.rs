@@ -313,7 +313,11 @@ mod changes {
             1,
             "a delete-for-me never removes a message from the archive"
         );
-        assert_eq!(page[0].content, Content::text("first"));
+        assert_eq!(
+            page[0].content,
+            Content::text("first"),
+            "a change kept before its message applies when the message arrives"
+        );
         assert_eq!(s.original("ref", &m.server_id).unwrap(), Some(m.clone()));
         // Revision 2 is older than the held 3: recorded, not applied.
         assert_eq!(

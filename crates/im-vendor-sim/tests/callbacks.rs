@@ -517,14 +517,16 @@ async fn change_callbacks_follow_the_messages_stored_before_them() -> anyhow::Re
     receiver.serve(listener, stop.clone());
 
     let mut stored = Vec::new();
-    for body in ["one", "two", "three"] {
-        let receipt = client.send(&text(&conv, body)).await?;
+    // Eight messages: with the ordering rule broken (an unbiased select), the chance that
+    // the changes still come last is 2^-8.
+    for n in 0..8 {
+        let receipt = client.send(&text(&conv, &format!("message {n}"))).await?;
         stored.push(receipt.server_id);
     }
     let messages = vendor.stored_messages(&conv);
-    assert_eq!(messages.len(), 3);
-    // Both feeds are full before the dispatcher starts: the changes of messages one and two
-    // are queued, so is every message. The changes must wait for all three messages.
+    assert_eq!(messages.len(), 8);
+    // Both feeds are full before the dispatcher starts: the changes of messages 0 and 1 are
+    // queued, so is every message. The changes must wait for all the messages.
     let (message_tx, message_rx) = tokio::sync::mpsc::unbounded_channel();
     let (change_tx, change_rx) = tokio::sync::mpsc::unbounded_channel();
     change_tx.send(change_of(&messages[0], 1))?;
@@ -541,23 +543,21 @@ async fn change_callbacks_follow_the_messages_stored_before_them() -> anyhow::Re
         CancellationToken::new(),
     );
     let stats = dispatcher.stats();
-    wait_settled(&stats, 6).await;
+    wait_settled(&stats, 11).await;
     // A change alone goes out too (retried like a message: the receiver failed once above).
     change_tx.send(change_of(&messages[2], 1))?;
-    wait_settled(&stats, 7).await;
+    wait_settled(&stats, 12).await;
 
-    let (one, two, three) = (&stored[0], &stored[1], &stored[2]);
+    let mut want: Vec<String> = stored.iter().map(|id| format!("stored:{id}")).collect();
+    want.extend([
+        format!("changed:{}@1", stored[0]),
+        format!("changed:{}@1", stored[1]),
+        format!("changed:{}@2", stored[0]),
+        format!("changed:{}@1", stored[2]),
+    ]);
     assert_eq!(
         order(&receiver.all_accepted()),
-        [
-            format!("stored:{one}"),
-            format!("stored:{two}"),
-            format!("stored:{three}"),
-            format!("changed:{one}@1"),
-            format!("changed:{two}@1"),
-            format!("changed:{one}@2"),
-            format!("changed:{three}@1"),
-        ],
+        want,
         "messages before the changes queued with them, changes in feed order"
     );
     let changes: Vec<ChangePayload> = receiver
@@ -582,8 +582,8 @@ async fn change_callbacks_follow_the_messages_stored_before_them() -> anyhow::Re
     assert_eq!(
         stats.snapshot(),
         CallbackStatsSnapshot {
-            delivered: 7,
-            attempts: 8,
+            delivered: 12,
+            attempts: 13,
             failed_attempts: 1,
             given_up: 0,
         }
