@@ -518,8 +518,86 @@ mod props {
     use super::*;
     use proptest::prelude::*;
 
+    /// A change a vendor could make to `m` at `revision`: `kind` 0–2 edits, 3 deletes for
+    /// bob; the last revision may be a recall (nothing changes a message after a recall).
+    fn vendor_change(
+        m: &Message,
+        revision: u32,
+        kind: u8,
+        recall_last: bool,
+        last: u32,
+    ) -> MessageChange {
+        if recall_last && revision == last {
+            return change(m, ChangeKind::Recalled, revision);
+        }
+        match kind {
+            3 => MessageChange {
+                by: user("bob"),
+                ..change(m, ChangeKind::DeletedForMe, revision)
+            },
+            k => edit(m, &format!("edit {revision}.{k}"), revision),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any delivery order of a message's callbacks, with redeliveries and the message
+        /// itself arriving at any point, ends in the same history as delivery in order, on
+        /// both backends alike, and records each revision once.
+        #[test]
+        fn changes_converge_whatever_the_delivery_order(
+            kinds in prop::collection::vec(0u8..4, 1..8),
+            recall_last in any::<bool>(),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 0..24),
+            message_at in any::<prop::sample::Index>(),
+        ) {
+            let c = direct("alice", "bob");
+            let m = msg(&c, "alice", "m1", 1_000);
+            let last = kinds.len() as u32;
+            let changes: Vec<MessageChange> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| vendor_change(&m, i as u32 + 1, *k, recall_last, last))
+                .collect();
+            // In order: the message, then each change.
+            let in_order = im_archive::MemoryArchive::new();
+            in_order.store("ref", std::slice::from_ref(&m)).unwrap();
+            for ch in &changes {
+                prop_assert_eq!(in_order.change("ref", ch).unwrap(), ChangeStored::Applied);
+            }
+            let want = in_order.page(&all(&c, 10)).unwrap().messages;
+
+            // Shuffled with repeats: every change at least once, then random redeliveries.
+            let mut deliveries: Vec<usize> = (0..changes.len()).collect();
+            deliveries.extend(order.iter().map(|i| i.index(changes.len())));
+            for (n, i) in order.iter().enumerate() {
+                let (a, b) = (n % deliveries.len(), i.index(deliveries.len()));
+                deliveries.swap(a, b);
+            }
+            let at = message_at.index(deliveries.len() + 1);
+            let dir = tempfile::tempdir().unwrap();
+            let sled = im_archive::SledArchive::open(dir.path()).unwrap();
+            let memory = im_archive::MemoryArchive::new();
+            let mut outcomes: Vec<Vec<ChangeStored>> = Vec::new();
+            for store in [&sled as &dyn ArchiveStore, &memory] {
+                let mut seen = Vec::new();
+                for (n, i) in deliveries.iter().enumerate() {
+                    if n == at {
+                        store.store("ref", std::slice::from_ref(&m)).unwrap();
+                    }
+                    seen.push(store.change("ref", &changes[*i]).unwrap());
+                }
+                if at == deliveries.len() {
+                    store.store("ref", std::slice::from_ref(&m)).unwrap();
+                }
+                prop_assert_eq!(&store.page(&all(&c, 10)).unwrap().messages, &want);
+                prop_assert_eq!(store.changes_of("ref", &m.server_id).unwrap(), changes.clone());
+                prop_assert_eq!(store.original("ref", &m.server_id).unwrap(), Some(m.clone()));
+                outcomes.push(seen);
+            }
+            prop_assert_eq!(&outcomes[0], &outcomes[1], "sled and memory answer alike");
+        }
 
         /// Any batch, with repeats, any page size: the pages concatenated are the distinct
         /// messages, newest first, on both backends alike.
