@@ -44,7 +44,7 @@ use im_service::{ConversationId, Message, MessageChange, ServerMsgId, UserId};
 use crate::error::ArchiveError;
 use crate::store::{
     ArchiveStore, ChangeStored, PageQuery, Position, Stored, StoredPage, apply_log, finish_page,
-    members_of, wrong_conversation,
+    members_of, outcome, wrong_conversation,
 };
 
 /// The sled-backed archive store.
@@ -388,20 +388,26 @@ impl ArchiveStore for SledArchive {
                 if current.conversation != change.conversation {
                     return Err(wrong_conversation(change, &current));
                 }
-                if newest.is_some_and(|r| r >= change.revision) {
-                    ChangeStored::Duplicate
-                } else {
-                    if let Some(next) = change.apply(&current)
-                        && next != current
-                    {
-                        let original = vendor_id_key(ORIGINALS, vendor, &change.target);
-                        if !self.tree.contains_key(&original)? {
-                            batch.insert(original, raw);
-                        }
-                        batch.insert(message_key, encode(&next)?);
+                // The whole log, this change in its place, over the message as first
+                // archived (`o`, or `m` while no change replaced its content).
+                let original_key = vendor_id_key(ORIGINALS, vendor, &change.target);
+                let kept = self.tree.get(&original_key)?;
+                let original: Message = match &kept {
+                    Some(o) => Self::decode(&original_key, o)?,
+                    None => current.clone(),
+                };
+                let mut log = self.log(vendor, &change.target)?;
+                let at = log.partition_point(|c| c.revision < change.revision);
+                log.insert(at, change.clone());
+                let next = apply_log(&original, &log);
+                let changed = next != current;
+                if changed {
+                    if kept.is_none() {
+                        batch.insert(original_key, raw);
                     }
-                    ChangeStored::Applied
+                    batch.insert(message_key, encode(&next)?);
                 }
+                outcome(changed, newest, change.revision)
             }
         };
         self.tree.apply_batch(batch)?;

@@ -11,11 +11,15 @@
 //! * **Current state in history.** A page returns each message as it is now: an edit's
 //!   content, a recalled message as [`Content::Recalled`](im_service::Content::Recalled)
 //!   (by [`MessageChange::apply`]). Its position (time, id) never changes.
-//! * **Idempotent by revision.** Every change is recorded once per (vendor, target,
-//!   revision): a redelivery is [`ChangeStored::Duplicate`]. A change is applied only when
-//!   its revision is newer than every revision recorded for the message; an older one that
-//!   comes late is recorded (the archive keeps everything) but changes nothing, and is
-//!   answered `Duplicate` too.
+//! * **Idempotent by revision, in any order.** Every change is recorded once per (vendor,
+//!   target, revision): a redelivery is [`ChangeStored::Duplicate`]. The history shows the
+//!   message as first archived with every recorded change applied in revision order
+//!   ([`apply_log`]), whatever order they came in. An older change that comes late and
+//!   changes nothing (a newer edit or recall supersedes it) is answered `Duplicate` too.
+//!   Why the whole log rather than "apply only when newer": the archive ignores
+//!   delete-for-me, so an edit that comes after a newer delete-for-me must still show (a
+//!   receiver keeping only its newest revision would drop it; the property test
+//!   `changes_converge_whatever_the_delivery_order` found that).
 //! * **Changes may come before their message.** Callbacks race (a message callback given up
 //!   and redelivered later, several dispatchers), so a change for a message not archived yet
 //!   is kept ([`ChangeStored::Pending`]) and applied, with any others, in revision order
@@ -147,6 +151,16 @@ pub fn apply_log(message: &Message, log: &[MessageChange]) -> Message {
         }
     }
     current
+}
+
+/// The answer to a newly recorded change of an archived message: `Duplicate` when it is
+/// older than a change recorded before and changed nothing (superseded), else `Applied`.
+pub(crate) fn outcome(changed: bool, newest: Option<u32>, revision: u32) -> ChangeStored {
+    if !changed && newest.is_some_and(|n| n > revision) {
+        ChangeStored::Duplicate
+    } else {
+        ChangeStored::Applied
+    }
 }
 
 /// The refusal of a change naming another conversation than the archived message.
@@ -301,19 +315,19 @@ impl ArchiveStore for MemoryArchive {
         let Some(m) = original else {
             return Ok(ChangeStored::Pending);
         };
-        if newest.is_some_and(|r| r >= change.revision) {
-            return Ok(ChangeStored::Duplicate);
-        }
+        let next = apply_log(&m, &log.values().cloned().collect::<Vec<_>>());
         let position = Position::of(&m);
+        let mut changed = false;
         if let Some(current) = st
             .messages
             .get_mut(&m.conversation)
             .and_then(|c| c.get_mut(&position))
-            && let Some(next) = change.apply(current)
+            && *current != next
         {
             *current = next;
+            changed = true;
         }
-        Ok(ChangeStored::Applied)
+        Ok(outcome(changed, newest, change.revision))
     }
 
     fn changes_of(

@@ -438,9 +438,17 @@ async fn a_redelivered_or_older_change_is_a_200_duplicate_stored_once() {
     f.deliver(&m).await;
     let second = change_of(&m, ChangeKind::Edited(Content::text("second")), 2);
     assert_eq!(f.deliver_change(&second).await, CallbackOutcome::Stored);
-    assert_eq!(f.deliver_change(&second).await, CallbackOutcome::Duplicate);
+    assert_eq!(
+        f.deliver_change(&second).await,
+        CallbackOutcome::Duplicate,
+        "a redelivered change is a duplicate"
+    );
     let first = change_of(&m, ChangeKind::Edited(Content::text("first")), 1);
-    assert_eq!(f.deliver_change(&first).await, CallbackOutcome::Duplicate);
+    assert_eq!(
+        f.deliver_change(&first).await,
+        CallbackOutcome::Duplicate,
+        "an older change a newer edit supersedes is a duplicate"
+    );
     assert_eq!(f.ab_history().await[0].content, Content::text("second"));
     let revisions: Vec<u32> = f
         .store

@@ -319,10 +319,16 @@ mod changes {
             "a change kept before its message applies when the message arrives"
         );
         assert_eq!(s.original("ref", &m.server_id).unwrap(), Some(m.clone()));
-        // Revision 2 is older than the held 3: recorded, not applied.
+        // Revision 2 is older than the delete-for-me (3), which the archive does not apply,
+        // and newer than every edit: it shows.
         assert_eq!(
             s.change("ref", &edit(&m, "second", 2)).unwrap(),
-            ChangeStored::Duplicate
+            ChangeStored::Applied
+        );
+        assert_eq!(
+            s.page(&all(&c, 10)).unwrap().messages[0].content,
+            Content::text("second"),
+            "a late edit behind a newer delete-for-me still shows"
         );
         assert_eq!(
             s.change("ref", &edit(&m, "fourth", 4)).unwrap(),
