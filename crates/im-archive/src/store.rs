@@ -128,8 +128,8 @@ pub enum ChangeStored {
     Applied,
     /// Recorded; the message is not archived yet, and the change is applied when it is.
     Pending,
-    /// This revision was recorded before, or a newer one is applied already: the history
-    /// did not change.
+    /// This revision was recorded before, or it is older than a recorded change that
+    /// supersedes it: the history did not change.
     Duplicate,
 }
 
@@ -188,8 +188,9 @@ pub trait ArchiveStore: Send + Sync + 'static {
     /// Stores each message of `vendor` not stored before, atomically per call.
     fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError>;
 
-    /// Records `change` of a message of `vendor` and applies it when it is the newest
-    /// revision (see the module doc), atomically. A change naming another conversation than
+    /// Records `change` of a message of `vendor` once and, when the message is archived,
+    /// shows the message with its whole change log applied in revision order (see the
+    /// module doc), atomically. A change naming another conversation than
     /// its archived message is refused ([`ArchiveError::BadRequest`]) and nothing is kept.
     fn change(&self, vendor: &str, change: &MessageChange) -> Result<ChangeStored, ArchiveError>;
 

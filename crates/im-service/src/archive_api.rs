@@ -134,8 +134,8 @@ impl HistoryParams {
 pub enum CallbackOutcome {
     /// Stored now (a message; or a change, applied to its message's history).
     Stored,
-    /// Stored before (a redelivery), or a change older than the one applied: the history
-    /// did not change.
+    /// Stored before (a redelivery), or a change older than one that supersedes it: the
+    /// history did not change.
     Duplicate,
     /// An event this archive does not keep (anything but `message.stored` and
     /// `message.changed`).
