@@ -352,26 +352,16 @@ impl ArchiveStore for SledArchive {
         let mut key = change_prefix(vendor, &change.target).ok_or_else(|| {
             ArchiveError::BadRequest("vendor name or message id too long for a key".into())
         })?;
-        let prefix = key.clone();
         key.extend_from_slice(&change.revision.to_be_bytes());
         // Held for this synchronous call only (never across an await).
         let _writer = self.write.lock();
         if self.tree.contains_key(&key)? {
             return Ok(ChangeStored::Duplicate);
         }
-        let newest = match self.tree.scan_prefix(&prefix).next_back() {
-            Some(entry) => {
-                let (k, _) = entry?;
-                let raw = k.get(prefix.len()..).unwrap_or_default();
-                Some(u32::from_be_bytes(<[u8; 4]>::try_from(raw).map_err(
-                    |_| ArchiveError::Corrupt {
-                        key: hex(&k),
-                        reason: "a change key without a 4-byte revision".into(),
-                    },
-                )?))
-            }
-            None => None,
-        };
+        // Forward only: sled 0.34's reverse iterator can panic near keys with four 0xff
+        // bytes (the module doc), which revision u32::MAX would write.
+        let mut log = self.log(vendor, &change.target)?;
+        let newest = log.last().map(|c| c.revision);
         let mut batch = sled::Batch::default();
         batch.insert(key, encode(change)?);
         let outcome = match self.tree.get(id_key(vendor, &change.target))? {
@@ -396,7 +386,6 @@ impl ArchiveStore for SledArchive {
                     Some(o) => Self::decode(&original_key, o)?,
                     None => current.clone(),
                 };
-                let mut log = self.log(vendor, &change.target)?;
                 let at = log.partition_point(|c| c.revision < change.revision);
                 log.insert(at, change.clone());
                 let next = apply_log(&original, &log);

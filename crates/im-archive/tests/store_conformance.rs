@@ -360,6 +360,42 @@ mod changes {
         assert_eq!(revisions(s, "ref", &m), [1]);
     }
 
+    /// Revisions at the ends of `u32` (sled writes them big-endian into keys: four 0xff
+    /// bytes are where its reverse iterator has panicked before), and ids that prefix one
+    /// another, keep their logs apart.
+    pub async fn extreme_revisions_and_prefix_ids(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m", 1_000);
+        let longer = msg(&c, "alice", "m\u{0}1", 1_000);
+        s.store("ref", &[m.clone(), longer.clone()]).unwrap();
+        assert_eq!(
+            s.change("ref", &edit(&m, "max", u32::MAX)).unwrap(),
+            ChangeStored::Applied
+        );
+        assert_eq!(
+            s.change("ref", &edit(&m, "max", u32::MAX)).unwrap(),
+            ChangeStored::Duplicate
+        );
+        assert_eq!(
+            s.change("ref", &edit(&m, "zero", 0)).unwrap(),
+            ChangeStored::Duplicate
+        );
+        assert_eq!(
+            s.change("ref", &edit(&longer, "other", 1)).unwrap(),
+            ChangeStored::Applied
+        );
+        assert_eq!(revisions(s, "ref", &m), [0, u32::MAX]);
+        assert_eq!(revisions(s, "ref", &longer), [1]);
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        let content = |id: &str| {
+            page.iter()
+                .find(|x| x.server_id.as_str() == id)
+                .map(|x| x.content.clone())
+        };
+        assert_eq!(content("m"), Some(Content::text("max")));
+        assert_eq!(content("m\u{0}1"), Some(Content::text("other")));
+    }
+
     pub async fn a_change_naming_another_conversation_is_refused(s: &dyn ArchiveStore) {
         let c = direct("alice", "bob");
         let m = msg(&c, "alice", "m1", 1_000);
@@ -443,6 +479,12 @@ macro_rules! store_conformance {
             async fn delete_for_me_keeps_the_message() {
                 let (store, _keep) = $make;
                 changes::delete_for_me_keeps_the_message(&store).await;
+            }
+
+            #[tokio::test]
+            async fn extreme_revisions_and_prefix_ids() {
+                let (store, _keep) = $make;
+                changes::extreme_revisions_and_prefix_ids(&store).await;
             }
 
             #[tokio::test]
