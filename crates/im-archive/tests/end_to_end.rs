@@ -280,11 +280,10 @@ async fn edits_and_recalls_made_through_the_vendor_show_in_the_archive() {
     let sent = alice_sends(&h, &conv, 3).await;
     callbacks_settled(&h, 3).await;
 
-    // The changes go through the vendor itself (its in-process client: the reference wire
-    // protocol's change requests are not needed for what the archive sees).
-    let alice = h.server.vendor().client();
+    // The changes go through the vendor: its clients, over the reference protocol.
+    let alice = h.client().await;
     alice.login(&h.user("alice").await).await.unwrap();
-    let bob = h.server.vendor().client();
+    let bob = h.client().await;
     bob.login(&h.user("bob").await).await.unwrap();
     let edited = im_service::Content::text("message 0, corrected");
     alice.edit(&conv, &sent[0], &edited).await.unwrap();
