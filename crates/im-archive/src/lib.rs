@@ -4,7 +4,8 @@
 //! `message.stored` callbacks ([`im_service::webhook`]), keeps every message in its own
 //! store (sled by default, behind the [`ArchiveStore`] trait), and serves history to clients
 //! by conversation and time range or cursor, newest first, to users who belong to the
-//! conversation. `im-arch`'s `ArchiveHistory` reads it, so the client's `Middle` and `Old`
+//! conversation. `message.changed` callbacks (recall, edit, delete for me) are kept too, and
+//! history shows each message in its current state (the rules: [`store`]'s module doc). `im-arch`'s `ArchiveHistory` reads it, so the client's `Middle` and `Old`
 //! history windows reach past the vendor's retention.
 //!
 //! It depends on `im-service` only (the model and the callback signatures), never on a
@@ -20,4 +21,6 @@ pub mod store;
 pub use error::ArchiveError;
 pub use server::{ArchiveConfig, ArchiveServer, CallbackOutcome, ErrorBody};
 pub use sled_store::SledArchive;
-pub use store::{ArchiveStore, MemoryArchive, PageQuery, Position, Stored, StoredPage};
+pub use store::{
+    ArchiveStore, ChangeStored, MemoryArchive, PageQuery, Position, Stored, StoredPage,
+};

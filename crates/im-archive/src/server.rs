@@ -5,6 +5,9 @@
 //!
 //! A callback is acknowledged (200) only after the store made it durable, so a crash
 //! before the answer makes the vendor retry, and the retry is recognised as a duplicate.
+//! `message.changed` callbacks go to [`ArchiveStore::change`]: applied (`stored`), kept
+//! for a message still to come (`pending`) or a `duplicate`; history then shows each message
+//! in its current state (the rules: `store.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -24,15 +27,15 @@ use im_service::archive_api::{
     HistoryParams, READY_PATH,
 };
 pub use im_service::archive_api::{CallbackOutcome, ErrorBody};
-use im_service::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use im_service::{Clock, ConversationId, GroupId, HistoryPage, SystemClock, UserId};
+use im_service::webhook::{self, Callback, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use im_service::{Clock, ConversationId, GroupId, HistoryPage, MessageChange, SystemClock, UserId};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::error::ArchiveError;
-use crate::store::{ArchiveStore, PageQuery, Position, Stored};
+use crate::store::{ArchiveStore, ChangeStored, PageQuery, Position, Stored};
 
 /// How the archive runs. `Debug` never prints secrets or tokens.
 #[derive(Clone)]
@@ -152,7 +155,7 @@ async fn callback(
         .ok_or_else(|| ArchiveError::UnknownVendor(vendor.clone()))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = webhook::unix_seconds(shared.clock.now());
-    let payload = webhook::verify(
+    let payload = match webhook::verify_callback(
         secret,
         header(TIMESTAMP_HEADER),
         header(SIGNATURE_HEADER),
@@ -160,7 +163,11 @@ async fn callback(
         now,
         shared.replay_window,
     )
-    .inspect_err(|e| tracing::warn!(%vendor, error = %e, "callback refused"))?;
+    .inspect_err(|e| tracing::warn!(%vendor, error = %e, "callback refused"))?
+    {
+        Callback::Message(payload) => payload,
+        Callback::Changed(payload) => return changed(&shared, &vendor, &payload.change).await,
+    };
     if payload.event != webhook::MESSAGE_STORED {
         tracing::debug!(%vendor, event = %payload.event, "callback event ignored");
         return Ok(axum::Json(CallbackOutcome::Ignored));
@@ -174,6 +181,35 @@ async fn callback(
     Ok(axum::Json(match stored.first() {
         Some(Stored::New) => CallbackOutcome::Stored,
         _ => CallbackOutcome::Duplicate,
+    }))
+}
+
+/// A verified `message.changed` callback: recorded and applied (see `store.rs`), durable
+/// before the answer like a message.
+async fn changed(
+    shared: &Shared,
+    vendor: &str,
+    change: &MessageChange,
+) -> Result<axum::Json<CallbackOutcome>, ArchiveError> {
+    let span = tracing::Span::current();
+    span.record(
+        "conversation",
+        tracing::field::display(&change.conversation),
+    );
+    let stored = shared.store.change(vendor, change)?;
+    shared.store.flush().await?;
+    tracing::debug!(
+        %vendor,
+        target_id = %change.target,
+        kind = change.kind.as_str(),
+        revision = change.revision,
+        outcome = ?stored,
+        "change recorded"
+    );
+    Ok(axum::Json(match stored {
+        ChangeStored::Applied => CallbackOutcome::Stored,
+        ChangeStored::Pending => CallbackOutcome::Pending,
+        ChangeStored::Duplicate => CallbackOutcome::Duplicate,
     }))
 }
 

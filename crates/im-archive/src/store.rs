@@ -2,11 +2,41 @@
 //! embedded default later), page queries and cursors, and [`MemoryArchive`], the in-memory
 //! twin every test can use. The sled implementation is in `sled_store.rs`; both run the
 //! same conformance suite (`tests/store_conformance.rs`).
+//!
+//! # Message changes (issue 20)
+//!
+//! A vendor's `message.changed` callbacks ([`MessageChange`]) reach the store through
+//! [`ArchiveStore::change`]. The rules every store keeps:
+//!
+//! * **Current state in history.** A page returns each message as it is now: an edit's
+//!   content, a recalled message as [`Content::Recalled`](im_service::Content::Recalled)
+//!   (by [`MessageChange::apply`]). Its position (time, id) never changes.
+//! * **Idempotent by revision, in any order.** Every change is recorded once per (vendor,
+//!   target, revision): a redelivery is [`ChangeStored::Duplicate`]. The history shows the
+//!   message as first archived with every recorded change applied in revision order
+//!   ([`apply_log`]), whatever order they came in. An older change that comes late and
+//!   changes nothing (a newer edit or recall supersedes it) is answered `Duplicate` too.
+//!   Why the whole log rather than "apply only when newer": the archive ignores
+//!   delete-for-me, so an edit that comes after a newer delete-for-me must still show (a
+//!   receiver keeping only its newest revision would drop it; the property test
+//!   `changes_converge_whatever_the_delivery_order` found that).
+//! * **Changes may come before their message.** Callbacks race (a message callback given up
+//!   and redelivered later, several dispatchers), so a change for a message not archived yet
+//!   is kept ([`ChangeStored::Pending`]) and applied, with any others, in revision order
+//!   when the message arrives. Refusing it with a retryable status instead would block an
+//!   in-order dispatcher behind a message that may never come (one given up for good).
+//! * **The company archive keeps everything.** A delete-for-me hides a message on one
+//!   user's devices only; the archive records it (its revision counts) but keeps serving
+//!   the message to every member. The message as first archived is kept as well
+//!   ([`ArchiveStore::original`]) when a change replaces its content, and the change log
+//!   ([`ArchiveStore::changes_of`]), so an edit or a recall never destroys what was said.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
-use im_service::{ConversationId, Message, PageCursor, ServerMsgId, Timestamp, UserId};
+use im_service::{
+    ConversationId, Message, MessageChange, PageCursor, ServerMsgId, Timestamp, UserId,
+};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::ArchiveError;
@@ -90,6 +120,57 @@ pub enum Stored {
     Duplicate,
 }
 
+/// What recording one change did (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeStored {
+    /// Recorded and applied: the message's history shows it now (a delete-for-me is
+    /// recorded and leaves the company's history as it is).
+    Applied,
+    /// Recorded; the message is not archived yet, and the change is applied when it is.
+    Pending,
+    /// This revision was recorded before, or it is older than a recorded change that
+    /// supersedes it: the history did not change.
+    Duplicate,
+}
+
+/// Applies `log` (one message's changes, in revision order) to `message` as first archived:
+/// its current state. A change naming another conversation than the message is skipped (a
+/// vendor bug, logged), never applied to a stranger's message.
+pub fn apply_log(message: &Message, log: &[MessageChange]) -> Message {
+    let mut current = message.clone();
+    for change in log {
+        if change.conversation != message.conversation {
+            tracing::warn!(
+                target_id = %change.target,
+                "a kept change names another conversation than its message; skipped"
+            );
+            continue;
+        }
+        if let Some(next) = change.apply(&current) {
+            current = next;
+        }
+    }
+    current
+}
+
+/// The answer to a newly recorded change of an archived message: `Duplicate` when it is
+/// older than a change recorded before and changed nothing (superseded), else `Applied`.
+pub(crate) fn outcome(changed: bool, newest: Option<u32>, revision: u32) -> ChangeStored {
+    if !changed && newest.is_some_and(|n| n > revision) {
+        ChangeStored::Duplicate
+    } else {
+        ChangeStored::Applied
+    }
+}
+
+/// The refusal of a change naming another conversation than the archived message.
+pub(crate) fn wrong_conversation(change: &MessageChange, message: &Message) -> ArchiveError {
+    ArchiveError::BadRequest(format!(
+        "change of {} names conversation {}, the message is in {}",
+        change.target, change.conversation, message.conversation
+    ))
+}
+
 /// The users a message makes known as members of its conversation: both sides of a direct
 /// conversation, the sender of a group message.
 pub fn members_of(m: &Message) -> Vec<UserId> {
@@ -106,6 +187,25 @@ pub fn members_of(m: &Message) -> Vec<UserId> {
 pub trait ArchiveStore: Send + Sync + 'static {
     /// Stores each message of `vendor` not stored before, atomically per call.
     fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError>;
+
+    /// Records `change` of a message of `vendor` once and, when the message is archived,
+    /// shows the message with its whole change log applied in revision order (see the
+    /// module doc), atomically. A change naming another conversation than
+    /// its archived message is refused ([`ArchiveError::BadRequest`]) and nothing is kept.
+    fn change(&self, vendor: &str, change: &MessageChange) -> Result<ChangeStored, ArchiveError>;
+
+    /// The changes recorded for `vendor`'s message `target`, in revision order (applied,
+    /// superseded or pending alike).
+    fn changes_of(
+        &self,
+        vendor: &str,
+        target: &ServerMsgId,
+    ) -> Result<Vec<MessageChange>, ArchiveError>;
+
+    /// `vendor`'s message `target` as it was first archived, before any change (`None` if it
+    /// is not archived).
+    fn original(&self, vendor: &str, target: &ServerMsgId)
+    -> Result<Option<Message>, ArchiveError>;
 
     /// Makes everything stored so far survive a crash.
     async fn flush(&self) -> Result<(), ArchiveError>;
@@ -145,8 +245,10 @@ pub struct MemoryArchive {
 struct MemoryState {
     /// Per conversation, by position.
     messages: BTreeMap<ConversationId, BTreeMap<Position, Message>>,
-    /// (vendor, vendor message id) seen.
-    ids: HashSet<(String, ServerMsgId)>,
+    /// (vendor, vendor message id) seen → the message as first archived.
+    ids: HashMap<(String, ServerMsgId), Message>,
+    /// (vendor, target) → its changes by revision (applied, superseded or pending).
+    changes: HashMap<(String, ServerMsgId), BTreeMap<u32, MessageChange>>,
     /// (user, conversation) memberships learnt from messages.
     members: BTreeSet<(UserId, ConversationId)>,
     count: u64,
@@ -171,13 +273,22 @@ impl ArchiveStore for MemoryArchive {
         Ok(messages
             .iter()
             .map(|m| {
-                if !st.ids.insert((vendor.to_owned(), m.server_id.clone())) {
+                let id = (vendor.to_owned(), m.server_id.clone());
+                if st.ids.contains_key(&id) {
                     return Stored::Duplicate;
                 }
+                st.ids.insert(id.clone(), m.clone());
+                // Changes that came before the message apply now.
+                let log: Vec<MessageChange> = st
+                    .changes
+                    .get(&id)
+                    .map(|l| l.values().cloned().collect())
+                    .unwrap_or_default();
+                let current = apply_log(m, &log);
                 st.messages
                     .entry(m.conversation.clone())
                     .or_default()
-                    .insert(Position::of(m), m.clone());
+                    .insert(Position::of(m), current);
                 for u in members_of(m) {
                     st.members.insert((u, m.conversation.clone()));
                 }
@@ -185,6 +296,64 @@ impl ArchiveStore for MemoryArchive {
                 Stored::New
             })
             .collect())
+    }
+
+    fn change(&self, vendor: &str, change: &MessageChange) -> Result<ChangeStored, ArchiveError> {
+        let mut st = self.state();
+        let id = (vendor.to_owned(), change.target.clone());
+        let original = st.ids.get(&id).cloned();
+        if let Some(m) = &original
+            && m.conversation != change.conversation
+        {
+            return Err(wrong_conversation(change, m));
+        }
+        let log = st.changes.entry(id).or_default();
+        if log.contains_key(&change.revision) {
+            return Ok(ChangeStored::Duplicate);
+        }
+        let newest = log.keys().next_back().copied();
+        log.insert(change.revision, change.clone());
+        let Some(m) = original else {
+            return Ok(ChangeStored::Pending);
+        };
+        let next = apply_log(&m, &log.values().cloned().collect::<Vec<_>>());
+        let position = Position::of(&m);
+        let mut changed = false;
+        if let Some(current) = st
+            .messages
+            .get_mut(&m.conversation)
+            .and_then(|c| c.get_mut(&position))
+            && *current != next
+        {
+            *current = next;
+            changed = true;
+        }
+        Ok(outcome(changed, newest, change.revision))
+    }
+
+    fn changes_of(
+        &self,
+        vendor: &str,
+        target: &ServerMsgId,
+    ) -> Result<Vec<MessageChange>, ArchiveError> {
+        Ok(self
+            .state()
+            .changes
+            .get(&(vendor.to_owned(), target.clone()))
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn original(
+        &self,
+        vendor: &str,
+        target: &ServerMsgId,
+    ) -> Result<Option<Message>, ArchiveError> {
+        Ok(self
+            .state()
+            .ids
+            .get(&(vendor.to_owned(), target.clone()))
+            .cloned())
     }
 
     async fn flush(&self) -> Result<(), ArchiveError> {

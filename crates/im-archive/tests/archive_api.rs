@@ -86,6 +86,7 @@ fn json_bodies_round_trip_and_keep_their_shape() {
         CallbackOutcome::Stored,
         CallbackOutcome::Duplicate,
         CallbackOutcome::Ignored,
+        CallbackOutcome::Pending,
     ] {
         let json = serde_json::to_string(&outcome).unwrap();
         assert_eq!(
@@ -96,6 +97,10 @@ fn json_bodies_round_trip_and_keep_their_shape() {
     assert_eq!(
         serde_json::to_string(&CallbackOutcome::Duplicate).unwrap(),
         "\"duplicate\""
+    );
+    assert_eq!(
+        serde_json::to_string(&CallbackOutcome::Pending).unwrap(),
+        "\"pending\""
     );
     assert_eq!(
         serde_json::to_string(&ErrorBody {

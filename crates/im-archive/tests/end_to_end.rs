@@ -1,7 +1,8 @@
 //! The archive end to end: the reference vendor's signed callbacks feed it, the vendor's
 //! retention drops the messages, and a client's `Old` window still reads them through
 //! `im-arch`'s `ArchiveHistory`; the archive process killed between storing and
-//! acknowledging loses nothing and stores nothing twice.
+//! acknowledging loses nothing and stores nothing twice; edits and recalls made through the
+//! vendor reach the archive as `message.changed` callbacks and show in its history.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -254,6 +255,110 @@ async fn middle_and_old_windows_are_served_by_the_archive() {
         "the Recent window is the vendor's, which refuses a client not logged in: {recent:?}"
     );
     drop(client);
+    h.server.shutdown().await;
+    archive.shutdown().await;
+}
+
+/// Issue 20: the reference vendor calls back the changes made to archived messages, and
+/// the archive's history shows each message's current state, as the vendor's own history
+/// does for a member who deleted nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_recalls_made_through_the_vendor_show_in_the_archive() {
+    let store = Arc::new(im_archive::MemoryArchive::new());
+    let archive = ArchiveServer::start(
+        ArchiveConfig {
+            vendors: HashMap::from([("reference".to_owned(), SECRET.to_vec())]),
+            tokens: HashMap::from([("bob-token".to_owned(), UserId::new("bob"))]),
+            ..ArchiveConfig::default()
+        },
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let h = vendor_calling(format!("{}/v1/callbacks/reference", archive.url())).await;
+    let conv = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    let sent = alice_sends(&h, &conv, 3).await;
+    callbacks_settled(&h, 3).await;
+
+    // The changes go through the vendor: its clients, over the reference protocol.
+    let alice = h.client().await;
+    alice.login(&h.user("alice").await).await.unwrap();
+    let bob = h.client().await;
+    bob.login(&h.user("bob").await).await.unwrap();
+    let edited = im_service::Content::text("message 0, corrected");
+    alice.edit(&conv, &sent[0], &edited).await.unwrap();
+    let recall = alice.recall(&conv, &sent[1]).await.unwrap();
+    alice
+        .edit(
+            &conv,
+            &sent[0],
+            &im_service::Content::text("message 0, final"),
+        )
+        .await
+        .unwrap();
+    bob.delete_for_me(&conv, &sent[2]).await.unwrap();
+    callbacks_settled(&h, 7).await;
+
+    let page = ArchiveHistory::new(archive.url(), Token::new("bob-token"))
+        .unwrap()
+        .page(
+            &conv,
+            Timestamp::from_millis(i64::MIN),
+            Timestamp::from_millis(i64::MAX),
+            None,
+            50,
+        )
+        .await
+        .unwrap();
+    let mut want = sent.clone();
+    want.reverse();
+    assert_eq!(
+        server_ids(&page.messages),
+        want,
+        "each message once, in place"
+    );
+    let [newest, recalled, first] = &page.messages[..] else {
+        panic!("three messages: {page:?}");
+    };
+    assert_eq!(
+        newest.content,
+        im_service::Content::text("message 2"),
+        "bob's delete-for-me leaves the company archive as it was"
+    );
+    assert_eq!(
+        recalled.content,
+        im_service::Content::Recalled {
+            by: UserId::new("alice"),
+            at: recall.at,
+        },
+        "a recalled message reads as recalled"
+    );
+    assert_eq!(
+        first.content,
+        im_service::Content::text("message 0, final"),
+        "the latest edit"
+    );
+    // The vendor's own history, for alice who deleted nothing, agrees.
+    let from_vendor = alice
+        .pull_history(&im_service::HistoryQuery::latest(conv.clone(), 50))
+        .await
+        .unwrap();
+    let mut vendor_newest_first = from_vendor.messages.clone();
+    vendor_newest_first.sort_by_key(|m| std::cmp::Reverse((m.server_time, m.server_id.clone())));
+    assert_eq!(
+        page.messages, vendor_newest_first,
+        "archive and vendor agree"
+    );
+    // What was said is kept.
+    assert_eq!(
+        store
+            .original("reference", &sent[0])
+            .unwrap()
+            .map(|m| m.content),
+        Some(im_service::Content::text("message 0"))
+    );
+    assert_eq!(store.changes_of("reference", &sent[0]).unwrap().len(), 2);
+
     h.server.shutdown().await;
     archive.shutdown().await;
 }

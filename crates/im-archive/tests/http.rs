@@ -1,6 +1,6 @@
 //! The archive's HTTP surface, over loopback: every bad input gets its status and stores
 //! nothing; good callbacks are stored once; the history API pages newest first and only
-//! for members.
+//! for members; `message.changed` callbacks show in history as each message's current state.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, CallbackOutcome, MemoryArchive};
-use im_service::webhook::{self, CallbackPayload, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use im_service::webhook::{
+    self, CallbackPayload, ChangePayload, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use im_service::{
-    ClientMsgId, Clock, Content, ConversationId, GroupId, HistoryPage, ManualClock, Message,
-    ServerMsgId, Timestamp, UserId,
+    ChangeKind, ClientMsgId, Clock, Content, ConversationId, GroupId, HistoryPage, ManualClock,
+    Message, MessageChange, ServerMsgId, Timestamp, UserId,
 };
 
 const SECRET: &[u8] = b"reference callback secret";
@@ -348,4 +350,193 @@ async fn health_readiness_and_graceful_shutdown() {
     .await
     .expect("answers or refuses promptly");
     assert!(refused.is_err(), "no longer serving");
+}
+
+/// A `message.changed` body of `change`.
+fn change_body(change: &MessageChange) -> Vec<u8> {
+    serde_json::to_vec(&ChangePayload::message_changed("reference", change.clone())).unwrap()
+}
+
+fn change_of(m: &Message, kind: ChangeKind, revision: u32) -> MessageChange {
+    MessageChange {
+        conversation: m.conversation.clone(),
+        target: m.server_id.clone(),
+        kind,
+        by: m.sender.clone(),
+        at: Timestamp::from_millis(m.server_time.as_millis() + 10),
+        revision,
+    }
+}
+
+impl Fixture {
+    async fn deliver_change(&self, change: &MessageChange) -> CallbackOutcome {
+        let r = self.post_signed(change_body(change)).await;
+        let status = r.status();
+        let body = r.bytes().await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// The whole history of alice and bob, newest first, as alice reads it.
+    async fn ab_history(&self) -> Vec<Message> {
+        self.history(&format!("conversation={}", enc(&ab())), "tok-alice")
+            .await
+            .messages
+    }
+}
+
+#[tokio::test]
+async fn a_signed_change_callback_is_applied_and_history_shows_the_current_state() {
+    let f = fixture().await;
+    let m1 = msg(&ab(), "alice", "m1", NOW_MS - 2000);
+    let m2 = msg(&ab(), "bob", "m2", NOW_MS - 1000);
+    f.deliver(&m1).await;
+    f.deliver(&m2).await;
+
+    let edit = change_of(&m1, ChangeKind::Edited(Content::text("fixed")), 1);
+    assert_eq!(f.deliver_change(&edit).await, CallbackOutcome::Stored);
+    let recall = change_of(&m2, ChangeKind::Recalled, 1);
+    assert_eq!(f.deliver_change(&recall).await, CallbackOutcome::Stored);
+
+    let page = f.ab_history().await;
+    assert_eq!(
+        page.iter()
+            .map(|m| m.server_id.as_str())
+            .collect::<Vec<_>>(),
+        ["m2", "m1"],
+        "each message once, in place"
+    );
+    assert_eq!(
+        page[0].content,
+        Content::Recalled {
+            by: UserId::new("bob"),
+            at: recall.at
+        },
+        "a recalled message reads as recalled"
+    );
+    assert_eq!(page[1].content, Content::text("fixed"), "an edit's content");
+    // The rest of the message is as the vendor stored it.
+    assert_eq!(
+        Message {
+            content: m1.content.clone(),
+            ..page[1].clone()
+        },
+        m1
+    );
+    // The company archive keeps what was said.
+    assert_eq!(
+        f.store.original("reference", &m2.server_id).unwrap(),
+        Some(m2)
+    );
+    assert_eq!(f.store.len().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_redelivered_or_older_change_is_a_200_duplicate_stored_once() {
+    let f = fixture().await;
+    let m = msg(&ab(), "alice", "m1", NOW_MS - 1000);
+    f.deliver(&m).await;
+    let second = change_of(&m, ChangeKind::Edited(Content::text("second")), 2);
+    assert_eq!(f.deliver_change(&second).await, CallbackOutcome::Stored);
+    assert_eq!(
+        f.deliver_change(&second).await,
+        CallbackOutcome::Duplicate,
+        "a redelivered change is a duplicate"
+    );
+    let first = change_of(&m, ChangeKind::Edited(Content::text("first")), 1);
+    assert_eq!(
+        f.deliver_change(&first).await,
+        CallbackOutcome::Duplicate,
+        "an older change a newer edit supersedes is a duplicate"
+    );
+    assert_eq!(f.ab_history().await[0].content, Content::text("second"));
+    let revisions: Vec<u32> = f
+        .store
+        .changes_of("reference", &m.server_id)
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(revisions, [1, 2], "each revision stored once");
+}
+
+#[tokio::test]
+async fn a_change_before_its_message_is_kept_and_applied_when_the_message_arrives() {
+    let f = fixture().await;
+    let m = msg(&ab(), "alice", "m1", NOW_MS - 1000);
+    let edit = change_of(&m, ChangeKind::Edited(Content::text("early edit")), 1);
+    assert_eq!(f.deliver_change(&edit).await, CallbackOutcome::Pending);
+    assert_eq!(f.deliver_change(&edit).await, CallbackOutcome::Duplicate);
+    // Nothing to read yet: the conversation is unknown (404), no message counted.
+    let r = f
+        .get(
+            &format!("/v1/history?conversation={}", enc(&ab())),
+            Some("tok-alice"),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(f.store.len().unwrap(), 0);
+
+    assert_eq!(f.deliver(&m).await, CallbackOutcome::Stored);
+    let page = f.ab_history().await;
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].content, Content::text("early edit"));
+}
+
+#[tokio::test]
+async fn a_delete_for_me_leaves_the_company_history_as_it_is() {
+    let f = fixture().await;
+    let m = msg(&ab(), "alice", "m1", NOW_MS - 1000);
+    f.deliver(&m).await;
+    let gone = MessageChange {
+        by: UserId::new("bob"),
+        ..change_of(&m, ChangeKind::DeletedForMe, 1)
+    };
+    assert_eq!(f.deliver_change(&gone).await, CallbackOutcome::Stored);
+    for token in ["tok-alice", "tok-bob"] {
+        let page = f
+            .history(&format!("conversation={}", enc(&ab())), token)
+            .await;
+        assert_eq!(page.messages, std::slice::from_ref(&m), "{token}");
+    }
+}
+
+#[tokio::test]
+async fn a_badly_signed_change_is_401_and_changes_nothing() {
+    let f = fixture().await;
+    let m = msg(&ab(), "alice", "m1", NOW_MS - 1000);
+    f.deliver(&m).await;
+    let body = change_body(&change_of(&m, ChangeKind::Recalled, 1));
+    let ts = f.now_secs();
+    for (what, sig) in [
+        ("wrong secret", Some(webhook::sign(b"guess", ts, &body))),
+        ("no signature", None),
+        (
+            "signed for another time",
+            Some(webhook::sign(SECRET, ts - 1, &body)),
+        ),
+    ] {
+        let r = f
+            .post_raw("reference", body.clone(), Some(ts.to_string()), sig)
+            .await;
+        assert_eq!(r.status(), 401, "{what}");
+    }
+    // Authentic, but a change event without a change: 400.
+    let bad = br#"{"vendor":"reference","event":"message.changed","message":null}"#.to_vec();
+    assert_eq!(f.post_signed(bad).await.status(), 400);
+    // A change naming another conversation than its message: 400, nothing kept.
+    let stray = MessageChange {
+        conversation: ConversationId::group("room"),
+        ..change_of(&m, ChangeKind::Recalled, 1)
+    };
+    assert_eq!(f.post_signed(change_body(&stray)).await.status(), 400);
+
+    assert!(
+        f.store
+            .changes_of("reference", &m.server_id)
+            .unwrap()
+            .is_empty(),
+        "nothing stored"
+    );
+    assert_eq!(f.ab_history().await, [m]);
 }

@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use im_archive::{ArchiveStore, PageQuery, Position, Stored};
+use im_archive::{ArchiveError, ArchiveStore, ChangeStored, PageQuery, Position, Stored};
 use im_service::{
-    ClientMsgId, Content, ConversationId, GroupId, Message, ServerMsgId, Timestamp, UserId,
+    ChangeKind, ClientMsgId, Content, ConversationId, GroupId, Message, MessageChange, ServerMsgId,
+    Timestamp, UserId,
 };
 
 fn user(name: &str) -> UserId {
@@ -44,6 +45,30 @@ fn all(conv: &ConversationId, limit: usize) -> PageQuery {
 
 fn ids(messages: &[Message]) -> Vec<&str> {
     messages.iter().map(|m| m.server_id.as_str()).collect()
+}
+
+/// A change of `m` by its sender at revision `revision`.
+fn change(m: &Message, kind: ChangeKind, revision: u32) -> MessageChange {
+    MessageChange {
+        conversation: m.conversation.clone(),
+        target: m.server_id.clone(),
+        kind,
+        by: m.sender.clone(),
+        at: Timestamp::from_millis(m.server_time.as_millis() + i64::from(revision)),
+        revision,
+    }
+}
+
+fn edit(m: &Message, text: &str, revision: u32) -> MessageChange {
+    change(m, ChangeKind::Edited(Content::text(text)), revision)
+}
+
+fn revisions(s: &dyn ArchiveStore, vendor: &str, m: &Message) -> Vec<u32> {
+    s.changes_of(vendor, &m.server_id)
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect()
 }
 
 /// Reads a whole range page by page, following cursors.
@@ -203,6 +228,191 @@ mod contract {
     }
 }
 
+/// The message-change rules (`im_archive::store`'s module doc).
+mod changes {
+    use super::*;
+
+    pub async fn apply_by_revision_once(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m1", 1_000);
+        let other = msg(&c, "bob", "m2", 2_000);
+        s.store("ref", &[m.clone(), other.clone()]).unwrap();
+
+        let e1 = edit(&m, "fixed", 1);
+        assert_eq!(s.change("ref", &e1).unwrap(), ChangeStored::Applied);
+        assert_eq!(
+            s.change("ref", &e1).unwrap(),
+            ChangeStored::Duplicate,
+            "a redelivered change is a duplicate"
+        );
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(
+            ids(&page),
+            ["m2", "m1"],
+            "an edit keeps the message's place"
+        );
+        assert_eq!(page[1].content, Content::text("fixed"));
+        assert_eq!(page[0], other, "other messages are untouched");
+
+        let recall = change(&m, ChangeKind::Recalled, 3);
+        assert_eq!(s.change("ref", &recall).unwrap(), ChangeStored::Applied);
+        // Revision 2 comes late: recorded, but older than the recall, so nothing changes.
+        assert_eq!(
+            s.change("ref", &edit(&m, "late", 2)).unwrap(),
+            ChangeStored::Duplicate,
+            "an older change is a duplicate"
+        );
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(
+            page[1],
+            recall
+                .apply(&edit(&m, "fixed", 1).apply(&m).unwrap())
+                .unwrap()
+        );
+        assert!(matches!(page[1].content, Content::Recalled { .. }));
+        assert_eq!(
+            revisions(s, "ref", &m),
+            [1, 2, 3],
+            "each change stored once"
+        );
+        assert_eq!(s.original("ref", &m.server_id).unwrap(), Some(m.clone()));
+        assert_eq!(s.original("ref", &other.server_id).unwrap(), Some(other));
+        assert_eq!(s.original("other", &m.server_id).unwrap(), None);
+        assert!(
+            s.changes_of("other", &m.server_id).unwrap().is_empty(),
+            "changes are per vendor"
+        );
+        assert_eq!(s.len().unwrap(), 2, "changes are not messages");
+        s.flush().await.unwrap();
+    }
+
+    pub async fn change_before_its_message_applies_on_arrival(s: &dyn ArchiveStore) {
+        let c = ConversationId::Group(GroupId::new("room"));
+        let m = msg(&c, "alice", "m1", 1_000);
+        // Out of order, before the message: revision 3 (delete for me), then 1 (an edit).
+        let gone = change(&m, ChangeKind::DeletedForMe, 3);
+        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Pending);
+        assert_eq!(
+            s.change("ref", &edit(&m, "first", 1)).unwrap(),
+            ChangeStored::Pending
+        );
+        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Duplicate);
+        assert!(
+            !s.knows(&c).unwrap(),
+            "a pending change makes no conversation"
+        );
+        assert_eq!(s.len().unwrap(), 0);
+
+        assert_eq!(
+            s.store("ref", std::slice::from_ref(&m)).unwrap(),
+            [Stored::New]
+        );
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(
+            page.len(),
+            1,
+            "a delete-for-me never removes a message from the archive"
+        );
+        assert_eq!(
+            page[0].content,
+            Content::text("first"),
+            "a change kept before its message applies when the message arrives"
+        );
+        assert_eq!(s.original("ref", &m.server_id).unwrap(), Some(m.clone()));
+        // Revision 2 is older than the delete-for-me (3), which the archive does not apply,
+        // and newer than every edit: it shows.
+        assert_eq!(
+            s.change("ref", &edit(&m, "second", 2)).unwrap(),
+            ChangeStored::Applied
+        );
+        assert_eq!(
+            s.page(&all(&c, 10)).unwrap().messages[0].content,
+            Content::text("second"),
+            "a late edit behind a newer delete-for-me still shows"
+        );
+        assert_eq!(
+            s.change("ref", &edit(&m, "fourth", 4)).unwrap(),
+            ChangeStored::Applied
+        );
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(page[0].content, Content::text("fourth"));
+        assert_eq!(revisions(s, "ref", &m), [1, 2, 3, 4]);
+        // The same id from another vendor is another message: its change waits for it.
+        assert_eq!(
+            s.change("other", &edit(&m, "x", 1)).unwrap(),
+            ChangeStored::Pending
+        );
+    }
+
+    pub async fn delete_for_me_keeps_the_message(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m1", 1_000);
+        s.store("ref", std::slice::from_ref(&m)).unwrap();
+        let gone = MessageChange {
+            by: user("bob"),
+            ..change(&m, ChangeKind::DeletedForMe, 1)
+        };
+        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Applied);
+        assert_eq!(
+            s.page(&all(&c, 10)).unwrap().messages,
+            std::slice::from_ref(&m)
+        );
+        assert_eq!(revisions(s, "ref", &m), [1]);
+    }
+
+    /// Revisions at the ends of `u32` (sled writes them big-endian into keys: four 0xff
+    /// bytes are where its reverse iterator has panicked before), and ids that prefix one
+    /// another, keep their logs apart.
+    pub async fn extreme_revisions_and_prefix_ids(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m", 1_000);
+        let longer = msg(&c, "alice", "m\u{0}1", 1_000);
+        s.store("ref", &[m.clone(), longer.clone()]).unwrap();
+        assert_eq!(
+            s.change("ref", &edit(&m, "max", u32::MAX)).unwrap(),
+            ChangeStored::Applied
+        );
+        assert_eq!(
+            s.change("ref", &edit(&m, "max", u32::MAX)).unwrap(),
+            ChangeStored::Duplicate
+        );
+        assert_eq!(
+            s.change("ref", &edit(&m, "zero", 0)).unwrap(),
+            ChangeStored::Duplicate
+        );
+        assert_eq!(
+            s.change("ref", &edit(&longer, "other", 1)).unwrap(),
+            ChangeStored::Applied
+        );
+        assert_eq!(revisions(s, "ref", &m), [0, u32::MAX]);
+        assert_eq!(revisions(s, "ref", &longer), [1]);
+        let page = s.page(&all(&c, 10)).unwrap().messages;
+        let content = |id: &str| {
+            page.iter()
+                .find(|x| x.server_id.as_str() == id)
+                .map(|x| x.content.clone())
+        };
+        assert_eq!(content("m"), Some(Content::text("max")));
+        assert_eq!(content("m\u{0}1"), Some(Content::text("other")));
+    }
+
+    pub async fn a_change_naming_another_conversation_is_refused(s: &dyn ArchiveStore) {
+        let c = direct("alice", "bob");
+        let m = msg(&c, "alice", "m1", 1_000);
+        s.store("ref", std::slice::from_ref(&m)).unwrap();
+        let stray = MessageChange {
+            conversation: direct("alice", "mallory"),
+            ..edit(&m, "hijacked", 1)
+        };
+        assert!(matches!(
+            s.change("ref", &stray),
+            Err(ArchiveError::BadRequest(_))
+        ));
+        assert!(revisions(s, "ref", &m).is_empty(), "nothing is kept");
+        assert_eq!(s.page(&all(&c, 10)).unwrap().messages, [m]);
+    }
+}
+
 /// Runs every contract test on the store `make()` builds.
 macro_rules! store_conformance {
     ($name:ident, $make:expr) => {
@@ -254,6 +464,36 @@ macro_rules! store_conformance {
             }
 
             #[tokio::test]
+            async fn changes_apply_by_revision_once() {
+                let (store, _keep) = $make;
+                changes::apply_by_revision_once(&store).await;
+            }
+
+            #[tokio::test]
+            async fn a_change_before_its_message_applies_on_arrival() {
+                let (store, _keep) = $make;
+                changes::change_before_its_message_applies_on_arrival(&store).await;
+            }
+
+            #[tokio::test]
+            async fn delete_for_me_keeps_the_message() {
+                let (store, _keep) = $make;
+                changes::delete_for_me_keeps_the_message(&store).await;
+            }
+
+            #[tokio::test]
+            async fn extreme_revisions_and_prefix_ids() {
+                let (store, _keep) = $make;
+                changes::extreme_revisions_and_prefix_ids(&store).await;
+            }
+
+            #[tokio::test]
+            async fn a_change_naming_another_conversation_is_refused() {
+                let (store, _keep) = $make;
+                changes::a_change_naming_another_conversation_is_refused(&store).await;
+            }
+
+            #[tokio::test]
             async fn memberships_come_from_messages() {
                 let (store, _keep) = $make;
                 contract::memberships_come_from_messages(&store).await;
@@ -290,12 +530,122 @@ async fn sled_keeps_everything_across_reopen() {
     assert!(s.is_known_member(&user("bob"), &c).unwrap());
 }
 
+/// Sled only: the change log, the originals and the pending changes survive a reopen.
+#[tokio::test]
+async fn sled_keeps_changes_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = direct("alice", "bob");
+    let (a, b) = (msg(&c, "alice", "a", 1), msg(&c, "bob", "b", 2));
+    {
+        let s = im_archive::SledArchive::open(dir.path()).unwrap();
+        s.store("ref", std::slice::from_ref(&a)).unwrap();
+        s.change("ref", &edit(&a, "edited", 1)).unwrap();
+        assert_eq!(
+            s.change("ref", &change(&b, ChangeKind::Recalled, 1))
+                .unwrap(),
+            ChangeStored::Pending
+        );
+        s.flush().await.unwrap();
+    }
+    let s = im_archive::SledArchive::open(dir.path()).unwrap();
+    assert_eq!(
+        s.change("ref", &edit(&a, "edited", 1)).unwrap(),
+        ChangeStored::Duplicate,
+        "a redelivery after restart is recognised"
+    );
+    s.store("ref", std::slice::from_ref(&b)).unwrap();
+    let page = read_all(&s, all(&c, 10));
+    assert_eq!(ids(&page), ["b", "a"]);
+    assert!(matches!(page[0].content, Content::Recalled { .. }));
+    assert_eq!(page[1].content, Content::text("edited"));
+    assert_eq!(s.original("ref", &a.server_id).unwrap(), Some(a));
+    assert_eq!(s.len().unwrap(), 2);
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;
 
+    /// A change a vendor could make to `m` at `revision`: `kind` 0–2 edits, 3 deletes for
+    /// bob; the last revision may be a recall (nothing changes a message after a recall).
+    fn vendor_change(
+        m: &Message,
+        revision: u32,
+        kind: u8,
+        recall_last: bool,
+        last: u32,
+    ) -> MessageChange {
+        if recall_last && revision == last {
+            return change(m, ChangeKind::Recalled, revision);
+        }
+        match kind {
+            3 => MessageChange {
+                by: user("bob"),
+                ..change(m, ChangeKind::DeletedForMe, revision)
+            },
+            k => edit(m, &format!("edit {revision}.{k}"), revision),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any delivery order of a message's callbacks, with redeliveries and the message
+        /// itself arriving at any point, ends in the same history as delivery in order, on
+        /// both backends alike, and records each revision once.
+        #[test]
+        fn changes_converge_whatever_the_delivery_order(
+            kinds in prop::collection::vec(0u8..4, 1..8),
+            recall_last in any::<bool>(),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 0..24),
+            message_at in any::<prop::sample::Index>(),
+        ) {
+            let c = direct("alice", "bob");
+            let m = msg(&c, "alice", "m1", 1_000);
+            let last = kinds.len() as u32;
+            let changes: Vec<MessageChange> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| vendor_change(&m, i as u32 + 1, *k, recall_last, last))
+                .collect();
+            // In order: the message, then each change.
+            let in_order = im_archive::MemoryArchive::new();
+            in_order.store("ref", std::slice::from_ref(&m)).unwrap();
+            for ch in &changes {
+                prop_assert_eq!(in_order.change("ref", ch).unwrap(), ChangeStored::Applied);
+            }
+            let want = in_order.page(&all(&c, 10)).unwrap().messages;
+
+            // Shuffled with repeats: every change at least once, then random redeliveries.
+            let mut deliveries: Vec<usize> = (0..changes.len()).collect();
+            deliveries.extend(order.iter().map(|i| i.index(changes.len())));
+            for (n, i) in order.iter().enumerate() {
+                let (a, b) = (n % deliveries.len(), i.index(deliveries.len()));
+                deliveries.swap(a, b);
+            }
+            let at = message_at.index(deliveries.len() + 1);
+            let dir = tempfile::tempdir().unwrap();
+            let sled = im_archive::SledArchive::open(dir.path()).unwrap();
+            let memory = im_archive::MemoryArchive::new();
+            let mut outcomes: Vec<Vec<ChangeStored>> = Vec::new();
+            for store in [&sled as &dyn ArchiveStore, &memory] {
+                let mut seen = Vec::new();
+                for (n, i) in deliveries.iter().enumerate() {
+                    if n == at {
+                        store.store("ref", std::slice::from_ref(&m)).unwrap();
+                    }
+                    seen.push(store.change("ref", &changes[*i]).unwrap());
+                }
+                if at == deliveries.len() {
+                    store.store("ref", std::slice::from_ref(&m)).unwrap();
+                }
+                prop_assert_eq!(&store.page(&all(&c, 10)).unwrap().messages, &want);
+                prop_assert_eq!(store.changes_of("ref", &m.server_id).unwrap(), changes.clone());
+                prop_assert_eq!(store.original("ref", &m.server_id).unwrap(), Some(m.clone()));
+                outcomes.push(seen);
+            }
+            prop_assert_eq!(&outcomes[0], &outcomes[1], "sled and memory answer alike");
+        }
 
         /// Any batch, with repeats, any page size: the pages concatenated are the distinct
         /// messages, newest first, on both backends alike.

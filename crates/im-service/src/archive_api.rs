@@ -4,10 +4,15 @@
 //!
 //! | route | request | answer |
 //! |---|---|---|
-//! | `POST` [`CALLBACK_ROUTE`] | a signed `message.stored` callback (`webhook` feature) | [`CallbackOutcome`] |
-//! | `GET` [`HISTORY_PATH`] | [`HistoryParams`] as the query string, bearer token | [`HistoryPage`], newest first |
+//! | `POST` [`CALLBACK_ROUTE`] | a signed `message.stored` or `message.changed` callback (`webhook` feature) | [`CallbackOutcome`] |
+//! | `GET` [`HISTORY_PATH`] | [`HistoryParams`] as the query string, bearer token | [`HistoryPage`], newest first, each message in its current state |
 //! | `GET` [`CONVERSATIONS_PATH`] | bearer token | the caller's conversation ids (`["d:alice|bob", …]`) |
 //! | `GET` [`HEALTH_PATH`], [`READY_PATH`] | — | liveness; readiness (503 while shutting down) |
+//!
+//! History returns each message as it is now: an edit's content, a recalled message as
+//! [`Content::Recalled`](crate::Content::Recalled) (as every vendor's history pull does), so
+//! the page's JSON gained no field and older clients read it as before. A delete-for-me is
+//! not applied: the company archive keeps every message for every member.
 //!
 //! Every refusal has the body [`ErrorBody`] (`{"error": "…"}`) and one of these statuses:
 //! 400 (bad parameter, cursor or page size), 401 (bad or missing token, refused callback
@@ -123,16 +128,21 @@ impl HistoryParams {
     }
 }
 
-/// The answer to a callback.
+/// The answer to a callback (JSON: `"stored"`, `"duplicate"`, `"ignored"`, `"pending"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallbackOutcome {
-    /// Stored now.
+    /// Stored now (a message; or a change, applied to its message's history).
     Stored,
-    /// Stored before (a redelivery): nothing changed.
+    /// Stored before (a redelivery), or a change older than one that supersedes it: the
+    /// history did not change.
     Duplicate,
-    /// An event this archive does not keep (anything but `message.stored`).
+    /// An event this archive does not keep (anything but `message.stored` and
+    /// `message.changed`).
     Ignored,
+    /// A `message.changed` for a message not archived yet: kept, and applied when the
+    /// message's own callback arrives (callbacks may race).
+    Pending,
 }
 
 /// The body of every refusal: `{"error": "..."}`.

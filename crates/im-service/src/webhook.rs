@@ -1,11 +1,16 @@
 //! Signed vendor callbacks ("webhooks"): the payload a vendor POSTs to a company backend for
-//! every stored message, and its HMAC-SHA256 signing and verification.
+//! every stored message (`message.stored`) and every change made to one later
+//! (`message.changed`), and its HMAC-SHA256 signing and verification.
 //!
 //! IM vendors (Easemob, RongCloud, Sendbird, Tencent IM …) notify the customer's backend of
 //! each stored message with an HTTP callback signed by a shared secret. This module is the
 //! vendor-neutral form of that callback:
 //!
-//! * the body is the JSON encoding of a [`CallbackPayload`];
+//! * the body is the JSON encoding of a [`CallbackPayload`] (`message.stored`, and any other
+//!   event that carries a message) or of a [`ChangePayload`] (`message.changed`, carrying a
+//!   [`MessageChange`]); both share the envelope `{"vendor": …, "event": …}` and the event
+//!   name says which field follows. [`verify`] reads message callbacks exactly as before
+//!   this event existed; [`verify_callback`] reads either ([`Callback`]);
 //! * the request carries [`TIMESTAMP_HEADER`] (unix seconds, decimal) and
 //!   [`SIGNATURE_HEADER`] (lowercase hex of HMAC-SHA256 over `"{timestamp}.{body}"`);
 //! * the receiver checks the signature in constant time and refuses timestamps outside a
@@ -35,6 +40,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::lifecycle::MessageChange;
 use crate::model::{Message, Timestamp};
 
 /// Request header carrying the signing time: unix seconds, in decimal.
@@ -46,6 +52,9 @@ pub const SIGNATURE_HEADER: &str = "x-im-signature";
 
 /// The event name of a [`CallbackPayload::message_stored`] callback.
 pub const MESSAGE_STORED: &str = "message.stored";
+
+/// The event name of a [`ChangePayload::message_changed`] callback.
+pub const MESSAGE_CHANGED: &str = "message.changed";
 
 /// HMAC-SHA256, the callback signature algorithm.
 type HmacSha256 = Hmac<Sha256>;
@@ -69,6 +78,113 @@ impl CallbackPayload {
             event: MESSAGE_STORED.to_owned(),
             message,
         }
+    }
+}
+
+/// The JSON body of a `message.changed` callback: a change (recall, edit, delete for me)
+/// made to a message the vendor stored (and called back) before.
+///
+/// Why a second type instead of a new field of [`CallbackPayload`]: the message callback's
+/// fields and JSON stay exactly as they were (its golden fixture pins them), and a receiver
+/// that only knows [`verify`] keeps refusing what it cannot read instead of misreading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangePayload {
+    /// Name of the vendor that sent the callback.
+    pub vendor: String,
+    /// Always [`MESSAGE_CHANGED`] (`"message.changed"`).
+    pub event: String,
+    /// The change; its `revision` orders the changes of one message.
+    pub change: MessageChange,
+}
+
+impl ChangePayload {
+    /// The callback a vendor sends after storing `change`.
+    pub fn message_changed(vendor: impl Into<String>, change: MessageChange) -> Self {
+        Self {
+            vendor: vendor.into(),
+            event: MESSAGE_CHANGED.to_owned(),
+            change,
+        }
+    }
+}
+
+/// Any callback body this module defines, as [`verify_callback`] reads it.
+///
+/// Encodes as the payload it holds (no extra tag: the `event` field is the tag). Decoding
+/// goes by `event`: [`MESSAGE_CHANGED`] needs a `change`; every other event needs a
+/// `message`, as a [`CallbackPayload`] always did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, try_from = "CallbackRepr")]
+pub enum Callback {
+    /// `message.stored` (or another event about a message).
+    Message(CallbackPayload),
+    /// `message.changed`.
+    Changed(ChangePayload),
+}
+
+impl Callback {
+    /// The vendor that sent it.
+    pub fn vendor(&self) -> &str {
+        match self {
+            Callback::Message(p) => &p.vendor,
+            Callback::Changed(p) => &p.vendor,
+        }
+    }
+
+    /// Its event name.
+    pub fn event(&self) -> &str {
+        match self {
+            Callback::Message(p) => &p.event,
+            Callback::Changed(p) => &p.event,
+        }
+    }
+}
+
+impl From<CallbackPayload> for Callback {
+    fn from(p: CallbackPayload) -> Self {
+        Callback::Message(p)
+    }
+}
+
+impl From<ChangePayload> for Callback {
+    fn from(p: ChangePayload) -> Self {
+        Callback::Changed(p)
+    }
+}
+
+/// The envelope every callback body shares, read before its event decides what it is.
+#[derive(Deserialize)]
+struct CallbackRepr {
+    vendor: String,
+    event: String,
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    change: Option<MessageChange>,
+}
+
+impl TryFrom<CallbackRepr> for Callback {
+    type Error = String;
+
+    fn try_from(r: CallbackRepr) -> Result<Self, Self::Error> {
+        if r.event == MESSAGE_CHANGED {
+            let change = r
+                .change
+                .ok_or_else(|| format!("a {MESSAGE_CHANGED} callback needs a change"))?;
+            return Ok(Callback::Changed(ChangePayload {
+                vendor: r.vendor,
+                event: r.event,
+                change,
+            }));
+        }
+        let message = r
+            .message
+            .ok_or_else(|| format!("a {:?} callback needs a message", r.event))?;
+        Ok(Callback::Message(CallbackPayload {
+            vendor: r.vendor,
+            event: r.event,
+            message,
+        }))
     }
 }
 
@@ -97,7 +213,8 @@ pub enum WebhookError {
     /// The signature header is not hex, or does not match the body and timestamp.
     #[error("bad signature")]
     BadSignature,
-    /// The signature is valid but the body is not a JSON [`CallbackPayload`].
+    /// The signature is valid but the body is not a JSON [`CallbackPayload`] (or, for
+    /// [`verify_callback`], not a [`Callback`]).
     #[error("malformed callback body: {0}")]
     MalformedBody(String),
 }
@@ -249,6 +366,28 @@ pub fn verify(
     serde_json::from_slice(body).map_err(|e| WebhookError::MalformedBody(e.to_string()))
 }
 
+/// Authenticates a callback of any event this module defines and decodes its body: as
+/// [`verify`], but a `message.changed` body decodes too ([`Callback::Changed`]). Never
+/// panics.
+pub fn verify_callback(
+    secret: &[u8],
+    timestamp_header: Option<&str>,
+    signature_header: Option<&str>,
+    body: &[u8],
+    now_unix: i64,
+    replay_window: Duration,
+) -> Result<Callback, WebhookError> {
+    verify_signature(
+        secret,
+        timestamp_header,
+        signature_header,
+        body,
+        now_unix,
+        replay_window,
+    )?;
+    serde_json::from_slice(body).map_err(|e| WebhookError::MalformedBody(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +439,82 @@ mod tests {
         );
         let got = check(SECRET, Some(&NOW.to_string()), Some(&sig), &body);
         assert_eq!(got, Ok(payload));
+    }
+
+    fn change() -> MessageChange {
+        let m = message("x");
+        MessageChange {
+            conversation: m.conversation,
+            target: m.server_id,
+            kind: crate::lifecycle::ChangeKind::Edited(Content::text("fixed")),
+            by: UserId::new("alice"),
+            at: Timestamp::from_millis(NOW * 1000 + 5),
+            revision: 1,
+        }
+    }
+
+    fn signed(body: &[u8]) -> Result<Callback, WebhookError> {
+        let sig = sign(SECRET, NOW, body);
+        verify_callback(
+            SECRET,
+            Some(&NOW.to_string()),
+            Some(&sig),
+            body,
+            NOW,
+            WINDOW,
+        )
+    }
+
+    #[test]
+    fn change_callbacks_sign_and_verify_and_message_callbacks_read_as_before() {
+        let changed = ChangePayload::message_changed("memory", change());
+        assert_eq!(changed.event, MESSAGE_CHANGED);
+        let raw = serde_json::to_vec(&changed).expect("encodes");
+        // The untagged enum writes exactly the payload it holds.
+        assert_eq!(
+            serde_json::to_vec(&Callback::from(changed.clone())).expect("encodes"),
+            raw
+        );
+        assert_eq!(signed(&raw), Ok(Callback::Changed(changed.clone())));
+        // A receiver that knows only message callbacks refuses it, never misreads it.
+        let sig = sign(SECRET, NOW, &raw);
+        assert!(matches!(
+            check(SECRET, Some(&NOW.to_string()), Some(&sig), &raw),
+            Err(WebhookError::MalformedBody(_))
+        ));
+
+        let stored = CallbackPayload::message_stored("memory", message("hello"));
+        let raw = body(&stored);
+        assert_eq!(signed(&raw), Ok(Callback::Message(stored.clone())));
+        assert_eq!(
+            signed(&raw).map(|c| c.event().to_owned()),
+            Ok(MESSAGE_STORED.into())
+        );
+        // Any other event with a message decodes as it always did.
+        let other = CallbackPayload {
+            event: "message.other".into(),
+            ..stored
+        };
+        assert_eq!(signed(&body(&other)), Ok(Callback::Message(other)));
+    }
+
+    #[test]
+    fn a_callback_without_the_field_its_event_needs_is_malformed() {
+        let change = serde_json::to_string(&change()).expect("encodes");
+        let message = serde_json::to_string(&message("x")).expect("encodes");
+        for body in [
+            r#"{"vendor":"v","event":"message.changed"}"#.to_owned(),
+            r#"{"vendor":"v","event":"message.changed","change":null}"#.to_owned(),
+            format!(r#"{{"vendor":"v","event":"message.changed","message":{message}}}"#),
+            r#"{"vendor":"v","event":"message.stored","message":null}"#.to_owned(),
+            format!(r#"{{"vendor":"v","event":"message.stored","change":{change}}}"#),
+            format!(r#"{{"event":"message.changed","change":{change}}}"#),
+        ] {
+            assert!(
+                matches!(signed(body.as_bytes()), Err(WebhookError::MalformedBody(_))),
+                "{body}"
+            );
+        }
     }
 
     #[test]

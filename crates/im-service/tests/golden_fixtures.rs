@@ -14,7 +14,7 @@ use im_service::codec::golden::Fixtures;
 use im_service::reference::protocol::{
     ClientFrame, PROTOCOL_VERSION, Reply, Request, ServerFrame, WireCodec, frame_bytes,
 };
-use im_service::webhook::CallbackPayload;
+use im_service::webhook::{self, CallbackPayload};
 use im_service::{
     Capabilities, Capability, ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, ClientMsgId,
     Content, ConversationId, Credentials, EditPermission, HistoryPage, HistoryQuery, HistoryRange,
@@ -436,6 +436,25 @@ fn formats_match_their_golden_fixtures() {
         &v,
         "json",
         &CallbackPayload::message_stored("acme-im", message()),
+        |p| serde_json::to_vec(p).map_err(|e| e.to_string()),
+        |b| serde_json::from_slice(b).map_err(|e| e.to_string()),
+    );
+    // The `message.changed` callback (issue 20), read the way a receiver reads any callback.
+    f.check_encoding(
+        "callback_payload_changed",
+        &v,
+        "json",
+        &webhook::Callback::Changed(webhook::ChangePayload::message_changed(
+            "acme-im",
+            im_service::MessageChange {
+                conversation: group(),
+                target: ServerMsgId::new("srv-1001"),
+                kind: im_service::ChangeKind::Edited(Content::Text("héllo ✓".to_owned())),
+                by: alice(),
+                at: Timestamp::from_millis(1_700_000_060_000),
+                revision: 2,
+            },
+        )),
         |p| serde_json::to_vec(p).map_err(|e| e.to_string()),
         |b| serde_json::from_slice(b).map_err(|e| e.to_string()),
     );

@@ -1,9 +1,20 @@
 //! The reference vendor's callback dispatcher: POSTs a signed `message.stored` callback
-//! ([`im_service::webhook`]) to the customer's backend for every stored message, in storage
-//! order, retrying failures with capped exponential backoff and full jitter.
+//! ([`im_service::webhook`]) to the customer's backend for every stored message, and a
+//! `message.changed` callback for every stored change (recall, edit, delete for me), in
+//! storage order, retrying failures with capped exponential backoff and full jitter.
 //!
-//! Delivery is one message at a time: a message is not sent before the previous one was
-//! accepted (any 2xx) or given up after [`CallbackConfig::max_attempts`]. Every attempt is
+//! Delivery is one callback at a time: a callback is not sent before the previous one was
+//! accepted (any 2xx) or given up after [`CallbackConfig::max_attempts`].
+//!
+//! Messages and changes come from two feeds
+//! ([`MemoryVendor::store_feed`](im_service::memory::MemoryVendor::store_feed) and
+//! `change_feed`), each in storage order. Across the two, a change is never called back
+//! before a message stored before it (its own message above all): when both feeds have
+//! something, messages go first, and before a change goes out, every message already in
+//! the message feed goes out. That is exact because the vendor feeds a message before any
+//! change to it can exist, so once the change is received the message is visible in its
+//! feed. A message stored after a change may overtake it, which no receiver can tell from
+//! the order the vendor stored them in (they concern different messages). Every attempt is
 //! stamped with the vendor clock's current time and signed afresh, so a retry after a long
 //! outage still falls inside the receiver's replay window.
 
@@ -13,9 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use im_service::webhook::{self, CallbackPayload, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use im_service::{Clock, Message};
-use tokio::sync::mpsc::UnboundedReceiver;
+use im_service::webhook::{
+    self, CallbackPayload, ChangePayload, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
+use im_service::{Clock, Message, MessageChange};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
@@ -29,7 +42,7 @@ pub struct CallbackConfig {
     pub url: String,
     /// Shared HMAC secret the receiver verifies signatures with.
     pub secret: Vec<u8>,
-    /// Attempts per message before it is given up (default 8; 0 counts as 1).
+    /// Attempts per callback before it is given up (default 8; 0 counts as 1).
     pub max_attempts: u32,
     /// Backoff ceiling before the second attempt; doubles per attempt (default 100 ms).
     pub base_backoff: Duration,
@@ -89,18 +102,18 @@ pub struct CallbackStats {
 /// A consistent-enough copy of [`CallbackStats`] (each counter is read separately).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallbackStatsSnapshot {
-    /// Messages a receiver accepted (answered 2xx).
+    /// Callbacks a receiver accepted (answered 2xx).
     pub delivered: u64,
     /// HTTP attempts made, successful or not.
     pub attempts: u64,
     /// Attempts that failed (connection error, timeout, non-2xx status).
     pub failed_attempts: u64,
-    /// Messages abandoned after `max_attempts` failures (or that could not be encoded).
+    /// Callbacks abandoned after `max_attempts` failures (or that could not be encoded).
     pub given_up: u64,
 }
 
 impl CallbackStats {
-    /// Messages a receiver accepted (answered 2xx).
+    /// Callbacks a receiver accepted (answered 2xx).
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::SeqCst)
     }
@@ -115,12 +128,12 @@ impl CallbackStats {
         self.failed_attempts.load(Ordering::SeqCst)
     }
 
-    /// Messages abandoned after `max_attempts` failures (or that could not be encoded).
+    /// Callbacks abandoned after `max_attempts` failures (or that could not be encoded).
     pub fn given_up(&self) -> u64 {
         self.given_up.load(Ordering::SeqCst)
     }
 
-    /// Messages finished either way: delivered plus given up.
+    /// Callbacks finished either way: delivered plus given up.
     pub fn settled(&self) -> u64 {
         self.delivered() + self.given_up()
     }
@@ -140,10 +153,10 @@ impl CallbackStats {
     }
 }
 
-/// The task that turns a vendor's store feed into signed HTTP callbacks.
+/// The task that turns a vendor's store and change feeds into signed HTTP callbacks.
 ///
 /// It owns its task: [`CallbackDispatcher::shutdown`] stops it and waits for it; dropping
-/// the dispatcher aborts it. Messages still queued when it stops are not delivered.
+/// the dispatcher aborts it. Callbacks still queued when it stops are not delivered.
 #[derive(Debug)]
 pub struct CallbackDispatcher {
     task: Option<JoinHandle<()>>,
@@ -164,6 +177,22 @@ impl CallbackDispatcher {
         clock: Arc<dyn Clock>,
         cancel: CancellationToken,
     ) -> CallbackDispatcher {
+        // No change feed: one that is closed from the start.
+        let (_, changes) = mpsc::unbounded_channel();
+        Self::spawn_with_changes(config, feed, changes, clock, cancel)
+    }
+
+    /// As [`spawn`](Self::spawn), and also delivers a `message.changed` callback for every
+    /// change received on `changes` (e.g. `MemoryVendor::change_feed`), ordered with the
+    /// messages as the module doc says. It stops when both feeds have closed (or on
+    /// cancellation, as `spawn`).
+    pub fn spawn_with_changes(
+        config: CallbackConfig,
+        feed: UnboundedReceiver<Message>,
+        changes: UnboundedReceiver<MessageChange>,
+        clock: Arc<dyn Clock>,
+        cancel: CancellationToken,
+    ) -> CallbackDispatcher {
         // A child token: shutting this dispatcher down must not cancel the caller's token.
         let cancel = cancel.child_token();
         let stats = Arc::new(CallbackStats::default());
@@ -175,7 +204,7 @@ impl CallbackDispatcher {
             stats: Arc::clone(&stats),
             cancel: cancel.clone(),
         };
-        let task = tokio::spawn(worker.run(feed));
+        let task = tokio::spawn(worker.run(feed, changes));
         CallbackDispatcher {
             task: Some(task),
             cancel,
@@ -209,12 +238,18 @@ impl Drop for CallbackDispatcher {
     }
 }
 
-/// How one message's delivery ended.
+/// How one callback's delivery ended.
 enum Delivery {
-    /// Accepted or given up: go on with the next message.
+    /// Accepted or given up: go on with the next callback.
     Settled,
     /// The dispatcher was stopped mid-delivery.
     Cancelled,
+}
+
+/// One callback to deliver.
+enum Item {
+    Message(Message),
+    Change(MessageChange),
 }
 
 /// The dispatcher task's state.
@@ -227,31 +262,81 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, mut feed: UnboundedReceiver<Message>) {
+    async fn run(
+        self,
+        mut messages: UnboundedReceiver<Message>,
+        mut changes: UnboundedReceiver<MessageChange>,
+    ) {
+        let (mut messages_open, mut changes_open) = (true, true);
         loop {
-            let message = tokio::select! {
+            // Biased: with both feeds ready, messages first (see the module doc).
+            let item = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => break,
-                next = feed.recv() => match next {
-                    Some(message) => message,
-                    None => break,
+                next = messages.recv(), if messages_open => match next {
+                    Some(message) => Item::Message(message),
+                    None => {
+                        messages_open = false;
+                        continue;
+                    }
                 },
+                next = changes.recv(), if changes_open => match next {
+                    Some(change) => Item::Change(change),
+                    None => {
+                        changes_open = false;
+                        continue;
+                    }
+                },
+                else => break,
             };
-            let span = info_span!(
-                "callback",
-                server_id = %message.server_id,
-                attempt = tracing::field::Empty,
-            );
-            if let Delivery::Cancelled = self.deliver(message, &span).instrument(span.clone()).await
-            {
+            if let Item::Change(_) = &item {
+                // Every message stored before this change is in its feed by now: it goes
+                // first, so no receiver sees a change before its message.
+                while let Ok(message) = messages.try_recv() {
+                    if let Delivery::Cancelled = self.deliver_item(Item::Message(message)).await {
+                        return;
+                    }
+                }
+            }
+            if let Delivery::Cancelled = self.deliver_item(item).await {
                 break;
             }
         }
         debug!("callback dispatcher stopped");
     }
 
-    /// Delivers one message: up to `max_attempts` attempts with backoff between them.
-    async fn deliver(&self, message: Message, span: &tracing::Span) -> Delivery {
+    /// Encodes and delivers one callback within its span.
+    async fn deliver_item(&self, item: Item) -> Delivery {
+        let (event, target, body) = match item {
+            Item::Message(message) => (
+                webhook::MESSAGE_STORED,
+                message.server_id.clone(),
+                serde_json::to_vec(&CallbackPayload::message_stored(
+                    self.config.vendor_name.clone(),
+                    message,
+                )),
+            ),
+            Item::Change(change) => (
+                webhook::MESSAGE_CHANGED,
+                change.target.clone(),
+                serde_json::to_vec(&ChangePayload::message_changed(
+                    self.config.vendor_name.clone(),
+                    change,
+                )),
+            ),
+        };
+        let span = info_span!(
+            "callback",
+            event,
+            server_id = %target,
+            attempt = tracing::field::Empty,
+        );
+        self.deliver(body, &span).instrument(span.clone()).await
+    }
+
+    /// Delivers one encoded callback: up to `max_attempts` attempts with backoff between
+    /// them.
+    async fn deliver(&self, body: serde_json::Result<Vec<u8>>, span: &tracing::Span) -> Delivery {
         let client = match &self.client {
             Ok(client) => client,
             Err(e) => {
@@ -260,8 +345,7 @@ impl Worker {
                 return Delivery::Settled;
             }
         };
-        let payload = CallbackPayload::message_stored(self.config.vendor_name.clone(), message);
-        let body = match serde_json::to_vec(&payload) {
+        let body = match body {
             Ok(body) => Bytes::from(body),
             Err(e) => {
                 warn!(error = %e, "callback payload does not encode; given up");
@@ -269,7 +353,6 @@ impl Worker {
                 return Delivery::Settled;
             }
         };
-
         let max_attempts = self.config.max_attempts.max(1);
         let mut last_error = String::new();
         for attempt in 1..=max_attempts {

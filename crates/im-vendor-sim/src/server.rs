@@ -145,9 +145,10 @@ impl ReferenceServer {
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let dispatcher = config.callbacks.clone().map(|cb| {
-            CallbackDispatcher::spawn(
+            CallbackDispatcher::spawn_with_changes(
                 cb,
                 vendor.store_feed(),
+                vendor.change_feed(),
                 Arc::new(clock.clone()),
                 cancel.child_token(),
             )

@@ -1,6 +1,6 @@
-//! The reference vendor's signed callbacks, end to end: a `MemoryVendor` store feed, the
-//! `CallbackDispatcher`, and an axum receiver that verifies every request with
-//! `im_service::webhook::verify`.
+//! The reference vendor's signed callbacks, end to end: a `MemoryVendor` store feed (and a
+//! change feed), the `CallbackDispatcher`, and an axum receiver that verifies every request
+//! with `im_service::webhook::verify_callback`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +14,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use im_service::memory::{MemoryVendor, MemoryVendorConfig};
 use im_service::webhook::{
-    self, CallbackPayload, MESSAGE_STORED, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookError,
+    self, Callback, CallbackPayload, ChangePayload, MESSAGE_CHANGED, MESSAGE_STORED,
+    SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookError,
 };
-use im_service::{Clock, ConversationId, ManualClock, ServerMsgId, UserId, Vendor};
+use im_service::{
+    ChangeKind, Clock, ConversationId, ManualClock, MessageChange, ServerMsgId, UserId, Vendor,
+};
 use im_testkit::contract::text;
 use im_vendor_sim::{CallbackConfig, CallbackDispatcher, CallbackStats, CallbackStatsSnapshot};
 use parking_lot::Mutex;
@@ -33,7 +36,8 @@ struct Receiver {
     /// Requests answered with 500 before the receiver starts accepting.
     fail_first: u32,
     requests: Arc<AtomicU32>,
-    accepted: Arc<Mutex<Vec<CallbackPayload>>>,
+    /// Every accepted callback, messages and changes, in arrival order.
+    accepted: Arc<Mutex<Vec<Callback>>>,
     rejected: Arc<Mutex<Vec<WebhookError>>>,
     wrong_content_type: Arc<AtomicU32>,
 }
@@ -50,7 +54,20 @@ impl Receiver {
         }
     }
 
+    /// The accepted message callbacks, in arrival order.
     fn accepted(&self) -> Vec<CallbackPayload> {
+        self.accepted
+            .lock()
+            .iter()
+            .filter_map(|c| match c {
+                Callback::Message(p) => Some(p.clone()),
+                Callback::Changed(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every accepted callback, in arrival order.
+    fn all_accepted(&self) -> Vec<Callback> {
         self.accepted.lock().clone()
     }
 
@@ -79,7 +96,7 @@ async fn receive(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) ->
         rx.wrong_content_type.fetch_add(1, Ordering::SeqCst);
     }
     let now = webhook::unix_seconds(rx.clock.now());
-    match webhook::verify(
+    match webhook::verify_callback(
         SECRET,
         header(TIMESTAMP_HEADER),
         header(SIGNATURE_HEADER),
@@ -461,6 +478,120 @@ async fn reference_server_posts_signed_callbacks_for_messages_sent_over_tcp() ->
     assert!(receiver.rejected().is_empty());
     assert_eq!(stats.delivered(), 3);
     server.shutdown().await;
+    stop.cancel();
+    Ok(())
+}
+
+/// A change of `target` at `revision`.
+fn change_of(target: &im_service::Message, revision: u32) -> MessageChange {
+    MessageChange {
+        conversation: target.conversation.clone(),
+        target: target.server_id.clone(),
+        kind: ChangeKind::Edited(im_service::Content::text(format!("edit {revision}"))),
+        by: target.sender.clone(),
+        at: target.server_time,
+        revision,
+    }
+}
+
+/// What the receiver got, as `stored:<id>` and `changed:<id>@<revision>`.
+fn order(callbacks: &[Callback]) -> Vec<String> {
+    callbacks
+        .iter()
+        .map(|c| match c {
+            Callback::Message(p) => format!("stored:{}", p.message.server_id),
+            Callback::Changed(p) => format!("changed:{}@{}", p.change.target, p.change.revision),
+        })
+        .collect()
+}
+
+/// Changes are called back signed, in order, never before a message already in the message
+/// feed (the dispatcher's rule), from hand-made feeds.
+#[tokio::test]
+async fn change_callbacks_follow_the_messages_stored_before_them() -> anyhow::Result<()> {
+    let (vendor, clock, client, conv) = vendor_with_alice().await?;
+    let clock: Arc<dyn Clock> = Arc::new(clock);
+    let receiver = Receiver::new(Arc::clone(&clock), 1);
+    let (listener, addr) = bind_local().await?;
+    let stop = CancellationToken::new();
+    receiver.serve(listener, stop.clone());
+
+    let mut stored = Vec::new();
+    // Eight messages: with the ordering rule broken (an unbiased select), the chance that
+    // the changes still come last is 2^-8.
+    for n in 0..8 {
+        let receipt = client.send(&text(&conv, &format!("message {n}"))).await?;
+        stored.push(receipt.server_id);
+    }
+    let messages = vendor.stored_messages(&conv);
+    assert_eq!(messages.len(), 8);
+    // Both feeds are full before the dispatcher starts: the changes of messages 0 and 1 are
+    // queued, so is every message. The changes must wait for all the messages.
+    let (message_tx, message_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (change_tx, change_rx) = tokio::sync::mpsc::unbounded_channel();
+    change_tx.send(change_of(&messages[0], 1))?;
+    change_tx.send(change_of(&messages[1], 1))?;
+    change_tx.send(change_of(&messages[0], 2))?;
+    for m in &messages {
+        message_tx.send(m.clone())?;
+    }
+    let dispatcher = CallbackDispatcher::spawn_with_changes(
+        config(addr),
+        message_rx,
+        change_rx,
+        Arc::clone(&clock),
+        CancellationToken::new(),
+    );
+    let stats = dispatcher.stats();
+    wait_settled(&stats, 11).await;
+    // A change alone goes out too (retried like a message: the receiver failed once above).
+    change_tx.send(change_of(&messages[2], 1))?;
+    wait_settled(&stats, 12).await;
+
+    let mut want: Vec<String> = stored.iter().map(|id| format!("stored:{id}")).collect();
+    want.extend([
+        format!("changed:{}@1", stored[0]),
+        format!("changed:{}@1", stored[1]),
+        format!("changed:{}@2", stored[0]),
+        format!("changed:{}@1", stored[2]),
+    ]);
+    assert_eq!(
+        order(&receiver.all_accepted()),
+        want,
+        "messages before the changes queued with them, changes in feed order"
+    );
+    let changes: Vec<ChangePayload> = receiver
+        .all_accepted()
+        .into_iter()
+        .filter_map(|c| match c {
+            Callback::Changed(p) => Some(p),
+            Callback::Message(_) => None,
+        })
+        .collect();
+    assert!(
+        changes
+            .iter()
+            .all(|p| p.vendor == "memory" && p.event == MESSAGE_CHANGED)
+    );
+    assert_eq!(
+        changes[0].change,
+        change_of(&messages[0], 1),
+        "the payload is the change"
+    );
+    assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
+    assert_eq!(
+        stats.snapshot(),
+        CallbackStatsSnapshot {
+            delivered: 12,
+            attempts: 13,
+            failed_attempts: 1,
+            given_up: 0,
+        }
+    );
+
+    // Closing both feeds ends the task; shutdown waits for it either way.
+    drop((message_tx, change_tx));
+    dispatcher.shutdown().await;
     stop.cancel();
     Ok(())
 }

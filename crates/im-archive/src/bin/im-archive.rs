@@ -19,10 +19,10 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use clap::Parser;
 use im_archive::{
-    ArchiveConfig, ArchiveError, ArchiveServer, ArchiveStore, PageQuery, SledArchive, Stored,
-    StoredPage,
+    ArchiveConfig, ArchiveError, ArchiveServer, ArchiveStore, ChangeStored, PageQuery, SledArchive,
+    Stored, StoredPage,
 };
-use im_service::{ConversationId, GroupId, Message, UserId};
+use im_service::{ConversationId, GroupId, Message, MessageChange, ServerMsgId, UserId};
 
 #[derive(Debug, Parser)]
 #[command(about = "The company's own message history, fed by signed vendor callbacks")]
@@ -81,6 +81,25 @@ impl ArchiveStore for CrashAfter {
         let out = self.inner.store(vendor, m)?;
         self.stored.fetch_add(m.len() as u64, Ordering::SeqCst);
         Ok(out)
+    }
+    fn change(&self, vendor: &str, c: &MessageChange) -> Result<ChangeStored, ArchiveError> {
+        let out = self.inner.change(vendor, c)?;
+        self.stored.fetch_add(1, Ordering::SeqCst);
+        Ok(out)
+    }
+    fn changes_of(
+        &self,
+        vendor: &str,
+        target: &ServerMsgId,
+    ) -> Result<Vec<MessageChange>, ArchiveError> {
+        self.inner.changes_of(vendor, target)
+    }
+    fn original(
+        &self,
+        vendor: &str,
+        target: &ServerMsgId,
+    ) -> Result<Option<Message>, ArchiveError> {
+        self.inner.original(vendor, target)
     }
     async fn flush(&self) -> Result<(), ArchiveError> {
         self.inner.flush().await?;
