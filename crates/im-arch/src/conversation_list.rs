@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
-use im_service::{ConversationId, Message, Seq, ServerMsgId, Timestamp, UserId};
+use im_service::{ConversationId, Message, MessageChange, Seq, ServerMsgId, Timestamp, UserId};
 
 use crate::store::ConversationState;
 
@@ -161,6 +161,70 @@ impl ConversationList {
             e.unread.clear();
         });
         (summary, last)
+    }
+
+    /// A stored message changed ([`MessageChange`]): `message` is its state now (`None`:
+    /// deleted for me; then `newest` is the conversation's newest message left, for the
+    /// row's last message). An edited or recalled last message shows its new state; a
+    /// deleted one leaves the row and the unread count. `None` when there is no such row.
+    pub fn on_changed(
+        &mut self,
+        change: &MessageChange,
+        message: Option<&Message>,
+        newest: Option<Message>,
+    ) -> Option<ConversationSummary> {
+        if !self.entries.contains_key(&change.conversation) {
+            return None;
+        }
+        Some(self.update(&change.conversation, |e| {
+            let is_last = e
+                .summary
+                .last_message
+                .as_ref()
+                .is_some_and(|last| last.server_id == change.target);
+            match message {
+                Some(m) if is_last => e.summary.last_message = Some(m.clone()),
+                Some(_) => {}
+                None => {
+                    e.unread.retain(|u| u.id != change.target);
+                    if is_last {
+                        e.summary.last_message = newest;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// I read `id` up to the message `up_to` (at server time `time`, with sequence `seq` when
+    /// it is stored here) on another device: everything up to it is read here too. Returns
+    /// the row when the read position moved forward, `None` when it was already there (or
+    /// further) — read positions never move back, and the count never goes below zero.
+    /// When the message is not stored here (`seq` is `None`), every message up to its time
+    /// counts as read.
+    pub fn read_elsewhere(
+        &mut self,
+        id: &ConversationId,
+        time: Timestamp,
+        seq: Option<Seq>,
+        up_to: &ServerMsgId,
+    ) -> Option<ConversationSummary> {
+        let pos = Position {
+            time,
+            seq,
+            id: up_to.clone(),
+        };
+        let entry = self.entries.get(id)?;
+        if entry.read_up_to.as_ref().is_some_and(|r| &pos <= r) {
+            return None;
+        }
+        Some(self.update(id, |e| {
+            if pos.seq.is_some() {
+                e.unread.retain(|u| u > &pos);
+            } else {
+                e.unread.retain(|u| u.time > pos.time);
+            }
+            e.read_up_to = Some(pos);
+        }))
     }
 
     /// Marks every conversation read.

@@ -55,6 +55,7 @@ mod durable;
 mod error;
 mod events;
 mod history;
+mod lifecycle;
 mod retry;
 mod send_queue;
 mod sequencer;

@@ -10,7 +10,12 @@
 //!   atomic write ([`Store::commit_delivery`](crate::Store::commit_delivery)) after the events are published, so a crash
 //!   before it repeats the delivery once and after it never;
 //! * the cursor never moves past a hole, and a detected hole is always fetched (or skipped,
-//!   when the vendor no longer has it, rather than stalling).
+//!   when the vendor no longer has it, rather than stalling);
+//! * with [`Capability::ChangeFeed`] the pass pulls the changes it missed after the
+//!   messages and before going online (`lifecycle::pull_changes`);
+//! * my own message sent by this device (acknowledged to this process, or still in the
+//!   outbox) is stored quietly whichever way it comes back: the UI shows its local echo,
+//!   never a second copy; my messages from my other devices are delivered once, as mine.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -162,6 +167,7 @@ impl SyncEngine {
         unsequenced.reverse();
         unsequenced.sort_by_key(|m| m.server_time);
         ready.extend(unsequenced);
+        let echoes = self.own_echoes(shared, &ready).await?;
         let mut touched: HashMap<ConversationId, SyncCursor> = HashMap::new();
         let journal_on = shared.journal_on.load(Ordering::SeqCst);
         let mut journal = Vec::new();
@@ -178,7 +184,7 @@ impl SyncEngine {
                 .distributor
                 .publish(ClientEvent::ConversationChanged(row))
                 .await;
-            if quiet == Some(&m.server_id) {
+            if quiet == Some(&m.server_id) || echoes.contains(&m.server_id) {
                 continue;
             }
             if journal_on {
@@ -200,6 +206,47 @@ impl SyncEngine {
             }
         }
         Ok(count)
+    }
+
+    /// Which of `ready` are this device's own sends (noted as sent by this process, or
+    /// still in its outbox): stored and ordered like any message, but not announced again.
+    /// My messages from my other devices are not among them: they are delivered as mine.
+    async fn own_echoes(
+        &self,
+        shared: &Shared,
+        ready: &[Message],
+    ) -> Result<HashSet<ServerMsgId>, ArchError> {
+        let me = shared.credentials.lock().user.clone();
+        let mut echoes = HashSet::new();
+        let mut unknown = Vec::new();
+        {
+            let sent = shared.sent_here.lock();
+            for m in ready.iter().filter(|m| m.sender == me) {
+                if sent.contains(&m.client_id) {
+                    echoes.insert(m.server_id.clone());
+                } else {
+                    unknown.push(m);
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            // Sent by this device but not acknowledged to it yet (a lost answer, or a crash
+            // after the vendor stored it): the outbox still has it and resends it under the
+            // same client id.
+            let queued: HashSet<_> = shared
+                .store
+                .outbox()
+                .await?
+                .into_iter()
+                .map(|i| i.message.client_id)
+                .collect();
+            for m in unknown {
+                if queued.contains(&m.client_id) {
+                    echoes.insert(m.server_id.clone());
+                }
+            }
+        }
+        Ok(echoes)
     }
 
     /// Fetches every open hole (failure class 2: a detected gap is always fetched).
@@ -336,6 +383,12 @@ impl SyncEngine {
                 .await?;
             delivered += self.ingest(shared, missed, Origin::Offline).await?;
             delivered += self.fill_gaps(shared).await?;
+            // What changed while away (recalls, edits, deletions, read positions), after
+            // the messages it may name and before live pushes: applied and flushed before
+            // announced, the feed's cursor saved after.
+            if caps.supports(Capability::ChangeFeed) {
+                crate::lifecycle::pull_changes(shared).await?;
+            }
             shared
                 .retry("go_online", || shared.vendor.go_online())
                 .await?;
