@@ -560,4 +560,89 @@ mod tests {
             }
         }
     }
+
+    /// Issue 20: a change to the last message shows in the row; a deletion leaves the row
+    /// and the unread count; my reads on another device move the read position forward
+    /// only, never below zero unread.
+    #[test]
+    fn changes_and_reads_elsewhere_follow_in_the_row() {
+        use im_service::{ChangeKind, MessageChange};
+        let conv = ConversationId::group("g");
+        let mut list = ConversationList::new(UserId::new("me"));
+        let (m1, m2, m3) = (
+            msg(&conv, "peer", 1),
+            msg(&conv, "peer", 2),
+            msg(&conv, "peer", 3),
+        );
+        for m in [&m1, &m2, &m3] {
+            list.on_message(m);
+        }
+        assert_eq!(list.get(&conv).map(|r| r.unread), Some(3));
+        let change = |m: &Message, kind| MessageChange {
+            conversation: conv.clone(),
+            target: m.server_id.clone(),
+            kind,
+            by: UserId::new("peer"),
+            at: Timestamp::from_millis(9),
+            revision: 1,
+        };
+        let recall = change(&m3, ChangeKind::Recalled);
+        let recalled = recall.apply(&m3);
+        let row = list
+            .on_changed(&recall, recalled.as_ref(), None)
+            .expect("row");
+        assert_eq!(
+            row.last_message, recalled,
+            "the last message follows a recall"
+        );
+        assert_eq!(row.unread, 3, "a recalled message is still there");
+        let row = list
+            .on_changed(
+                &change(&m3, ChangeKind::DeletedForMe),
+                None,
+                Some(m2.clone()),
+            )
+            .expect("row");
+        assert_eq!(
+            row.last_message,
+            Some(m2.clone()),
+            "the newest left is last"
+        );
+        assert_eq!(row.unread, 2, "a deleted message is no longer unread");
+        let other = ConversationId::group("none");
+        assert_eq!(
+            list.on_changed(
+                &MessageChange {
+                    conversation: other.clone(),
+                    ..change(&m1, ChangeKind::Recalled)
+                },
+                None,
+                None
+            ),
+            None
+        );
+        let row = list
+            .read_elsewhere(&conv, m1.server_time, m1.seq, &m1.server_id)
+            .expect("moved");
+        assert_eq!(row.unread, 1);
+        assert_eq!(
+            list.read_elsewhere(&conv, m1.server_time, m1.seq, &m1.server_id),
+            None,
+            "the same read again changes nothing"
+        );
+        let row = list
+            .read_elsewhere(&conv, m2.server_time, None, &m2.server_id)
+            .expect("moved");
+        assert_eq!(row.unread, 0);
+        assert_eq!(
+            list.read_elsewhere(&conv, m1.server_time, m1.seq, &m1.server_id),
+            None,
+            "a read position never moves back"
+        );
+        assert_eq!(list.get(&conv).map(|r| r.unread), Some(0));
+        assert_eq!(
+            list.read_elsewhere(&other, m1.server_time, None, &m1.server_id),
+            None
+        );
+    }
 }

@@ -684,7 +684,11 @@ impl Store for MemoryStore {
     async fn apply_change(&self, change: &MessageChange) -> Result<ChangeOutcome, ArchError> {
         let mut guard = self.state.lock();
         let st = &mut *guard;
-        let rev = st.revisions.get(&change.target).copied().unwrap_or_default();
+        let rev = st
+            .revisions
+            .get(&change.target)
+            .copied()
+            .unwrap_or_default();
         if rev.deleted || change.revision <= rev.revision {
             return Ok(ChangeOutcome::Stale);
         }
