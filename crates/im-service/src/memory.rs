@@ -1,8 +1,40 @@
 //! `MemoryVendor`: a complete IM vendor in process memory, for tests and the demo's fastest
 //! mode. It behaves like a rented vendor, not like a mock: tokens expire, a second login
-//! kicks the first, absent users get an offline queue that must be acknowledged, history is
-//! cut by a retention window, resends are recognised by client id, and live pushes start
-//! only after the client declares itself online.
+//! kicks the first (unless it models a multi-device vendor), absent users get an offline
+//! queue that must be acknowledged, history is cut by a retention window, resends are
+//! recognised by client id, and live pushes start only after the client declares itself
+//! online.
+//!
+//! The message lifecycle ([`LifecyclePolicy`], [`MessageChange`]) lives here too, and as
+//! this vendor is the storage engine of the reference server its behaviour is the
+//! reference semantics:
+//!
+//! - **Current state.** A recall or edit rewrites the stored message ([`MessageChange::apply`]):
+//!   a recalled message's content is gone from the store, the offline queues and every later
+//!   history page, which show [`Content::Recalled`]. A message deleted for a user is omitted
+//!   from that user's history and offline queue only.
+//! - **Revisions.** Every change (delete for me included) takes the message's next revision,
+//!   so a receiver that holds revision *n* ignores anything not newer.
+//! - **Who hears of a change.** A recall or edit goes live to the online sessions of every
+//!   member of the conversation (except users who deleted the message for themselves), a
+//!   delete for me to the caller's other online sessions; never to the session that made
+//!   the change (it has the returned change). Each concerned user's change feed records it.
+//! - **Read receipts.** [`Vendor::mark_read`] keeps the user's read position per conversation
+//!   (it only moves forward) and reports it to the peers' and the caller's other sessions.
+//! - **Change feed.** Per user, an append-only log of changes and receipts that concern it,
+//!   read with [`Vendor::pull_changes`]. What is recorded between a session's last pull and
+//!   its [`Vendor::go_online`] is pushed then, as offline messages that raced the offline
+//!   pull are. It is bounded: [`MemoryVendor::sweep`] drops entries older than the
+//!   retention, and past [`MemoryVendorConfig::change_feed_max`] entries per user the oldest
+//!   go as new ones arrive. A cursor older than what is kept reads everything kept; what was
+//!   dropped is in the messages themselves, which history returns in their current state
+//!   (or no more, past retention).
+//! - **Several devices.** With [`MemoryVendorConfig::multi_device`] sessions of one user
+//!   coexist. A send reaches the sender's other *online* sessions as a push whose sender is
+//!   the user; devices that are not online get no offline copy of their own user's sends
+//!   (the offline queue is per user, and the sending device must not pull its own message
+//!   back): a device that comes back learns them, like everything its user's other devices
+//!   received live meanwhile, from history ([`HistoryScope::All`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,9 +47,13 @@ use tokio::sync::mpsc;
 use crate::capabilities::{Capabilities, Capability};
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::error::{KickReason, ServiceError};
+use crate::lifecycle::{
+    ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, LifecyclePolicy, MessageChange,
+    ReadReceipt,
+};
 use crate::model::{
-    ClientMsgId, ConversationId, GroupId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp,
-    Token, UserId,
+    ClientMsgId, Content, ConversationId, GroupId, Message, OutgoingMessage, Seq, ServerMsgId,
+    Timestamp, Token, UserId,
 };
 use crate::vendor::{
     Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
@@ -36,8 +72,20 @@ pub struct MemoryVendorConfig {
     pub offline_batch_max: u32,
     /// Most messages per history page.
     pub history_page_max: u32,
-    /// Whether a second login of a user kicks the first connection.
+    /// Whether a second login of a user kicks the first connection (ignored when
+    /// `multi_device` is set).
     pub kick_on_second_login: bool,
+    /// Whether sessions of one user coexist as devices ([`Capability::MultiDevice`]): no
+    /// kick, and a send reaches the sender's other online sessions. Off by default: a second
+    /// login kicks the first, as before.
+    pub multi_device: bool,
+    /// The rules for recall and edit.
+    pub lifecycle: LifecyclePolicy,
+    /// Most entries per change-feed pull.
+    pub change_batch_max: u32,
+    /// Most entries one user's change feed keeps (the oldest go first, like entries past
+    /// retention: a cursor older than what is kept reads everything kept).
+    pub change_feed_max: usize,
     /// Capacity of each client's event queue. A client that lets it fill up is disconnected
     /// (as a server drops a slow consumer); its messages stay in the offline queue.
     pub event_buffer: usize,
@@ -53,6 +101,10 @@ impl Default for MemoryVendorConfig {
             offline_batch_max: 200,
             history_page_max: 100,
             kick_on_second_login: true,
+            multi_device: false,
+            lifecycle: LifecyclePolicy::default(),
+            change_batch_max: 200,
+            change_feed_max: 10_000,
             event_buffer: 1024,
             token_warning_ratio: 0.8,
         }
@@ -76,6 +128,12 @@ pub enum VendorOp {
     PullHistory,
     /// [`Vendor::ping`].
     Ping,
+    /// [`Vendor::recall`], [`Vendor::edit`] and [`Vendor::delete_for_me`].
+    Change,
+    /// [`Vendor::mark_read`].
+    MarkRead,
+    /// [`Vendor::pull_changes`].
+    PullChanges,
 }
 
 /// The in-process vendor ("server side"). Cheap to clone; clones share all state.
@@ -146,6 +204,8 @@ struct State {
     faults: HashMap<VendorOp, (u32, ServiceError)>,
     /// Listeners told about every newly stored message (vendor callbacks feed on this).
     store_listeners: Vec<mpsc::UnboundedSender<Message>>,
+    /// Listeners told about every stored change, in order.
+    change_listeners: Vec<mpsc::UnboundedSender<MessageChange>>,
 }
 
 #[derive(Default)]
@@ -154,6 +214,41 @@ struct UserRecord {
     offline: BTreeMap<u64, Message>,
     next_offline: u64,
     sessions: BTreeSet<u64>,
+    /// Messages this user deleted for themselves, with the change that did it (a repeated
+    /// delete answers with it instead of a new revision).
+    deleted: HashMap<ServerMsgId, MessageChange>,
+    /// Read position per conversation: the global position of the newest message read,
+    /// and the receipt that reported it.
+    read: HashMap<ConversationId, (u64, ReadReceipt)>,
+    /// The change feed by position (see [`FeedEntry`]).
+    feed: BTreeMap<u64, FeedEntry>,
+    /// Position of the newest entry ever appended (0: none); the end a fresh cursor names.
+    feed_end: u64,
+}
+
+/// One entry of a user's change feed.
+struct FeedEntry {
+    /// When it was recorded (the retention sweep drops entries older than the horizon).
+    at: Timestamp,
+    /// The session that caused it (it is never pushed back to that session).
+    origin: u64,
+    item: FeedItem,
+}
+
+/// What a change-feed entry carries; also what is pushed live.
+#[derive(Clone)]
+enum FeedItem {
+    Change(MessageChange),
+    Receipt(ReadReceipt),
+}
+
+impl FeedItem {
+    fn event(&self) -> VendorEvent {
+        match self {
+            FeedItem::Change(c) => VendorEvent::MessageChanged(c.clone()),
+            FeedItem::Receipt(r) => VendorEvent::ReadReceipt(r.clone()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -163,6 +258,8 @@ struct ConversationRecord {
     /// Idempotency index: (sender, client id) → global position.
     by_client: HashMap<(UserId, ClientMsgId), u64>,
     next_seq: u64,
+    /// Revision of each changed message by global position (absent: never changed).
+    revisions: HashMap<u64, u32>,
 }
 
 struct TokenRecord {
@@ -177,6 +274,10 @@ struct SessionRecord {
     online: bool,
     warned: bool,
     events: mpsc::Sender<VendorEvent>,
+    /// The change-feed position this session last pulled up to, if it pulled at all:
+    /// [`Vendor::go_online`] pushes what was recorded after it, so nothing falls between
+    /// the last pull and the first live push.
+    feed_seen: Option<u64>,
 }
 
 impl Default for MemoryVendor {
@@ -213,9 +314,18 @@ impl MemoryVendor {
             .with(Capability::IdempotentSend)
             .with_retention(config.retention)
             .with_max_message_bytes(config.max_message_bytes);
-        if config.kick_on_second_login {
+        if config.multi_device {
+            caps = caps.with(Capability::MultiDevice);
+        } else if config.kick_on_second_login {
             caps = caps.with(Capability::KickOnSecondLogin);
         }
+        caps = caps
+            .with(Capability::ReadReceipts)
+            .with(Capability::ReadReceiptEvents)
+            .with(Capability::Recall)
+            .with(Capability::Edit)
+            .with(Capability::DeleteForMe)
+            .with(Capability::ChangeFeed);
         caps.offline_batch_max = config.offline_batch_max;
         caps.history_page_max = config.history_page_max;
         Self {
@@ -436,6 +546,39 @@ impl MemoryVendor {
         rx
     }
 
+    /// A feed of every change stored from now on (recalls, edits and deletions for one
+    /// user, whose `by` names that user), in storage order, beside [`MemoryVendor::store_feed`]:
+    /// a message is fed once as sent, and its later changes here. Unbounded for the same
+    /// reason as the store feed.
+    pub fn change_feed(&self) -> mpsc::UnboundedReceiver<MessageChange> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state().change_listeners.push(tx);
+        rx
+    }
+
+    /// The rules for recall and edit this vendor enforces.
+    pub fn lifecycle(&self) -> &LifecyclePolicy {
+        &self.inner.config.lifecycle
+    }
+
+    /// `user`'s read position in `conversation`, as last reported (administrator view).
+    pub fn read_position(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Option<ReadReceipt> {
+        self.state()
+            .users
+            .get(user)
+            .and_then(|u| u.read.get(conversation))
+            .map(|(_, r)| r.clone())
+    }
+
+    /// How many entries `user`'s change feed keeps.
+    pub fn change_feed_len(&self, user: &UserId) -> usize {
+        self.state().users.get(user).map_or(0, |u| u.feed.len())
+    }
+
     /// How many messages wait in `user`'s offline queue.
     pub fn offline_len(&self, user: &UserId) -> usize {
         self.state().users.get(user).map_or(0, |u| u.offline.len())
@@ -498,12 +641,17 @@ fn prune(st: &mut State, horizon: Timestamp) {
             if let Some(m) = conv.messages.remove(&g) {
                 conv.by_client
                     .remove(&(m.sender.clone(), m.client_id.clone()));
+                conv.revisions.remove(&g);
                 log.remove(&g);
             }
         }
     }
     for u in users.values_mut() {
         u.offline.retain(|_, m| m.server_time >= horizon);
+        // A change is never older than its message, so a change past the horizon concerns
+        // a message that is gone as well.
+        u.deleted.retain(|_, c| c.at >= horizon);
+        u.feed.retain(|_, e| e.at >= horizon);
     }
 }
 
@@ -605,6 +753,89 @@ impl MemoryClient {
             .map(|s| s.user.clone())
             .ok_or(E::NotLoggedIn)
     }
+
+    /// Recall, edit and delete for me: checks the change, stores the message's current
+    /// state under its next revision, and tells whom it concerns (module docs).
+    fn change(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        kind: ChangeKind,
+    ) -> Result<MessageChange> {
+        let policy = &self.vendor.inner.config.lifecycle;
+        let feed_max = self.vendor.inner.config.change_feed_max;
+        self.with_session(VendorOp::Change, |st, session, now| {
+            let user = Self::user_of(st, session)?;
+            if !is_member(st, conversation, &user) {
+                return Err(E::NotMember(conversation.clone()));
+            }
+            let unknown = || E::ChangeRefused(ChangeRefusal::UnknownMessage);
+            // A message the caller deleted for themselves is not visible to it any more;
+            // deleting it again answers with the first deletion (a retry after a lost reply).
+            if let Some(done) = st.users.get(&user).and_then(|u| u.deleted.get(target)) {
+                return match kind {
+                    ChangeKind::DeletedForMe => Ok(done.clone()),
+                    _ => Err(unknown()),
+                };
+            }
+            let global = parse_msg_id(target).ok_or_else(unknown)?;
+            let members = members(st, conversation)?;
+            let conv = st.conversations.get_mut(conversation).ok_or_else(unknown)?;
+            let message = conv.messages.get(&global).ok_or_else(unknown)?;
+            policy
+                .check(message, &kind, &user, now)
+                .map_err(E::ChangeRefused)?;
+            let revision = conv.revisions.entry(global).or_insert(0);
+            *revision += 1;
+            let change = MessageChange {
+                conversation: conversation.clone(),
+                target: target.clone(),
+                kind,
+                by: user.clone(),
+                // Never before its message, even if the vendor clock was set back.
+                at: now.max(message.server_time),
+                revision: *revision,
+            };
+            let concerned: Vec<UserId> = if change.kind == ChangeKind::DeletedForMe {
+                if let Some(u) = st.users.get_mut(&user) {
+                    u.deleted.insert(target.clone(), change.clone());
+                    u.offline.retain(|_, m| &m.server_id != target);
+                }
+                vec![user]
+            } else {
+                if let Some(current) = change.apply(message) {
+                    conv.messages.insert(global, current.clone());
+                    for u in st.users.values_mut() {
+                        for m in u.offline.values_mut() {
+                            if &m.server_id == target {
+                                *m = current.clone();
+                            }
+                        }
+                    }
+                }
+                // Users who deleted the message for themselves no longer hear of it.
+                members
+                    .into_iter()
+                    .filter(|m| {
+                        st.users
+                            .get(m)
+                            .is_some_and(|u| !u.deleted.contains_key(target))
+                    })
+                    .collect()
+            };
+            st.change_listeners
+                .retain(|l| l.send(change.clone()).is_ok());
+            publish(
+                st,
+                feed_max,
+                &concerned,
+                session,
+                &FeedItem::Change(change.clone()),
+                change.at,
+            );
+            Ok(change)
+        })
+    }
 }
 
 fn take_fault(st: &mut State, op: VendorOp) -> Result<()> {
@@ -621,41 +852,50 @@ fn take_fault(st: &mut State, op: VendorOp) -> Result<()> {
     Ok(())
 }
 
+/// Pushes `event` to session `sid` if it takes live pushes; a session whose event queue is
+/// full is dropped as a slow consumer (what it missed waits in the offline queue, history
+/// and the change feed). Returns whether the event was queued.
+fn push_event(st: &mut State, sid: u64, event: VendorEvent) -> bool {
+    let Some(s) = st.sessions.get(&sid) else {
+        return false;
+    };
+    if !s.online {
+        return false;
+    }
+    if s.events.try_send(event).is_ok() {
+        return true;
+    }
+    let why = "slow consumer: event queue full".to_string();
+    end_session(
+        st,
+        sid,
+        E::ConnectionLost(why.clone()),
+        Some(VendorEvent::ConnectionLost { reason: why }),
+    );
+    false
+}
+
+fn sessions_of(st: &State, user: &UserId) -> Vec<u64> {
+    st.users
+        .get(user)
+        .map(|u| u.sessions.iter().copied().collect())
+        .unwrap_or_default()
+}
+
 /// Delivers a stored message: live push to online sessions, offline queue otherwise.
 fn deliver(st: &mut State, message: &Message, recipients: &[UserId], sender_session: u64) {
     for user in recipients {
-        let sessions: Vec<u64> = st
-            .users
-            .get(user)
-            .map(|u| u.sessions.iter().copied().collect())
-            .unwrap_or_default();
         let mut pushed = false;
-        for sid in sessions {
-            if sid == sender_session {
-                continue;
-            }
-            let Some(s) = st.sessions.get(&sid) else {
-                continue;
-            };
-            if !s.online {
-                continue;
-            }
-            if s.events
-                .try_send(VendorEvent::MessagePushed(message.clone()))
-                .is_ok()
+        for sid in sessions_of(st, user) {
+            if sid != sender_session
+                && push_event(st, sid, VendorEvent::MessagePushed(message.clone()))
             {
                 pushed = true;
-            } else {
-                let why = "slow consumer: event queue full".to_string();
-                end_session(
-                    st,
-                    sid,
-                    E::ConnectionLost(why.clone()),
-                    Some(VendorEvent::ConnectionLost { reason: why }),
-                );
             }
         }
-        // The sender's own other devices are not sent an offline copy: they see it in history.
+        // The sender's own other devices are not sent an offline copy (the queue is per
+        // user: the sending device would pull its own message back); they see it in
+        // history.
         if !pushed
             && &message.sender != user
             && let Some(u) = st.users.get_mut(user)
@@ -665,6 +905,62 @@ fn deliver(st: &mut State, message: &Message, recipients: &[UserId], sender_sess
             u.offline.insert(pos, message.clone());
         }
     }
+}
+
+/// Records `item` in the change feed of each of `users` and pushes it to their online
+/// sessions, except `origin` (the session that caused it, which has it already).
+fn publish(
+    st: &mut State,
+    feed_max: usize,
+    users: &[UserId],
+    origin: u64,
+    item: &FeedItem,
+    at: Timestamp,
+) {
+    for user in users {
+        let Some(u) = st.users.get_mut(user) else {
+            continue;
+        };
+        u.feed_end += 1;
+        let pos = u.feed_end;
+        u.feed.insert(
+            pos,
+            FeedEntry {
+                at,
+                origin,
+                item: item.clone(),
+            },
+        );
+        while u.feed.len() > feed_max.max(1) {
+            u.feed.pop_first();
+        }
+        for sid in sessions_of(st, user) {
+            if sid != origin {
+                push_event(st, sid, item.event());
+            }
+        }
+    }
+}
+
+/// The global position in a server id this vendor issued (`m:<n>`).
+fn parse_msg_id(id: &ServerMsgId) -> Option<u64> {
+    id.as_str().strip_prefix("m:").and_then(|n| n.parse().ok())
+}
+
+/// A change-feed cursor: the big-endian position of the last entry it covers.
+fn feed_cursor(pos: u64) -> ChangeCursor {
+    ChangeCursor(pos.to_be_bytes().to_vec())
+}
+
+fn parse_feed_cursor(cursor: &ChangeCursor) -> Result<u64> {
+    <[u8; 8]>::try_from(cursor.0.as_slice())
+        .map(u64::from_be_bytes)
+        .map_err(|_| {
+            E::InvalidRequest(format!(
+                "malformed change cursor: {} bytes, expected 8",
+                cursor.0.len()
+            ))
+        })
 }
 
 fn parse_cursor(cursor: &Option<PageCursor>) -> Result<u64> {
@@ -707,7 +1003,8 @@ impl Vendor for MemoryClient {
     async fn login(&self, credentials: &Credentials) -> Result<Session> {
         self.vendor.sweep();
         let now = self.vendor.now();
-        let kick = self.vendor.inner.config.kick_on_second_login;
+        let config = &self.vendor.inner.config;
+        let kick = config.kick_on_second_login && !config.multi_device;
         let mut st = self.vendor.state();
         take_fault(&mut st, VendorOp::Login)?;
         if !st.users.contains_key(&credentials.user) {
@@ -756,6 +1053,7 @@ impl Vendor for MemoryClient {
                 online: false,
                 warned: false,
                 events: self.events_tx.clone(),
+                feed_seen: None,
             },
         );
         if let Some(u) = st.users.get_mut(&credentials.user) {
@@ -787,6 +1085,11 @@ impl Vendor for MemoryClient {
             let size = message.content.size();
             if size > max {
                 return Err(E::MessageTooLarge { size, max });
+            }
+            if matches!(message.content, Content::Recalled { .. }) {
+                return Err(E::InvalidRequest(
+                    "a recalled message cannot be sent: use recall".into(),
+                ));
             }
             let recipients = members(st, &message.conversation)?;
             if !is_member(st, &message.conversation, &sender) {
@@ -911,7 +1214,9 @@ impl Vendor for MemoryClient {
             let Some(s) = st.sessions.get_mut(&session) else {
                 return Err(E::NotLoggedIn);
             };
-            s.online = true;
+            let was_online = std::mem::replace(&mut s.online, true);
+            // Pulled while online: the live pushes covered it already.
+            let seen = s.feed_seen.take().filter(|_| !was_online);
             let tx = s.events.clone();
             for (i, m) in pending.iter().enumerate() {
                 if tx.try_send(VendorEvent::MessagePushed(m.clone())).is_err() {
@@ -930,7 +1235,27 @@ impl Vendor for MemoryClient {
                         E::ConnectionLost(why.clone()),
                         Some(VendorEvent::ConnectionLost { reason: why }),
                     );
-                    break;
+                    return Ok(());
+                }
+            }
+            // Changes recorded after this session's last feed pull raced it like the
+            // messages above: pushed now, after the messages they may refer to.
+            if let Some(seen) = seen {
+                let missed: Vec<VendorEvent> = st
+                    .users
+                    .get(&user)
+                    .map(|u| {
+                        u.feed
+                            .range(seen.saturating_add(1)..)
+                            .filter(|(_, e)| e.origin != session)
+                            .map(|(_, e)| e.item.event())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for event in missed {
+                    if !push_event(st, session, event) {
+                        break;
+                    }
                 }
             }
             Ok(())
@@ -952,8 +1277,13 @@ impl Vendor for MemoryClient {
         let horizon = self.vendor.horizon();
         self.with_session(VendorOp::PullHistory, |st, session, _| {
             let user = Self::user_of(st, session)?;
+            // Messages are stored in their current state; only deletions for this user
+            // are left to filter.
+            let deleted = st.users.get(&user).map(|u| &u.deleted);
             let visible = |m: &Message| {
-                horizon.is_none_or(|h| m.server_time >= h) && in_range(m, &query.range)
+                horizon.is_none_or(|h| m.server_time >= h)
+                    && in_range(m, &query.range)
+                    && deleted.is_none_or(|d| !d.contains_key(&m.server_id))
             };
             let mut found: Vec<(u64, Message)> = Vec::with_capacity(limit + 1);
             match &query.scope {
@@ -1012,8 +1342,148 @@ impl Vendor for MemoryClient {
         Ok(started.elapsed())
     }
 
-    async fn mark_read(&self, _conversation: &ConversationId, _up_to: &ServerMsgId) -> Result<()> {
-        Err(E::Unsupported(Capability::ReadReceipts))
+    /// Records the read position (it only moves forward: an older or equal one changes
+    /// nothing and reports nothing) and reports it to the other members and the caller's
+    /// other sessions. A read up to a message the vendor no longer keeps (past retention)
+    /// changes nothing either; an id the vendor never issued, or one of another
+    /// conversation, is an invalid request.
+    async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()> {
+        self.with_session(VendorOp::MarkRead, |st, session, now| {
+            let user = Self::user_of(st, session)?;
+            if !is_member(st, conversation, &user) {
+                return Err(E::NotMember(conversation.clone()));
+            }
+            let foreign =
+                || E::InvalidRequest(format!("no message {up_to} in conversation {conversation}"));
+            let global = parse_msg_id(up_to)
+                .filter(|g| *g <= st.next_global)
+                .ok_or_else(foreign)?;
+            match st.log.get(&global) {
+                None => return Ok(()),
+                Some(c) if c != conversation => return Err(foreign()),
+                Some(_) => {}
+            }
+            let Some(up_to_time) = st
+                .conversations
+                .get(conversation)
+                .and_then(|c| c.messages.get(&global))
+                .map(|m| m.server_time)
+            else {
+                return Ok(());
+            };
+            let receipt = ReadReceipt {
+                conversation: conversation.clone(),
+                reader: user.clone(),
+                up_to: up_to.clone(),
+                up_to_time,
+                at: now,
+            };
+            let Some(u) = st.users.get_mut(&user) else {
+                return Err(E::UnknownUser(user));
+            };
+            if u.read.get(conversation).is_some_and(|(g, _)| *g >= global) {
+                return Ok(());
+            }
+            u.read
+                .insert(conversation.clone(), (global, receipt.clone()));
+            let concerned = members(st, conversation)?;
+            let feed_max = self.vendor.inner.config.change_feed_max;
+            publish(
+                st,
+                feed_max,
+                &concerned,
+                session,
+                &FeedItem::Receipt(receipt),
+                now,
+            );
+            Ok(())
+        })
+    }
+
+    fn lifecycle(&self) -> LifecyclePolicy {
+        self.vendor.inner.config.lifecycle.clone()
+    }
+
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        self.change(conversation, target, ChangeKind::Recalled)
+    }
+
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &Content,
+    ) -> Result<MessageChange> {
+        let max = self.vendor.inner.config.max_message_bytes;
+        let size = content.size();
+        if size > max {
+            return Err(E::MessageTooLarge { size, max });
+        }
+        if matches!(content, Content::Recalled { .. }) {
+            return Err(E::InvalidRequest(
+                "an edit cannot recall a message: use recall".into(),
+            ));
+        }
+        self.change(conversation, target, ChangeKind::Edited(content.clone()))
+    }
+
+    async fn delete_for_me(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        self.change(conversation, target, ChangeKind::DeletedForMe)
+    }
+
+    /// The caller's change feed after `since` (see the module docs). A cursor beyond the
+    /// feed's end (from before a restart of an in-memory vendor) reads from the start of
+    /// what is kept, like one older than what is kept.
+    async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
+        if max == 0 {
+            return Err(E::InvalidRequest(
+                "change batch size must be at least 1".into(),
+            ));
+        }
+        let after = since.as_ref().map(parse_feed_cursor).transpose()?;
+        let cap = max.min(self.vendor.inner.config.change_batch_max.max(1)) as usize;
+        self.with_session(VendorOp::PullChanges, |st, session, _| {
+            let user = Self::user_of(st, session)?;
+            let u = st.users.get(&user).ok_or(E::UnknownUser(user.clone()))?;
+            let Some(after) = after else {
+                let end = u.feed_end;
+                if let Some(s) = st.sessions.get_mut(&session) {
+                    s.feed_seen = Some(end);
+                }
+                return Ok(ChangeBatch {
+                    next: feed_cursor(end),
+                    ..ChangeBatch::default()
+                });
+            };
+            let after = if after > u.feed_end { 0 } else { after };
+            let mut batch = ChangeBatch {
+                next: feed_cursor(after),
+                ..ChangeBatch::default()
+            };
+            let mut last = after;
+            for (pos, entry) in u.feed.range(after.saturating_add(1)..).take(cap) {
+                last = *pos;
+                match &entry.item {
+                    FeedItem::Change(c) => batch.changes.push(c.clone()),
+                    FeedItem::Receipt(r) => batch.receipts.push(r.clone()),
+                }
+            }
+            batch.next = feed_cursor(last);
+            let left = u.feed.range(last.saturating_add(1)..).count();
+            batch.left = u32::try_from(left).unwrap_or(u32::MAX);
+            if let Some(s) = st.sessions.get_mut(&session) {
+                s.feed_seen = Some(last);
+            }
+            Ok(batch)
+        })
     }
 }
 
