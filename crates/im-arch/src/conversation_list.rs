@@ -156,7 +156,12 @@ impl ConversationList {
         let summary = self.update(id, |e| {
             last = e.summary.last_message.clone();
             if let Some(m) = &last {
-                e.read_up_to = Some(Position::of(m));
+                // Never back: my other device may have read further than this one has
+                // messages (a read position from a receipt).
+                let pos = Position::of(m);
+                if e.read_up_to.as_ref().is_none_or(|r| &pos > r) {
+                    e.read_up_to = Some(pos);
+                }
             }
             e.unread.clear();
         });
@@ -208,17 +213,20 @@ impl ConversationList {
         seq: Option<Seq>,
         up_to: &ServerMsgId,
     ) -> Option<ConversationSummary> {
+        // A message not stored here is placed after every message of its millisecond: when
+        // it arrives (with its sequence) it must not count as unread.
         let pos = Position {
             time,
-            seq,
+            seq: Some(seq.unwrap_or(Seq(u64::MAX))),
             id: up_to.clone(),
         };
+        let exact = seq.is_some();
         let entry = self.entries.get(id)?;
         if entry.read_up_to.as_ref().is_some_and(|r| &pos <= r) {
             return None;
         }
         Some(self.update(id, |e| {
-            if pos.seq.is_some() {
+            if exact {
                 e.unread.retain(|u| u > &pos);
             } else {
                 e.unread.retain(|u| u.time > pos.time);
