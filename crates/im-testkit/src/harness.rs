@@ -21,6 +21,22 @@ pub struct ContractConfig {
     pub retention: Duration,
     /// Largest message content the vendor accepts.
     pub max_message_bytes: usize,
+    /// Whether several devices of one user stay logged in at once (`MultiDevice`) instead
+    /// of a second login kicking the first (`KickOnSecondLogin`).
+    pub multi_device: bool,
+}
+
+impl ContractConfig {
+    /// `vendor` with this contract's settings applied: the one mapping the memory vendor
+    /// and the reference server (whose storage engine it is) share.
+    pub fn apply_to(&self, vendor: MemoryVendorConfig) -> MemoryVendorConfig {
+        MemoryVendorConfig {
+            retention: Some(self.retention),
+            max_message_bytes: self.max_message_bytes,
+            multi_device: self.multi_device,
+            ..vendor
+        }
+    }
 }
 
 impl Default for ContractConfig {
@@ -28,6 +44,7 @@ impl Default for ContractConfig {
         Self {
             retention: Duration::from_secs(7 * 24 * 3600),
             max_message_bytes: 4096,
+            multi_device: false,
         }
     }
 }
@@ -81,11 +98,7 @@ pub struct MemoryHarness {
 impl MemoryHarness {
     /// A memory vendor configured from `config`.
     pub fn new(config: ContractConfig) -> Self {
-        let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig {
-            retention: Some(config.retention),
-            max_message_bytes: config.max_message_bytes,
-            ..MemoryVendorConfig::default()
-        });
+        let (vendor, clock) = MemoryVendor::with_manual_clock(config.apply_to(Default::default()));
         Self {
             vendor,
             clock,
@@ -160,8 +173,7 @@ impl ReferenceHarness {
 
     /// Starts a server from `server` with the contract's retention and size limit applied.
     pub async fn start_with(config: ContractConfig, mut server: ServerConfig) -> Self {
-        server.vendor.retention = Some(config.retention);
-        server.vendor.max_message_bytes = config.max_message_bytes;
+        server.vendor = config.apply_to(server.vendor);
         let server = match ReferenceServer::start(server).await {
             Ok(s) => s,
             Err(e) => panic!("cannot start the reference vendor: {e}"),

@@ -13,6 +13,7 @@ pub mod harness;
 pub mod runner;
 pub mod sim;
 mod tcp_world;
+pub mod vendor_matrix;
 pub mod vendor_sim;
 pub mod wait;
 

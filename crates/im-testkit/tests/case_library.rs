@@ -70,6 +70,17 @@ fn the_generated_catalogue_is_current() {
     );
 }
 
+#[test]
+fn the_readme_vendor_matrix_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    let readme = std::fs::read_to_string(path).expect("README.md exists");
+    assert!(
+        readme.contains(&im_testkit::vendor_matrix::markdown()),
+        "README.md's vendor matrix is stale: replace it (markers included) with the output of \
+         `cargo run -q -p im-testkit --bin im-test-suite -- --vendor-matrix`"
+    );
+}
+
 fn case(
     id: &'static str,
     needs: &'static [Capability],

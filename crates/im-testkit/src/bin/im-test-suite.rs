@@ -27,6 +27,9 @@ struct Args {
     /// With --list: print the Markdown catalogue (docs/test-cases.md).
     #[arg(long)]
     markdown: bool,
+    /// Print the vendor matrix (README.md's capability table) instead of running.
+    #[arg(long)]
+    vendor_matrix: bool,
     /// Cases run at once.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
@@ -41,6 +44,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.vendor_matrix {
+        print!("{}", im_testkit::vendor_matrix::markdown());
+        return Ok(());
+    }
     if args.list && args.markdown {
         print!("{}", markdown());
         return Ok(());

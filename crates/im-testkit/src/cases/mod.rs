@@ -14,6 +14,7 @@ mod arch;
 mod bad_input;
 mod crash;
 mod gate;
+mod lifecycle;
 mod qc;
 mod resilience;
 mod service;
@@ -89,10 +90,20 @@ impl Target {
     pub fn capabilities(self) -> Capabilities {
         match self {
             // The reference server's storage engine is the memory vendor: same declaration.
+            // A target offers what any of its configurations declares: the default one
+            // (a second login kicks the first) and the multi-device one the LIFE cases
+            // start with `ContractConfig::multi_device`.
             Target::Memory | Target::Reference => {
-                im_service::memory::MemoryVendor::new(Default::default())
+                use im_service::memory::{MemoryVendor, MemoryVendorConfig};
+                let single = MemoryVendor::new(MemoryVendorConfig::default());
+                let multi = MemoryVendor::new(MemoryVendorConfig {
+                    multi_device: true,
+                    ..MemoryVendorConfig::default()
+                });
+                multi
                     .capabilities()
-                    .clone()
+                    .supported()
+                    .fold(single.capabilities().clone(), |caps, c| caps.with(c))
             }
             Target::Xmpp => {
                 let mut config = im_service::xmpp::XmppConfig::new(
@@ -280,6 +291,7 @@ pub fn catalogue() -> Vec<Case> {
         .chain(resilience::cases())
         .chain(bad_input::cases())
         .chain(crash::cases())
+        .chain(lifecycle::cases())
         .chain(qc::cases())
         .collect();
     all.sort_by_key(|c| c.id);

@@ -1,0 +1,568 @@
+//! Message-lifecycle cases (LIFE): recall, edit, delete for me, read state both ways and
+//! several devices of one user, through the vendor contract on every target. A case whose
+//! capability the target lacks is "not applicable" by that capability's name.
+//!
+//! The multi-device cases build their harness with `ContractConfig::multi_device`, the
+//! others with the default (a second login kicks the first where the vendor does that).
+
+// A case fails by panicking (the runner reports the message): `expect` is an assertion here.
+#![allow(clippy::expect_used)]
+
+use std::time::Duration;
+
+use im_service::{
+    Capability as C, ChangeKind, ChangeRefusal, Content, ConversationId, Credentials, HistoryQuery,
+    Message, ServerMsgId, ServiceError, Vendor, VendorEvent,
+};
+
+use super::{Case, Category, FailureClass, Layer};
+use crate::contract::{next_event, text};
+use crate::harness::{ContractConfig, VendorHarness};
+use crate::on_target;
+
+/// A harness configuration whose vendor keeps several devices of one user logged in.
+fn multi_device() -> ContractConfig {
+    ContractConfig {
+        multi_device: true,
+        ..ContractConfig::default()
+    }
+}
+
+async fn logged_in<H: VendorHarness>(h: &H, creds: &Credentials) -> H::Client {
+    let c = h.client().await;
+    c.login(creds)
+        .await
+        .unwrap_or_else(|e| panic!("login of {} failed: {e}", creds.user));
+    c
+}
+
+/// Logs in and declares itself online (live pushes and change events start).
+async fn online<H: VendorHarness>(h: &H, creds: &Credentials) -> H::Client {
+    let c = logged_in(h, creds).await;
+    drain_offline(&c).await;
+    c.go_online().await.expect("go online");
+    c
+}
+
+/// Pulls and acknowledges every offline batch; returns the messages, oldest first.
+async fn drain_offline<V: Vendor>(c: &V) -> Vec<Message> {
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        let batch = c.pull_offline(100).await.expect("pull offline");
+        if let Some(ack) = &batch.ack {
+            c.ack_offline(ack).await.expect("ack offline");
+        }
+        let done = batch.left == 0;
+        all.extend(batch.messages.into_iter().rev());
+        if done {
+            return all;
+        }
+    }
+    panic!("the offline queue never emptied in 100 pulls");
+}
+
+/// The conversation's history as the caller sees it now, oldest first.
+async fn history<V: Vendor>(c: &V, conv: &ConversationId) -> Vec<Message> {
+    let page = c
+        .pull_history(&HistoryQuery::latest(conv.clone(), 100))
+        .await
+        .expect("pull history");
+    page.messages.into_iter().rev().collect()
+}
+
+/// The next event that is not a heartbeat-like notice, within the contract's deadline.
+async fn next_change(events: &mut im_service::EventStream) -> VendorEvent {
+    loop {
+        if let ev @ (VendorEvent::MessageChanged(_)
+        | VendorEvent::ReadReceipt(_)
+        | VendorEvent::MessagePushed(_)) = next_event(events).await
+        {
+            return ev;
+        }
+    }
+}
+
+/// Asserts that no event `bad` matches arrives within half a second.
+async fn no_event_like(
+    events: &mut im_service::EventStream,
+    what: &str,
+    bad: impl Fn(&VendorEvent) -> bool,
+) {
+    use futures::StreamExt;
+    let quiet = async {
+        while let Some(ev) = events.next().await {
+            assert!(!bad(&ev), "unexpected {what}: {ev:?}");
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), quiet).await;
+}
+
+fn body(m: &Message) -> String {
+    match &m.content {
+        Content::Text(t) => t.clone(),
+        Content::Custom { type_tag, .. } => format!("<{type_tag}>"),
+        Content::Recalled { .. } => "<recalled>".into(),
+    }
+}
+
+fn refusal(r: Result<im_service::MessageChange, ServiceError>) -> ChangeRefusal {
+    match r {
+        Err(ServiceError::ChangeRefused(why)) => why,
+        other => panic!("expected a refused change, got {other:?}"),
+    }
+}
+
+/// alice and bob, a direct conversation, alice's sent message id.
+struct Pair<H: VendorHarness> {
+    alice: Credentials,
+    bob: Credentials,
+    conv: ConversationId,
+    a: H::Client,
+}
+
+async fn pair<H: VendorHarness>(h: &H) -> Pair<H> {
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let a = online(h, &alice).await;
+    Pair {
+        alice,
+        bob,
+        conv,
+        a,
+    }
+}
+
+async fn send<V: Vendor>(c: &V, conv: &ConversationId, what: &str) -> ServerMsgId {
+    c.send(&text(conv, what)).await.expect("send").server_id
+}
+
+/// LIFE-001: a recall within the window reaches an online peer as a change, and history
+/// shows the message as recalled for both, never its old content.
+async fn recall_within_window<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let b = online(&h, &p.bob).await;
+    let mut events = b.take_events().expect("bob's events");
+    let id = send(&p.a, &p.conv, "oops").await;
+    match next_change(&mut events).await {
+        VendorEvent::MessagePushed(m) => assert_eq!(m.server_id, id),
+        other => panic!("bob first gets the message, got {other:?}"),
+    }
+    let change =
+        p.a.recall(&p.conv, &id)
+            .await
+            .expect("recall within the window");
+    assert_eq!(change.kind, ChangeKind::Recalled);
+    assert_eq!((change.revision, &change.by), (1, &p.alice.user));
+    match next_change(&mut events).await {
+        VendorEvent::MessageChanged(c) => assert_eq!(c, change, "bob gets the same change"),
+        other => panic!("bob gets the recall, got {other:?}"),
+    }
+    for (who, c) in [("alice", &p.a), ("bob", &b)] {
+        let h = history(c, &p.conv).await;
+        assert_eq!(h.len(), 1, "{who}: the message stays, once");
+        assert!(
+            matches!(h[0].content, Content::Recalled { .. }),
+            "{who} sees it recalled, got {:?}",
+            h[0].content
+        );
+    }
+}
+
+/// LIFE-002: after the recall window a recall is refused with the window, and the message
+/// is unchanged.
+async fn recall_after_window<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let id = send(&p.a, &p.conv, "too late").await;
+    let window = p.a.lifecycle().recall_window.expect("a recall window");
+    h.advance(window + Duration::from_secs(1)).await;
+    assert_eq!(
+        refusal(p.a.recall(&p.conv, &id).await),
+        ChangeRefusal::WindowPassed { window }
+    );
+    assert_eq!(body(&history(&p.a, &p.conv).await[0]), "too late");
+}
+
+/// LIFE-003: only the sender may recall.
+async fn recall_by_another_user<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let b = online(&h, &p.bob).await;
+    let id = send(&p.a, &p.conv, "mine").await;
+    assert_eq!(
+        refusal(b.recall(&p.conv, &id).await),
+        ChangeRefusal::NotAllowed
+    );
+    assert_eq!(body(&history(&b, &p.conv).await[0]), "mine");
+}
+
+/// LIFE-004: the sender edits twice; the peer gets revisions 1 and 2 and history shows the
+/// message once with its latest content.
+async fn edit_by_sender<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let b = online(&h, &p.bob).await;
+    let mut events = b.take_events().expect("bob's events");
+    let id = send(&p.a, &p.conv, "helo").await;
+    let _ = next_change(&mut events).await;
+    for (rev, content) in [(1, "hello"), (2, "hello!")] {
+        let change =
+            p.a.edit(&p.conv, &id, &Content::text(content))
+                .await
+                .expect("edit by the sender");
+        assert_eq!(change.revision, rev);
+        match next_change(&mut events).await {
+            VendorEvent::MessageChanged(c) => {
+                assert_eq!(c.kind, ChangeKind::Edited(Content::text(content)));
+                assert_eq!(c.revision, rev);
+            }
+            other => panic!("bob gets edit {rev}, got {other:?}"),
+        }
+    }
+    let h = history(&b, &p.conv).await;
+    assert_eq!(h.iter().map(body).collect::<Vec<_>>(), ["hello!"]);
+    assert_eq!(h[0].server_id, id, "the same message, not a new one");
+}
+
+/// LIFE-005: an edit by someone other than the sender follows the vendor's declared rule.
+async fn edit_by_another_user<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let b = online(&h, &p.bob).await;
+    let id = send(&p.a, &p.conv, "alice's words").await;
+    let edit = b.edit(&p.conv, &id, &Content::text("bob's words")).await;
+    match b.lifecycle().edit_permission {
+        im_service::EditPermission::Sender => {
+            assert_eq!(refusal(edit), ChangeRefusal::NotAllowed);
+            assert_eq!(body(&history(&b, &p.conv).await[0]), "alice's words");
+        }
+        im_service::EditPermission::AnyMember => {
+            edit.expect("any member may edit");
+            assert_eq!(body(&history(&p.a, &p.conv).await[0]), "bob's words");
+        }
+    }
+}
+
+/// LIFE-006: a recalled message cannot be edited back.
+async fn edit_after_recall<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let id = send(&p.a, &p.conv, "gone").await;
+    p.a.recall(&p.conv, &id).await.expect("recall");
+    assert_eq!(
+        refusal(p.a.edit(&p.conv, &id, &Content::text("back")).await),
+        ChangeRefusal::Recalled
+    );
+    assert!(matches!(
+        history(&p.a, &p.conv).await[0].content,
+        Content::Recalled { .. }
+    ));
+}
+
+/// LIFE-007: bob was away while alice sent and recalled one message and edited another:
+/// after login his offline messages are in their current state, the old text nowhere.
+async fn changes_seen_after_login<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let recalled = send(&p.a, &p.conv, "secret").await;
+    let edited = send(&p.a, &p.conv, "draft").await;
+    p.a.recall(&p.conv, &recalled).await.expect("recall");
+    p.a.edit(&p.conv, &edited, &Content::text("final"))
+        .await
+        .expect("edit");
+    let b = logged_in(&h, &p.bob).await;
+    let offline = drain_offline(&b).await;
+    let bodies: Vec<String> = offline.iter().map(body).collect();
+    assert!(
+        !bodies.iter().any(|s| s == "secret" || s == "draft"),
+        "no old content reaches bob: {bodies:?}"
+    );
+    assert_eq!(
+        offline.iter().filter(|m| m.server_id == edited).count(),
+        1,
+        "the edited message arrives once: {bodies:?}"
+    );
+    let now = history(&b, &p.conv).await;
+    assert_eq!(
+        now.iter().map(body).collect::<Vec<_>>(),
+        ["<recalled>", "final"]
+    );
+}
+
+/// LIFE-008: the change feed: bob keeps his position, is away while alice edits, and
+/// catches up with exactly that change once.
+async fn change_feed_catches_up<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let id = send(&p.a, &p.conv, "v1").await;
+    let b = online(&h, &p.bob).await;
+    let start = b.pull_changes(None, 10).await.expect("feed position");
+    assert!(start.changes.is_empty() && start.left == 0, "{start:?}");
+    b.logout().await.expect("bob leaves");
+    let change =
+        p.a.edit(&p.conv, &id, &Content::text("v2"))
+            .await
+            .expect("edit");
+    let b = logged_in(&h, &p.bob).await;
+    drain_offline(&b).await;
+    let caught = b
+        .pull_changes(Some(start.next.clone()), 10)
+        .await
+        .expect("pull changes");
+    assert_eq!(caught.changes, vec![change], "the missed edit, once");
+    assert_eq!(caught.left, 0);
+    let again = b
+        .pull_changes(Some(caught.next.clone()), 10)
+        .await
+        .expect("pull changes again");
+    assert!(again.changes.is_empty(), "nothing twice: {again:?}");
+}
+
+/// LIFE-009: bob reads; alice, online, is told (for "seen").
+async fn read_receipt_from_peer<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let mut events = p.a.take_events().expect("alice's events");
+    let b = online(&h, &p.bob).await;
+    let id = send(&p.a, &p.conv, "did you see this?").await;
+    b.mark_read(&p.conv, &id).await.expect("bob reads");
+    loop {
+        if let VendorEvent::ReadReceipt(r) = next_change(&mut events).await {
+            assert_eq!(
+                (&r.reader, &r.up_to, &r.conversation),
+                (&p.bob.user, &id, &p.conv)
+            );
+            return;
+        }
+    }
+}
+
+/// LIFE-010: bob reads on device B; device A is told it was his own read.
+async fn read_on_other_device<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let b1 = online(&h, &p.bob).await;
+    let mut events = b1.take_events().expect("bob A's events");
+    let b2 = online(&h, &p.bob).await;
+    let id = send(&p.a, &p.conv, "read me once").await;
+    b2.mark_read(&p.conv, &id).await.expect("read on B");
+    loop {
+        if let VendorEvent::ReadReceipt(r) = next_change(&mut events).await {
+            assert_eq!(
+                (&r.reader, &r.up_to),
+                (&p.bob.user, &id),
+                "B's read reaches A"
+            );
+            return;
+        }
+    }
+}
+
+/// LIFE-011: alice sends from device A; device B gets it once, as her own message; A is
+/// not pushed its own send.
+async fn own_send_reaches_other_device<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let mut a_events = p.a.take_events().expect("alice A's events");
+    let a2 = online(&h, &p.alice).await;
+    let mut b_events = a2.take_events().expect("alice B's events");
+    let id = send(&p.a, &p.conv, "from my phone").await;
+    match next_change(&mut b_events).await {
+        VendorEvent::MessagePushed(m) => {
+            assert_eq!((&m.server_id, &m.sender), (&id, &p.alice.user));
+        }
+        other => panic!("device B gets the send, got {other:?}"),
+    }
+    no_event_like(
+        &mut b_events,
+        "second copy on B",
+        |ev| matches!(ev, VendorEvent::MessagePushed(m) if m.server_id == id),
+    )
+    .await;
+    no_event_like(
+        &mut a_events,
+        "push of its own send on A",
+        |ev| matches!(ev, VendorEvent::MessagePushed(m) if m.server_id == id),
+    )
+    .await;
+}
+
+/// LIFE-012: a second device logs in and the first stays logged in.
+async fn second_device_stays<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let mut a_events = p.a.take_events().expect("alice A's events");
+    let _a2 = online(&h, &p.alice).await;
+    no_event_like(&mut a_events, "kick", |ev| {
+        matches!(
+            ev,
+            VendorEvent::Kicked(_) | VendorEvent::ConnectionLost { .. }
+        )
+    })
+    .await;
+    send(&p.a, &p.conv, "still here").await;
+}
+
+/// LIFE-013: bob deletes a message for himself: gone from his history, kept in alice's.
+async fn delete_for_me<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let b = online(&h, &p.bob).await;
+    let keep = send(&p.a, &p.conv, "keep").await;
+    let drop = send(&p.a, &p.conv, "drop").await;
+    let change = b
+        .delete_for_me(&p.conv, &drop)
+        .await
+        .expect("delete for me");
+    assert_eq!(change.kind, ChangeKind::DeletedForMe);
+    let mine: Vec<ServerMsgId> = history(&b, &p.conv)
+        .await
+        .into_iter()
+        .map(|m| m.server_id)
+        .collect();
+    assert_eq!(mine, vec![keep], "bob's history lost only that message");
+    assert_eq!(history(&p.a, &p.conv).await.len(), 2, "alice keeps both");
+}
+
+/// LIFE-014: every change of one message gets the next revision, so receivers converge
+/// whatever order they see changes in.
+async fn revisions_increase<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let id = send(&p.a, &p.conv, "a").await;
+    let mut revisions = Vec::new();
+    for content in ["b", "c"] {
+        revisions.push(
+            p.a.edit(&p.conv, &id, &Content::text(content))
+                .await
+                .expect("edit")
+                .revision,
+        );
+    }
+    revisions.push(p.a.recall(&p.conv, &id).await.expect("recall").revision);
+    assert_eq!(revisions, [1, 2, 3]);
+}
+
+/// LIFE-015: a client cannot send a "recalled" placeholder as if it were a message.
+async fn recalled_placeholder_not_sendable<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let fake = im_service::OutgoingMessage::new(
+        p.conv.clone(),
+        Content::Recalled {
+            by: p.bob.user.clone(),
+            at: im_service::Timestamp::from_millis(0),
+        },
+        im_service::Timestamp::from_millis(0),
+    );
+    match p.a.send(&fake).await {
+        Err(ServiceError::InvalidRequest(_)) => {}
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    assert!(history(&p.a, &p.conv).await.is_empty(), "nothing stored");
+}
+
+/// LIFE-016: changes to unknown messages are refused by name and change nothing.
+async fn change_of_unknown_message<H: VendorHarness>(h: H) {
+    let p = pair(&h).await;
+    let ghost = ServerMsgId::new("no-such-message");
+    assert_eq!(
+        refusal(p.a.edit(&p.conv, &ghost, &Content::text("x")).await),
+        ChangeRefusal::UnknownMessage
+    );
+    assert_eq!(
+        refusal(p.a.recall(&p.conv, &ghost).await),
+        ChangeRefusal::UnknownMessage
+    );
+}
+
+macro_rules! life_case {
+    ($id:literal, $title:literal, needs: [$($need:ident),*], harness: [$($h:ident),*],
+     guards: $guards:expr, steps: [$($step:literal),*], expected: $expected:literal,
+     $config:expr, $f:ident) => {
+        Case {
+            id: $id,
+            title: $title,
+            category: Category::Essential,
+            layer: Layer::Service,
+            needs: &[$(C::$need),*],
+            harness: &[$(super::HarnessNeed::$h),*],
+            steps: &[$($step),*],
+            expected: $expected,
+            guards: $guards,
+            run: |t| Box::pin(async move { on_target!(t, $config, $f) }),
+        }
+    };
+}
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        life_case!("LIFE-001", "A recall within the window reaches the peer; history shows it recalled",
+            needs: [Recall], harness: [], guards: None,
+            steps: ["bob online; alice sends", "alice recalls"],
+            expected: "bob gets the same change (revision 1); both histories hold the message once, as recalled, never its text",
+            ContractConfig::default(), recall_within_window),
+        life_case!("LIFE-002", "A recall after the window is refused",
+            needs: [Recall], harness: [VendorClock], guards: None,
+            steps: ["alice sends", "vendor time passes the recall window", "alice recalls"],
+            expected: "ChangeRefused(WindowPassed) naming the window; the message is unchanged",
+            ContractConfig::default(), recall_after_window),
+        life_case!("LIFE-003", "Only the sender may recall",
+            needs: [Recall], harness: [], guards: None,
+            steps: ["alice sends", "bob recalls it"],
+            expected: "ChangeRefused(NotAllowed); the message is unchanged",
+            ContractConfig::default(), recall_by_another_user),
+        life_case!("LIFE-004", "An edit by the sender shows once with its latest content",
+            needs: [Edit], harness: [], guards: Some(FailureClass::LocalEcho),
+            steps: ["bob online; alice sends", "alice edits twice"],
+            expected: "bob gets revisions 1 and 2; history has the one message with the last content",
+            ContractConfig::default(), edit_by_sender),
+        life_case!("LIFE-005", "An edit by another user follows the declared rule",
+            needs: [Edit], harness: [], guards: None,
+            steps: ["alice sends", "bob edits it"],
+            expected: "refused with NotAllowed where only senders may edit (and unchanged), applied where any member may",
+            ContractConfig::default(), edit_by_another_user),
+        life_case!("LIFE-006", "A recalled message cannot be edited back",
+            needs: [Recall, Edit], harness: [], guards: None,
+            steps: ["alice sends and recalls", "alice edits"],
+            expected: "ChangeRefused(Recalled); history still shows it recalled",
+            ContractConfig::default(), edit_after_recall),
+        life_case!("LIFE-007", "Changes made while away are seen after login, in current state",
+            needs: [Recall, Edit, OfflineQueue], harness: [], guards: Some(FailureClass::SequenceGap),
+            steps: ["bob away; alice sends two messages, recalls one, edits the other", "bob logs in and pulls offline and history"],
+            expected: "no old text reaches bob; the edited message arrives once; history: recalled, then the edit",
+            ContractConfig::default(), changes_seen_after_login),
+        life_case!("LIFE-008", "The change feed gives an away client exactly what it missed",
+            needs: [ChangeFeed, Edit], harness: [], guards: None,
+            steps: ["bob takes his feed position and leaves", "alice edits", "bob logs in and pulls changes from his position, twice"],
+            expected: "the edit once, nothing left; the second pull is empty",
+            ContractConfig::default(), change_feed_catches_up),
+        life_case!("LIFE-009", "A peer's read comes back as a read receipt",
+            needs: [ReadReceipts, ReadReceiptEvents], harness: [], guards: Some(FailureClass::UnreadDrift),
+            steps: ["alice and bob online; alice sends", "bob marks it read"],
+            expected: "alice gets a receipt: reader bob, up to that message",
+            ContractConfig::default(), read_receipt_from_peer),
+        life_case!("LIFE-010", "A read on device B reaches device A",
+            needs: [MultiDevice, ReadReceipts, ReadReceiptEvents], harness: [], guards: Some(FailureClass::UnreadDrift),
+            steps: ["bob online on devices A and B; alice sends", "bob reads on B"],
+            expected: "A gets a receipt whose reader is bob himself, up to that message",
+            multi_device(), read_on_other_device),
+        life_case!("LIFE-011", "My send from device A reaches device B once, as mine",
+            needs: [MultiDevice], harness: [], guards: Some(FailureClass::LocalEcho),
+            steps: ["alice online on A and B", "alice sends from A"],
+            expected: "B gets it once with sender alice; A is not pushed its own send",
+            multi_device(), own_send_reaches_other_device),
+        life_case!("LIFE-012", "A second device does not kick the first",
+            needs: [MultiDevice], harness: [], guards: None,
+            steps: ["alice online on A", "alice logs in on B", "A sends"],
+            expected: "A is neither kicked nor disconnected and can send",
+            multi_device(), second_device_stays),
+        life_case!("LIFE-013", "Delete for me hides a message only for me",
+            needs: [DeleteForMe], harness: [], guards: None,
+            steps: ["alice sends two", "bob deletes one for himself"],
+            expected: "bob's history lost that one; alice keeps both",
+            ContractConfig::default(), delete_for_me),
+        life_case!("LIFE-014", "Each change of a message gets the next revision",
+            needs: [Recall, Edit], harness: [], guards: Some(FailureClass::DuplicateAfterLostAck),
+            steps: ["alice sends", "edits twice", "recalls"],
+            expected: "revisions 1, 2, 3",
+            ContractConfig::default(), revisions_increase),
+        life_case!("LIFE-015", "A recalled placeholder cannot be sent as a message",
+            needs: [], harness: [], guards: None,
+            steps: ["alice sends a message whose content is the recalled placeholder"],
+            expected: "InvalidRequest; nothing stored",
+            ContractConfig::default(), recalled_placeholder_not_sendable),
+        life_case!("LIFE-016", "Changing an unknown message is refused by name",
+            needs: [Recall, Edit], harness: [], guards: None,
+            steps: ["alice edits and recalls an id that does not exist"],
+            expected: "ChangeRefused(UnknownMessage) for both",
+            ContractConfig::default(), change_of_unknown_message),
+    ]
+}
