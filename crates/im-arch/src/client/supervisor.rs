@@ -375,12 +375,15 @@ async fn online(
                     return Exit::Stop(ConnectionState::TokenExpired);
                 }
                 Some(VendorEvent::MessageChanged(change)) => {
-                    // Lifecycle events (issue 20): not applied by the client yet; no vendor
-                    // declares the capabilities that send them.
-                    tracing::debug!(kind = change.kind.as_str(), "message change not applied yet");
+                    // Durable before announced. A store that fails is reported, not a reason
+                    // to drop the connection: the feed's cursor does not move for live
+                    // changes, so the next sync pass pulls this one again (idempotent).
+                    let applied = crate::lifecycle::apply(shared, std::slice::from_ref(&change), &[]).await;
+                    report_apply_failure(shared, "apply_change", applied).await;
                 }
-                Some(VendorEvent::ReadReceipt(_)) => {
-                    tracing::debug!("read receipt not applied yet");
+                Some(VendorEvent::ReadReceipt(receipt)) => {
+                    let applied = crate::lifecycle::apply(shared, &[], std::slice::from_ref(&receipt)).await;
+                    report_apply_failure(shared, "apply_read_receipt", applied).await;
                 }
             },
             _ = heartbeat.tick() => {
@@ -402,6 +405,22 @@ async fn online(
                 }
             }
         }
+    }
+}
+
+/// Announces a failed application of a live change or receipt as
+/// [`ClientEvent::StoreFailed`].
+async fn report_apply_failure(
+    shared: &Shared,
+    op: &'static str,
+    applied: Result<usize, ArchError>,
+) {
+    if let Err(error) = applied {
+        tracing::warn!(op, error = %error, "cannot apply a live change; the next sync pass pulls it again");
+        shared
+            .distributor
+            .publish(ClientEvent::StoreFailed { op, error })
+            .await;
     }
 }
 
