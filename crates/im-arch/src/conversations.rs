@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use im_service::{Capability, ConversationId, Message, MessageChange, ReadReceipt};
+use im_service::{Capability, ConversationId, Message, MessageChange, ReadReceipt, ServerMsgId};
 
 use crate::conversation_list::{ConversationList, ConversationSummary};
 use crate::error::ArchError;
@@ -50,13 +50,52 @@ pub(crate) async fn mark_read(
             .capabilities()
             .supports(Capability::ReadReceipts)
     }) {
-        shared
+        let sent = shared
             .retry("mark_read", || {
                 shared.vendor.mark_read(conversation, &last.server_id)
             })
-            .await?;
+            .await;
+        match sent {
+            Ok(()) => {
+                shared.pending_receipts.lock().remove(conversation);
+            }
+            // The read is durable here and the app has its row: a receipt the vendor cannot
+            // take now (no session, connection lost, retries spent) goes out when the
+            // client is next online, instead of telling the app its read failed.
+            Err(e @ ArchError::Permanent { .. }) if !matches!(&e, ArchError::Permanent { error, .. } if error.needs_login()) =>
+            {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "read receipt deferred until online");
+                shared
+                    .pending_receipts
+                    .lock()
+                    .insert(conversation.clone(), last.server_id.clone());
+            }
+        }
     }
     Ok(())
+}
+
+/// Sends the read receipts deferred while the session was away (newest read per
+/// conversation); one that fails again stays for the next time.
+pub(crate) async fn send_pending_receipts(shared: &Shared) {
+    let pending: Vec<(ConversationId, ServerMsgId)> =
+        shared.pending_receipts.lock().drain().collect();
+    for (conversation, up_to) in pending {
+        if let Err(e) = shared.vendor.mark_read(&conversation, &up_to).await {
+            if e.is_retryable() || e.needs_login() {
+                shared
+                    .pending_receipts
+                    .lock()
+                    .entry(conversation)
+                    .or_insert(up_to);
+            } else {
+                tracing::debug!(error = %e, "deferred read receipt refused; dropped");
+            }
+        }
+    }
 }
 
 /// Pins or unpins a conversation.

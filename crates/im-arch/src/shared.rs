@@ -12,7 +12,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use im_service::{ClientMsgId, Clock, Credentials, Message, ServiceError, Vendor};
+use im_service::{
+    ClientMsgId, Clock, ConversationId, Credentials, Message, ServerMsgId, ServiceError, Vendor,
+};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -96,6 +98,11 @@ pub(crate) struct Shared {
     /// messages also come from elsewhere, and only these are this device's. Pushed by the
     /// send queue; read by the sync engine.
     pub(crate) sent_here: Mutex<std::collections::VecDeque<ClientMsgId>>,
+    /// Read receipts the vendor has not taken yet (the read is already durable here): per
+    /// conversation, the newest message read while the session was away or failing. Put by
+    /// the conversation API's `mark_read`; sent and cleared by the supervisor each time it
+    /// goes online.
+    pub(crate) pending_receipts: Mutex<HashMap<ConversationId, ServerMsgId>>,
 }
 
 /// How many of this process's acknowledged sends [`Shared::sent_here`] remembers.
@@ -138,6 +145,7 @@ impl Shared {
             stopped_by: Mutex::new(None),
             clock_skew_ms: AtomicU64::new(0),
             sent_here: Mutex::new(std::collections::VecDeque::new()),
+            pending_receipts: Mutex::new(HashMap::new()),
         }
     }
 

@@ -658,7 +658,10 @@ mod lifecycle_suite {
         let page = store.page_before(&c, None, 10).await.unwrap();
         assert_eq!(page, vec![stored]);
         // A redelivery of the original does not bring the old content back.
-        assert_eq!(store.put_messages(std::slice::from_ref(&m)).await.unwrap(), [false]);
+        assert_eq!(
+            store.put_messages(std::slice::from_ref(&m)).await.unwrap(),
+            [false]
+        );
         assert_eq!(
             store.latest(&c, 1).await.unwrap()[0].content,
             Content::text("third")
@@ -799,7 +802,10 @@ mod lifecycle_suite {
                 .await
                 .unwrap();
         }
-        store.put_messages(std::slice::from_ref(&never)).await.unwrap();
+        store
+            .put_messages(std::slice::from_ref(&never))
+            .await
+            .unwrap();
         let last = MAX_PENDING_PER_MESSAGE as u32 + 5;
         assert_eq!(
             store

@@ -56,9 +56,10 @@ pub struct MessageChange {
     pub by: UserId,
     /// The vendor's time of the change.
     pub at: Timestamp,
-    /// The message's revision after this change: 1 for its first change, one more for each
-    /// later one. A receiver applies a change only when it is newer than the revision it
-    /// holds, so duplicated or reordered changes converge on the same state.
+    /// The message's revision after this change: higher than every earlier change's of the
+    /// same message (counting vendors give 1, 2, 3 …; XMPP, which has no counter, derives it
+    /// from the change's time). A receiver applies a change only when it is newer than the
+    /// revision it holds, so duplicated or reordered changes converge on the same state.
     pub revision: u32,
 }
 

@@ -520,7 +520,16 @@ impl XmppClient {
             Some(c) => c.apply(&as_is).unwrap_or(as_is),
             None => as_is,
         };
-        let at = now();
+        let mut at = now();
+        if let Some(prev) = &known.latest {
+            // The revision is the change's time in tenths of a second: a change within
+            // 100 ms of the previous one is stamped 100 ms after it, so it always gets a
+            // higher revision (receivers keep the highest; a tie would lose this change).
+            let floor = prev.at.plus(std::time::Duration::from_millis(100));
+            if at < floor {
+                at = floor;
+            }
+        }
         self.lifecycle()
             .check(&current, &kind, &me, at)
             .map_err(E::ChangeRefused)?;

@@ -513,6 +513,9 @@ enum Write {
     PutOutbox(OutboxItem),
     RemoveOutbox(ClientMsgId),
     ConversationState(ConversationState),
+    Change(im_service::MessageChange),
+    ChangeCursor(im_service::ChangeCursor),
+    ReadReceipt(im_service::ReadReceipt),
 }
 
 impl Write {
@@ -527,6 +530,9 @@ impl Write {
             Write::PutOutbox(i) => store.put_outbox(i).await,
             Write::RemoveOutbox(id) => store.remove_outbox(id).await,
             Write::ConversationState(s) => store.put_conversation_state(s).await,
+            Write::Change(c) => store.apply_change(c).await.map(|_| ()),
+            Write::ChangeCursor(c) => store.set_change_cursor(c).await,
+            Write::ReadReceipt(r) => store.put_read_receipt(r).await.map(|_| ()),
         }
     }
 }
@@ -720,6 +726,51 @@ impl Store for CrashStore {
         self.mem.set_sync_mark(mark).await?;
         self.record(Write::SyncMark(mark));
         Ok(())
+    }
+
+    async fn apply_change(
+        &self,
+        change: &im_service::MessageChange,
+    ) -> Result<im_arch::ChangeOutcome, ArchError> {
+        self.gate().await;
+        let outcome = self.mem.apply_change(change).await?;
+        self.record(Write::Change(change.clone()));
+        Ok(outcome)
+    }
+
+    async fn revision(
+        &self,
+        id: &ServerMsgId,
+    ) -> Result<Option<im_arch::MessageRevision>, ArchError> {
+        self.gate().await;
+        self.mem.revision(id).await
+    }
+
+    async fn change_cursor(&self) -> Result<Option<im_service::ChangeCursor>, ArchError> {
+        self.gate().await;
+        self.mem.change_cursor().await
+    }
+
+    async fn set_change_cursor(&self, cursor: &im_service::ChangeCursor) -> Result<(), ArchError> {
+        self.gate().await;
+        self.mem.set_change_cursor(cursor).await?;
+        self.record(Write::ChangeCursor(cursor.clone()));
+        Ok(())
+    }
+
+    async fn put_read_receipt(&self, receipt: &im_service::ReadReceipt) -> Result<bool, ArchError> {
+        self.gate().await;
+        let newer = self.mem.put_read_receipt(receipt).await?;
+        self.record(Write::ReadReceipt(receipt.clone()));
+        Ok(newer)
+    }
+
+    async fn read_receipts(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<im_service::ReadReceipt>, ArchError> {
+        self.gate().await;
+        self.mem.read_receipts(conversation).await
     }
 
     async fn page_before(

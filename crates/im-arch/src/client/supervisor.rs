@@ -168,6 +168,7 @@ async fn supervise_until_stopped(
             continue;
         }
         shared.set_state(ConnectionState::Online).await;
+        crate::conversations::send_pending_receipts(&shared).await;
         match online(&shared, &mut engine, events, &mut commands, own).await {
             Exit::Reconnect(why) => {
                 tracing::warn!(reason = %why, "reconnecting");
