@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use im_service::LifecyclePolicy;
 use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{Clock, Credentials, GroupId, ManualClock, ServiceError, Token, UserId, Vendor};
@@ -24,6 +25,9 @@ pub struct ContractConfig {
     /// Whether several devices of one user stay logged in at once (`MultiDevice`) instead
     /// of a second login kicking the first (`KickOnSecondLogin`).
     pub multi_device: bool,
+    /// The recall window the vendor is configured with; `None` keeps the vendor's default.
+    /// A short one lets a case pass it on a server whose clock only real time moves.
+    pub recall_window: Option<Duration>,
 }
 
 impl ContractConfig {
@@ -34,6 +38,10 @@ impl ContractConfig {
             retention: Some(self.retention),
             max_message_bytes: self.max_message_bytes,
             multi_device: self.multi_device,
+            lifecycle: LifecyclePolicy {
+                recall_window: self.recall_window.or(vendor.lifecycle.recall_window),
+                ..vendor.lifecycle.clone()
+            },
             ..vendor
         }
     }
@@ -45,6 +53,7 @@ impl Default for ContractConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             max_message_bytes: 4096,
             multi_device: false,
+            recall_window: None,
         }
     }
 }
@@ -312,6 +321,9 @@ impl XmppHarness {
         xmpp.max_message_bytes = config.max_message_bytes;
         // Several devices of one user: a resource per client handle, carbons on.
         xmpp.multi_device = config.multi_device;
+        if let Some(window) = config.recall_window {
+            xmpp.lifecycle.recall_window = Some(window);
+        }
         Self {
             vendor: im_service::xmpp::XmppVendor::new(xmpp),
             failures: Failures::default(),
