@@ -665,6 +665,111 @@ async fn own_send_on_other_client<H: VendorHarness>(h: H) {
     a2.logout().await;
 }
 
+/// LIFE-021: a message already in the company archive is edited and recalled through the
+/// vendor; the archive's history (what `ArchiveHistory` reads) shows the current state, the
+/// same as the vendor's, and keeps what was first said.
+async fn archive_follows_changes() {
+    use std::collections::HashMap;
+
+    use im_arch::{ArchiveHistory, HistorySource};
+    use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, MemoryArchive};
+    use im_service::{Timestamp, Token, UserId};
+    use im_vendor_sim::{CallbackConfig, ServerConfig};
+
+    const SECRET: &[u8] = b"LIFE-021 secret";
+    let store = std::sync::Arc::new(MemoryArchive::new());
+    let archive = ArchiveServer::start(
+        ArchiveConfig {
+            vendors: HashMap::from([("reference".to_owned(), SECRET.to_vec())]),
+            tokens: HashMap::from([("bob-token".to_owned(), UserId::new("bob"))]),
+            ..ArchiveConfig::default()
+        },
+        store.clone(),
+    )
+    .await
+    .expect("the archive starts");
+    let mut callbacks =
+        CallbackConfig::new(format!("{}/v1/callbacks/reference", archive.url()), SECRET);
+    callbacks.base_backoff = Duration::from_millis(5);
+    callbacks.max_backoff = Duration::from_millis(100);
+    let h = crate::harness::ReferenceHarness::start_with(
+        ContractConfig::default(),
+        ServerConfig {
+            callbacks: Some(callbacks),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let settled = |n: u64| {
+        let stats = h.server.callback_stats().expect("callbacks configured");
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while stats.settled() < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "callbacks not settled: {:?}",
+                    stats.snapshot()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(stats.snapshot().given_up, 0, "{:?}", stats.snapshot());
+        }
+    };
+    let p = pair(&h).await;
+    let kept = send(&p.a, &p.conv, "first words").await;
+    let gone = send(&p.a, &p.conv, "regret").await;
+    settled(2).await;
+    let archived = |store: &MemoryArchive| {
+        store
+            .original("reference", &kept)
+            .expect("archive readable")
+            .map(|m| body(&m))
+    };
+    assert_eq!(
+        archived(&store).as_deref(),
+        Some("first words"),
+        "archived first"
+    );
+    p.a.edit(&p.conv, &kept, &Content::text("better words"))
+        .await
+        .expect("edit");
+    p.a.recall(&p.conv, &gone).await.expect("recall");
+    settled(4).await;
+    let page = ArchiveHistory::new(archive.url(), Token::new("bob-token"))
+        .expect("archive client")
+        .page(
+            &p.conv,
+            Timestamp::from_millis(i64::MIN),
+            Timestamp::from_millis(i64::MAX),
+            None,
+            50,
+        )
+        .await
+        .expect("archive history");
+    let mut bodies: Vec<String> = page.messages.iter().map(body).collect();
+    bodies.reverse();
+    assert_eq!(
+        bodies,
+        ["better words", "<recalled>"],
+        "current state, once each"
+    );
+    let mut from_vendor = history(&p.a, &p.conv).await;
+    from_vendor.reverse();
+    assert_eq!(
+        page.messages, from_vendor,
+        "the archive agrees with the vendor"
+    );
+    assert_eq!(
+        archived(&store).as_deref(),
+        Some("first words"),
+        "what was said is kept"
+    );
+    h.server.shutdown().await;
+    archive.shutdown().await;
+    let _ = p.bob;
+    let _ = p.alice;
+}
+
 macro_rules! life_case {
     ($id:literal, $title:literal, needs: [$($need:ident),*], harness: [$($h:ident),*],
      guards: $guards:expr, steps: [$($step:literal),*], expected: $expected:literal,
@@ -792,5 +897,28 @@ pub(super) fn cases() -> Vec<Case> {
             steps: ["alice on devices A and B", "alice sends from A"],
             expected: "B's timeline has it once, sender alice; B's total unread stays 0",
             multi_device(), own_send_on_other_client),
+        Case {
+            id: "LIFE-021",
+            title: "A change to a message already in the archive shows there as current state",
+            category: Category::Essential,
+            layer: Layer::Service,
+            needs: &[C::Recall, C::Edit],
+            harness: &[super::HarnessNeed::VendorCallbacks],
+            steps: &[
+                "the vendor's callbacks feed an in-process company archive",
+                "alice sends two messages; both are archived",
+                "alice edits one and recalls the other through the vendor",
+            ],
+            expected: "the archive's history (ArchiveHistory) shows the edit and the recall, \
+                       once each, equal to the vendor's history; the original text is kept",
+            guards: None,
+            run: |t| {
+                Box::pin(async move {
+                    if t == super::Target::Reference {
+                        archive_follows_changes().await;
+                    }
+                })
+            },
+        },
     ]
 }

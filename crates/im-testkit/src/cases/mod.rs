@@ -54,6 +54,9 @@ pub enum HarnessNeed {
     /// The vendor runs in a process of its own that outlives a client killed with SIGKILL
     /// (`im-vendor-sim`, Prosody); the in-process memory vendor dies with its client.
     VendorProcess,
+    /// The vendor delivers signed message callbacks the harness can point at a company
+    /// archive (the reference server; Prosody has no callbacks).
+    VendorCallbacks,
 }
 
 /// A vendor the suite can run against.
@@ -128,7 +131,11 @@ impl Target {
     pub fn harness(self) -> &'static [HarnessNeed] {
         match self {
             Target::Memory => &[HarnessNeed::VendorClock],
-            Target::Reference => &[HarnessNeed::VendorClock, HarnessNeed::VendorProcess],
+            Target::Reference => &[
+                HarnessNeed::VendorClock,
+                HarnessNeed::VendorProcess,
+                HarnessNeed::VendorCallbacks,
+            ],
             Target::Xmpp => &[HarnessNeed::VendorProcess],
         }
     }
