@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
-use im_service::{ConversationId, Message, Seq, ServerMsgId, Timestamp, UserId};
+use im_service::{ConversationId, Message, MessageChange, Seq, ServerMsgId, Timestamp, UserId};
 
 use crate::store::ConversationState;
 
@@ -156,11 +156,83 @@ impl ConversationList {
         let summary = self.update(id, |e| {
             last = e.summary.last_message.clone();
             if let Some(m) = &last {
-                e.read_up_to = Some(Position::of(m));
+                // Never back: my other device may have read further than this one has
+                // messages (a read position from a receipt).
+                let pos = Position::of(m);
+                if e.read_up_to.as_ref().is_none_or(|r| &pos > r) {
+                    e.read_up_to = Some(pos);
+                }
             }
             e.unread.clear();
         });
         (summary, last)
+    }
+
+    /// A stored message changed ([`MessageChange`]): `message` is its state now (`None`:
+    /// deleted for me; then `newest` is the conversation's newest message left, for the
+    /// row's last message). An edited or recalled last message shows its new state; a
+    /// deleted one leaves the row and the unread count. `None` when there is no such row.
+    pub fn on_changed(
+        &mut self,
+        change: &MessageChange,
+        message: Option<&Message>,
+        newest: Option<Message>,
+    ) -> Option<ConversationSummary> {
+        if !self.entries.contains_key(&change.conversation) {
+            return None;
+        }
+        Some(self.update(&change.conversation, |e| {
+            let is_last = e
+                .summary
+                .last_message
+                .as_ref()
+                .is_some_and(|last| last.server_id == change.target);
+            match message {
+                Some(m) if is_last => e.summary.last_message = Some(m.clone()),
+                Some(_) => {}
+                None => {
+                    e.unread.retain(|u| u.id != change.target);
+                    if is_last {
+                        e.summary.last_message = newest;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// I read `id` up to the message `up_to` (at server time `time`, with sequence `seq` when
+    /// it is stored here) on another device: everything up to it is read here too. Returns
+    /// the row when the read position moved forward, `None` when it was already there (or
+    /// further) — read positions never move back, and the count never goes below zero.
+    /// When the message is not stored here (`seq` is `None`), every message up to its time
+    /// counts as read.
+    pub fn read_elsewhere(
+        &mut self,
+        id: &ConversationId,
+        time: Timestamp,
+        seq: Option<Seq>,
+        up_to: &ServerMsgId,
+    ) -> Option<ConversationSummary> {
+        // A message not stored here is placed after every message of its millisecond: when
+        // it arrives (with its sequence) it must not count as unread.
+        let pos = Position {
+            time,
+            seq: Some(seq.unwrap_or(Seq(u64::MAX))),
+            id: up_to.clone(),
+        };
+        let exact = seq.is_some();
+        let entry = self.entries.get(id)?;
+        if entry.read_up_to.as_ref().is_some_and(|r| &pos <= r) {
+            return None;
+        }
+        Some(self.update(id, |e| {
+            if exact {
+                e.unread.retain(|u| u > &pos);
+            } else {
+                e.unread.retain(|u| u.time > pos.time);
+            }
+            e.read_up_to = Some(pos);
+        }))
     }
 
     /// Marks every conversation read.
@@ -495,5 +567,90 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Issue 20: a change to the last message shows in the row; a deletion leaves the row
+    /// and the unread count; my reads on another device move the read position forward
+    /// only, never below zero unread.
+    #[test]
+    fn changes_and_reads_elsewhere_follow_in_the_row() {
+        use im_service::{ChangeKind, MessageChange};
+        let conv = ConversationId::group("g");
+        let mut list = ConversationList::new(UserId::new("me"));
+        let (m1, m2, m3) = (
+            msg(&conv, "peer", 1),
+            msg(&conv, "peer", 2),
+            msg(&conv, "peer", 3),
+        );
+        for m in [&m1, &m2, &m3] {
+            list.on_message(m);
+        }
+        assert_eq!(list.get(&conv).map(|r| r.unread), Some(3));
+        let change = |m: &Message, kind| MessageChange {
+            conversation: conv.clone(),
+            target: m.server_id.clone(),
+            kind,
+            by: UserId::new("peer"),
+            at: Timestamp::from_millis(9),
+            revision: 1,
+        };
+        let recall = change(&m3, ChangeKind::Recalled);
+        let recalled = recall.apply(&m3);
+        let row = list
+            .on_changed(&recall, recalled.as_ref(), None)
+            .expect("row");
+        assert_eq!(
+            row.last_message, recalled,
+            "the last message follows a recall"
+        );
+        assert_eq!(row.unread, 3, "a recalled message is still there");
+        let row = list
+            .on_changed(
+                &change(&m3, ChangeKind::DeletedForMe),
+                None,
+                Some(m2.clone()),
+            )
+            .expect("row");
+        assert_eq!(
+            row.last_message,
+            Some(m2.clone()),
+            "the newest left is last"
+        );
+        assert_eq!(row.unread, 2, "a deleted message is no longer unread");
+        let other = ConversationId::group("none");
+        assert_eq!(
+            list.on_changed(
+                &MessageChange {
+                    conversation: other.clone(),
+                    ..change(&m1, ChangeKind::Recalled)
+                },
+                None,
+                None
+            ),
+            None
+        );
+        let row = list
+            .read_elsewhere(&conv, m1.server_time, m1.seq, &m1.server_id)
+            .expect("moved");
+        assert_eq!(row.unread, 1);
+        assert_eq!(
+            list.read_elsewhere(&conv, m1.server_time, m1.seq, &m1.server_id),
+            None,
+            "the same read again changes nothing"
+        );
+        let row = list
+            .read_elsewhere(&conv, m2.server_time, None, &m2.server_id)
+            .expect("moved");
+        assert_eq!(row.unread, 0);
+        assert_eq!(
+            list.read_elsewhere(&conv, m1.server_time, m1.seq, &m1.server_id),
+            None,
+            "a read position never moves back"
+        );
+        assert_eq!(list.get(&conv).map(|r| r.unread), Some(0));
+        assert_eq!(
+            list.read_elsewhere(&other, m1.server_time, None, &m1.server_id),
+            None
+        );
     }
 }

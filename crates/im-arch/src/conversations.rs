@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use im_service::{Capability, ConversationId, Message};
+use im_service::{Capability, ConversationId, Message, MessageChange, ReadReceipt};
 
 use crate::conversation_list::{ConversationList, ConversationSummary};
 use crate::error::ArchError;
@@ -121,6 +121,53 @@ pub(crate) async fn on_delivered(shared: &Shared, m: &Message) -> ConversationSu
         persist_state(shared, &state).await;
     }
     row
+}
+
+/// Updates the list for a changed message (`message`: its state now, `None` when deleted
+/// for me) and returns the row to announce, if there is one.
+pub(crate) async fn on_changed(
+    shared: &Shared,
+    change: &MessageChange,
+    message: Option<&Message>,
+) -> Result<Option<ConversationSummary>, ArchError> {
+    // A deleted last message is replaced by the newest one left (read before the lock).
+    let newest = match message {
+        None => shared
+            .store
+            .latest(&change.conversation, 1)
+            .await?
+            .into_iter()
+            .next(),
+        Some(_) => None,
+    };
+    Ok(shared
+        .conversations
+        .lock()
+        .on_changed(change, message, newest))
+}
+
+/// My other device read `receipt.conversation` up to `receipt.up_to`: moves the read
+/// position forward (never back) and saves it (not flushed: the caller flushes before it
+/// announces). Returns the row when it moved.
+pub(crate) async fn on_read_elsewhere(
+    shared: &Shared,
+    receipt: &ReadReceipt,
+) -> Result<Option<ConversationSummary>, ArchError> {
+    // The stored message gives the position its sequence (exact among equal times).
+    let (time, seq) = match shared.store.message(&receipt.up_to).await? {
+        Some(m) => (m.server_time, m.seq),
+        None => (receipt.up_to_time, None),
+    };
+    let (row, state) = {
+        let mut list = shared.conversations.lock();
+        let row = list.read_elsewhere(&receipt.conversation, time, seq, &receipt.up_to);
+        let state = row.as_ref().and_then(|r| list.state(&r.id));
+        (row, state)
+    };
+    if let Some(state) = state {
+        shared.store.put_conversation_state(&state).await?;
+    }
+    Ok(row)
 }
 
 /// Saves a conversation's user state; a failing store is reported, not fatal.

@@ -1,6 +1,6 @@
 //! The architecture layer's error type.
 
-use im_service::{ClientMsgId, ErrorClass, KickReason, ServiceError, UserId};
+use im_service::{ChangeRefusal, ClientMsgId, ErrorClass, KickReason, ServiceError, UserId};
 
 /// Every way an `im-arch` operation can fail.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -79,6 +79,15 @@ pub enum ArchError {
     /// The client's background task has stopped.
     #[error("client stopped")]
     Stopped,
+    /// The vendor refused to recall, edit or delete a message (its window passed, not the
+    /// sender, already recalled, unknown message): nothing changed, retrying cannot help.
+    #[error("{op}: change refused: {refusal}")]
+    ChangeRefused {
+        /// The operation (`recall`, `edit`, `delete_for_me`).
+        op: &'static str,
+        /// Why, as the vendor said.
+        refusal: ChangeRefusal,
+    },
 }
 
 impl ArchError {
@@ -104,7 +113,8 @@ impl ArchError {
             | ArchError::InvalidArgument(_)
             | ArchError::Stopped
             | ArchError::SchemaTooNew { .. }
-            | ArchError::CorruptEntry { .. } => false,
+            | ArchError::CorruptEntry { .. }
+            | ArchError::ChangeRefused { .. } => false,
             ArchError::GaveUp { last, .. } => last.class() != ErrorClass::Permanent,
             ArchError::Store(_) | ArchError::Unavailable(_) => true,
         }

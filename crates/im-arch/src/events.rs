@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use im_service::{ClientMsgId, ConversationId, KickReason, ReceivedMessage, Timestamp};
+use im_service::{
+    ClientMsgId, ConversationId, KickReason, Message, MessageChange, ReceivedMessage, ServerMsgId,
+    Timestamp, UserId,
+};
 
 use crate::bus::{Filter, Routed};
 use crate::conversation_list::ConversationSummary;
@@ -144,6 +147,28 @@ pub enum ClientEvent {
         /// How many, exactly, since the previous notice.
         dropped: u64,
     },
+    /// A message was recalled, edited or deleted for me (here, elsewhere, or while away),
+    /// and the change is durable in the store. Announced once per change (a duplicate or
+    /// older revision is not).
+    MessageChanged {
+        /// The change as the vendor reported it.
+        change: MessageChange,
+        /// The message as it now is (recalled: [`im_service::Content::Recalled`]); `None`
+        /// when it was deleted for me or is not stored here yet (the change applies when it
+        /// arrives).
+        message: Option<Message>,
+    },
+    /// A peer has read a conversation up to a message ("seen"). My own reads on other
+    /// devices are not announced with this: they move the conversation's row (unread) and
+    /// come as [`ClientEvent::ConversationChanged`].
+    ReadBy {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who read it.
+        reader: UserId,
+        /// The newest message they have read.
+        up_to: ServerMsgId,
+    },
 }
 
 /// The kinds of [`ClientEvent`], for [`Filter`]s.
@@ -169,11 +194,15 @@ pub enum EventKind {
     SendStatus,
     /// [`ClientEvent::Lagged`] (always delivered to the subscriber it concerns).
     Lagged,
+    /// [`ClientEvent::MessageChanged`].
+    MessageChanged,
+    /// [`ClientEvent::ReadBy`].
+    ReadBy,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::State,
         EventKind::Message,
         EventKind::Heartbeat,
@@ -184,6 +213,8 @@ impl EventKind {
         EventKind::Conversation,
         EventKind::SendStatus,
         EventKind::Lagged,
+        EventKind::MessageChanged,
+        EventKind::ReadBy,
     ];
 }
 
@@ -210,6 +241,8 @@ impl ClientEvent {
             ClientEvent::ConversationChanged(_) => EventKind::Conversation,
             ClientEvent::SendStatus { .. } => EventKind::SendStatus,
             ClientEvent::Lagged { .. } => EventKind::Lagged,
+            ClientEvent::MessageChanged { .. } => EventKind::MessageChanged,
+            ClientEvent::ReadBy { .. } => EventKind::ReadBy,
         }
     }
 }
@@ -226,6 +259,8 @@ impl Routed for ClientEvent {
             ClientEvent::Message(r) => Some(&r.message.conversation),
             ClientEvent::ConversationChanged(row) => Some(&row.id),
             ClientEvent::SendStatus { conversation, .. } => Some(conversation),
+            ClientEvent::MessageChanged { change, .. } => Some(&change.conversation),
+            ClientEvent::ReadBy { conversation, .. } => Some(conversation),
             _ => None,
         }
     }

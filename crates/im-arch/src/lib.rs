@@ -24,7 +24,9 @@
 //! * **Retry**: [`RetryPolicy`], [`Backoff`], [`Jitter`].
 //! * **Storage**: the [`Store`] trait and its durability contract, [`MemoryStore`] and
 //!   [`SledStore`], and the values they keep: [`SyncCursor`], [`OutboxItem`],
-//!   [`SendStatus`], [`ConversationState`], [`SCHEMA_VERSION`].
+//!   [`SendStatus`], [`ConversationState`], [`SCHEMA_VERSION`]; for the message lifecycle
+//!   [`MessageRevision`] (what the UI shows as "edited"), [`ChangeOutcome`] and
+//!   [`MAX_PENDING_PER_MESSAGE`].
 //!
 //! Everything else (the supervisor, the sync engine and its sequencer, the send queue's
 //! task, the shared state) is private: modules are private and this list is the API.
@@ -53,6 +55,7 @@ mod durable;
 mod error;
 mod events;
 mod history;
+mod lifecycle;
 mod retry;
 mod send_queue;
 mod sequencer;
@@ -73,7 +76,7 @@ pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, Vendo
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sled_store::SledStore;
 pub use store::{
-    ConversationState, DurableEvent, MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store,
-    SyncCursor,
+    ChangeOutcome, ConversationState, DurableEvent, MAX_PENDING_PER_MESSAGE, MemoryStore,
+    MessageRevision, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor,
 };
 pub use timeline::TimelinePage;

@@ -255,6 +255,9 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
                 server_id: receipt.server_id,
                 seq: receipt.seq,
             };
+            // Before the outbox forgets it: from here on only this note tells the sync
+            // engine that the message, if it comes back, is this device's own echo.
+            shared.note_sent_here(&item.message.client_id);
             if let Err(error) = shared.store.remove_outbox(&item.message.client_id).await {
                 // The item stays queued as `Sending`; its next attempt gets the duplicate
                 // receipt and counts as sent, so nothing is sent twice.

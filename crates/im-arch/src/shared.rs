@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use im_service::{Clock, Credentials, Message, ServiceError, Vendor};
+use im_service::{ClientMsgId, Clock, Credentials, Message, ServiceError, Vendor};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -90,7 +90,16 @@ pub(crate) struct Shared {
     /// until measured): history gaps no longer than this are clock noise, not gaps. Set by
     /// the supervisor at each login; read through [`Shared::is_real_gap`].
     pub(crate) clock_skew_ms: AtomicU64,
+    /// Client ids of the latest messages this process sent and the vendor acknowledged (at
+    /// most [`SENT_HERE_KEPT`]), so that the sync engine stores such a message quietly
+    /// however it comes back (the UI shows its local echo): with several devices my
+    /// messages also come from elsewhere, and only these are this device's. Pushed by the
+    /// send queue; read by the sync engine.
+    pub(crate) sent_here: Mutex<std::collections::VecDeque<ClientMsgId>>,
 }
+
+/// How many of this process's acknowledged sends [`Shared::sent_here`] remembers.
+pub(crate) const SENT_HERE_KEPT: usize = 1024;
 
 impl Shared {
     /// The shared state of a client built from these parts, disconnected, with an empty
@@ -128,6 +137,7 @@ impl Shared {
             journal_head: watch::channel(0).0,
             stopped_by: Mutex::new(None),
             clock_skew_ms: AtomicU64::new(0),
+            sent_here: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -137,6 +147,15 @@ impl Shared {
     pub(crate) fn is_real_gap(&self, gap: &HistoryGap) -> bool {
         let skew = self.clock_skew_ms.load(Ordering::Relaxed);
         gap.to.as_millis().saturating_sub(gap.from.as_millis()) > skew as i64
+    }
+
+    /// Remembers that this process sent `id` (see [`Shared::sent_here`]).
+    pub(crate) fn note_sent_here(&self, id: &ClientMsgId) {
+        let mut sent = self.sent_here.lock();
+        if sent.len() >= SENT_HERE_KEPT {
+            sent.pop_front();
+        }
+        sent.push_back(id.clone());
     }
 
     /// Ends in terminal `state` for the typed reason `cause` (what `login()` answers).

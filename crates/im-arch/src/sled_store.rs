@@ -16,6 +16,10 @@
 //! | `journal`      | `0x02` (the head)                                              | last position given out (`u64`) |
 //! | `meta`         | `schema_version`                                               | `u32`                  |
 //! | `meta`         | `sync_mark`                                                    | `Timestamp`            |
+//! | `meta`         | `change_cursor`                                                | `ChangeCursor`         |
+//! | `revisions`    | server id (UTF-8 bytes)                                        | `MessageRevision`      |
+//! | `pending_changes` | server id (UTF-8 bytes)                                     | `Vec<MessageChange>`   |
+//! | `receipts`     | conversation prefix (as in `messages`) · reader id (UTF-8)     | `ReadReceipt`          |
 //!
 //! A `messages` key is:
 //! * the conversation prefix: the length of the conversation id's codec encoding (u32
@@ -56,7 +60,17 @@
 //! blocking flush runs off the runtime's threads, and never through sled's `flush_async`
 //! (concurrent calls of it deadlock in sled 0.34, spacejam/sled#1308).
 //!
-//! The `journal` tree was added without a schema change: an older build ignores it.
+//! The `journal` tree was added without a schema change: an older build ignores it. So were
+//! the message lifecycle's trees (`revisions`, `pending_changes`, `receipts`) and the
+//! `change_cursor` key: no existing key or value changed, a store of schema 1 opens as it
+//! is, and an older build ignores them (it would show a changed message's stored state,
+//! and a message deleted for me stays deleted: it is no longer in `messages`).
+//!
+//! A change is applied in one transaction over `messages`, `by_server_id`, `revisions`
+//! and `pending_changes`. `put_messages` applies the pending changes of a message arriving
+//! after them: it stores the changed message (messages, then index, as always) and then
+//! writes its revision record and drops its pending changes; a crash in between leaves the
+//! changes pending, applied again (idempotently) by the next redelivery of a change.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -68,7 +82,10 @@ use im_service::ordered_key::{self, KeyReader};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use im_service::{ClientMsgId, ConversationId, Message, Origin, ServerMsgId};
+use im_service::{
+    ChangeCursor, ClientMsgId, ConversationId, Message, MessageChange, Origin, ReadReceipt,
+    ServerMsgId,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
@@ -76,7 +93,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::ArchError;
 use crate::store::{
-    ConversationState, DurableEvent, OutboxItem, SCHEMA_VERSION, Store, SyncCursor,
+    ChangeOutcome, ConversationState, DurableEvent, MessageRevision, OutboxItem, SCHEMA_VERSION,
+    Store, SyncCursor, apply_pending, push_pending, receipt_is_newer,
 };
 
 const MESSAGES: &str = "messages";
@@ -87,6 +105,10 @@ const OUTBOX_IDS: &str = "outbox_ids";
 const META: &str = "meta";
 const CONVERSATIONS: &str = "conversations";
 const JOURNAL: &str = "journal";
+const REVISIONS: &str = "revisions";
+const PENDING: &str = "pending_changes";
+const RECEIPTS: &str = "receipts";
+const CHANGE_CURSOR_KEY: &[u8] = b"change_cursor";
 /// Key prefixes of the journal tree: entries, subscriptions, the head.
 const JOURNAL_ENTRY: u8 = 0x00;
 const JOURNAL_SUBSCRIPTION: u8 = 0x01;
@@ -137,8 +159,14 @@ pub struct SledStore {
     conversations: sled::Tree,
     /// The delivery journal and the durable subscriptions' positions.
     journal: sled::Tree,
-    /// The schema version and the sync mark.
+    /// The schema version, the sync mark and the change feed's cursor.
     meta: sled::Tree,
+    /// Server id → [`MessageRevision`] of every changed message.
+    revisions: sled::Tree,
+    /// Server id → changes that arrived before their message.
+    pending: sled::Tree,
+    /// Conversation prefix · reader → a peer's newest [`ReadReceipt`].
+    receipts: sled::Tree,
     /// Serialises `put_messages`, whose dedup check and write are two steps.
     write: Mutex<()>,
     /// Group commit: how many flushes have begun (each takes the next number).
@@ -256,6 +284,9 @@ impl SledStore {
             outbox_ids: tree(OUTBOX_IDS)?,
             conversations: tree(CONVERSATIONS)?,
             journal: tree(JOURNAL)?,
+            revisions: tree(REVISIONS)?,
+            pending: tree(PENDING)?,
+            receipts: tree(RECEIPTS)?,
             meta,
             db,
             write: Mutex::new(()),
@@ -285,6 +316,15 @@ impl SledStore {
                 id,
                 "index entry points to a missing message",
             )),
+        }
+    }
+
+    /// A message's revision record (the body of [`Store::revision`]).
+    fn revision_now(&self, id: &ServerMsgId) -> Result<Option<MessageRevision>, ArchError> {
+        let id = id.as_str().as_bytes();
+        match self.revisions.get(id).map_err(store_err)? {
+            Some(raw) => decode_value(REVISIONS, id, &raw).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -460,11 +500,18 @@ impl Store for SledStore {
         };
         let range = journal_entry_key(from)..vec![JOURNAL_SUBSCRIPTION];
         let mut out = Vec::new();
-        for entry in self.journal.range(range).take(limit) {
+        for entry in self.journal.range(range) {
+            if out.len() >= limit {
+                break;
+            }
             let (key, value) = entry.map_err(store_err)?;
             let (id, origin): (ServerMsgId, Origin) = decode_value(JOURNAL, &key, &value)?;
             let position = journal_position(&key)
                 .ok_or_else(|| corrupt(JOURNAL, &key, "malformed journal key"))?;
+            if self.revision_now(&id)?.is_some_and(|r| r.deleted) {
+                // Deleted for me after it was delivered: a durable reader no longer gets it.
+                continue;
+            }
             let message = self.message_now(&id)?.ok_or_else(|| {
                 corrupt(
                     JOURNAL,
@@ -509,12 +556,25 @@ impl Store for SledStore {
             std::collections::HashMap::new();
         let mut message_batch = sled::Batch::default();
         let mut index_batch = sled::Batch::default();
+        // Revision records of messages whose pending changes apply now.
+        let mut applied: Vec<(&[u8], MessageRevision)> = Vec::new();
         for m in messages {
             let id = m.server_id.as_str().as_bytes();
-            let is_new = seen_in_batch.insert(id)
-                && !self.by_server_id.contains_key(id).map_err(store_err)?;
+            let mut is_new = seen_in_batch.insert(id)
+                && !self.by_server_id.contains_key(id).map_err(store_err)?
+                && !self.revision_now(&m.server_id)?.is_some_and(|r| r.deleted);
+            let mut changed = None;
+            if is_new && let Some(raw) = self.pending.get(id).map_err(store_err)? {
+                let pending: Vec<MessageChange> = decode_value(PENDING, id, &raw)?;
+                let (stored, rev) = apply_pending(m, &pending);
+                applied.push((id, rev));
+                // Deleted for me before it arrived: known, never stored or shown.
+                is_new = stored.is_some();
+                changed = stored;
+            }
             fresh.push(is_new);
             if is_new {
+                let value = encode_value(changed.as_ref().unwrap_or(m))?;
                 let prefix = match prefixes.entry(&m.conversation) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
@@ -525,7 +585,7 @@ impl Store for SledStore {
                 key.extend_from_slice(prefix);
                 push_order(&mut key, m);
                 index_batch.insert(id, encode_value(&key)?);
-                message_batch.insert(key, encode_value(m)?);
+                message_batch.insert(key, value);
             }
         }
         if fresh.iter().any(|&n| n) {
@@ -540,6 +600,22 @@ impl Store for SledStore {
             self.by_server_id
                 .apply_batch(index_batch)
                 .map_err(store_err)?;
+        }
+        if !applied.is_empty() {
+            // After the messages (see the module doc): a crash before this keeps the changes
+            // pending.
+            let mut entries = Vec::with_capacity(applied.len());
+            for (id, rev) in &applied {
+                entries.push((*id, encode_value(rev)?));
+            }
+            let result = (&self.revisions, &self.pending).transaction(|(revs, pend)| {
+                for (id, rev) in &entries {
+                    revs.insert(*id, rev.as_slice())?;
+                    pend.remove(*id)?;
+                }
+                Ok(())
+            });
+            tx_result(result)?;
         }
         Ok(fresh)
     }
@@ -699,6 +775,120 @@ impl Store for SledStore {
             .insert(encode_value(&state.id)?, encode_value(state)?)
             .map(|_| ())
             .map_err(store_err)
+    }
+
+    async fn apply_change(&self, change: &MessageChange) -> Result<ChangeOutcome, ArchError> {
+        // Serialised with `put_messages`, whose pending check and write are two steps.
+        let _guard = self.write.lock();
+        let id = change.target.as_str().as_bytes();
+        let result = (
+            &self.messages,
+            &self.by_server_id,
+            &self.revisions,
+            &self.pending,
+        )
+            .transaction(|(msgs, index, revs, pend)| {
+                let abort = ConflictableTransactionError::Abort;
+                let rev: MessageRevision = match revs.get(id)? {
+                    Some(raw) => decode_value(REVISIONS, id, &raw).map_err(abort)?,
+                    None => MessageRevision::default(),
+                };
+                if rev.deleted || change.revision <= rev.revision {
+                    return Ok(ChangeOutcome::Stale);
+                }
+                let Some(raw_key) = index.get(id)? else {
+                    let mut pending: Vec<MessageChange> = match pend.get(id)? {
+                        Some(raw) => decode_value(PENDING, id, &raw).map_err(abort)?,
+                        None => Vec::new(),
+                    };
+                    push_pending(&mut pending, change);
+                    pend.insert(id, encode_value(&pending).map_err(abort)?)?;
+                    return Ok(ChangeOutcome::Pending);
+                };
+                let key: Vec<u8> = decode_value(BY_SERVER_ID, id, &raw_key).map_err(abort)?;
+                let Some(raw) = msgs.get(key.as_slice())? else {
+                    return Err(abort(corrupt(
+                        BY_SERVER_ID,
+                        id,
+                        "index entry points to a missing message",
+                    )));
+                };
+                let old: Message = decode_value(MESSAGES, &key, &raw).map_err(abort)?;
+                let message = change.apply(&old);
+                match &message {
+                    Some(m) => {
+                        msgs.insert(key.as_slice(), encode_value(m).map_err(abort)?)?;
+                    }
+                    None => {
+                        msgs.remove(key.as_slice())?;
+                        index.remove(id)?;
+                    }
+                }
+                let revision = rev.after(change);
+                revs.insert(id, encode_value(&revision).map_err(abort)?)?;
+                Ok(ChangeOutcome::Applied { message, revision })
+            });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => store_err(e),
+        })
+    }
+
+    async fn revision(&self, id: &ServerMsgId) -> Result<Option<MessageRevision>, ArchError> {
+        self.revision_now(id)
+    }
+
+    async fn change_cursor(&self) -> Result<Option<ChangeCursor>, ArchError> {
+        match self.meta.get(CHANGE_CURSOR_KEY).map_err(store_err)? {
+            Some(raw) => decode_value(META, CHANGE_CURSOR_KEY, &raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_change_cursor(&self, cursor: &ChangeCursor) -> Result<(), ArchError> {
+        self.meta
+            .insert(CHANGE_CURSOR_KEY, encode_value(cursor)?)
+            .map(|_| ())
+            .map_err(store_err)
+    }
+
+    async fn put_read_receipt(&self, receipt: &ReadReceipt) -> Result<bool, ArchError> {
+        let mut key = conversation_prefix(&receipt.conversation)?;
+        key.extend_from_slice(receipt.reader.as_str().as_bytes());
+        let value = encode_value(receipt)?;
+        // Compare and set in one transaction: concurrent receipts keep the newest.
+        let result = self.receipts.transaction(|tree| {
+            let old: Option<ReadReceipt> = match tree.get(key.as_slice())? {
+                Some(raw) => Some(
+                    decode_value(RECEIPTS, &key, &raw)
+                        .map_err(ConflictableTransactionError::Abort)?,
+                ),
+                None => None,
+            };
+            if !receipt_is_newer(old.as_ref(), receipt) {
+                return Ok(false);
+            }
+            tree.insert(key.as_slice(), value.as_slice())?;
+            Ok(true)
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => store_err(e),
+        })
+    }
+
+    async fn read_receipts(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<ReadReceipt>, ArchError> {
+        let prefix = conversation_prefix(conversation)?;
+        self.receipts
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(store_err)?;
+                decode_value(RECEIPTS, &key, &value)
+            })
+            .collect()
     }
 
     async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError> {

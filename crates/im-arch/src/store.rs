@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use im_service::{
-    ClientMsgId, ConversationId, Message, Origin, OutgoingMessage, Seq, ServerMsgId, Timestamp,
+    ChangeCursor, ChangeKind, ClientMsgId, ConversationId, Message, MessageChange, Origin,
+    OutgoingMessage, ReadReceipt, Seq, ServerMsgId, Timestamp, UserId,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -101,8 +102,95 @@ pub struct DurableEvent {
     pub origin: Origin,
 }
 
+/// What the local store knows of a message's changes (recall, edit, delete for me): the
+/// highest revision applied, so a change is applied once and only when newer
+/// ([`MessageChange::revision`]), and what a UI needs to show "edited".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MessageRevision {
+    /// The highest revision applied (0: none; a message pulled in its current state starts
+    /// at 0 too, its content already changed).
+    pub revision: u32,
+    /// When the latest edit applied was made (`None`: never edited here).
+    pub edited_at: Option<Timestamp>,
+    /// Deleted for me: the message is gone from timeline pages and lookups, and stays gone
+    /// (a later change or a redelivery of it does not bring it back).
+    pub deleted: bool,
+}
+
+impl MessageRevision {
+    /// This record after `change` was applied.
+    pub(crate) fn after(self, change: &MessageChange) -> Self {
+        Self {
+            revision: change.revision,
+            edited_at: match change.kind {
+                ChangeKind::Edited(_) => Some(change.at),
+                _ => self.edited_at,
+            },
+            deleted: self.deleted || matches!(change.kind, ChangeKind::DeletedForMe),
+        }
+    }
+}
+
+/// What [`Store::apply_change`] did with a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// Applied: the message as it now is (`None`: deleted for me), and its revision record.
+    Applied {
+        /// The message after the change; `None` when it was deleted for me.
+        message: Option<Message>,
+        /// The message's revision record after the change.
+        revision: MessageRevision,
+    },
+    /// Not newer than what the store holds (a duplicate or a reordered older change), or
+    /// its message is deleted for me: nothing changed.
+    Stale,
+    /// The message is not stored yet: the change is kept and applied when it arrives
+    /// ([`Store::put_messages`]).
+    Pending,
+}
+
+/// How many pending changes the store keeps per message it does not hold yet (the newest
+/// revisions win): a change feed that names a message the client never gets must not grow
+/// the store without bound.
+pub const MAX_PENDING_PER_MESSAGE: usize = 8;
+
+/// Applies the pending `changes` (any order) to a message arriving now, in revision order.
+/// Returns what to store (`None`: deleted for me) and the revision record.
+pub(crate) fn apply_pending(
+    message: &Message,
+    changes: &[MessageChange],
+) -> (Option<Message>, MessageRevision) {
+    let mut sorted: Vec<&MessageChange> = changes.iter().collect();
+    sorted.sort_by_key(|c| c.revision);
+    let mut current = Some(message.clone());
+    let mut rev = MessageRevision::default();
+    for change in sorted {
+        if change.revision <= rev.revision || rev.deleted {
+            continue;
+        }
+        current = current.and_then(|m| change.apply(&m));
+        rev = rev.after(change);
+    }
+    (current, rev)
+}
+
+/// Adds `change` to the pending changes of its message, keeping the newest
+/// [`MAX_PENDING_PER_MESSAGE`] revisions, one per revision.
+pub(crate) fn push_pending(pending: &mut Vec<MessageChange>, change: &MessageChange) {
+    if pending.iter().any(|c| c.revision == change.revision) {
+        return;
+    }
+    pending.push(change.clone());
+    pending.sort_by_key(|c| std::cmp::Reverse(c.revision));
+    pending.truncate(MAX_PENDING_PER_MESSAGE);
+}
+
 /// What the client keeps locally. The module documentation states the durability contract
 /// every implementation keeps.
+///
+/// The message lifecycle (issue 20) added [`Store::apply_change`] and the methods after it
+/// with default bodies, so that a store written before it still compiles: its defaults
+/// refuse changes with [`ArchError::Store`] and know no cursor or receipt.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Returns once every write that returned before this call is durable (survives the
@@ -215,6 +303,62 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every saved conversation state.
     async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError>;
+
+    /// Applies a message change in one atomic write, idempotently: only when its revision is
+    /// newer than the message's ([`MessageRevision`]); the stored message becomes
+    /// [`MessageChange::apply`]'s result (a deleted-for-me message leaves the timeline and
+    /// lookups, keeping only its revision record, so a redelivery is not stored again).
+    /// A change to a message not stored yet is kept (at most [`MAX_PENDING_PER_MESSAGE`] per
+    /// message) and applied by [`Store::put_messages`] when the message arrives.
+    async fn apply_change(&self, change: &MessageChange) -> Result<ChangeOutcome, ArchError> {
+        let _ = change;
+        Err(ArchError::Store(
+            "this store does not keep message changes".into(),
+        ))
+    }
+
+    /// The revision record of a message (`None`: never changed here).
+    async fn revision(&self, id: &ServerMsgId) -> Result<Option<MessageRevision>, ArchError> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// Where the change feed continues ([`im_service::Vendor::pull_changes`]); `None` before
+    /// the first pull.
+    async fn change_cursor(&self) -> Result<Option<ChangeCursor>, ArchError> {
+        Ok(None)
+    }
+
+    /// Saves the change feed's cursor (see [`Store::change_cursor`]).
+    async fn set_change_cursor(&self, cursor: &ChangeCursor) -> Result<(), ArchError> {
+        let _ = cursor;
+        Err(ArchError::Store(
+            "this store does not keep a change cursor".into(),
+        ))
+    }
+
+    /// Saves a peer's read position if it is newer (by `up_to_time`, then id) than the one
+    /// kept for that reader and conversation; returns whether it was.
+    async fn put_read_receipt(&self, receipt: &ReadReceipt) -> Result<bool, ArchError> {
+        let _ = receipt;
+        Err(ArchError::Store(
+            "this store does not keep read receipts".into(),
+        ))
+    }
+
+    /// The newest read position of each peer of a conversation (for "seen").
+    async fn read_receipts(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<ReadReceipt>, ArchError> {
+        let _ = conversation;
+        Ok(Vec::new())
+    }
+}
+
+/// Whether receipt `new` is further than `old` (by time of the message read, then its id).
+pub(crate) fn receipt_is_newer(old: Option<&ReadReceipt>, new: &ReadReceipt) -> bool {
+    old.is_none_or(|o| (new.up_to_time, &new.up_to) > (o.up_to_time, &o.up_to))
 }
 
 /// Order of messages inside a conversation: server time, then sequence, then id.
@@ -237,6 +381,10 @@ struct MemoryState {
     journal_head: u64,
     subscriptions: HashMap<String, u64>,
     sync_mark: Option<Timestamp>,
+    revisions: HashMap<ServerMsgId, MessageRevision>,
+    pending: HashMap<ServerMsgId, Vec<MessageChange>>,
+    change_cursor: Option<ChangeCursor>,
+    receipts: HashMap<(ConversationId, UserId), ReadReceipt>,
 }
 
 impl MemoryState {
@@ -310,7 +458,14 @@ impl Store for MemoryStore {
     ) -> Result<Vec<DurableEvent>, ArchError> {
         let st = self.state.lock();
         let mut out = Vec::new();
-        for (&position, (id, origin)) in st.journal.range(after.saturating_add(1)..).take(limit) {
+        for (&position, (id, origin)) in st.journal.range(after.saturating_add(1)..) {
+            if out.len() >= limit {
+                break;
+            }
+            if st.revisions.get(id).is_some_and(|r| r.deleted) {
+                // Deleted for me after it was delivered: a durable reader no longer gets it.
+                continue;
+            }
             let message = st
                 .by_id
                 .get(id)
@@ -365,15 +520,29 @@ impl Store for MemoryStore {
         Ok(messages
             .iter()
             .map(|m| {
-                if st.by_id.contains_key(&m.server_id) {
+                let deleted = st.revisions.get(&m.server_id).is_some_and(|r| r.deleted);
+                if deleted || st.by_id.contains_key(&m.server_id) {
                     return false;
                 }
+                // Changes that arrived before their message apply now, in the same write.
+                let stored = match st.pending.remove(&m.server_id) {
+                    Some(pending) => {
+                        let (stored, rev) = apply_pending(m, &pending);
+                        st.revisions.insert(m.server_id.clone(), rev);
+                        stored
+                    }
+                    None => Some(m.clone()),
+                };
+                let Some(stored) = stored else {
+                    // Deleted for me before it arrived: known (not new), never shown.
+                    return false;
+                };
                 let key = order_key(m);
                 st.by_id.insert(m.server_id.clone(), key.clone());
                 st.by_conversation
                     .entry(m.conversation.clone())
                     .or_default()
-                    .insert(key, m.clone());
+                    .insert(key, stored);
                 true
             })
             .collect())
@@ -510,5 +679,86 @@ impl Store for MemoryStore {
             .values()
             .cloned()
             .collect())
+    }
+
+    async fn apply_change(&self, change: &MessageChange) -> Result<ChangeOutcome, ArchError> {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let rev = st
+            .revisions
+            .get(&change.target)
+            .copied()
+            .unwrap_or_default();
+        if rev.deleted || change.revision <= rev.revision {
+            return Ok(ChangeOutcome::Stale);
+        }
+        let Some(key) = st.by_id.get(&change.target).cloned() else {
+            push_pending(st.pending.entry(change.target.clone()).or_default(), change);
+            return Ok(ChangeOutcome::Pending);
+        };
+        let Some(conv) = st.by_conversation.get_mut(&change.conversation) else {
+            return Err(ArchError::Store(format!(
+                "message {} is indexed but not stored in {}",
+                change.target, change.conversation
+            )));
+        };
+        let Some(old) = conv.get(&key) else {
+            return Err(ArchError::Store(format!(
+                "message {} is indexed but not stored",
+                change.target
+            )));
+        };
+        let message = change.apply(old);
+        match &message {
+            Some(m) => {
+                conv.insert(key, m.clone());
+            }
+            None => {
+                conv.remove(&key);
+                st.by_id.remove(&change.target);
+            }
+        }
+        let revision = rev.after(change);
+        st.revisions.insert(change.target.clone(), revision);
+        Ok(ChangeOutcome::Applied { message, revision })
+    }
+
+    async fn revision(&self, id: &ServerMsgId) -> Result<Option<MessageRevision>, ArchError> {
+        Ok(self.state.lock().revisions.get(id).copied())
+    }
+
+    async fn change_cursor(&self) -> Result<Option<ChangeCursor>, ArchError> {
+        Ok(self.state.lock().change_cursor.clone())
+    }
+
+    async fn set_change_cursor(&self, cursor: &ChangeCursor) -> Result<(), ArchError> {
+        self.state.lock().change_cursor = Some(cursor.clone());
+        Ok(())
+    }
+
+    async fn put_read_receipt(&self, receipt: &ReadReceipt) -> Result<bool, ArchError> {
+        let mut st = self.state.lock();
+        let key = (receipt.conversation.clone(), receipt.reader.clone());
+        if !receipt_is_newer(st.receipts.get(&key), receipt) {
+            return Ok(false);
+        }
+        st.receipts.insert(key, receipt.clone());
+        Ok(true)
+    }
+
+    async fn read_receipts(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<ReadReceipt>, ArchError> {
+        let mut out: Vec<ReadReceipt> = self
+            .state
+            .lock()
+            .receipts
+            .iter()
+            .filter(|((c, _), _)| c == conversation)
+            .map(|(_, r)| r.clone())
+            .collect();
+        out.sort_by(|a, b| a.reader.cmp(&b.reader));
+        Ok(out)
     }
 }

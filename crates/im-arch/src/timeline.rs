@@ -3,6 +3,11 @@
 //! vendor for recent ones, the archive for old ones), are persisted, and whatever no source
 //! can serve is reported as a gap. Also one page of a single history window
 //! (`ImClient::history`).
+//!
+//! Messages are shown in their current state: the store applies edits and recalls in place
+//! (a recalled message keeps only [`im_service::Content::Recalled`]) and drops a message
+//! deleted for me from its pages, and a page fetched from a history source is returned as
+//! the store holds it after storing it (a local change wins over a source's older copy).
 
 use im_service::{ConversationId, Message, PageCursor, ServerMsgId, Timestamp};
 
@@ -67,7 +72,7 @@ pub(crate) async fn page_before(
             HistoryGap::before_horizon(source.name(), page.horizon, from, to)
                 .filter(|g| shared.is_real_gap(g)),
         );
-        for m in page.messages {
+        for m in current_state(shared, page.messages).await? {
             if seen.insert(m.server_id.clone()) {
                 anchor = anchor.min(m.server_time);
                 messages.push(m);
@@ -79,6 +84,26 @@ pub(crate) async fn page_before(
     }
     messages.truncate(limit);
     Ok(TimelinePage { messages, gaps })
+}
+
+/// Each of `fetched` (just stored) as the store holds it: a change applied here, or one
+/// kept until the message arrived, wins over a source's older copy; a message deleted for
+/// me is left out (an archive does not know who deleted what).
+async fn current_state(shared: &Shared, fetched: Vec<Message>) -> Result<Vec<Message>, ArchError> {
+    let mut out = Vec::with_capacity(fetched.len());
+    for m in fetched {
+        match shared.store.message(&m.server_id).await? {
+            Some(stored) => out.push(stored),
+            None if shared
+                .store
+                .revision(&m.server_id)
+                .await?
+                .is_some_and(|r| r.deleted) => {}
+            // A store that did not keep it (none of ours): the source's copy.
+            None => out.push(m),
+        }
+    }
+    Ok(out)
 }
 
 /// Up to `limit` locally stored messages newer than `after`, oldest first.
@@ -124,7 +149,7 @@ pub(crate) async fn window_page(
         .filter(|g| shared.is_real_gap(g))
         .collect();
     Ok(HistoryResult {
-        messages: page.messages,
+        messages: current_state(shared, page.messages).await?,
         gaps,
         next: page.next,
     })

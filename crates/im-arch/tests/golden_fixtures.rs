@@ -5,12 +5,14 @@
 //! `SCHEMA_VERSION`. Create missing fixtures with `IM_BLESS_FIXTURES=1 cargo test -p im-arch
 //! --test golden_fixtures`.
 
-use im_arch::{ConversationState, OutboxItem, SCHEMA_VERSION, SendStatus, SyncCursor};
+use im_arch::{
+    ConversationState, MessageRevision, OutboxItem, SCHEMA_VERSION, SendStatus, SyncCursor,
+};
 use im_service::codec::FORMAT_VERSION;
 use im_service::codec::golden::Fixtures;
 use im_service::{
-    ClientMsgId, Content, ConversationId, Message, Origin, OutgoingMessage, Seq, ServerMsgId,
-    Timestamp, UserId,
+    ChangeCursor, ChangeKind, ClientMsgId, Content, ConversationId, Message, MessageChange, Origin,
+    OutgoingMessage, ReadReceipt, Seq, ServerMsgId, Timestamp, UserId,
 };
 
 fn group() -> ConversationId {
@@ -149,6 +151,56 @@ fn stored_values_match_their_golden_fixtures() {
     // `meta`: the schema version and the sync mark.
     f.check("schema_version", &v, &SCHEMA_VERSION);
     f.check("sync_mark", &v, &Timestamp::from_millis(1_700_000_000_456));
+
+    // The message lifecycle (issue 20, new trees, same schema): `revisions`,
+    // `pending_changes`, `receipts` and the change feed's cursor in `meta`.
+    f.check(
+        "message_revision",
+        &v,
+        &MessageRevision {
+            revision: 3,
+            edited_at: Some(Timestamp::from_millis(1_700_000_004_000)),
+            deleted: false,
+        },
+    );
+    f.check(
+        "message_revision_deleted",
+        &v,
+        &MessageRevision {
+            revision: 1,
+            edited_at: None,
+            deleted: true,
+        },
+    );
+    let change = |kind, revision| MessageChange {
+        conversation: group(),
+        target: ServerMsgId::new("srv-1001"),
+        kind,
+        by: UserId::new("alice"),
+        at: Timestamp::from_millis(1_700_000_005_000),
+        revision,
+    };
+    f.check(
+        "pending_changes",
+        &v,
+        &vec![
+            change(ChangeKind::Edited(Content::text("fixed ✓")), 2),
+            change(ChangeKind::Recalled, 3),
+            change(ChangeKind::DeletedForMe, 4),
+        ],
+    );
+    f.check(
+        "read_receipt",
+        &v,
+        &ReadReceipt {
+            conversation: direct(),
+            reader: UserId::new("bob"),
+            up_to: ServerMsgId::new("srv-1001"),
+            up_to_time: Timestamp::from_millis(1_700_000_000_123),
+            at: Timestamp::from_millis(1_700_000_006_000),
+        },
+    );
+    f.check("change_cursor", &v, &ChangeCursor(vec![0, 1, 0x7f, 0xff]));
 
     f.finish();
 }

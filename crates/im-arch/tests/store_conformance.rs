@@ -6,11 +6,37 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use im_arch::{ArchError, SledStore};
+use im_arch::{ChangeOutcome, MAX_PENDING_PER_MESSAGE, MessageRevision};
 use im_arch::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
 use im_service::{
-    ClientMsgId, Content, ConversationId, Message, Origin, OutgoingMessage, Seq, ServerMsgId,
-    Timestamp, UserId,
+    ChangeCursor, ChangeKind, ClientMsgId, Content, ConversationId, Message, MessageChange, Origin,
+    OutgoingMessage, ReadReceipt, Seq, ServerMsgId, Timestamp, UserId,
 };
+
+fn change(m: &Message, kind: ChangeKind, revision: u32, at: i64) -> MessageChange {
+    MessageChange {
+        conversation: m.conversation.clone(),
+        target: m.server_id.clone(),
+        kind,
+        by: m.sender.clone(),
+        at: Timestamp::from_millis(at),
+        revision,
+    }
+}
+
+fn edit(m: &Message, text: &str, revision: u32, at: i64) -> MessageChange {
+    change(m, ChangeKind::Edited(Content::text(text)), revision, at)
+}
+
+fn receipt(c: &ConversationId, reader: &str, up_to: &str, time: i64) -> ReadReceipt {
+    ReadReceipt {
+        conversation: c.clone(),
+        reader: UserId::new(reader),
+        up_to: ServerMsgId::new(up_to),
+        up_to_time: Timestamp::from_millis(time),
+        at: Timestamp::from_millis(time + 1),
+    }
+}
 
 fn alice_bob() -> ConversationId {
     ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"))
@@ -592,6 +618,252 @@ mod suite {
     }
 }
 
+/// The message lifecycle's scenarios (issue 20), each over any `Store`.
+mod lifecycle_suite {
+    use super::*;
+
+    pub async fn a_change_applies_once_and_only_when_newer(store: &impl Store) {
+        let c = alice_bob();
+        let m = msg(&c, "m", 10, Some(1));
+        store.put_messages(std::slice::from_ref(&m)).await.unwrap();
+        let e1 = edit(&m, "first fix", 1, 20);
+        let ChangeOutcome::Applied { message, revision } = store.apply_change(&e1).await.unwrap()
+        else {
+            panic!("a first edit must apply");
+        };
+        assert_eq!(message.unwrap().content, Content::text("first fix"));
+        assert_eq!(
+            revision,
+            MessageRevision {
+                revision: 1,
+                edited_at: Some(Timestamp::from_millis(20)),
+                deleted: false
+            }
+        );
+        // A duplicate, and an older revision after a newer one, change nothing.
+        let e3 = edit(&m, "third", 3, 40);
+        assert!(matches!(
+            store.apply_change(&e3).await.unwrap(),
+            ChangeOutcome::Applied { .. }
+        ));
+        assert_eq!(
+            store.apply_change(&e1).await.unwrap(),
+            ChangeOutcome::Stale,
+            "an older revision must not overwrite a newer one"
+        );
+        assert_eq!(store.apply_change(&e3).await.unwrap(), ChangeOutcome::Stale);
+        let stored = store.message(&m.server_id).await.unwrap().unwrap();
+        assert_eq!(stored.content, Content::text("third"));
+        // The timeline shows it once, in its latest state; ids and order do not change.
+        let page = store.page_before(&c, None, 10).await.unwrap();
+        assert_eq!(page, vec![stored]);
+        // A redelivery of the original does not bring the old content back.
+        assert_eq!(store.put_messages(std::slice::from_ref(&m)).await.unwrap(), [false]);
+        assert_eq!(
+            store.latest(&c, 1).await.unwrap()[0].content,
+            Content::text("third")
+        );
+        // Recalled: only what `apply` leaves, and an edit cannot bring content back.
+        let recall = change(&m, ChangeKind::Recalled, 4, 50);
+        store.apply_change(&recall).await.unwrap();
+        store.apply_change(&edit(&m, "back", 5, 60)).await.unwrap();
+        let recalled = store.message(&m.server_id).await.unwrap().unwrap();
+        assert_eq!(
+            recalled.content,
+            Content::Recalled {
+                by: m.sender.clone(),
+                at: Timestamp::from_millis(50)
+            }
+        );
+        assert_eq!(
+            store
+                .revision(&m.server_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revision,
+            5
+        );
+    }
+
+    pub async fn deleted_for_me_leaves_pages_and_stays_gone(store: &impl Store) {
+        let c = alice_bob();
+        let all: Vec<Message> = (1..=3)
+            .map(|i| msg(&c, &format!("d{i}"), 10 * i, Some(i as u64)))
+            .collect();
+        store.put_messages(&all).await.unwrap();
+        store
+            .commit_delivery(
+                &[],
+                &[
+                    (all[0].server_id.clone(), Origin::Online),
+                    (all[1].server_id.clone(), Origin::Online),
+                    (all[2].server_id.clone(), Origin::Online),
+                ],
+            )
+            .await
+            .unwrap();
+        let gone = change(&all[1], ChangeKind::DeletedForMe, 1, 99);
+        assert_eq!(
+            store.apply_change(&gone).await.unwrap(),
+            ChangeOutcome::Applied {
+                message: None,
+                revision: MessageRevision {
+                    revision: 1,
+                    edited_at: None,
+                    deleted: true
+                }
+            }
+        );
+        assert_eq!(
+            ids(&store.page_before(&c, None, 10).await.unwrap()),
+            ["d3", "d1"]
+        );
+        assert_eq!(
+            ids(&store.page_after(&c, &all[0], 10).await.unwrap()),
+            ["d3"]
+        );
+        assert_eq!(store.message(&all[1].server_id).await.unwrap(), None);
+        // A redelivery is known, never stored again; a later change does not revive it.
+        assert_eq!(store.put_messages(&all[1..2]).await.unwrap(), [false]);
+        assert_eq!(
+            store
+                .apply_change(&edit(&all[1], "x", 2, 100))
+                .await
+                .unwrap(),
+            ChangeOutcome::Stale
+        );
+        assert_eq!(ids(&store.latest(&c, 10).await.unwrap()), ["d3", "d1"]);
+        // A durable reader no longer gets it.
+        let journal = store.journal_after(0, 10).await.unwrap();
+        let journaled: Vec<&str> = journal
+            .iter()
+            .map(|e| e.message.server_id.as_str())
+            .collect();
+        assert_eq!(journaled, ["d1", "d3"]);
+    }
+
+    pub async fn a_change_before_its_message_applies_when_it_arrives(store: &impl Store) {
+        let c = alice_bob();
+        let (early, gone) = (msg(&c, "early", 10, Some(1)), msg(&c, "gone", 20, Some(2)));
+        assert_eq!(
+            store
+                .apply_change(&edit(&early, "edited", 2, 30))
+                .await
+                .unwrap(),
+            ChangeOutcome::Pending
+        );
+        assert_eq!(
+            store
+                .apply_change(&edit(&early, "older", 1, 25))
+                .await
+                .unwrap(),
+            ChangeOutcome::Pending
+        );
+        assert_eq!(
+            store
+                .apply_change(&change(&gone, ChangeKind::DeletedForMe, 1, 30))
+                .await
+                .unwrap(),
+            ChangeOutcome::Pending
+        );
+        assert_eq!(
+            store
+                .put_messages(&[early.clone(), gone.clone()])
+                .await
+                .unwrap(),
+            [true, false],
+            "a message deleted before it arrived is known, not new"
+        );
+        let stored = store.message(&early.server_id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.content,
+            Content::text("edited"),
+            "revisions apply in order"
+        );
+        assert_eq!(
+            store
+                .revision(&early.server_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revision,
+            2
+        );
+        assert_eq!(ids(&store.latest(&c, 10).await.unwrap()), ["early"]);
+        // Pending changes are bounded per message.
+        let never = msg(&c, "never", 40, Some(3));
+        for r in 1..=(MAX_PENDING_PER_MESSAGE as u32 + 5) {
+            store
+                .apply_change(&edit(&never, &format!("v{r}"), r, 40 + i64::from(r)))
+                .await
+                .unwrap();
+        }
+        store.put_messages(std::slice::from_ref(&never)).await.unwrap();
+        let last = MAX_PENDING_PER_MESSAGE as u32 + 5;
+        assert_eq!(
+            store
+                .message(&never.server_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .content,
+            Content::text(format!("v{last}"))
+        );
+    }
+
+    pub async fn change_cursor_and_receipts_round_trip(store: &impl Store) {
+        assert_eq!(store.change_cursor().await.unwrap(), None);
+        store
+            .set_change_cursor(&ChangeCursor(vec![1, 2]))
+            .await
+            .unwrap();
+        store
+            .set_change_cursor(&ChangeCursor(vec![3]))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.change_cursor().await.unwrap(),
+            Some(ChangeCursor(vec![3]))
+        );
+        let c = alice_bob();
+        let g = ConversationId::group("ops");
+        assert!(
+            store
+                .put_read_receipt(&receipt(&c, "bob", "m2", 20))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .put_read_receipt(&receipt(&c, "bob", "m1", 10))
+                .await
+                .unwrap(),
+            "a read position never moves back"
+        );
+        assert!(
+            store
+                .put_read_receipt(&receipt(&c, "carol", "m1", 10))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .put_read_receipt(&receipt(&g, "bob", "g9", 90))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.read_receipts(&c).await.unwrap(),
+            vec![receipt(&c, "bob", "m2", 20), receipt(&c, "carol", "m1", 10)]
+        );
+        assert_eq!(
+            store.read_receipts(&g).await.unwrap(),
+            vec![receipt(&g, "bob", "g9", 90)]
+        );
+    }
+}
+
 /// Stamps every scenario of [`suite`] as a `#[tokio::test]` over a fresh store from
 /// `$factory`.
 macro_rules! store_conformance {
@@ -682,6 +954,27 @@ macro_rules! store_conformance {
             async fn negative_and_extreme_times_order() {
                 suite::negative_and_extreme_times_order(&store()).await;
             }
+
+            #[tokio::test]
+            async fn a_change_applies_once_and_only_when_newer() {
+                lifecycle_suite::a_change_applies_once_and_only_when_newer(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn deleted_for_me_leaves_pages_and_stays_gone() {
+                lifecycle_suite::deleted_for_me_leaves_pages_and_stays_gone(&store()).await;
+            }
+
+            #[tokio::test]
+            async fn a_change_before_its_message_applies_when_it_arrives() {
+                lifecycle_suite::a_change_before_its_message_applies_when_it_arrives(&store())
+                    .await;
+            }
+
+            #[tokio::test]
+            async fn change_cursor_and_receipts_round_trip() {
+                lifecycle_suite::change_cursor_and_receipts_round_trip(&store()).await;
+            }
         }
     };
 }
@@ -721,6 +1014,58 @@ mod sled_only {
         meta.insert(SCHEMA_KEY, im_service::codec::encode(&version).unwrap())
             .unwrap();
         db.flush().unwrap();
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_changes_pending_changes_cursor_and_receipts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = alice_bob();
+        let (m, later) = (msg(&c, "m", 10, Some(1)), msg(&c, "later", 20, Some(2)));
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_messages(std::slice::from_ref(&m)).await.unwrap();
+            store.apply_change(&edit(&m, "fixed", 1, 11)).await.unwrap();
+            store
+                .apply_change(&change(&later, ChangeKind::Recalled, 1, 21))
+                .await
+                .unwrap();
+            store
+                .set_change_cursor(&ChangeCursor(vec![7]))
+                .await
+                .unwrap();
+            store
+                .put_read_receipt(&receipt(&c, "bob", "m", 10))
+                .await
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.message(&m.server_id).await.unwrap().unwrap().content,
+            Content::text("fixed")
+        );
+        assert_eq!(
+            store.apply_change(&edit(&m, "fixed", 1, 11)).await.unwrap(),
+            ChangeOutcome::Stale
+        );
+        assert_eq!(
+            store.change_cursor().await.unwrap(),
+            Some(ChangeCursor(vec![7]))
+        );
+        assert_eq!(store.read_receipts(&c).await.unwrap().len(), 1);
+        store
+            .put_messages(std::slice::from_ref(&later))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .message(&later.server_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .content,
+            Content::Recalled { .. }
+        ));
     }
 
     #[tokio::test]

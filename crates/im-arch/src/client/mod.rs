@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use im_service::{
     Capability, ClientMsgId, Clock, Content, ConversationId, Credentials, EventStream, Message,
-    PageCursor, ServerMsgId, Token, Vendor,
+    MessageChange, PageCursor, ReadReceipt, ServerMsgId, Token, Vendor,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,9 +28,9 @@ use crate::error::ArchError;
 use crate::events::{ClientEvent, ConnectionState};
 use crate::history::{HistoryResult, HistorySource, HistoryWindow, VendorHistory};
 use crate::shared::Shared;
-use crate::store::{MemoryStore, OutboxItem, Store};
+use crate::store::{MemoryStore, MessageRevision, OutboxItem, Store};
 use crate::timeline::TimelinePage;
-use crate::{conversations, durable, send_queue, timeline};
+use crate::{conversations, durable, lifecycle, send_queue, timeline};
 
 /// A stream of the client's events (shared, `Arc`ed); dropping it unsubscribes.
 pub type Subscription = BusStream<ClientEvent>;
@@ -489,6 +489,60 @@ impl ImClient {
     /// A locally stored message by its vendor id.
     pub async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
         self.shared.store.message(id).await
+    }
+}
+
+/// The message lifecycle: recall, edit, delete for me, read state (`lifecycle`).
+impl ImClient {
+    /// Recalls my message `id` for everyone (within the vendor's window,
+    /// [`Vendor::lifecycle`](im_service::Vendor::lifecycle)). When this returns the change is
+    /// durable here and announced ([`ClientEvent::MessageChanged`]); the message shows as
+    /// [`Content::Recalled`]. A refusal is [`ArchError::ChangeRefused`]; a vendor without
+    /// recall answers [`ArchError::Permanent`] with `Unsupported`.
+    pub async fn recall(
+        &self,
+        conversation: &ConversationId,
+        id: &ServerMsgId,
+    ) -> Result<MessageChange, ArchError> {
+        lifecycle::recall(&self.shared, conversation, id).await
+    }
+
+    /// Replaces the content of message `id` (who may, and until when: the vendor's
+    /// policy). Durable and announced when this returns, like [`ImClient::recall`]; the
+    /// message shows once, with its latest content ([`ImClient::revision`] says it was
+    /// edited).
+    pub async fn edit(
+        &self,
+        conversation: &ConversationId,
+        id: &ServerMsgId,
+        content: Content,
+    ) -> Result<MessageChange, ArchError> {
+        lifecycle::edit(&self.shared, conversation, id, &content).await
+    }
+
+    /// Deletes message `id` for me, on all my devices; gone from this timeline and the
+    /// conversation list when this returns.
+    pub async fn delete_for_me(
+        &self,
+        conversation: &ConversationId,
+        id: &ServerMsgId,
+    ) -> Result<MessageChange, ArchError> {
+        lifecycle::delete_for_me(&self.shared, conversation, id).await
+    }
+
+    /// What this client knows of message `id`'s changes (its revision, when it was last
+    /// edited, whether it is deleted for me); `None` when it never changed here.
+    pub async fn revision(&self, id: &ServerMsgId) -> Result<Option<MessageRevision>, ArchError> {
+        self.shared.store.revision(id).await
+    }
+
+    /// The newest read position of each peer of `conversation` ("seen"), as the vendor
+    /// reported them ([`ClientEvent::ReadBy`]).
+    pub async fn read_receipts(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<ReadReceipt>, ArchError> {
+        self.shared.store.read_receipts(conversation).await
     }
 }
 

@@ -375,12 +375,16 @@ async fn online(
                     return Exit::Stop(ConnectionState::TokenExpired);
                 }
                 Some(VendorEvent::MessageChanged(change)) => {
-                    // Lifecycle events (issue 20): not applied by the client yet; no vendor
-                    // declares the capabilities that send them.
-                    tracing::debug!(kind = change.kind.as_str(), "message change not applied yet");
+                    // Durable before announced; a store failure reconnects, and the sync
+                    // pass pulls the change again from the feed (idempotent by revision).
+                    if let Err(e) = crate::lifecycle::apply(shared, std::slice::from_ref(&change), &[]).await {
+                        return Exit::Reconnect(format!("applying a message change failed: {e}"));
+                    }
                 }
-                Some(VendorEvent::ReadReceipt(_)) => {
-                    tracing::debug!("read receipt not applied yet");
+                Some(VendorEvent::ReadReceipt(receipt)) => {
+                    if let Err(e) = crate::lifecycle::apply(shared, &[], std::slice::from_ref(&receipt)).await {
+                        return Exit::Reconnect(format!("applying a read receipt failed: {e}"));
+                    }
                 }
             },
             _ = heartbeat.tick() => {

@@ -10,7 +10,12 @@
 //!   atomic write ([`Store::commit_delivery`](crate::Store::commit_delivery)) after the events are published, so a crash
 //!   before it repeats the delivery once and after it never;
 //! * the cursor never moves past a hole, and a detected hole is always fetched (or skipped,
-//!   when the vendor no longer has it, rather than stalling).
+//!   when the vendor no longer has it, rather than stalling);
+//! * with [`Capability::ChangeFeed`] the pass pulls the changes it missed after the
+//!   messages and before going online (`lifecycle::pull_changes`);
+//! * my own message sent by this device (acknowledged to this process, or still in the
+//!   outbox) is stored quietly whichever way it comes back: the UI shows its local echo,
+//!   never a second copy; my messages from my other devices are delivered once, as mine.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -162,6 +167,7 @@ impl SyncEngine {
         unsequenced.reverse();
         unsequenced.sort_by_key(|m| m.server_time);
         ready.extend(unsequenced);
+        let echoes = self.own_echoes(shared, &ready).await?;
         let mut touched: HashMap<ConversationId, SyncCursor> = HashMap::new();
         let journal_on = shared.journal_on.load(Ordering::SeqCst);
         let mut journal = Vec::new();
@@ -178,7 +184,7 @@ impl SyncEngine {
                 .distributor
                 .publish(ClientEvent::ConversationChanged(row))
                 .await;
-            if quiet == Some(&m.server_id) {
+            if quiet == Some(&m.server_id) || echoes.contains(&m.server_id) {
                 continue;
             }
             if journal_on {
@@ -200,6 +206,47 @@ impl SyncEngine {
             }
         }
         Ok(count)
+    }
+
+    /// Which of `ready` are this device's own sends (noted as sent by this process, or
+    /// still in its outbox): stored and ordered like any message, but not announced again.
+    /// My messages from my other devices are not among them: they are delivered as mine.
+    async fn own_echoes(
+        &self,
+        shared: &Shared,
+        ready: &[Message],
+    ) -> Result<HashSet<ServerMsgId>, ArchError> {
+        let me = shared.credentials.lock().user.clone();
+        let mut echoes = HashSet::new();
+        let mut unknown = Vec::new();
+        {
+            let sent = shared.sent_here.lock();
+            for m in ready.iter().filter(|m| m.sender == me) {
+                if sent.contains(&m.client_id) {
+                    echoes.insert(m.server_id.clone());
+                } else {
+                    unknown.push(m);
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            // Sent by this device but not acknowledged to it yet (a lost answer, or a crash
+            // after the vendor stored it): the outbox still has it and resends it under the
+            // same client id.
+            let queued: HashSet<_> = shared
+                .store
+                .outbox()
+                .await?
+                .into_iter()
+                .map(|i| i.message.client_id)
+                .collect();
+            for m in unknown {
+                if queued.contains(&m.client_id) {
+                    echoes.insert(m.server_id.clone());
+                }
+            }
+        }
+        Ok(echoes)
     }
 
     /// Fetches every open hole (failure class 2: a detected gap is always fetched).
@@ -336,6 +383,12 @@ impl SyncEngine {
                 .await?;
             delivered += self.ingest(shared, missed, Origin::Offline).await?;
             delivered += self.fill_gaps(shared).await?;
+            // What changed while away (recalls, edits, deletions, read positions), after
+            // the messages it may name and before live pushes: applied and flushed before
+            // announced, the feed's cursor saved after.
+            if caps.supports(Capability::ChangeFeed) {
+                crate::lifecycle::pull_changes(shared).await?;
+            }
             shared
                 .retry("go_online", || shared.vendor.go_online())
                 .await?;
@@ -477,8 +530,10 @@ mod tests {
     use crate::events::ClientEvent;
     use crate::shared::Shared;
     use crate::store::{
-        ConversationState, DurableEvent, MemoryStore, OutboxItem, Store, SyncCursor,
+        ChangeOutcome, ConversationState, DurableEvent, MemoryStore, MessageRevision, OutboxItem,
+        Store, SyncCursor,
     };
+    use im_service::{ChangeBatch, ChangeCursor, ChangeKind, MessageChange, ReadReceipt};
 
     /// Every wait of these tests ends by this deadline at the latest, as a named failure.
     const DEADLINE: Duration = Duration::from_secs(20);
@@ -512,6 +567,9 @@ mod tests {
     impl Store for Recording {
         async fn flush(&self) -> Result<(), ArchError> {
             self.note("flush");
+            if let Some(p) = self.probe.lock().as_ref() {
+                self.note(format!("flush(handed={})", p.queued()));
+            }
             self.inner.flush().await
         }
         async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
@@ -614,6 +672,29 @@ mod tests {
         }
         async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError> {
             self.inner.conversation_states().await
+        }
+        async fn apply_change(&self, change: &MessageChange) -> Result<ChangeOutcome, ArchError> {
+            self.note(format!("apply_change({})", change.target));
+            self.inner.apply_change(change).await
+        }
+        async fn revision(&self, id: &ServerMsgId) -> Result<Option<MessageRevision>, ArchError> {
+            self.inner.revision(id).await
+        }
+        async fn change_cursor(&self) -> Result<Option<ChangeCursor>, ArchError> {
+            self.inner.change_cursor().await
+        }
+        async fn set_change_cursor(&self, cursor: &ChangeCursor) -> Result<(), ArchError> {
+            self.note(format!("set_change_cursor({:?})", cursor.0));
+            self.inner.set_change_cursor(cursor).await
+        }
+        async fn put_read_receipt(&self, receipt: &ReadReceipt) -> Result<bool, ArchError> {
+            self.inner.put_read_receipt(receipt).await
+        }
+        async fn read_receipts(
+            &self,
+            conversation: &ConversationId,
+        ) -> Result<Vec<ReadReceipt>, ArchError> {
+            self.inner.read_receipts(conversation).await
         }
     }
 
@@ -769,6 +850,128 @@ mod tests {
                 Some(Seq(2)),
                 "cursor after the batch"
             );
+        })
+        .await;
+    }
+
+    /// Issue 20: with a change feed the pass pulls what changed while away after the
+    /// offline messages and before going online, until nothing is left; each batch is
+    /// applied and flushed before any of it is announced and before its cursor is saved;
+    /// a change to a message not stored yet is kept, not announced; my read on another
+    /// device clears unread here, a peer's is announced as `ReadBy`.
+    #[tokio::test]
+    async fn the_change_feed_is_applied_durably_before_announced_and_before_online() {
+        within("sync pass with a change feed", async {
+            let store = Arc::new(Recording::default());
+            let mut v = vendor(caps(true).with(Capability::ChangeFeed));
+            let batch = OfflineBatch {
+                messages: (1..=2).rev().map(|n| msg(n, true)).collect(),
+                left: 0,
+                ack: None,
+            };
+            v.expect_pull_offline()
+                .times(1)
+                .returning(move |_| Ok(batch.clone()));
+            let change = |n: u64, kind, revision| MessageChange {
+                conversation: conversation(),
+                target: ServerMsgId::new(format!("m{n}")),
+                kind,
+                by: UserId::new("peer"),
+                at: Timestamp::from_millis(100),
+                revision,
+            };
+            let receipt = |reader: &str, n: u64| ReadReceipt {
+                conversation: conversation(),
+                reader: UserId::new(reader),
+                up_to: ServerMsgId::new(format!("m{n}")),
+                up_to_time: Timestamp::from_millis(n as i64),
+                at: Timestamp::from_millis(100),
+            };
+            let first = ChangeBatch {
+                changes: vec![
+                    change(1, ChangeKind::Edited(Content::text("fixed")), 1),
+                    change(9, ChangeKind::Recalled, 1),
+                ],
+                receipts: vec![receipt("peer", 2), receipt("me", 1)],
+                next: ChangeCursor(vec![1]),
+                left: 1,
+            };
+            let second = ChangeBatch {
+                changes: vec![change(2, ChangeKind::Recalled, 1)],
+                receipts: Vec::new(),
+                next: ChangeCursor(vec![2]),
+                left: 0,
+            };
+            let log = store.log.clone();
+            v.expect_pull_changes().times(2).returning(move |since, _| {
+                log.lock().push(format!("pull_changes({since:?})"));
+                Ok(match since {
+                    None => first.clone(),
+                    Some(_) => second.clone(),
+                })
+            });
+            let log = store.log.clone();
+            v.expect_go_online().times(1).returning(move || {
+                log.lock().push("go_online".into());
+                Ok(())
+            });
+            let shared = shared(v, store.clone());
+            let mut sub = subscribe(&shared);
+            *store.probe.lock() = Some(shared.distributor.subscribe(
+                Filter::of([crate::events::EventKind::MessageChanged]),
+                DeliveryPolicy::DropOldest { capacity: 100 },
+            ));
+            let mut engine = SyncEngine::load(&shared).await;
+            engine.sync_pass(&shared, None).await.unwrap();
+
+            let log = store.log.lock().clone();
+            let at = |what: &str| {
+                log.iter()
+                    .position(|l| l.starts_with(what))
+                    .unwrap_or_else(|| panic!("no {what} in {log:?}"))
+            };
+            assert!(at("put_messages") < at("pull_changes"), "messages first: {log:?}");
+            assert!(at("set_change_cursor([2])") < at("go_online"), "feed before online: {log:?}");
+            let cursor1 = at("set_change_cursor([1])");
+            let first_apply = at("apply_change(m1)");
+            assert!(
+                log[first_apply..cursor1]
+                    .iter()
+                    .any(|l| l == "flush(handed=0)"),
+                "the batch was flushed before it was announced and before its cursor: {log:?}"
+            );
+            assert_eq!(
+                store.inner.change_cursor().await.unwrap(),
+                Some(ChangeCursor(vec![2]))
+            );
+            let events = sub.drain_now();
+            let changed: Vec<(String, Option<Content>)> = events
+                .iter()
+                .filter_map(|e| match &**e {
+                    ClientEvent::MessageChanged { change, message } => Some((
+                        change.target.to_string(),
+                        message.as_ref().map(|m| m.content.clone()),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(changed.len(), 2, "m9 is pending, not announced: {changed:?}");
+            assert_eq!(changed[0], ("m1".into(), Some(Content::text("fixed"))));
+            assert!(matches!(changed[1].1, Some(Content::Recalled { .. })));
+            assert!(events.iter().any(|e| matches!(&**e,
+                ClientEvent::ReadBy { reader, up_to, .. } if reader.as_str() == "peer" && up_to.as_str() == "m2")));
+            assert_eq!(
+                shared.conversations.lock().get(&conversation()).map(|r| r.unread),
+                Some(1),
+                "my read on another device (up to m1) leaves m2 unread"
+            );
+            // m9 arrives later: stored as recalled.
+            engine
+                .ingest(&shared, vec![msg(9, true)], Origin::Online)
+                .await
+                .unwrap();
+            let m9 = store.inner.message(&ServerMsgId::new("m9")).await.unwrap();
+            assert!(matches!(m9.map(|m| m.content), Some(Content::Recalled { .. })));
         })
         .await;
     }
