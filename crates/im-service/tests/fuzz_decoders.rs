@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fuzz_support::model::{
-    capabilities, conversation, duration, id, message, outgoing, text, time, user,
+    capabilities, content, conversation, duration, id, message, outgoing, text, time, user,
 };
 use fuzz_support::mutate::{self, Mutation, apply_json, json_damage};
 use fuzz_support::{check_bounded, fuzz, measure};
@@ -26,9 +26,10 @@ use im_service::reference::protocol::DEFAULT_MAX_FRAME_LEN;
 use im_service::reference::{ClientFrame, Reply, Request, ServerFrame, WireCodec};
 use im_service::webhook::{self, CallbackPayload, WebhookError};
 use im_service::{
-    Capability, Credentials, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, KickReason,
-    OfflineAck, OfflineBatch, PageCursor, SendReceipt, Seq, ServerMsgId, ServiceError, Session,
-    Token, VendorEvent,
+    Capability, ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, Content, Credentials,
+    EditPermission, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, KickReason,
+    LifecyclePolicy, MessageChange, OfflineAck, OfflineBatch, PageCursor, ReadReceipt, SendReceipt,
+    Seq, ServerMsgId, ServiceError, Session, Token, VendorEvent,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -74,8 +75,112 @@ fn history_query() -> impl Strategy<Value = HistoryQuery> {
         })
 }
 
-fn request() -> impl Strategy<Value = Request> {
+// Protocol version 2: the message lifecycle.
+
+/// Content as version 2 carries it: what a client sends, or what is left of a recall.
+fn any_content() -> impl Strategy<Value = Content> {
     prop_oneof![
+        4 => content(),
+        1 => (user(), time()).prop_map(|(by, at)| Content::Recalled { by, at }),
+    ]
+}
+
+fn change_cursor() -> impl Strategy<Value = ChangeCursor> {
+    proptest::collection::vec(any::<u8>(), 0..24).prop_map(ChangeCursor)
+}
+
+fn message_change() -> impl Strategy<Value = MessageChange> {
+    (
+        conversation(),
+        id(),
+        prop_oneof![
+            Just(ChangeKind::Recalled),
+            any_content().prop_map(ChangeKind::Edited),
+            Just(ChangeKind::DeletedForMe),
+        ],
+        user(),
+        time(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(conversation, target, kind, by, at, revision)| MessageChange {
+                conversation,
+                target: ServerMsgId::new(target),
+                kind,
+                by,
+                at,
+                revision,
+            },
+        )
+}
+
+fn read_receipt() -> impl Strategy<Value = ReadReceipt> {
+    (conversation(), user(), id(), time(), time()).prop_map(
+        |(conversation, reader, up_to, up_to_time, at)| ReadReceipt {
+            conversation,
+            reader,
+            up_to: ServerMsgId::new(up_to),
+            up_to_time,
+            at,
+        },
+    )
+}
+
+fn change_batch() -> impl Strategy<Value = ChangeBatch> {
+    (
+        proptest::collection::vec(message_change(), 0..4),
+        proptest::collection::vec(read_receipt(), 0..3),
+        change_cursor(),
+        any::<u32>(),
+    )
+        .prop_map(|(changes, receipts, next, left)| ChangeBatch {
+            changes,
+            receipts,
+            next,
+            left,
+        })
+}
+
+fn lifecycle_policy() -> impl Strategy<Value = LifecyclePolicy> {
+    (
+        proptest::option::of(duration()),
+        proptest::option::of(duration()),
+        prop_oneof![
+            Just(EditPermission::Sender),
+            Just(EditPermission::AnyMember)
+        ],
+    )
+        .prop_map(
+            |(recall_window, edit_window, edit_permission)| LifecyclePolicy {
+                recall_window,
+                edit_window,
+                edit_permission,
+            },
+        )
+}
+
+fn change_refusal() -> impl Strategy<Value = ChangeRefusal> {
+    prop_oneof![
+        duration().prop_map(|window| ChangeRefusal::WindowPassed { window }),
+        Just(ChangeRefusal::NotAllowed),
+        Just(ChangeRefusal::Recalled),
+        Just(ChangeRefusal::UnknownMessage),
+    ]
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    let lifecycle = prop_oneof![
+        (conversation(), id()).prop_map(|(c, i)| Request::Recall(c, ServerMsgId::new(i))),
+        (conversation(), id(), any_content()).prop_map(|(c, i, content)| Request::Edit(
+            c,
+            ServerMsgId::new(i),
+            content
+        )),
+        (conversation(), id()).prop_map(|(c, i)| Request::DeleteForMe(c, ServerMsgId::new(i))),
+        (proptest::option::of(change_cursor()), any::<u32>())
+            .prop_map(|(since, max)| Request::PullChanges(since, max)),
+    ];
+    let v1 = prop_oneof![
         (user(), text()).prop_map(|(user, t)| Request::Login(Credentials {
             user,
             token: Token::new(t)
@@ -88,12 +193,14 @@ fn request() -> impl Strategy<Value = Request> {
         history_query().prop_map(Request::PullHistory),
         Just(Request::Ping),
         (conversation(), id()).prop_map(|(c, i)| Request::MarkRead(c, ServerMsgId::new(i))),
-    ]
+    ];
+    prop_oneof![9 => v1, 4 => lifecycle]
 }
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
         1 => Just(ClientFrame::Hello),
+        1 => any::<u16>().prop_map(|version| ClientFrame::HelloV2 { version }),
         6 => (any::<u64>(), request()).prop_map(|(id, request)| ClientFrame::Request { id, request }),
     ]
 }
@@ -139,6 +246,7 @@ fn service_error() -> impl Strategy<Value = ServiceError> {
         (any::<u32>(), text()).prop_map(|(code, message)| ServiceError::Server { code, message }),
         text().prop_map(ServiceError::Protocol),
         codec_error().prop_map(ServiceError::Codec),
+        change_refusal().prop_map(ServiceError::ChangeRefused),
     ];
     prop_oneof![simple, more]
 }
@@ -150,6 +258,8 @@ fn vendor_event() -> impl Strategy<Value = VendorEvent> {
         1 => kick().prop_map(VendorEvent::Kicked),
         1 => time().prop_map(|expires_at| VendorEvent::TokenWillExpire { expires_at }),
         1 => Just(VendorEvent::TokenExpired),
+        2 => message_change().prop_map(VendorEvent::MessageChanged),
+        1 => read_receipt().prop_map(VendorEvent::ReadReceipt),
     ]
 }
 
@@ -203,6 +313,8 @@ fn reply() -> impl Strategy<Value = Reply> {
                 horizon,
             })),
         Just(Reply::Pong),
+        message_change().prop_map(Reply::Change),
+        change_batch().prop_map(Reply::Changes),
     ]
 }
 
@@ -217,6 +329,14 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             .prop_map(|(id, result)| ServerFrame::Response { id, result }),
         3 => vendor_event().prop_map(ServerFrame::Event),
         1 => service_error().prop_map(ServerFrame::Fatal),
+        1 => (text(), capabilities(), lifecycle_policy(), any::<u16>()).prop_map(
+            |(server, capabilities, lifecycle, protocol)| ServerFrame::WelcomeV2 {
+                server,
+                capabilities,
+                lifecycle,
+                protocol,
+            }
+        ),
     ]
 }
 

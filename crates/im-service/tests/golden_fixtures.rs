@@ -12,14 +12,15 @@ use tokio_util::codec::Decoder;
 use im_service::codec::FORMAT_VERSION;
 use im_service::codec::golden::Fixtures;
 use im_service::reference::protocol::{
-    ClientFrame, Reply, Request, ServerFrame, WireCodec, frame_bytes,
+    ClientFrame, PROTOCOL_VERSION, Reply, Request, ServerFrame, WireCodec, frame_bytes,
 };
 use im_service::webhook::CallbackPayload;
 use im_service::{
-    Capabilities, Capability, ClientMsgId, Content, ConversationId, Credentials, HistoryPage,
-    HistoryQuery, HistoryRange, KickReason, Message, OfflineAck, OfflineBatch, Origin,
-    OutgoingMessage, PageCursor, ReceivedMessage, SendReceipt, Seq, ServerMsgId, ServiceError,
-    Session, Timestamp, Token, UserId, VendorEvent,
+    Capabilities, Capability, ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, ClientMsgId,
+    Content, ConversationId, Credentials, EditPermission, HistoryPage, HistoryQuery, HistoryRange,
+    KickReason, LifecyclePolicy, Message, MessageChange, OfflineAck, OfflineBatch, Origin,
+    OutgoingMessage, PageCursor, ReadReceipt, ReceivedMessage, SendReceipt, Seq, ServerMsgId,
+    ServiceError, Session, Timestamp, Token, UserId, VendorEvent,
 };
 
 fn alice() -> UserId {
@@ -141,6 +142,158 @@ fn history_page() -> HistoryPage {
     }
 }
 
+// ---- protocol version 2 (the message lifecycle) ----
+
+/// The v1 set plus every lifecycle capability, as a version 2 server declares them.
+fn capabilities_v2() -> Capabilities {
+    [
+        Capability::Recall,
+        Capability::Edit,
+        Capability::DeleteForMe,
+        Capability::ReadReceiptEvents,
+        Capability::MultiDevice,
+        Capability::ChangeFeed,
+    ]
+    .into_iter()
+    .fold(capabilities(), |caps, cap| caps.with(cap))
+}
+
+/// Not the default policy: every field is pinned with a value of its own.
+fn lifecycle_policy() -> LifecyclePolicy {
+    LifecyclePolicy {
+        recall_window: Some(Duration::from_millis(120_500)),
+        edit_window: None,
+        edit_permission: EditPermission::AnyMember,
+    }
+}
+
+fn change(kind: ChangeKind, revision: u32) -> MessageChange {
+    MessageChange {
+        conversation: group(),
+        target: ServerMsgId::new("srv-1001"),
+        kind,
+        by: bob(),
+        at: Timestamp::from_millis(1_700_000_003_000),
+        revision,
+    }
+}
+
+fn read_receipt() -> ReadReceipt {
+    ReadReceipt {
+        conversation: direct(),
+        reader: bob(),
+        up_to: ServerMsgId::new("srv-1002"),
+        up_to_time: Timestamp::from_millis(1_700_000_000_456),
+        at: Timestamp::from_millis(1_700_000_004_000),
+    }
+}
+
+fn change_batch() -> ChangeBatch {
+    ChangeBatch {
+        changes: vec![
+            change(ChangeKind::Edited(text()), 1),
+            change(ChangeKind::Recalled, 2),
+            change(ChangeKind::DeletedForMe, 3),
+        ],
+        receipts: vec![read_receipt()],
+        next: ChangeCursor(vec![0, 7, 0xff]),
+        left: 4,
+    }
+}
+
+/// The frames protocol version 2 added, each with its own fixture: appended variants, so
+/// the version 1 fixtures above are unchanged.
+fn check_protocol_v2(f: &mut Fixtures, v: &str) {
+    f.check(
+        "client_frame_hello_v2",
+        v,
+        &ClientFrame::HelloV2 {
+            version: PROTOCOL_VERSION,
+        },
+    );
+    let requests = [
+        (
+            "recall",
+            Request::Recall(group(), ServerMsgId::new("srv-1001")),
+        ),
+        (
+            "edit",
+            Request::Edit(group(), ServerMsgId::new("srv-1001"), custom()),
+        ),
+        (
+            "delete_for_me",
+            Request::DeleteForMe(direct(), ServerMsgId::new("srv-1002")),
+        ),
+        (
+            "pull_changes",
+            Request::PullChanges(Some(ChangeCursor(vec![1, 2, 3])), 200),
+        ),
+        ("pull_changes_from_end", Request::PullChanges(None, 0)),
+    ];
+    for (id, (kind, request)) in (11u64..).zip(requests) {
+        let frame = ClientFrame::Request {
+            id: id * 1000,
+            request,
+        };
+        f.check(&format!("client_frame_request_{kind}"), v, &frame);
+    }
+    f.check(
+        "server_frame_welcome_v2",
+        v,
+        &ServerFrame::WelcomeV2 {
+            server: "im-vendor-sim".to_owned(),
+            capabilities: capabilities_v2(),
+            lifecycle: lifecycle_policy(),
+            protocol: PROTOCOL_VERSION,
+        },
+    );
+    let replies = [
+        ("change", Ok(Reply::Change(change(ChangeKind::Recalled, 1)))),
+        ("changes", Ok(Reply::Changes(change_batch()))),
+        (
+            "change_refused",
+            Err(ServiceError::ChangeRefused(ChangeRefusal::WindowPassed {
+                window: Duration::from_secs(120),
+            })),
+        ),
+        (
+            "change_not_allowed",
+            Err(ServiceError::ChangeRefused(ChangeRefusal::NotAllowed)),
+        ),
+    ];
+    for (id, (kind, result)) in (11u64..).zip(replies) {
+        let frame = ServerFrame::Response { id, result };
+        f.check(&format!("server_frame_response_{kind}"), v, &frame);
+    }
+    let events = [
+        (
+            "message_changed",
+            VendorEvent::MessageChanged(change(
+                ChangeKind::Edited(Content::Text("fixed".to_owned())),
+                2,
+            )),
+        ),
+        ("read_receipt", VendorEvent::ReadReceipt(read_receipt())),
+        (
+            "pushed_recalled",
+            VendorEvent::MessagePushed(Message {
+                content: Content::Recalled {
+                    by: alice(),
+                    at: Timestamp::from_millis(1_700_000_005_000),
+                },
+                ..message()
+            }),
+        ),
+    ];
+    for (kind, event) in events {
+        f.check(
+            &format!("server_frame_event_{kind}"),
+            v,
+            &ServerFrame::Event(event),
+        );
+    }
+}
+
 #[test]
 fn formats_match_their_golden_fixtures() {
     let v = format!("v{FORMAT_VERSION}");
@@ -252,6 +405,8 @@ fn formats_match_their_golden_fixtures() {
             retry_after: Duration::from_millis(1500),
         }),
     );
+
+    check_protocol_v2(&mut f, &v);
 
     // A whole frame as it travels: 4-byte big-endian length, then the codec body.
     f.check_encoding(

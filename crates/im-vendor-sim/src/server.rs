@@ -1,5 +1,7 @@
 //! The reference vendor server: accepts TCP connections, authenticates them, and serves the
-//! reference protocol on top of a shared `MemoryVendor`, applying the configured faults.
+//! reference protocol (version 2: every connection opens with `HelloV2`; a version 1 client
+//! is refused with a `Fatal(Protocol)` that says so) on top of a shared `MemoryVendor`,
+//! applying the configured faults.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::{SinkExt, StreamExt};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
-use im_service::reference::protocol::DEFAULT_MAX_FRAME_LEN;
+use im_service::reference::protocol::{DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION, version_1_refused};
 use im_service::reference::{ClientFrame, Reply, Request, ServerFrame, WireCodec};
 use im_service::{Capabilities, ServiceError, ShiftedClock, UserId, Vendor, VendorEvent};
 use parking_lot::Mutex;
@@ -392,6 +394,12 @@ impl Outbox {
         }
     }
 
+    /// The answer to `HelloV2`, outside the wire faults: they model the traffic of a session,
+    /// and counting the handshake would shift every `drop_after_frames` count and seeded run.
+    async fn handshake(&mut self, frame: ServerFrame) -> Result<(), Closed> {
+        self.sink.send(frame).await.map_err(|_| Closed)
+    }
+
     async fn fatal(&mut self, error: ServiceError) {
         let _ = self.flush_held().await;
         let _ = self.sink.send(ServerFrame::Fatal(error)).await;
@@ -423,7 +431,7 @@ async fn serve(stream: TcpStream, n: u64, shared: Arc<Shared>, _slot: Connection
         return;
     };
     let mut outage = shared.outage_generation.subscribe();
-    let mut logged_in = false;
+    let mut state = ConnState::default();
     let mut last_heard = Instant::now();
     loop {
         let held_until = out.held.as_ref().map(|(_, t)| *t);
@@ -458,7 +466,7 @@ async fn serve(stream: TcpStream, n: u64, shared: Arc<Shared>, _slot: Connection
                     }
                     Some(Ok(frame)) => frame,
                 };
-                match handle(frame, &client, &mut logged_in, &mut out).await {
+                match handle(frame, &client, &mut state, &mut out).await {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Close) | Err(Closed) => break,
                 }
@@ -474,25 +482,53 @@ enum Flow {
     Close,
 }
 
+/// Where one connection stands.
+#[derive(Debug, Default)]
+struct ConnState {
+    /// `HelloV2` received: the client speaks version 2.
+    greeted: bool,
+    /// Logged in: requests other than `Login` are served.
+    logged_in: bool,
+}
+
 async fn handle(
     frame: ClientFrame,
     client: &im_service::memory::MemoryClient,
-    logged_in: &mut bool,
+    state: &mut ConnState,
     out: &mut Outbox,
 ) -> Result<Flow, Closed> {
     let (id, request) = match frame {
+        // A version 1 client: `Hello`, or (never greeting) its first request.
         ClientFrame::Hello => {
-            let capabilities = client.capabilities().clone();
-            out.send(ServerFrame::Welcome {
+            out.fatal(version_1_refused()).await;
+            return Ok(Flow::Close);
+        }
+        ClientFrame::HelloV2 { version } if version < PROTOCOL_VERSION => {
+            out.fatal(ServiceError::Protocol(format!(
+                "protocol version {version} is not served; this server speaks version {PROTOCOL_VERSION}"
+            )))
+            .await;
+            return Ok(Flow::Close);
+        }
+        ClientFrame::HelloV2 { .. } => {
+            // A newer client gets the version this server speaks and decides for itself.
+            state.greeted = true;
+            out.handshake(ServerFrame::WelcomeV2 {
                 server: "im-vendor-sim".into(),
-                capabilities,
+                capabilities: client.capabilities().clone(),
+                lifecycle: client.lifecycle(),
+                protocol: PROTOCOL_VERSION,
             })
             .await?;
             return Ok(Flow::Continue);
         }
+        ClientFrame::Request { .. } if !state.greeted => {
+            out.fatal(version_1_refused()).await;
+            return Ok(Flow::Close);
+        }
         ClientFrame::Request { id, request } => (id, request),
     };
-    if !*logged_in && !matches!(request, Request::Login(_)) {
+    if !state.logged_in && !matches!(request, Request::Login(_)) {
         out.fatal(ServiceError::NotLoggedIn).await;
         return Ok(Flow::Close);
     }
@@ -508,7 +544,7 @@ async fn handle(
             Request::Login(creds) => {
                 match client.login(&creds).await {
                     Ok(session) => {
-                        *logged_in = true;
+                        state.logged_in = true;
                         (Ok(Reply::Session(session)), Flow::Continue)
                     }
                     // A failed login ends the connection after the typed answer.
@@ -536,6 +572,23 @@ async fn handle(
             Request::Ping => (client.ping().await.map(|_| Reply::Pong), Flow::Continue),
             Request::MarkRead(c, up_to) => (
                 client.mark_read(&c, &up_to).await.map(|()| Reply::Done),
+                Flow::Continue,
+            ),
+            Request::Recall(c, target) => (
+                client.recall(&c, &target).await.map(Reply::Change),
+                Flow::Continue,
+            ),
+            Request::Edit(c, target, content) => (
+                client.edit(&c, &target, &content).await.map(Reply::Change),
+                Flow::Continue,
+            ),
+            Request::DeleteForMe(c, target) => (
+                client.delete_for_me(&c, &target).await.map(Reply::Change),
+                Flow::Continue,
+            ),
+            // The page size is capped by the storage engine, as for offline pulls.
+            Request::PullChanges(since, max) => (
+                client.pull_changes(since, max).await.map(Reply::Changes),
                 Flow::Continue,
             ),
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use im_service::codec::{self, CodecError, FORMAT_VERSION};
 use im_service::memory::VendorOp;
-use im_service::reference::protocol::frame_bytes;
+use im_service::reference::protocol::{PROTOCOL_VERSION, frame_bytes};
 use im_service::reference::{ClientFrame, ReferenceConfig, ReferenceVendor, Request, ServerFrame};
 use im_service::{
     ConversationId, Credentials, EventStream, HistoryQuery, ServiceError, Token, UserId, Vendor,
@@ -66,6 +66,24 @@ async fn expect_fatal(server: &ReferenceServer, bytes: &[u8], half_close: bool) 
         "the server closes after a fatal frame"
     );
     err
+}
+
+/// `frame` as a version 2 client writes it on a fresh connection: after `HelloV2`.
+fn greeted(frame: &ClientFrame) -> Vec<u8> {
+    let mut out = frame_bytes(&ClientFrame::HelloV2 {
+        version: PROTOCOL_VERSION,
+    })
+    .unwrap();
+    out.extend(frame_bytes(frame).unwrap());
+    out
+}
+
+/// Reads the server's `WelcomeV2`, then the frame after it.
+async fn after_welcome(sock: &mut TcpStream) -> Option<ServerFrame> {
+    match read_frame(sock).await {
+        Some(ServerFrame::WelcomeV2 { .. }) => read_frame(sock).await,
+        other => panic!("expected WelcomeV2, got {other:?}"),
+    }
 }
 
 fn with_len(body: &[u8]) -> Vec<u8> {
@@ -135,15 +153,17 @@ async fn bad_input_gets_a_typed_error_and_loses_nothing() {
         })
     );
     // A request before login.
-    let ping = frame_bytes(&ClientFrame::Request {
+    let ping = ClientFrame::Request {
         id: 1,
         request: Request::Ping,
-    })
-    .unwrap();
+    };
+    let mut sock = TcpStream::connect(server.addr()).await.unwrap();
+    sock.write_all(&greeted(&ping)).await.unwrap();
     assert_eq!(
-        expect_fatal(&server, &ping, false).await,
-        ServiceError::NotLoggedIn
+        after_welcome(&mut sock).await,
+        Some(ServerFrame::Fatal(ServiceError::NotLoggedIn))
     );
+    assert_eq!(read_frame(&mut sock).await, None);
 
     // Unknown user and wrong token: a typed answer, then the connection closes.
     for (creds, check) in [
@@ -164,13 +184,12 @@ async fn bad_input_gets_a_typed_error_and_loses_nothing() {
         ),
     ] {
         let mut sock = TcpStream::connect(server.addr()).await.unwrap();
-        let req = frame_bytes(&ClientFrame::Request {
+        let req = greeted(&ClientFrame::Request {
             id: 9,
             request: Request::Login(creds),
-        })
-        .unwrap();
+        });
         sock.write_all(&req).await.unwrap();
-        match read_frame(&mut sock).await {
+        match after_welcome(&mut sock).await {
             Some(ServerFrame::Response {
                 id: 9,
                 result: Err(e),
@@ -200,17 +219,14 @@ async fn oversized_message_is_refused_by_client_and_server() {
     let max = vendor.client().capabilities().max_message_bytes;
     // Bypass the adapter's local check with a raw request to prove the server refuses too.
     let mut sock = TcpStream::connect(server.addr()).await.unwrap();
-    sock.write_all(
-        &frame_bytes(&ClientFrame::Request {
-            id: 1,
-            request: Request::Login(a.clone()),
-        })
-        .unwrap(),
-    )
+    sock.write_all(&greeted(&ClientFrame::Request {
+        id: 1,
+        request: Request::Login(a.clone()),
+    }))
     .await
     .unwrap();
     assert!(matches!(
-        read_frame(&mut sock).await,
+        after_welcome(&mut sock).await,
         Some(ServerFrame::Response { result: Ok(_), .. })
     ));
     let big = im_service::OutgoingMessage::new(

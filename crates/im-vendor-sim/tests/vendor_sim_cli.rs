@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
-use im_service::{Credentials, ServiceError, Token, UserId, Vendor};
+use im_service::{
+    Capability, Credentials, EditPermission, LifecyclePolicy, ServiceError, Token, UserId, Vendor,
+};
 
 /// Kills the server process however the test ends.
 struct Server(Child);
@@ -119,6 +121,74 @@ async fn fail_next_flag_fails_requests_with_the_chosen_class() {
         ));
     }
     alice.ping().await.unwrap();
+}
+
+/// The lifecycle flags become the rules clients discover (0 seconds: no window), and with
+/// `--multi-device` a second login of a user keeps the first; without the flags the rules
+/// are the contract's defaults and a second login kicks.
+#[tokio::test]
+async fn lifecycle_and_multi_device_flags_take_effect() {
+    let (_server, addr) = start(&[
+        "--user",
+        "alice:s",
+        "--multi-device",
+        "--recall-window-secs",
+        "0",
+        "--edit-window-secs",
+        "30",
+        "--edit-by",
+        "any",
+    ])
+    .await;
+    let vendor = ReferenceVendor::discover(addr, ReferenceConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        vendor.lifecycle(),
+        &LifecyclePolicy {
+            recall_window: None,
+            edit_window: Some(std::time::Duration::from_secs(30)),
+            edit_permission: EditPermission::AnyMember,
+        }
+    );
+    let caps = vendor.client().capabilities().clone();
+    assert!(
+        caps.supports(Capability::MultiDevice) && !caps.supports(Capability::KickOnSecondLogin)
+    );
+    let phone = vendor.client();
+    phone.login(&creds("alice", "s")).await.unwrap();
+    let desk = vendor.client();
+    desk.login(&creds("alice", "s")).await.unwrap();
+    phone
+        .ping()
+        .await
+        .expect("the first device stays logged in");
+    desk.ping().await.unwrap();
+
+    let (_server, addr) = start(&["--user", "alice:s"]).await;
+    let vendor = ReferenceVendor::discover(addr, ReferenceConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(vendor.lifecycle(), &LifecyclePolicy::default());
+    let caps = vendor.client().capabilities().clone();
+    assert!(
+        caps.supports(Capability::KickOnSecondLogin) && !caps.supports(Capability::MultiDevice)
+    );
+}
+
+#[test]
+fn an_unknown_edit_permission_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_im-vendor-sim"))
+        .args(["--listen", "127.0.0.1:0", "--edit-by", "nobody"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run im-vendor-sim");
+    assert!(!out.status.success(), "--edit-by nobody must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sender") && stderr.contains("any"),
+        "the refusal lists the values: {stderr}"
+    );
 }
 
 /// Two accounts given the same token: refused at start with a clear message, instead of

@@ -4,6 +4,10 @@
 //! by two tasks: a writer fed by a channel, and a reader that routes responses to the waiting
 //! request by id and events to the client's event stream. Dropping the connection aborts
 //! both tasks, so nothing outlives its owner.
+//!
+//! Every connection speaks protocol version 2 ([`PROTOCOL_VERSION`]): discovery and each
+//! login connection open with `HelloV2` (on a login connection it is pipelined ahead of
+//! `Login`, so the version costs no round trip).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,9 +24,13 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::Instrument;
 
-use super::protocol::{ClientFrame, DEFAULT_MAX_FRAME_LEN, Reply, Request, ServerFrame, WireCodec};
-use crate::capabilities::Capabilities;
-use crate::model::{ConversationId, OutgoingMessage, ServerMsgId};
+use super::protocol::{
+    ClientFrame, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION, Reply, Request, ServerFrame, WireCodec,
+};
+use crate::capabilities::{Capabilities, Capability};
+use crate::codec::CodecError;
+use crate::lifecycle::{ChangeBatch, ChangeCursor, LifecyclePolicy, MessageChange};
+use crate::model::{Content, ConversationId, OutgoingMessage, ServerMsgId};
 use crate::vendor::{
     Credentials, EventStream, HistoryPage, HistoryQuery, OfflineAck, OfflineBatch, SendReceipt,
     Session, Vendor, VendorEvent,
@@ -83,12 +91,18 @@ impl Default for ReferenceConfig {
 pub struct ReferenceVendor {
     addr: SocketAddr,
     capabilities: Arc<Capabilities>,
+    /// The server's recall and edit rules, from its `WelcomeV2`.
+    lifecycle: Arc<LifecyclePolicy>,
     config: ReferenceConfig,
 }
 
 impl ReferenceVendor {
-    /// Connects once to ask the server what it can do (capabilities come from the server,
-    /// never assumed), then disconnects.
+    /// Connects once to ask the server what it can do (capabilities and lifecycle rules come
+    /// from the server, never assumed), then disconnects.
+    ///
+    /// A server that does not speak protocol version 2 is reported as
+    /// [`ServiceError::Protocol`] naming the versions (a version 1 server cannot decode
+    /// `HelloV2` and answers with a codec error, which is translated here).
     pub async fn discover(addr: SocketAddr, config: ReferenceConfig) -> Result<Self> {
         let stream = connect(addr, config.connect_timeout).await?;
         let (read, write) = stream.into_split();
@@ -100,21 +114,49 @@ impl ReferenceVendor {
             read,
             WireCodec::<ServerFrame, ClientFrame>::new(config.max_frame_len),
         );
-        write.send(ClientFrame::Hello).await?;
+        write
+            .send(ClientFrame::HelloV2 {
+                version: PROTOCOL_VERSION,
+            })
+            .await?;
         let answer = tokio::time::timeout(config.request_timeout, read.next())
             .await
             .map_err(|_| E::Timeout(config.request_timeout))?;
         match answer {
-            Some(Ok(ServerFrame::Welcome { capabilities, .. })) => Ok(Self {
-                addr,
-                capabilities: Arc::new(capabilities),
-                config,
-            }),
+            Some(Ok(ServerFrame::WelcomeV2 {
+                capabilities,
+                lifecycle,
+                protocol,
+                ..
+            })) => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(version_mismatch(addr, &format!("version {protocol}")));
+                }
+                Ok(Self {
+                    addr,
+                    capabilities: Arc::new(capabilities),
+                    lifecycle: Arc::new(lifecycle),
+                    config,
+                })
+            }
+            Some(Ok(ServerFrame::Welcome { .. })) => Err(version_mismatch(addr, "version 1")),
+            // What a version 1 server answers a frame it cannot decode.
+            Some(Ok(ServerFrame::Fatal(E::Codec(e @ CodecError::Malformed(_))))) => {
+                Err(version_mismatch(
+                    addr,
+                    &format!("an older version (it could not decode HelloV2: {e})"),
+                ))
+            }
             Some(Ok(ServerFrame::Fatal(e))) => Err(e),
-            Some(Ok(other)) => Err(E::Protocol(format!("expected Welcome, got {other:?}"))),
+            Some(Ok(other)) => Err(E::Protocol(format!("expected WelcomeV2, got {other:?}"))),
             Some(Err(e)) => Err(e),
             None => Err(E::ConnectionLost("closed during handshake".into())),
         }
+    }
+
+    /// The server's rules for recall and edit (from its `WelcomeV2`).
+    pub fn lifecycle(&self) -> &LifecyclePolicy {
+        &self.lifecycle
     }
 
     /// The server's address.
@@ -132,6 +174,14 @@ impl ReferenceVendor {
             events_rx: Mutex::new(Some(rx)),
         }
     }
+}
+
+/// The error for a server that speaks another protocol version than this adapter.
+fn version_mismatch(addr: SocketAddr, server_speaks: &str) -> ServiceError {
+    E::Protocol(format!(
+        "the reference server at {addr} speaks {server_speaks}; this adapter speaks protocol \
+         version {PROTOCOL_VERSION} only (upgrade the server)"
+    ))
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
@@ -198,6 +248,14 @@ impl Connection {
         );
         let writer_pending = pending.clone();
         let writer = tokio::spawn(async move {
+            // Every connection opens with the version, ahead of the first request.
+            let hello = ClientFrame::HelloV2 {
+                version: PROTOCOL_VERSION,
+            };
+            if let Err(e) = sink.send(hello).await {
+                close(&writer_pending, e);
+                return;
+            }
             while let Some(frame) = outgoing.recv().await {
                 if let Err(e) = sink.send(frame).await {
                     close(&writer_pending, e);
@@ -241,7 +299,12 @@ impl Connection {
                             }
                         }
                         Some(Ok(ServerFrame::Fatal(e))) => break ended.unwrap_or(e),
-                        Some(Ok(ServerFrame::Welcome { .. })) => {}
+                        Some(Ok(ServerFrame::WelcomeV2 { protocol, .. })) if protocol != PROTOCOL_VERSION => {
+                            break E::Protocol(format!(
+                                "the server switched to protocol version {protocol}; this adapter speaks {PROTOCOL_VERSION}"
+                            ));
+                        }
+                        Some(Ok(ServerFrame::Welcome { .. } | ServerFrame::WelcomeV2 { .. })) => {}
                         Some(Err(e)) => break ended.unwrap_or(e),
                         None => break ended.unwrap_or_else(|| E::ConnectionLost("closed by server".into())),
                     }
@@ -339,6 +402,26 @@ impl ReferenceClient {
 
 fn unexpected(reply: Reply) -> ServiceError {
     E::Protocol(format!("unexpected reply {reply:?}"))
+}
+
+impl ReferenceClient {
+    /// Fails with `Unsupported` when the server did not declare `cap`: no request is sent
+    /// for what the server said it cannot do.
+    fn require(&self, cap: Capability) -> Result<()> {
+        if self.vendor.capabilities.supports(cap) {
+            Ok(())
+        } else {
+            Err(E::Unsupported(cap))
+        }
+    }
+
+    /// Sends a change request (recall, edit, delete for me) and expects the stored change.
+    async fn change(&self, request: Request) -> Result<MessageChange> {
+        match self.call(request).await? {
+            Reply::Change(c) => Ok(c),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 #[async_trait]
@@ -449,6 +532,59 @@ impl Vendor for ReferenceClient {
             .await?
         {
             Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn lifecycle(&self) -> LifecyclePolicy {
+        (*self.vendor.lifecycle).clone()
+    }
+
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        self.require(Capability::Recall)?;
+        self.change(Request::Recall(conversation.clone(), target.clone()))
+            .await
+    }
+
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &Content,
+    ) -> Result<MessageChange> {
+        self.require(Capability::Edit)?;
+        let max = self.vendor.capabilities.max_message_bytes;
+        let size = content.size();
+        if size > max {
+            // Refused locally, as `send` does: the frame would be wasted bandwidth.
+            return Err(E::MessageTooLarge { size, max });
+        }
+        self.change(Request::Edit(
+            conversation.clone(),
+            target.clone(),
+            content.clone(),
+        ))
+        .await
+    }
+
+    async fn delete_for_me(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        self.require(Capability::DeleteForMe)?;
+        self.change(Request::DeleteForMe(conversation.clone(), target.clone()))
+            .await
+    }
+
+    async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
+        self.require(Capability::ChangeFeed)?;
+        match self.call(Request::PullChanges(since, max)).await? {
+            Reply::Changes(b) => Ok(b),
             other => Err(unexpected(other)),
         }
     }

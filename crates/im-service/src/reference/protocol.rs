@@ -3,6 +3,16 @@
 //! A frame on the wire is a 4-byte big-endian length followed by that many bytes of
 //! [`crate::codec`] encoding (version byte + bincode body). Requests carry an id the
 //! response echoes, so responses and pushed events can interleave on one connection.
+//!
+//! Protocol versions: version 1 opened a connection with [`ClientFrame::Hello`] (or went
+//! straight to `Login`); version 2 ([`PROTOCOL_VERSION`]) adds the message lifecycle
+//! (recall, edit, delete for me, the change feed, [`VendorEvent::MessageChanged`] and
+//! [`VendorEvent::ReadReceipt`]) and opens **every** connection with
+//! [`ClientFrame::HelloV2`], so the server knows what each connection speaks before it sends
+//! a frame a version 1 client could not decode. A version 2 server answers `Hello`, and any
+//! request before `HelloV2`, with a `Fatal(Protocol)` naming the version it speaks.
+//! Version 2 only appends enum variants: every version 1 frame encodes exactly as before
+//! (bincode is positional; the golden fixtures pin it).
 
 use std::marker::PhantomData;
 
@@ -14,7 +24,8 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 use crate::ServiceError;
 use crate::capabilities::Capabilities;
 use crate::codec::{self, CodecError};
-use crate::model::{ConversationId, OutgoingMessage, ServerMsgId};
+use crate::lifecycle::{ChangeBatch, ChangeCursor, LifecyclePolicy, MessageChange};
+use crate::model::{Content, ConversationId, OutgoingMessage, ServerMsgId};
 use crate::vendor::{
     Credentials, HistoryPage, HistoryQuery, OfflineAck, OfflineBatch, SendReceipt, Session,
     VendorEvent,
@@ -26,10 +37,26 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 1024 * 1024;
 /// Bytes of the length prefix.
 const LEN_PREFIX: usize = 4;
 
+/// The protocol version this code speaks (see the module docs for what changed).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The error a version 2 server answers a version 1 client (a `Hello`, or a request before
+/// `HelloV2`) with, so the client's operator reads what to upgrade instead of a decoding
+/// failure.
+pub fn version_1_refused() -> ServiceError {
+    ServiceError::Protocol(format!(
+        "protocol version 1 is no longer served; this server speaks version \
+         {PROTOCOL_VERSION}: open each connection with HelloV2 {{ version: {PROTOCOL_VERSION} }} \
+         (upgrade the client's im-service)"
+    ))
+}
+
 /// What a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientFrame {
-    /// Asks for the server's identity and capabilities; allowed before login.
+    /// Version 1's greeting: asked for the server's identity and capabilities. A version 2
+    /// server refuses it ([`version_1_refused`]); kept so the variant indexes (and every
+    /// encoding after it) stay as they were.
     Hello,
     /// A request; the server answers with a [`ServerFrame::Response`] carrying the same id.
     Request {
@@ -37,6 +64,13 @@ pub enum ClientFrame {
         id: u64,
         /// What is asked.
         request: Request,
+    },
+    /// Opens a version 2 connection (before any request): the highest protocol version the
+    /// client speaks. The server answers [`ServerFrame::WelcomeV2`] with the version it will
+    /// speak, or `Fatal(Protocol)` when it cannot serve the client.
+    HelloV2 {
+        /// The client's highest protocol version ([`PROTOCOL_VERSION`]).
+        version: u16,
     },
 }
 
@@ -61,6 +95,15 @@ pub enum Request {
     Ping,
     /// Read receipt.
     MarkRead(ConversationId, ServerMsgId),
+    /// Recall a message for everyone (version 2); answered with [`Reply::Change`].
+    Recall(ConversationId, ServerMsgId),
+    /// Replace a message's content (version 2); answered with [`Reply::Change`].
+    Edit(ConversationId, ServerMsgId, Content),
+    /// Delete a message for the caller only (version 2); answered with [`Reply::Change`].
+    DeleteForMe(ConversationId, ServerMsgId),
+    /// Pull the change feed after a cursor, at most this many entries (version 2);
+    /// answered with [`Reply::Changes`].
+    PullChanges(Option<ChangeCursor>, u32),
 }
 
 impl Request {
@@ -76,6 +119,10 @@ impl Request {
             Request::PullHistory(_) => "pull_history",
             Request::Ping => "ping",
             Request::MarkRead(..) => "mark_read",
+            Request::Recall(..) => "recall",
+            Request::Edit(..) => "edit",
+            Request::DeleteForMe(..) => "delete_for_me",
+            Request::PullChanges(..) => "pull_changes",
         }
     }
 }
@@ -95,12 +142,16 @@ pub enum Reply {
     History(HistoryPage),
     /// To `Ping`.
     Pong,
+    /// To `Recall`, `Edit` and `DeleteForMe`: the change as stored (version 2).
+    Change(MessageChange),
+    /// To `PullChanges` (version 2).
+    Changes(ChangeBatch),
 }
 
 /// What the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerFrame {
-    /// Answer to `Hello`.
+    /// Version 1's answer to `Hello` (a version 2 server never sends it).
     Welcome {
         /// Server software name.
         server: String,
@@ -119,6 +170,17 @@ pub enum ServerFrame {
     /// The connection is being closed because of this error (bad frame, no login, idle,
     /// shutdown, connection limit …). Nothing follows it.
     Fatal(ServiceError),
+    /// Answer to [`ClientFrame::HelloV2`].
+    WelcomeV2 {
+        /// Server software name.
+        server: String,
+        /// What this server can do.
+        capabilities: Capabilities,
+        /// Its rules for recall and edit ([`Vendor::lifecycle`](crate::Vendor::lifecycle)).
+        lifecycle: LifecyclePolicy,
+        /// The protocol version the server speaks on this connection (at most the client's).
+        protocol: u16,
+    },
 }
 
 /// Length-delimited framing of `In` (decoded) and `Out` (encoded) frames through the
@@ -339,6 +401,52 @@ mod tests {
             ServiceError::Codec(CodecError::Oversized { max: 2, .. })
         ));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn version_2_frames_roundtrip_and_leave_version_1_indexes_alone() {
+        use crate::lifecycle::{ChangeKind, MessageChange};
+        use crate::model::{Timestamp, UserId};
+        let change = MessageChange {
+            conversation: ConversationId::group("g"),
+            target: ServerMsgId::new("m"),
+            kind: ChangeKind::Recalled,
+            by: UserId::new("alice"),
+            at: Timestamp::from_millis(5),
+            revision: 1,
+        };
+        let mut enc: WireCodec<ServerFrame, ClientFrame> = WireCodec::default();
+        let mut dec = ServerSide::default();
+        let mut buf = BytesMut::new();
+        let frames = [
+            ClientFrame::HelloV2 {
+                version: PROTOCOL_VERSION,
+            },
+            ClientFrame::Request {
+                id: 1,
+                request: Request::PullChanges(Some(ChangeCursor(vec![1])), 10),
+            },
+        ];
+        for f in frames.clone() {
+            enc.encode(f, &mut buf).unwrap();
+        }
+        for f in frames {
+            assert_eq!(dec.decode(&mut buf).unwrap(), Some(f));
+        }
+        let reply = ServerFrame::Response {
+            id: 1,
+            result: Ok(Reply::Change(change)),
+        };
+        assert_eq!(
+            codec::decode::<ServerFrame>(&codec::encode(&reply).unwrap()).unwrap(),
+            reply
+        );
+        // Appended, not inserted: `Hello` keeps index 0 (bincode writes the index first).
+        assert_eq!(codec::encode(&ClientFrame::Hello).unwrap()[1..], [0]);
+        assert_eq!(Request::PullChanges(None, 1).kind(), "pull_changes");
+        assert!(
+            matches!(version_1_refused(), ServiceError::Protocol(m) if m.contains("version 1"))
+        );
     }
 
     #[test]

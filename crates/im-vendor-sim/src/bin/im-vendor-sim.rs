@@ -1,16 +1,17 @@
 //! `im-vendor-sim`: the reference vendor as a standalone server, with accounts from flags
 //! or a file and every fault settable from the command line; with `--control`, driven
 //! line by line from stdin (drop every connection, count and time login attempts), as the
-//! reconnect-storm test and `im-storm` do.
+//! reconnect-storm test and `im-storm` do. The message lifecycle's rules (recall window,
+//! edit window, who may edit) and several devices per user are flags too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use im_service::memory::{MemoryVendorConfig, VendorOp};
-use im_service::{ServiceError, Token, UserId};
+use im_service::{EditPermission, LifecyclePolicy, ServiceError, Token, UserId};
 use im_vendor_sim::{CallbackConfig, Faults, ReferenceServer, ServerConfig};
 
 /// Command-line flags.
@@ -44,6 +45,21 @@ struct Args {
     /// Maximum simultaneous connections.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Several devices per user: a second login of a user does not kick the first, and a
+    /// send from one device reaches the user's other online devices (declares MultiDevice
+    /// instead of KickOnSecondLogin).
+    #[arg(long)]
+    multi_device: bool,
+    /// How long after sending a message its sender may recall it, in seconds (0 = no
+    /// limit).
+    #[arg(long, default_value_t = 120)]
+    recall_window_secs: u64,
+    /// How long after sending a message it may be edited, in seconds (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    edit_window_secs: u64,
+    /// Who may edit a message: its sender only, or any member of the conversation.
+    #[arg(long, value_enum, default_value_t = EditBy::Sender)]
+    edit_by: EditBy,
     /// Seed for the fault generators.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -67,7 +83,8 @@ struct Args {
     ignore_heartbeats: bool,
     /// Fault: fail the next COUNT requests of OP with an error of CLASS, as
     /// `OP:COUNT:CLASS` (OP: login, send, pull-offline, ack-offline, go-online, pull-history,
-    /// ping; CLASS: transient, rate-limited, permanent). Repeatable.
+    /// ping, change (recall, edit, delete for me), mark-read, pull-changes; CLASS: transient,
+    /// rate-limited, permanent). Repeatable.
     #[arg(long)]
     fail_next: Vec<String>,
     /// Fault: full outage of this many seconds, starting this many seconds after start
@@ -87,6 +104,28 @@ struct Args {
     /// `quit`. The server stops when stdin closes.
     #[arg(long)]
     control: bool,
+}
+
+/// `--edit-by`: who may edit a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EditBy {
+    /// Only its sender.
+    Sender,
+    /// Any member of the conversation.
+    Any,
+}
+
+/// The lifecycle rules the flags describe (0 seconds: no window).
+fn lifecycle_policy(args: &Args) -> LifecyclePolicy {
+    let window = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+    LifecyclePolicy {
+        recall_window: window(args.recall_window_secs),
+        edit_window: window(args.edit_window_secs),
+        edit_permission: match args.edit_by {
+            EditBy::Sender => EditPermission::Sender,
+            EditBy::Any => EditPermission::AnyMember,
+        },
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -160,6 +199,9 @@ fn parse_fail_next(spec: &str) -> Result<(VendorOp, u32, ServiceError)> {
         "go-online" => VendorOp::GoOnline,
         "pull-history" => VendorOp::PullHistory,
         "ping" => VendorOp::Ping,
+        "change" => VendorOp::Change,
+        "mark-read" => VendorOp::MarkRead,
+        "pull-changes" => VendorOp::PullChanges,
         other => bail!("unknown operation {other:?}"),
     };
     let error = match class {
@@ -197,6 +239,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let lifecycle = lifecycle_policy(&args);
     let faults = Faults {
         drop_after_frames: args.drop_after_frames,
         drop_probability: args.drop_probability,
@@ -217,6 +260,8 @@ async fn main() -> Result<()> {
             retention: (args.retention_days > 0)
                 .then(|| Duration::from_secs(args.retention_days * 86_400)),
             max_message_bytes: args.max_message_bytes,
+            multi_device: args.multi_device,
+            lifecycle,
             ..MemoryVendorConfig::default()
         },
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
