@@ -68,7 +68,7 @@ pub fn wrong_quick_reply(question: &str) -> &'static QuickReply {
 /// two: they alternate, starting on the second (the phone), so a day with any reply of
 /// theirs has one from each device as soon as it has two.
 pub fn reply_device(n: u64) -> usize {
-    if n % 2 == 0 { 1 } else { 0 }
+    usize::from(n.is_multiple_of(2))
 }
 
 /// The apology prepended when a tenant waited too long.
