@@ -31,6 +31,10 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(5 * 60);
 pub const OUTAGE: Duration = Duration::from_secs(3);
 /// Bound on every wait for something the system must do (a delivery, a QC verdict).
 const WAIT: Duration = Duration::from_secs(30);
+/// Bound on a wait inside a step for something a check then counts (another device in
+/// step): it takes milliseconds, and a broken rule should fail the summary, not stall the
+/// day for `WAIT` at every reply.
+const CHECK_WAIT: Duration = Duration::from_secs(2);
 
 /// How the day is run.
 #[derive(Debug, Clone)]
@@ -593,7 +597,10 @@ impl Desk {
             self.devices.reads += 1;
             let k = keeper.clone();
             let c = conv.clone();
-            if self.wait_for(|d| d.unread(&k, other, &c) == 0).await {
+            if self
+                .wait_for(CHECK_WAIT, |d| d.unread(&k, other, &c) == 0)
+                .await
+            {
                 self.devices.reads_synced += 1;
             } else {
                 self.panel.note(&format!(
@@ -617,7 +624,9 @@ impl Desk {
             return;
         }
         let key = (1 - device.min(1), id.clone());
-        if self.wait_for(|d| d.devices.own.contains_key(&key)).await
+        if self
+            .wait_for(CHECK_WAIT, |d| d.devices.own.contains_key(&key))
+            .await
             && self.unread(keeper, key.0, conv) > 0
         {
             self.devices.own_reply_left_unread += 1;
@@ -642,13 +651,11 @@ impl Desk {
                 self.panel.note(&format!(
                     "{keeper} recalls the wrong reply; {tenant} sees \"message recalled\""
                 ));
-                let key = (tenant.clone(), 0, server_id.clone());
                 self.recalls.push(Recall {
                     tenant: tenant.clone(),
                     conversation: conv.clone(),
                     server_id,
                 });
-                self.wait_for(|d| d.recalls_shown.contains_key(&key)).await;
             }
             Err(e) => {
                 self.recall_failures += 1;
@@ -675,9 +682,7 @@ impl Desk {
                 .note(&format!("{tenant} could not mark {conv} read: {e}"));
             return Ok(());
         }
-        let key = (keeper.clone(), 0, server_id.clone());
         self.replies_read.push((keeper.clone(), server_id));
-        self.wait_for(|d| d.read_by.contains_key(&key)).await;
         Ok(())
     }
 
@@ -728,8 +733,8 @@ impl Desk {
     }
 
     /// Waits (bounded) until `done` holds of the ledger or the clients; false on timeout.
-    async fn wait_for(&mut self, done: impl Fn(&Desk) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + WAIT;
+    async fn wait_for(&mut self, within: Duration, done: impl Fn(&Desk) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             self.absorb();
             if done(self) {
@@ -782,12 +787,12 @@ impl Desk {
     /// Waits until `user` received message `id` (on every device of theirs).
     async fn delivered(&mut self, user: &UserId, id: &ClientMsgId) -> Result<()> {
         let key = (user.clone(), id.clone());
-        if !self.wait_for(|d| d.received.contains_key(&key)).await {
+        if !self.wait_for(WAIT, |d| d.received.contains_key(&key)).await {
             bail!("{user} never received {id}");
         }
         if self.has_two_devices(user)
             && !self
-                .wait_for(|d| d.devices.second_received.contains_key(id))
+                .wait_for(WAIT, |d| d.devices.second_received.contains_key(id))
                 .await
         {
             bail!("{user}'s second device never received {id}");
@@ -1054,9 +1059,19 @@ impl Desk {
             self.panel.render(&self.view());
             self.pause().await;
         }
-        // Let the last events settle, then read the figures.
+        // Let the last events settle, then read the figures: every recall announced to its
+        // tenant and every reply read reported back (bounded: a missing one fails a check).
         tokio::time::sleep(Duration::from_millis(300)).await;
-        self.absorb();
+        self.wait_for(WAIT, |d| {
+            d.recalls.iter().all(|r| {
+                d.recalls_shown
+                    .contains_key(&(r.tenant.clone(), 0, r.server_id.clone()))
+            }) && d
+                .replies_read
+                .iter()
+                .all(|(k, id)| d.read_by.contains_key(&(k.clone(), 0, id.clone())))
+        })
+        .await;
         let (questions, in_time) = day::expected(&steps);
         let businesses: Vec<_> = self
             .monitors
