@@ -15,6 +15,8 @@ log = { { levels = { min = "info" }, to = "file", filename = dir .. "/prosody.lo
 admins = { }
 modules_enabled = {
     "roster"; "saslauth"; "disco"; "ping"; "mam"; "offline"; "smacks"; "posix";
+    -- XEP-0280 for the adapter's multi_device mode (a copy of my sends on my other devices).
+    "carbons";
 }
 modules_disabled = { "s2s"; "tls"; "http"; "bosh"; "websocket"; }
 

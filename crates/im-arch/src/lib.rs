@@ -21,6 +21,11 @@
 //!   [`ConversationList`] that orders them), [`TimelinePage`].
 //! * **History**: [`HistoryWindow`], [`HistorySource`] with [`VendorHistory`] and
 //!   [`ArchiveHistory`], and what a request returns: [`HistoryResult`], [`HistoryGap`].
+//! * **Message lifecycle**: [`ImClient::recall`], [`ImClient::edit`],
+//!   [`ImClient::delete_for_me`] (refusals as [`ArchError::ChangeRefused`]),
+//!   [`ImClient::revision`] and [`ImClient::read_receipts`]; what comes back is announced as
+//!   [`ClientEvent::MessageChanged`] and [`ClientEvent::ReadBy`], and my reads on other
+//!   devices as conversation rows.
 //! * **Retry**: [`RetryPolicy`], [`Backoff`], [`Jitter`].
 //! * **Storage**: the [`Store`] trait and its durability contract, [`MemoryStore`] and
 //!   [`SledStore`], and the values they keep: [`SyncCursor`], [`OutboxItem`],
@@ -42,6 +47,10 @@
 //! * a message is persisted before it is distributed or acknowledged to the vendor;
 //! * every subscriber sees each message once, in per-conversation order; the delivery cursor
 //!   never moves past a hole, and a detected hole is always fetched;
+//! * a message change is applied once, by revision (the newest wins, in any order), durably
+//!   before it is announced; a device that was away pulls what changed (the change feed)
+//!   before it goes online; my sends from another device arrive once, as mine, never
+//!   unread; read positions only move forward;
 //! * kicked and token-expired sessions never reconnect in a loop;
 //! * never depends on `im-qc`, `im-business-demo` or (except as a dev-dependency) `im-testkit`.
 

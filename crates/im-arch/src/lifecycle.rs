@@ -94,13 +94,26 @@ pub(crate) async fn pull_changes(shared: &Shared) -> Result<usize, ArchError> {
     let mut applied = 0;
     for _ in 0..MAX_FEED_PULLS {
         let since = cursor.clone();
-        let batch = shared
+        let pulled = shared
             .retry("pull_changes", || {
                 shared
                     .vendor
                     .pull_changes(since.clone(), shared.config.offline_batch)
             })
-            .await?;
+            .await;
+        let batch = match pulled {
+            Ok(batch) => batch,
+            // Declared but not served (a wrapper that forwards the capabilities of the
+            // vendor it wraps but not this call): no feed, not a failed sync.
+            Err(ArchError::Permanent {
+                error: ServiceError::Unsupported(_),
+                ..
+            }) => {
+                tracing::warn!("the vendor declares a change feed but does not serve it");
+                return Ok(applied);
+            }
+            Err(e) => return Err(e),
+        };
         applied += apply(shared, &batch.changes, &batch.receipts).await?;
         // After the batch is durable: a crash before this line pulls it again (idempotent).
         shared.store.set_change_cursor(&batch.next).await?;

@@ -189,8 +189,11 @@ pub(crate) fn push_pending(pending: &mut Vec<MessageChange>, change: &MessageCha
 /// every implementation keeps.
 ///
 /// The message lifecycle (issue 20) added [`Store::apply_change`] and the methods after it
-/// with default bodies, so that a store written before it still compiles: its defaults
-/// refuse changes with [`ArchError::Store`] and know no cursor or receipt.
+/// with default bodies, so that a store written before it still compiles and works without
+/// the lifecycle: it refuses changes with [`ArchError::Store`] (announced as
+/// [`ClientEvent::StoreFailed`](crate::ClientEvent::StoreFailed), never faked), keeps no
+/// change cursor (each sync pass starts at the feed's end: what changed while away shows
+/// only in messages pulled in their current state) and no peers' receipts (no "seen").
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Returns once every write that returned before this call is durable (survives the
@@ -331,19 +334,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Saves the change feed's cursor (see [`Store::change_cursor`]).
     async fn set_change_cursor(&self, cursor: &ChangeCursor) -> Result<(), ArchError> {
+        // Default: not kept (see the trait's documentation).
         let _ = cursor;
-        Err(ArchError::Store(
-            "this store does not keep a change cursor".into(),
-        ))
+        Ok(())
     }
 
     /// Saves a peer's read position if it is newer (by `up_to_time`, then id) than the one
     /// kept for that reader and conversation; returns whether it was.
     async fn put_read_receipt(&self, receipt: &ReadReceipt) -> Result<bool, ArchError> {
+        // Default: not kept, so never newer (see the trait's documentation).
         let _ = receipt;
-        Err(ArchError::Store(
-            "this store does not keep read receipts".into(),
-        ))
+        Ok(false)
     }
 
     /// The newest read position of each peer of a conversation (for "seen").

@@ -152,15 +152,15 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             _ => {}
         }
         tokio::task::yield_now().await;
-        for d in 0..2 {
+        for (d, device) in devices[..2].iter().enumerate() {
             // What the device holds (its store), not what a history fetch would add.
-            let held = devices[d].store().latest(&conv, 1000).await.unwrap();
+            let held = device.store().latest(&conv, 1000).await.unwrap();
             let from_peer = held.iter().filter(|m| m.sender == peer.user).count() as u64;
             prop_assert!(
-                unread(&devices[d], &conv) <= from_peer,
+                unread(device, &conv) <= from_peer,
                 "device {} counts {} unread with {} messages from the peer",
                 d,
-                unread(&devices[d], &conv),
+                unread(device, &conv),
                 from_peer
             );
         }

@@ -336,3 +336,64 @@ async fn retries_give_up_over_tcp_and_the_client_recovers() {
     )));
     client.logout().await;
 }
+
+/// Issue 20 over the wire (protocol 2): the peer's edit reaches the client live and shows
+/// once with its latest content; a recall made while the client was away arrives from the
+/// change feed at the next login; the client's read comes back to the peer as a receipt.
+#[tokio::test]
+async fn edits_recalls_and_reads_over_tcp() {
+    let w = world().await;
+    let bob = w.client();
+    let mut sub = bob.subscribe();
+    bob.login().await.unwrap();
+    let alice = ImClient::builder(Arc::new(w.vendor.client()), w.alice.clone())
+        .config(config())
+        .build();
+    let mut alice_sub = alice.subscribe();
+    alice.login().await.unwrap();
+    alice
+        .send(w.conv.clone(), Content::text("wrong"))
+        .await
+        .unwrap();
+    let got = until(&mut sub, |e| matches!(e, ClientEvent::Message(_))).await;
+    let Some(ClientEvent::Message(r)) = got.last() else {
+        unreachable!()
+    };
+    let id = r.message.server_id.clone();
+    alice
+        .edit(&w.conv, &id, Content::text("right"))
+        .await
+        .unwrap();
+    until(&mut sub, |e| {
+        matches!(e, ClientEvent::MessageChanged { message: Some(m), .. } if m.content == Content::text("right"))
+    })
+    .await;
+    let page = bob
+        .timeline_before(&w.conv, None, 10)
+        .await
+        .unwrap()
+        .messages;
+    assert_eq!(page.len(), 1, "the edited message shows once");
+    assert_eq!(page[0].content, Content::text("right"));
+
+    bob.logout().await;
+    alice.recall(&w.conv, &id).await.unwrap();
+    bob.login().await.unwrap();
+    let page = bob
+        .timeline_before(&w.conv, None, 10)
+        .await
+        .unwrap()
+        .messages;
+    assert!(
+        matches!(page[0].content, Content::Recalled { .. }),
+        "the recall made while away is applied at login: {page:?}"
+    );
+    bob.mark_read(&w.conv).await.unwrap();
+    until(
+        &mut alice_sub,
+        |e| matches!(e, ClientEvent::ReadBy { reader, .. } if reader == &w.bob.user),
+    )
+    .await;
+    bob.logout().await;
+    alice.logout().await;
+}

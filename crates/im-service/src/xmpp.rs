@@ -25,6 +25,44 @@
 //! * history: MAM (XEP-0313) with `with`, start/end and RSM `before` paging, newest first;
 //! * heartbeat: XEP-0199 ping to the server, answered with the round-trip time.
 //!
+//! The message lifecycle (issue 20), as far as Prosody 0.12 carries it (it only stores and
+//! routes these stanzas; every rule is the adapter's):
+//! * recall: an XEP-0424 `<retract id=origin-id xmlns='urn:xmpp:message-retract:1'/>` with
+//!   the XEP's fallback body, `<fallback for=…>` and a `<store/>` hint (XEP-0334), so the
+//!   offline store and MAM keep it; edit: an XEP-0308 `<replace id=…/>` with the new body,
+//!   referring to the original's stanza `id` (`<millis>.<origin-id>` for ours; a receiver
+//!   resolves either form to the origin-id). Both are checked on the sending side with
+//!   [`LifecyclePolicy::check`] (recall window from [`XmppConfig::lifecycle`], edits by the
+//!   sender only): the message must be known, from this handle's sends and receipts, else
+//!   from the newest MAM pages of the conversation, which give its sender and its
+//!   millisecond. What no adapter can enforce: a foreign client may send a retraction or a
+//!   correction of anything, at any time; on receipt, one whose author is not the target's
+//!   sender is ignored (never a change, never a message), and a change of a message this
+//!   handle has not seen is checked against the newest MAM page of the conversation (live,
+//!   by the connection task; offline, by `pull_offline`), else waits for the message to
+//!   show up in a history page (applied then, if its sender made it). The recall
+//!   window of a foreign sender is not checked on receipt (XEP-0424 has none);
+//! * revision: XMPP has none; it is the change's time in tenths of a second since 2024
+//!   (the sender's millisecond travels in our stanza ids, so every copy gives the same);
+//! * read state: `mark_read` sends an XEP-0333 `<displayed/>` (our messages are
+//!   `<markable/>`); a received one is a [`VendorEvent::ReadReceipt`], whose reader is me
+//!   when it comes from my other device (a carbon);
+//! * several devices ([`XmppConfig::multi_device`]): each handle binds its own resource and
+//!   enables XEP-0280 carbons (Prosody's `mod_carbons`): a carbon `sent` copy from my other
+//!   device is pushed as my own message; a carbon must come from my own bare JID, and a
+//!   message already delivered on the connection (a `received` copy of one routed to me
+//!   directly) is not delivered twice. Default: one fixed resource, a second login kicks;
+//! * away: retractions, corrections and markers arrive in the offline flood and in MAM like
+//!   messages and are never returned as messages: a change in the same offline pass or MAM
+//!   page as its target is applied to it (current state; a history page applies what this
+//!   handle learned from newer pages too); the offline pass's other changes (a message
+//!   delivered before, looked up in MAM when this handle never saw it) and its markers are
+//!   pushed as `MessageChanged`/`ReadReceipt` events at `go_online`, before the held live
+//!   messages. No [`Capability::ChangeFeed`]: Prosody keeps no per-user change log, the
+//!   offline store holds only what arrived while *no* device was online, so a buffer of
+//!   the offline pass would be a per-login, incomplete feed; `pull_changes` is
+//!   `Unsupported`. No delete-for-me (no XEP): `Unsupported`.
+//!
 //! Order without sequences. A message's time is its sender's millisecond when our adapter
 //! sent it (carried in the stanza id), else the server's stamp, which Prosody gives in whole
 //! seconds: a burst from a foreign client shares one time. The server's own order is the
@@ -42,6 +80,7 @@
 
 use std::collections::HashMap;
 use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,12 +93,14 @@ use tokio::task::JoinHandle;
 use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
 use tokio_xmpp::error::{AuthError, Error as XmppError};
 use tokio_xmpp::parsers::bind::{BindQuery, BindResponse};
+use tokio_xmpp::parsers::carbons::{Enable as CarbonsEnable, Received, Sent};
 use tokio_xmpp::parsers::data_forms::{DataForm, DataFormType, Field};
 use tokio_xmpp::parsers::delay::Delay;
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::mam::{Fin, Query, QueryId, Result_ as MamResult};
 use tokio_xmpp::parsers::message::{Lang, Message as XMessage, MessageType};
+use tokio_xmpp::parsers::message_correct::Replace;
 use tokio_xmpp::parsers::ns;
 use tokio_xmpp::parsers::ping::Ping;
 use tokio_xmpp::parsers::presence::Presence;
@@ -73,6 +114,9 @@ use tracing::Instrument;
 
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::KickReason;
+use crate::lifecycle::{
+    ChangeKind, ChangeRefusal, EditPermission, LifecyclePolicy, MessageChange, ReadReceipt,
+};
 use crate::model::{
     ClientMsgId, Content, ConversationId, Message, OutgoingMessage, ServerMsgId, Timestamp, UserId,
 };
@@ -99,6 +143,15 @@ pub struct XmppConfig {
     /// Largest message body sent (the server's stanza limit is higher; this keeps the
     /// contract's `MessageTooLarge` a client-side, typed refusal).
     pub max_message_bytes: usize,
+    /// Several devices per user: each client handle binds its own resource
+    /// (`{resource}-{random}`, stable for the handle's life) and enables XEP-0280 carbons, so
+    /// a second login does not kick the first and my sends reach my other devices
+    /// ([`Capability::MultiDevice`]). `false` (the default): every login binds `resource`,
+    /// and a second login of the same user kicks the first ([`Capability::KickOnSecondLogin`]).
+    pub multi_device: bool,
+    /// The recall window (XEP-0424 has none; this adapter enforces it on the sending side).
+    /// Edits are always sender-only (XEP-0308), whatever `edit_permission` says.
+    pub lifecycle: LifecyclePolicy,
 }
 
 impl XmppConfig {
@@ -111,7 +164,17 @@ impl XmppConfig {
             resource: "im-layers".into(),
             request_timeout: Duration::from_secs(5),
             max_message_bytes: 64 * 1024,
+            multi_device: false,
+            lifecycle: LifecyclePolicy::default(),
         }
+    }
+
+    /// The same settings with one resource per client handle and carbons
+    /// ([`XmppConfig::multi_device`]).
+    #[must_use]
+    pub fn with_multi_device(mut self) -> Self {
+        self.multi_device = true;
+        self
     }
 }
 
@@ -145,14 +208,25 @@ pub struct XmppVendor {
 impl XmppVendor {
     /// The vendor at `config`. Capabilities are what XMPP with the XEPs above offers: no
     /// sequence numbers, no idempotent resend on the server, no groups (MUC is not mapped),
-    /// no read receipts, no token expiry.
+    /// no token expiry, no delete-for-me (no XEP), no change feed (see the module doc);
+    /// recall, edit and read markers both ways; several devices only with
+    /// [`XmppConfig::multi_device`].
     pub fn new(config: XmppConfig) -> Self {
+        let devices = if config.multi_device {
+            Capability::MultiDevice
+        } else {
+            Capability::KickOnSecondLogin
+        };
         let capabilities = Capabilities::none()
             .with(Capability::HistoryByTime)
             .with(Capability::ServerAcks)
             .with(Capability::OfflineQueue)
-            .with(Capability::KickOnSecondLogin)
+            .with(devices)
             .with(Capability::Heartbeat)
+            .with(Capability::ReadReceipts)
+            .with(Capability::ReadReceiptEvents)
+            .with(Capability::Recall)
+            .with(Capability::Edit)
             .with_max_message_bytes(config.max_message_bytes);
         Self {
             config,
@@ -168,8 +242,16 @@ impl XmppVendor {
     /// A new client handle (not logged in).
     pub fn client(&self) -> XmppClient {
         let (tx, rx) = mpsc::unbounded_channel();
+        let resource = if self.config.multi_device {
+            format!("{}-{:08x}", self.config.resource, rand::random::<u32>())
+        } else {
+            self.config.resource.clone()
+        };
         XmppClient {
             vendor: self.clone(),
+            resource,
+            known: Arc::new(Mutex::new(Known::default())),
+            later: Mutex::new(Vec::new()),
             conn: Mutex::new(None),
             offline: Mutex::new(Vec::new()),
             sent: Mutex::new(HashMap::new()),
@@ -183,6 +265,14 @@ impl XmppVendor {
 /// One user's handle.
 pub struct XmppClient {
     vendor: XmppVendor,
+    /// The resource this handle binds (the device, with `multi_device`).
+    resource: String,
+    /// What this handle knows of messages it has seen, for the lifecycle rules (who sent a
+    /// message, when, its latest change); shared with the connection task.
+    known: Arc<Mutex<Known>>,
+    /// Changes and read markers of the offline pass whose target was not in it: pushed as
+    /// events at `go_online`, before the held live messages.
+    later: Mutex<Vec<VendorEvent>>,
     conn: Mutex<Option<Conn>>,
     /// The offline messages received at presence, newest first, handed out by
     /// `pull_offline` from the oldest end.
@@ -301,6 +391,175 @@ impl XmppClient {
             .map_err(|_| E::NotLoggedIn)
     }
 
+    /// Me and my peer in the direct conversation `conversation`.
+    fn peer(&self, conversation: &ConversationId) -> Result<(UserId, UserId)> {
+        let (me, _) = self.commands()?;
+        let ConversationId::Direct { low, high } = conversation else {
+            return Err(E::Unsupported(Capability::GroupConversations));
+        };
+        let peer = if *low == me {
+            high.clone()
+        } else if *high == me {
+            low.clone()
+        } else {
+            return Err(E::InvalidRequest(format!("{me} is not in {conversation}")));
+        };
+        Ok((me, peer))
+    }
+
+    /// What a correction or a marker refers to for `target`: its stanza id when known
+    /// (XEP-0308/0333 refer to the `id` attribute), else its origin-id.
+    fn reference(&self, target: &ServerMsgId) -> String {
+        self.known
+            .lock()
+            .messages
+            .get(target)
+            .and_then(|k| k.stanza_id.clone())
+            .unwrap_or_else(|| target.to_string())
+    }
+
+    /// The offline pass: messages in server order, current state (a change in the pass
+    /// applied to its target in the pass), once each; the changes of other messages and the
+    /// read markers as events for `go_online`.
+    fn offline_pass(
+        &self,
+        delivered: &[XMessage],
+        me: &BareJid,
+    ) -> (
+        Vec<Message>,
+        Vec<VendorEvent>,
+        Vec<(ConversationId, ServerMsgId)>,
+    ) {
+        let mut known = self.known.lock();
+        let mut messages: Vec<Message> = Vec::new();
+        let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
+        let mut later = Vec::new();
+        let mut unknown = Vec::new();
+        for x in delivered {
+            let Some((x, stamp)) = uncarbon(x, me) else {
+                continue;
+            };
+            match parse(&x, stamp, None) {
+                Some(Parsed::Message { message, stanza_id }) => {
+                    known.learn(&message, stanza_id.as_deref());
+                    if known.delivered.insert(message.server_id.clone()) {
+                        index.insert(message.server_id.clone(), messages.len());
+                        messages.push(message);
+                    }
+                }
+                Some(Parsed::Change(c)) => {
+                    let target = known.resolve(&c.target);
+                    if !known.messages.contains_key(&target) {
+                        unknown.push((c.conversation.clone(), target));
+                    }
+                    if let Some(change) = known.change(c)
+                        && !index.contains_key(&change.target)
+                    {
+                        later.push(VendorEvent::MessageChanged(change));
+                    }
+                }
+                Some(Parsed::Read(r)) => later.push(VendorEvent::ReadReceipt(known.read(r))),
+                None => {}
+            }
+        }
+        let messages = messages.into_iter().map(|m| known.current(m)).collect();
+        (messages, later, unknown)
+    }
+
+    /// What this handle knows of `target`, looked up in the newest [`LOOKUP_PAGES`] MAM
+    /// pages of `conversation` when it has not seen it (a history page teaches it).
+    async fn find(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<Option<KnownMsg>> {
+        let mut found = self.known.lock().messages.get(target).cloned();
+        if found.is_none() {
+            let mut query = HistoryQuery::latest(
+                conversation.clone(),
+                self.vendor.capabilities.history_page_max,
+            );
+            for _ in 0..LOOKUP_PAGES {
+                let page = self.pull_history(&query).await?;
+                found = self.known.lock().messages.get(target).cloned();
+                match page.next {
+                    Some(c) if found.is_none() => query.cursor = Some(c),
+                    _ => break,
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Recall or edit `target`, checked on this side (the server checks nothing): the
+    /// message must be known (seen by this handle, else found in the newest MAM pages of
+    /// the conversation) and the policy must allow it.
+    async fn change(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        kind: ChangeKind,
+    ) -> Result<MessageChange> {
+        let (me, peer) = self.peer(conversation)?;
+        let known = self
+            .find(conversation, target)
+            .await?
+            .filter(|k| k.conversation == *conversation)
+            .ok_or(E::ChangeRefused(ChangeRefusal::UnknownMessage))?;
+        let as_is = Message {
+            server_id: target.clone(),
+            client_id: ClientMsgId::new(target.as_str()),
+            conversation: conversation.clone(),
+            sender: known.sender.clone(),
+            seq: None,
+            server_time: known.time,
+            client_time: known.time,
+            content: Content::text(""),
+        };
+        let current = match &known.latest {
+            Some(c) => c.apply(&as_is).unwrap_or(as_is),
+            None => as_is,
+        };
+        let at = now();
+        self.lifecycle()
+            .check(&current, &kind, &me, at)
+            .map_err(E::ChangeRefused)?;
+        let to = Jid::from(self.jid_of(&peer)?);
+        let origin = ClientMsgId::generate();
+        let stanza = match &kind {
+            ChangeKind::Recalled => retraction(to, target.as_str(), at, origin.as_str())?,
+            ChangeKind::Edited(Content::Text(body)) => correction(
+                to,
+                &known
+                    .stanza_id
+                    .clone()
+                    .unwrap_or_else(|| target.to_string()),
+                body.clone(),
+                at,
+                origin.as_str(),
+            ),
+            ChangeKind::Edited(_) | ChangeKind::DeletedForMe => {
+                return Err(E::Unsupported(Capability::DeleteForMe));
+            }
+        };
+        self.ask(|tx| Cmd::Send(stanza, peer.clone(), tx)).await?;
+        let stated = StatedChange {
+            conversation: conversation.clone(),
+            target: target.to_string(),
+            kind: kind.clone(),
+            by: me.clone(),
+            at,
+        };
+        Ok(self.known.lock().change(stated).unwrap_or(MessageChange {
+            conversation: conversation.clone(),
+            target: target.clone(),
+            kind,
+            by: me,
+            at,
+            revision: revision_at(at),
+        }))
+    }
+
     /// Connects, authenticates, binds and enables stream management.
     async fn open(&self, credentials: &Credentials) -> Result<(XmppStream<Io>, BareJid)> {
         let config = &self.vendor.config;
@@ -340,10 +599,7 @@ impl XmppClient {
             let (_features, mut stream): (_, XmppStream<Io>) =
                 pending.recv_features().await.map_err(io_error)?;
             let bind_id = new_id();
-            let bind = Iq::from_set(
-                bind_id.clone(),
-                BindQuery::new(Some(config.resource.clone())),
-            );
+            let bind = Iq::from_set(bind_id.clone(), BindQuery::new(Some(self.resource.clone())));
             stream
                 .send(&XmppStreamElement::Stanza(bind.into()))
                 .await
@@ -366,6 +622,33 @@ impl XmppClient {
                         return Err(E::Protocol("resource binding refused".into()));
                     }
                     _ => {}
+                }
+            }
+            if config.multi_device {
+                // Before stream management: its stanza count starts at `enable`, and the
+                // connection task counts from there.
+                let carbons_id = new_id();
+                let carbons = Iq::from_set(carbons_id.clone(), CarbonsEnable);
+                stream
+                    .send(&XmppStreamElement::Stanza(carbons.into()))
+                    .await
+                    .map_err(io_error)?;
+                loop {
+                    match next(&mut stream).await? {
+                        XmppStreamElement::Stanza(Stanza::Iq(Iq::Result { id, .. }))
+                            if id == carbons_id =>
+                        {
+                            break;
+                        }
+                        XmppStreamElement::Stanza(Stanza::Iq(Iq::Error { id, .. }))
+                            if id == carbons_id =>
+                        {
+                            return Err(E::Protocol(
+                                "carbons (XEP-0280) refused: multi_device needs mod_carbons".into(),
+                            ));
+                        }
+                        _ => {}
+                    }
                 }
             }
             stream
@@ -452,7 +735,15 @@ struct Task {
     /// Messages received and not pushed yet (offline, then the ones before `go_online`).
     held: Vec<XMessage>,
     online: bool,
+    /// The handle's lifecycle knowledge (see [`Known`]).
+    known: Arc<Mutex<Known>>,
+    /// MAM lookups of live changes' unknown targets, in flight (owned by this task).
+    lookups: futures::stream::FuturesUnordered<Lookup>,
 }
+
+/// A MAM lookup in flight: the change waiting for it, and the page's results.
+type Lookup =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (StatedChange, Vec<MamResult>)> + Send>>;
 
 impl Task {
     async fn send(&mut self, stanza: Stanza) -> std::result::Result<(), E> {
@@ -474,6 +765,9 @@ impl Task {
                         Ok(false) => return,
                         Err(e) => break Some(VendorEvent::ConnectionLost { reason: e.to_string() }),
                     }
+                }
+                Some((c, results)) = self.lookups.next(), if !self.lookups.is_empty() => {
+                    self.looked_up(c, results);
                 }
                 el = self.stream.next() => {
                     match el.map(|v| v.and_then(|v| v.into_read_error())) {
@@ -547,7 +841,9 @@ impl Task {
             Cmd::GoOnline => {
                 self.online = true;
                 for m in std::mem::take(&mut self.held) {
-                    self.push(&m);
+                    if let Some(c) = self.deliver(&m) {
+                        self.look_up(c).await?;
+                    }
                 }
             }
             Cmd::Close(done) => {
@@ -562,9 +858,107 @@ impl Task {
         Ok(true)
     }
 
-    fn push(&self, m: &XMessage) {
-        if let Some(message) = to_model(m, None, None) {
-            let _ = self.events.send(VendorEvent::MessagePushed(message));
+    /// Pushes what a live stanza means: a message (once, whether it came directly or as a
+    /// carbon), a change of a known message by its sender, or a read marker.
+    /// A change of a message this handle has not seen is returned (it waits in [`Known`]):
+    /// the caller looks the message up ([`Task::look_up`]).
+    fn deliver(&self, m: &XMessage) -> Option<StatedChange> {
+        let (m, stamp) = uncarbon(m, &self.me)?;
+        let event = match parse(&m, stamp, None) {
+            Some(Parsed::Message { message, stanza_id }) => {
+                let mut known = self.known.lock();
+                known.learn(&message, stanza_id.as_deref());
+                if !known.delivered.insert(message.server_id.clone()) {
+                    return None;
+                }
+                VendorEvent::MessagePushed(known.current(message))
+            }
+            Some(Parsed::Change(c)) => {
+                let mut known = self.known.lock();
+                let unknown = !known.messages.contains_key(&known.resolve(&c.target));
+                match known.change(c.clone()) {
+                    Some(change) => VendorEvent::MessageChanged(change),
+                    None if unknown => return Some(c),
+                    None => return None,
+                }
+            }
+            Some(Parsed::Read(r)) => VendorEvent::ReadReceipt(self.known.lock().read(r)),
+            None => return None,
+        };
+        let _ = self.events.send(event);
+        None
+    }
+
+    /// Looks up the target of a live change this handle has not seen (a message delivered
+    /// before it existed) in the newest MAM page of the conversation; [`Task::looked_up`]
+    /// applies the answer. At most [`LOOKUPS_MAX`] at once (more are dropped, logged).
+    async fn look_up(&mut self, c: StatedChange) -> std::result::Result<(), E> {
+        let me = UserId::new(self.me.node().map(|n| n.as_str()).unwrap_or_default());
+        let Some(peer) = c.conversation.peer_of(&me).cloned() else {
+            return Ok(());
+        };
+        if self.lookups.len() >= LOOKUPS_MAX {
+            tracing::warn!(target = %c.target, "xmpp change lookup dropped: too many in flight");
+            return Ok(());
+        }
+        let with: BareJid = format!("{peer}@{}", self.domain)
+            .parse()
+            .map_err(|e| E::Protocol(format!("bad peer {peer}: {e}")))?;
+        let queryid = new_id();
+        let iq = Iq::from_set(
+            new_id(),
+            Query {
+                queryid: Some(QueryId(queryid.clone())),
+                node: None,
+                form: Some(DataForm::new(
+                    DataFormType::Submit,
+                    ns::MAM,
+                    vec![Field::text_single("with", &with.to_string())],
+                )),
+                set: Some(SetQuery {
+                    max: Some(100),
+                    after: None,
+                    before: Some(String::new()),
+                    index: None,
+                }),
+                flip_page: false,
+            },
+        );
+        let (tx, rx) = oneshot::channel();
+        self.mams
+            .insert(iq_id(&iq).to_owned(), (queryid, Vec::new(), tx));
+        self.send(iq.into()).await?;
+        self.lookups.push(Box::pin(async move {
+            let results = match rx.await {
+                Ok(Ok((results, _))) => results,
+                _ => Vec::new(),
+            };
+            (c, results)
+        }));
+        Ok(())
+    }
+
+    /// Applies a lookup's MAM page: the messages teach their senders, and the change is
+    /// pushed if its target is there and its sender made it.
+    fn looked_up(&self, c: StatedChange, results: Vec<MamResult>) {
+        let mut known = self.known.lock();
+        for r in &results {
+            let stamp = r.forwarded.delay.as_ref().map(|d| millis(&d.stamp));
+            match parse(&r.forwarded.message, stamp, Some(&r.id)) {
+                Some(Parsed::Message { message, stanza_id }) => {
+                    known.learn(&message, stanza_id.as_deref());
+                }
+                Some(Parsed::Change(other)) => {
+                    let _ = known.change(other);
+                }
+                Some(Parsed::Read(_)) | None => {}
+            }
+        }
+        let target = known.resolve(&c.target);
+        let latest = known.messages.get(&target).and_then(|k| k.latest.clone());
+        drop(known);
+        if let Some(change) = latest.filter(|l| l.by == c.by && l.kind == c.kind) {
+            let _ = self.events.send(VendorEvent::MessageChanged(change));
         }
     }
 
@@ -666,11 +1060,16 @@ impl Task {
                     }
                     return Ok(());
                 }
-                if m.bodies.is_empty() {
-                    return Ok(());
-                }
+                // Bodiless stanzas (markers, retractions, carbons …) count too: `parse`
+                // drops what means nothing here (chat states).
                 if self.online {
-                    self.push(&m);
+                    if let Some(c) = self.deliver(&m)
+                        && let Err(e) = self.look_up(c).await
+                    {
+                        return Err(VendorEvent::ConnectionLost {
+                            reason: e.to_string(),
+                        });
+                    }
                 } else {
                     self.held.push(m);
                 }
@@ -679,6 +1078,362 @@ impl Task {
         }
         Ok(())
     }
+}
+
+/// XEP-0424 message retraction (v0.4+).
+const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+/// XEP-0428 fallback indication.
+const NS_FALLBACK: &str = "urn:xmpp:fallback:0";
+/// XEP-0334 message processing hints.
+const NS_HINTS: &str = "urn:xmpp:hints";
+/// XEP-0333 chat markers.
+const NS_MARKERS: &str = "urn:xmpp:chat-markers:0";
+/// The body a client without XEP-0424 shows instead of a retraction (the XEP's wording).
+const RETRACT_FALLBACK: &str =
+    "This person attempted to retract a previous message, but it's unsupported by your client.";
+/// Most messages a handle remembers for the lifecycle rules (oldest forgotten first).
+const KNOWN_MAX: usize = 10_000;
+/// How many MAM pages (of `history_page_max`) `recall`/`edit` search for a message this
+/// handle has not seen.
+const LOOKUP_PAGES: usize = 3;
+/// Most MAM lookups of live changes' targets in flight at once on one connection.
+const LOOKUPS_MAX: usize = 16;
+/// 2024-01-01T00:00:00Z: the origin of time-based revisions.
+const REVISION_EPOCH_MS: i64 = 1_704_067_200_000;
+
+/// A change's revision, from its time: tenths of a second since 2024 (a `u32` lasts until
+/// 2037). XMPP has no per-message revision counter; the change's time is what every copy of
+/// it (live, carbon, offline, MAM) carries the same when our adapter sent it (the sender's
+/// millisecond in the stanza id), so every receiver derives the same revision and a later
+/// change wins. Two edits within the same tenth of a second tie (the second is dropped by
+/// receivers that hold the first); a recall wins anyway (`MessageChange::apply`).
+fn revision_at(at: Timestamp) -> u32 {
+    let tenths = at.as_millis().saturating_sub(REVISION_EPOCH_MS) / 100;
+    u32::try_from(tenths.max(1)).unwrap_or(u32::MAX)
+}
+
+/// What the handle remembers of one message.
+#[derive(Debug, Clone)]
+struct KnownMsg {
+    conversation: ConversationId,
+    sender: UserId,
+    time: Timestamp,
+    /// The stanza's `id` attribute (what XEP-0308 and XEP-0333 refer to).
+    stanza_id: Option<String>,
+    /// The newest change applied to it.
+    latest: Option<MessageChange>,
+}
+
+/// A change as a stanza states it, before its target is resolved and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StatedChange {
+    conversation: ConversationId,
+    /// The id the stanza refers to (an origin-id, or a stanza `id` attribute).
+    target: String,
+    kind: ChangeKind,
+    by: UserId,
+    at: Timestamp,
+}
+
+/// A read marker as a stanza states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StatedRead {
+    conversation: ConversationId,
+    reader: UserId,
+    target: String,
+    at: Timestamp,
+}
+
+/// What one received message stanza means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Parsed {
+    /// A message, with its stanza `id` attribute.
+    Message {
+        message: Message,
+        stanza_id: Option<String>,
+    },
+    /// A retraction (XEP-0424) or correction (XEP-0308).
+    Change(StatedChange),
+    /// A displayed marker (XEP-0333).
+    Read(StatedRead),
+}
+
+/// The lifecycle knowledge of one handle: the messages it has seen or sent (bounded), so a
+/// change can be checked against its message's sender and applied to later copies of it.
+#[derive(Debug, Default)]
+struct Known {
+    messages: HashMap<ServerMsgId, KnownMsg>,
+    /// Insertion order, to forget the oldest beyond [`KNOWN_MAX`].
+    order: VecDeque<ServerMsgId>,
+    /// Stanza `id` attribute → server id.
+    aliases: HashMap<String, ServerMsgId>,
+    /// Changes to messages not seen yet, by target: checked and applied when the target
+    /// shows up (a history page older than the change's page). Bounded like `messages`.
+    waiting: HashMap<ServerMsgId, StatedChange>,
+    /// Messages pushed or handed out on this connection: a second copy (a carbon of one
+    /// received directly) is not delivered twice. Cleared at login, so the redelivery of
+    /// unacknowledged offline messages after a lost connection still arrives.
+    delivered: HashSet<ServerMsgId>,
+}
+
+impl Known {
+    /// The server id a stanza's reference means: an alias (a stanza `id` attribute), a
+    /// known server id, our `<millis>.<origin-id>` stanza id, else the reference itself.
+    fn resolve(&self, reference: &str) -> ServerMsgId {
+        if let Some(id) = self.aliases.get(reference) {
+            return id.clone();
+        }
+        let id = ServerMsgId::new(reference);
+        if self.messages.contains_key(&id) {
+            return id;
+        }
+        match reference.split_once('.') {
+            Some((ms, rest))
+                if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() =>
+            {
+                ServerMsgId::new(rest)
+            }
+            _ => id,
+        }
+    }
+
+    /// Remembers `m` (first sight wins), and applies a waiting change to it if its sender
+    /// made that change.
+    fn learn(&mut self, m: &Message, stanza_id: Option<&str>) {
+        if self.messages.contains_key(&m.server_id) {
+            return;
+        }
+        if self.order.len() >= KNOWN_MAX
+            && let Some(old) = self.order.pop_front()
+            && let Some(k) = self.messages.remove(&old)
+            && let Some(s) = k.stanza_id
+        {
+            self.aliases.remove(&s);
+        }
+        if let Some(s) = stanza_id {
+            self.aliases.insert(s.to_owned(), m.server_id.clone());
+        }
+        self.order.push_back(m.server_id.clone());
+        self.messages.insert(
+            m.server_id.clone(),
+            KnownMsg {
+                conversation: m.conversation.clone(),
+                sender: m.sender.clone(),
+                time: m.server_time,
+                stanza_id: stanza_id.map(str::to_owned),
+                latest: None,
+            },
+        );
+        if let Some(c) = self.waiting.remove(&m.server_id) {
+            let _ = self.change(c);
+        }
+    }
+
+    /// `m` in its current state (its newest change applied).
+    fn current(&self, m: Message) -> Message {
+        match self
+            .messages
+            .get(&m.server_id)
+            .and_then(|k| k.latest.as_ref())
+        {
+            Some(c) => c.apply(&m).unwrap_or(m),
+            None => m,
+        }
+    }
+
+    /// Checks and applies a stated change: the change as stored when it is new and its
+    /// target's sender made it (XEP-0424 and XEP-0308 allow only the sender; anything
+    /// else is ignored); `None` when ignored, already applied, or its target is unknown
+    /// (then it waits for the target).
+    fn change(&mut self, c: StatedChange) -> Option<MessageChange> {
+        let target = self.resolve(&c.target);
+        let Some(k) = self.messages.get_mut(&target) else {
+            if self.waiting.len() < KNOWN_MAX {
+                self.waiting.insert(target, c);
+            }
+            return None;
+        };
+        if k.sender != c.by || k.conversation != c.conversation {
+            tracing::debug!(target = %target, by = %c.by, "xmpp change by a non-sender ignored");
+            return None;
+        }
+        let change = MessageChange {
+            conversation: c.conversation,
+            target,
+            kind: c.kind,
+            by: c.by,
+            at: c.at,
+            revision: revision_at(c.at),
+        };
+        let newer = match &k.latest {
+            None => true,
+            Some(l) if matches!(l.kind, ChangeKind::Recalled) => false,
+            Some(l) => {
+                change.revision > l.revision
+                    || (change.revision == l.revision
+                        && matches!(change.kind, ChangeKind::Recalled))
+            }
+        };
+        if !newer {
+            return None;
+        }
+        k.latest = Some(change.clone());
+        Some(change)
+    }
+
+    /// A stated read marker as a receipt (the target's time from what is known, else from
+    /// our stanza id's millisecond, else the marker's time).
+    fn read(&self, r: StatedRead) -> ReadReceipt {
+        let up_to = self.resolve(&r.target);
+        let up_to_time = self
+            .messages
+            .get(&up_to)
+            .map(|k| k.time)
+            .or_else(|| {
+                r.target
+                    .split_once('.')
+                    .and_then(|(ms, _)| ms.parse::<i64>().ok())
+                    .map(Timestamp::from_millis)
+            })
+            .unwrap_or(r.at);
+        ReadReceipt {
+            conversation: r.conversation,
+            reader: r.reader,
+            up_to,
+            up_to_time,
+            at: r.at,
+        }
+    }
+}
+
+/// A carbon copy (XEP-0280) unwrapped: the forwarded message and its stamp; any other
+/// message as it is. `None` for a carbon not from my own bare JID (a forgery: only my
+/// server may copy my traffic to me).
+fn uncarbon(m: &XMessage, me: &BareJid) -> Option<(XMessage, Option<Timestamp>)> {
+    let forwarded = m.payloads.iter().find_map(|p| {
+        if p.is("sent", ns::CARBONS) {
+            Some(Sent::try_from(p.clone()).map(|s| s.forwarded).ok())
+        } else if p.is("received", ns::CARBONS) {
+            Some(Received::try_from(p.clone()).map(|r| r.forwarded).ok())
+        } else {
+            None
+        }
+    });
+    match forwarded {
+        None => Some((m.clone(), None)),
+        Some(f) => {
+            let f = f?;
+            let from_me = m.from.as_ref().is_some_and(|f| f.to_bare() == *me);
+            if !from_me {
+                tracing::warn!(from = ?m.from, "xmpp carbon not from my own account ignored");
+                return None;
+            }
+            Some((f.message, f.delay.map(|d| millis(&d.stamp))))
+        }
+    }
+}
+
+/// What one message stanza means: a retraction, a correction or a displayed marker (never
+/// a message, though the first two carry a body), else a message. `stamp` and
+/// `archive_id` as for [`to_model`].
+fn parse(m: &XMessage, stamp: Option<Timestamp>, archive_id: Option<&str>) -> Option<Parsed> {
+    let payload = |name: &str, ns: &str| m.payloads.iter().find(|p| p.is(name, ns));
+    let reference = |name: &str, ns: &str| {
+        payload(name, ns)
+            .and_then(|p| p.attr("id"))
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+    };
+    if let Some(target) = reference("retract", NS_RETRACT) {
+        let (by, peer, at) = envelope(m, stamp)?;
+        return Some(Parsed::Change(StatedChange {
+            conversation: ConversationId::direct(&by, &peer),
+            target,
+            kind: ChangeKind::Recalled,
+            by,
+            at,
+        }));
+    }
+    if let Some(target) = reference("replace", ns::MESSAGE_CORRECT) {
+        let (by, peer, at) = envelope(m, stamp)?;
+        let (_, body) = m.get_best_body_cloned(vec![])?;
+        return Some(Parsed::Change(StatedChange {
+            conversation: ConversationId::direct(&by, &peer),
+            target,
+            kind: ChangeKind::Edited(Content::Text(body)),
+            by,
+            at,
+        }));
+    }
+    if let Some(target) = reference("displayed", NS_MARKERS) {
+        let (reader, peer, at) = envelope(m, stamp)?;
+        return Some(Parsed::Read(StatedRead {
+            conversation: ConversationId::direct(&reader, &peer),
+            reader,
+            target,
+            at,
+        }));
+    }
+    let message = to_model(m, stamp, archive_id)?;
+    Some(Parsed::Message {
+        message,
+        stanza_id: m.id.as_ref().map(|i| i.0.clone()),
+    })
+}
+
+/// An element `<name xmlns=ns attr=value …/>`.
+fn element(name: &str, ns: &str, attrs: &[(&str, &str)]) -> Result<tokio_xmpp::minidom::Element> {
+    let mut b = tokio_xmpp::minidom::Element::builder(name, ns);
+    for (k, v) in attrs {
+        let k = tokio_xmpp::minidom::rxml::NcName::try_from(*k)
+            .map_err(|e| E::Protocol(format!("attribute name {k:?}: {e}")))?;
+        b = b.attr(k, *v);
+    }
+    Ok(b.build())
+}
+
+/// A chat stanza to `to` with our id scheme: `<millis>.<origin-id>` (see `send`) and the
+/// origin-id (XEP-0359).
+fn stanza(to: Jid, at: Timestamp, origin: &str) -> XMessage {
+    let mut m = XMessage::chat(to);
+    m.id = Some(tokio_xmpp::parsers::message::Id(format!(
+        "{}.{origin}",
+        at.as_millis()
+    )));
+    m.with_payload(OriginId {
+        id: origin.to_owned(),
+    })
+}
+
+/// An XEP-0424 retraction of `target` (its origin-id), with the XEP's fallback body and a
+/// `store` hint so the offline store and MAM keep it.
+fn retraction(to: Jid, target: &str, at: Timestamp, origin: &str) -> Result<XMessage> {
+    let mut m = stanza(to, at, origin).with_body(Lang::new(), RETRACT_FALLBACK.into());
+    m.payloads.extend([
+        element("retract", NS_RETRACT, &[("id", target)])?,
+        element("fallback", NS_FALLBACK, &[("for", NS_RETRACT)])?,
+        element("store", NS_HINTS, &[])?,
+    ]);
+    Ok(m)
+}
+
+/// An XEP-0308 correction of the message whose stanza id is `target`, with the new body.
+fn correction(to: Jid, target: &str, body: String, at: Timestamp, origin: &str) -> XMessage {
+    stanza(to, at, origin)
+        .with_body(Lang::new(), body)
+        .with_payload(Replace {
+            id: tokio_xmpp::parsers::message::Id(target.to_owned()),
+        })
+}
+
+/// An XEP-0333 displayed marker for the message whose stanza id is `target`.
+fn displayed(to: Jid, target: &str, at: Timestamp, origin: &str) -> Result<XMessage> {
+    let mut m = stanza(to, at, origin);
+    m.payloads.extend([
+        element("displayed", NS_MARKERS, &[("id", target)])?,
+        element("store", NS_HINTS, &[])?,
+    ]);
+    Ok(m)
 }
 
 fn iq_id(iq: &Iq) -> &str {
@@ -693,37 +1448,20 @@ fn millis(dt: &tokio_xmpp::parsers::date::DateTime) -> Timestamp {
     Timestamp::from_millis(dt.0.timestamp_millis())
 }
 
-/// A received XMPP message as a contract message. `stamp` is the archive's time (MAM), else
-/// the message's own `<delay>` (offline), else now (live). `archive_id` is the MAM id.
-fn to_model(m: &XMessage, stamp: Option<Timestamp>, archive_id: Option<&str>) -> Option<Message> {
+/// The sender, the addressee and the time of a received stanza. `stamp` is the archive's
+/// time (MAM) or a carbon's, else the stanza's own `<delay>` (offline), else now (live); the
+/// sender's millisecond in our stanza ids (see `send`) wins when it agrees with it.
+fn envelope(m: &XMessage, stamp: Option<Timestamp>) -> Option<(UserId, UserId, Timestamp)> {
     let from = m.from.as_ref()?.to_bare();
     let to = m.to.as_ref()?.to_bare();
     let sender = UserId::new(from.node()?.as_str());
     let recipient = UserId::new(to.node()?.as_str());
-    let (_, body) = m.get_best_body_cloned(vec![])?;
-    let origin = m
-        .payloads
-        .iter()
-        .find(|p| p.is("origin-id", ns::SID))
-        .and_then(|p| OriginId::try_from(p.clone()).ok())
-        .map(|o| o.id);
-    let stanza_id = m
-        .payloads
-        .iter()
-        .find(|p| p.is("stanza-id", ns::SID))
-        .and_then(|p| StanzaId::try_from(p.clone()).ok())
-        .map(|s| s.id);
     let delay = m
         .payloads
         .iter()
         .find(|p| p.is("delay", ns::DELAY))
         .and_then(|p| Delay::try_from(p.clone()).ok())
         .map(|d| millis(&d.stamp));
-    let id = origin
-        .clone()
-        .or(stanza_id)
-        .or_else(|| archive_id.map(str::to_owned))
-        .or_else(|| m.id.as_ref().map(|i| i.0.clone()))?;
     // The sender's millisecond (see `send`) when it agrees with the server's time.
     let server = stamp.or(delay);
     let sent_ms =
@@ -743,6 +1481,31 @@ fn to_model(m: &XMessage, stamp: Option<Timestamp>, archive_id: Option<&str>) ->
         .map(Timestamp::from_millis)
         .or(server)
         .unwrap_or_else(now);
+    Some((sender, recipient, time))
+}
+
+/// A received XMPP message as a contract message. `stamp` as for [`envelope`];
+/// `archive_id` is the MAM id.
+fn to_model(m: &XMessage, stamp: Option<Timestamp>, archive_id: Option<&str>) -> Option<Message> {
+    let (sender, recipient, time) = envelope(m, stamp)?;
+    let (_, body) = m.get_best_body_cloned(vec![])?;
+    let origin = m
+        .payloads
+        .iter()
+        .find(|p| p.is("origin-id", ns::SID))
+        .and_then(|p| OriginId::try_from(p.clone()).ok())
+        .map(|o| o.id);
+    let stanza_id = m
+        .payloads
+        .iter()
+        .find(|p| p.is("stanza-id", ns::SID))
+        .and_then(|p| StanzaId::try_from(p.clone()).ok())
+        .map(|s| s.id);
+    let id = origin
+        .clone()
+        .or(stanza_id)
+        .or_else(|| archive_id.map(str::to_owned))
+        .or_else(|| m.id.as_ref().map(|i| i.0.clone()))?;
     Some(Message {
         server_id: ServerMsgId::new(&id),
         client_id: ClientMsgId::new(origin.unwrap_or(id)),
@@ -835,6 +1598,8 @@ impl Vendor for XmppClient {
             offline: None,
             held: Vec::new(),
             online: false,
+            known: self.known.clone(),
+            lookups: futures::stream::FuturesUnordered::new(),
         };
         let handle = tokio::spawn(task.run(rx));
         *self.conn.lock() = Some(Conn {
@@ -847,6 +1612,8 @@ impl Vendor for XmppClient {
         self.offline.lock().clear();
         self.sent.lock().clear();
         self.acks.lock().clear();
+        self.later.lock().clear();
+        self.known.lock().delivered.clear();
         Ok(Session {
             user: credentials.user.clone(),
             token_expires_at: None,
@@ -896,17 +1663,13 @@ impl Vendor for XmppClient {
             }
         };
         let sent_at = now();
-        let mut stanza = XMessage::chat(to).with_body(Lang::new(), body);
         // `<millis>.<client id>`: XMPP stamps whole seconds, so the sender's millisecond
         // travels in the id and orders every copy (live, offline, MAM) the same way.
-        stanza.id = Some(tokio_xmpp::parsers::message::Id(format!(
-            "{}.{}",
-            sent_at.as_millis(),
-            message.client_id
-        )));
-        stanza = stanza.with_payload(OriginId {
-            id: message.client_id.to_string(),
-        });
+        // XEP-0333 `markable`: peers may answer with displayed markers.
+        let mut stanza =
+            stanza(to, sent_at, message.client_id.as_str()).with_body(Lang::new(), body);
+        stanza.payloads.push(element("markable", NS_MARKERS, &[])?);
+        let stanza_id = stanza.id.as_ref().map(|i| i.0.clone());
         self.ask(|tx| Cmd::Send(stanza, peer.clone(), tx))
             .instrument(tracing::info_span!(
                 "xmpp_send",
@@ -923,6 +1686,20 @@ impl Vendor for XmppClient {
         self.sent
             .lock()
             .insert(message.client_id.clone(), receipt.clone());
+        // Known for the lifecycle rules: the sender may recall or edit it.
+        self.known.lock().learn(
+            &Message {
+                server_id: receipt.server_id.clone(),
+                client_id: message.client_id.clone(),
+                conversation: message.conversation.clone(),
+                sender: me,
+                seq: None,
+                server_time: sent_at,
+                client_time: sent_at,
+                content: message.content.clone(),
+            },
+            stanza_id.as_deref(),
+        );
         Ok(receipt)
     }
 
@@ -937,13 +1714,26 @@ impl Vendor for XmppClient {
             // The server delivers its offline store in its own order, oldest first; that
             // order is the only one a foreign burst of one (whole) second has.
             let delivered = self.ask(Cmd::Presence).await?;
-            let batch = newest_first(
-                delivered
-                    .iter()
-                    .filter_map(|m| to_model(m, None, None))
-                    .collect(),
-            );
-            *self.offline.lock() = batch;
+            let (me, _) = self.commands()?;
+            let me = self.jid_of(&me)?;
+            let (messages, mut later, unknown) = self.offline_pass(&delivered, &me);
+            // Changes of messages this handle has not seen (delivered before it existed):
+            // their targets are looked up in MAM, which checks the sender and applies them.
+            let mut looked = HashSet::new();
+            for (conversation, target) in unknown {
+                if !looked.insert(target.clone()) {
+                    continue;
+                }
+                if let Some(change) = self
+                    .find(&conversation, &target)
+                    .await?
+                    .and_then(|k| k.latest)
+                {
+                    later.push(VendorEvent::MessageChanged(change));
+                }
+            }
+            *self.offline.lock() = newest_first(messages);
+            self.later.lock().extend(later);
             if let Some(c) = self.conn.lock().as_mut() {
                 c.offline_fetched = true;
             }
@@ -989,6 +1779,10 @@ impl Vendor for XmppClient {
 
     async fn go_online(&self) -> Result<()> {
         let (_, commands) = self.commands()?;
+        // The offline pass's changes of messages it did not hold, before the live ones.
+        for event in std::mem::take(&mut *self.later.lock()) {
+            let _ = self.events_tx.send(event);
+        }
         commands.send(Cmd::GoOnline).map_err(|_| E::NotLoggedIn)
     }
 
@@ -1076,16 +1870,32 @@ impl Vendor for XmppClient {
             }
             other => return Err(E::Protocol(format!("unexpected mam answer {other:?}"))),
         };
-        let messages = results
-            .iter()
-            .filter_map(|r| {
+        // Changes and markers in the page are not messages: a change applies to its
+        // target (here, or in an older page later), the page holds current states.
+        let mut messages = Vec::new();
+        {
+            let mut known = self.known.lock();
+            for r in &results {
                 let stamp = r.forwarded.delay.as_ref().map(|d| millis(&d.stamp));
-                to_model(&r.forwarded.message, stamp, Some(&r.id))
-            })
-            .filter(|m| {
-                from.is_none_or(|f| m.server_time >= f) && to.is_none_or(|t| m.server_time < t)
-            })
-            .collect::<Vec<_>>();
+                match parse(&r.forwarded.message, stamp, Some(&r.id)) {
+                    Some(Parsed::Message { message, stanza_id }) => {
+                        known.learn(&message, stanza_id.as_deref());
+                        messages.push(message);
+                    }
+                    Some(Parsed::Change(c)) => {
+                        let _ = known.change(c);
+                    }
+                    Some(Parsed::Read(_)) | None => {}
+                }
+            }
+            messages = messages
+                .into_iter()
+                .map(|m| known.current(m))
+                .filter(|m| {
+                    from.is_none_or(|f| m.server_time >= f) && to.is_none_or(|t| m.server_time < t)
+                })
+                .collect();
+        }
         // A page comes oldest first, in archive order; the contract reads newest first, and
         // messages of the same time keep archive order (reversed; see `newest_first`).
         let messages = newest_first(messages);
@@ -1110,8 +1920,55 @@ impl Vendor for XmppClient {
         }
     }
 
-    async fn mark_read(&self, _conversation: &ConversationId, _up_to: &ServerMsgId) -> Result<()> {
-        Err(E::Unsupported(Capability::ReadReceipts))
+    /// An XEP-0333 `displayed` marker to the peer (and, by carbons, to my other devices),
+    /// referring to the message's stanza id when this handle knows it (it carries the
+    /// message's millisecond), else its origin-id.
+    async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()> {
+        let (_, peer) = self.peer(conversation)?;
+        let reference = self.reference(up_to);
+        let at = now();
+        let origin = ClientMsgId::generate();
+        let marker = displayed(
+            Jid::from(self.jid_of(&peer)?),
+            &reference,
+            at,
+            origin.as_str(),
+        )?;
+        self.ask(|tx| Cmd::Send(marker, peer.clone(), tx)).await
+    }
+
+    fn lifecycle(&self) -> LifecyclePolicy {
+        LifecyclePolicy {
+            edit_permission: EditPermission::Sender,
+            ..self.vendor.config.lifecycle.clone()
+        }
+    }
+
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        self.change(conversation, target, ChangeKind::Recalled)
+            .await
+    }
+
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &Content,
+    ) -> Result<MessageChange> {
+        let Content::Text(_) = content else {
+            return Err(E::InvalidRequest("XMPP corrections carry text only".into()));
+        };
+        let size = content.size();
+        let max = self.vendor.capabilities.max_message_bytes;
+        if size > max {
+            return Err(E::MessageTooLarge { size, max });
+        }
+        self.change(conversation, target, ChangeKind::Edited(content.clone()))
+            .await
     }
 }
 
@@ -1149,5 +2006,223 @@ mod tests {
             at("b", 1_500),
         ];
         assert_eq!(ids(&newest_first(server_order)), ["q", "a", "m", "b", "z"]);
+    }
+
+    fn jid(s: &str) -> Jid {
+        s.parse().unwrap()
+    }
+
+    /// `m` as the receiver gets it: from alice's device to bob, through XML and back.
+    fn received(mut m: XMessage) -> XMessage {
+        m.from = Some(jid("alice@im.test/phone"));
+        let el: tokio_xmpp::minidom::Element = m.into();
+        XMessage::try_from(el).unwrap()
+    }
+
+    fn conv() -> ConversationId {
+        ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"))
+    }
+
+    #[test]
+    fn a_retraction_is_a_stored_change_with_a_fallback_never_a_message() {
+        let at = Timestamp::from_millis(1_800_000_000_123);
+        let m = retraction(jid("bob@im.test"), "c-orig", at, "c-new").unwrap();
+        assert!(m.payloads.iter().any(|p| p.is("store", NS_HINTS)));
+        assert!(
+            m.payloads
+                .iter()
+                .any(|p| p.is("fallback", NS_FALLBACK) && p.attr("for") == Some(NS_RETRACT))
+        );
+        assert_eq!(
+            m.get_best_body_cloned(vec![]).map(|(_, b)| b).as_deref(),
+            Some(RETRACT_FALLBACK)
+        );
+        assert_eq!(
+            parse(&received(m), None, None),
+            Some(Parsed::Change(StatedChange {
+                conversation: conv(),
+                target: "c-orig".into(),
+                kind: ChangeKind::Recalled,
+                by: UserId::new("alice"),
+                at,
+            }))
+        );
+    }
+
+    #[test]
+    fn a_correction_and_a_marker_parse_as_change_and_read() {
+        let at = Timestamp::from_millis(1_800_000_000_456);
+        let fix = correction(jid("bob@im.test"), "17.c-orig", "fixed".into(), at, "c-2");
+        assert_eq!(
+            parse(&received(fix), None, None),
+            Some(Parsed::Change(StatedChange {
+                conversation: conv(),
+                target: "17.c-orig".into(),
+                kind: ChangeKind::Edited(Content::text("fixed")),
+                by: UserId::new("alice"),
+                at,
+            }))
+        );
+        let read = displayed(jid("bob@im.test"), "17.c-orig", at, "c-3").unwrap();
+        assert_eq!(
+            parse(&received(read), None, None),
+            Some(Parsed::Read(StatedRead {
+                conversation: conv(),
+                reader: UserId::new("alice"),
+                target: "17.c-orig".into(),
+                at,
+            }))
+        );
+        let plain = stanza(jid("bob@im.test"), at, "c-4").with_body(Lang::new(), "hi".into());
+        match parse(&received(plain), None, None) {
+            Some(Parsed::Message { message, stanza_id }) => {
+                assert_eq!(message.server_id.as_str(), "c-4");
+                assert_eq!(message.server_time, at);
+                assert_eq!(stanza_id.as_deref(), Some("1800000000456.c-4"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_my_own_server_may_hand_me_a_carbon() {
+        let me: BareJid = "alice@im.test".parse().unwrap();
+        let inner = stanza(jid("bob@im.test"), Timestamp::from_millis(5), "c-9")
+            .with_body(Lang::new(), "from my phone".into());
+        let mut inner = inner;
+        inner.from = Some(jid("alice@im.test/phone"));
+        let forwarded = tokio_xmpp::parsers::forwarding::Forwarded {
+            delay: None,
+            message: inner.clone(),
+        };
+        let mut carbon = XMessage::chat(jid("alice@im.test/laptop")).with_payload(Sent {
+            forwarded: forwarded.clone(),
+        });
+        carbon.from = Some(jid("alice@im.test"));
+        let (unwrapped, _) = uncarbon(&carbon, &me).unwrap();
+        assert_eq!(unwrapped.id, inner.id);
+        match parse(&unwrapped, None, None) {
+            Some(Parsed::Message { message, .. }) => {
+                assert_eq!(message.sender, UserId::new("alice"), "my own message");
+            }
+            other => panic!("{other:?}"),
+        }
+        carbon.from = Some(jid("mallory@im.test"));
+        assert!(
+            uncarbon(&carbon, &me).is_none(),
+            "a forged carbon is dropped"
+        );
+        let plain = XMessage::chat(jid("alice@im.test"));
+        assert!(uncarbon(&plain, &me).is_some());
+    }
+
+    fn stated(kind: ChangeKind, by: &str, target: &str, ms: i64) -> StatedChange {
+        StatedChange {
+            conversation: conv(),
+            target: target.into(),
+            kind,
+            by: UserId::new(by),
+            at: Timestamp::from_millis(REVISION_EPOCH_MS + ms),
+        }
+    }
+
+    #[test]
+    fn changes_need_the_sender_and_apply_newest_once() {
+        let mut known = Known::default();
+        let mut m = at("c-1", REVISION_EPOCH_MS);
+        m.sender = UserId::new("alice");
+        m.conversation = conv();
+        known.learn(&m, Some("1000.c-1"));
+        let edit = |t: &str, ms| {
+            stated(
+                ChangeKind::Edited(Content::text(t)),
+                "alice",
+                "1000.c-1",
+                ms,
+            )
+        };
+        assert_eq!(
+            known.change(stated(ChangeKind::Recalled, "bob", "c-1", 1_000)),
+            None,
+            "a non-sender's recall is ignored"
+        );
+        assert_eq!(
+            known.change(stated(
+                ChangeKind::Edited(Content::text("x")),
+                "bob",
+                "c-1",
+                1_000
+            )),
+            None,
+            "a non-sender's edit is ignored"
+        );
+        let first = known.change(edit("one", 1_000)).expect("the sender's edit");
+        assert_eq!(
+            first.target.as_str(),
+            "c-1",
+            "the stanza id resolves to the origin-id"
+        );
+        assert_eq!(first.revision, 10);
+        assert_eq!(
+            known.change(edit("one", 1_000)),
+            None,
+            "seen twice, applied once"
+        );
+        assert_eq!(known.change(edit("old", 500)), None, "an older edit loses");
+        let recall = known
+            .change(stated(ChangeKind::Recalled, "alice", "c-1", 2_000))
+            .expect("the recall");
+        assert!(recall.revision > first.revision);
+        assert_eq!(
+            known.change(edit("late", 3_000)),
+            None,
+            "recalled stays recalled"
+        );
+        assert!(matches!(known.current(m).content, Content::Recalled { .. }));
+    }
+
+    #[test]
+    fn a_change_waits_for_its_target_and_still_needs_its_sender() {
+        let mut known = Known::default();
+        assert_eq!(
+            known.change(stated(ChangeKind::Recalled, "bob", "c-7", 1)),
+            None
+        );
+        assert_eq!(
+            known.change(stated(
+                ChangeKind::Edited(Content::text("y")),
+                "alice",
+                "c-8",
+                1
+            )),
+            None
+        );
+        let mut theirs = at("c-7", REVISION_EPOCH_MS);
+        theirs.sender = UserId::new("alice");
+        theirs.conversation = conv();
+        known.learn(&theirs, None);
+        assert_eq!(
+            known.current(theirs.clone()),
+            theirs,
+            "bob's recall never applies"
+        );
+        let mut edited = at("c-8", REVISION_EPOCH_MS);
+        edited.sender = UserId::new("alice");
+        edited.conversation = conv();
+        known.learn(&edited, None);
+        assert_eq!(known.current(edited).content, Content::text("y"));
+    }
+
+    #[test]
+    fn a_read_marker_takes_the_time_from_our_stanza_id() {
+        let known = Known::default();
+        let r = known.read(StatedRead {
+            conversation: conv(),
+            reader: UserId::new("bob"),
+            target: "1234.c-1".into(),
+            at: Timestamp::from_millis(9_999),
+        });
+        assert_eq!(r.up_to.as_str(), "c-1");
+        assert_eq!(r.up_to_time, Timestamp::from_millis(1234));
     }
 }

@@ -676,3 +676,440 @@ async fn foreign_burst_in_one_second_keeps_server_order_offline_and_in_history()
 async fn foreign_burst_over_an_offline_batch_keeps_server_order() {
     foreign_burst_keeps_server_order(300).await;
 }
+
+/// Issue 20 on Prosody 0.12: recall (XEP-0424), edit (XEP-0308), read markers (XEP-0333)
+/// and several devices (per-device resources with XEP-0280 carbons), live and offline.
+mod lifecycle {
+    use super::*;
+    use im_service::{
+        Capability, ChangeKind, ChangeRefusal, LifecyclePolicy, Message, MessageChange, ServerMsgId,
+    };
+
+    /// The next event that is not a live message, within 5 s; messages before it are
+    /// returned too.
+    async fn change(events: &mut EventStream) -> MessageChange {
+        match event(events).await {
+            VendorEvent::MessageChanged(c) => c,
+            other => panic!("expected a MessageChanged, got {other:?}"),
+        }
+    }
+
+    async fn pushed(events: &mut EventStream) -> Message {
+        match event(events).await {
+            VendorEvent::MessagePushed(m) => m,
+            other => panic!("expected a MessagePushed, got {other:?}"),
+        }
+    }
+
+    fn content(m: &Message) -> &Content {
+        &m.content
+    }
+
+    #[tokio::test]
+    async fn capabilities_say_what_prosody_offers() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let single = XmppVendor::new(XmppConfig::new(addr, DOMAIN));
+        let multi = XmppVendor::new(XmppConfig::new(addr, DOMAIN).with_multi_device());
+        for v in [&single, &multi] {
+            let caps = v.capabilities();
+            for c in [
+                Capability::Recall,
+                Capability::Edit,
+                Capability::ReadReceipts,
+                Capability::ReadReceiptEvents,
+            ] {
+                assert!(caps.supports(c), "{c} declared");
+            }
+            for c in [Capability::DeleteForMe, Capability::ChangeFeed] {
+                assert!(!caps.supports(c), "{c} not declared: Prosody 0.12 lacks it");
+            }
+        }
+        assert!(
+            single
+                .capabilities()
+                .supports(Capability::KickOnSecondLogin)
+        );
+        assert!(!single.capabilities().supports(Capability::MultiDevice));
+        assert!(multi.capabilities().supports(Capability::MultiDevice));
+        assert!(!multi.capabilities().supports(Capability::KickOnSecondLogin));
+        let Some(addr) = prosody() else { return };
+        let alice = user("alice").await;
+        let bob = UserId::new("bob");
+        let c = vendor(addr).client();
+        c.login(&alice).await.unwrap();
+        let conv = ConversationId::direct(&alice.user, &bob);
+        assert_eq!(
+            c.delete_for_me(&conv, &ServerMsgId::new("x")).await,
+            Err(ServiceError::Unsupported(Capability::DeleteForMe))
+        );
+        assert_eq!(
+            c.pull_changes(None, 10).await,
+            Err(ServiceError::Unsupported(Capability::ChangeFeed))
+        );
+        c.logout().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn recall_and_edit_reach_an_online_peer() {
+        let Some(addr) = prosody() else { return };
+        let v = vendor(addr);
+        let (alice, bob) = (user("alice").await, user("bob").await);
+        let conv = ConversationId::direct(&alice.user, &bob.user);
+        let (a, b) = (v.client(), v.client());
+        let mut events = b.take_events().unwrap();
+        online(&b, &bob).await;
+        online(&a, &alice).await;
+        let sent = a.send(&text(&conv, "wrong")).await.unwrap();
+        let m = pushed(&mut events).await;
+        assert_eq!(m.server_id, sent.server_id);
+
+        let edit = a
+            .edit(&conv, &sent.server_id, &Content::text("right"))
+            .await
+            .unwrap();
+        let seen = change(&mut events).await;
+        assert_eq!(seen.target, sent.server_id, "the edit names its target");
+        assert_eq!(seen.kind, ChangeKind::Edited(Content::text("right")));
+        assert_eq!(seen.by, alice.user);
+        assert_eq!(
+            seen.revision, edit.revision,
+            "the same revision on both sides"
+        );
+        assert_eq!(content(&seen.apply(&m).unwrap()), &Content::text("right"));
+
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let recall = a.recall(&conv, &sent.server_id).await.unwrap();
+        let seen = change(&mut events).await;
+        assert_eq!(seen.kind, ChangeKind::Recalled, "the recall reaches bob");
+        assert_eq!(seen.target, sent.server_id);
+        assert!(
+            seen.revision > edit.revision,
+            "a later change has a higher revision"
+        );
+        assert_eq!(seen.revision, recall.revision);
+        assert!(matches!(
+            seen.apply(&m).unwrap().content,
+            Content::Recalled { .. }
+        ));
+        quiet(&mut events, 300).await;
+
+        // Refused on the sending side, by the policy.
+        assert_eq!(
+            a.recall(&conv, &sent.server_id).await,
+            Err(ServiceError::ChangeRefused(ChangeRefusal::Recalled))
+        );
+        assert_eq!(
+            a.recall(&conv, &ServerMsgId::new("never-sent")).await,
+            Err(ServiceError::ChangeRefused(ChangeRefusal::UnknownMessage))
+        );
+        let other = a.send(&text(&conv, "mine")).await.unwrap();
+        pushed(&mut events).await;
+        assert_eq!(
+            b.recall(&conv, &other.server_id).await,
+            Err(ServiceError::ChangeRefused(ChangeRefusal::NotAllowed)),
+            "bob may not recall alice's message"
+        );
+        assert_eq!(
+            b.edit(&conv, &other.server_id, &Content::text("x")).await,
+            Err(ServiceError::ChangeRefused(ChangeRefusal::NotAllowed))
+        );
+        quiet(&mut events, 300).await;
+        a.logout().await.unwrap();
+        b.logout().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_recall_window_is_enforced_by_the_sender() {
+        let Some(addr) = prosody() else { return };
+        let mut config = XmppConfig::new(addr, DOMAIN);
+        config.lifecycle = LifecyclePolicy {
+            recall_window: Some(Duration::from_millis(300)),
+            ..LifecyclePolicy::default()
+        };
+        let v = XmppVendor::new(config);
+        let (alice, bob) = (user("alice").await, user("bob").await);
+        let conv = ConversationId::direct(&alice.user, &bob.user);
+        let a = v.client();
+        online(&a, &alice).await;
+        let quick = a.send(&text(&conv, "quick")).await.unwrap();
+        a.recall(&conv, &quick.server_id).await.unwrap();
+        let slow = a.send(&text(&conv, "slow")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            a.recall(&conv, &slow.server_id).await,
+            Err(ServiceError::ChangeRefused(ChangeRefusal::WindowPassed {
+                window: Duration::from_millis(300)
+            }))
+        );
+        // A fresh handle (a restarted app) finds the message in MAM, with its time.
+        let again = v.client();
+        online(&again, &alice).await;
+        assert_eq!(
+            again.recall(&conv, &slow.server_id).await,
+            Err(ServiceError::ChangeRefused(ChangeRefusal::WindowPassed {
+                window: Duration::from_millis(300)
+            })),
+            "the window from the message's time in MAM"
+        );
+        a.logout().await.unwrap();
+        again.logout().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_offline_peer_sees_current_state_after_login() {
+        let Some(addr) = prosody() else { return };
+        let v = vendor(addr);
+        let (alice, bob) = (user("alice").await, user("bob").await);
+        let conv = ConversationId::direct(&alice.user, &bob.user);
+        let a = v.client();
+        online(&a, &alice).await;
+        // Seen by bob before he goes away.
+        let b = v.client();
+        let mut events = b.take_events().unwrap();
+        online(&b, &bob).await;
+        let early = a.send(&text(&conv, "early")).await.unwrap();
+        pushed(&mut events).await;
+        b.logout().await.unwrap();
+
+        let m1 = a.send(&text(&conv, "typo")).await.unwrap();
+        let m2 = a.send(&text(&conv, "oops")).await.unwrap();
+        a.edit(&conv, &m1.server_id, &Content::text("fixed"))
+            .await
+            .unwrap();
+        a.recall(&conv, &m2.server_id).await.unwrap();
+        a.recall(&conv, &early.server_id).await.unwrap();
+
+        // The same handle logs in again: current state in the batch; the recall of a
+        // message it had before comes as a change at go_online.
+        let offline = online(&b, &bob).await;
+        assert_eq!(
+            offline.len(),
+            2,
+            "messages only, never changes: {offline:?}"
+        );
+        let by_id = |id: &ServerMsgId| offline.iter().find(|m| m.server_id == *id).unwrap();
+        assert_eq!(
+            by_id(&m1.server_id).content,
+            Content::text("fixed"),
+            "the edit in the same offline pass is applied to its target"
+        );
+        assert!(
+            matches!(by_id(&m2.server_id).content, Content::Recalled { .. }),
+            "the recall in the same offline pass is applied to its target"
+        );
+        let c = change(&mut events).await;
+        assert_eq!(
+            (c.target, c.kind),
+            (early.server_id.clone(), ChangeKind::Recalled)
+        );
+        quiet(&mut events, 300).await;
+        b.logout().await.unwrap();
+
+        // History (MAM) through a fresh handle: current state, no change stanzas.
+        let fresh = v.client();
+        online(&fresh, &bob).await;
+        let page = fresh
+            .pull_history(&HistoryQuery::latest(conv.clone(), 50))
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), 3, "{:?}", page.messages);
+        let in_page = |id: &ServerMsgId| {
+            page.messages
+                .iter()
+                .find(|m| m.server_id == *id)
+                .unwrap()
+                .content
+                .clone()
+        };
+        assert_eq!(in_page(&m1.server_id), Content::text("fixed"));
+        assert!(matches!(in_page(&m2.server_id), Content::Recalled { .. }));
+        assert!(matches!(
+            in_page(&early.server_id),
+            Content::Recalled { .. }
+        ));
+        fresh.logout().await.unwrap();
+        a.logout().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_restarted_client_learns_a_recall_of_a_message_from_before() {
+        let Some(addr) = prosody() else { return };
+        let v = vendor(addr);
+        let (alice, bob) = (user("alice").await, user("bob").await);
+        let conv = ConversationId::direct(&alice.user, &bob.user);
+        let a = v.client();
+        online(&a, &alice).await;
+        let b = v.client();
+        online(&b, &bob).await;
+        let m = a.send(&text(&conv, "before")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.logout().await.unwrap();
+        a.recall(&conv, &m.server_id).await.unwrap();
+        // A new handle never saw the message: the target is looked up in MAM.
+        let restarted = v.client();
+        let mut events = restarted.take_events().unwrap();
+        assert!(online(&restarted, &bob).await.is_empty());
+        let c = change(&mut events).await;
+        assert_eq!((c.target, c.by), (m.server_id.clone(), alice.user.clone()));
+        assert_eq!(c.kind, ChangeKind::Recalled);
+        restarted.logout().await.unwrap();
+
+        // Live: a handle that never saw the message gets its recall once the target is
+        // looked up in MAM (which also checks that its sender made it).
+        let seen = v.client();
+        online(&seen, &bob).await;
+        let m2 = a.send(&text(&conv, "seen elsewhere")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen.logout().await.unwrap();
+        let live = v.client();
+        let mut events = live.take_events().unwrap();
+        assert!(online(&live, &bob).await.is_empty());
+        a.recall(&conv, &m2.server_id).await.unwrap();
+        let c = change(&mut events).await;
+        assert_eq!(
+            (c.target, c.by, c.kind),
+            (
+                m2.server_id.clone(),
+                alice.user.clone(),
+                ChangeKind::Recalled
+            ),
+            "the live recall of a message this handle never saw"
+        );
+        quiet(&mut events, 300).await;
+        live.logout().await.unwrap();
+        a.logout().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn changes_by_someone_else_than_the_sender_are_ignored() {
+        let Some(addr) = prosody() else { return };
+        let v = vendor(addr);
+        let (alice, bob) = (user("alice").await, user("bob").await);
+        let conv = ConversationId::direct(&alice.user, &bob.user);
+        let a = v.client();
+        let mut events = a.take_events().unwrap();
+        online(&a, &alice).await;
+        let mine = a.send(&text(&conv, "alice's")).await.unwrap();
+        // Bob's client is foreign (another library): it retracts and corrects alice's
+        // message, which XEP-0424/0308 allow only its sender.
+        let mut raw = RawXmpp::login(addr, &bob).await;
+        raw.write("<presence/>").await;
+        let to = format!("{}@{DOMAIN}", alice.user);
+        raw.write(&format!(
+            "<message type='chat' to='{to}' id='r1'>\
+             <retract xmlns='urn:xmpp:message-retract:1' id='{id}'/>\
+             <body>retracted</body><store xmlns='urn:xmpp:hints'/></message>\
+             <message type='chat' to='{to}' id='r2'>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='{id}'/><body>hijacked</body>\
+             </message>\
+             <message type='chat' to='{to}' id='r3'><body>end</body></message>",
+            id = mine.server_id
+        ))
+        .await;
+        let m = pushed(&mut events).await;
+        assert_eq!(
+            bodies(&[m]),
+            ["end"],
+            "the foreign retraction and correction are neither changes nor messages"
+        );
+        quiet(&mut events, 300).await;
+        raw.close().await;
+        // And after a new login, MAM shows alice's message unchanged.
+        let fresh = v.client();
+        online(&fresh, &alice).await;
+        let page = fresh
+            .pull_history(&HistoryQuery::latest(conv.clone(), 50))
+            .await
+            .unwrap();
+        // (Sorted: the foreign "end" has the server's whole second, alice's message its
+        // millisecond, so their order within that second is not the point here.)
+        let mut got = bodies(&page.messages);
+        got.sort();
+        assert_eq!(got, ["alice's", "end"], "alice's message unchanged in MAM");
+        fresh.logout().await.unwrap();
+        a.logout().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_displayed_marker_reaches_the_peer_as_a_read_receipt() {
+        let Some(addr) = prosody() else { return };
+        let v = vendor(addr);
+        let (alice, bob) = (user("alice").await, user("bob").await);
+        let conv = ConversationId::direct(&alice.user, &bob.user);
+        let (a, b) = (v.client(), v.client());
+        let mut events = a.take_events().unwrap();
+        let mut b_events = b.take_events().unwrap();
+        online(&a, &alice).await;
+        online(&b, &bob).await;
+        let sent = a.send(&text(&conv, "read me")).await.unwrap();
+        pushed(&mut b_events).await;
+        b.mark_read(&conv, &sent.server_id).await.unwrap();
+        match event(&mut events).await {
+            VendorEvent::ReadReceipt(r) => {
+                assert_eq!(r.reader, bob.user, "a peer's read");
+                assert_eq!(r.conversation, conv);
+                assert_eq!(r.up_to, sent.server_id);
+                assert_eq!(r.up_to_time, sent.server_time);
+            }
+            other => panic!("expected a ReadReceipt, got {other:?}"),
+        }
+        quiet(&mut events, 300).await;
+        a.logout().await.unwrap();
+        b.logout().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_devices_of_one_user_stay_and_see_each_others_sends_once() {
+        let Some(addr) = prosody() else { return };
+        let v = XmppVendor::new(XmppConfig::new(addr, DOMAIN).with_multi_device());
+        let (alice, bob) = (user("alice").await, user("bob").await);
+        let conv = ConversationId::direct(&alice.user, &bob.user);
+        let (a1, a2, b) = (v.client(), v.client(), v.client());
+        let mut e1 = a1.take_events().unwrap();
+        let mut e2 = a2.take_events().unwrap();
+        let mut eb = b.take_events().unwrap();
+        online(&a1, &alice).await;
+        online(&a2, &alice).await;
+        online(&b, &bob).await;
+        let sent = a1.send(&text(&conv, "from a1")).await.unwrap();
+        let on_a2 = pushed(&mut e2).await;
+        assert_eq!(on_a2.server_id, sent.server_id);
+        assert_eq!(
+            on_a2.sender, alice.user,
+            "my own message on my other device"
+        );
+        assert_eq!(on_a2.conversation, conv);
+        assert_eq!(pushed(&mut eb).await.server_id, sent.server_id);
+        // Bob's answer reaches both devices once each.
+        let answer = b.send(&text(&conv, "to both")).await.unwrap();
+        assert_eq!(pushed(&mut e1).await.server_id, answer.server_id);
+        assert_eq!(pushed(&mut e2).await.server_id, answer.server_id);
+        // A read on a2 reaches a1 as my own read, and bob as a peer's.
+        a2.mark_read(&conv, &answer.server_id).await.unwrap();
+        for (events, reader) in [(&mut e1, &alice.user), (&mut eb, &alice.user)] {
+            match event(events).await {
+                VendorEvent::ReadReceipt(r) => {
+                    assert_eq!(&r.reader, reader);
+                    assert_eq!(r.up_to, answer.server_id);
+                }
+                other => panic!("expected a ReadReceipt, got {other:?}"),
+            }
+        }
+        // A recall from a1 reaches a2 (carbon) and bob.
+        a1.recall(&conv, &sent.server_id).await.unwrap();
+        for events in [&mut e2, &mut eb] {
+            let c = change(events).await;
+            assert_eq!(
+                (c.target, c.kind),
+                (sent.server_id.clone(), ChangeKind::Recalled)
+            );
+        }
+        for events in [&mut e1, &mut e2, &mut eb] {
+            quiet(events, 300).await;
+        }
+        assert!(a1.ping().await.is_ok(), "the first device was not kicked");
+        for c in [&a1, &a2, &b] {
+            c.logout().await.unwrap();
+        }
+    }
+}

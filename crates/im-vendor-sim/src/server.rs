@@ -33,7 +33,8 @@ use crate::faults::Faults;
 pub struct ServerConfig {
     /// Where to listen; tests use `127.0.0.1:0`.
     pub listen: SocketAddr,
-    /// Storage semantics (retention, limits, kick on second login …).
+    /// Storage semantics (retention, limits, kick on second login or several devices per
+    /// user, the recall and edit rules the server announces in `WelcomeV2` …).
     pub vendor: MemoryVendorConfig,
     /// A connection whose client sends nothing for this long is closed.
     pub idle_timeout: Duration,

@@ -375,16 +375,15 @@ async fn online(
                     return Exit::Stop(ConnectionState::TokenExpired);
                 }
                 Some(VendorEvent::MessageChanged(change)) => {
-                    // Durable before announced; a store failure reconnects, and the sync
-                    // pass pulls the change again from the feed (idempotent by revision).
-                    if let Err(e) = crate::lifecycle::apply(shared, std::slice::from_ref(&change), &[]).await {
-                        return Exit::Reconnect(format!("applying a message change failed: {e}"));
-                    }
+                    // Durable before announced. A store that fails is reported, not a reason
+                    // to drop the connection: the feed's cursor does not move for live
+                    // changes, so the next sync pass pulls this one again (idempotent).
+                    let applied = crate::lifecycle::apply(shared, std::slice::from_ref(&change), &[]).await;
+                    report_apply_failure(shared, "apply_change", applied).await;
                 }
                 Some(VendorEvent::ReadReceipt(receipt)) => {
-                    if let Err(e) = crate::lifecycle::apply(shared, &[], std::slice::from_ref(&receipt)).await {
-                        return Exit::Reconnect(format!("applying a read receipt failed: {e}"));
-                    }
+                    let applied = crate::lifecycle::apply(shared, &[], std::slice::from_ref(&receipt)).await;
+                    report_apply_failure(shared, "apply_read_receipt", applied).await;
                 }
             },
             _ = heartbeat.tick() => {
@@ -406,6 +405,22 @@ async fn online(
                 }
             }
         }
+    }
+}
+
+/// Announces a failed application of a live change or receipt as
+/// [`ClientEvent::StoreFailed`].
+async fn report_apply_failure(
+    shared: &Shared,
+    op: &'static str,
+    applied: Result<usize, ArchError>,
+) {
+    if let Err(error) = applied {
+        tracing::warn!(op, error = %error, "cannot apply a live change; the next sync pass pulls it again");
+        shared
+            .distributor
+            .publish(ClientEvent::StoreFailed { op, error })
+            .await;
     }
 }
 

@@ -854,6 +854,61 @@ mod tests {
         .await;
     }
 
+    /// Issue 20, several devices: my message coming back to the device that sent it (still
+    /// in its outbox, or noted as sent by this process) is stored without a second message
+    /// event; my message from another device is delivered once, as mine, and never unread.
+    #[tokio::test]
+    async fn my_sends_come_back_quietly_here_and_once_from_my_other_device() {
+        within("own echoes", async {
+            let store = Arc::new(Recording::default());
+            let shared = shared(vendor(caps(true)), store.clone());
+            let mut sub = subscribe(&shared);
+            let mut engine = SyncEngine::load(&shared).await;
+            let mine = |n: u64| Message {
+                sender: UserId::new("me"),
+                ..msg(n, true)
+            };
+            // m1: still queued here (the answer to the send was lost).
+            store
+                .inner
+                .put_outbox(&OutboxItem {
+                    position: 1,
+                    message: im_service::OutgoingMessage {
+                        client_id: mine(1).client_id,
+                        conversation: conversation(),
+                        content: mine(1).content,
+                        client_time: Timestamp::from_millis(0),
+                    },
+                    status: crate::store::SendStatus::Sending,
+                    attempts: 1,
+                })
+                .await
+                .unwrap();
+            // m2: acknowledged to this process. m3: sent from my other device.
+            shared.note_sent_here(&mine(2).client_id);
+            let page = vec![mine(3), mine(2), mine(1)];
+            engine.ingest(&shared, page, Origin::Offline).await.unwrap();
+            assert_eq!(
+                delivered(&mut sub),
+                ["m3"],
+                "only my other device's message is announced"
+            );
+            assert_eq!(
+                store.inner.latest(&conversation(), 10).await.unwrap().len(),
+                3
+            );
+            assert_eq!(
+                shared
+                    .conversations
+                    .lock()
+                    .get(&conversation())
+                    .map(|r| r.unread),
+                Some(0)
+            );
+        })
+        .await;
+    }
+
     /// Issue 20: with a change feed the pass pulls what changed while away after the
     /// offline messages and before going online, until nothing is left; each batch is
     /// applied and flushed before any of it is announced and before its cursor is saved;
