@@ -28,6 +28,9 @@ pub enum Step {
         text: String,
         /// How it is handled.
         answer: Answer,
+        /// The housekeeper first picks a wrong quick reply, recalls it and sends the right
+        /// one (prompt answers only).
+        slip: bool,
     },
     /// The vendor goes down; these questions are written during the outage.
     Outage {
@@ -56,10 +59,14 @@ pub const OUTAGE_HOUR: u32 = 12;
 
 /// A day for `tenants` tenants (at least 1) from `seed`: 1 to `tenants/2 + 1` questions an
 /// hour, one in five handled by a busy housekeeper (at least one in the day), an outage at
-/// noon with two questions written during it.
+/// noon with two questions written during it. About one prompt answer in four is a slip
+/// (a wrong quick reply recalled and corrected), at least one in the day when there is a
+/// prompt answer; slips are drawn from their own generator, so the rest of a seed's day is
+/// the same as before slips existed.
 pub fn script(tenants: usize, seed: u64) -> Vec<Step> {
     let tenants = tenants.max(1);
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut slips = StdRng::seed_from_u64(seed ^ 0x5117_5117);
     let mut steps = Vec::new();
     let mut busy_seen = false;
     let topic = |rng: &mut StdRng| TOPICS[rng.random_range(0..TOPICS.len())].to_owned();
@@ -79,10 +86,35 @@ pub fn script(tenants: usize, seed: u64) -> Vec<Step> {
                 tenant: rng.random_range(0..tenants),
                 text: topic(&mut rng),
                 answer: if busy { Answer::Busy } else { Answer::Prompt },
+                slip: !busy && slips.random_bool(0.25),
             });
         }
     }
+    let slipped = steps
+        .iter()
+        .any(|s| matches!(s, Step::Question { slip: true, .. }));
+    if !slipped
+        && let Some(Step::Question { slip, .. }) = steps.iter_mut().find(|s| {
+            matches!(
+                s,
+                Step::Question {
+                    answer: Answer::Prompt,
+                    ..
+                }
+            )
+        })
+    {
+        *slip = true;
+    }
     steps
+}
+
+/// Slips in the script: wrong quick replies the housekeepers recall.
+pub fn slips(steps: &[Step]) -> u64 {
+    steps
+        .iter()
+        .filter(|s| matches!(s, Step::Question { slip: true, .. }))
+        .count() as u64
 }
 
 /// Questions in the script, and how many are answered in time.
@@ -117,6 +149,17 @@ mod tests {
             })
             .count();
         assert!(busy >= 1);
+        assert!(slips(&a) >= 1, "a day has a recalled reply");
+        for s in &a {
+            if let Step::Question {
+                answer: Answer::Busy,
+                slip,
+                ..
+            } = s
+            {
+                assert!(!slip, "only prompt answers slip");
+            }
+        }
         let (all, prompt) = expected(&a);
         assert_eq!(all - prompt, busy as u64);
         for s in &a {

@@ -53,6 +53,24 @@ pub fn quick_reply(question: &str) -> &'static QuickReply {
         .unwrap_or(&QUICK_REPLIES[QUICK_REPLIES.len() - 1])
 }
 
+/// The quick reply a hurried housekeeper picks by mistake for `question`: the one after
+/// the right one in the list (never the right one itself).
+pub fn wrong_quick_reply(question: &str) -> &'static QuickReply {
+    let right = quick_reply(question);
+    let at = QUICK_REPLIES
+        .iter()
+        .position(|r| std::ptr::eq(r, right))
+        .unwrap_or(0);
+    &QUICK_REPLIES[(at + 1) % QUICK_REPLIES.len()]
+}
+
+/// Which of a housekeeper's devices sends their `n`th reply (from 0) when they work from
+/// two: they alternate, starting on the second (the phone), so a day with any reply of
+/// theirs has one from each device as soon as it has two.
+pub fn reply_device(n: u64) -> usize {
+    usize::from(n.is_multiple_of(2))
+}
+
 /// The apology prepended when a tenant waited too long.
 pub const LATE_PREFIX: &str = "Sorry for the wait. ";
 
@@ -157,6 +175,18 @@ mod tests {
         );
         assert!(quick_reply("radiator is cold").text.contains("heating"));
         assert_eq!(quick_reply("hello?").keywords.len(), 0);
+    }
+
+    #[test]
+    fn a_wrong_quick_reply_is_never_the_right_one() {
+        for q in ["tap", "radiator", "key", "rent", "bin", "hello?"] {
+            assert_ne!(wrong_quick_reply(q).text, quick_reply(q).text, "{q}");
+        }
+        assert_eq!(
+            [0, 1, 2, 3].map(reply_device),
+            [1, 0, 1, 0],
+            "alternating, the phone first"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! what. Counts every message sent and received so the summary can prove none was lost or
 //! delivered twice. Speaks only `im-arch`, `im-qc` and the vendor-neutral model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,9 @@ use im_qc::{
     Agents, AlertRule, BusinessSnapshot, Comparison, Metric, Op, QcConfig, QcEvent, QcMonitor,
     QcSnapshot, Severity, UnknownDevice, Verdict, Watch,
 };
-use im_service::{ClientMsgId, Clock, Content, ConversationId, Timestamp, UserId};
+use im_service::{
+    ChangeKind, ClientMsgId, Clock, Content, ConversationId, ServerMsgId, Timestamp, UserId,
+};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -29,6 +31,10 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(5 * 60);
 pub const OUTAGE: Duration = Duration::from_secs(3);
 /// Bound on every wait for something the system must do (a delivery, a QC verdict).
 const WAIT: Duration = Duration::from_secs(30);
+/// Bound on a wait inside a step for something a check then counts (another device in
+/// step): it takes milliseconds, and a broken rule should fail the summary, not stall the
+/// day for `WAIT` at every reply.
+const CHECK_WAIT: Duration = Duration::from_secs(2);
 
 /// How the day is run.
 #[derive(Debug, Clone)]
@@ -86,8 +92,62 @@ pub struct Summary {
     pub assignments: BTreeMap<String, usize>,
     /// Messages in the company archive at the end (when one runs).
     pub archived: Option<u64>,
+    /// Wrong quick replies recalled and corrected.
+    pub recalls: RecallReport,
+    /// Replies tenants read, reported back to their housekeepers as "seen".
+    pub seen: SeenReport,
+    /// The housekeeper who works from two devices.
+    pub two_devices: DevicesReport,
     /// Every check passed.
     pub ok: bool,
+}
+
+/// Wrong quick replies: sent, recalled, then the right one sent. A recalled message was
+/// delivered (it counts as received, never as lost) and then changed for everyone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecallReport {
+    /// Slips in the script (typed answers in `--interactive` do not slip).
+    pub expected: u64,
+    /// Wrong replies recalled.
+    pub done: u64,
+    /// Recalls the vendor or the client refused.
+    pub failed: u64,
+    /// Recalls the tenant's client announced exactly once (`MessageChanged`).
+    pub reached_tenant_once: u64,
+    /// Recalls the tenant's timeline shows as "message recalled", never with their text.
+    pub shown_as_recalled: u64,
+}
+
+/// "Seen": every reply a tenant read comes back to its housekeeper as a read receipt.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SeenReport {
+    /// Replies tenants read (they mark their conversation read when a reply arrives).
+    pub replies_read: u64,
+    /// Of those, reported to the housekeeper's client exactly once (`ReadBy`).
+    pub reported_once: u64,
+    /// Replies seen, per housekeeper.
+    pub by_housekeeper: BTreeMap<String, u64>,
+}
+
+/// One housekeeper on two devices (desk and phone) of a multi-device vendor.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DevicesReport {
+    /// Who (the first housekeeper).
+    pub housekeeper: Option<String>,
+    /// Messages sent from the second device.
+    pub replies_from_second: u64,
+    /// Of those, shown once on the first device as its user's own.
+    pub shown_once_on_first: u64,
+    /// Messages sent from the first device.
+    pub replies_from_first: u64,
+    /// Of those, shown once on the second device as its user's own.
+    pub shown_once_on_second: u64,
+    /// Times the other device showed a conversation unread after its own reply arrived.
+    pub own_reply_left_unread: u64,
+    /// Reads on one device while the other showed the conversation unread.
+    pub reads: u64,
+    /// Of those, cleared on the other device too.
+    pub reads_synced: u64,
 }
 
 /// What QC saw of the outage.
@@ -107,16 +167,60 @@ pub struct OutageReport {
     pub resolved_after_ms: Option<u64>,
 }
 
-/// One message seen by its addressee.
-struct Seen {
-    user: UserId,
-    id: ClientMsgId,
+/// What a client's bus reported, for the ledger.
+enum Observed {
+    /// A message from someone else reached device `device` of `user`.
+    Received {
+        user: UserId,
+        device: usize,
+        id: ClientMsgId,
+        server_id: ServerMsgId,
+    },
+    /// My own message, sent from my other device, reached this one.
+    Own { device: usize, id: ClientMsgId },
+    /// A message was recalled, as shown on device `device` of `user`.
+    Recalled {
+        user: UserId,
+        device: usize,
+        target: ServerMsgId,
+    },
+    /// A peer has read up to `up_to` ("seen"), as shown on device `device` of `user`.
+    ReadBy {
+        user: UserId,
+        device: usize,
+        up_to: ServerMsgId,
+    },
 }
 
-/// A participant.
+/// A participant: one client per device (the first is the one QC watches).
 struct Person {
     user: UserId,
     client: ImClient,
+    second: Option<ImClient>,
+}
+
+/// A recalled wrong reply.
+struct Recall {
+    tenant: UserId,
+    conversation: ConversationId,
+    server_id: ServerMsgId,
+}
+
+/// The ledger of the two-device housekeeper.
+#[derive(Default)]
+struct DevicesLedger {
+    housekeeper: Option<UserId>,
+    /// Messages sent per device (0: first, 1: second).
+    sent: [Vec<ClientMsgId>; 2],
+    /// Own messages from the other device, per (receiving device, client id).
+    own: HashMap<(usize, ClientMsgId), u64>,
+    /// Messages from others that reached the second device.
+    second_received: HashMap<ClientMsgId, u64>,
+    /// Replies sent so far (which device sends the next).
+    replies: u64,
+    own_reply_left_unread: u64,
+    reads: u64,
+    reads_synced: u64,
 }
 
 /// The running desk.
@@ -128,13 +232,24 @@ struct Desk {
     assignments: Assignments,
     monitors: Vec<QcMonitor>,
     qc_events: mpsc::UnboundedReceiver<Arc<QcEvent>>,
-    seen_rx: mpsc::UnboundedReceiver<Seen>,
+    observed: mpsc::UnboundedReceiver<Observed>,
     /// Forwarders from client and QC buses into the channels above; aborted on drop.
     tasks: Tasks,
     /// (addressee, client id) → times received.
     received: HashMap<(UserId, ClientMsgId), u64>,
     /// Every message sent: (addressee, client id).
     sent: Vec<(UserId, ClientMsgId)>,
+    /// Vendor ids of delivered messages, by client id.
+    server_ids: HashMap<ClientMsgId, ServerMsgId>,
+    /// Recalls announced, per (user, device, message).
+    recalls_shown: HashMap<(UserId, usize, ServerMsgId), u64>,
+    /// Read receipts announced, per (housekeeper, device, message read up to).
+    read_by: HashMap<(UserId, usize, ServerMsgId), u64>,
+    recalls: Vec<Recall>,
+    recall_failures: u64,
+    /// Replies tenants read: (housekeeper, reply).
+    replies_read: Vec<(UserId, ServerMsgId)>,
+    devices: DevicesLedger,
     alerts_fired: BTreeMap<String, u64>,
     /// Latest verdict per monitor index.
     verdicts: Vec<Verdict>,
@@ -143,6 +258,8 @@ struct Desk {
     escalations: u64,
     /// Replies a person typed (interactive mode).
     typed_replies: u64,
+    /// Slips of the script played (a typed answer does not slip).
+    slips: u64,
     /// 09:00 of the scripted day, vendor time (ms), once the day has begun.
     day_start: Option<i64>,
 }
@@ -209,34 +326,23 @@ pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
         .map(|i| UserId::new(format!("keeper-{i}")))
         .collect();
     let clock = env.clock();
-    let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+    let (observed_tx, observed) = mpsc::unbounded_channel();
     let (qc_tx, qc_events) = mpsc::unbounded_channel();
     let mut people = HashMap::new();
     let mut monitors = Vec::new();
     let mut tasks = Tasks::default();
+    // The first housekeeper works from two devices (desk and phone).
+    let two_devices = housekeepers.first().cloned();
     for user in tenants.iter().chain(&housekeepers) {
         let Seat { client, metrics } = env.seat(user)?;
-        // Deliveries, for the ledger. The client never waits for a reader: this queue of
-        // 1,024 is far above a seat's traffic (the task below forwards at once), and should
-        // it ever overflow, the missing messages fail the summary's "received once" check.
-        let mut messages = client.subscribe_with(
-            Filter::of([EventKind::Message]),
-            DeliveryPolicy::DropOldest { capacity: 1024 },
-        );
-        let tx = seen_tx.clone();
-        let me = user.clone();
-        tasks.0.push(tokio::spawn(async move {
-            while let Some(ev) = messages.recv().await {
-                if let ClientEvent::Message(m) = &*ev
-                    && m.message.sender != me
-                {
-                    let _ = tx.send(Seen {
-                        user: me.clone(),
-                        id: m.message.client_id.clone(),
-                    });
-                }
-            }
-        }));
+        tasks.0.push(observe(&client, user, 0, &observed_tx));
+        let second = if two_devices.as_ref() == Some(user) {
+            let seat = env.second_device(user)?;
+            tasks.0.push(observe(&seat.client, user, 1, &observed_tx));
+            Some(seat.client)
+        } else {
+            None
+        };
         if housekeepers.contains(user) {
             let monitor = QcMonitor::start(
                 qc_config(),
@@ -264,14 +370,17 @@ pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
             Person {
                 user: user.clone(),
                 client,
+                second,
             },
         );
     }
     for p in people.values() {
-        p.client
-            .login()
-            .await
-            .with_context(|| format!("{} logs in", p.user))?;
+        for client in std::iter::once(&p.client).chain(&p.second) {
+            client
+                .login()
+                .await
+                .with_context(|| format!("{} logs in", p.user))?;
+        }
     }
     let verdicts = vec![Verdict::Healthy; monitors.len()];
     let desk = Desk {
@@ -283,18 +392,83 @@ pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
         assignments: Assignments::new(housekeepers),
         monitors,
         qc_events,
-        seen_rx,
+        observed,
         tasks,
         received: HashMap::new(),
         sent: Vec::new(),
+        server_ids: HashMap::new(),
+        recalls_shown: HashMap::new(),
+        read_by: HashMap::new(),
+        recalls: Vec::new(),
+        recall_failures: 0,
+        replies_read: Vec::new(),
+        devices: DevicesLedger {
+            housekeeper: two_devices,
+            ..DevicesLedger::default()
+        },
         alerts_fired: BTreeMap::new(),
         verdicts,
         options,
         escalations: 0,
         typed_replies: 0,
+        slips: 0,
         day_start: None,
     };
     desk.day().await
+}
+
+/// Forwards what device `device` of `user` receives, recalls and hears read into the
+/// ledger. The client never waits for a reader: this queue of 1,024 is far above a seat's
+/// traffic (the task forwards at once), and should it ever overflow, the missing events
+/// fail the summary's checks.
+fn observe(
+    client: &ImClient,
+    user: &UserId,
+    device: usize,
+    tx: &mpsc::UnboundedSender<Observed>,
+) -> JoinHandle<()> {
+    let mut events = client.subscribe_with(
+        Filter::of([
+            EventKind::Message,
+            EventKind::MessageChanged,
+            EventKind::ReadBy,
+        ]),
+        DeliveryPolicy::DropOldest { capacity: 1024 },
+    );
+    let tx = tx.clone();
+    let me = user.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let observed = match &*ev {
+                ClientEvent::Message(m) if m.message.sender != me => Observed::Received {
+                    user: me.clone(),
+                    device,
+                    id: m.message.client_id.clone(),
+                    server_id: m.message.server_id.clone(),
+                },
+                ClientEvent::Message(m) => Observed::Own {
+                    device,
+                    id: m.message.client_id.clone(),
+                },
+                ClientEvent::MessageChanged { change, .. }
+                    if change.kind == ChangeKind::Recalled =>
+                {
+                    Observed::Recalled {
+                        user: me.clone(),
+                        device,
+                        target: change.target.clone(),
+                    }
+                }
+                ClientEvent::ReadBy { up_to, .. } => Observed::ReadBy {
+                    user: me.clone(),
+                    device,
+                    up_to: up_to.clone(),
+                },
+                _ => continue,
+            };
+            let _ = tx.send(observed);
+        }
+    })
 }
 
 impl Desk {
@@ -313,41 +487,269 @@ impl Desk {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
+    /// Device `device` (0: the first) of `user`.
+    fn device(&self, user: &UserId, device: usize) -> Result<&ImClient> {
+        let p = self.person(user)?;
+        match device {
+            0 => Ok(&p.client),
+            _ => p
+                .second
+                .as_ref()
+                .with_context(|| format!("{user} has no second device")),
+        }
+    }
+
+    /// Whether `user` works from two devices.
+    fn has_two_devices(&self, user: &UserId) -> bool {
+        self.devices.housekeeper.as_ref() == Some(user)
+    }
+
+    /// Unread messages of `conversation` on device `device` of `user` (0 without a row).
+    fn unread(&self, user: &UserId, device: usize, conversation: &ConversationId) -> u64 {
+        self.device(user, device).map_or(0, |c| {
+            c.conversations(0, usize::MAX)
+                .into_iter()
+                .find(|r| &r.id == conversation)
+                .map_or(0, |r| r.unread)
+        })
+    }
+
     /// Sends `text` from `from` to `to`; returns the message's client id.
     async fn say(&mut self, from: &UserId, to: &UserId, text: &str) -> Result<ClientMsgId> {
+        self.say_from(from, 0, to, text).await
+    }
+
+    /// Sends `text` from device `device` of `from` to `to`; returns the client id.
+    async fn say_from(
+        &mut self,
+        from: &UserId,
+        device: usize,
+        to: &UserId,
+        text: &str,
+    ) -> Result<ClientMsgId> {
         let conv = ConversationId::direct(from, to);
         let id = self
-            .person(from)?
-            .client
+            .device(from, device)?
             .send(conv, Content::text(text))
             .await
             .with_context(|| format!("{from} sends"))?;
         self.sent.push((to.clone(), id.clone()));
-        self.panel.message(self.now(), from, to, text);
+        if self.has_two_devices(from) {
+            self.devices.sent[device.min(1)].push(id.clone());
+        }
+        let label = match device {
+            0 => from.to_string(),
+            _ => format!("{from} (phone)"),
+        };
+        self.panel.message(self.now(), &label, to, text);
         Ok(id)
     }
 
-    /// A housekeeper answers a tenant: the reply is sent, the conversation marked read, and
-    /// the tenant receives it. (The housekeeper's QC monitor counts the reply from the
-    /// `Sent` status on the housekeeper's bus: `Watch::user`.)
-    async fn answer(&mut self, keeper: &UserId, tenant: &UserId, text: &str) -> Result<()> {
+    /// A housekeeper answers a tenant: reads the question (on the device they answer
+    /// from), sends `wrong` first and recalls it when the script has them slip, sends the
+    /// reply, and the tenant receives and reads it. (The housekeeper's QC monitor counts
+    /// the reply from the `Sent` status on the housekeeper's bus, `Watch::user`, or, sent
+    /// from the phone, as their own message arriving on the watched device.)
+    async fn answer(
+        &mut self,
+        keeper: &UserId,
+        tenant: &UserId,
+        text: &str,
+        wrong: Option<&str>,
+    ) -> Result<()> {
         let conv = ConversationId::direct(keeper, tenant);
-        let id = self.say(keeper, tenant, text).await?;
-        let client = &self.person(keeper)?.client;
-        if let Err(e) = client.mark_read(&conv).await {
-            self.panel
-                .note(&format!("{keeper} could not mark {tenant} read: {e}"));
+        let device = if self.has_two_devices(keeper) {
+            let d = desk::reply_device(self.devices.replies);
+            self.devices.replies += 1;
+            d
+        } else {
+            0
+        };
+        self.read_question(keeper, device, &conv).await?;
+        if let Some(wrong) = wrong {
+            let id = self.say_from(keeper, device, tenant, wrong).await?;
+            self.delivered(tenant, &id).await?;
+            self.own_reply_elsewhere(keeper, device, &conv, &id).await;
+            self.recall(keeper, device, tenant, &conv, &id).await?;
         }
-        self.delivered(tenant, &id).await
+        let id = self.say_from(keeper, device, tenant, text).await?;
+        self.delivered(tenant, &id).await?;
+        self.own_reply_elsewhere(keeper, device, &conv, &id).await;
+        self.tenant_reads(tenant, keeper, &conv, &id).await
+    }
+
+    /// The housekeeper reads `conv` on `device`; with two devices, the other one's unread
+    /// count follows (the vendor's read receipt for "my other device").
+    async fn read_question(
+        &mut self,
+        keeper: &UserId,
+        device: usize,
+        conv: &ConversationId,
+    ) -> Result<()> {
+        let other = 1 - device.min(1);
+        let unread_elsewhere = self.has_two_devices(keeper) && self.unread(keeper, other, conv) > 0;
+        if let Err(e) = self.device(keeper, device)?.mark_read(conv).await {
+            self.panel
+                .note(&format!("{keeper} could not mark {conv} read: {e}"));
+            return Ok(());
+        }
+        if unread_elsewhere {
+            self.devices.reads += 1;
+            let k = keeper.clone();
+            let c = conv.clone();
+            if self
+                .wait_for(CHECK_WAIT, |d| d.unread(&k, other, &c) == 0)
+                .await
+            {
+                self.devices.reads_synced += 1;
+            } else {
+                self.panel.note(&format!(
+                    "{keeper}'s other device still shows {conv} unread"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// With two devices, my reply `id` sent from `device` must reach the other one once,
+    /// as mine, leaving the conversation read there.
+    async fn own_reply_elsewhere(
+        &mut self,
+        keeper: &UserId,
+        device: usize,
+        conv: &ConversationId,
+        id: &ClientMsgId,
+    ) {
+        if !self.has_two_devices(keeper) {
+            return;
+        }
+        let key = (1 - device.min(1), id.clone());
+        if self
+            .wait_for(CHECK_WAIT, |d| d.devices.own.contains_key(&key))
+            .await
+            && self.unread(keeper, key.0, conv) > 0
+        {
+            self.devices.own_reply_left_unread += 1;
+        }
+    }
+
+    /// The housekeeper recalls their wrong reply `id`; the tenant's client announces it.
+    async fn recall(
+        &mut self,
+        keeper: &UserId,
+        device: usize,
+        tenant: &UserId,
+        conv: &ConversationId,
+        id: &ClientMsgId,
+    ) -> Result<()> {
+        let Some(server_id) = self.server_ids.get(id).cloned() else {
+            self.recall_failures += 1;
+            return Ok(());
+        };
+        match self.device(keeper, device)?.recall(conv, &server_id).await {
+            Ok(_) => {
+                self.panel.note(&format!(
+                    "{keeper} recalls the wrong reply; {tenant} sees \"message recalled\""
+                ));
+                self.recalls.push(Recall {
+                    tenant: tenant.clone(),
+                    conversation: conv.clone(),
+                    server_id,
+                });
+            }
+            Err(e) => {
+                self.recall_failures += 1;
+                self.panel
+                    .note(&format!("{keeper} could not recall a reply: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant reads the reply `id`; the housekeeper's client hears it was seen.
+    async fn tenant_reads(
+        &mut self,
+        tenant: &UserId,
+        keeper: &UserId,
+        conv: &ConversationId,
+        id: &ClientMsgId,
+    ) -> Result<()> {
+        let Some(server_id) = self.server_ids.get(id).cloned() else {
+            return Ok(());
+        };
+        if let Err(e) = self.person(tenant)?.client.mark_read(conv).await {
+            self.panel
+                .note(&format!("{tenant} could not mark {conv} read: {e}"));
+            return Ok(());
+        }
+        self.replies_read.push((keeper.clone(), server_id));
+        Ok(())
+    }
+
+    /// Takes one observation into the ledger.
+    fn on_observed(&mut self, o: Observed) {
+        match o {
+            Observed::Received {
+                user,
+                device: 0,
+                id,
+                server_id,
+            } => {
+                self.server_ids.insert(id.clone(), server_id);
+                *self.received.entry((user, id)).or_default() += 1;
+            }
+            Observed::Received { id, .. } => {
+                *self.devices.second_received.entry(id).or_default() += 1;
+            }
+            Observed::Own { device, id } => {
+                *self.devices.own.entry((device, id)).or_default() += 1;
+            }
+            Observed::Recalled {
+                user,
+                device,
+                target,
+            } => {
+                *self
+                    .recalls_shown
+                    .entry((user, device, target))
+                    .or_default() += 1
+            }
+            Observed::ReadBy {
+                user,
+                device,
+                up_to,
+            } => *self.read_by.entry((user, device, up_to)).or_default() += 1,
+        }
     }
 
     /// Takes in what arrived and what QC said, without waiting.
     fn absorb(&mut self) {
-        while let Ok(seen) = self.seen_rx.try_recv() {
-            *self.received.entry((seen.user, seen.id)).or_default() += 1;
+        while let Ok(o) = self.observed.try_recv() {
+            self.on_observed(o);
         }
         while let Ok(ev) = self.qc_events.try_recv() {
             self.on_qc(&ev);
+        }
+    }
+
+    /// Waits (bounded) until `done` holds of the ledger or the clients; false on timeout.
+    async fn wait_for(&mut self, within: Duration, done: impl Fn(&Desk) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            self.absorb();
+            if done(self) {
+                return true;
+            }
+            // Client state (unread counts) is polled; events wake the loop early.
+            tokio::select! {
+                o = self.observed.recv() => if let Some(o) = o { self.on_observed(o) },
+                ev = self.qc_events.recv() => if let Some(ev) = ev { self.on_qc(&ev) },
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.absorb();
+                return done(self);
+            }
         }
     }
 
@@ -382,27 +784,20 @@ impl Desk {
         }
     }
 
-    /// Waits until `user` received message `id`.
+    /// Waits until `user` received message `id` (on every device of theirs).
     async fn delivered(&mut self, user: &UserId, id: &ClientMsgId) -> Result<()> {
         let key = (user.clone(), id.clone());
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            self.absorb();
-            if self.received.contains_key(&key) {
-                return Ok(());
-            }
-            let seen = tokio::select! {
-                s = self.seen_rx.recv() => s,
-                ev = self.qc_events.recv() => {
-                    if let Some(ev) = ev { self.on_qc(&ev); }
-                    continue;
-                }
-                _ = tokio::time::sleep_until(deadline) => bail!("{user} never received {id}"),
-            };
-            if let Some(s) = seen {
-                *self.received.entry((s.user, s.id)).or_default() += 1;
-            }
+        if !self.wait_for(WAIT, |d| d.received.contains_key(&key)).await {
+            bail!("{user} never received {id}");
         }
+        if self.has_two_devices(user)
+            && !self
+                .wait_for(WAIT, |d| d.devices.second_received.contains_key(id))
+                .await
+        {
+            bail!("{user}'s second device never received {id}");
+        }
+        Ok(())
     }
 
     /// Waits for a QC event matching `pick`.
@@ -417,9 +812,9 @@ impl Desk {
                         return Some((*ev).clone());
                     }
                 }
-                s = self.seen_rx.recv() => {
-                    if let Some(s) = s {
-                        *self.received.entry((s.user, s.id)).or_default() += 1;
+                o = self.observed.recv() => {
+                    if let Some(o) = o {
+                        self.on_observed(o);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => return None,
@@ -428,12 +823,17 @@ impl Desk {
     }
 
     /// A housekeeper's reply to a tenant: a typed answer in interactive mode for the first
-    /// housekeeper, the matching quick reply otherwise.
-    async fn reply_text(&mut self, keeper: &UserId, tenant: &UserId, question: &str) -> String {
+    /// housekeeper, the matching quick reply otherwise; `true` when it was typed.
+    async fn reply_text(
+        &mut self,
+        keeper: &UserId,
+        tenant: &UserId,
+        question: &str,
+    ) -> (String, bool) {
         let quick = desk::quick_reply(question).text.to_owned();
         let me = self.assignments.housekeepers().first() == Some(keeper);
         if !(self.options.interactive && me) {
-            return quick;
+            return (quick, false);
         }
         // Prompts go to stderr: stdout stays the view (or the JSON summary).
         eprintln!("\n{tenant} asks {keeper} (you): {question}");
@@ -446,14 +846,20 @@ impl Desk {
         match line {
             Ok(Ok(l)) if !l.trim().is_empty() => {
                 self.typed_replies += 1;
-                l.trim().to_owned()
+                (l.trim().to_owned(), true)
             }
-            _ => quick,
+            _ => (quick, false),
         }
     }
 
     /// One tenant question, handled as the script says.
-    async fn question(&mut self, tenant: &UserId, text: &str, answer: Answer) -> Result<()> {
+    async fn question(
+        &mut self,
+        tenant: &UserId,
+        text: &str,
+        answer: Answer,
+        slip: bool,
+    ) -> Result<()> {
         let keeper = self
             .assignments
             .assign(tenant)
@@ -465,8 +871,13 @@ impl Desk {
             Answer::Prompt => {
                 // Reading and typing take a minute of business time.
                 self.env.advance(Duration::from_secs(60));
-                let reply = self.reply_text(&keeper, tenant, text).await;
-                self.answer(&keeper, tenant, &reply).await?;
+                let (reply, typed) = self.reply_text(&keeper, tenant, text).await;
+                // A slip: the wrong quick reply goes out first (a person typing does not).
+                let wrong = (slip && !typed).then(|| desk::wrong_quick_reply(text).text);
+                if wrong.is_some() {
+                    self.slips += 1;
+                }
+                self.answer(&keeper, tenant, &reply, wrong).await?;
             }
             Answer::Busy => {
                 // The housekeeper is busy: business time passes beyond the response time,
@@ -519,7 +930,7 @@ impl Desk {
                         "{tenant} waited {} min: the desk answers",
                         e.waited_secs / 60
                     ));
-                    self.answer(&e.housekeeper, &tenant, &reply).await?;
+                    self.answer(&e.housekeeper, &tenant, &reply, None).await?;
                     self.escalations += 1;
                 }
                 return Ok(());
@@ -613,8 +1024,8 @@ impl Desk {
         // The questions written during the outage arrive and are answered at once.
         for (tenant, keeper, id, text) in pending {
             self.delivered(&keeper, &id).await?;
-            let reply = self.reply_text(&keeper, &tenant, &text).await;
-            self.answer(&keeper, &tenant, &reply).await?;
+            let (reply, _) = self.reply_text(&keeper, &tenant, &text).await;
+            self.answer(&keeper, &tenant, &reply, None).await?;
         }
         Ok(())
     }
@@ -638,18 +1049,29 @@ impl Desk {
                     tenant,
                     text,
                     answer,
+                    slip,
                 } => {
                     let tenant = self.tenants[*tenant % self.tenants.len()].clone();
-                    self.question(&tenant, text, *answer).await?;
+                    self.question(&tenant, text, *answer, *slip).await?;
                 }
                 Step::Outage { during } => self.outage(during, &mut outage).await?,
             }
             self.panel.render(&self.view());
             self.pause().await;
         }
-        // Let the last events settle, then read the figures.
+        // Let the last events settle, then read the figures: every recall announced to its
+        // tenant and every reply read reported back (bounded: a missing one fails a check).
         tokio::time::sleep(Duration::from_millis(300)).await;
-        self.absorb();
+        self.wait_for(WAIT, |d| {
+            d.recalls.iter().all(|r| {
+                d.recalls_shown
+                    .contains_key(&(r.tenant.clone(), 0, r.server_id.clone()))
+            }) && d
+                .replies_read
+                .iter()
+                .all(|(k, id)| d.read_by.contains_key(&(k.clone(), 0, id.clone())))
+        })
+        .await;
         let (questions, in_time) = day::expected(&steps);
         let businesses: Vec<_> = self
             .monitors
@@ -670,13 +1092,28 @@ impl Desk {
             .count() as u64;
         let duplicates = self.received.values().filter(|n| **n > 1).count() as u64;
         let archived = self.env.archived(sent).await;
+        let recalls = self.recall_report(day::slips(&steps)).await?;
+        let seen = self.seen_report();
+        let two_devices = self.devices_report();
         let ok = received == sent
             && duplicates == 0
             && outage.detected
             && outage.alert_fired
             && outage.resolved
             && measured.is_some_and(|m| (m - expected).abs() < 1e-9)
-            && archived.is_none_or(|a| a == sent);
+            && archived.is_none_or(|a| a == sent)
+            && recalls.failed == 0
+            && recalls.done == self.slips
+            && (self.options.interactive || recalls.done == recalls.expected)
+            && recalls.reached_tenant_once == recalls.done
+            && recalls.shown_as_recalled == recalls.done
+            && seen.replies_read > 0
+            && seen.reported_once == seen.replies_read
+            && (two_devices.housekeeper.is_none() || two_devices.replies_from_second > 0)
+            && two_devices.shown_once_on_first == two_devices.replies_from_second
+            && two_devices.shown_once_on_second == two_devices.replies_from_first
+            && two_devices.own_reply_left_unread == 0
+            && two_devices.reads_synced == two_devices.reads;
         let summary = Summary {
             vendor: self.env.vendor_name().to_owned(),
             seed: self.options.seed,
@@ -701,15 +1138,99 @@ impl Desk {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             archived,
+            recalls,
+            seen,
+            two_devices,
             ok,
         };
         for p in self.people.values() {
-            p.client.logout().await;
+            for client in std::iter::once(&p.client).chain(&p.second) {
+                client.logout().await;
+            }
         }
         let Desk { env, tasks, .. } = self;
         drop(tasks);
         env.shutdown().await;
         Ok(summary)
+    }
+
+    /// The recalls, checked on the tenants' side: announced once, and the timeline (store,
+    /// then the history windows) shows each recalled reply once, as recalled.
+    async fn recall_report(&self, expected: u64) -> Result<RecallReport> {
+        let mut report = RecallReport {
+            expected,
+            done: self.recalls.len() as u64,
+            failed: self.recall_failures,
+            ..RecallReport::default()
+        };
+        for r in &self.recalls {
+            let key = (r.tenant.clone(), 0, r.server_id.clone());
+            if self.recalls_shown.get(&key) == Some(&1) {
+                report.reached_tenant_once += 1;
+            }
+            let page = self
+                .person(&r.tenant)?
+                .client
+                .timeline_before(&r.conversation, None, 500)
+                .await?;
+            let shown: Vec<_> = page
+                .messages
+                .iter()
+                .filter(|m| m.server_id == r.server_id)
+                .collect();
+            if let [m] = shown.as_slice()
+                && matches!(m.content, Content::Recalled { .. })
+            {
+                report.shown_as_recalled += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The replies tenants read, and how many came back as "seen" (on the housekeepers'
+    /// first devices).
+    fn seen_report(&self) -> SeenReport {
+        let mut report = SeenReport {
+            by_housekeeper: self
+                .assignments
+                .housekeepers()
+                .iter()
+                .map(|h| (h.to_string(), 0))
+                .collect(),
+            ..SeenReport::default()
+        };
+        let mut counted = HashSet::new();
+        for (keeper, reply) in &self.replies_read {
+            if !counted.insert((keeper, reply)) {
+                continue;
+            }
+            report.replies_read += 1;
+            if self.read_by.get(&(keeper.clone(), 0, reply.clone())) == Some(&1) {
+                report.reported_once += 1;
+                *report.by_housekeeper.entry(keeper.to_string()).or_default() += 1;
+            }
+        }
+        report
+    }
+
+    /// What the two-device housekeeper's devices showed of each other.
+    fn devices_report(&self) -> DevicesReport {
+        let d = &self.devices;
+        let once_on = |device: usize, ids: &[ClientMsgId]| {
+            ids.iter()
+                .filter(|id| d.own.get(&(device, (*id).clone())) == Some(&1))
+                .count() as u64
+        };
+        DevicesReport {
+            housekeeper: d.housekeeper.as_ref().map(ToString::to_string),
+            replies_from_second: d.sent[1].len() as u64,
+            shown_once_on_first: once_on(0, &d.sent[1]),
+            replies_from_first: d.sent[0].len() as u64,
+            shown_once_on_second: once_on(1, &d.sent[0]),
+            own_reply_left_unread: d.own_reply_left_unread,
+            reads: d.reads,
+            reads_synced: d.reads_synced,
+        }
     }
 
     /// Business time moves on to `hour`:00 (UTC) of the scripted day: the first call moves
@@ -785,12 +1306,30 @@ impl Desk {
             response_rate: response_rate(&businesses),
             firing,
             conversations,
+            seen: self
+                .assignments
+                .housekeepers()
+                .iter()
+                .map(|h| {
+                    let n = self
+                        .read_by
+                        .keys()
+                        .filter(|(k, device, _)| k == h && *device == 0)
+                        .count() as u64;
+                    (h.to_string(), n)
+                })
+                .collect(),
             online: self
                 .people
                 .values()
-                .filter(|p| p.client.state().is_online())
+                .flat_map(|p| std::iter::once(&p.client).chain(&p.second))
+                .filter(|c| c.state().is_online())
                 .count(),
-            people: self.people.len(),
+            people: self
+                .people
+                .values()
+                .map(|p| 1 + usize::from(p.second.is_some()))
+                .sum(),
             sent: self.sent.len(),
             received: self.received.len(),
         }

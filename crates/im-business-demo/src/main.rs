@@ -106,6 +106,28 @@ fn print_summary(s: &desk_runtime::Summary) {
         s.questions,
         s.escalations
     );
+    println!(
+        "recalls: {} wrong replies recalled ({} in the script), {} reached the tenant once, {} shown as recalled",
+        s.recalls.done,
+        s.recalls.expected,
+        s.recalls.reached_tenant_once,
+        s.recalls.shown_as_recalled
+    );
+    println!(
+        "seen: {} replies read by tenants, {} reported seen once {:?}",
+        s.seen.replies_read, s.seen.reported_once, s.seen.by_housekeeper
+    );
+    let d = &s.two_devices;
+    println!(
+        "two devices ({}): {} sent from the phone ({} shown once on the desk), {} from the desk ({} shown once on the phone), {} reads synced of {}",
+        d.housekeeper.as_deref().unwrap_or("-"),
+        d.replies_from_second,
+        d.shown_once_on_first,
+        d.replies_from_first,
+        d.shown_once_on_second,
+        d.reads_synced,
+        d.reads
+    );
     if let Some(a) = s.archived {
         println!("company archive: {a} messages kept");
     }

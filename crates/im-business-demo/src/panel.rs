@@ -1,7 +1,7 @@
 //! The terminal view of the demo: the message flow as it happens, and after each step a
-//! panel with the conversation list (unread counts per housekeeper) and QC's figures
-//! (vendor verdict, send latency, response rate, firing alerts). Plain lines, so it reads
-//! the same in a terminal and in a CI log. Message bodies are shown: this is the demo's UI.
+//! panel with the conversation list (unread counts and replies seen per housekeeper) and
+//! QC's figures (vendor verdict, send latency, response rate, firing alerts). Plain lines,
+//! so it reads the same in a terminal and in a CI log. Message bodies are shown: this is the demo's UI.
 
 use im_qc::Verdict;
 use im_service::{Timestamp, UserId};
@@ -21,9 +21,11 @@ pub struct View {
     pub firing: Vec<String>,
     /// Per housekeeper: (tenant, unread) rows.
     pub conversations: Vec<(String, Vec<(String, u64)>)>,
-    /// Clients online.
+    /// Per housekeeper: replies tenants have read so far ("seen").
+    pub seen: std::collections::BTreeMap<String, u64>,
+    /// Clients (devices) online.
     pub online: usize,
-    /// Clients.
+    /// Clients (devices).
     pub people: usize,
     /// Messages sent so far.
     pub sent: usize,
@@ -84,8 +86,8 @@ impl Panel {
         }
     }
 
-    /// A message on its way.
-    pub fn message(&self, at: Timestamp, from: &UserId, to: &UserId, text: &str) {
+    /// A message on its way (`from`: the sender, and their device when not the first).
+    pub fn message(&self, at: Timestamp, from: &str, to: &UserId, text: &str) {
         if self.live {
             println!("  {} {from:>10} -> {to:<10} {text}", clock_time(at));
         }
@@ -129,7 +131,8 @@ impl Panel {
                     }
                 })
                 .collect();
-            println!("  |  {keeper}: {}", list.join(", "));
+            let seen = v.seen.get(keeper).copied().unwrap_or(0);
+            println!("  |  {keeper} (seen {seen}): {}", list.join(", "));
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -17,7 +18,12 @@ use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, SledArchive};
 use im_qc::{QcVendor, UnknownDevice, VendorMetrics};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
-use im_service::{Clock, Credentials, ServiceError, ShiftedClock, Token, UserId, Vendor};
+use im_service::{
+    Capabilities, ChangeBatch, ChangeCursor, Clock, Content, ConversationId, Credentials,
+    EventStream, HistoryPage, HistoryQuery, LifecyclePolicy, MessageChange, OfflineAck,
+    OfflineBatch, OutgoingMessage, SendReceipt, ServerMsgId, ServiceError, Session, ShiftedClock,
+    Token, UserId, Vendor,
+};
 use im_vendor_sim::{CallbackConfig, ReferenceServer, ServerConfig};
 
 /// Which vendor the demo rents.
@@ -65,6 +71,8 @@ pub struct Environment {
     backend: Backend,
     archive: Option<Archive>,
     credentials: HashMap<UserId, Credentials>,
+    /// Clients handed out (devices), for the in-process outage's count of refused logins.
+    devices: AtomicU32,
     /// Every client's sled store lives here; removed when the environment is dropped.
     data: tempfile::TempDir,
 }
@@ -94,6 +102,16 @@ fn client_config() -> ClientConfig {
     }
 }
 
+/// The vendor's semantics for the demo: its defaults (the two-minute recall window, edits
+/// by their sender), and several devices per user, so a housekeeper's phone and desk both
+/// stay logged in and see each other's replies.
+fn vendor_config() -> MemoryVendorConfig {
+    MemoryVendorConfig {
+        multi_device: true,
+        ..MemoryVendorConfig::default()
+    }
+}
+
 impl Environment {
     /// Starts the environment for `users` on `choice`; `addr` is where the embedded
     /// reference vendor listens (default `127.0.0.1:0`) or the XMPP server's address.
@@ -106,7 +124,7 @@ impl Environment {
         let (backend, archive) = match choice {
             VendorChoice::Memory => {
                 let clock = Arc::new(ShiftedClock::new());
-                let vendor = MemoryVendor::with_clock(MemoryVendorConfig::default(), clock.clone());
+                let vendor = MemoryVendor::with_clock(vendor_config(), clock.clone());
                 (Backend::Memory { vendor, clock }, None)
             }
             VendorChoice::Reference => {
@@ -143,6 +161,7 @@ impl Environment {
                 let vendor_server = ReferenceServer::start(ServerConfig {
                     listen: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
                     callbacks: Some(callbacks),
+                    vendor: vendor_config(),
                     ..ServerConfig::default()
                 })
                 .await
@@ -188,6 +207,7 @@ impl Environment {
             backend,
             archive,
             credentials,
+            devices: AtomicU32::new(0),
             data,
         })
     }
@@ -237,9 +257,10 @@ impl Environment {
                 // and logins are refused until about `duration` of reconnect attempts
                 // (the demo's clients retry every 100–500 ms, 300 ms on average) failed.
                 let attempts = (duration.as_millis() / 300).max(1) as u32;
+                let devices = self.devices.load(Ordering::Relaxed).max(1);
                 vendor.fail_next(
                     VendorOp::Login,
-                    attempts * self.credentials.len() as u32,
+                    attempts * devices,
                     ServiceError::Unavailable("injected outage".into()),
                 );
                 for user in self.credentials.keys() {
@@ -254,6 +275,16 @@ impl Environment {
     /// vendor connection wrapped in the QC decorator, and its `Old` history window served
     /// by the company archive when one runs.
     pub fn seat(&self, user: &UserId) -> Result<Seat> {
+        self.device(user, 1)
+    }
+
+    /// A second device of `user`: another client of the same account
+    /// on its own store. Both stay logged in: the vendor is configured multi-device.
+    pub fn second_device(&self, user: &UserId) -> Result<Seat> {
+        self.device(user, 2)
+    }
+
+    fn device(&self, user: &UserId, n: u32) -> Result<Seat> {
         let credentials = self
             .credentials
             .get(user)
@@ -263,9 +294,14 @@ impl Environment {
             Backend::Memory { vendor, .. } => Arc::new(vendor.client()),
             Backend::Reference { factory, .. } => Arc::new(factory.client()),
         };
-        let qc = Arc::new(QcVendor::new(inner, Arc::new(UnknownDevice)));
-        let store = SledStore::open(self.store_dir(user)).context("client store")?;
-        let mut builder = ImClient::builder(qc.clone(), credentials)
+        let qc = Arc::new(QcVendor::new(inner.clone(), Arc::new(UnknownDevice)));
+        let vendor = Arc::new(WithLifecycle {
+            qc: qc.clone(),
+            inner,
+        });
+        let store = SledStore::open(self.store_dir(user, n)).context("client store")?;
+        self.devices.fetch_add(1, Ordering::Relaxed);
+        let mut builder = ImClient::builder(vendor, credentials)
             .store(Arc::new(store))
             .clock(self.clock())
             .config(client_config());
@@ -283,8 +319,11 @@ impl Environment {
         })
     }
 
-    fn store_dir(&self, user: &UserId) -> PathBuf {
-        self.data.path().join(format!("client-{user}"))
+    fn store_dir(&self, user: &UserId, device: u32) -> PathBuf {
+        match device {
+            1 => self.data.path().join(format!("client-{user}")),
+            n => self.data.path().join(format!("client-{user}-device-{n}")),
+        }
     }
 
     /// Messages the company archive holds (`None` without an archive), once the vendor's
@@ -309,5 +348,107 @@ impl Environment {
         if let Some(a) = self.archive {
             a.server.shutdown().await;
         }
+    }
+}
+
+/// The QC decorator with the message lifecycle passed through: `QcVendor` (im-qc) does not
+/// forward `lifecycle`, `recall`, `edit`, `delete_for_me` and `pull_changes` yet, so they
+/// would answer `Unsupported` while the capabilities (forwarded) declare them. The timed
+/// calls go through QC, the lifecycle calls straight to the vendor. Remove once `QcVendor`
+/// forwards them.
+struct WithLifecycle {
+    qc: Arc<QcVendor>,
+    inner: Arc<dyn Vendor>,
+}
+
+#[async_trait::async_trait]
+impl Vendor for WithLifecycle {
+    fn name(&self) -> &str {
+        self.qc.name()
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        self.qc.capabilities()
+    }
+
+    fn take_events(&self) -> Option<EventStream> {
+        self.qc.take_events()
+    }
+
+    async fn login(&self, credentials: &Credentials) -> im_service::Result<Session> {
+        self.qc.login(credentials).await
+    }
+
+    async fn logout(&self) -> im_service::Result<()> {
+        self.qc.logout().await
+    }
+
+    async fn send(&self, message: &OutgoingMessage) -> im_service::Result<SendReceipt> {
+        self.qc.send(message).await
+    }
+
+    async fn pull_offline(&self, max: u32) -> im_service::Result<OfflineBatch> {
+        self.qc.pull_offline(max).await
+    }
+
+    async fn ack_offline(&self, ack: &OfflineAck) -> im_service::Result<()> {
+        self.qc.ack_offline(ack).await
+    }
+
+    async fn go_online(&self) -> im_service::Result<()> {
+        self.qc.go_online().await
+    }
+
+    async fn pull_history(&self, query: &HistoryQuery) -> im_service::Result<HistoryPage> {
+        self.qc.pull_history(query).await
+    }
+
+    async fn ping(&self) -> im_service::Result<Duration> {
+        self.qc.ping().await
+    }
+
+    async fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        up_to: &ServerMsgId,
+    ) -> im_service::Result<()> {
+        self.qc.mark_read(conversation, up_to).await
+    }
+
+    fn lifecycle(&self) -> LifecyclePolicy {
+        self.inner.lifecycle()
+    }
+
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> im_service::Result<MessageChange> {
+        self.inner.recall(conversation, target).await
+    }
+
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &Content,
+    ) -> im_service::Result<MessageChange> {
+        self.inner.edit(conversation, target, content).await
+    }
+
+    async fn delete_for_me(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> im_service::Result<MessageChange> {
+        self.inner.delete_for_me(conversation, target).await
+    }
+
+    async fn pull_changes(
+        &self,
+        since: Option<ChangeCursor>,
+        max: u32,
+    ) -> im_service::Result<ChangeBatch> {
+        self.inner.pull_changes(since, max).await
     }
 }
