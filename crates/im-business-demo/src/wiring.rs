@@ -18,12 +18,7 @@ use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, SledArchive};
 use im_qc::{QcVendor, UnknownDevice, VendorMetrics};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
-use im_service::{
-    Capabilities, ChangeBatch, ChangeCursor, Clock, Content, ConversationId, Credentials,
-    EventStream, HistoryPage, HistoryQuery, LifecyclePolicy, MessageChange, OfflineAck,
-    OfflineBatch, OutgoingMessage, SendReceipt, ServerMsgId, ServiceError, Session, ShiftedClock,
-    Token, UserId, Vendor,
-};
+use im_service::{Clock, Credentials, ServiceError, ShiftedClock, Token, UserId, Vendor};
 use im_vendor_sim::{CallbackConfig, ReferenceServer, ServerConfig};
 
 /// Which vendor the demo rents.
@@ -294,11 +289,8 @@ impl Environment {
             Backend::Memory { vendor, .. } => Arc::new(vendor.client()),
             Backend::Reference { factory, .. } => Arc::new(factory.client()),
         };
-        let qc = Arc::new(QcVendor::new(inner.clone(), Arc::new(UnknownDevice)));
-        let vendor = Arc::new(WithLifecycle {
-            qc: qc.clone(),
-            inner,
-        });
+        let qc = Arc::new(QcVendor::new(inner, Arc::new(UnknownDevice)));
+        let vendor = qc.clone();
         let store = SledStore::open(self.store_dir(user, n)).context("client store")?;
         self.devices.fetch_add(1, Ordering::Relaxed);
         let mut builder = ImClient::builder(vendor, credentials)
@@ -348,107 +340,5 @@ impl Environment {
         if let Some(a) = self.archive {
             a.server.shutdown().await;
         }
-    }
-}
-
-/// The QC decorator with the message lifecycle passed through: `QcVendor` (im-qc) does not
-/// forward `lifecycle`, `recall`, `edit`, `delete_for_me` and `pull_changes` yet, so they
-/// would answer `Unsupported` while the capabilities (forwarded) declare them. The timed
-/// calls go through QC, the lifecycle calls straight to the vendor. Remove once `QcVendor`
-/// forwards them.
-struct WithLifecycle {
-    qc: Arc<QcVendor>,
-    inner: Arc<dyn Vendor>,
-}
-
-#[async_trait::async_trait]
-impl Vendor for WithLifecycle {
-    fn name(&self) -> &str {
-        self.qc.name()
-    }
-
-    fn capabilities(&self) -> &Capabilities {
-        self.qc.capabilities()
-    }
-
-    fn take_events(&self) -> Option<EventStream> {
-        self.qc.take_events()
-    }
-
-    async fn login(&self, credentials: &Credentials) -> im_service::Result<Session> {
-        self.qc.login(credentials).await
-    }
-
-    async fn logout(&self) -> im_service::Result<()> {
-        self.qc.logout().await
-    }
-
-    async fn send(&self, message: &OutgoingMessage) -> im_service::Result<SendReceipt> {
-        self.qc.send(message).await
-    }
-
-    async fn pull_offline(&self, max: u32) -> im_service::Result<OfflineBatch> {
-        self.qc.pull_offline(max).await
-    }
-
-    async fn ack_offline(&self, ack: &OfflineAck) -> im_service::Result<()> {
-        self.qc.ack_offline(ack).await
-    }
-
-    async fn go_online(&self) -> im_service::Result<()> {
-        self.qc.go_online().await
-    }
-
-    async fn pull_history(&self, query: &HistoryQuery) -> im_service::Result<HistoryPage> {
-        self.qc.pull_history(query).await
-    }
-
-    async fn ping(&self) -> im_service::Result<Duration> {
-        self.qc.ping().await
-    }
-
-    async fn mark_read(
-        &self,
-        conversation: &ConversationId,
-        up_to: &ServerMsgId,
-    ) -> im_service::Result<()> {
-        self.qc.mark_read(conversation, up_to).await
-    }
-
-    fn lifecycle(&self) -> LifecyclePolicy {
-        self.inner.lifecycle()
-    }
-
-    async fn recall(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-    ) -> im_service::Result<MessageChange> {
-        self.inner.recall(conversation, target).await
-    }
-
-    async fn edit(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-        content: &Content,
-    ) -> im_service::Result<MessageChange> {
-        self.inner.edit(conversation, target, content).await
-    }
-
-    async fn delete_for_me(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-    ) -> im_service::Result<MessageChange> {
-        self.inner.delete_for_me(conversation, target).await
-    }
-
-    async fn pull_changes(
-        &self,
-        since: Option<ChangeCursor>,
-        max: u32,
-    ) -> im_service::Result<ChangeBatch> {
-        self.inner.pull_changes(since, max).await
     }
 }
