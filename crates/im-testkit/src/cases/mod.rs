@@ -55,7 +55,8 @@ pub enum HarnessNeed {
     /// (`im-vendor-sim`, Prosody); the in-process memory vendor dies with its client.
     VendorProcess,
     /// The vendor delivers signed message callbacks the harness can point at a company
-    /// archive (the reference server; Prosody has no callbacks).
+    /// archive (the reference server, and the memory vendor through the same dispatcher;
+    /// Prosody has no callbacks).
     VendorCallbacks,
 }
 
@@ -130,7 +131,7 @@ impl Target {
     /// What the target's test environment can do.
     pub fn harness(self) -> &'static [HarnessNeed] {
         match self {
-            Target::Memory => &[HarnessNeed::VendorClock],
+            Target::Memory => &[HarnessNeed::VendorClock, HarnessNeed::VendorCallbacks],
             Target::Reference => &[
                 HarnessNeed::VendorClock,
                 HarnessNeed::VendorProcess,
