@@ -355,15 +355,14 @@ pub fn verify(
     now_unix: i64,
     replay_window: Duration,
 ) -> Result<CallbackPayload, WebhookError> {
-    verify_signature(
+    verify_as(
         secret,
         timestamp_header,
         signature_header,
         body,
         now_unix,
         replay_window,
-    )?;
-    serde_json::from_slice(body).map_err(|e| WebhookError::MalformedBody(e.to_string()))
+    )
 }
 
 /// Authenticates a callback of any event this module defines and decodes its body: as
@@ -377,6 +376,26 @@ pub fn verify_callback(
     now_unix: i64,
     replay_window: Duration,
 ) -> Result<Callback, WebhookError> {
+    verify_as(
+        secret,
+        timestamp_header,
+        signature_header,
+        body,
+        now_unix,
+        replay_window,
+    )
+}
+
+/// [`verify_signature`], then the body as JSON of `T`: the one path both [`verify`] and
+/// [`verify_callback`] take.
+fn verify_as<T: serde::de::DeserializeOwned>(
+    secret: &[u8],
+    timestamp_header: Option<&str>,
+    signature_header: Option<&str>,
+    body: &[u8],
+    now_unix: i64,
+    replay_window: Duration,
+) -> Result<T, WebhookError> {
     verify_signature(
         secret,
         timestamp_header,
