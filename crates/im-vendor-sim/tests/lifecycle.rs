@@ -18,35 +18,19 @@ use im_service::reference::{ClientFrame, ReferenceConfig, ReferenceVendor, Reque
 use im_service::{
     Capabilities, Capability, ChangeCursor, ChangeKind, ChangeRefusal, Content, ConversationId,
     Credentials, EditPermission, EventStream, HistoryQuery, LifecyclePolicy, Message, ServerMsgId,
-    ServiceError, Timestamp, UserId, Vendor, VendorEvent,
+    ServiceError, Timestamp, Vendor, VendorEvent,
 };
 use im_testkit::contract::text;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use im_vendor_sim::{ReferenceServer, ServerConfig};
 
+mod common;
+use common::{online, read_body, read_frame, server, users};
+
 /// The overall deadline of any one wait in these tests.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// Reads one frame body from a raw socket; `None` on EOF.
-async fn read_body(sock: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    let read = tokio::time::timeout(WAIT, sock.read_exact(&mut len))
-        .await
-        .expect("the peer answers in time");
-    if read.is_err() {
-        return None;
-    }
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    sock.read_exact(&mut body).await.unwrap();
-    Some(body)
-}
-
-/// Reads one server frame from a raw socket; `None` on EOF.
-async fn read_frame(sock: &mut TcpStream) -> Option<ServerFrame> {
-    Some(codec::decode(&read_body(sock).await?).unwrap())
-}
 
 /// Writes `frames` on a fresh connection to `addr`.
 async fn raw(addr: SocketAddr, frames: &[ClientFrame]) -> TcpStream {
@@ -231,32 +215,11 @@ async fn undeclared_lifecycle_calls_fail_unsupported_without_a_request() {
 // ---- the lifecycle end to end: adapter, wire, server, MemoryVendor ----
 
 async fn started(vendor: MemoryVendorConfig) -> (ReferenceServer, ReferenceVendor) {
-    let server = ReferenceServer::start(ServerConfig {
+    server(ServerConfig {
         vendor,
         ..ServerConfig::default()
     })
     .await
-    .unwrap();
-    let vendor = ReferenceVendor::discover(server.addr(), ReferenceConfig::default())
-        .await
-        .unwrap();
-    (server, vendor)
-}
-
-fn users(server: &ReferenceServer) -> (Credentials, Credentials, ConversationId) {
-    let a = server.vendor().register_user(&UserId::new("alice"));
-    let b = server.vendor().register_user(&UserId::new("bob"));
-    let conv = ConversationId::direct(&a.user, &b.user);
-    (a, b, conv)
-}
-
-/// A logged-in, online device of `creds` and its events.
-async fn online(vendor: &ReferenceVendor, creds: &Credentials) -> (ReferenceClient, EventStream) {
-    let c = vendor.client();
-    let events = c.take_events().unwrap();
-    c.login(creds).await.unwrap();
-    c.go_online().await.unwrap();
-    (c, events)
 }
 
 /// Every event up to and including the first that `stop` matches, under one overall

@@ -10,44 +10,14 @@ use im_service::codec::{self, CodecError, FORMAT_VERSION};
 use im_service::memory::VendorOp;
 use im_service::reference::protocol::{PROTOCOL_VERSION, frame_bytes};
 use im_service::reference::{ClientFrame, ReferenceConfig, ReferenceVendor, Request, ServerFrame};
-use im_service::{
-    ConversationId, Credentials, EventStream, HistoryQuery, ServiceError, Token, UserId, Vendor,
-    VendorEvent,
-};
+use im_service::{Credentials, HistoryQuery, ServiceError, Token, UserId, Vendor, VendorEvent};
 use im_testkit::contract::{next_event, next_push, text};
 use im_vendor_sim::{Faults, ReferenceServer, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-async fn server(config: ServerConfig) -> (ReferenceServer, ReferenceVendor) {
-    let server = ReferenceServer::start(config).await.unwrap();
-    let vendor = ReferenceVendor::discover(server.addr(), ReferenceConfig::default())
-        .await
-        .unwrap();
-    (server, vendor)
-}
-
-fn users(server: &ReferenceServer) -> (Credentials, Credentials, ConversationId) {
-    let a = server.vendor().register_user(&UserId::new("alice"));
-    let b = server.vendor().register_user(&UserId::new("bob"));
-    let conv = ConversationId::direct(&a.user, &b.user);
-    (a, b, conv)
-}
-
-/// Reads one frame from a raw socket; `None` on a clean EOF.
-async fn read_frame(sock: &mut TcpStream) -> Option<ServerFrame> {
-    let mut len = [0u8; 4];
-    match tokio::time::timeout(Duration::from_secs(5), sock.read_exact(&mut len))
-        .await
-        .unwrap()
-    {
-        Ok(_) => {}
-        Err(_) => return None,
-    }
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    sock.read_exact(&mut body).await.unwrap();
-    Some(codec::decode(&body).unwrap())
-}
+mod common;
+use common::{online, read_frame, server, users};
 
 /// Sends raw bytes and expects exactly one fatal frame, then the server closing.
 async fn expect_fatal(server: &ReferenceServer, bytes: &[u8], half_close: bool) -> ServiceError {
@@ -253,17 +223,6 @@ async fn oversized_message_is_refused_by_client_and_server() {
         other => panic!("expected MessageTooLarge, got {other:?}"),
     }
     assert!(server.vendor().stored_messages(&conv).is_empty());
-}
-
-async fn online(
-    vendor: &ReferenceVendor,
-    creds: &Credentials,
-) -> (im_service::reference::ReferenceClient, EventStream) {
-    let c = vendor.client();
-    let events = c.take_events().unwrap();
-    c.login(creds).await.unwrap();
-    c.go_online().await.unwrap();
-    (c, events)
 }
 
 #[tokio::test]
