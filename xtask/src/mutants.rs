@@ -427,4 +427,32 @@ mod tests {
             "the issue's mutations are all there: {patches}"
         );
     }
+
+    /// A patch that no longer applies is a mutation nobody runs: code moved under it (as
+    /// `client/sync.rs` did for `echo-delivered-twice`). Retarget it in the same commit.
+    #[test]
+    fn every_committed_patch_applies_to_the_tree() {
+        let root = crate::project_root();
+        let mut stale = Vec::new();
+        for e in std::fs::read_dir(root.join("xtask/mutations"))
+            .expect("xtask/mutations/")
+            .flatten()
+        {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "patch") {
+                let ok = std::process::Command::new("git")
+                    .args(["apply", "--check"])
+                    .arg(&p)
+                    .current_dir(&root)
+                    .output()
+                    .expect("git runs")
+                    .status
+                    .success();
+                if !ok {
+                    stale.push(p.display().to_string());
+                }
+            }
+        }
+        assert!(stale.is_empty(), "patches that no longer apply: {stale:?}");
+    }
 }
