@@ -866,13 +866,7 @@ async fn discover(
             XmppStreamElement::Stanza(Stanza::Iq(Iq::Result { id, payload, .. }))
                 if asked.contains(&id) =>
             {
-                let features = payload
-                    .map(DiscoInfoResult::try_from)
-                    .transpose()
-                    .map_err(|e| E::Protocol(format!("disco#info: {e}")))?
-                    .map(|r| r.features.into_iter().collect())
-                    .unwrap_or_default();
-                answers.insert(id, features);
+                answers.insert(id, disco_features(payload)?);
             }
             // An entity that does not answer disco#info offers nothing we can rely on.
             XmppStreamElement::Stanza(Stanza::Iq(Iq::Error { id, .. })) if asked.contains(&id) => {
@@ -894,6 +888,16 @@ async fn discover(
         account.iter().map(String::as_str),
         sm_offered,
     ))
+}
+
+/// The features of a disco#info result's payload (none without one).
+fn disco_features(payload: Option<tokio_xmpp::minidom::Element>) -> Result<Vec<String>> {
+    Ok(payload
+        .map(DiscoInfoResult::try_from)
+        .transpose()
+        .map_err(|e| E::Protocol(format!("disco#info: {e}")))?
+        .map(|r| r.features.into_iter().collect())
+        .unwrap_or_default())
 }
 
 /// The next element of a stream being set up (soft timeouts skipped).
@@ -2197,6 +2201,141 @@ impl Vendor for XmppClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disco#info result with `features` (the shape both servers answer with).
+    fn disco(features: &[&str]) -> tokio_xmpp::minidom::Element {
+        let vars: String = features
+            .iter()
+            .map(|f| format!("<feature var='{f}'/>"))
+            .collect();
+        format!(
+            "<query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='server' type='im' name='test'/>{vars}</query>"
+        )
+        .parse()
+        .unwrap()
+    }
+
+    fn features(server: &[&str], account: &[&str], sm: bool) -> XmppServerFeatures {
+        let server = disco_features(Some(disco(server))).unwrap();
+        let account = disco_features(Some(disco(account))).unwrap();
+        XmppServerFeatures::from_disco(
+            server.iter().map(String::as_str),
+            account.iter().map(String::as_str),
+            sm,
+        )
+    }
+
+    #[test]
+    fn disco_results_are_read_into_server_features() {
+        // ejabberd 23.01 (tests/ejabberd/ejabberd.yml): XEP-0013 and carbons on the domain,
+        // MAM on the account.
+        let ejabberd = features(
+            &[
+                "http://jabber.org/protocol/disco#info",
+                "http://jabber.org/protocol/offline",
+                "urn:xmpp:carbons:2",
+                "urn:xmpp:ping",
+            ],
+            &["urn:xmpp:mam:1", "urn:xmpp:mam:2"],
+            true,
+        );
+        assert_eq!(
+            ejabberd,
+            XmppServerFeatures {
+                carbons: true,
+                flexible_offline: true,
+                mam: true,
+                stream_management: true,
+            }
+        );
+        // Prosody 0.12: no XEP-0013; the assumed features.
+        let prosody = features(
+            &["urn:xmpp:carbons:2", "urn:xmpp:ping"],
+            &["urn:xmpp:mam:2"],
+            true,
+        );
+        assert_eq!(prosody, XmppServerFeatures::ASSUMED);
+        // MAM version 1 only is not what the adapter speaks; nothing announced, nothing had.
+        let old = features(&["urn:xmpp:carbons:2"], &["urn:xmpp:mam:1"], false);
+        assert!(!old.mam && !old.stream_management && !old.flexible_offline);
+        assert_eq!(disco_features(None).unwrap(), Vec::<String>::new());
+        assert!(matches!(
+            disco_features(Some("<query xmlns='urn:xmpp:ping'/>".parse().unwrap())),
+            Err(E::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn a_configuration_is_checked_against_what_the_server_states() {
+        let found = XmppServerFeatures::ASSUMED;
+        assert!(XmppServerFeatures::ASSUMED.missing_in(&found).is_empty());
+        let claims = XmppServerFeatures {
+            flexible_offline: true,
+            ..XmppServerFeatures::ASSUMED
+        };
+        assert_eq!(
+            claims.missing_in(&found),
+            ["XEP-0013 flexible offline retrieval"]
+        );
+        let bare = XmppServerFeatures {
+            carbons: false,
+            flexible_offline: false,
+            mam: false,
+            stream_management: false,
+        };
+        assert_eq!(XmppServerFeatures::ASSUMED.missing_in(&bare).len(), 3);
+        assert!(
+            bare.missing_in(&found).is_empty(),
+            "less than offered is fine"
+        );
+    }
+
+    #[test]
+    fn capabilities_follow_the_deployment() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let caps = |server: XmppServerFeatures, multi: bool| {
+            let mut config = XmppConfig::new(addr, "im.test");
+            config.server = server;
+            config.multi_device = multi;
+            XmppVendor::new(config).capabilities().clone()
+        };
+        let full = XmppServerFeatures::ASSUMED;
+        assert!(caps(full, true).supports(Capability::MultiDevice));
+        assert!(caps(full, false).supports(Capability::HistoryByTime));
+        let without = XmppServerFeatures {
+            carbons: false,
+            mam: false,
+            ..full
+        };
+        assert!(
+            !caps(without, true).supports(Capability::MultiDevice),
+            "several devices need carbons"
+        );
+        assert!(
+            !caps(without, false).supports(Capability::HistoryByTime),
+            "history needs MAM"
+        );
+        assert!(caps(without, false).supports(Capability::KickOnSecondLogin));
+    }
+
+    #[test]
+    fn only_cursors_this_adapter_issued_are_taken() {
+        use crate::vendor::PageCursor;
+        assert_eq!(
+            mam_position(&PageCursor("mam:1700000000123456".into())),
+            Ok("1700000000123456")
+        );
+        for bad in ["garbage", "mam:", "", "1700000000123456"] {
+            assert!(
+                matches!(
+                    mam_position(&PageCursor(bad.into())),
+                    Err(E::InvalidRequest(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     fn at(id: &str, millis: i64) -> Message {
         let (a, b) = (UserId::new("a"), UserId::new("b"));
