@@ -23,6 +23,18 @@ flags() {
         --logs "$dir/logs" --node "$node"
 }
 
+# POSTs JSON $2 to the admin API's command $1 and prints the HTTP answer (plain HTTP over
+# bash's /dev/tcp: no HTTP client needed; 10 s at most).
+api() {
+    local port
+    port="$(cat "$dir/api_port" 2>/dev/null || echo 5323)"
+    exec 3<>"/dev/tcp/127.0.0.1/$port"
+    LC_ALL=C printf 'POST /api/%s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+        "$1" "$(LC_ALL=C; echo "${#2}")" "$2" >&3
+    timeout 10 cat <&3 || echo "HTTP/1.0 000 no answer from the admin API on $port"
+    exec 3<&-
+}
+
 case "${1:-}" in
 start)
     port="${2:-5322}"
@@ -71,14 +83,17 @@ stop)
     rm -f "$dir/pid"
     ;;
 register)
-    api_port="$(cat "$dir/api_port" 2>/dev/null || echo 5323)"
-    # Through the admin API (no Erlang start per account); "already registered" is fine.
+    # Through the admin API (no Erlang start per account); an existing account gets the new
+    # password, as `prosodyctl register` does.
     body="$(printf '{"user":"%s","host":"%s","password":"%s"}' "$2" "$domain" "$3")"
-    out="$(curl -sS --max-time 10 -o - -w '\n%{http_code}' -H 'Content-Type: application/json' \
-        -d "$body" "http://127.0.0.1:$api_port/api/register")" || { echo "$out" >&2; exit 1; }
-    code="${out##*$'\n'}"
-    if [ "$code" != 200 ] && ! grep -q "already registered" <<< "$out"; then
-        echo "register $2 failed ($code): ${out%$'\n'*}" >&2
+    out="$(api register "$body")"
+    if grep -q "already registered" <<< "$out"; then
+        body="$(printf '{"user":"%s","host":"%s","newpass":"%s"}' "$2" "$domain" "$3")"
+        out="$(api change_password "$body")"
+    fi
+    status="$(head -n 1 <<< "$out" | cut -d' ' -f2)"
+    if [ "$status" != 200 ]; then
+        echo "register $2 failed ($status): $(tail -n 1 <<< "$out")" >&2
         exit 1
     fi
     ;;
