@@ -178,7 +178,7 @@ pub struct XmppConfig {
     pub lifecycle: LifecyclePolicy,
     /// What this deployment offers beyond core XMPP: the capabilities the vendor declares
     /// follow it (not the protocol), and every login checks it against the server's
-    /// disco#info ([`XmppClient::server_features`]).
+    /// disco#info ([`XmppVendor::server_features`]).
     pub server: XmppServerFeatures,
 }
 
