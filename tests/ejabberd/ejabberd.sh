@@ -54,6 +54,8 @@ start)
     if id ejabberd >/dev/null 2>&1; then
         chown -R ejabberd: "$dir"
     fi
+    # ejabberdctl starts Erlang's port mapper (epmd) when none runs; then it is ours to stop.
+    epmd_before="$(pgrep -x epmd || true)"
     # shellcheck disable=SC2046
     "$ctl" $(flags) start
     deadline=$((SECONDS + 60))
@@ -69,6 +71,9 @@ start)
     # The node's OS pid (beam.smp), for stopping by PID if ejabberdctl cannot.
     pid="$(pgrep -u ejabberd -f -- "-sname ${node%@*}|-name ${node}" | head -n 1 || true)"
     echo "$pid" > "$dir/pid"
+    if [ -z "$epmd_before" ]; then
+        pgrep -x epmd > "$dir/epmd_pid" || true
+    fi
     echo "ejabberd on 127.0.0.1:$port, admin API 127.0.0.1:$api_port (pid ${pid:-?})"
     ;;
 stop)
@@ -81,6 +86,15 @@ stop)
         kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$dir/pid"
+    # The epmd this script started, once no Erlang node is registered with it any more.
+    if [ -s "$dir/epmd_pid" ]; then
+        epmd_pid="$(cat "$dir/epmd_pid")"
+        epmd_bin="$(readlink -f "/proc/$epmd_pid/exe" 2>/dev/null || true)"
+        if [ -n "$epmd_bin" ] && ! "$epmd_bin" -names 2>/dev/null | grep -q "^name "; then
+            kill "$epmd_pid" 2>/dev/null || true
+        fi
+        rm -f "$dir/epmd_pid"
+    fi
     ;;
 register)
     # Through the admin API (no Erlang start per account); an existing account gets the new
