@@ -2228,16 +2228,25 @@ mod tests {
 
     #[test]
     fn disco_results_are_read_into_server_features() {
-        // ejabberd 23.01 (tests/ejabberd/ejabberd.yml): XEP-0013 and carbons on the domain,
-        // MAM on the account.
+        // ejabberd 23.01 (tests/ejabberd/ejabberd.yml), the domain's answer as seen: XEP-0013,
+        // carbons and MAM all on the domain.
         let ejabberd = features(
             &[
                 "http://jabber.org/protocol/disco#info",
+                "http://jabber.org/protocol/disco#items",
                 "http://jabber.org/protocol/offline",
+                "iq",
+                "msgoffline",
+                "presence",
                 "urn:xmpp:carbons:2",
+                "urn:xmpp:carbons:rules:0",
+                "urn:xmpp:mam:0",
+                "urn:xmpp:mam:1",
+                "urn:xmpp:mam:2",
+                "urn:xmpp:mam:tmp",
                 "urn:xmpp:ping",
             ],
-            &["urn:xmpp:mam:1", "urn:xmpp:mam:2"],
+            &[],
             true,
         );
         assert_eq!(
@@ -2249,9 +2258,18 @@ mod tests {
                 stream_management: true,
             }
         );
-        // Prosody 0.12: no XEP-0013; the assumed features.
+        // Prosody 0.12 (tests/prosody/prosody.cfg.lua), the domain's answer as seen: no
+        // XEP-0013, and MAM only on the account; the assumed features.
         let prosody = features(
-            &["urn:xmpp:carbons:2", "urn:xmpp:ping"],
+            &[
+                "jabber:iq:roster",
+                "msgoffline",
+                "urn:xmpp:carbons:rules:0",
+                "urn:xmpp:carbons:2",
+                "http://jabber.org/protocol/disco#info",
+                "http://jabber.org/protocol/disco#items",
+                "urn:xmpp:ping",
+            ],
             &["urn:xmpp:mam:2"],
             true,
         );
