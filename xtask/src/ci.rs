@@ -65,7 +65,7 @@ impl Steps {
 }
 
 /// The vendor targets of the case library CI runs, in order.
-pub const CASE_TARGETS: &[&str] = &["memory", "reference", "xmpp"];
+pub const CASE_TARGETS: &[&str] = &["memory", "reference", "xmpp", "xmpp-ejabberd"];
 
 /// The fewest cases an essential run may report (the check that the JUnit file is not a
 /// truncated or empty run).
@@ -376,7 +376,8 @@ fn attribute_value<'a>(element: &'a str, name: &str) -> Option<&'a str> {
     Some(&element[start..start + len])
 }
 
-/// The case library's essential cases on each vendor target (xmpp when Prosody is given),
+/// The case library's essential cases on each vendor target (xmpp when Prosody is given,
+/// xmpp-ejabberd when ejabberd is),
 /// each JUnit report checked against the run.
 fn case_library(root: &Path, with_prosody: bool) -> Result<()> {
     // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the suite.
@@ -387,6 +388,13 @@ fn case_library(root: &Path, with_prosody: bool) -> Result<()> {
                 bail!("IM_REQUIRE_PROSODY is set but IM_PROSODY_ADDR is not");
             }
             println!("case library on xmpp: skipped (IM_PROSODY_ADDR unset)");
+            continue;
+        }
+        if *target == "xmpp-ejabberd" && std::env::var_os("IM_EJABBERD_ADDR").is_none() {
+            if std::env::var_os("IM_REQUIRE_EJABBERD").is_some() {
+                bail!("IM_REQUIRE_EJABBERD is set but IM_EJABBERD_ADDR is not");
+            }
+            println!("case library on xmpp-ejabberd: skipped (IM_EJABBERD_ADDR unset)");
             continue;
         }
         let args = testkit_bin(
