@@ -20,8 +20,10 @@
 //! * ACK-online: `pull_offline` sends the initial presence, after which the server delivers
 //!   the offline messages (XEP-0160) at once, then a ping; everything before the ping's
 //!   answer is the offline batch (a stream is ordered). Messages after it wait in the adapter
-//!   until `go_online`. The server forgets offline messages once delivered, so the ack is
-//!   local; a crash in between is covered by the client's catch-up through history;
+//!   until `go_online`. The ack travels over stream management: the `h` the adapter
+//!   reports stops before the offline messages until the client acknowledged the last
+//!   batch, so a connection lost before that returns them to offline storage and the next
+//!   login gets them again (see "Offline and XEP-0013" below);
 //! * history: MAM (XEP-0313) with `with`, start/end and RSM `before` paging, newest first
 //!   (a cursor is `mam:<archive id>`: one this adapter did not issue is refused the same on
 //!   every server, see `CURSOR_PREFIX`);
@@ -37,19 +39,22 @@
 //! evens out: a history cursor the adapter did not issue (Prosody: `item-not-found`,
 //! ejabberd: an empty page) is refused by the adapter itself.
 //!
-//! Offline and XEP-0013. ejabberd offers flexible offline retrieval (fetch and delete offline
-//! messages by node, page by page); Prosody 0.12 does not. The offline pass does not use it:
-//! the flood at presence with the XEP-0198 `h` held back until the client stored the batch
-//! (`Task::ack_cap`) already keeps ACK-online on both servers — a connection lost before the
-//! ack returns the unacknowledged messages to offline storage (Prosody's smacks, ejabberd's
-//! `resend_on_timeout: if_offline`) — so one code path serves every server. XEP-0013 would
-//! move the ack to the server per page, but it needs the request before the initial
-//! presence, a second offline path, and a server-side page per message node (one IQ per
-//! message); what it adds (server-side pages) the client does not need, since the pass is
-//! bounded by the offline store's size. The discovered flag says whether a deployment could.
+//! Offline and XEP-0013. ejabberd offers flexible offline retrieval (list the offline
+//! store's nodes, view a page of them, remove them once stored); Prosody 0.12 does not. The
+//! offline pass does not use it: the flood at presence with the XEP-0198 `h` held back until
+//! the client stored the batch (`Task::ack_cap`) already keeps ACK-online on both servers —
+//! a connection lost before the ack returns the unacknowledged messages to offline storage
+//! (Prosody's smacks, ejabberd's `resend_on_timeout: if_offline`; test
+//! `an_offline_batch_not_acknowledged_comes_back_at_the_next_login` on both) — so one code
+//! path serves every server. XEP-0013 would move the ack to the server page by page, but it
+//! must run before the initial presence (after it the store is flooded as usual) and would
+//! be a second offline path that only some deployments take; what it adds, a server-side
+//! acknowledgement per page instead of per batch, the client does not need, since it stores
+//! a whole batch before acknowledging. `XmppServerFeatures::flexible_offline` says whether
+//! a deployment could.
 //!
-//! The message lifecycle (issue 20), as far as Prosody 0.12 carries it (it only stores and
-//! routes these stanzas; every rule is the adapter's):
+//! The message lifecycle (issue 20), as far as the servers carry it (Prosody 0.12 and
+//! ejabberd 23.01 only store and route these stanzas; every rule is the adapter's):
 //! * recall: an XEP-0424 `<retract id=origin-id xmlns='urn:xmpp:message-retract:1'/>` with
 //!   the XEP's fallback body, `<fallback for=…>` and a `<store/>` hint (XEP-0334), so the
 //!   offline store and MAM keep it; edit: an XEP-0308 `<replace id=…/>` with the new body,
@@ -88,7 +93,7 @@
 //!
 //! Order without sequences. A message's time is its sender's millisecond when our adapter
 //! sent it (carried in the stanza id), else the server's stamp, which Prosody gives in whole
-//! seconds: a burst from a foreign client shares one time. The server's own order is the
+//! seconds (ejabberd below the second): a burst from a foreign client shares one time. The server's own order is the
 //! order it hands messages out (the offline store and a MAM page come oldest first), so
 //! every list this adapter returns is exactly that order reversed, then stably sorted by
 //! time, newest first: messages with the same time stay in reverse server order, and the
