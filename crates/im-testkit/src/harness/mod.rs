@@ -252,5 +252,6 @@ impl VendorHarness for ReferenceHarness {
 mod xmpp;
 
 pub use xmpp::{
-    XMPP_DOMAIN, XmppHarness, prosody_addr, prosody_or_skip, prosody_running, register_xmpp_user,
+    EJABBERD, PROSODY, XMPP_DOMAIN, XmppHarness, XmppServer, prosody_addr, prosody_or_skip,
+    prosody_running, register_xmpp_user,
 };
