@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use im_service::memory::VendorOp;
 use im_service::{Clock, Credentials, ServiceError, Token, UserId};
 
+use im_vendor_sim::{FaultProxy, ProxyConfig};
+
 use super::{ContractConfig, VendorHarness};
 use crate::faulty::{Failures, FaultyVendor};
 
@@ -61,11 +63,14 @@ pub fn prosody_or_skip() -> bool {
 /// server cannot do is declared, not faked: its clock cannot be moved
 /// ([`VendorHarness::advance`] panics; cases needing it are "not applicable"), and groups
 /// are not mapped. Failures are injected client-side ([`FaultyVendor`]), before the call
-/// reaches the server.
+/// reaches the server; network faults by the [`FaultProxy`] every client connects through
+/// (accounts are registered directly, through the server's admin command).
 #[derive(Debug)]
 pub struct XmppHarness {
-    /// The adapter.
+    /// The adapter, pointed at the proxy.
     pub vendor: im_service::xmpp::XmppVendor,
+    /// The proxy between the clients and Prosody.
+    pub proxy: FaultProxy,
     failures: Failures,
     suffix: String,
     config: ContractConfig,
@@ -73,13 +78,16 @@ pub struct XmppHarness {
 
 impl XmppHarness {
     /// A harness on the running Prosody. Panics with the way to start one if none runs.
+    /// Must be called inside a tokio runtime (the proxy's tasks run there).
     pub fn start(config: ContractConfig) -> Self {
         let addr = prosody_addr();
         assert!(
             prosody_running(),
             "no Prosody at {addr}: run `tests/prosody/prosody.sh start` (or set IM_PROSODY_ADDR)"
         );
-        let mut xmpp = im_service::xmpp::XmppConfig::new(addr, XMPP_DOMAIN);
+        let proxy = FaultProxy::start_now(addr, ProxyConfig::default())
+            .unwrap_or_else(|e| panic!("cannot start the fault proxy: {e}"));
+        let mut xmpp = im_service::xmpp::XmppConfig::new(proxy.addr(), XMPP_DOMAIN);
         xmpp.max_message_bytes = config.max_message_bytes;
         // Several devices of one user: a resource per client handle, carbons on.
         xmpp.multi_device = config.multi_device;
@@ -88,6 +96,7 @@ impl XmppHarness {
         }
         Self {
             vendor: im_service::xmpp::XmppVendor::new(xmpp),
+            proxy,
             failures: Failures::default(),
             suffix: format!("{:08x}", rand::random::<u32>()),
             config,
@@ -181,5 +190,9 @@ impl VendorHarness for XmppHarness {
     fn wire_addr(&self) -> Option<SocketAddr> {
         // Raw frames of the reference protocol mean nothing to an XMPP server.
         None
+    }
+
+    fn network(&self) -> Option<&FaultProxy> {
+        Some(&self.proxy)
     }
 }
