@@ -99,9 +99,9 @@ pub struct ProxyStats {
     pub upstream_failed: u64,
     /// Connections open right now.
     pub open: u64,
-    /// Bytes forwarded client → upstream.
+    /// Bytes forwarded client → upstream (counted as each write starts).
     pub bytes_to_upstream: u64,
-    /// Bytes forwarded upstream → client.
+    /// Bytes forwarded upstream → client (counted as each write starts).
     pub bytes_to_client: u64,
 }
 
@@ -548,14 +548,16 @@ async fn direction(
                 b.used += allowed;
                 (allowed as usize, cut)
             };
-            to.write_all(&chunk.data[..allowed])
-                .await
-                .map_err(|e| End::Failed(ProxyError::Io(e)))?;
+            // Counted before the write: once a peer has the bytes, the stats show them (a
+            // test reading the stats right after a reply must see the reply counted).
             let counter = match dir {
                 Dir::ToUpstream => &shared.counters.to_upstream,
                 Dir::ToClient => &shared.counters.to_client,
             };
             counter.fetch_add(allowed as u64, Ordering::SeqCst);
+            to.write_all(&chunk.data[..allowed])
+                .await
+                .map_err(|e| End::Failed(ProxyError::Io(e)))?;
             if cut {
                 let _ = to.flush().await;
                 return Err(End::Cut);
