@@ -382,3 +382,13 @@ async fn shutdown_waits_for_every_task() {
     assert!(read_to_close(&mut s).await.is_empty());
     assert_eq!(ProxyStats::default().open, 0);
 }
+
+#[test]
+fn starting_outside_a_runtime_is_a_typed_error() {
+    let upstream = SocketAddr::from(([127, 0, 0, 1], 9));
+    let err = FaultProxy::start_now(upstream, ProxyConfig::default()).expect_err("no runtime");
+    assert!(
+        matches!(err, im_vendor_sim::ProxyError::NoRuntime),
+        "{err:?}"
+    );
+}
