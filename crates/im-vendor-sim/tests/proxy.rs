@@ -154,6 +154,9 @@ async fn blackhole_holds_everything_then_releases_in_order() {
     assert_eq!(&back, b"one two", "blackhole: held bytes released in order");
 }
 
+/// Real time, short delays: under paused time the runtime would auto-advance to the
+/// proxy's due time whenever it waits on loopback I/O, so the measured round trip would
+/// prove nothing. The outage test below needs no such wait and runs paused.
 #[tokio::test]
 async fn delay_holds_each_chunk_and_keeps_order() {
     let echo = echo().await;
