@@ -15,6 +15,7 @@ mod bad_input;
 mod crash;
 mod gate;
 mod lifecycle;
+mod network;
 mod qc;
 mod resilience;
 mod service;
@@ -58,6 +59,10 @@ pub enum HarnessNeed {
     /// archive (the reference server, and the memory vendor through the same dispatcher;
     /// Prosody has no callbacks).
     VendorCallbacks,
+    /// The harness puts a [`FaultProxy`](crate::FaultProxy) between every client and the
+    /// vendor ([`crate::harness::VendorHarness::network`]): every vendor reached over a
+    /// network; the in-process memory vendor has none.
+    NetworkFaults,
 }
 
 /// A vendor the suite can run against.
@@ -189,8 +194,11 @@ impl Target {
                 HarnessNeed::VendorClock,
                 HarnessNeed::VendorProcess,
                 HarnessNeed::VendorCallbacks,
+                HarnessNeed::NetworkFaults,
             ],
-            Target::Xmpp | Target::XmppEjabberd => &[HarnessNeed::VendorProcess],
+            Target::Xmpp | Target::XmppEjabberd => {
+                &[HarnessNeed::VendorProcess, HarnessNeed::NetworkFaults]
+            }
         }
     }
 }
@@ -366,6 +374,7 @@ pub fn catalogue() -> Vec<Case> {
         .chain(crash::cases())
         .chain(lifecycle::cases())
         .chain(qc::cases())
+        .chain(network::cases())
         .collect();
     all.sort_by_key(|c| c.id);
     all

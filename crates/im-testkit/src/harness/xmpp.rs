@@ -11,6 +11,8 @@ use im_service::memory::VendorOp;
 use im_service::xmpp::XmppServerFeatures;
 use im_service::{Clock, Credentials, ServiceError, Token, UserId};
 
+use im_vendor_sim::{FaultProxy, ProxyConfig};
+
 use super::{ContractConfig, VendorHarness};
 use crate::faulty::{Failures, FaultyVendor};
 
@@ -178,11 +180,14 @@ pub fn prosody_or_skip() -> bool {
 /// server cannot do is declared, not faked: its clock cannot be moved
 /// ([`VendorHarness::advance`] panics; cases needing it are "not applicable"), and groups
 /// are not mapped. Failures are injected client-side ([`FaultyVendor`]), before the call
-/// reaches the server.
+/// reaches the server; network faults by the [`FaultProxy`] every client connects through
+/// (accounts are registered directly, through the server's admin command).
 #[derive(Debug)]
 pub struct XmppHarness {
-    /// The adapter.
+    /// The adapter, pointed at the proxy.
     pub vendor: im_service::xmpp::XmppVendor,
+    /// The proxy between the clients and Prosody.
+    pub proxy: FaultProxy,
     failures: Failures,
     suffix: String,
     config: ContractConfig,
@@ -191,6 +196,7 @@ pub struct XmppHarness {
 
 impl XmppHarness {
     /// A harness on the running Prosody. Panics with the way to start one if none runs.
+    /// Must be called inside a tokio runtime (the proxy's tasks run there).
     pub fn start(config: ContractConfig) -> Self {
         Self::start_on(&PROSODY, config)
     }
@@ -205,7 +211,11 @@ impl XmppHarness {
             server.script,
             server.addr_var
         );
+        let proxy = FaultProxy::start_now(server.addr(), ProxyConfig::default())
+            .unwrap_or_else(|e| panic!("cannot start the fault proxy: {e}"));
         let mut xmpp = server.xmpp_config();
+        // Clients reach the server through the proxy; registration goes to it directly.
+        xmpp.addr = proxy.addr();
         xmpp.max_message_bytes = config.max_message_bytes;
         // Several devices of one user: a resource per client handle, carbons on.
         xmpp.multi_device = config.multi_device;
@@ -214,6 +224,7 @@ impl XmppHarness {
         }
         Self {
             vendor: im_service::xmpp::XmppVendor::new(xmpp),
+            proxy,
             failures: Failures::default(),
             suffix: format!("{:08x}", rand::random::<u32>()),
             config,
@@ -295,5 +306,9 @@ impl VendorHarness for XmppHarness {
     fn wire_addr(&self) -> Option<SocketAddr> {
         // Raw frames of the reference protocol mean nothing to an XMPP server.
         None
+    }
+
+    fn network(&self) -> Option<&FaultProxy> {
+        Some(&self.proxy)
     }
 }
