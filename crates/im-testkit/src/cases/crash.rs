@@ -64,6 +64,7 @@ async fn config(target: Target) -> CrashConfig {
             )
         }
         Target::Memory => unreachable!("CRASH cases need VendorProcess, which memory lacks"),
+        Target::Matrix => todo!("CRASH-001 on Matrix"),
     }
 }
 

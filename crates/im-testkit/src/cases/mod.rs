@@ -70,11 +70,18 @@ pub enum Target {
     Reference,
     /// A real Prosody (XMPP) on `IM_PROSODY_ADDR`, started by `tests/prosody/prosody.sh`.
     Xmpp,
+    /// A real Synapse (Matrix) at `IM_SYNAPSE_URL`, started by `tests/synapse/synapse.sh`.
+    Matrix,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 3] = [Target::Memory, Target::Reference, Target::Xmpp];
+    pub const ALL: [Target; 4] = [
+        Target::Memory,
+        Target::Reference,
+        Target::Xmpp,
+        Target::Matrix,
+    ];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -82,6 +89,7 @@ impl Target {
             Target::Memory => "memory",
             Target::Reference => "reference",
             Target::Xmpp => "xmpp",
+            Target::Matrix => "matrix",
         }
     }
 
@@ -125,6 +133,24 @@ impl Target {
                     .supported()
                     .fold(single.capabilities().clone(), |caps, c| caps.with(c))
             }
+            Target::Matrix => {
+                // What any configuration declares: one shared device, or a device per
+                // handle (`MultiDevice`).
+                use crate::harness::{ContractConfig, MatrixHarness};
+                let url = crate::harness::synapse_url();
+                let single = ContractConfig::default();
+                let multi = ContractConfig {
+                    multi_device: true,
+                    ..ContractConfig::default()
+                };
+                let vendor = |c: &ContractConfig| {
+                    im_service::matrix::MatrixVendor::new(MatrixHarness::matrix_config(c, &url, "im-"))
+                };
+                vendor(&multi)
+                    .capabilities()
+                    .supported()
+                    .fold(vendor(&single).capabilities().clone(), |caps, c| caps.with(c))
+            }
         }
     }
 
@@ -138,6 +164,7 @@ impl Target {
                 HarnessNeed::VendorCallbacks,
             ],
             Target::Xmpp => &[HarnessNeed::VendorProcess],
+            Target::Matrix => &[HarnessNeed::VendorProcess],
         }
     }
 }
@@ -158,6 +185,9 @@ macro_rules! on_target {
                 ($f)($crate::harness::ReferenceHarness::start($config).await).await
             }
             $crate::cases::Target::Xmpp => ($f)($crate::harness::XmppHarness::start($config)).await,
+            $crate::cases::Target::Matrix => {
+                ($f)($crate::harness::MatrixHarness::start($config)).await
+            }
         }
     };
 }

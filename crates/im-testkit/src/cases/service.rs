@@ -4,7 +4,7 @@
 //! adapter, XMPP included, runs the same checks as the library.
 
 use super::{Case, Target};
-use crate::harness::prosody_or_skip;
+use crate::harness::{prosody_or_skip, synapse_or_skip};
 
 /// The vendor contract suite: one row per scenario of [`crate::contract`], wired once.
 ///
@@ -249,9 +249,13 @@ pub(super) fn cases() -> Vec<Case> {
 /// a check fails. Returns early, printing why on stderr, when the target cannot run the case:
 /// it is not applicable there (the case library reports it so too), or the target is XMPP and
 /// no Prosody answers ([`prosody_or_skip`], which panics instead under
-/// `IM_REQUIRE_PROSODY`).
+/// `IM_REQUIRE_PROSODY`); likewise for Matrix and Synapse ([`synapse_or_skip`],
+/// `IM_REQUIRE_SYNAPSE`).
 pub async fn run_contract_case(target: Target, id: &str) {
     if target == Target::Xmpp && !prosody_or_skip() {
+        return;
+    }
+    if target == Target::Matrix && !synapse_or_skip() {
         return;
     }
     let Some(case) = cases().into_iter().find(|c| c.id == id) else {
