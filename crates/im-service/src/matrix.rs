@@ -11,8 +11,12 @@
 //!   [`MatrixConfig::server_name`], its token the password (`m.login.password`). Every login
 //!   names a device id ([`DevicePolicy`]): with [`DevicePolicy::Shared`] (the default) all
 //!   handles of a user are one Matrix device, so a transaction id (= the client message id)
-//!   stays idempotent across reconnects and restarts; Matrix never kicks a second login
-//!   (no [`Capability::KickOnSecondLogin`]). With [`DevicePolicy::PerHandle`] each handle is
+//!   stays idempotent across reconnects and restarts, and a login first ends the device's
+//!   other sessions (a throwaway session deletes the device with the password; the server
+//!   keeps transaction ids by device id): the previous handle learns it is
+//!   `Kicked(LoggedInElsewhere)` from `M_UNKNOWN_TOKEN`, asked every
+//!   [`MatrixConfig::session_check`] ([`Capability::KickOnSecondLogin`], as a fixed XMPP
+//!   resource). With [`DevicePolicy::PerHandle`] each handle is
 //!   its own device for its life: several devices at once ([`Capability::MultiDevice`]);
 //!   my sends reach my other devices as mine;
 //! * direct conversation = a room listed for the peer in my `m.direct` account data, else
@@ -121,6 +125,8 @@ pub struct MatrixConfig {
     pub request_timeout: Duration,
     /// How long one long-poll `/sync` waits on the server.
     pub sync_timeout: Duration,
+    /// How often a shared-device session asks whether another login ended it.
+    pub session_check: Duration,
     /// Largest message content sent (a typed, client-side refusal).
     pub max_message_bytes: usize,
     /// Largest response body read; a larger one is a `Protocol` error.
@@ -143,6 +149,7 @@ impl MatrixConfig {
             devices: DevicePolicy::Shared("IMLAYERS".into()),
             request_timeout: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(25),
+            session_check: Duration::from_secs(1),
             max_message_bytes: 64 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             sync_timeline_limit: 100,
@@ -184,9 +191,9 @@ struct Shared {
 impl MatrixVendor {
     /// The vendor at `config`. Capabilities: history by time, server acks (an event id per
     /// send), offline queue with explicit ack (the sync position), groups, read receipts
-    /// both ways, heartbeat, idempotent send, recall and edit; several devices only with
-    /// [`DevicePolicy::PerHandle`]. No sequences, no kick on a second login, no token
-    /// expiry, no delete-for-me, no change feed (module doc).
+    /// both ways, heartbeat, idempotent send, recall and edit; a second login kicks the first
+    /// with [`DevicePolicy::Shared`], several devices with [`DevicePolicy::PerHandle`]. No
+    /// sequences, no token expiry, no delete-for-me, no change feed (module doc).
     pub fn new(config: MatrixConfig) -> Self {
         let mut capabilities = Capabilities::none()
             .with(Capability::HistoryByTime)
@@ -201,9 +208,10 @@ impl MatrixVendor {
             .with(Capability::Recall)
             .with(Capability::Edit)
             .with_max_message_bytes(config.max_message_bytes);
-        if matches!(config.devices, DevicePolicy::PerHandle(_)) {
-            capabilities = capabilities.with(Capability::MultiDevice);
-        }
+        capabilities = capabilities.with(match config.devices {
+            DevicePolicy::Shared(_) => Capability::KickOnSecondLogin,
+            DevicePolicy::PerHandle(_) => Capability::MultiDevice,
+        });
         let versions = SupportedVersions::from_parts(&["v1.11".to_string()], &BTreeMap::new());
         Self {
             shared: Arc::new(Shared {
@@ -267,13 +275,15 @@ struct Sess {
     pass: Option<Pass>,
     /// The long-poll task after `go_online`.
     live: Option<JoinHandle<()>>,
+    /// The session watcher (shared device only).
+    watch: Option<JoinHandle<()>>,
     /// Why the session ended on the server side, once the sync task saw it.
     ended: Arc<Mutex<Option<E>>>,
 }
 
 impl Drop for Sess {
     fn drop(&mut self) {
-        if let Some(t) = &self.live {
+        for t in [&self.live, &self.watch].into_iter().flatten() {
             t.abort();
         }
     }
@@ -589,9 +599,8 @@ fn map_mx(e: &MxError) -> E {
             },
         },
         Some(ErrorKind::UnknownToken(d)) if d.soft_logout => E::TokenExpired,
-        Some(ErrorKind::UnknownToken(_)) => {
-            E::Kicked(KickReason::Admin("the access token was revoked".into()))
-        }
+        // With a shared device, another login ended this session (`login` module doc).
+        Some(ErrorKind::UnknownToken(_)) => E::Kicked(KickReason::LoggedInElsewhere),
         Some(ErrorKind::Forbidden) if e.status_code.as_u16() == 403 => {
             E::AuthFailed(format!("forbidden ({message})"))
         }
@@ -677,7 +686,12 @@ impl Api {
         let response = builder
             .body(body.as_slice())
             .map_err(|e| E::Protocol(format!("bad response: {e}")))?;
-        decode(response)
+        decode(response).map_err(|e| match (e, &self.config().devices) {
+            (E::Kicked(_), DevicePolicy::PerHandle(_)) => {
+                E::Kicked(KickReason::Admin("the access token was revoked".into()))
+            }
+            (e, _) => e,
+        })
     }
 
     async fn req<R>(&self, req: R) -> Result<R::IncomingResponse>
@@ -715,6 +729,56 @@ impl Api {
             Raw::from_json_string(value.to_string()).map_err(|e| E::Protocol(e.to_string()))?;
         let req = set_global_account_data::v3::Request::new_raw(self.my_id()?, kind.into(), raw);
         self.req(req).await.map(|_| ())
+    }
+
+    /// `m.login.password` as `credentials` on `device` (`None`: a new one); the logged-in
+    /// copy of this API.
+    async fn password_login(&self, credentials: &Credentials, device: Option<&str>) -> Result<Api> {
+        let id = UserIdentifier::Matrix(MatrixUserIdentifier::new(credentials.user.to_string()));
+        let password = credentials.token.expose().to_string();
+        let info = login::v3::LoginInfo::Password(login::v3::Password::new(id, password));
+        let mut req = login::v3::Request::new(info);
+        req.device_id = device.map(Into::into);
+        let resp = self.req(req).await?;
+        Ok(Api {
+            token: Some(resp.access_token),
+            mxid: resp.user_id.to_string(),
+            ..self.clone()
+        })
+    }
+
+    /// Deletes this handle's device (and so every session on it), authenticating with the
+    /// password (user-interactive auth). An unknown device is fine.
+    async fn delete_device(&self, credentials: &Credentials) -> Result<()> {
+        let timeout = self.config().request_timeout;
+        let url = format!(
+            "{}/_matrix/client/v3/devices/{}",
+            self.config().homeserver,
+            enc(&self.device)
+        );
+        let auth = json!({ "auth": { "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": credentials.user.as_str() },
+            "password": credentials.token.expose() } });
+        let mut req = self.shared.http.delete(&url).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .header("content-type", "application/json")
+            .body(auth.to_string())
+            .send()
+            .await
+            .map_err(|e| transport(e, timeout))?;
+        match resp.status().as_u16() {
+            200 | 404 => Ok(()),
+            429 => Err(E::RateLimited {
+                retry_after: Duration::from_secs(1),
+            }),
+            code => Err(E::Server {
+                code: u32::from(code),
+                message: "cannot end the device's other sessions".into(),
+            }),
+        }
     }
 
     fn position_kind(&self) -> String {
@@ -822,6 +886,23 @@ impl Api {
             });
         }
         serde_json::from_slice(&body).map_err(|e| E::Protocol(format!("malformed answer: {e}")))
+    }
+
+    /// The server's time of event `id` (this machine's clock if it cannot be read).
+    async fn event_time(&self, room: &str, id: &OwnedEventId) -> Timestamp {
+        let Ok(room) = Self::room_id(room) else {
+            return now();
+        };
+        match self
+            .req(get_room_event::v3::Request::new(room, id.clone()))
+            .await
+        {
+            Ok(r) => r
+                .event
+                .deserialize_as_unchecked::<Ev>()
+                .map_or_else(|_| now(), |e| Timestamp::from_millis(e.origin_server_ts)),
+            Err(_) => now(),
+        }
     }
 
     /// The event `id` of `room` as the contract sees it (`None`: not a message of ours).
@@ -1313,6 +1394,43 @@ impl MatrixClient {
     }
 }
 
+/// Asks every `session_check` whether the session still stands; ends it with an event when
+/// the server revoked the token (another login of the shared device).
+async fn watch(api: Api, ended: Arc<Mutex<Option<E>>>, events: mpsc::UnboundedSender<VendorEvent>) {
+    loop {
+        tokio::time::sleep(api.config().session_check).await;
+        if ended.lock().is_some() {
+            return;
+        }
+        match api.req(whoami::v3::Request::new()).await {
+            Err(e @ (E::Kicked(_) | E::TokenExpired)) => {
+                end(&ended, &events, e);
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records why the session ended and tells the client, once.
+fn end(ended: &Mutex<Option<E>>, events: &mpsc::UnboundedSender<VendorEvent>, e: E) {
+    let event = match &e {
+        E::TokenExpired => VendorEvent::TokenExpired,
+        E::Kicked(r) => VendorEvent::Kicked(r.clone()),
+        other => VendorEvent::ConnectionLost {
+            reason: other.to_string(),
+        },
+    };
+    let mut ended = ended.lock();
+    if ended.is_none() {
+        *ended = Some(match e {
+            E::TokenExpired | E::Kicked(_) => e,
+            other => E::ConnectionLost(other.to_string()),
+        });
+        let _ = events.send(event);
+    }
+}
+
 /// The long-poll loop of one session: pushes what each sync brings, moves the position.
 async fn live(
     api: Api,
@@ -1336,18 +1454,7 @@ async fn live(
         let (items, next) = match result {
             Ok(r) => r,
             Err(e) => {
-                let event = match &e {
-                    E::TokenExpired => VendorEvent::TokenExpired,
-                    E::Kicked(r) => VendorEvent::Kicked(r.clone()),
-                    other => VendorEvent::ConnectionLost {
-                        reason: other.to_string(),
-                    },
-                };
-                *ended.lock() = Some(match e {
-                    E::TokenExpired | E::Kicked(_) => e,
-                    other => E::ConnectionLost(other.to_string()),
-                });
-                let _ = events.send(event);
+                end(&ended, &events, e);
                 return;
             }
         };
@@ -1447,19 +1554,19 @@ impl Vendor for MatrixClient {
             mxid: format!("@{}:{server}", credentials.user),
             device: self.device.clone(),
         };
-        let id = UserIdentifier::Matrix(MatrixUserIdentifier::new(credentials.user.to_string()));
-        let info = login::v3::LoginInfo::Password(login::v3::Password::new(
-            id,
-            credentials.token.expose().to_string(),
-        ));
-        let mut req = login::v3::Request::new(info);
-        req.device_id = Some(self.device.as_str().into());
-        let resp = api.req(req).await.map_err(|e| match e {
-            E::AuthFailed(why) => E::AuthFailed(why),
-            other => other,
-        })?;
-        api.token = Some(resp.access_token);
-        api.mxid = resp.user_id.to_string();
+        let shared_device = matches!(self.shared.config.devices, DevicePolicy::Shared(_));
+        if shared_device {
+            // One device per user: a new login ends the device's other sessions, as a fixed
+            // XMPP resource does (a throwaway session deletes the device; its transaction
+            // ids stay with the device id for the server's 24 h).
+            let tmp = api.password_login(credentials, None).await?;
+            let ended = tmp.delete_device(credentials).await;
+            let _ = tmp.req(logout::v3::Request::new()).await;
+            ended?;
+        }
+        let resp = api.password_login(credentials, Some(&self.device)).await?;
+        api.token = resp.token;
+        api.mxid = resp.mxid;
         let position = api.account_data(&api.position_kind()).await?.and_then(|v| {
             v.get("next_batch")
                 .and_then(Value::as_str)
@@ -1468,12 +1575,18 @@ impl Vendor for MatrixClient {
         if let Some(v) = api.account_data("m.direct").await? {
             self.known.lock().direct = parse_direct(&v);
         }
+        let ended = Arc::new(Mutex::new(None));
+        // Nothing tells a Matrix client that its token was revoked until it asks: with a
+        // shared device a watcher asks, so a kick is an event even before `go_online`.
+        let watch = shared_device
+            .then(|| tokio::spawn(watch(api.clone(), ended.clone(), self.events_tx.clone())));
         *self.session.lock() = Some(Sess {
             api,
             position,
             pass: None,
             live: None,
-            ended: Arc::new(Mutex::new(None)),
+            watch,
+            ended,
         });
         Ok(Session {
             user: credentials.user.clone(),
@@ -1533,10 +1646,7 @@ impl Vendor for MatrixClient {
             .event_id;
         let server_id = ServerMsgId::new(event_id.as_str());
         // The stored event's time (the ordering clock), not this machine's.
-        let server_time = match api.fetch(&room, conversation, &server_id).await {
-            Ok(Some(Item::Msg(m, _))) => m.server_time,
-            _ => now(),
-        };
+        let server_time = api.event_time(&room, &event_id).await;
         let receipt = SendReceipt {
             server_id: server_id.clone(),
             seq: None,
@@ -1728,8 +1838,9 @@ impl Vendor for MatrixClient {
             Api::event_id(target)?,
             new_id().as_str().into(),
         );
-        api.req(req).await.map_err(|e| in_room(e, conversation))?;
-        let at = now();
+        let done = api.req(req).await.map_err(|e| in_room(e, conversation))?;
+        // The server's time of the change: what every receiver derives its revision from.
+        let at = api.event_time(&room, &done.event_id).await;
         Ok(MessageChange {
             conversation: conversation.clone(),
             target: target.clone(),
@@ -1774,8 +1885,8 @@ impl Vendor for MatrixClient {
             "m.room.message".into(),
             raw,
         );
-        api.req(req).await.map_err(|e| in_room(e, conversation))?;
-        let at = now();
+        let done = api.req(req).await.map_err(|e| in_room(e, conversation))?;
+        let at = api.event_time(&room, &done.event_id).await;
         Ok(MessageChange {
             conversation: conversation.clone(),
             target: target.clone(),
@@ -1814,17 +1925,15 @@ impl MatrixClient {
             );
             let req =
                 get_event_by_timestamp::v1::Request::new(room_id.clone(), ts, Direction::Backward);
-            match api.req(req).await.map_err(|e| in_room(e, conversation)) {
+            match api.req(req).await {
                 Ok(found) => {
                     let mut ctx = get_context::v3::Request::new(room_id.clone(), found.event_id);
                     ctx.limit = UInt::from(0u32);
                     token = api.req(ctx).await?.end;
                 }
-                // Nothing before `to`: the range is empty.
-                Err(E::NotMember(_)) if self.known.lock().rooms.contains_key(room) => {
-                    return Ok((Vec::new(), None));
-                }
-                Err(e) => return Err(e),
+                // No event before `to`: the range is empty.
+                Err(E::Server { code: 404, .. }) => return Ok((Vec::new(), None)),
+                Err(e) => return Err(in_room(e, conversation)),
             }
         }
         let mut out = Vec::new();
