@@ -144,12 +144,16 @@ impl Target {
                     ..ContractConfig::default()
                 };
                 let vendor = |c: &ContractConfig| {
-                    im_service::matrix::MatrixVendor::new(MatrixHarness::matrix_config(c, &url, "im-"))
+                    im_service::matrix::MatrixVendor::new(MatrixHarness::matrix_config(
+                        c, &url, "im-",
+                    ))
                 };
                 vendor(&multi)
                     .capabilities()
                     .supported()
-                    .fold(vendor(&single).capabilities().clone(), |caps, c| caps.with(c))
+                    .fold(vendor(&single).capabilities().clone(), |caps, c| {
+                        caps.with(c)
+                    })
             }
         }
     }

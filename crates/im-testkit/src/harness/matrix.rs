@@ -162,11 +162,8 @@ impl MatrixHarness {
 
     /// A handle of its own device (never the contract clients' device) logged in as `user`.
     async fn admin_client(&self, user: &UserId) -> MatrixClient {
-        let mut config = Self::matrix_config(
-            &self.config,
-            &self.url,
-            &format!("im-{}-", self.suffix),
-        );
+        let mut config =
+            Self::matrix_config(&self.config, &self.url, &format!("im-{}-", self.suffix));
         config.devices = DevicePolicy::Shared("IMLAYERS-HARNESS".into());
         let client = MatrixVendor::new(config).client();
         let creds = Credentials::new(user.as_str(), matrix_password(user.as_str()));
