@@ -995,10 +995,7 @@ impl Api {
                 }
                 for (event, reader, at) in receipts(&v["content"], &server) {
                     let id = ServerMsgId::new(&event);
-                    let up_to_time = match known.lock().messages.get(event.as_str()) {
-                        Some(k) => Some(k.time),
-                        None => None,
-                    };
+                    let up_to_time = known.lock().messages.get(event.as_str()).map(|k| k.time);
                     let up_to_time = match up_to_time {
                         Some(t) => t,
                         None => match self.fetch(room.as_str(), &conversation, &id).await? {
@@ -1402,12 +1399,10 @@ async fn watch(api: Api, ended: Arc<Mutex<Option<E>>>, events: mpsc::UnboundedSe
         if ended.lock().is_some() {
             return;
         }
-        match api.req(whoami::v3::Request::new()).await {
-            Err(e @ (E::Kicked(_) | E::TokenExpired)) => {
-                end(&ended, &events, e);
-                return;
-            }
-            _ => {}
+        if let Err(e @ (E::Kicked(_) | E::TokenExpired)) = api.req(whoami::v3::Request::new()).await
+        {
+            end(&ended, &events, e);
+            return;
         }
     }
 }
