@@ -14,9 +14,7 @@ use im_service::{
     Vendor, VendorEvent,
 };
 use im_testkit::contract::next_event;
-use im_testkit::harness::{
-    MATRIX_SERVER_NAME, register_matrix_user, synapse_or_skip, synapse_url,
-};
+use im_testkit::harness::{MATRIX_SERVER_NAME, register_matrix_user, synapse_or_skip, synapse_url};
 
 /// The vendor contract suite on Matrix: the same table as every adapter (and the case
 /// library's `SVC-…` cases); what Synapse cannot run is skipped as not applicable.
@@ -145,4 +143,42 @@ async fn a_read_receipt_reaches_the_sender() {
             other => panic!("expected a ReadReceipt, got {other:?}"),
         }
     }
+}
+
+/// The offline position moves only once every batch is acknowledged: a batch pulled and
+/// not acknowledged (the app died before storing it) comes again after a restart, and an
+/// acknowledged pass does not.
+#[tokio::test]
+async fn an_unacknowledged_offline_batch_comes_again_after_a_restart() {
+    if !synapse_or_skip() {
+        return;
+    }
+    let v = vendor();
+    let (alice, bob) = (user("alice").await, user("bob").await);
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let a = v.client();
+    a.login(&alice).await.unwrap();
+    for body in ["one", "two"] {
+        a.send(&text(&conv, body)).await.unwrap();
+    }
+    let b = v.client();
+    b.login(&bob).await.unwrap();
+    assert_eq!(b.pull_offline(10).await.unwrap().messages.len(), 2);
+    drop(b); // crashed before the ack
+    let again = v.client();
+    again.login(&bob).await.unwrap();
+    let batch = again.pull_offline(10).await.unwrap();
+    assert_eq!(
+        batch.messages.len(),
+        2,
+        "an unacknowledged batch is offline still"
+    );
+    again.ack_offline(&batch.ack.unwrap()).await.unwrap();
+    again.logout().await.unwrap();
+    let last = v.client();
+    last.login(&bob).await.unwrap();
+    assert!(
+        last.pull_offline(10).await.unwrap().messages.is_empty(),
+        "an acknowledged pass is not offline any more"
+    );
 }
