@@ -141,7 +141,8 @@ pub struct MatrixConfig {
 
 impl MatrixConfig {
     /// Settings for `server_name` served at `homeserver`: one shared device `IMLAYERS`,
-    /// 10 s requests, 25 s long polls, 64 KiB messages, 16 MiB responses.
+    /// 10 s requests, 25 s long polls, a session check every 10 s, 64 KiB messages, 16 MiB
+    /// responses.
     pub fn new(homeserver: impl Into<String>, server_name: impl Into<String>) -> Self {
         Self {
             homeserver: homeserver.into().trim_end_matches('/').to_string(),
@@ -149,7 +150,7 @@ impl MatrixConfig {
             devices: DevicePolicy::Shared("IMLAYERS".into()),
             request_timeout: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(25),
-            session_check: Duration::from_secs(1),
+            session_check: Duration::from_secs(10),
             max_message_bytes: 64 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             sync_timeline_limit: 100,

@@ -133,6 +133,8 @@ impl MatrixHarness {
         let mut matrix = MatrixConfig::new(url, MATRIX_SERVER_NAME);
         matrix.max_message_bytes = config.max_message_bytes;
         matrix.group_alias_prefix = prefix.to_string();
+        // A kick must show within the contract's event wait (5 s).
+        matrix.session_check = Duration::from_secs(1);
         if config.multi_device {
             matrix.devices = DevicePolicy::PerHandle("IMLAYERS-".into());
         }
