@@ -51,7 +51,7 @@ YAML
         >"$dir/stdout.log" 2>&1 &
     echo $! > "$pidfile"
     for _ in $(seq 1 300); do
-        if curl -sf "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; then
+        if "$py" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/_matrix/client/versions', timeout=1)" 2>/dev/null; then
             echo "synapse on 127.0.0.1:$port (pid $(cat "$pidfile"))"
             exit 0
         fi
