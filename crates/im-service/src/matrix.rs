@@ -322,7 +322,6 @@ const KNOWN_MAX: usize = 50_000;
 struct KnownMsg {
     sender: UserId,
     time: Timestamp,
-    recalled: bool,
 }
 
 impl Known {
@@ -335,7 +334,6 @@ impl Known {
             KnownMsg {
                 sender: m.sender.clone(),
                 time: m.server_time,
-                recalled: matches!(m.content, Content::Recalled { .. }),
             },
         );
     }
@@ -980,11 +978,34 @@ impl Api {
                     Err(e) => tracing::warn!(room = %room, "skipped a malformed event: {e}"),
                 }
             }
-            for ev in &events {
-                if ev.state_key.is_none()
-                    && let Some(item) = to_item(ev, &conversation, &server)
-                {
-                    items.push(item);
+            for ev in events.iter().filter(|e| e.state_key.is_none()) {
+                match to_item(ev, &conversation, &server) {
+                    Some(Item::Msg(m, mine)) => {
+                        known.lock().learn(&m);
+                        items.push(Item::Msg(m, mine));
+                    }
+                    // A change counts only when its author is the message's sender (the
+                    // server lets a room admin redact anything): known, else asked.
+                    Some(Item::Change(c)) => {
+                        let id = ServerMsgId::new(c.target.as_str());
+                        let sender = known
+                            .lock()
+                            .messages
+                            .get(id.as_str())
+                            .map(|k| k.sender.clone());
+                        let sender = match sender {
+                            Some(s) => Some(s),
+                            None => match self.fetch(room.as_str(), &conversation, &id).await? {
+                                Some(Item::Msg(m, _)) => Some(m.sender),
+                                _ => None,
+                            },
+                        };
+                        if sender.as_ref() == Some(&c.by) {
+                            items.push(Item::Change(c));
+                        }
+                    }
+                    Some(read) => items.push(read),
+                    None => {}
                 }
             }
             for raw in &data.ephemeral.events {
@@ -1287,28 +1308,20 @@ impl MatrixClient {
         let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
         for item in items {
             match item {
-                Item::Msg(m, _) if m.sender == api.me => {
-                    self.known.lock().learn(&m);
-                }
+                Item::Msg(m, _) if m.sender == api.me => {}
                 Item::Msg(m, _) => {
-                    self.known.lock().learn(&m);
                     if !index.contains_key(&m.server_id) {
                         index.insert(m.server_id.clone(), messages.len());
                         messages.push(m);
                     }
                 }
                 Item::Change(c) => match index.get(&c.target) {
-                    Some(&i) if messages[i].sender == c.by => {
+                    Some(&i) => {
                         if let Some(changed) = c.apply(&messages[i]) {
                             messages[i] = changed;
                         }
                     }
-                    Some(_) => {}
-                    None => {
-                        if let Some(c) = self.checked_change(api, c).await? {
-                            later.push(VendorEvent::MessageChanged(c));
-                        }
-                    }
+                    None => later.push(VendorEvent::MessageChanged(c)),
                 },
                 Item::Read(r) => {
                     if !self.known.lock().my_reads.contains(r.up_to.as_str()) {
@@ -1326,26 +1339,6 @@ impl MatrixClient {
             later,
             committed: false,
         })
-    }
-
-    /// A change of a message this handle may not hold: applied only when its author is the
-    /// message's sender (looked up on the server when unknown).
-    async fn checked_change(&self, api: &Api, c: MessageChange) -> Result<Option<MessageChange>> {
-        let known = self.known.lock().messages.get(c.target.as_str()).cloned();
-        let sender = match known {
-            Some(k) => Some(k.sender),
-            None => {
-                let room = self.room_for(api, &c.conversation, false).await?;
-                match room {
-                    Some(room) => match api.fetch(&room, &c.conversation, &c.target).await? {
-                        Some(Item::Msg(m, _)) => Some(m.sender),
-                        _ => None,
-                    },
-                    None => None,
-                }
-            }
-        };
-        Ok((sender.as_ref() == Some(&c.by)).then_some(c))
     }
 
     /// Stores the pass's position once all its batches are acknowledged.
@@ -1457,50 +1450,9 @@ async fn live(
         let mut delivered = false;
         for item in items {
             let event = match item {
-                Item::Msg(m, mine) => {
-                    known.lock().learn(&m);
-                    if mine {
-                        continue;
-                    }
-                    VendorEvent::MessagePushed(m)
-                }
-                Item::Change(c) => {
-                    let sender = known
-                        .lock()
-                        .messages
-                        .get(c.target.as_str())
-                        .map(|k| k.sender.clone());
-                    // A target this handle never saw: its sender from the server.
-                    let sender = match sender {
-                        Some(s) => Some(s),
-                        None => {
-                            let room = known
-                                .lock()
-                                .rooms
-                                .iter()
-                                .find(|(_, v)| **v == c.conversation)
-                                .map(|(k, _)| k.clone());
-                            match room {
-                                Some(room) => {
-                                    match api.fetch(&room, &c.conversation, &c.target).await {
-                                        Ok(Some(Item::Msg(m, _))) => Some(m.sender),
-                                        _ => None,
-                                    }
-                                }
-                                None => None,
-                            }
-                        }
-                    };
-                    if sender.as_ref() != Some(&c.by) {
-                        continue;
-                    }
-                    if matches!(c.kind, ChangeKind::Recalled)
-                        && let Some(k) = known.lock().messages.get_mut(c.target.as_str())
-                    {
-                        k.recalled = true;
-                    }
-                    VendorEvent::MessageChanged(c)
-                }
+                Item::Msg(_, true) => continue,
+                Item::Msg(m, false) => VendorEvent::MessagePushed(m),
+                Item::Change(c) => VendorEvent::MessageChanged(c),
                 Item::Read(r) => {
                     if r.reader == api.me && known.lock().my_reads.contains(r.up_to.as_str()) {
                         continue;
