@@ -236,7 +236,7 @@ impl Target {
             Target::Xmpp | Target::XmppEjabberd => {
                 &[HarnessNeed::VendorProcess, HarnessNeed::NetworkFaults]
             }
-            Target::Matrix => &[HarnessNeed::VendorProcess],
+            Target::Matrix => &[HarnessNeed::VendorProcess, HarnessNeed::NetworkFaults],
         }
     }
 }

@@ -10,6 +10,7 @@ use hmac::{Hmac, Mac};
 use im_service::matrix::{DevicePolicy, MatrixClient, MatrixConfig, MatrixVendor};
 use im_service::memory::VendorOp;
 use im_service::{Clock, Credentials, GroupId, ServiceError, Token, UserId, Vendor};
+use im_vendor_sim::{FaultProxy, ProxyConfig};
 
 use super::{ContractConfig, VendorHarness};
 use crate::faulty::{Failures, FaultyVendor};
@@ -120,7 +121,10 @@ pub async fn register_matrix_user(url: &str, user: &str, password: &str) -> Resu
 pub struct MatrixHarness {
     /// The adapter.
     pub vendor: MatrixVendor,
+    /// The homeserver itself: registration and the harness's own logins go here directly.
     url: String,
+    /// Between every contract client and the homeserver ([`VendorHarness::network`]).
+    proxy: FaultProxy,
     failures: Failures,
     suffix: String,
     config: ContractConfig,
@@ -145,17 +149,29 @@ impl MatrixHarness {
     }
 
     /// A harness on the running Synapse. Panics with the way to start one if none runs.
+    /// Must be called inside a tokio runtime (the fault proxy's tasks run there).
     pub fn start(config: ContractConfig) -> Self {
         let url = synapse_url();
         assert!(
             synapse_running(),
             "no Synapse at {url}: run `tests/synapse/synapse.sh start` (or set IM_SYNAPSE_URL)"
         );
+        let upstream = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.trim_end_matches('/').parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| {
+                panic!("IM_SYNAPSE_URL={url:?} is not http://IP:PORT (the fault proxy needs one)")
+            });
+        let proxy = FaultProxy::start_now(upstream, ProxyConfig::default())
+            .unwrap_or_else(|e| panic!("cannot start the fault proxy: {e}"));
         let suffix = format!("{:08x}", rand::random::<u32>());
-        let matrix = Self::matrix_config(&config, &url, &format!("im-{suffix}-"));
+        // Clients speak HTTP to the proxy, which forwards the bytes to Synapse.
+        let through_proxy = format!("http://{}", proxy.addr());
+        let matrix = Self::matrix_config(&config, &through_proxy, &format!("im-{suffix}-"));
         Self {
             vendor: MatrixVendor::new(matrix),
             url,
+            proxy,
             failures: Failures::default(),
             suffix,
             config,
@@ -244,5 +260,9 @@ impl VendorHarness for MatrixHarness {
     fn wire_addr(&self) -> Option<SocketAddr> {
         // Raw frames of the reference protocol mean nothing to a Matrix server.
         None
+    }
+
+    fn network(&self) -> Option<&FaultProxy> {
+        Some(&self.proxy)
     }
 }
