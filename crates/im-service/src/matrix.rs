@@ -1970,11 +1970,9 @@ impl MatrixClient {
                 .await?;
             all.extend(messages);
         }
-        all.sort_by(|a, b| {
-            b.server_time
-                .cmp(&a.server_time)
-                .then_with(|| a.server_id.cmp(&b.server_id))
-        });
+        // Stable: messages of the same time keep their room's stream order (rooms in the
+        // server's order), never an order by id.
+        all.sort_by_key(|m| std::cmp::Reverse(m.server_time));
         if let Some((n, ms)) = skip_at {
             let mut seen = 0;
             all.retain(|m| {
