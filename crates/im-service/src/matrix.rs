@@ -48,8 +48,8 @@
 //!   checked here with [`LifecyclePolicy::check`] (the server would let a room admin redact
 //!   anything: a change by someone else than the sender is ignored on receipt). Revisions
 //!   come from the change's time, as for XMPP. Offline and history pulls return current
-//!   state (redacted events, the server's bundled latest edit). No delete-for-me, no
-//!   change feed;
+//!   state (redacted events, the server's bundled latest edit). The change feed is the
+//!   `/sync` stream from a token (`pull_changes`). No delete-for-me;
 //! * read state: `m.read` receipts both ways (echoes of this handle's own are dropped);
 //! * errors: `M_LIMIT_EXCEEDED` → `RateLimited` (`retry_after_ms`, else 1 s),
 //!   `M_UNKNOWN_TOKEN` → `TokenExpired` (soft logout) or `Kicked(Admin)`, `M_FORBIDDEN`/
@@ -89,7 +89,8 @@ use tokio::task::JoinHandle;
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::KickReason;
 use crate::lifecycle::{
-    ChangeKind, ChangeRefusal, EditPermission, LifecyclePolicy, MessageChange, ReadReceipt,
+    ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, EditPermission, LifecyclePolicy,
+    MessageChange, ReadReceipt,
 };
 use crate::model::{
     ClientMsgId, Content, ConversationId, GroupId, Message, OutgoingMessage, ServerMsgId,
@@ -192,9 +193,9 @@ struct Shared {
 impl MatrixVendor {
     /// The vendor at `config`. Capabilities: history by time, server acks (an event id per
     /// send), offline queue with explicit ack (the sync position), groups, read receipts
-    /// both ways, heartbeat, idempotent send, recall and edit; a second login kicks the first
-    /// with [`DevicePolicy::Shared`], several devices with [`DevicePolicy::PerHandle`]. No
-    /// sequences, no token expiry, no delete-for-me, no change feed (module doc).
+    /// both ways, heartbeat, idempotent send, recall, edit and the change feed; a second
+    /// login kicks the first with [`DevicePolicy::Shared`], several devices with
+    /// [`DevicePolicy::PerHandle`]. No sequences, no token expiry, no delete-for-me.
     pub fn new(config: MatrixConfig) -> Self {
         let mut capabilities = Capabilities::none()
             .with(Capability::HistoryByTime)
@@ -208,6 +209,7 @@ impl MatrixVendor {
             .with(Capability::IdempotentSend)
             .with(Capability::Recall)
             .with(Capability::Edit)
+            .with(Capability::ChangeFeed)
             .with_max_message_bytes(config.max_message_bytes);
         capabilities = capabilities.with(match config.devices {
             DevicePolicy::Shared(_) => Capability::KickOnSecondLogin,
@@ -1799,6 +1801,54 @@ impl Vendor for MatrixClient {
         })
     }
 
+    /// The feed is the `/sync` stream from the cursor's token: its redactions, edits and
+    /// read receipts (`mx1:{skip}:{token}` pages one answer by `max`).
+    async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
+        let (api, _) = self.api()?;
+        let Some(since) = since else {
+            let end = api.sync(None, Duration::ZERO, 0).await?.next_batch;
+            let next = ChangeCursor(format!("mx1:0:{end}").into_bytes());
+            return Ok(ChangeBatch {
+                next,
+                ..ChangeBatch::default()
+            });
+        };
+        let cursor = PageCursor(String::from_utf8_lossy(&since.0).into_owned());
+        let (skip, token) = parse_cursor(&cursor)?;
+        let limit = self.shared.config.sync_timeline_limit;
+        let resp = api.sync(Some(&token), Duration::ZERO, limit).await?;
+        let (items, _) = api.digest(&self.known, &resp, Some(&token)).await?;
+        let my_reads = self.known.lock().my_reads.clone();
+        let feed: Vec<Item> = items
+            .into_iter()
+            .filter(|i| match i {
+                Item::Msg(..) => false,
+                Item::Change(_) => true,
+                Item::Read(r) => !(r.reader == api.me && my_reads.contains(r.up_to.as_str())),
+            })
+            .collect();
+        let total = feed.len();
+        let take = (max.max(1) as usize).min(total.saturating_sub(skip));
+        let mut batch = ChangeBatch::default();
+        for item in feed.into_iter().skip(skip).take(take) {
+            match item {
+                Item::Change(c) => batch.changes.push(c),
+                Item::Read(r) => batch.receipts.push(r),
+                Item::Msg(..) => {}
+            }
+        }
+        let left = total - skip.min(total) - take;
+        batch.left = u32::try_from(left).unwrap_or(u32::MAX);
+        batch.next = ChangeCursor(
+            match left {
+                0 => format!("mx1:0:{}", resp.next_batch),
+                _ => format!("mx1:{}:{token}", skip + take),
+            }
+            .into_bytes(),
+        );
+        Ok(batch)
+    }
+
     async fn edit(
         &self,
         conversation: &ConversationId,
@@ -1970,11 +2020,9 @@ impl MatrixClient {
                 .await?;
             all.extend(messages);
         }
-        all.sort_by(|a, b| {
-            b.server_time
-                .cmp(&a.server_time)
-                .then_with(|| a.server_id.cmp(&b.server_id))
-        });
+        // Stable: messages of the same time keep their room's stream order (rooms in the
+        // server's order), never an order by id.
+        all.sort_by_key(|m| std::cmp::Reverse(m.server_time));
         if let Some((n, ms)) = skip_at {
             let mut seen = 0;
             all.retain(|m| {
