@@ -241,12 +241,7 @@ impl VendorHarness for MatrixHarness {
     }
 
     async fn advance(&self, by: Duration) {
-        // A real server's time moves only by waiting (cases needing more: `VendorClock`).
-        assert!(
-            by <= Duration::from_secs(5),
-            "a real server's clock cannot move {by:?}: the case needs VendorClock"
-        );
-        tokio::time::sleep(by).await;
+        super::wait_real_time(by).await;
     }
 
     fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {

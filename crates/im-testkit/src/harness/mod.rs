@@ -269,6 +269,17 @@ impl VendorHarness for ReferenceHarness {
     }
 }
 
+/// [`VendorHarness::advance`] on a real server, whose time moves only by waiting: fine for
+/// the few seconds a case uses to separate timestamps, impossible for days (such cases need
+/// [`HarnessNeed::VendorClock`](crate::cases::HarnessNeed::VendorClock)).
+async fn wait_real_time(by: Duration) {
+    assert!(
+        by <= Duration::from_secs(5),
+        "a real server's clock cannot move {by:?}: the case needs VendorClock"
+    );
+    tokio::time::sleep(by).await;
+}
+
 mod xmpp;
 
 pub use xmpp::{

@@ -286,13 +286,7 @@ impl VendorHarness for XmppHarness {
     }
 
     async fn advance(&self, by: Duration) {
-        // A real server's time moves only by waiting: fine for the few seconds a case uses
-        // to separate timestamps, impossible for days (such cases need `VendorClock`).
-        assert!(
-            by <= Duration::from_secs(5),
-            "a real server's clock cannot move {by:?}: the case needs VendorClock"
-        );
-        tokio::time::sleep(by).await;
+        super::wait_real_time(by).await;
     }
 
     fn fail_next(&self, op: VendorOp, count: u32, error: ServiceError) {
