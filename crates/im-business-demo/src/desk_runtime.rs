@@ -43,6 +43,8 @@ pub struct DayOptions {
     pub tenants: usize,
     /// Housekeepers.
     pub housekeepers: usize,
+    /// Prepended to every account name (unique per run on a real server, else empty).
+    pub prefix: String,
     /// Seed of the script.
     pub seed: u64,
     /// Pause between steps is 300 ms divided by this.
@@ -51,6 +53,32 @@ pub struct DayOptions {
     pub live: bool,
     /// The first housekeeper is a person typing on stdin.
     pub interactive: bool,
+}
+
+impl DayOptions {
+    /// The tenants' accounts: `{prefix}tenant-1` …
+    pub fn tenant_ids(&self) -> Vec<UserId> {
+        (1..=self.tenants)
+            .map(|i| UserId::new(format!("{}tenant-{i}", self.prefix)))
+            .collect()
+    }
+
+    /// The housekeepers' accounts: `{prefix}keeper-1` …
+    pub fn housekeeper_ids(&self) -> Vec<UserId> {
+        (1..=self.housekeepers)
+            .map(|i| UserId::new(format!("{}keeper-{i}", self.prefix)))
+            .collect()
+    }
+}
+
+/// A check of the summary that cannot apply on this vendor, and why (printed, never
+/// dropped silently).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotApplicable {
+    /// The summary field of the check.
+    pub check: String,
+    /// Why it cannot apply here.
+    pub reason: String,
 }
 
 /// What the run proves, printed as JSON with `--json`.
@@ -92,6 +120,10 @@ pub struct Summary {
     pub assignments: BTreeMap<String, usize>,
     /// Messages in the company archive at the end (when one runs).
     pub archived: Option<u64>,
+    /// How business time is kept: the vendor's clock moved, or mapped from a real server's.
+    pub business_time: String,
+    /// Checks that cannot apply on this vendor, with the reason.
+    pub not_applicable: Vec<NotApplicable>,
     /// Wrong quick replies recalled and corrected.
     pub recalls: RecallReport,
     /// Replies tenants read, reported back to their housekeepers as "seen".
@@ -155,6 +187,8 @@ pub struct DevicesReport {
 pub struct OutageReport {
     /// An outage was injected.
     pub injected: bool,
+    /// How (the vendor's own switch, or a fault proxy in front of a real server).
+    pub method: String,
     /// QC's verdict went Down.
     pub detected: bool,
     /// After how long, ms.
@@ -319,12 +353,8 @@ fn response_rate(businesses: &[BusinessSnapshot]) -> Option<f64> {
 
 /// Runs the day on `env` and returns its summary.
 pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
-    let tenants: Vec<UserId> = (1..=options.tenants)
-        .map(|i| UserId::new(format!("tenant-{i}")))
-        .collect();
-    let housekeepers: Vec<UserId> = (1..=options.housekeepers)
-        .map(|i| UserId::new(format!("keeper-{i}")))
-        .collect();
+    let tenants = options.tenant_ids();
+    let housekeepers = options.housekeeper_ids();
     let clock = env.clock();
     let (observed_tx, observed) = mpsc::unbounded_channel();
     let (qc_tx, qc_events) = mpsc::unbounded_channel();
@@ -949,6 +979,7 @@ impl Desk {
     ) -> Result<()> {
         let started = tokio::time::Instant::now();
         report.injected = true;
+        report.method = self.env.outage_method().to_owned();
         self.panel
             .note(&format!("the vendor goes down for {} s", OUTAGE.as_secs()));
         self.env.outage(OUTAGE);
@@ -1138,6 +1169,16 @@ impl Desk {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             archived,
+            business_time: self.env.business_time().to_owned(),
+            not_applicable: self
+                .env
+                .not_applicable()
+                .into_iter()
+                .map(|(check, reason)| NotApplicable {
+                    check: check.to_owned(),
+                    reason,
+                })
+                .collect(),
             recalls,
             seen,
             two_devices,

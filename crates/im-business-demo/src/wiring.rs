@@ -1,7 +1,35 @@
 //! The only module of the demo that names concrete vendors and servers: it starts the
-//! environment (the reference vendor and the company archive in process, or the in-memory
-//! vendor) and hands the business code `ImClient`s and QC metrics. Everything else speaks
-//! `im-arch` and `im-qc`.
+//! environment (the reference vendor and the company archive in process, the in-memory
+//! vendor, or a real server reached through a fault-injecting proxy) and hands the business
+//! code `ImClient`s and QC metrics. Everything else speaks `im-arch` and `im-qc`.
+//!
+//! A real server (`--vendor xmpp`; `--vendor matrix` slots in the same way, see
+//! [`RealServer`]) plays the same day with these differences, each reported in the summary
+//! (its `business_time`, `outage.method` and `not_applicable` fields), none hidden:
+//! * accounts: created through the server's own admin command, `--register-with CMD` (default
+//!   for XMPP: `$IM_DEMO_REGISTER`, else this repository's `tests/prosody/prosody.sh
+//!   register`, which runs `prosodyctl register`), run once per account as `CMD USER
+//!   PASSWORD` (or with `{user}`, `{password}`, `{domain}` in CMD replaced). Not XEP-0077
+//!   in-band registration: the test server does not allow it, and allowing it would let
+//!   any client create accounts. Names get a per-run prefix (`d1a2b3c4-tenant-1`) so reruns
+//!   on the same server never meet an earlier run's accounts, offline messages or archive;
+//!   passwords are random per run and never printed;
+//! * business time: the server's clock cannot be moved, so the day's jumps (a minute to
+//!   read, a busy housekeeper's seven, to the next hour) move a [`BusinessClock`] instead,
+//!   and every client sees the vendor through [`BusinessTimeVendor`], which maps the
+//!   server's real timestamps to business time; QC's response rate, the overdue rule and
+//!   the history windows then run unchanged;
+//! * the outage at noon: the clients connect to a fault-injecting TCP proxy in front of the
+//!   server, and the outage is the proxy's (every connection dropped, new ones refused until
+//!   it heals), not the vendor's: the server itself never notices;
+//! * the company archive is fed by the reference vendor's signed callbacks; a real server
+//!   sends none, so no archive is started and its check is reported as not applicable (the
+//!   server's own archive, MAM on XMPP, serves the clients' history instead).
+//!
+//! Every other check holds as on the reference vendor and is checked the same way: no
+//! message lost or duplicated (across the outage too), the outage detected by QC and
+//! resolved, the measured response rate equal to the script's, recalls, "seen" receipts,
+//! and the housekeeper on two devices (XMPP: one resource per device, carbons).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,8 +46,12 @@ use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, SledArchive};
 use im_qc::{QcVendor, UnknownDevice, VendorMetrics};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
+use im_service::xmpp::{XmppConfig, XmppVendor};
 use im_service::{Clock, Credentials, ServiceError, ShiftedClock, Token, UserId, Vendor};
 use im_vendor_sim::{CallbackConfig, ReferenceServer, ServerConfig};
+
+use crate::business_time::{BusinessClock, BusinessTimeVendor};
+use crate::proxy::FaultProxy;
 
 /// Which vendor the demo rents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -30,8 +62,152 @@ pub enum VendorChoice {
     /// The reference vendor over TCP on 127.0.0.1, with the company archive fed by its
     /// callbacks (the default).
     Reference,
-    /// An XMPP server (Prosody): refused with the reason (see `Environment::start`).
+    /// An XMPP server (Prosody) at `--addr`, accounts made with `--register-with`.
     Xmpp,
+    /// A Matrix homeserver (Synapse) at `--url`: refused with the reason until the Matrix
+    /// adapter is in this build (see [`RealServer`]).
+    Matrix,
+}
+
+/// Where a real server is and how to make accounts on it (ignored by the in-process
+/// vendors, except `addr` for the reference vendor's listener).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The reference vendor's listener, or the XMPP server's client port.
+    pub addr: Option<SocketAddr>,
+    /// The XMPP domain.
+    pub domain: String,
+    /// The Matrix homeserver's URL.
+    pub url: Option<String>,
+    /// The admin command that creates an account (see the module doc).
+    pub register_with: Option<String>,
+}
+
+/// A real server behind the fault proxy: how to make a client of it, and what the run
+/// changes on it. Adding a protocol (Matrix) is one more constructor like [`RealServer::xmpp`]
+/// and nothing else: business time, the outage and the seats are shared.
+struct RealServer {
+    /// The vendor's name, for display and the summary.
+    name: &'static str,
+    /// Where the server really is (display).
+    server: String,
+    /// A new client handle of the adapter, connecting through the proxy.
+    client: Box<dyn Fn() -> Arc<dyn Vendor> + Send + Sync>,
+    /// The proxy between every client and the server; the outage is its.
+    proxy: FaultProxy,
+    /// Business time over the server's real clock.
+    clock: BusinessClock,
+}
+
+/// The admin command for XMPP accounts when `--register-with` is not given:
+/// `$IM_DEMO_REGISTER`, else this repository's Prosody script (when the binary runs from the
+/// source tree it was built in, as with `cargo run`).
+fn default_xmpp_register() -> Option<String> {
+    if let Ok(cmd) = std::env::var("IM_DEMO_REGISTER") {
+        return Some(cmd);
+    }
+    let script: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "..",
+        "tests",
+        "prosody",
+        "prosody.sh",
+    ]
+    .iter()
+    .collect();
+    script
+        .exists()
+        .then(|| format!("bash {} register", script.display()))
+}
+
+/// Creates `user` with `password` through the admin command `cmd` (see the module doc).
+/// Blocking process work runs off the runtime's threads.
+async fn register_with(cmd: &str, domain: &str, user: &UserId, password: &str) -> Result<()> {
+    let mut words: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+    let templated = words.iter().any(|w| w.contains("{user}"));
+    for w in &mut words {
+        *w = w
+            .replace("{user}", user.as_str())
+            .replace("{password}", password)
+            .replace("{domain}", domain);
+    }
+    if !templated {
+        words.push(user.to_string());
+        words.push(password.to_owned());
+    }
+    let Some((program, args)) = words.split_first() else {
+        bail!("--register-with is empty");
+    };
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running the admin command {program}"))?;
+    if !out.status.success() {
+        // The command line holds the password: name the program and the account only.
+        bail!(
+            "the admin command {program} could not create {user}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl RealServer {
+    /// An XMPP server at `target.addr`: a proxy in front of it, one multi-device adapter
+    /// (a resource per client handle, carbons) through the proxy, and the accounts.
+    async fn xmpp(
+        target: &Target,
+        users: &[UserId],
+    ) -> Result<(RealServer, HashMap<UserId, Credentials>)> {
+        let upstream = target.addr.context(
+            "--vendor xmpp needs --addr HOST:PORT of the XMPP server's client port \
+             (tests/prosody/prosody.sh start PORT starts one)",
+        )?;
+        let register = target
+            .register_with
+            .clone()
+            .or_else(default_xmpp_register)
+            .context("--vendor xmpp needs --register-with CMD (the admin command that creates an account)")?;
+        let mut credentials = HashMap::new();
+        for user in users {
+            let password = format!("pw-{:016x}", rand::random::<u64>());
+            register_with(&register, &target.domain, user, &password).await?;
+            credentials.insert(user.clone(), Credentials::new(user.as_str(), password));
+        }
+        let proxy = FaultProxy::start(upstream)
+            .await
+            .context("starting the fault proxy")?;
+        let mut config = XmppConfig::new(proxy.addr(), target.domain.clone()).with_multi_device();
+        // The demo's clients notice an outage within a second; a request waits no longer.
+        config.request_timeout = Duration::from_secs(2);
+        let vendor = XmppVendor::new(config);
+        Ok((
+            RealServer {
+                name: "xmpp",
+                server: upstream.to_string(),
+                client: Box::new(move || Arc::new(vendor.client()) as Arc<dyn Vendor>),
+                proxy,
+                clock: BusinessClock::new(),
+            },
+            credentials,
+        ))
+    }
+
+    /// A Matrix homeserver: the place for `im_service::matrix` once it is in this build
+    /// (accounts through Synapse's shared-secret admin registration, the proxy in front of
+    /// the homeserver's port, the adapter's base URL pointing at the proxy).
+    fn matrix(target: &Target) -> Result<(RealServer, HashMap<UserId, Credentials>)> {
+        bail!(
+            "--vendor matrix{}: the Matrix adapter (im_service::matrix) is not in this build \
+             yet; the demo's real-vendor wiring (business time, the fault proxy) is ready for it",
+            target
+                .url
+                .as_deref()
+                .map_or(String::new(), |u| format!(" --url {u}"))
+        )
+    }
 }
 
 /// The vendor behind the environment.
@@ -44,6 +220,7 @@ enum Backend {
         server: ReferenceServer,
         factory: ReferenceVendor,
     },
+    Real(RealServer),
 }
 
 /// The archive the reference vendor's callbacks feed.
@@ -108,13 +285,14 @@ fn vendor_config() -> MemoryVendorConfig {
 }
 
 impl Environment {
-    /// Starts the environment for `users` on `choice`; `addr` is where the embedded
+    /// Starts the environment for `users` on `choice`; `target.addr` is where the embedded
     /// reference vendor listens (default `127.0.0.1:0`) or the XMPP server's address.
     pub async fn start(
         choice: VendorChoice,
-        addr: Option<SocketAddr>,
+        target: &Target,
         users: &[UserId],
     ) -> Result<Environment> {
+        let addr = target.addr;
         let data = tempfile::tempdir().context("temporary directory")?;
         let (backend, archive) = match choice {
             VendorChoice::Memory => {
@@ -182,20 +360,31 @@ impl Environment {
                     }),
                 )
             }
-            VendorChoice::Xmpp => bail!(
-                "--vendor xmpp: the scripted day needs a vendor it can administer (accounts, \
-                 business time, an outage), which a real XMPP server does not offer; the XMPP \
-                 adapter runs the case library instead (`cargo xtask test-suite --vendor xmpp`)"
-            ),
+            VendorChoice::Xmpp | VendorChoice::Matrix => {
+                let (server, credentials) = match choice {
+                    VendorChoice::Matrix => RealServer::matrix(target)?,
+                    _ => RealServer::xmpp(target, users).await?,
+                };
+                return Ok(Environment {
+                    backend: Backend::Real(server),
+                    archive: None,
+                    credentials,
+                    devices: AtomicU32::new(0),
+                    data,
+                });
+            }
         };
+        // The in-process vendors register accounts directly (a real server's admin command
+        // ran above).
         let credentials = users
             .iter()
-            .map(|u| {
+            .filter_map(|u| {
                 let c = match &backend {
                     Backend::Memory { vendor, .. } => vendor.register_user(u),
                     Backend::Reference { server, .. } => server.vendor().register_user(u),
+                    Backend::Real(_) => return None,
                 };
-                (u.clone(), c)
+                Some((u.clone(), c))
             })
             .collect();
         Ok(Environment {
@@ -209,9 +398,66 @@ impl Environment {
 
     /// The vendor's name, for display.
     pub fn vendor_name(&self) -> &'static str {
-        match self.backend {
+        match &self.backend {
             Backend::Memory { .. } => "memory",
             Backend::Reference { .. } => "reference",
+            Backend::Real(r) => r.name,
+        }
+    }
+
+    /// Where a real server is and the proxy in front of it (display), if any.
+    pub fn route(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Real(r) => Some(format!(
+                "{} through the fault proxy on {}",
+                r.server,
+                r.proxy.addr()
+            )),
+            _ => None,
+        }
+    }
+
+    /// How the day's business time is kept on this vendor (for the summary).
+    pub fn business_time(&self) -> &'static str {
+        match &self.backend {
+            Backend::Memory { .. } | Backend::Reference { .. } => "the vendor's clock is moved",
+            Backend::Real(_) => {
+                "the server's clock is real: business time is mapped from its timestamps"
+            }
+        }
+    }
+
+    /// How the outage is injected (for the summary).
+    pub fn outage_method(&self) -> &'static str {
+        match &self.backend {
+            Backend::Memory { .. } => {
+                "the in-process vendor drops every connection and refuses logins"
+            }
+            Backend::Reference { .. } => "the reference vendor's own outage switch",
+            Backend::Real(_) => {
+                "a fault proxy between the clients and the server drops every connection and refuses new ones"
+            }
+        }
+    }
+
+    /// Checks of the summary that cannot apply on this vendor, with the reason.
+    pub fn not_applicable(&self) -> Vec<(&'static str, String)> {
+        match &self.backend {
+            Backend::Reference { .. } => Vec::new(),
+            Backend::Memory { .. } => vec![(
+                "archived",
+                "the company archive is fed by a vendor's signed callbacks; the in-process \
+                 vendor sends none, so no archive runs"
+                    .to_owned(),
+            )],
+            Backend::Real(r) => vec![(
+                "archived",
+                format!(
+                    "the company archive is fed by a vendor's signed callbacks; {} sends none, \
+                     so no archive runs (the clients read history from the server's own archive)",
+                    r.name
+                ),
+            )],
         }
     }
 
@@ -220,6 +466,7 @@ impl Environment {
         match &self.backend {
             Backend::Memory { .. } => None,
             Backend::Reference { server, .. } => Some(server.addr()),
+            Backend::Real(_) => None,
         }
     }
 
@@ -233,6 +480,7 @@ impl Environment {
         match &self.backend {
             Backend::Memory { clock, .. } => clock.clone(),
             Backend::Reference { server, .. } => Arc::new(server.clock().clone()),
+            Backend::Real(r) => Arc::new(r.clock.clone()),
         }
     }
 
@@ -241,6 +489,7 @@ impl Environment {
         match &self.backend {
             Backend::Memory { clock, .. } => clock.shift(by),
             Backend::Reference { server, .. } => server.shift_clock(by),
+            Backend::Real(r) => r.clock.shift(by),
         }
     }
 
@@ -263,6 +512,9 @@ impl Environment {
                 }
             }
             Backend::Reference { server, .. } => server.outage(duration),
+            // Every connection through the proxy drops and new ones are refused until the
+            // proxy heals by itself; the server keeps running.
+            Backend::Real(r) => r.proxy.outage(duration),
         }
     }
 
@@ -288,6 +540,7 @@ impl Environment {
         let inner: Arc<dyn Vendor> = match &self.backend {
             Backend::Memory { vendor, .. } => Arc::new(vendor.client()),
             Backend::Reference { factory, .. } => Arc::new(factory.client()),
+            Backend::Real(r) => Arc::new(BusinessTimeVendor::new((r.client)(), r.clock.clone())),
         };
         let qc = Arc::new(QcVendor::new(inner, Arc::new(UnknownDevice)));
         let vendor = qc.clone();

@@ -2,7 +2,10 @@
 //! received once, the outage was detected and resolved, the response rate QC measured
 //! matches the script, every wrong reply was recalled and reached its tenant once as
 //! recalled, every reply a tenant read came back as "seen" once, and the housekeeper on two
-//! devices saw each own reply once on the other device with reads kept in step.
+//! devices saw each own reply once on the other device with reads kept in step. The same
+//! day runs on a real Prosody (`--vendor xmpp`) when one answers at `IM_PROSODY_ADDR`
+//! (default 127.0.0.1:5222), skipped otherwise; `IM_REQUIRE_PROSODY` (set by `.ci/run`)
+//! turns the skip into a failure, as for the adapter's own Prosody tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,6 +127,11 @@ fn the_scripted_day_on_the_reference_vendor_with_the_archive() {
     check(&s, "reference");
     // Every message reached the company archive through the vendor's callbacks.
     assert_eq!(s["archived"], s["messages_sent"]);
+    assert_eq!(
+        s["not_applicable"],
+        serde_json::json!([]),
+        "every check applies: {s}"
+    );
     assert_eq!(s["housekeepers"], 2);
 }
 
@@ -132,17 +140,82 @@ fn the_scripted_day_on_the_in_process_vendor() {
     let s = run(&["--vendor", "memory", "--users", "3", "--seed", "11"]);
     check(&s, "memory");
     assert!(s["archived"].is_null(), "no archive without callbacks");
+    assert_eq!(
+        s["not_applicable"][0]["check"], "archived",
+        "and said so: {s}"
+    );
 }
 
 #[test]
-fn an_unavailable_vendor_is_a_clear_error() {
+fn a_real_vendor_without_its_server_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_im-business-demo"))
         .args(["--vendor", "xmpp", "--json"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--vendor xmpp") && stderr.contains("test-suite --vendor xmpp"));
+    assert!(
+        stderr.contains("--vendor xmpp needs --addr"),
+        "names the missing flag: {stderr}"
+    );
+}
+
+/// The test Prosody's address (`IM_PROSODY_ADDR`, default 127.0.0.1:5222) when one answers;
+/// `None` with a note when none does, a failure under `IM_REQUIRE_PROSODY`. (The demo does
+/// not depend on im-testkit, whose `prosody_or_skip` is the same gate.)
+fn prosody() -> Option<String> {
+    let addr = std::env::var("IM_PROSODY_ADDR").unwrap_or_else(|_| "127.0.0.1:5222".into());
+    let parsed: std::net::SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|_| panic!("IM_PROSODY_ADDR={addr:?} is not host:port"));
+    match std::net::TcpStream::connect_timeout(&parsed, std::time::Duration::from_millis(500)) {
+        Ok(_) => Some(addr),
+        Err(e) if std::env::var_os("IM_REQUIRE_PROSODY").is_some() => {
+            panic!("no Prosody at {addr} ({e}) although IM_REQUIRE_PROSODY is set")
+        }
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: no Prosody at {addr} ({e}); start one with `tests/prosody/prosody.sh start`"
+            );
+            None
+        }
+    }
+}
+
+/// The same day on a real Prosody: accounts made by its admin command (the repository's
+/// `tests/prosody/prosody.sh register`, on the server of `IM_PROSODY_DIR`), business time
+/// mapped from the server's real clock, the noon outage injected by the fault proxy in
+/// front of it. Every check holds as on the reference vendor; the archive, which only the
+/// reference vendor's callbacks feed, is reported as not applicable with its reason.
+#[test]
+fn the_scripted_day_on_a_real_prosody() {
+    let Some(addr) = prosody() else { return };
+    let s = run(&[
+        "--vendor", "xmpp", "--addr", &addr, "--users", "4", "--seed", "3",
+    ]);
+    // Names are unique per run (a prefix), the checks the same as on the reference vendor.
+    let keeper = s["two_devices"]["housekeeper"].as_str().unwrap().to_owned();
+    assert!(keeper.ends_with("-keeper-1"), "{s}");
+    let mut renamed = s.clone();
+    renamed["two_devices"]["housekeeper"] = "keeper-1".into();
+    check(&renamed, "xmpp");
+    assert_eq!(s["housekeepers"], 2);
+    assert!(
+        s["outage"]["method"]
+            .as_str()
+            .unwrap()
+            .contains("fault proxy"),
+        "the outage is the proxy's: {s}"
+    );
+    assert!(
+        s["business_time"].as_str().unwrap().contains("mapped"),
+        "{s}"
+    );
+    assert!(s["archived"].is_null(), "no archive without callbacks: {s}");
+    let na = s["not_applicable"].as_array().unwrap();
+    assert_eq!(na.len(), 1, "only the archive cannot apply: {s}");
+    assert_eq!(na[0]["check"], "archived");
+    assert!(na[0]["reason"].as_str().unwrap().contains("callbacks"));
 }
 
 #[test]
