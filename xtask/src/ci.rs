@@ -123,9 +123,10 @@ pub fn run() -> Result<()> {
             "deterministic simulation (2,000 random fault schedules, paused time)",
             || run_sim(&["--schedules", "2000"]),
         )?;
-        steps.step("case library, essential cases, per vendor", || {
-            case_library(&root, prosody.is_some())
-        })?;
+        steps.step(
+            "case library on every vendor, and the vendor matrix",
+            || case_library(&root),
+        )?;
         steps.step(
             "examples (README.md's Examples, against the servers it starts)",
             || examples(&root, prosody.as_deref()),
@@ -378,41 +379,40 @@ fn attribute_value<'a>(element: &'a str, name: &str) -> Option<&'a str> {
 
 /// The case library's essential cases on each vendor target (xmpp when Prosody is given),
 /// each JUnit report checked against the run.
-fn case_library(root: &Path, with_prosody: bool) -> Result<()> {
+fn case_library(root: &Path) -> Result<()> {
     // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the suite.
     build_crash_binaries()?;
+    let matrix = root.join("target/test-suite/vendor-matrix.md");
+    let matrix_arg = matrix.to_string_lossy().into_owned();
+    let args = testkit_bin(
+        "im-test-suite",
+        &["--vendor", "all", "--matrix", matrix_arg.as_str()],
+    );
+    eprintln!("$ cargo {}", args.join(" "));
+    let mut child = Command::new(cargo())
+        .args(args)
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut output = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            output.push_str(&line);
+            output.push('\n');
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("the case library failed ({status})");
+    }
+    let sections = target_sections(&output);
     for target in CASE_TARGETS {
-        if *target == "xmpp" && !with_prosody {
-            if std::env::var_os("IM_REQUIRE_PROSODY").is_some() {
-                bail!("IM_REQUIRE_PROSODY is set but IM_PROSODY_ADDR is not");
-            }
-            println!("case library on xmpp: skipped (IM_PROSODY_ADDR unset)");
-            continue;
-        }
-        let args = testkit_bin(
-            "im-test-suite",
-            &["--vendor", target, "--category", "essential"],
-        );
-        eprintln!("$ cargo {}", args.join(" "));
-        let mut child = Command::new(cargo())
-            .args(args)
-            .current_dir(root)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut output = String::new();
-        if let Some(out) = child.stdout.take() {
-            for line in BufReader::new(out).lines() {
-                let line = line?;
-                println!("{line}");
-                output.push_str(&line);
-                output.push('\n');
-            }
-        }
-        let status = child.wait()?;
-        if !status.success() {
-            bail!("the case library failed on {target} ({status})");
-        }
-        let summary = suite_summary(&output)
+        let Some(section) = sections.iter().find(|(t, _)| t == target).map(|(_, s)| s) else {
+            bail!("the case library did not run on {target} (is its server up?)");
+        };
+        let summary = suite_summary(section)
             .with_context(|| format!("no summary line in the case library's output on {target}"))?;
         let path = root.join(format!("target/test-suite/cases-{target}.xml"));
         let xml = std::fs::read_to_string(&path)
@@ -424,7 +424,55 @@ fn case_library(root: &Path, with_prosody: bool) -> Result<()> {
             summary.total, summary.passed, summary.not_applicable
         );
     }
+    let generated = std::fs::read_to_string(&matrix)
+        .with_context(|| format!("reading {}", matrix.display()))?;
+    let committed = std::fs::read_to_string(root.join("docs/vendor-matrix.md"))
+        .context("reading docs/vendor-matrix.md")?;
+    if let Some(line) = first_difference(&committed, &generated) {
+        bail!(
+            "docs/vendor-matrix.md differs from this run's {} (first difference: {line}); \
+             run `cargo xtask test-suite --vendor all` with every server up and commit it",
+            matrix.display()
+        );
+    }
+    println!("docs/vendor-matrix.md agrees with this run");
     Ok(())
+}
+
+/// A run of several targets split at its `== cases on TARGET` lines: (target, its output).
+pub fn target_sections(output: &str) -> Vec<(String, String)> {
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for line in output.lines() {
+        if let Some(target) = line.strip_prefix("== cases on ") {
+            sections.push((target.trim().to_string(), String::new()));
+        } else if let Some((_, text)) = sections.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    sections
+}
+
+/// The first line (1-based, with both versions) where `a` and `b` differ, if they do.
+pub fn first_difference(a: &str, b: &str) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let (mut left, mut right) = (a.lines(), b.lines());
+    let mut n = 0;
+    loop {
+        n += 1;
+        match (left.next(), right.next()) {
+            (Some(x), Some(y)) if x == y => continue,
+            (x, y) => {
+                return Some(format!(
+                    "line {n}: committed {:?}, generated {:?}",
+                    x.unwrap_or("<end>"),
+                    y.unwrap_or("<end>")
+                ));
+            }
+        }
+    }
 }
 
 /// A server started for the examples, killed (and reaped) when dropped.
@@ -580,6 +628,28 @@ fn run_program(program: &Path, args: &[&str], dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_of_several_targets_splits_at_its_headers() {
+        let out = "build noise\n== cases on memory\nSVC-001 pass\n3 cases: 3 passed, 0 failed, 0 not applicable\n== cases on xmpp\n2 cases: 1 passed, 0 failed, 1 not applicable\n";
+        let sections = target_sections(out);
+        let names: Vec<&str> = sections.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["memory", "xmpp"]);
+        assert_eq!(suite_summary(&sections[0].1).map(|s| s.total), Some(3));
+        assert_eq!(
+            suite_summary(&sections[1].1).map(|s| s.not_applicable),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_first_difference_names_its_line() {
+        assert_eq!(first_difference("a\nb\n", "a\nb\n"), None);
+        let d = first_difference("a\nb\n", "a\nc\n").unwrap_or_default();
+        assert!(d.starts_with("line 2:"), "{d}");
+        let d = first_difference("a\n", "a\nmore\n").unwrap_or_default();
+        assert!(d.contains("<end>"), "{d}");
+    }
 
     #[test]
     fn features_come_from_the_features_table_only() {

@@ -20,6 +20,7 @@ pub mod wait;
 pub use cases::{GateCall, GatedVendor};
 pub use faulty::{FaultyVendor, Hook, PushFaults};
 pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};
+pub use im_vendor_sim::{FaultProxy, ProxyConfig, ProxyError, ProxyStats};
 pub use tcp_world::TcpWorld;
 pub use vendor_sim::{ControlError, ServerStats, VendorSimControl, vendor_sim_bin};
 pub use wait::until;

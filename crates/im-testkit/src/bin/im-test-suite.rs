@@ -1,20 +1,25 @@
 //! `im-test-suite`: runs the case library against a vendor target and writes the reports
 //! (`cargo xtask test-suite` runs this). Exits non-zero when any case fails.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use im_testkit::cases::{Category, Target, catalogue, markdown};
+use im_testkit::cases::{Case, Category, Target, catalogue, markdown};
 use im_testkit::runner;
+use im_testkit::vendor_matrix::{self, TargetRun};
 
 #[derive(Parser)]
 #[command(name = "im-test-suite", about = "Run the im-layers case library")]
 struct Args {
-    /// Target vendor: memory or reference.
+    /// Target vendor (memory, reference, xmpp, ...), or `all`: every target that is up, in
+    /// turn, then the vendor matrix.
     #[arg(long, default_value = "memory")]
     vendor: String,
+    /// With `--vendor all`: where the vendor matrix goes.
+    #[arg(long, default_value = "docs/vendor-matrix.md")]
+    matrix: PathBuf,
     /// essential, extended or all.
     #[arg(long, default_value = "all")]
     category: String,
@@ -27,7 +32,8 @@ struct Args {
     /// With --list: print the Markdown catalogue (docs/test-cases.md).
     #[arg(long)]
     markdown: bool,
-    /// Print the vendor matrix (README.md's capability table) instead of running.
+    /// Print the declared part of the vendor matrix (capabilities and lifecycle rules per
+    /// adapter) instead of running.
     #[arg(long)]
     vendor_matrix: bool,
     /// Cases run at once.
@@ -52,8 +58,17 @@ async fn main() -> Result<()> {
         print!("{}", markdown());
         return Ok(());
     }
-    let Some(target) = Target::parse(&args.vendor) else {
-        bail!("unknown vendor {:?} (memory, reference)", args.vendor);
+    let targets: Vec<Target> = if args.vendor == "all" {
+        Target::ALL.to_vec()
+    } else {
+        match Target::parse(&args.vendor) {
+            Some(t) => vec![t],
+            None => bail!(
+                "unknown vendor {:?} (all, {})",
+                args.vendor,
+                Target::ALL.map(|t| t.name()).join(", ")
+            ),
+        }
     };
     let category = match args.category.as_str() {
         "essential" => Some(Category::Essential),
@@ -72,29 +87,72 @@ async fn main() -> Result<()> {
         })
         .collect();
     if args.list {
-        for c in &cases {
-            let missing = c.missing(target);
-            println!(
-                "{:<10} {:<10?} {:<8?} {}{}",
-                c.id,
-                c.category,
-                c.layer,
-                c.title,
-                if missing.is_empty() {
-                    String::new()
-                } else {
-                    format!("  (n/a on {}: needs {missing:?})", target.name())
-                }
-            );
+        for target in &targets {
+            list(*target, &cases);
         }
         return Ok(());
     }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut runs = Vec::new();
+    let mut failed = Vec::new();
+    for target in targets {
+        if let Err(why) = target.up() {
+            if target.required() || args.vendor != "all" {
+                bail!("{} is not up: {why}", target.name());
+            }
+            eprintln!("{}: not run ({why})", target.name());
+            runs.push((target, TargetRun::NotUp(why)));
+            continue;
+        }
+        let results = run(target, &cases, &args).await?;
+        if runner::totals(&results).failed > 0 {
+            failed.push(target.name());
+        }
+        runs.push((target, TargetRun::Ran(results)));
+    }
+    if args.vendor == "all" {
+        let text = vendor_matrix::document(Path::new("."), &runs)
+            .context("reading the adapters' sources (run from the repository root)")?;
+        std::fs::write(&args.matrix, text)
+            .with_context(|| format!("writing {}", args.matrix.display()))?;
+        eprintln!("vendor matrix: {}", args.matrix.display());
+    }
+    if !failed.is_empty() {
+        bail!("some cases failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Prints the catalogue with what `target` lacks for each case.
+fn list(target: Target, cases: &[Case]) {
+    for c in cases {
+        let missing = c.missing(target);
+        println!(
+            "{:<10} {:<10?} {:<8?} {}{}",
+            c.id,
+            c.category,
+            c.layer,
+            c.title,
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("  (n/a on {}: needs {missing:?})", target.name())
+            }
+        );
+    }
+}
+
+/// Runs `cases` on `target`, prints the table and writes the reports.
+async fn run(target: Target, cases: &[Case], args: &Args) -> Result<Vec<runner::CaseResult>> {
+    // On stdout: `cargo xtask ci` splits a run of several targets at these lines.
+    println!("== cases on {}", target.name());
     eprintln!("running {} cases against {}", cases.len(), target.name());
     let total = cases.len();
     let mut done = 0;
     let results = runner::run(
         target,
-        &cases,
+        cases,
         args.parallel,
         Duration::from_secs(args.timeout),
         |r| {
@@ -104,8 +162,6 @@ async fn main() -> Result<()> {
     )
     .await;
     print!("{}", runner::table(&results));
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let stem = format!("cases-{}", target.name());
     std::fs::write(
         args.out.join(format!("{stem}.xml")),
@@ -116,8 +172,5 @@ async fn main() -> Result<()> {
         runner::html(target, &results),
     )?;
     eprintln!("reports: {}/{stem}.xml, .html", args.out.display());
-    if runner::totals(&results).failed > 0 {
-        bail!("some cases failed");
-    }
-    Ok(())
+    Ok(results)
 }

@@ -128,6 +128,33 @@ impl Target {
         }
     }
 
+    /// Whether the target's server is up, so `--vendor all` can run it; `Err` says why not
+    /// and how to start it. The in-process targets are always up.
+    pub fn up(self) -> Result<(), String> {
+        match self {
+            Target::Memory | Target::Reference => Ok(()),
+            Target::Xmpp => {
+                if crate::harness::prosody_running() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no Prosody at {}: tests/prosody/prosody.sh start, then set IM_PROSODY_ADDR",
+                        crate::harness::prosody_addr()
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Whether CI requires the target (its `IM_REQUIRE_*` variable is set): then a target
+    /// that is not up fails the run instead of being skipped.
+    pub fn required(self) -> bool {
+        match self {
+            Target::Memory | Target::Reference => true,
+            Target::Xmpp => std::env::var_os("IM_REQUIRE_PROSODY").is_some(),
+        }
+    }
+
     /// What the target's test environment can do.
     pub fn harness(self) -> &'static [HarnessNeed] {
         match self {

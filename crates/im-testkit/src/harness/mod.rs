@@ -249,7 +249,6 @@ impl VendorHarness for ReferenceHarness {
     }
 }
 
-
 mod xmpp;
 
 pub use xmpp::{
