@@ -10,7 +10,6 @@ mod day;
 mod desk;
 mod desk_runtime;
 mod panel;
-mod proxy;
 mod wiring;
 
 use std::net::SocketAddr;
@@ -159,6 +158,12 @@ fn print_summary(s: &desk_runtime::Summary) {
     }
     println!("business time: {}", s.business_time);
     println!("outage injected by: {}", s.outage.method);
+    if let Some(p) = &s.outage.proxy {
+        println!(
+            "fault proxy: {} connections dropped, {} refused while down",
+            p.dropped, p.refused
+        );
+    }
     for n in &s.not_applicable {
         println!("check {}: not applicable ({})", n.check, n.reason);
     }

@@ -48,10 +48,9 @@ use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::xmpp::{XmppConfig, XmppVendor};
 use im_service::{Clock, Credentials, ServiceError, ShiftedClock, Token, UserId, Vendor};
-use im_vendor_sim::{CallbackConfig, ReferenceServer, ServerConfig};
+use im_vendor_sim::{CallbackConfig, FaultProxy, ReferenceServer, ServerConfig};
 
 use crate::business_time::{BusinessClock, BusinessTimeVendor};
-use crate::proxy::FaultProxy;
 
 /// Which vendor the demo rents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -97,6 +96,15 @@ struct RealServer {
     proxy: FaultProxy,
     /// Business time over the server's real clock.
     clock: BusinessClock,
+}
+
+/// What the fault proxy did to the clients' connections (a real server's outage).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ProxyCounts {
+    /// Open connections the outage dropped.
+    pub dropped: u64,
+    /// New connections refused while it lasted (the clients' reconnect attempts).
+    pub refused: u64,
 }
 
 /// The admin command for XMPP accounts when `--register-with` is not given:
@@ -440,6 +448,20 @@ impl Environment {
         }
     }
 
+    /// What the fault proxy in front of a real server did so far (`None` without one).
+    pub fn proxy_counts(&self) -> Option<ProxyCounts> {
+        match &self.backend {
+            Backend::Real(r) => {
+                let s = r.proxy.stats();
+                Some(ProxyCounts {
+                    dropped: s.dropped,
+                    refused: s.refused,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Checks of the summary that cannot apply on this vendor, with the reason.
     pub fn not_applicable(&self) -> Vec<(&'static str, String)> {
         match &self.backend {
@@ -585,10 +607,12 @@ impl Environment {
         }
     }
 
-    /// Stops the servers.
+    /// Stops the servers (a real server keeps running: only the proxy in front of it stops).
     pub async fn shutdown(self) {
-        if let Backend::Reference { server, .. } = self.backend {
-            server.shutdown().await;
+        match self.backend {
+            Backend::Reference { server, .. } => server.shutdown().await,
+            Backend::Real(r) => r.proxy.shutdown().await,
+            Backend::Memory { .. } => {}
         }
         if let Some(a) = self.archive {
             a.server.shutdown().await;
