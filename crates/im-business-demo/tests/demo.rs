@@ -132,6 +132,10 @@ fn the_scripted_day_on_the_reference_vendor_with_the_archive() {
         serde_json::json!([]),
         "every check applies: {s}"
     );
+    assert!(
+        s["outage"]["proxy"].is_null(),
+        "the vendor's own outage: {s}"
+    );
     assert_eq!(s["housekeepers"], 2);
 }
 
@@ -207,6 +211,11 @@ fn the_scripted_day_on_a_real_prosody() {
             .contains("fault proxy"),
         "the outage is the proxy's: {s}"
     );
+    // Every device's connection (4 tenants, 2 housekeepers, a second device) went through
+    // the proxy and was cut; their reconnects were refused until it healed.
+    let proxy = &s["outage"]["proxy"];
+    assert!(proxy["dropped"].as_u64().unwrap() >= 7, "{s}");
+    assert!(proxy["refused"].as_u64().unwrap() >= 1, "{s}");
     assert!(
         s["business_time"].as_str().unwrap().contains("mapped"),
         "{s}"
