@@ -68,13 +68,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let tenants = args.users.max(1);
     let housekeepers = tenants.div_ceil(3).max(1);
-    // Accounts on a real server outlive the run: a per-run prefix keeps reruns apart.
-    let prefix = match args.vendor {
-        wiring::VendorChoice::Memory | wiring::VendorChoice::Reference => String::new(),
-        wiring::VendorChoice::Xmpp | wiring::VendorChoice::Matrix => {
-            format!("d{:08x}-", rand::random::<u32>())
-        }
-    };
+    let prefix = args.vendor.account_prefix();
     let options = desk_runtime::DayOptions {
         tenants,
         housekeepers,

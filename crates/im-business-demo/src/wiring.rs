@@ -68,6 +68,19 @@ pub enum VendorChoice {
     Matrix,
 }
 
+impl VendorChoice {
+    /// What every account name of this run starts with: accounts on a real server outlive
+    /// the run, so a per-run prefix keeps reruns apart; the in-process vendors start empty.
+    pub fn account_prefix(self) -> String {
+        match self {
+            VendorChoice::Memory | VendorChoice::Reference => String::new(),
+            VendorChoice::Xmpp | VendorChoice::Matrix => {
+                format!("d{:08x}-", rand::random::<u32>())
+            }
+        }
+    }
+}
+
 /// Where a real server is and how to make accounts on it (ignored by the in-process
 /// vendors, except `addr` for the reference vendor's listener).
 #[derive(Debug, Clone, Default)]
