@@ -29,9 +29,10 @@ struct Args {
     /// the XMPP server's client port (`--vendor xmpp`).
     #[arg(long)]
     addr: Option<SocketAddr>,
-    /// The XMPP domain of the accounts (`--vendor xmpp`).
-    #[arg(long, default_value = "im.test")]
-    domain: String,
+    /// The server's domain of the accounts: the XMPP domain (default `im.test`) or the
+    /// Matrix server name (default `localhost`), as the test servers of `tests/` use.
+    #[arg(long)]
+    domain: Option<String>,
     /// The Matrix homeserver's URL (`--vendor matrix`).
     #[arg(long)]
     url: Option<String>,

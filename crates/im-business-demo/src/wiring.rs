@@ -87,8 +87,8 @@ impl VendorChoice {
 pub struct Target {
     /// The reference vendor's listener, or the XMPP server's client port.
     pub addr: Option<SocketAddr>,
-    /// The XMPP domain.
-    pub domain: String,
+    /// The XMPP domain or Matrix server name (`None`: the test server's).
+    pub domain: Option<String>,
     /// The Matrix homeserver's URL.
     pub url: Option<String>,
     /// The admin command that creates an account (see the module doc).
@@ -191,16 +191,17 @@ impl RealServer {
             .clone()
             .or_else(default_xmpp_register)
             .context("--vendor xmpp needs --register-with CMD (the admin command that creates an account)")?;
+        let domain = target.domain.clone().unwrap_or_else(|| "im.test".into());
         let mut credentials = HashMap::new();
         for user in users {
             let password = format!("pw-{:016x}", rand::random::<u64>());
-            register_with(&register, &target.domain, user, &password).await?;
+            register_with(&register, &domain, user, &password).await?;
             credentials.insert(user.clone(), Credentials::new(user.as_str(), password));
         }
         let proxy = FaultProxy::start(upstream)
             .await
             .context("starting the fault proxy")?;
-        let mut config = XmppConfig::new(proxy.addr(), target.domain.clone()).with_multi_device();
+        let mut config = XmppConfig::new(proxy.addr(), domain).with_multi_device();
         // The demo's clients notice an outage within a second; a request waits no longer.
         config.request_timeout = Duration::from_secs(2);
         let vendor = XmppVendor::new(config);
