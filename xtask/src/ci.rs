@@ -65,7 +65,7 @@ impl Steps {
 }
 
 /// The vendor targets of the case library CI runs, in order.
-pub const CASE_TARGETS: &[&str] = &["memory", "reference", "xmpp"];
+pub const CASE_TARGETS: &[&str] = &["memory", "reference", "xmpp", "xmpp-ejabberd"];
 
 /// The fewest cases an essential run may report (the check that the JUnit file is not a
 /// truncated or empty run).
@@ -377,8 +377,10 @@ fn attribute_value<'a>(element: &'a str, name: &str) -> Option<&'a str> {
     Some(&element[start..start + len])
 }
 
-/// The case library's essential cases on each vendor target (xmpp when Prosody is given),
-/// each JUnit report checked against the run.
+/// The case library on every vendor target whose server is up (one run of `im-test-suite
+/// --vendor all`; a target whose `IM_REQUIRE_*` is set and is not up fails it), each JUnit
+/// report checked against its part of the run, then the vendor matrix it wrote compared
+/// with the committed `docs/vendor-matrix.md` (when every target ran).
 fn case_library(root: &Path) -> Result<()> {
     // The CRASH cases run `im-crash-client` and `im-vendor-sim` found beside the suite.
     build_crash_binaries()?;
@@ -408,9 +410,14 @@ fn case_library(root: &Path) -> Result<()> {
         bail!("the case library failed ({status})");
     }
     let sections = target_sections(&output);
+    let mut not_run = Vec::new();
     for target in CASE_TARGETS {
         let Some(section) = sections.iter().find(|(t, _)| t == target).map(|(_, s)| s) else {
-            bail!("the case library did not run on {target} (is its server up?)");
+            // The suite itself fails on a target whose IM_REQUIRE_* is set and that is not
+            // up; here a target missing from the run is one nobody required.
+            println!("case library on {target}: not run (its server is not up)");
+            not_run.push(*target);
+            continue;
         };
         let summary = suite_summary(section)
             .with_context(|| format!("no summary line in the case library's output on {target}"))?;
@@ -423,6 +430,13 @@ fn case_library(root: &Path) -> Result<()> {
             "junit {target}: {} cases ({} passed, {} not applicable), agrees with the run",
             summary.total, summary.passed, summary.not_applicable
         );
+    }
+    if !not_run.is_empty() {
+        println!(
+            "docs/vendor-matrix.md not compared: {} not run",
+            not_run.join(", ")
+        );
+        return Ok(());
     }
     let generated = std::fs::read_to_string(&matrix)
         .with_context(|| format!("reading {}", matrix.display()))?;

@@ -1,5 +1,5 @@
 //! `XmppVendor`/`XmppClient`: the [`Vendor`] adapter for XMPP servers (tested against
-//! Prosody 0.12 on loopback; feature `xmpp`).
+//! Prosody 0.12 and ejabberd 23.01 on loopback, the same code for both; feature `xmpp`).
 //!
 //! Built on `tokio-xmpp`'s lower level (connector, SASL `auth`, the XML stream), not on its
 //! high-level `Client`, which reconnects by itself and hides failed logins and `conflict`
@@ -20,13 +20,41 @@
 //! * ACK-online: `pull_offline` sends the initial presence, after which the server delivers
 //!   the offline messages (XEP-0160) at once, then a ping; everything before the ping's
 //!   answer is the offline batch (a stream is ordered). Messages after it wait in the adapter
-//!   until `go_online`. The server forgets offline messages once delivered, so the ack is
-//!   local; a crash in between is covered by the client's catch-up through history;
-//! * history: MAM (XEP-0313) with `with`, start/end and RSM `before` paging, newest first;
+//!   until `go_online`. The ack travels over stream management: the `h` the adapter
+//!   reports stops before the offline messages until the client acknowledged the last
+//!   batch, so a connection lost before that returns them to offline storage and the next
+//!   login gets them again (see "Offline and XEP-0013" below);
+//! * history: MAM (XEP-0313) with `with`, start/end and RSM `before` paging, newest first
+//!   (a cursor is `mam:<archive id>`: one this adapter did not issue is refused the same on
+//!   every server, see `CURSOR_PREFIX`);
 //! * heartbeat: XEP-0199 ping to the server, answered with the round-trip time.
 //!
-//! The message lifecycle (issue 20), as far as Prosody 0.12 carries it (it only stores and
-//! routes these stanzas; every rule is the adapter's):
+//! Deployments. What differs between servers is a property of the deployment, not of XMPP:
+//! [`XmppConfig::server`] ([`XmppServerFeatures`]) says which optional XEPs this one offers
+//! (carbons, MAM, stream management, XEP-0013), the declared capabilities follow it
+//! (`MultiDevice` needs carbons, `HistoryByTime` MAM), and the first login of a vendor asks
+//! the server (disco#info on the domain and on the account, and the stream features) and
+//! refuses to run on a server that lacks what the configuration declares
+//! ([`XmppVendor::server_features`] keeps what it said). Server differences the adapter
+//! evens out: a history cursor the adapter did not issue (Prosody: `item-not-found`,
+//! ejabberd: an empty page) is refused by the adapter itself.
+//!
+//! Offline and XEP-0013. ejabberd offers flexible offline retrieval (list the offline
+//! store's nodes, view a page of them, remove them once stored); Prosody 0.12 does not. The
+//! offline pass does not use it: the flood at presence with the XEP-0198 `h` held back until
+//! the client stored the batch (`Task::ack_cap`) already keeps ACK-online on both servers —
+//! a connection lost before the ack returns the unacknowledged messages to offline storage
+//! (Prosody's smacks, ejabberd's `resend_on_timeout: if_offline`; test
+//! `an_offline_batch_not_acknowledged_comes_back_at_the_next_login` on both) — so one code
+//! path serves every server. XEP-0013 would move the ack to the server page by page, but it
+//! must run before the initial presence (after it the store is flooded as usual) and would
+//! be a second offline path that only some deployments take; what it adds, a server-side
+//! acknowledgement per page instead of per batch, the client does not need, since it stores
+//! a whole batch before acknowledging. `XmppServerFeatures::flexible_offline` says whether
+//! a deployment could.
+//!
+//! The message lifecycle (issue 20), as far as the servers carry it (Prosody 0.12 and
+//! ejabberd 23.01 only store and route these stanzas; every rule is the adapter's):
 //! * recall: an XEP-0424 `<retract id=origin-id xmlns='urn:xmpp:message-retract:1'/>` with
 //!   the XEP's fallback body, `<fallback for=…>` and a `<store/>` hint (XEP-0334), so the
 //!   offline store and MAM keep it; edit: an XEP-0308 `<replace id=…/>` with the new body,
@@ -65,7 +93,7 @@
 //!
 //! Order without sequences. A message's time is its sender's millisecond when our adapter
 //! sent it (carried in the stanza id), else the server's stamp, which Prosody gives in whole
-//! seconds: a burst from a foreign client shares one time. The server's own order is the
+//! seconds (ejabberd below the second): a burst from a foreign client shares one time. The server's own order is the
 //! order it hands messages out (the offline store and a MAM page come oldest first), so
 //! every list this adapter returns is exactly that order reversed, then stably sorted by
 //! time, newest first: messages with the same time stay in reverse server order, and the
@@ -96,6 +124,7 @@ use tokio_xmpp::parsers::bind::{BindQuery, BindResponse};
 use tokio_xmpp::parsers::carbons::{Enable as CarbonsEnable, Received, Sent};
 use tokio_xmpp::parsers::data_forms::{DataForm, DataFormType, Field};
 use tokio_xmpp::parsers::delay::Delay;
+use tokio_xmpp::parsers::disco::{DiscoInfoQuery, DiscoInfoResult};
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::mam::{Fin, Query, QueryId, Result_ as MamResult};
@@ -152,6 +181,84 @@ pub struct XmppConfig {
     /// The recall window (XEP-0424 has none; this adapter enforces it on the sending side).
     /// Edits are always sender-only (XEP-0308), whatever `edit_permission` says.
     pub lifecycle: LifecyclePolicy,
+    /// What this deployment offers beyond core XMPP: the capabilities the vendor declares
+    /// follow it (not the protocol), and every login checks it against the server's
+    /// disco#info ([`XmppVendor::server_features`]).
+    pub server: XmppServerFeatures,
+}
+
+/// The optional XEPs a deployment offers that the adapter's mapping depends on. Which ones
+/// a server has is a property of the deployment (its version and enabled modules), not of
+/// XMPP: configured per target ([`XmppConfig::server`]) and discovered at login
+/// ([`XmppServerFeatures::from_disco`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XmppServerFeatures {
+    /// XEP-0280 message carbons (`urn:xmpp:carbons:2`): needed for
+    /// [`XmppConfig::multi_device`] ([`Capability::MultiDevice`]).
+    pub carbons: bool,
+    /// XEP-0013 flexible offline message retrieval (`http://jabber.org/protocol/offline`):
+    /// ejabberd has it, Prosody 0.12 does not. Not used by the offline pass (see the module
+    /// doc, "Offline and XEP-0013").
+    pub flexible_offline: bool,
+    /// XEP-0313 message archive management, version 2 (`urn:xmpp:mam:2`) on the account:
+    /// history ([`Capability::HistoryByTime`]).
+    pub mam: bool,
+    /// XEP-0198 stream management (`urn:xmpp:sm:3` stream feature): server acks of sends
+    /// ([`Capability::ServerAcks`]) and the acknowledged offline pass.
+    pub stream_management: bool,
+}
+
+/// XEP-0013 flexible offline message retrieval.
+pub const NS_FLEXIBLE_OFFLINE: &str = "http://jabber.org/protocol/offline";
+
+impl XmppServerFeatures {
+    /// What the adapter assumes without being told: carbons, MAM and stream management
+    /// (Prosody 0.12 with the modules `tests/prosody/prosody.cfg.lua` enables), no XEP-0013.
+    pub const ASSUMED: XmppServerFeatures = XmppServerFeatures {
+        carbons: true,
+        flexible_offline: false,
+        mam: true,
+        stream_management: true,
+    };
+
+    /// The features a server states: `server` is its disco#info features (the domain's),
+    /// `account` the user's bare JID's (where MAM is announced), `stream_management` whether
+    /// the stream features after login offered `urn:xmpp:sm:3`.
+    pub fn from_disco<'a>(
+        server: impl IntoIterator<Item = &'a str> + Clone,
+        account: impl IntoIterator<Item = &'a str> + Clone,
+        stream_management: bool,
+    ) -> Self {
+        let has = |ns: &str| {
+            server.clone().into_iter().any(|f| f == ns)
+                || account.clone().into_iter().any(|f| f == ns)
+        };
+        XmppServerFeatures {
+            carbons: has(ns::CARBONS),
+            flexible_offline: has(NS_FLEXIBLE_OFFLINE),
+            mam: has(ns::MAM),
+            stream_management,
+        }
+    }
+
+    /// What this configuration claims and `found` lacks, by XEP (empty: consistent).
+    pub fn missing_in(&self, found: &XmppServerFeatures) -> Vec<&'static str> {
+        [
+            (self.carbons && !found.carbons, "XEP-0280 carbons"),
+            (
+                self.flexible_offline && !found.flexible_offline,
+                "XEP-0013 flexible offline retrieval",
+            ),
+            (self.mam && !found.mam, "XEP-0313 MAM (urn:xmpp:mam:2)"),
+            (
+                self.stream_management && !found.stream_management,
+                "XEP-0198 stream management",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(missing, name)| missing.then_some(name))
+        .collect()
+    }
 }
 
 impl XmppConfig {
@@ -166,6 +273,7 @@ impl XmppConfig {
             max_message_bytes: 64 * 1024,
             multi_device: false,
             lifecycle: LifecyclePolicy::default(),
+            server: XmppServerFeatures::ASSUMED,
         }
     }
 
@@ -203,6 +311,9 @@ impl XmppConfig {
 pub struct XmppVendor {
     config: XmppConfig,
     capabilities: Capabilities,
+    /// What the server said of itself at the first login of any of this vendor's clients
+    /// (one disco#info per vendor, not per login).
+    discovered: Arc<Mutex<Option<XmppServerFeatures>>>,
 }
 
 impl XmppVendor {
@@ -212,16 +323,20 @@ impl XmppVendor {
     /// recall, edit and read markers both ways; several devices only with
     /// [`XmppConfig::multi_device`].
     pub fn new(config: XmppConfig) -> Self {
-        let devices = if config.multi_device {
-            Capability::MultiDevice
-        } else {
-            Capability::KickOnSecondLogin
-        };
-        let capabilities = Capabilities::none()
-            .with(Capability::HistoryByTime)
+        let mut capabilities = Capabilities::none();
+        // Per deployment (`XmppConfig::server`): several devices need carbons, history
+        // needs MAM on the account.
+        if !config.multi_device {
+            capabilities = capabilities.with(Capability::KickOnSecondLogin);
+        } else if config.server.carbons {
+            capabilities = capabilities.with(Capability::MultiDevice);
+        }
+        if config.server.mam {
+            capabilities = capabilities.with(Capability::HistoryByTime);
+        }
+        let capabilities = capabilities
             .with(Capability::ServerAcks)
             .with(Capability::OfflineQueue)
-            .with(devices)
             .with(Capability::Heartbeat)
             .with(Capability::ReadReceipts)
             .with(Capability::ReadReceiptEvents)
@@ -231,7 +346,14 @@ impl XmppVendor {
         Self {
             config,
             capabilities,
+            discovered: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// What the server stated at the first login of one of this vendor's clients
+    /// (disco#info on the domain and the account, and the stream features); `None` before.
+    pub fn server_features(&self) -> Option<XmppServerFeatures> {
+        *self.discovered.lock()
     }
 
     /// What every client of this vendor declares.
@@ -605,8 +727,9 @@ impl XmppClient {
                 })
                 .await
                 .map_err(io_error)?;
-            let (_features, mut stream): (_, XmppStream<Io>) =
+            let (features, mut stream): (_, XmppStream<Io>) =
                 pending.recv_features().await.map_err(io_error)?;
+            let sm_offered = features.stream_management.is_some();
             let bind_id = new_id();
             let bind = Iq::from_set(bind_id.clone(), BindQuery::new(Some(self.resource.clone())));
             stream
@@ -632,6 +755,22 @@ impl XmppClient {
                     }
                     _ => {}
                 }
+            }
+            // Before stream management (its stanza count starts at `enable`): what the
+            // deployment offers, once per vendor, checked against what it is configured with
+            // (its declared capabilities follow the configuration).
+            let cached = *self.vendor.discovered.lock();
+            if cached.is_none() {
+                let found = discover(&mut stream, &config.domain, &bare, sm_offered).await?;
+                let missing = config.server.missing_in(&found);
+                if !missing.is_empty() {
+                    return Err(E::Protocol(format!(
+                        "the server lacks {} which XmppConfig::server declares",
+                        missing.join(", ")
+                    )));
+                }
+                tracing::debug!(?found, "xmpp server features");
+                *self.vendor.discovered.lock() = Some(found);
             }
             if config.multi_device {
                 // Before stream management: its stanza count starts at `enable`, and the
@@ -680,6 +819,90 @@ impl XmppClient {
             .map_err(|_| E::Timeout(config.request_timeout * 3))??;
         Ok((stream, bare))
     }
+}
+
+/// What every history cursor this adapter hands out starts with (then the archive id of the
+/// page's oldest message). Servers differ on a cursor they never issued: Prosody refuses an
+/// unknown archive id (`item-not-found`), ejabberd answers an empty, complete page; so the
+/// adapter refuses what it did not issue itself, the same on every server.
+const CURSOR_PREFIX: &str = "mam:";
+
+/// The archive id in a history cursor this adapter issued, else `InvalidRequest`.
+fn mam_position(cursor: &crate::vendor::PageCursor) -> Result<&str> {
+    cursor
+        .0
+        .strip_prefix(CURSOR_PREFIX)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            E::InvalidRequest(format!(
+                "not a history cursor of this adapter: {:?}",
+                cursor.0
+            ))
+        })
+}
+
+/// Asks the server (`domain`) and the account (`me`) for their disco#info and reads the
+/// answers into [`XmppServerFeatures`] (`sm_offered`: the stream features had XEP-0198).
+async fn discover(
+    stream: &mut XmppStream<Io>,
+    domain: &str,
+    me: &BareJid,
+    sm_offered: bool,
+) -> Result<XmppServerFeatures> {
+    let domain: Jid = domain
+        .parse()
+        .map_err(|e| E::Protocol(format!("bad XMPP domain {domain:?}: {e}")))?;
+    let mut asked = Vec::new();
+    for to in [domain, Jid::from(me.clone())] {
+        let id = new_id();
+        let mut iq = Iq::from_get(id.clone(), DiscoInfoQuery { node: None });
+        if let Iq::Get { to: t, .. } = &mut iq {
+            *t = Some(to);
+        }
+        stream
+            .send(&XmppStreamElement::Stanza(iq.into()))
+            .await
+            .map_err(io_error)?;
+        asked.push(id);
+    }
+    let mut answers: HashMap<String, Vec<String>> = HashMap::new();
+    while answers.len() < asked.len() {
+        match next(stream).await? {
+            XmppStreamElement::Stanza(Stanza::Iq(Iq::Result { id, payload, .. }))
+                if asked.contains(&id) =>
+            {
+                answers.insert(id, disco_features(payload)?);
+            }
+            // An entity that does not answer disco#info offers nothing we can rely on.
+            XmppStreamElement::Stanza(Stanza::Iq(Iq::Error { id, .. })) if asked.contains(&id) => {
+                answers.insert(id, Vec::new());
+            }
+            _ => {}
+        }
+    }
+    let of = |i: usize| {
+        asked
+            .get(i)
+            .and_then(|id| answers.get(id))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (server, account) = (of(0), of(1));
+    Ok(XmppServerFeatures::from_disco(
+        server.iter().map(String::as_str),
+        account.iter().map(String::as_str),
+        sm_offered,
+    ))
+}
+
+/// The features of a disco#info result's payload (none without one).
+fn disco_features(payload: Option<tokio_xmpp::minidom::Element>) -> Result<Vec<String>> {
+    Ok(payload
+        .map(DiscoInfoResult::try_from)
+        .transpose()
+        .map_err(|e| E::Protocol(format!("disco#info: {e}")))?
+        .map(|r| r.features.into_iter().collect())
+        .unwrap_or_default())
 }
 
 /// The next element of a stream being set up (soft timeouts skipped).
@@ -1847,13 +2070,10 @@ impl Vendor for XmppClient {
             set: Some(SetQuery {
                 max: Some(limit as usize),
                 after: None,
-                before: Some(
-                    query
-                        .cursor
-                        .as_ref()
-                        .map(|c| c.0.clone())
-                        .unwrap_or_default(),
-                ),
+                before: Some(match &query.cursor {
+                    None => String::new(),
+                    Some(c) => mam_position(c)?.to_owned(),
+                }),
                 index: None,
             }),
             flip_page: false,
@@ -1911,7 +2131,9 @@ impl Vendor for XmppClient {
         let next = if fin.complete {
             None
         } else {
-            fin.set.first.map(|f| crate::vendor::PageCursor(f.item))
+            fin.set
+                .first
+                .map(|f| crate::vendor::PageCursor(format!("{CURSOR_PREFIX}{}", f.item)))
         };
         Ok(HistoryPage {
             messages,
@@ -1984,6 +2206,159 @@ impl Vendor for XmppClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disco#info result with `features` (the shape both servers answer with).
+    fn disco(features: &[&str]) -> tokio_xmpp::minidom::Element {
+        let vars: String = features
+            .iter()
+            .map(|f| format!("<feature var='{f}'/>"))
+            .collect();
+        format!(
+            "<query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='server' type='im' name='test'/>{vars}</query>"
+        )
+        .parse()
+        .unwrap()
+    }
+
+    fn features(server: &[&str], account: &[&str], sm: bool) -> XmppServerFeatures {
+        let server = disco_features(Some(disco(server))).unwrap();
+        let account = disco_features(Some(disco(account))).unwrap();
+        XmppServerFeatures::from_disco(
+            server.iter().map(String::as_str),
+            account.iter().map(String::as_str),
+            sm,
+        )
+    }
+
+    #[test]
+    fn disco_results_are_read_into_server_features() {
+        // ejabberd 23.01 (tests/ejabberd/ejabberd.yml), the domain's answer as seen: XEP-0013,
+        // carbons and MAM all on the domain.
+        let ejabberd = features(
+            &[
+                "http://jabber.org/protocol/disco#info",
+                "http://jabber.org/protocol/disco#items",
+                "http://jabber.org/protocol/offline",
+                "iq",
+                "msgoffline",
+                "presence",
+                "urn:xmpp:carbons:2",
+                "urn:xmpp:carbons:rules:0",
+                "urn:xmpp:mam:0",
+                "urn:xmpp:mam:1",
+                "urn:xmpp:mam:2",
+                "urn:xmpp:mam:tmp",
+                "urn:xmpp:ping",
+            ],
+            &[],
+            true,
+        );
+        assert_eq!(
+            ejabberd,
+            XmppServerFeatures {
+                carbons: true,
+                flexible_offline: true,
+                mam: true,
+                stream_management: true,
+            }
+        );
+        // Prosody 0.12 (tests/prosody/prosody.cfg.lua), the domain's answer as seen: no
+        // XEP-0013, and MAM only on the account; the assumed features.
+        let prosody = features(
+            &[
+                "jabber:iq:roster",
+                "msgoffline",
+                "urn:xmpp:carbons:rules:0",
+                "urn:xmpp:carbons:2",
+                "http://jabber.org/protocol/disco#info",
+                "http://jabber.org/protocol/disco#items",
+                "urn:xmpp:ping",
+            ],
+            &["urn:xmpp:mam:2"],
+            true,
+        );
+        assert_eq!(prosody, XmppServerFeatures::ASSUMED);
+        // MAM version 1 only is not what the adapter speaks; nothing announced, nothing had.
+        let old = features(&["urn:xmpp:carbons:2"], &["urn:xmpp:mam:1"], false);
+        assert!(!old.mam && !old.stream_management && !old.flexible_offline);
+        assert_eq!(disco_features(None).unwrap(), Vec::<String>::new());
+        assert!(matches!(
+            disco_features(Some("<query xmlns='urn:xmpp:ping'/>".parse().unwrap())),
+            Err(E::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn a_configuration_is_checked_against_what_the_server_states() {
+        let found = XmppServerFeatures::ASSUMED;
+        assert!(XmppServerFeatures::ASSUMED.missing_in(&found).is_empty());
+        let claims = XmppServerFeatures {
+            flexible_offline: true,
+            ..XmppServerFeatures::ASSUMED
+        };
+        assert_eq!(
+            claims.missing_in(&found),
+            ["XEP-0013 flexible offline retrieval"]
+        );
+        let bare = XmppServerFeatures {
+            carbons: false,
+            flexible_offline: false,
+            mam: false,
+            stream_management: false,
+        };
+        assert_eq!(XmppServerFeatures::ASSUMED.missing_in(&bare).len(), 3);
+        assert!(
+            bare.missing_in(&found).is_empty(),
+            "less than offered is fine"
+        );
+    }
+
+    #[test]
+    fn capabilities_follow_the_deployment() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let caps = |server: XmppServerFeatures, multi: bool| {
+            let mut config = XmppConfig::new(addr, "im.test");
+            config.server = server;
+            config.multi_device = multi;
+            XmppVendor::new(config).capabilities().clone()
+        };
+        let full = XmppServerFeatures::ASSUMED;
+        assert!(caps(full, true).supports(Capability::MultiDevice));
+        assert!(caps(full, false).supports(Capability::HistoryByTime));
+        let without = XmppServerFeatures {
+            carbons: false,
+            mam: false,
+            ..full
+        };
+        assert!(
+            !caps(without, true).supports(Capability::MultiDevice),
+            "several devices need carbons"
+        );
+        assert!(
+            !caps(without, false).supports(Capability::HistoryByTime),
+            "history needs MAM"
+        );
+        assert!(caps(without, false).supports(Capability::KickOnSecondLogin));
+    }
+
+    #[test]
+    fn only_cursors_this_adapter_issued_are_taken() {
+        use crate::vendor::PageCursor;
+        assert_eq!(
+            mam_position(&PageCursor("mam:1700000000123456".into())),
+            Ok("1700000000123456")
+        );
+        for bad in ["garbage", "mam:", "", "1700000000123456"] {
+            assert!(
+                matches!(
+                    mam_position(&PageCursor(bad.into())),
+                    Err(E::InvalidRequest(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     fn at(id: &str, millis: i64) -> Message {
         let (a, b) = (UserId::new("a"), UserId::new("b"));

@@ -62,7 +62,20 @@ fn columns() -> Vec<Column> {
                 ..MemoryVendorConfig::default()
             },
         ),
-        xmpp("xmpp (Prosody)", config.clone()),
+        xmpp(
+            "xmpp (Prosody)",
+            XmppConfig {
+                server: crate::harness::PROSODY.features,
+                ..config.clone()
+            },
+        ),
+        xmpp(
+            "xmpp (ejabberd)",
+            XmppConfig {
+                server: crate::harness::EJABBERD.features,
+                ..config.clone()
+            },
+        ),
         xmpp(
             "xmpp: resource per device, carbons",
             config.with_multi_device(),
@@ -143,7 +156,8 @@ pub fn adapter_sources(target: Target) -> &'static [&'static str] {
             "crates/im-service/src/reference.rs",
             "crates/im-service/src/reference",
         ],
-        Target::Xmpp => &["crates/im-service/src/xmpp.rs"],
+        // One adapter for every XMPP server.
+        Target::Xmpp | Target::XmppEjabberd => &["crates/im-service/src/xmpp.rs"],
     }
 }
 

@@ -52,6 +52,9 @@ pub enum ProxyError {
         /// How long the proxy waited.
         timeout: Duration,
     },
+    /// Started outside a tokio runtime (it has no task to run its connections in).
+    #[error("the fault proxy must be started inside a tokio runtime")]
+    NoRuntime,
     /// Reading or writing one side of a proxied connection failed.
     #[error("proxied connection: {0}")]
     Io(#[source] io::Error),
@@ -96,9 +99,9 @@ pub struct ProxyStats {
     pub upstream_failed: u64,
     /// Connections open right now.
     pub open: u64,
-    /// Bytes forwarded client → upstream.
+    /// Bytes forwarded client → upstream (counted as each write starts).
     pub bytes_to_upstream: u64,
-    /// Bytes forwarded upstream → client.
+    /// Bytes forwarded upstream → client (counted as each write starts).
     pub bytes_to_client: u64,
 }
 
@@ -199,10 +202,24 @@ impl FaultProxy {
         upstream: SocketAddr,
         config: ProxyConfig,
     ) -> Result<FaultProxy, ProxyError> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
+        Self::start_now(upstream, config)
+    }
+
+    /// [`FaultProxy::start_with`] for synchronous callers (a harness constructor): binding
+    /// a listener does not wait, only spawning needs the runtime, so this must be called
+    /// from inside a tokio runtime ([`ProxyError::NoRuntime`] otherwise).
+    pub fn start_now(upstream: SocketAddr, config: ProxyConfig) -> Result<FaultProxy, ProxyError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ProxyError::NoRuntime)?;
+        let std_listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(ProxyError::Bind)?;
-        let addr = listener.local_addr().map_err(ProxyError::Bind)?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(ProxyError::Bind)?;
+        let addr = std_listener.local_addr().map_err(ProxyError::Bind)?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(std_listener).map_err(ProxyError::Bind)?
+        };
         let shared = Arc::new(Shared {
             upstream,
             config,
@@ -216,10 +233,10 @@ impl FaultProxy {
             cancel: CancellationToken::new(),
         });
         let tracker = TaskTracker::new();
-        tracker.spawn(
-            accept_loop(listener, shared.clone(), tracker.clone())
-                .instrument(tracing::info_span!("fault_proxy", %addr, %upstream)),
-        );
+        let accept = accept_loop(listener, shared.clone(), tracker.clone())
+            .instrument(tracing::info_span!("fault_proxy", %addr, %upstream));
+        let _entered = runtime.enter();
+        tracker.spawn(accept);
         tracing::info!(%addr, %upstream, "fault proxy listening");
         Ok(FaultProxy {
             addr,
@@ -531,14 +548,16 @@ async fn direction(
                 b.used += allowed;
                 (allowed as usize, cut)
             };
-            to.write_all(&chunk.data[..allowed])
-                .await
-                .map_err(|e| End::Failed(ProxyError::Io(e)))?;
+            // Counted before the write: once a peer has the bytes, the stats show them (a
+            // test reading the stats right after a reply must see the reply counted).
             let counter = match dir {
                 Dir::ToUpstream => &shared.counters.to_upstream,
                 Dir::ToClient => &shared.counters.to_client,
             };
             counter.fetch_add(allowed as u64, Ordering::SeqCst);
+            to.write_all(&chunk.data[..allowed])
+                .await
+                .map_err(|e| End::Failed(ProxyError::Io(e)))?;
             if cut {
                 let _ = to.flush().await;
                 return Err(End::Cut);

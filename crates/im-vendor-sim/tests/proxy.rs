@@ -154,6 +154,9 @@ async fn blackhole_holds_everything_then_releases_in_order() {
     assert_eq!(&back, b"one two", "blackhole: held bytes released in order");
 }
 
+/// Real time, short delays: under paused time the runtime would auto-advance to the
+/// proxy's due time whenever it waits on loopback I/O, so the measured round trip would
+/// prove nothing. The outage test below needs no such wait and runs paused.
 #[tokio::test]
 async fn delay_holds_each_chunk_and_keeps_order() {
     let echo = echo().await;
@@ -381,4 +384,14 @@ async fn shutdown_waits_for_every_task() {
         .expect("shutdown within the deadline");
     assert!(read_to_close(&mut s).await.is_empty());
     assert_eq!(ProxyStats::default().open, 0);
+}
+
+#[test]
+fn starting_outside_a_runtime_is_a_typed_error() {
+    let upstream = SocketAddr::from(([127, 0, 0, 1], 9));
+    let err = FaultProxy::start_now(upstream, ProxyConfig::default()).expect_err("no runtime");
+    assert!(
+        matches!(err, im_vendor_sim::ProxyError::NoRuntime),
+        "{err:?}"
+    );
 }

@@ -305,6 +305,16 @@ impl Connection {
                             ));
                         }
                         Some(Ok(ServerFrame::Welcome { .. } | ServerFrame::WelcomeV2 { .. })) => {}
+                        // The stream ended inside a frame: the connection broke mid-frame (a
+                        // network cut), which a new connection can cure — not a malformed
+                        // answer. Reported as lost, so a request in flight is retried (its
+                        // client id makes a resent message count once) instead of failing
+                        // for good.
+                        Some(Err(E::Codec(CodecError::Truncated))) => {
+                            break ended.unwrap_or_else(|| {
+                                E::ConnectionLost("the connection broke inside a frame".into())
+                            })
+                        }
                         Some(Err(e)) => break ended.unwrap_or(e),
                         None => break ended.unwrap_or_else(|| E::ConnectionLost("closed by server".into())),
                     }

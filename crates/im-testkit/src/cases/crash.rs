@@ -13,7 +13,7 @@ use im_service::Capability as C;
 
 use super::{Case, Category, FailureClass, HarnessNeed, Layer, Target};
 use crate::crash::{Account, CrashConfig, run_campaign, seed_from_env};
-use crate::harness::{VendorHarness, XMPP_DOMAIN, XmppHarness, prosody_addr};
+use crate::harness::{VendorHarness, XmppHarness};
 
 /// Kill points of one case: enough to land in every phase, small enough for the runner's
 /// time limit. The soak is `cargo xtask crash --runs N`.
@@ -47,15 +47,16 @@ async fn config(target: Target) -> CrashConfig {
             KILL_POINTS,
             seed,
         ),
-        Target::Xmpp => {
-            let h = XmppHarness::start(Default::default());
+        Target::Xmpp | Target::XmppEjabberd => {
+            let server = target.xmpp_server().unwrap_or(&crate::harness::PROSODY);
+            let h = XmppHarness::start_on(server, Default::default());
             let sender = h.user("crash-sender").await;
             let receiver = h.user("crash-receiver").await;
             let account =
                 |c: &im_service::Credentials| Account::new(c.user.as_str(), c.token.expose());
             CrashConfig::xmpp(
-                prosody_addr(),
-                XMPP_DOMAIN,
+                server.addr(),
+                server.domain,
                 account(&sender),
                 account(&receiver),
                 client,

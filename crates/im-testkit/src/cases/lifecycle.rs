@@ -721,7 +721,9 @@ async fn archive_follows_changes(target: super::Target) {
             archive_case(&h, dispatcher.stats(), &archive, &store).await;
             dispatcher.shutdown().await;
         }
-        super::Target::Xmpp => unreachable!("n/a by HarnessNeed::VendorCallbacks"),
+        super::Target::Xmpp | super::Target::XmppEjabberd => {
+            unreachable!("n/a by HarnessNeed::VendorCallbacks")
+        }
     }
     archive.shutdown().await;
 }

@@ -15,6 +15,7 @@ mod bad_input;
 mod crash;
 mod gate;
 mod lifecycle;
+mod network;
 mod qc;
 mod resilience;
 mod service;
@@ -58,6 +59,10 @@ pub enum HarnessNeed {
     /// archive (the reference server, and the memory vendor through the same dispatcher;
     /// Prosody has no callbacks).
     VendorCallbacks,
+    /// The harness puts a [`FaultProxy`](crate::FaultProxy) between every client and the
+    /// vendor ([`crate::harness::VendorHarness::network`]): every vendor reached over a
+    /// network; the in-process memory vendor has none.
+    NetworkFaults,
 }
 
 /// A vendor the suite can run against.
@@ -70,11 +75,19 @@ pub enum Target {
     Reference,
     /// A real Prosody (XMPP) on `IM_PROSODY_ADDR`, started by `tests/prosody/prosody.sh`.
     Xmpp,
+    /// A real ejabberd on `IM_EJABBERD_ADDR`, started by `tests/ejabberd/ejabberd.sh`: the
+    /// same XMPP adapter as [`Target::Xmpp`] on a second server.
+    XmppEjabberd,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 3] = [Target::Memory, Target::Reference, Target::Xmpp];
+    pub const ALL: [Target; 4] = [
+        Target::Memory,
+        Target::Reference,
+        Target::Xmpp,
+        Target::XmppEjabberd,
+    ];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -82,6 +95,16 @@ impl Target {
             Target::Memory => "memory",
             Target::Reference => "reference",
             Target::Xmpp => "xmpp",
+            Target::XmppEjabberd => "xmpp-ejabberd",
+        }
+    }
+
+    /// The XMPP server of an XMPP target (`None` for the others).
+    pub fn xmpp_server(self) -> Option<&'static crate::harness::XmppServer> {
+        match self {
+            Target::Xmpp => Some(&crate::harness::PROSODY),
+            Target::XmppEjabberd => Some(&crate::harness::EJABBERD),
+            Target::Memory | Target::Reference => None,
         }
     }
 
@@ -109,11 +132,11 @@ impl Target {
                     .supported()
                     .fold(single.capabilities().clone(), |caps, c| caps.with(c))
             }
-            Target::Xmpp => {
-                let mut config = im_service::xmpp::XmppConfig::new(
-                    crate::harness::prosody_addr(),
-                    crate::harness::XMPP_DOMAIN,
-                );
+            Target::Xmpp | Target::XmppEjabberd => {
+                // The deployment's configured features (`XmppServer::features`), which
+                // every login checks against the server's disco#info.
+                let server = self.xmpp_server().unwrap_or(&crate::harness::PROSODY);
+                let mut config = server.xmpp_config();
                 config.max_message_bytes =
                     crate::harness::ContractConfig::default().max_message_bytes;
                 // As for the other targets: what any configuration declares (one resource
@@ -133,13 +156,19 @@ impl Target {
     pub fn up(self) -> Result<(), String> {
         match self {
             Target::Memory | Target::Reference => Ok(()),
-            Target::Xmpp => {
-                if crate::harness::prosody_running() {
+            Target::Xmpp | Target::XmppEjabberd => {
+                let Some(server) = self.xmpp_server() else {
+                    return Ok(());
+                };
+                if server.running() {
                     Ok(())
                 } else {
                     Err(format!(
-                        "no Prosody at {}: tests/prosody/prosody.sh start, then set IM_PROSODY_ADDR",
-                        crate::harness::prosody_addr()
+                        "no {} at {}: `{} start`, then set {}",
+                        server.name,
+                        server.addr(),
+                        server.script,
+                        server.addr_var
                     ))
                 }
             }
@@ -151,7 +180,9 @@ impl Target {
     pub fn required(self) -> bool {
         match self {
             Target::Memory | Target::Reference => true,
-            Target::Xmpp => std::env::var_os("IM_REQUIRE_PROSODY").is_some(),
+            Target::Xmpp | Target::XmppEjabberd => self
+                .xmpp_server()
+                .is_some_and(|s| std::env::var_os(s.require_var).is_some()),
         }
     }
 
@@ -163,8 +194,11 @@ impl Target {
                 HarnessNeed::VendorClock,
                 HarnessNeed::VendorProcess,
                 HarnessNeed::VendorCallbacks,
+                HarnessNeed::NetworkFaults,
             ],
-            Target::Xmpp => &[HarnessNeed::VendorProcess],
+            Target::Xmpp | Target::XmppEjabberd => {
+                &[HarnessNeed::VendorProcess, HarnessNeed::NetworkFaults]
+            }
         }
     }
 }
@@ -185,6 +219,13 @@ macro_rules! on_target {
                 ($f)($crate::harness::ReferenceHarness::start($config).await).await
             }
             $crate::cases::Target::Xmpp => ($f)($crate::harness::XmppHarness::start($config)).await,
+            $crate::cases::Target::XmppEjabberd => {
+                ($f)($crate::harness::XmppHarness::start_on(
+                    &$crate::harness::EJABBERD,
+                    $config,
+                ))
+                .await
+            }
         }
     };
 }
@@ -333,6 +374,7 @@ pub fn catalogue() -> Vec<Case> {
         .chain(crash::cases())
         .chain(lifecycle::cases())
         .chain(qc::cases())
+        .chain(network::cases())
         .collect();
     all.sort_by_key(|c| c.id);
     all

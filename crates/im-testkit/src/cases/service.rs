@@ -4,7 +4,6 @@
 //! adapter, XMPP included, runs the same checks as the library.
 
 use super::{Case, Target};
-use crate::harness::prosody_or_skip;
 
 /// The vendor contract suite: one row per scenario of [`crate::contract`], wired once.
 ///
@@ -248,10 +247,12 @@ pub(super) fn cases() -> Vec<Case> {
 /// [`vendor_contract_tests!`](crate::vendor_contract_tests) generates calls this. Panics when
 /// a check fails. Returns early, printing why on stderr, when the target cannot run the case:
 /// it is not applicable there (the case library reports it so too), or the target is XMPP and
-/// no Prosody answers ([`prosody_or_skip`], which panics instead under
-/// `IM_REQUIRE_PROSODY`).
+/// its server does not answer ([`XmppServer::or_skip`](crate::harness::XmppServer::or_skip),
+/// which panics instead under the server's `IM_REQUIRE_…`).
 pub async fn run_contract_case(target: Target, id: &str) {
-    if target == Target::Xmpp && !prosody_or_skip() {
+    if let Some(server) = target.xmpp_server()
+        && !server.or_skip()
+    {
         return;
     }
     let Some(case) = cases().into_iter().find(|c| c.id == id) else {

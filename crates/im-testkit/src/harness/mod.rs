@@ -11,7 +11,7 @@ use im_service::memory::{MemoryClient, MemoryVendor, MemoryVendorConfig, VendorO
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{Clock, Credentials, GroupId, ManualClock, ServiceError, Token, UserId, Vendor};
 
-use im_vendor_sim::{ReferenceServer, ServerConfig};
+use im_vendor_sim::{FaultProxy, ReferenceServer, ServerConfig};
 
 /// Settings every harness applies when it builds its vendor, so one suite can assert exact
 /// limits against every adapter.
@@ -91,6 +91,13 @@ pub trait VendorHarness: Send + Sync + 'static {
     /// Where the vendor's wire protocol listens, for cases that write raw bytes to it;
     /// `None` for an in-process vendor.
     fn wire_addr(&self) -> Option<SocketAddr>;
+
+    /// The fault-injecting proxy every client of this harness connects through
+    /// ([`HarnessNeed::NetworkFaults`](crate::cases::HarnessNeed::NetworkFaults)); `None`
+    /// when there is no network between client and vendor (the in-process memory vendor).
+    fn network(&self) -> Option<&FaultProxy> {
+        None
+    }
 }
 
 /// [`VendorHarness`] for the in-process [`MemoryVendor`] on a manual clock.
@@ -163,13 +170,17 @@ impl VendorHarness for MemoryHarness {
 }
 
 /// [`VendorHarness`] for the reference vendor over TCP on 127.0.0.1: a real server in the
-/// test process, reached through the `reference` adapter.
+/// test process, reached through the `reference` adapter. Clients connect through a
+/// [`FaultProxy`] (network faults, as on a real vendor); administration and raw-frame cases
+/// go to the server directly.
 #[derive(Debug)]
 pub struct ReferenceHarness {
     /// The running server (administration, faults, clock).
     pub server: ReferenceServer,
-    /// The adapter, discovered from the server.
+    /// The adapter, discovered through the proxy: its clients connect through it.
     pub vendor: ReferenceVendor,
+    /// The proxy between the clients and the server.
+    pub proxy: FaultProxy,
     config: ContractConfig,
 }
 
@@ -186,14 +197,19 @@ impl ReferenceHarness {
             Ok(s) => s,
             Err(e) => panic!("cannot start the reference vendor: {e}"),
         };
-        let vendor =
-            match ReferenceVendor::discover(server.addr(), ReferenceConfig::default()).await {
-                Ok(v) => v,
-                Err(e) => panic!("cannot discover the reference vendor: {e}"),
-            };
+        let proxy = match FaultProxy::start(server.addr()).await {
+            Ok(p) => p,
+            Err(e) => panic!("cannot start the fault proxy: {e}"),
+        };
+        let vendor = match ReferenceVendor::discover(proxy.addr(), ReferenceConfig::default()).await
+        {
+            Ok(v) => v,
+            Err(e) => panic!("cannot discover the reference vendor: {e}"),
+        };
         Self {
             server,
             vendor,
+            proxy,
             config,
         }
     }
@@ -247,10 +263,15 @@ impl VendorHarness for ReferenceHarness {
     fn wire_addr(&self) -> Option<SocketAddr> {
         Some(self.server.addr())
     }
+
+    fn network(&self) -> Option<&FaultProxy> {
+        Some(&self.proxy)
+    }
 }
 
 mod xmpp;
 
 pub use xmpp::{
-    XMPP_DOMAIN, XmppHarness, prosody_addr, prosody_or_skip, prosody_running, register_xmpp_user,
+    EJABBERD, PROSODY, XMPP_DOMAIN, XmppHarness, XmppServer, prosody_addr, prosody_or_skip,
+    prosody_running, register_xmpp_user,
 };
