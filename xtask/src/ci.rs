@@ -65,7 +65,7 @@ impl Steps {
 }
 
 /// The vendor targets of the case library CI runs, in order.
-pub const CASE_TARGETS: &[&str] = &["memory", "reference", "xmpp", "xmpp-ejabberd"];
+pub const CASE_TARGETS: &[&str] = &["memory", "reference", "xmpp", "xmpp-ejabberd", "matrix"];
 
 /// The fewest cases an essential run may report (the check that the JUnit file is not a
 /// truncated or empty run).

@@ -15,7 +15,8 @@
 //! store's lock on open ([`lock_wait`]); and, behind cargo
 //! features, the vendor adapters: `memory` (`memory::MemoryVendor`, a complete in-process
 //! vendor), `reference` (`reference::ReferenceVendor`, the client of the reference vendor's
-//! TCP protocol), `xmpp` (`xmpp::XmppVendor`, for XMPP servers such as Prosody), `mock`
+//! TCP protocol), `xmpp` (`xmpp::XmppVendor`, for XMPP servers such as Prosody), `matrix`
+//! (`matrix::MatrixVendor`, for Matrix homeservers such as Synapse), `mock`
 //! (`MockVendor`, a mockall mock of the trait), and `webhook` (signed vendor callbacks).
 //!
 //! Invariant: this crate never depends on any other im-layers crate. Higher layers
@@ -39,6 +40,8 @@ pub mod codec;
 pub mod error;
 mod lifecycle;
 pub mod lock_wait;
+#[cfg(feature = "matrix")]
+pub mod matrix;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod model;

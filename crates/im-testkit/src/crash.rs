@@ -723,6 +723,13 @@ pub enum CrashVendor {
         /// Its domain.
         domain: String,
     },
+    /// A running Matrix homeserver (Synapse) whose accounts exist already.
+    Matrix {
+        /// Its client-API port (plain HTTP).
+        addr: SocketAddr,
+        /// Its server name.
+        server_name: String,
+    },
 }
 
 impl CrashVendor {
@@ -731,6 +738,7 @@ impl CrashVendor {
         match self {
             CrashVendor::Reference => "reference",
             CrashVendor::Xmpp { .. } => "xmpp",
+            CrashVendor::Matrix { .. } => "matrix",
         }
     }
 }
@@ -823,6 +831,34 @@ impl CrashConfig {
                 addr,
                 domain: domain.into(),
             },
+            sender,
+            receiver,
+            PathBuf::new(),
+            client,
+            kill_points,
+            seed,
+        );
+        config.sender_pace_ms = 80;
+        config.max_messages = u64::from(kill_points.max(10)) * 10;
+        config
+    }
+
+    /// A campaign on a Matrix homeserver with existing accounts, paced like XMPP's.
+    pub fn matrix(
+        addr: SocketAddr,
+        server_name: impl Into<String>,
+        sender: Account,
+        receiver: Account,
+        client: PathBuf,
+        kill_points: u32,
+        seed: u64,
+    ) -> Self {
+        let vendor = CrashVendor::Matrix {
+            addr,
+            server_name: server_name.into(),
+        };
+        let mut config = Self::new(
+            vendor,
             sender,
             receiver,
             PathBuf::new(),
@@ -1183,7 +1219,7 @@ impl Campaign<'_> {
 
     fn start_vendor(&mut self) -> Result<(), String> {
         match &self.cfg.vendor {
-            CrashVendor::Xmpp { addr, .. } => {
+            CrashVendor::Xmpp { addr, .. } | CrashVendor::Matrix { addr, .. } => {
                 self.vendor_addr = Some(*addr);
                 Ok(())
             }
@@ -1277,6 +1313,12 @@ impl Campaign<'_> {
                 "xmpp".into(),
                 "--domain".into(),
                 domain.clone(),
+            ]),
+            CrashVendor::Matrix { server_name, .. } => args.extend([
+                "--vendor".into(),
+                "matrix".into(),
+                "--domain".into(),
+                server_name.clone(),
             ]),
         }
         Ok(args)

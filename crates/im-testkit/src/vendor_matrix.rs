@@ -158,6 +158,7 @@ pub fn adapter_sources(target: Target) -> &'static [&'static str] {
         ],
         // One adapter for every XMPP server.
         Target::Xmpp | Target::XmppEjabberd => &["crates/im-service/src/xmpp.rs"],
+        Target::Matrix => &["crates/im-service/src/matrix.rs"],
     }
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use im_arch::{ClientConfig, ImClient, SendStatus, SledStore};
+use im_service::matrix::{MatrixConfig, MatrixVendor};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::xmpp::{XmppConfig, XmppVendor};
 use im_service::{
@@ -40,6 +41,7 @@ use tokio::sync::watch;
 enum VendorKind {
     Reference,
     Xmpp,
+    Matrix,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,7 +61,7 @@ struct Args {
     /// The vendor's address.
     #[arg(long)]
     addr: SocketAddr,
-    /// XMPP domain.
+    /// XMPP domain (Matrix: the server name).
     #[arg(long, default_value = "im.test")]
     domain: String,
     /// This client's account.
@@ -153,6 +155,10 @@ async fn vendor(args: &Args) -> Result<Arc<dyn Vendor>> {
         }
         VendorKind::Xmpp => {
             Arc::new(XmppVendor::new(XmppConfig::new(args.addr, &args.domain)).client())
+        }
+        VendorKind::Matrix => {
+            let config = MatrixConfig::new(format!("http://{}", args.addr), &args.domain);
+            Arc::new(MatrixVendor::new(config).client())
         }
     })
 }

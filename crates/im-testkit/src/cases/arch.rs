@@ -257,11 +257,11 @@ async fn online_pair<H: VendorHarness>(
 async fn filter_by_conversation<H: VendorHarness>(h: H) {
     let (client, mut all, a, conv) = online_pair(&h).await;
     let carol = h.user("carol").await;
-    h.group(
-        "team",
-        &[UserId::new("alice"), UserId::new("bob"), carol.user.clone()],
-    )
-    .await;
+    // The pair's registered ids (a harness may suffix the names it is given).
+    let ConversationId::Direct { low, high } = conv.clone() else {
+        unreachable!("online_pair gives a direct conversation")
+    };
+    h.group("team", &[low, high, carol.user.clone()]).await;
     let team = ConversationId::group("team");
     let mut screen = client.subscribe_with(
         Filter::of([EventKind::Message]).in_conversations([conv.clone()]),

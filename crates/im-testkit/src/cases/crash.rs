@@ -13,7 +13,7 @@ use im_service::Capability as C;
 
 use super::{Case, Category, FailureClass, HarnessNeed, Layer, Target};
 use crate::crash::{Account, CrashConfig, run_campaign, seed_from_env};
-use crate::harness::{VendorHarness, XmppHarness};
+use crate::harness::{MATRIX_SERVER_NAME, MatrixHarness, VendorHarness, XmppHarness};
 
 /// Kill points of one case: enough to land in every phase, small enough for the runner's
 /// time limit. The soak is `cargo xtask crash --runs N`.
@@ -65,6 +65,27 @@ async fn config(target: Target) -> CrashConfig {
             )
         }
         Target::Memory => unreachable!("CRASH cases need VendorProcess, which memory lacks"),
+        Target::Matrix => {
+            let h = MatrixHarness::start(Default::default());
+            let sender = h.user("crash-sender").await;
+            let receiver = h.user("crash-receiver").await;
+            let account =
+                |c: &im_service::Credentials| Account::new(c.user.as_str(), c.token.expose());
+            let url = crate::harness::synapse_url();
+            let addr = url
+                .strip_prefix("http://")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("IM_SYNAPSE_URL={url:?} is not http://host:port"));
+            CrashConfig::matrix(
+                addr,
+                MATRIX_SERVER_NAME,
+                account(&sender),
+                account(&receiver),
+                client,
+                KILL_POINTS,
+                seed,
+            )
+        }
     }
 }
 

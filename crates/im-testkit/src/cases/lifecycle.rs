@@ -721,7 +721,7 @@ async fn archive_follows_changes(target: super::Target) {
             archive_case(&h, dispatcher.stats(), &archive, &store).await;
             dispatcher.shutdown().await;
         }
-        super::Target::Xmpp | super::Target::XmppEjabberd => {
+        super::Target::Xmpp | super::Target::XmppEjabberd | super::Target::Matrix => {
             unreachable!("n/a by HarnessNeed::VendorCallbacks")
         }
     }

@@ -78,15 +78,18 @@ pub enum Target {
     /// A real ejabberd on `IM_EJABBERD_ADDR`, started by `tests/ejabberd/ejabberd.sh`: the
     /// same XMPP adapter as [`Target::Xmpp`] on a second server.
     XmppEjabberd,
+    /// A real Synapse (Matrix) at `IM_SYNAPSE_URL`, started by `tests/synapse/synapse.sh`.
+    Matrix,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Memory,
         Target::Reference,
         Target::Xmpp,
         Target::XmppEjabberd,
+        Target::Matrix,
     ];
 
     /// The name used on the command line.
@@ -96,6 +99,7 @@ impl Target {
             Target::Reference => "reference",
             Target::Xmpp => "xmpp",
             Target::XmppEjabberd => "xmpp-ejabberd",
+            Target::Matrix => "matrix",
         }
     }
 
@@ -104,7 +108,7 @@ impl Target {
         match self {
             Target::Xmpp => Some(&crate::harness::PROSODY),
             Target::XmppEjabberd => Some(&crate::harness::EJABBERD),
-            Target::Memory | Target::Reference => None,
+            Target::Memory | Target::Reference | Target::Matrix => None,
         }
     }
 
@@ -148,6 +152,28 @@ impl Target {
                     .supported()
                     .fold(single.capabilities().clone(), |caps, c| caps.with(c))
             }
+            Target::Matrix => {
+                // What any configuration declares: one shared device, or a device per
+                // handle (`MultiDevice`).
+                use crate::harness::{ContractConfig, MatrixHarness};
+                let url = crate::harness::synapse_url();
+                let single = ContractConfig::default();
+                let multi = ContractConfig {
+                    multi_device: true,
+                    ..ContractConfig::default()
+                };
+                let vendor = |c: &ContractConfig| {
+                    im_service::matrix::MatrixVendor::new(MatrixHarness::matrix_config(
+                        c, &url, "im-",
+                    ))
+                };
+                vendor(&multi)
+                    .capabilities()
+                    .supported()
+                    .fold(vendor(&single).capabilities().clone(), |caps, c| {
+                        caps.with(c)
+                    })
+            }
         }
     }
 
@@ -156,6 +182,16 @@ impl Target {
     pub fn up(self) -> Result<(), String> {
         match self {
             Target::Memory | Target::Reference => Ok(()),
+            Target::Matrix => {
+                if crate::harness::synapse_running() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no Synapse at {}: `tests/synapse/synapse.sh start`, then set IM_SYNAPSE_URL",
+                        crate::harness::synapse_url()
+                    ))
+                }
+            }
             Target::Xmpp | Target::XmppEjabberd => {
                 let Some(server) = self.xmpp_server() else {
                     return Ok(());
@@ -180,6 +216,7 @@ impl Target {
     pub fn required(self) -> bool {
         match self {
             Target::Memory | Target::Reference => true,
+            Target::Matrix => std::env::var_os("IM_REQUIRE_SYNAPSE").is_some(),
             Target::Xmpp | Target::XmppEjabberd => self
                 .xmpp_server()
                 .is_some_and(|s| std::env::var_os(s.require_var).is_some()),
@@ -199,6 +236,7 @@ impl Target {
             Target::Xmpp | Target::XmppEjabberd => {
                 &[HarnessNeed::VendorProcess, HarnessNeed::NetworkFaults]
             }
+            Target::Matrix => &[HarnessNeed::VendorProcess],
         }
     }
 }
@@ -225,6 +263,9 @@ macro_rules! on_target {
                     $config,
                 ))
                 .await
+            }
+            $crate::cases::Target::Matrix => {
+                ($f)($crate::harness::MatrixHarness::start($config)).await
             }
         }
     };

@@ -4,6 +4,7 @@
 //! adapter, XMPP included, runs the same checks as the library.
 
 use super::{Case, Target};
+use crate::harness::synapse_or_skip;
 
 /// The vendor contract suite: one row per scenario of [`crate::contract`], wired once.
 ///
@@ -248,11 +249,15 @@ pub(super) fn cases() -> Vec<Case> {
 /// a check fails. Returns early, printing why on stderr, when the target cannot run the case:
 /// it is not applicable there (the case library reports it so too), or the target is XMPP and
 /// its server does not answer ([`XmppServer::or_skip`](crate::harness::XmppServer::or_skip),
-/// which panics instead under the server's `IM_REQUIRE_…`).
+/// which panics instead under the server's `IM_REQUIRE_…`); likewise for Matrix and
+/// Synapse ([`synapse_or_skip`], `IM_REQUIRE_SYNAPSE`).
 pub async fn run_contract_case(target: Target, id: &str) {
     if let Some(server) = target.xmpp_server()
         && !server.or_skip()
     {
+        return;
+    }
+    if target == Target::Matrix && !synapse_or_skip() {
         return;
     }
     let Some(case) = cases().into_iter().find(|c| c.id == id) else {

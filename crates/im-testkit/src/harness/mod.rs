@@ -275,3 +275,10 @@ pub use xmpp::{
     EJABBERD, PROSODY, XMPP_DOMAIN, XmppHarness, XmppServer, prosody_addr, prosody_or_skip,
     prosody_running, register_xmpp_user,
 };
+
+mod matrix;
+
+pub use matrix::{
+    MATRIX_SERVER_NAME, MatrixHarness, register_matrix_user, synapse_or_skip, synapse_running,
+    synapse_url,
+};

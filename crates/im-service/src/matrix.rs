@@ -1,0 +1,2014 @@
+//! `MatrixVendor`/`MatrixClient`: the [`Vendor`] adapter for Matrix homeservers (tested
+//! against Synapse 1.163 on loopback; feature `matrix`).
+//!
+//! Built on `ruma`'s client-API request and response types sent over `reqwest` (plain HTTP
+//! on loopback only, no TLS stack), not on `matrix-sdk`, whose own sync loop, send queue,
+//! crypto and store would duplicate `im-arch`. Every response body is read up to
+//! [`MatrixConfig::max_response_bytes`]; a larger or malformed one is a typed error.
+//!
+//! Mapping of the contract:
+//! * accounts: a [`Credentials`] `user` is the Matrix localpart on
+//!   [`MatrixConfig::server_name`], its token the password (`m.login.password`). Every login
+//!   names a device id ([`DevicePolicy`]): with [`DevicePolicy::Shared`] (the default) all
+//!   handles of a user are one Matrix device, so a transaction id (= the client message id)
+//!   stays idempotent across reconnects and restarts, and a login first ends the device's
+//!   other sessions (a throwaway session deletes the device with the password; the server
+//!   keeps transaction ids by device id): the previous handle learns it is
+//!   `Kicked(LoggedInElsewhere)` from `M_UNKNOWN_TOKEN`, asked every
+//!   [`MatrixConfig::session_check`] ([`Capability::KickOnSecondLogin`], as a fixed XMPP
+//!   resource). With [`DevicePolicy::PerHandle`] each handle is
+//!   its own device for its life: several devices at once ([`Capability::MultiDevice`]);
+//!   my sends reach my other devices as mine;
+//! * direct conversation = a room listed for the peer in my `m.direct` account data, else
+//!   one created with `is_direct` and the peer invited. Invites are joined automatically
+//!   (and direct ones added to `m.direct`). When both sides created a room at once, both
+//!   rooms map to the same conversation, and sends go to the lowest room id among the
+//!   peer's direct rooms, which both sides converge on;
+//! * group = a room whose canonical alias is `#{group_alias_prefix}{group id}:{server}`
+//!   (characters outside `[a-z0-9._-]` as `=hh`); creating one is administration
+//!   ([`MatrixClient::create_group`], [`MatrixClient::join_group`]). A room is mapped to its
+//!   conversation by alias, else by `m.direct`, else by its two members;
+//! * ACK-online: the offline position is the `/sync` `next_batch` token, kept in account
+//!   data per device (`im.layers.position.<device>`), so it survives restarts.
+//!   `pull_offline` runs one pass of syncs from it (joining invites, filling limited
+//!   timelines with `/messages` back to the position) and hands the messages out newest
+//!   first; once every batch is acknowledged the pass's token becomes the position.
+//!   `go_online` starts a long-poll `/sync` task owned by the handle, which pushes events
+//!   and moves the position past what it delivered. My own messages are never offline
+//!   messages, and are pushed only from my other devices;
+//! * order: no gap-free sequences. Lists are in the server's stream order (within a room)
+//!   and merged across rooms by `origin_server_ts`, the message's time;
+//! * history: `/messages` backwards, a time range starting at the event
+//!   `timestamp_to_event` (v1) finds before its end; cursors are `/messages` tokens with a
+//!   count of messages to skip;
+//! * send: `PUT /send/m.room.message/{client id}` (the server answers a repeated
+//!   transaction with the first event); the server id is the event id, the time its
+//!   `origin_server_ts`. A resend of a client id this handle has tried is `duplicate`;
+//! * lifecycle: recall = redaction, edit = an `m.replace` relation, both sender-only and
+//!   checked here with [`LifecyclePolicy::check`] (the server would let a room admin redact
+//!   anything: a change by someone else than the sender is ignored on receipt). Revisions
+//!   come from the change's time, as for XMPP. Offline and history pulls return current
+//!   state (redacted events, the server's bundled latest edit). No delete-for-me, no
+//!   change feed;
+//! * read state: `m.read` receipts both ways (echoes of this handle's own are dropped);
+//! * errors: `M_LIMIT_EXCEEDED` → `RateLimited` (`retry_after_ms`, else 1 s),
+//!   `M_UNKNOWN_TOKEN` → `TokenExpired` (soft logout) or `Kicked(Admin)`, `M_FORBIDDEN`/
+//!   `M_NOT_FOUND` on a room → `NotMember`, 400s → `InvalidRequest`, HTTP timeouts →
+//!   `Timeout`, refused connections → `Unavailable`, other server errors → `Server`;
+//! * heartbeat: a timed `/account/whoami`. No token expiry (passwords do not expire).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use ruma::api::client::{
+    account::whoami, alias::get_alias, config::get_global_account_data,
+    config::set_global_account_data, context::get_context, filter::FilterDefinition,
+    membership::join_room_by_id, membership::joined_rooms, message::get_message_events,
+    message::send_message_event, profile::get_profile, receipt::create_receipt,
+    redact::redact_event, room::create_room, room::get_event_by_timestamp, room::get_room_event,
+    session::login, session::logout, sync::sync_events, uiaa::MatrixUserIdentifier,
+    uiaa::UserIdentifier,
+};
+use ruma::api::error::{Error as MxError, ErrorKind, FromHttpResponseError, RetryAfter};
+use ruma::api::{
+    Direction, IncomingResponse, IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
+    SupportedVersions, auth_scheme::AuthScheme, auth_scheme::SendAccessToken,
+    path_builder::PathBuilder,
+};
+use ruma::serde::Raw;
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, UInt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::capabilities::{Capabilities, Capability};
+use crate::error::KickReason;
+use crate::lifecycle::{
+    ChangeKind, ChangeRefusal, EditPermission, LifecyclePolicy, MessageChange, ReadReceipt,
+};
+use crate::model::{
+    ClientMsgId, Content, ConversationId, GroupId, Message, OutgoingMessage, ServerMsgId,
+    Timestamp, UserId,
+};
+use crate::vendor::{
+    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
+    OfflineBatch, PageCursor, SendReceipt, Session, Vendor, VendorEvent,
+};
+use crate::{Result, ServiceError as E};
+
+/// Which Matrix device a client handle logs in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevicePolicy {
+    /// Every handle of a user is this one device: transaction ids stay idempotent across
+    /// reconnects and restarts; no second device.
+    Shared(String),
+    /// Each handle is its own device `{prefix}{random}` for its life
+    /// ([`Capability::MultiDevice`]); idempotency holds within the handle.
+    PerHandle(String),
+}
+
+/// Settings of the Matrix adapter.
+#[derive(Debug, Clone)]
+pub struct MatrixConfig {
+    /// The homeserver's base URL (`http://127.0.0.1:8008`; plain HTTP on loopback only).
+    pub homeserver: String,
+    /// The server name user ids live on (`@user:server`).
+    pub server_name: String,
+    /// Which device each handle logs in as.
+    pub devices: DevicePolicy,
+    /// How long a request waits for its answer.
+    pub request_timeout: Duration,
+    /// How long one long-poll `/sync` waits on the server.
+    pub sync_timeout: Duration,
+    /// How often a shared-device session asks whether another login ended it.
+    pub session_check: Duration,
+    /// Largest message content sent (a typed, client-side refusal).
+    pub max_message_bytes: usize,
+    /// Largest response body read; a larger one is a `Protocol` error.
+    pub max_response_bytes: usize,
+    /// Timeline events per room and sync (limited timelines are filled by `/messages`).
+    pub sync_timeline_limit: u32,
+    /// Prefix of group room aliases, so several test runs (or apps) share a server.
+    pub group_alias_prefix: String,
+    /// The recall window and edit rule this adapter enforces (Matrix itself has none).
+    pub lifecycle: LifecyclePolicy,
+}
+
+impl MatrixConfig {
+    /// Settings for `server_name` served at `homeserver`: one shared device `IMLAYERS`,
+    /// 10 s requests, 25 s long polls, a session check every 10 s, 64 KiB messages, 16 MiB
+    /// responses.
+    pub fn new(homeserver: impl Into<String>, server_name: impl Into<String>) -> Self {
+        Self {
+            homeserver: homeserver.into().trim_end_matches('/').to_string(),
+            server_name: server_name.into(),
+            devices: DevicePolicy::Shared("IMLAYERS".into()),
+            request_timeout: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(25),
+            session_check: Duration::from_secs(10),
+            max_message_bytes: 64 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            sync_timeline_limit: 100,
+            group_alias_prefix: "im-".into(),
+            lifecycle: LifecyclePolicy::default(),
+        }
+    }
+}
+
+/// The Matrix vendor: a factory of [`MatrixClient`]s.
+///
+/// Against the test Synapse (`tests/synapse/synapse.sh start`, server name `localhost`):
+///
+/// ```no_run
+/// # async fn demo() -> im_service::Result<()> {
+/// use im_service::matrix::{MatrixConfig, MatrixVendor};
+/// use im_service::{Credentials, Vendor};
+///
+/// let vendor = MatrixVendor::new(MatrixConfig::new("http://127.0.0.1:8008", "localhost"));
+/// let alice = vendor.client();
+/// alice.login(&Credentials::new("alice", "alice-password")).await?;
+/// alice.logout().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MatrixVendor {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: MatrixConfig,
+    capabilities: Capabilities,
+    http: reqwest::Client,
+    versions: SupportedVersions,
+}
+
+impl MatrixVendor {
+    /// The vendor at `config`. Capabilities: history by time, server acks (an event id per
+    /// send), offline queue with explicit ack (the sync position), groups, read receipts
+    /// both ways, heartbeat, idempotent send, recall and edit; a second login kicks the first
+    /// with [`DevicePolicy::Shared`], several devices with [`DevicePolicy::PerHandle`]. No
+    /// sequences, no token expiry, no delete-for-me, no change feed (module doc).
+    pub fn new(config: MatrixConfig) -> Self {
+        let mut capabilities = Capabilities::none()
+            .with(Capability::HistoryByTime)
+            .with(Capability::ServerAcks)
+            .with(Capability::OfflineQueue)
+            .with(Capability::ExplicitOfflineAck)
+            .with(Capability::GroupConversations)
+            .with(Capability::ReadReceipts)
+            .with(Capability::ReadReceiptEvents)
+            .with(Capability::Heartbeat)
+            .with(Capability::IdempotentSend)
+            .with(Capability::Recall)
+            .with(Capability::Edit)
+            .with_max_message_bytes(config.max_message_bytes);
+        capabilities = capabilities.with(match config.devices {
+            DevicePolicy::Shared(_) => Capability::KickOnSecondLogin,
+            DevicePolicy::PerHandle(_) => Capability::MultiDevice,
+        });
+        let versions = SupportedVersions::from_parts(&["v1.11".to_string()], &BTreeMap::new());
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                capabilities,
+                http: reqwest::Client::new(),
+                versions,
+            }),
+        }
+    }
+
+    /// What every client of this vendor declares.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.shared.capabilities
+    }
+
+    /// A new client handle (not logged in).
+    pub fn client(&self) -> MatrixClient {
+        let device = match &self.shared.config.devices {
+            DevicePolicy::Shared(d) => d.clone(),
+            DevicePolicy::PerHandle(prefix) => format!("{prefix}{:08X}", rand::random::<u32>()),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        MatrixClient {
+            shared: self.shared.clone(),
+            device,
+            known: Arc::new(Mutex::new(Known::default())),
+            session: Mutex::new(None),
+            events_tx: tx,
+            events_rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+/// One user's handle.
+pub struct MatrixClient {
+    shared: Arc<Shared>,
+    /// The Matrix device this handle logs in as.
+    device: String,
+    /// Rooms, direct-room lists and messages this handle knows; shared with its sync task.
+    known: Arc<Mutex<Known>>,
+    session: Mutex<Option<Sess>>,
+    events_tx: mpsc::UnboundedSender<VendorEvent>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<VendorEvent>>>,
+}
+
+impl std::fmt::Debug for MatrixClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatrixClient")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One login.
+struct Sess {
+    api: Api,
+    /// The acknowledged offline position (account data), `None` before the first pass.
+    position: Option<String>,
+    /// The running offline pass.
+    pass: Option<Pass>,
+    /// The long-poll task after `go_online`.
+    live: Option<JoinHandle<()>>,
+    /// The session watcher (shared device only).
+    watch: Option<JoinHandle<()>>,
+    /// Why the session ended on the server side, once the sync task saw it.
+    ended: Arc<Mutex<Option<E>>>,
+}
+
+impl Drop for Sess {
+    fn drop(&mut self) {
+        for t in [&self.live, &self.watch].into_iter().flatten() {
+            t.abort();
+        }
+    }
+}
+
+/// One offline pass: what the syncs from the position gave, handed out in batches.
+struct Pass {
+    next_batch: String,
+    /// Messages not yet handed out, oldest first.
+    remaining: Vec<Message>,
+    /// Batches handed out and not acknowledged.
+    acks: HashSet<String>,
+    /// Changes and receipts of the pass that are not applied to one of its messages:
+    /// pushed at `go_online`.
+    later: Vec<VendorEvent>,
+    committed: bool,
+}
+
+/// What a handle knows (bounded: forgotten wholesale past `KNOWN_MAX` messages).
+#[derive(Default)]
+struct Known {
+    rooms: HashMap<String, ConversationId>,
+    /// `m.direct`: peer user id → room ids.
+    direct: BTreeMap<String, BTreeSet<String>>,
+    messages: HashMap<String, KnownMsg>,
+    attempted: HashSet<ClientMsgId>,
+    sent: HashMap<ClientMsgId, SendReceipt>,
+    /// Events this handle marked read: their echoes are not events.
+    my_reads: HashSet<String>,
+}
+
+const KNOWN_MAX: usize = 50_000;
+
+#[derive(Clone)]
+struct KnownMsg {
+    sender: UserId,
+    time: Timestamp,
+}
+
+impl Known {
+    fn learn(&mut self, m: &Message) {
+        if self.messages.len() >= KNOWN_MAX {
+            self.messages.clear();
+        }
+        self.messages.insert(
+            m.server_id.to_string(),
+            KnownMsg {
+                sender: m.sender.clone(),
+                time: m.server_time,
+            },
+        );
+    }
+}
+
+/// The HTTP side of one login: base URL, token, limits.
+#[derive(Clone)]
+struct Api {
+    shared: Arc<Shared>,
+    token: Option<String>,
+    me: UserId,
+    mxid: String,
+    device: String,
+}
+
+/// A minimal view of a timeline event (the fields the mapping reads).
+#[derive(Debug, Deserialize)]
+struct Ev {
+    #[serde(rename = "type")]
+    kind: String,
+    event_id: String,
+    sender: String,
+    origin_server_ts: i64,
+    #[serde(default)]
+    content: Value,
+    #[serde(default)]
+    redacts: Option<String>,
+    #[serde(default)]
+    unsigned: Value,
+    #[serde(default)]
+    state_key: Option<String>,
+}
+
+/// What a timeline event means for the contract.
+#[derive(Debug)]
+enum Item {
+    Msg(Message, bool),
+    Change(MessageChange),
+    Read(ReadReceipt),
+}
+
+fn now() -> Timestamp {
+    crate::clock::Clock::now(&crate::clock::SystemClock)
+}
+
+fn new_id() -> String {
+    format!("i{:016x}", rand::random::<u64>())
+}
+
+/// The revision of a change made at `at`: tenths of a second since 2024, as for XMPP.
+fn revision_at(at: Timestamp) -> u32 {
+    const EPOCH_2024_MS: i64 = 1_704_067_200_000;
+    let tenths = at.as_millis().saturating_sub(EPOCH_2024_MS) / 100;
+    u32::try_from(tenths.max(1)).unwrap_or(u32::MAX)
+}
+
+/// The localpart of `@local:server` (the whole id, without `@`, for other servers).
+fn localpart(mxid: &str, server: &str) -> UserId {
+    let id = mxid.strip_prefix('@').unwrap_or(mxid);
+    match id.split_once(':') {
+        Some((local, s)) if s == server => UserId::new(local),
+        _ => UserId::new(id),
+    }
+}
+
+/// `#{prefix}{group}:{server}` with characters outside `[a-z0-9._-]` as `=hh`.
+fn group_alias(prefix: &str, group: &GroupId, server: &str) -> String {
+    let mut local = String::from(prefix);
+    for b in group.as_str().bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => local.push(char::from(b)),
+            _ => local.push_str(&format!("={b:02x}")),
+        }
+    }
+    format!("#{local}:{server}")
+}
+
+/// The group of an alias made by [`group_alias`], if it is one.
+fn group_of_alias(prefix: &str, alias: &str, server: &str) -> Option<GroupId> {
+    let local = alias
+        .strip_prefix('#')?
+        .strip_suffix(server)?
+        .strip_suffix(':')?
+        .strip_prefix(prefix)?;
+    let mut out = Vec::new();
+    let bytes = local.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = local.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(GroupId::new(String::from_utf8(out).ok()?))
+}
+
+/// The event content of `content` (text as `m.text`, custom payloads hex-encoded).
+fn content_json(
+    content: &Content,
+    client_id: &ClientMsgId,
+    client_time: Timestamp,
+) -> Result<Value> {
+    let mut v = match content {
+        Content::Text(t) => json!({ "msgtype": "m.text", "body": t }),
+        Content::Custom { type_tag, payload } => json!({
+            "msgtype": "im.layers.custom", "body": format!("[{type_tag}]"),
+            "im.layers.type": type_tag, "im.layers.payload": hex_encode(payload),
+        }),
+        Content::Recalled { .. } => {
+            return Err(E::InvalidRequest(
+                "a recalled placeholder cannot be sent: recall the message instead".into(),
+            ));
+        }
+    };
+    v["im.layers.client_id"] = json!(client_id.as_str());
+    v["im.layers.client_time"] = json!(client_time.as_millis());
+    Ok(v)
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// The model content of a message event's content, `None` when it is not one we map.
+fn parse_content(c: &Value) -> Option<Content> {
+    match c.get("msgtype")?.as_str()? {
+        "im.layers.custom" => Some(Content::Custom {
+            type_tag: c.get("im.layers.type")?.as_str()?.to_string(),
+            payload: hex_decode(c.get("im.layers.payload")?.as_str()?)?,
+        }),
+        _ => Some(Content::Text(c.get("body")?.as_str()?.to_string())),
+    }
+}
+
+/// Maps one timeline event of `conversation` to the contract (`None`: not ours to map).
+/// `mine` is true for an event this device sent (`unsigned.transaction_id`).
+fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item> {
+    let sender = localpart(&ev.sender, server);
+    let at = Timestamp::from_millis(ev.origin_server_ts);
+    let mine = ev.unsigned.get("transaction_id").is_some();
+    match ev.kind.as_str() {
+        "m.room.redaction" => {
+            let target = ev
+                .redacts
+                .clone()
+                .or_else(|| Some(ev.content.get("redacts")?.as_str()?.to_string()))?;
+            Some(Item::Change(MessageChange {
+                conversation: conversation.clone(),
+                target: ServerMsgId::new(target),
+                kind: ChangeKind::Recalled,
+                by: sender,
+                at,
+                revision: revision_at(at),
+            }))
+        }
+        "m.room.message" => {
+            let rel = ev.content.get("m.relates_to");
+            if rel.and_then(|r| r.get("rel_type")).and_then(Value::as_str) == Some("m.replace") {
+                let target = rel?.get("event_id")?.as_str()?;
+                let new = parse_content(ev.content.get("m.new_content")?)?;
+                return Some(Item::Change(MessageChange {
+                    conversation: conversation.clone(),
+                    target: ServerMsgId::new(target),
+                    kind: ChangeKind::Edited(new),
+                    by: sender,
+                    at,
+                    revision: revision_at(at),
+                }));
+            }
+            let redacted = ev.unsigned.get("redacted_because");
+            let content = match redacted {
+                Some(r) => Content::Recalled {
+                    by: localpart(r.get("sender")?.as_str()?, server),
+                    at: Timestamp::from_millis(r.get("origin_server_ts")?.as_i64()?),
+                },
+                None => {
+                    // The server bundles the latest edit: current state, by its sender only.
+                    let edit = ev
+                        .unsigned
+                        .pointer("/m.relations/m.replace")
+                        .filter(|e| e.get("sender").and_then(Value::as_str) == Some(&ev.sender))
+                        .and_then(|e| e.pointer("/content/m.new_content"))
+                        .and_then(parse_content);
+                    edit.or_else(|| parse_content(&ev.content))?
+                }
+            };
+            let client_id = ev
+                .content
+                .get("im.layers.client_id")
+                .and_then(Value::as_str)
+                .unwrap_or(&ev.event_id);
+            let client_time = ev
+                .content
+                .get("im.layers.client_time")
+                .and_then(Value::as_i64)
+                .map_or(at, Timestamp::from_millis);
+            Some(Item::Msg(
+                Message {
+                    server_id: ServerMsgId::new(&ev.event_id),
+                    client_id: ClientMsgId::new(client_id),
+                    conversation: conversation.clone(),
+                    sender,
+                    seq: None,
+                    server_time: at,
+                    client_time,
+                    content,
+                },
+                mine,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The read receipts of one `m.receipt` ephemeral event: (event id, reader, time).
+fn receipts(content: &Value, server: &str) -> Vec<(String, UserId, Timestamp)> {
+    let mut out = Vec::new();
+    let Some(events) = content.as_object() else {
+        return out;
+    };
+    for (event_id, kinds) in events {
+        let Some(readers) = kinds.get("m.read").and_then(Value::as_object) else {
+            continue;
+        };
+        for (reader, data) in readers {
+            let ts = data.get("ts").and_then(Value::as_i64).unwrap_or(0);
+            out.push((
+                event_id.clone(),
+                localpart(reader, server),
+                Timestamp::from_millis(ts),
+            ));
+        }
+    }
+    out
+}
+
+/// The contract's error for a Matrix error answer.
+fn map_mx(e: &MxError) -> E {
+    let message = e
+        .error_kind()
+        .map(|k| k.errcode().to_string())
+        .unwrap_or_default();
+    match e.error_kind() {
+        Some(ErrorKind::LimitExceeded(d)) => E::RateLimited {
+            retry_after: match d.retry_after {
+                Some(RetryAfter::Delay(d)) => d,
+                Some(RetryAfter::DateTime(t)) => t
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default(),
+                None => Duration::from_secs(1),
+            },
+        },
+        Some(ErrorKind::UnknownToken(d)) if d.soft_logout => E::TokenExpired,
+        // With a shared device, another login ended this session (`login` module doc).
+        Some(ErrorKind::UnknownToken(_)) => E::Kicked(KickReason::LoggedInElsewhere),
+        Some(ErrorKind::Forbidden) if e.status_code.as_u16() == 403 => {
+            E::AuthFailed(format!("forbidden ({message})"))
+        }
+        Some(ErrorKind::TooLarge) => E::InvalidRequest("request too large".into()),
+        _ if e.status_code.as_u16() == 400 => E::InvalidRequest(format!("refused: {message}")),
+        _ => E::Server {
+            code: u32::from(e.status_code.as_u16()),
+            message,
+        },
+    }
+}
+
+/// A response as the contract sees it: the typed answer, a mapped Matrix error, or a
+/// `Protocol` error for a body that does not parse.
+fn decode<T: IncomingResponse<EndpointError = MxError>>(
+    response: http::Response<&[u8]>,
+) -> Result<T> {
+    let status = response.status();
+    T::try_from_http_response(response).map_err(|e| match e {
+        FromHttpResponseError::Server(e) => map_mx(&e),
+        FromHttpResponseError::Deserialization(e) => {
+            E::Protocol(format!("malformed answer ({status}): {e}"))
+        }
+        _ => E::Protocol(format!("unexpected answer ({status})")),
+    })
+}
+
+/// A room-scoped call's error: a forbidden or unknown room means not a member.
+fn in_room(e: E, conversation: &ConversationId) -> E {
+    match e {
+        E::AuthFailed(_) | E::Server { code: 404, .. } => E::NotMember(conversation.clone()),
+        other => other,
+    }
+}
+
+impl Api {
+    fn config(&self) -> &MatrixConfig {
+        &self.shared.config
+    }
+
+    fn mxid_of(&self, user: &UserId) -> Result<OwnedUserId> {
+        OwnedUserId::try_from(format!("@{user}:{}", self.config().server_name))
+            .map_err(|e| E::InvalidRequest(format!("not a Matrix user name {user:?}: {e}")))
+    }
+
+    fn my_id(&self) -> Result<OwnedUserId> {
+        OwnedUserId::try_from(self.mxid.as_str()).map_err(|e| E::Protocol(e.to_string()))
+    }
+
+    /// Sends `req` and reads its answer within `timeout` and the body limit.
+    async fn call<R>(&self, req: R, timeout: Duration) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest<EndpointError = MxError>,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        let token = match &self.token {
+            Some(t) => SendAccessToken::IfRequired(t),
+            None => SendAccessToken::None,
+        };
+        let request: http::Request<Vec<u8>> = req
+            .try_into_http_request(
+                &self.config().homeserver,
+                token,
+                Cow::Borrowed(&self.shared.versions),
+            )
+            .map_err(|e| E::InvalidRequest(format!("cannot build the request: {e}")))?;
+        let mut request = reqwest::Request::try_from(request)
+            .map_err(|e| E::InvalidRequest(format!("cannot build the request: {e}")))?;
+        *request.timeout_mut() = Some(timeout);
+        let response = self
+            .shared
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| transport(e, timeout))?;
+        let status = response.status();
+        let mut builder = http::Response::builder().status(status.as_u16());
+        for (k, v) in response.headers() {
+            builder = builder.header(k.as_str(), v.as_bytes());
+        }
+        let body = read_bounded(response, self.config().max_response_bytes, timeout).await?;
+        let response = builder
+            .body(body.as_slice())
+            .map_err(|e| E::Protocol(format!("bad response: {e}")))?;
+        decode(response).map_err(|e| match (e, &self.config().devices) {
+            (E::Kicked(_), DevicePolicy::PerHandle(_)) => {
+                E::Kicked(KickReason::Admin("the access token was revoked".into()))
+            }
+            (e, _) => e,
+        })
+    }
+
+    async fn req<R>(&self, req: R) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest<EndpointError = MxError>,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        self.call(req, self.config().request_timeout).await
+    }
+
+    fn room_id(room: &str) -> Result<OwnedRoomId> {
+        OwnedRoomId::try_from(room).map_err(|e| E::Protocol(format!("bad room id {room:?}: {e}")))
+    }
+
+    fn event_id(id: &ServerMsgId) -> Result<OwnedEventId> {
+        OwnedEventId::try_from(id.as_str())
+            .map_err(|_| E::ChangeRefused(ChangeRefusal::UnknownMessage))
+    }
+
+    async fn account_data(&self, kind: &str) -> Result<Option<Value>> {
+        let req = get_global_account_data::v3::Request::new(self.my_id()?, kind.into());
+        match self.req(req).await {
+            Ok(r) => Ok(Some(
+                serde_json::from_str(r.account_data.json().get())
+                    .map_err(|e| E::Protocol(format!("account data {kind}: {e}")))?,
+            )),
+            Err(E::Server { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set_account_data(&self, kind: &str, value: &Value) -> Result<()> {
+        let raw =
+            Raw::from_json_string(value.to_string()).map_err(|e| E::Protocol(e.to_string()))?;
+        let req = set_global_account_data::v3::Request::new_raw(self.my_id()?, kind.into(), raw);
+        self.req(req).await.map(|_| ())
+    }
+
+    /// `m.login.password` as `credentials` on `device` (`None`: a new one); the logged-in
+    /// copy of this API.
+    async fn password_login(&self, credentials: &Credentials, device: Option<&str>) -> Result<Api> {
+        let id = UserIdentifier::Matrix(MatrixUserIdentifier::new(credentials.user.to_string()));
+        let password = credentials.token.expose().to_string();
+        let info = login::v3::LoginInfo::Password(login::v3::Password::new(id, password));
+        let mut req = login::v3::Request::new(info);
+        req.device_id = device.map(Into::into);
+        let resp = self.req(req).await?;
+        Ok(Api {
+            token: Some(resp.access_token),
+            mxid: resp.user_id.to_string(),
+            ..self.clone()
+        })
+    }
+
+    /// Deletes this handle's device (and so every session on it), authenticating with the
+    /// password (user-interactive auth). An unknown device is fine.
+    async fn delete_device(&self, credentials: &Credentials) -> Result<()> {
+        let timeout = self.config().request_timeout;
+        let url = format!(
+            "{}/_matrix/client/v3/devices/{}",
+            self.config().homeserver,
+            enc(&self.device)
+        );
+        let auth = json!({ "auth": { "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": credentials.user.as_str() },
+            "password": credentials.token.expose() } });
+        let mut req = self.shared.http.delete(&url).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .header("content-type", "application/json")
+            .body(auth.to_string())
+            .send()
+            .await
+            .map_err(|e| transport(e, timeout))?;
+        match resp.status().as_u16() {
+            200 | 404 => Ok(()),
+            429 => Err(E::RateLimited {
+                retry_after: Duration::from_secs(1),
+            }),
+            code => Err(E::Server {
+                code: u32::from(code),
+                message: "cannot end the device's other sessions".into(),
+            }),
+        }
+    }
+
+    fn position_kind(&self) -> String {
+        format!("im.layers.position.{}", self.device)
+    }
+
+    /// One `/sync` from `since`, waiting up to `wait`; `limit` timeline events per room.
+    async fn sync(
+        &self,
+        since: Option<&str>,
+        wait: Duration,
+        limit: u32,
+    ) -> Result<sync_events::v3::Response> {
+        let mut filter = FilterDefinition::default();
+        filter.room.timeline.limit = Some(UInt::from(limit));
+        filter.room.timeline.types = Some(vec!["m.room.message".into(), "m.room.redaction".into()]);
+        filter.room.state.types = Some(vec!["m.room.canonical_alias".into()]);
+        filter.room.ephemeral.types = Some(vec!["m.receipt".into()]);
+        filter.presence.types = Some(Vec::new());
+        let mut req = sync_events::v3::Request::new();
+        req.filter = Some(sync_events::v3::Filter::FilterDefinition(filter));
+        req.since = since.map(str::to_string);
+        req.timeout = Some(wait);
+        self.call(req, wait + self.config().request_timeout).await
+    }
+
+    /// The conversation of `room`, from what this handle knows, else from the room's
+    /// alias or its two members.
+    async fn conversation_of(
+        &self,
+        known: &Mutex<Known>,
+        room: &str,
+    ) -> Result<Option<ConversationId>> {
+        if let Some(c) = known.lock().rooms.get(room) {
+            return Ok(Some(c.clone()));
+        }
+        let server = &self.config().server_name;
+        let from_direct = known
+            .lock()
+            .direct
+            .iter()
+            .find(|(_, rooms)| rooms.contains(room))
+            .map(|(peer, _)| ConversationId::direct(&self.me, &localpart(peer, server)));
+        let conversation = match from_direct {
+            Some(c) => Some(c),
+            None => self.probe(room).await?,
+        };
+        if let Some(c) = &conversation {
+            known.lock().rooms.insert(room.to_string(), c.clone());
+        }
+        Ok(conversation)
+    }
+
+    /// Asks the server what `room` is: a group by its canonical alias, else a direct room
+    /// by its two joined members.
+    async fn probe(&self, room: &str) -> Result<Option<ConversationId>> {
+        let config = self.config();
+        let base = format!(
+            "{}/_matrix/client/v3/rooms/{}",
+            config.homeserver,
+            enc(room)
+        );
+        if let Ok(v) = self
+            .get_json(&format!("{base}/state/m.room.canonical_alias"))
+            .await
+            && let Some(g) = v
+                .get("alias")
+                .and_then(Value::as_str)
+                .and_then(|a| group_of_alias(&config.group_alias_prefix, a, &config.server_name))
+        {
+            return Ok(Some(ConversationId::Group(g)));
+        }
+        let members = self.get_json(&format!("{base}/joined_members")).await?;
+        let ids: Vec<&String> = members
+            .get("joined")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        Ok(match ids.as_slice() {
+            [a, b] if *a == &self.mxid || *b == &self.mxid => {
+                let peer = if *a == &self.mxid { b } else { a };
+                Some(ConversationId::direct(
+                    &self.me,
+                    &localpart(peer, &config.server_name),
+                ))
+            }
+            _ => None,
+        })
+    }
+
+    /// A GET of an endpoint ruma's request types are not used for, bounded like the rest.
+    async fn get_json(&self, url: &str) -> Result<Value> {
+        let timeout = self.config().request_timeout;
+        let mut req = self.shared.http.get(url).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| transport(e, timeout))?;
+        let status = resp.status().as_u16();
+        let body = read_bounded(resp, self.config().max_response_bytes, timeout).await?;
+        if status >= 400 {
+            return Err(E::Server {
+                code: u32::from(status),
+                message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| E::Protocol(format!("malformed answer: {e}")))
+    }
+
+    /// The server's time of event `id` (this machine's clock if it cannot be read).
+    async fn event_time(&self, room: &str, id: &OwnedEventId) -> Timestamp {
+        let Ok(room) = Self::room_id(room) else {
+            return now();
+        };
+        match self
+            .req(get_room_event::v3::Request::new(room, id.clone()))
+            .await
+        {
+            Ok(r) => r
+                .event
+                .deserialize_as_unchecked::<Ev>()
+                .map_or_else(|_| now(), |e| Timestamp::from_millis(e.origin_server_ts)),
+            Err(_) => now(),
+        }
+    }
+
+    /// The event `id` of `room` as the contract sees it (`None`: not a message of ours).
+    async fn fetch(
+        &self,
+        room: &str,
+        conversation: &ConversationId,
+        id: &ServerMsgId,
+    ) -> Result<Option<Item>> {
+        let req = get_room_event::v3::Request::new(Self::room_id(room)?, Self::event_id(id)?);
+        let ev = match self.req(req).await {
+            Ok(r) => r.event,
+            Err(E::Server { code: 404, .. }) | Err(E::AuthFailed(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let ev: Ev = ev
+            .deserialize_as_unchecked()
+            .map_err(|e| E::Protocol(format!("event: {e}")))?;
+        Ok(to_item(&ev, conversation, &self.config().server_name))
+    }
+
+    /// Joins invited rooms (adding direct ones to `m.direct`) and maps one sync answer to
+    /// items, room by room in stream order; `since` is the position it was asked from
+    /// (limited timelines are filled back to it). Returns the items and whether it joined.
+    async fn digest(
+        &self,
+        known: &Mutex<Known>,
+        resp: &sync_events::v3::Response,
+        since: Option<&str>,
+    ) -> Result<(Vec<Item>, bool)> {
+        let server = self.config().server_name.clone();
+        for ev in &resp.account_data.events {
+            if let Ok(v) = ev.deserialize_as_unchecked::<Value>()
+                && v.get("type").and_then(Value::as_str) == Some("m.direct")
+            {
+                known.lock().direct = parse_direct(&v["content"]);
+            }
+        }
+        let mut joined = false;
+        for (room, invite) in &resp.rooms.invite {
+            let mut direct_from = None;
+            for ev in &invite.invite_state.events {
+                let Ok(v) = ev.deserialize_as_unchecked::<Value>() else {
+                    continue;
+                };
+                if v.get("type").and_then(Value::as_str) == Some("m.room.member")
+                    && v.get("state_key").and_then(Value::as_str) == Some(self.mxid.as_str())
+                    && v.pointer("/content/is_direct").and_then(Value::as_bool) == Some(true)
+                {
+                    direct_from = v.get("sender").and_then(Value::as_str).map(str::to_string);
+                }
+            }
+            self.req(join_room_by_id::v3::Request::new(room.clone()))
+                .await?;
+            joined = true;
+            if let Some(peer) = direct_from {
+                self.add_direct(known, &peer, room.as_str()).await?;
+            }
+        }
+        let mut items = Vec::new();
+        for (room, data) in &resp.rooms.join {
+            let Some(conversation) = self.conversation_of(known, room.as_str()).await? else {
+                continue;
+            };
+            let mut events: Vec<Ev> = Vec::new();
+            if data.timeline.limited
+                && let (Some(from), Some(to)) = (&data.timeline.prev_batch, since)
+            {
+                events = self.backfill(room, from, to).await?;
+            }
+            for raw in &data.timeline.events {
+                match raw.deserialize_as_unchecked::<Ev>() {
+                    Ok(ev) => events.push(ev),
+                    Err(e) => tracing::warn!(room = %room, "skipped a malformed event: {e}"),
+                }
+            }
+            for ev in events.iter().filter(|e| e.state_key.is_none()) {
+                match to_item(ev, &conversation, &server) {
+                    Some(Item::Msg(m, mine)) => {
+                        known.lock().learn(&m);
+                        items.push(Item::Msg(m, mine));
+                    }
+                    // A change counts only when its author is the message's sender (the
+                    // server lets a room admin redact anything): known, else asked.
+                    Some(Item::Change(c)) => {
+                        let id = ServerMsgId::new(c.target.as_str());
+                        let sender = known
+                            .lock()
+                            .messages
+                            .get(id.as_str())
+                            .map(|k| k.sender.clone());
+                        let sender = match sender {
+                            Some(s) => Some(s),
+                            None => match self.fetch(room.as_str(), &conversation, &id).await? {
+                                Some(Item::Msg(m, _)) => Some(m.sender),
+                                _ => None,
+                            },
+                        };
+                        if sender.as_ref() == Some(&c.by) {
+                            items.push(Item::Change(c));
+                        }
+                    }
+                    Some(read) => items.push(read),
+                    None => {}
+                }
+            }
+            for raw in &data.ephemeral.events {
+                let Ok(v) = raw.deserialize_as_unchecked::<Value>() else {
+                    continue;
+                };
+                if v.get("type").and_then(Value::as_str) != Some("m.receipt") {
+                    continue;
+                }
+                for (event, reader, at) in receipts(&v["content"], &server) {
+                    let id = ServerMsgId::new(&event);
+                    let up_to_time = known.lock().messages.get(event.as_str()).map(|k| k.time);
+                    let up_to_time = match up_to_time {
+                        Some(t) => t,
+                        None => match self.fetch(room.as_str(), &conversation, &id).await? {
+                            Some(Item::Msg(m, _)) => m.server_time,
+                            _ => continue,
+                        },
+                    };
+                    items.push(Item::Read(ReadReceipt {
+                        conversation: conversation.clone(),
+                        reader,
+                        up_to: id,
+                        up_to_time,
+                        at,
+                    }));
+                }
+            }
+        }
+        Ok((items, joined))
+    }
+
+    /// The events of `room` from `from` back to the position `to`, oldest first.
+    async fn backfill(&self, room: &OwnedRoomId, from: &str, to: &str) -> Result<Vec<Ev>> {
+        let mut out = Vec::new();
+        let mut from = from.to_string();
+        for _ in 0..50 {
+            let mut req = get_message_events::v3::Request::new(room.clone(), Direction::Backward);
+            req.from = Some(from.clone());
+            req.to = Some(to.to_string());
+            req.limit = UInt::from(100u32);
+            let resp = self.req(req).await?;
+            for raw in resp.chunk.iter() {
+                if let Ok(ev) = raw.deserialize_as_unchecked::<Ev>() {
+                    out.push(ev);
+                }
+            }
+            match resp.end {
+                Some(end) if !resp.chunk.is_empty() => from = end,
+                _ => break,
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Adds `room` to my `m.direct` for `peer` (read, modify, write).
+    async fn add_direct(&self, known: &Mutex<Known>, peer: &str, room: &str) -> Result<()> {
+        let mut direct = self
+            .account_data("m.direct")
+            .await?
+            .map(|v| parse_direct(&v))
+            .unwrap_or_default();
+        if direct
+            .entry(peer.to_string())
+            .or_default()
+            .insert(room.to_string())
+        {
+            self.set_account_data("m.direct", &json!(direct)).await?;
+        }
+        known.lock().direct = direct;
+        Ok(())
+    }
+}
+
+fn parse_direct(v: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(peer, rooms)| {
+                    let rooms = rooms
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (peer.clone(), rooms)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Percent-encodes a path segment (room ids hold `!` and `:`).
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn transport(e: reqwest::Error, timeout: Duration) -> E {
+    if e.is_timeout() {
+        E::Timeout(timeout)
+    } else if e.is_connect() {
+        E::Unavailable(format!("homeserver unreachable: {e}"))
+    } else {
+        E::ConnectionLost(format!("request failed: {e}"))
+    }
+}
+
+/// Reads a response body, at most `max` bytes (else a `Protocol` error).
+async fn read_bounded(
+    mut resp: reqwest::Response,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(E::Protocol(format!("response over {max} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(e, timeout))? {
+        if body.len() + chunk.len() > max {
+            return Err(E::Protocol(format!("response over {max} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Cursor of a history page: `mx1:{skip}:{token}` (skip that many messages from the token).
+fn parse_cursor(c: &PageCursor) -> Result<(usize, String)> {
+    let bad = || E::InvalidRequest(format!("not a history cursor of this vendor: {:?}", c.0));
+    let rest = c.0.strip_prefix("mx1:").ok_or_else(bad)?;
+    let (skip, token) = rest.split_once(':').ok_or_else(bad)?;
+    Ok((skip.parse().map_err(|_| bad())?, token.to_string()))
+}
+
+impl MatrixClient {
+    fn api(&self) -> Result<(Api, Arc<Mutex<Option<E>>>)> {
+        let s = self.session.lock();
+        let s = s.as_ref().ok_or(E::NotLoggedIn)?;
+        if let Some(e) = s.ended.lock().clone() {
+            return Err(e);
+        }
+        Ok((s.api.clone(), s.ended.clone()))
+    }
+
+    /// The room of `conversation`; `create`: make a direct room when there is none.
+    async fn room_for(
+        &self,
+        api: &Api,
+        conversation: &ConversationId,
+        create: bool,
+    ) -> Result<Option<String>> {
+        let config = &self.shared.config;
+        match conversation {
+            ConversationId::Group(g) => {
+                let alias = group_alias(&config.group_alias_prefix, g, &config.server_name);
+                let alias = ruma::OwnedRoomAliasId::try_from(alias)
+                    .map_err(|e| E::InvalidRequest(format!("bad group id {g}: {e}")))?;
+                let room = api
+                    .req(get_alias::v3::Request::new(alias))
+                    .await
+                    .map_err(|e| in_room(e, conversation))?
+                    .room_id
+                    .to_string();
+                self.known
+                    .lock()
+                    .rooms
+                    .insert(room.clone(), conversation.clone());
+                Ok(Some(room))
+            }
+            ConversationId::Direct { .. } => {
+                let peer = conversation
+                    .peer_of(&api.me)
+                    .ok_or_else(|| {
+                        E::InvalidRequest(format!("{} is not in {conversation}", api.me))
+                    })?
+                    .clone();
+                let peer_id = api.mxid_of(&peer)?;
+                // The lowest room id: both sides of a simultaneous creation pick the same.
+                let pick = |k: &Known| {
+                    k.direct
+                        .get(peer_id.as_str())
+                        .and_then(|r| r.first().cloned())
+                };
+                if let Some(room) = pick(&self.known.lock()) {
+                    return Ok(Some(room));
+                }
+                if let Some(v) = api.account_data("m.direct").await? {
+                    self.known.lock().direct = parse_direct(&v);
+                }
+                if let Some(room) = pick(&self.known.lock()) {
+                    return Ok(Some(room));
+                }
+                // The peer may have made a room and invited me: join it rather than make one.
+                let invites = api.sync(None, Duration::ZERO, 0).await?;
+                api.digest(&self.known, &invites, None).await?;
+                if let Some(room) = pick(&self.known.lock()) {
+                    return Ok(Some(room));
+                }
+                if !create {
+                    return Ok(None);
+                }
+                match api
+                    .req(get_profile::v3::Request::new(peer_id.clone()))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer)),
+                    Err(e) => return Err(e),
+                }
+                let mut req = create_room::v3::Request::new();
+                req.is_direct = true;
+                req.invite = vec![peer_id.clone()];
+                req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
+                let room = api.req(req).await?.room_id.to_string();
+                self.known
+                    .lock()
+                    .rooms
+                    .insert(room.clone(), conversation.clone());
+                api.add_direct(&self.known, peer_id.as_str(), &room).await?;
+                Ok(pick(&self.known.lock()).or(Some(room)))
+            }
+        }
+    }
+
+    /// Creates the group room `group` (alias from the group id) and invites `members`;
+    /// invited members' clients join it at their next sync ([`MatrixClient::join_group`]
+    /// joins at once). Administration for harnesses and demos, not part of [`Vendor`].
+    pub async fn create_group(&self, group: &GroupId, members: &[UserId]) -> Result<()> {
+        let (api, _) = self.api()?;
+        let config = &self.shared.config;
+        let alias = group_alias(&config.group_alias_prefix, group, &config.server_name);
+        let local = alias
+            .trim_start_matches('#')
+            .trim_end_matches(&format!(":{}", config.server_name))
+            .to_string();
+        let mut req = create_room::v3::Request::new();
+        req.room_alias_name = Some(local);
+        req.name = Some(group.to_string());
+        req.preset = Some(create_room::v3::RoomPreset::PrivateChat);
+        req.invite = members
+            .iter()
+            .filter(|m| **m != api.me)
+            .map(|m| api.mxid_of(m))
+            .collect::<Result<_>>()?;
+        let room = api.req(req).await?.room_id.to_string();
+        self.known
+            .lock()
+            .rooms
+            .insert(room, ConversationId::Group(group.clone()));
+        Ok(())
+    }
+
+    /// Joins the group room `group` (after an invite).
+    pub async fn join_group(&self, group: &GroupId) -> Result<()> {
+        let (api, _) = self.api()?;
+        let conversation = ConversationId::Group(group.clone());
+        let room = self
+            .room_for(&api, &conversation, false)
+            .await?
+            .ok_or(E::NotMember(conversation.clone()))?;
+        api.req(join_room_by_id::v3::Request::new(Api::room_id(&room)?))
+            .await
+            .map_err(|e| in_room(e, &conversation))?;
+        Ok(())
+    }
+
+    /// Runs the offline pass: syncs from the position until no invite is left to join.
+    async fn offline_pass(&self, api: &Api, position: Option<String>) -> Result<Pass> {
+        let mut since = position.clone();
+        let mut items = Vec::new();
+        for _ in 0..4 {
+            let resp = api
+                .sync(
+                    since.as_deref(),
+                    Duration::ZERO,
+                    self.shared.config.sync_timeline_limit,
+                )
+                .await?;
+            let (got, joined) = api.digest(&self.known, &resp, since.as_deref()).await?;
+            items.extend(got);
+            since = Some(resp.next_batch.clone());
+            if !joined {
+                break;
+            }
+        }
+        let next_batch = since.unwrap_or_default();
+        let mut messages: Vec<Message> = Vec::new();
+        let mut later = Vec::new();
+        let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
+        for item in items {
+            match item {
+                Item::Msg(m, _) if m.sender == api.me => {}
+                Item::Msg(m, _) => {
+                    if !index.contains_key(&m.server_id) {
+                        index.insert(m.server_id.clone(), messages.len());
+                        messages.push(m);
+                    }
+                }
+                Item::Change(c) => match index.get(&c.target) {
+                    Some(&i) => {
+                        if let Some(changed) = c.apply(&messages[i]) {
+                            messages[i] = changed;
+                        }
+                    }
+                    None => later.push(VendorEvent::MessageChanged(c)),
+                },
+                Item::Read(r) => {
+                    if !self.known.lock().my_reads.contains(r.up_to.as_str()) {
+                        later.push(VendorEvent::ReadReceipt(r));
+                    }
+                }
+            }
+        }
+        // Stream order within a room; across rooms by the message's time (stable).
+        messages.sort_by_key(|m| m.server_time);
+        Ok(Pass {
+            next_batch,
+            remaining: messages,
+            acks: HashSet::new(),
+            later,
+            committed: false,
+        })
+    }
+
+    /// Stores the pass's position once all its batches are acknowledged.
+    async fn commit_if_done(&self) -> Result<()> {
+        let (api, token) = {
+            let mut s = self.session.lock();
+            let Some(s) = s.as_mut() else {
+                return Err(E::NotLoggedIn);
+            };
+            let Some(p) = s.pass.as_mut() else {
+                return Ok(());
+            };
+            if p.committed || !p.remaining.is_empty() || !p.acks.is_empty() {
+                return Ok(());
+            }
+            p.committed = true;
+            s.position = Some(p.next_batch.clone());
+            (s.api.clone(), p.next_batch.clone())
+        };
+        api.set_account_data(&api.position_kind(), &json!({ "next_batch": token }))
+            .await
+    }
+
+    /// Checks `kind` on `target` by the lifecycle policy and returns its room.
+    async fn check_change(
+        &self,
+        api: &Api,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        kind: &ChangeKind,
+    ) -> Result<String> {
+        let room = self
+            .room_for(api, conversation, false)
+            .await?
+            .ok_or(E::ChangeRefused(ChangeRefusal::UnknownMessage))?;
+        let message = match api.fetch(&room, conversation, target).await? {
+            Some(Item::Msg(m, _)) => m,
+            _ => return Err(E::ChangeRefused(ChangeRefusal::UnknownMessage)),
+        };
+        self.lifecycle()
+            .check(&message, kind, &api.me, now())
+            .map_err(E::ChangeRefused)?;
+        Ok(room)
+    }
+}
+
+/// Asks every `session_check` whether the session still stands; ends it with an event when
+/// the server revoked the token (another login of the shared device).
+async fn watch(api: Api, ended: Arc<Mutex<Option<E>>>, events: mpsc::UnboundedSender<VendorEvent>) {
+    loop {
+        tokio::time::sleep(api.config().session_check).await;
+        if ended.lock().is_some() {
+            return;
+        }
+        if let Err(e @ (E::Kicked(_) | E::TokenExpired)) = api.req(whoami::v3::Request::new()).await
+        {
+            end(&ended, &events, e);
+            return;
+        }
+    }
+}
+
+/// Records why the session ended and tells the client, once.
+fn end(ended: &Mutex<Option<E>>, events: &mpsc::UnboundedSender<VendorEvent>, e: E) {
+    let event = match &e {
+        E::TokenExpired => VendorEvent::TokenExpired,
+        E::Kicked(r) => VendorEvent::Kicked(r.clone()),
+        other => VendorEvent::ConnectionLost {
+            reason: other.to_string(),
+        },
+    };
+    let mut ended = ended.lock();
+    if ended.is_none() {
+        *ended = Some(match e {
+            E::TokenExpired | E::Kicked(_) => e,
+            other => E::ConnectionLost(other.to_string()),
+        });
+        let _ = events.send(event);
+    }
+}
+
+/// The long-poll loop of one session: pushes what each sync brings, moves the position.
+async fn live(
+    api: Api,
+    known: Arc<Mutex<Known>>,
+    mut since: String,
+    events: mpsc::UnboundedSender<VendorEvent>,
+    ended: Arc<Mutex<Option<E>>>,
+) {
+    let wait = api.config().sync_timeout;
+    loop {
+        let result = match api
+            .sync(Some(&since), wait, api.config().sync_timeline_limit)
+            .await
+        {
+            Ok(resp) => api
+                .digest(&known, &resp, Some(&since))
+                .await
+                .map(|(items, _)| (items, resp.next_batch)),
+            Err(e) => Err(e),
+        };
+        let (items, next) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                end(&ended, &events, e);
+                return;
+            }
+        };
+        let mut delivered = false;
+        for item in items {
+            let event = match item {
+                Item::Msg(_, true) => continue,
+                Item::Msg(m, false) => VendorEvent::MessagePushed(m),
+                Item::Change(c) => VendorEvent::MessageChanged(c),
+                Item::Read(r) => {
+                    if r.reader == api.me && known.lock().my_reads.contains(r.up_to.as_str()) {
+                        continue;
+                    }
+                    VendorEvent::ReadReceipt(r)
+                }
+            };
+            delivered = true;
+            if events.send(event).is_err() {
+                return;
+            }
+        }
+        since = next;
+        if delivered {
+            // Delivered on the long connection: not offline any more (best effort).
+            let _ = api
+                .set_account_data(&api.position_kind(), &json!({ "next_batch": since }))
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl Vendor for MatrixClient {
+    fn name(&self) -> &str {
+        "matrix"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.shared.capabilities
+    }
+
+    fn take_events(&self) -> Option<EventStream> {
+        let rx = self.events_rx.lock().take()?;
+        Some(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        ))
+    }
+
+    async fn login(&self, credentials: &Credentials) -> Result<Session> {
+        drop(self.session.lock().take());
+        let server = self.shared.config.server_name.clone();
+        let mut api = Api {
+            shared: self.shared.clone(),
+            token: None,
+            me: credentials.user.clone(),
+            mxid: format!("@{}:{server}", credentials.user),
+            device: self.device.clone(),
+        };
+        let shared_device = matches!(self.shared.config.devices, DevicePolicy::Shared(_));
+        if shared_device {
+            // One device per user: a new login ends the device's other sessions, as a fixed
+            // XMPP resource does (a throwaway session deletes the device; its transaction
+            // ids stay with the device id for the server's 24 h).
+            let tmp = api.password_login(credentials, None).await?;
+            let ended = tmp.delete_device(credentials).await;
+            let _ = tmp.req(logout::v3::Request::new()).await;
+            ended?;
+        }
+        let resp = api.password_login(credentials, Some(&self.device)).await?;
+        api.token = resp.token;
+        api.mxid = resp.mxid;
+        let position = api.account_data(&api.position_kind()).await?.and_then(|v| {
+            v.get("next_batch")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        if let Some(v) = api.account_data("m.direct").await? {
+            self.known.lock().direct = parse_direct(&v);
+        }
+        let ended = Arc::new(Mutex::new(None));
+        // Nothing tells a Matrix client that its token was revoked until it asks: with a
+        // shared device a watcher asks, so a kick is an event even before `go_online`.
+        let watch = shared_device
+            .then(|| tokio::spawn(watch(api.clone(), ended.clone(), self.events_tx.clone())));
+        *self.session.lock() = Some(Sess {
+            api,
+            position,
+            pass: None,
+            live: None,
+            watch,
+            ended,
+        });
+        Ok(Session {
+            user: credentials.user.clone(),
+            token_expires_at: None,
+            session_id: format!("{}/{}", self.device, new_id()),
+            server_time: None,
+        })
+    }
+
+    async fn logout(&self) -> Result<()> {
+        let session = self.session.lock().take();
+        if let Some(s) = session {
+            let api = s.api.clone();
+            drop(s);
+            // The access token is revoked; the device (and its transaction ids) stays.
+            let _ = api.req(logout::v3::Request::new()).await;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
+        let (api, _) = self.api()?;
+        let size = message.content.size();
+        let max = self.shared.capabilities.max_message_bytes;
+        if size > max {
+            return Err(E::MessageTooLarge { size, max });
+        }
+        let body = content_json(&message.content, &message.client_id, message.client_time)?;
+        if let Some(r) = self.known.lock().sent.get(&message.client_id) {
+            return Ok(SendReceipt {
+                duplicate: true,
+                ..r.clone()
+            });
+        }
+        let conversation = &message.conversation;
+        let room = self
+            .room_for(&api, conversation, true)
+            .await?
+            .ok_or(E::NotMember(conversation.clone()))?;
+        let duplicate = !self
+            .known
+            .lock()
+            .attempted
+            .insert(message.client_id.clone());
+        let raw =
+            Raw::from_json_string(body.to_string()).map_err(|e| E::Protocol(e.to_string()))?;
+        let req = send_message_event::v3::Request::new_raw(
+            Api::room_id(&room)?,
+            message.client_id.as_str().into(),
+            "m.room.message".into(),
+            raw,
+        );
+        let event_id = api
+            .req(req)
+            .await
+            .map_err(|e| in_room(e, conversation))?
+            .event_id;
+        let server_id = ServerMsgId::new(event_id.as_str());
+        // The stored event's time (the ordering clock), not this machine's.
+        let server_time = api.event_time(&room, &event_id).await;
+        let receipt = SendReceipt {
+            server_id: server_id.clone(),
+            seq: None,
+            server_time,
+            duplicate,
+        };
+        let mut known = self.known.lock();
+        known
+            .sent
+            .insert(message.client_id.clone(), receipt.clone());
+        known.learn(&Message {
+            server_id,
+            client_id: message.client_id.clone(),
+            conversation: conversation.clone(),
+            sender: api.me.clone(),
+            seq: None,
+            server_time,
+            client_time: message.client_time,
+            content: message.content.clone(),
+        });
+        Ok(receipt)
+    }
+
+    async fn pull_offline(&self, max: u32) -> Result<OfflineBatch> {
+        let (api, _) = self.api()?;
+        let position = {
+            let s = self.session.lock();
+            let s = s.as_ref().ok_or(E::NotLoggedIn)?;
+            s.pass.is_none().then(|| s.position.clone())
+        };
+        if let Some(position) = position {
+            let pass = self.offline_pass(&api, position).await?;
+            if let Some(s) = self.session.lock().as_mut() {
+                s.pass.get_or_insert(pass);
+            }
+        }
+        let batch = {
+            let mut s = self.session.lock();
+            let pass = s
+                .as_mut()
+                .and_then(|s| s.pass.as_mut())
+                .ok_or(E::NotLoggedIn)?;
+            let take = (max.max(1) as usize).min(pass.remaining.len());
+            let from = pass.remaining.len() - take;
+            let mut messages: Vec<Message> = pass.remaining.drain(from..).collect();
+            messages.reverse();
+            let ack = (!messages.is_empty()).then(|| OfflineAck { token: new_id() });
+            if let Some(a) = &ack {
+                pass.acks.insert(a.token.clone());
+            }
+            OfflineBatch {
+                left: pass.remaining.len() as u64,
+                ack,
+                messages,
+            }
+        };
+        self.commit_if_done().await?;
+        Ok(batch)
+    }
+
+    async fn ack_offline(&self, ack: &OfflineAck) -> Result<()> {
+        self.api()?;
+        let known = {
+            let mut s = self.session.lock();
+            s.as_mut()
+                .and_then(|s| s.pass.as_mut())
+                .is_some_and(|p| p.acks.remove(&ack.token))
+        };
+        if !known {
+            return Err(E::InvalidRequest(format!(
+                "unknown offline ack {:?}",
+                ack.token
+            )));
+        }
+        self.commit_if_done().await
+    }
+
+    async fn go_online(&self) -> Result<()> {
+        let (api, ended) = self.api()?;
+        let (start, later) = {
+            let mut s = self.session.lock();
+            let s = s.as_mut().ok_or(E::NotLoggedIn)?;
+            if s.live.is_some() {
+                return Ok(());
+            }
+            match s.pass.as_mut() {
+                Some(p) => (Some(p.next_batch.clone()), std::mem::take(&mut p.later)),
+                None => (s.position.clone(), Vec::new()),
+            }
+        };
+        let start = match start {
+            Some(s) => s,
+            None => api.sync(None, Duration::ZERO, 0).await?.next_batch,
+        };
+        for event in later {
+            let _ = self.events_tx.send(event);
+        }
+        let task = tokio::spawn(live(
+            api,
+            self.known.clone(),
+            start,
+            self.events_tx.clone(),
+            ended,
+        ));
+        match self.session.lock().as_mut() {
+            Some(s) => s.live = Some(task),
+            None => task.abort(),
+        }
+        Ok(())
+    }
+
+    async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
+        let (api, _) = self.api()?;
+        if query.limit == 0 {
+            return Err(E::InvalidRequest("history page of 0 messages".into()));
+        }
+        let (from, to) = match query.range {
+            HistoryRange::Latest => (None, None),
+            HistoryRange::Time { from, to } => (Some(from), Some(to)),
+            HistoryRange::Seq { .. } => return Err(E::Unsupported(Capability::HistoryBySeq)),
+        };
+        let cursor = query.cursor.as_ref().map(parse_cursor).transpose()?;
+        let limit = query.limit.min(self.shared.capabilities.history_page_max) as usize;
+        let conversation = match &query.scope {
+            HistoryScope::Conversation(c) => c.clone(),
+            HistoryScope::All => return self.history_all(&api, from, to, cursor, limit).await,
+        };
+        let Some(room) = self.room_for(&api, &conversation, false).await? else {
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                next: None,
+                horizon: None,
+            });
+        };
+        let (messages, next) = self
+            .page(&api, &room, &conversation, from, to, cursor, limit)
+            .await?;
+        Ok(HistoryPage {
+            messages,
+            next,
+            horizon: None,
+        })
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        let (api, _) = self.api()?;
+        let started = Instant::now();
+        api.req(whoami::v3::Request::new()).await?;
+        Ok(started.elapsed())
+    }
+
+    async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()> {
+        let (api, _) = self.api()?;
+        let room = self
+            .room_for(&api, conversation, false)
+            .await?
+            .ok_or(E::NotMember(conversation.clone()))?;
+        self.known.lock().my_reads.insert(up_to.to_string());
+        let req = create_receipt::v3::Request::new(
+            Api::room_id(&room)?,
+            create_receipt::v3::ReceiptType::Read,
+            OwnedEventId::try_from(up_to.as_str())
+                .map_err(|e| E::InvalidRequest(format!("not an event id: {e}")))?,
+        );
+        api.req(req)
+            .await
+            .map(|_| ())
+            .map_err(|e| in_room(e, conversation))
+    }
+
+    fn lifecycle(&self) -> LifecyclePolicy {
+        LifecyclePolicy {
+            edit_permission: EditPermission::Sender,
+            ..self.shared.config.lifecycle.clone()
+        }
+    }
+
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        let (api, _) = self.api()?;
+        let room = self
+            .check_change(&api, conversation, target, &ChangeKind::Recalled)
+            .await?;
+        let req = redact_event::v3::Request::new(
+            Api::room_id(&room)?,
+            Api::event_id(target)?,
+            new_id().as_str().into(),
+        );
+        let done = api.req(req).await.map_err(|e| in_room(e, conversation))?;
+        // The server's time of the change: what every receiver derives its revision from.
+        let at = api.event_time(&room, &done.event_id).await;
+        Ok(MessageChange {
+            conversation: conversation.clone(),
+            target: target.clone(),
+            kind: ChangeKind::Recalled,
+            by: api.me.clone(),
+            at,
+            revision: revision_at(at),
+        })
+    }
+
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &Content,
+    ) -> Result<MessageChange> {
+        let (api, _) = self.api()?;
+        let size = content.size();
+        let max = self.shared.capabilities.max_message_bytes;
+        if size > max {
+            return Err(E::MessageTooLarge { size, max });
+        }
+        let kind = ChangeKind::Edited(content.clone());
+        let room = self.check_change(&api, conversation, target, &kind).await?;
+        let txn = ClientMsgId::generate();
+        let new = content_json(content, &txn, now())?;
+        let mut body = new.clone();
+        if let Some(b) = body
+            .get("body")
+            .and_then(Value::as_str)
+            .map(|b| format!("* {b}"))
+        {
+            body["body"] = json!(b);
+        }
+        body["m.new_content"] = new;
+        body["m.relates_to"] = json!({ "rel_type": "m.replace", "event_id": target.as_str() });
+        let raw =
+            Raw::from_json_string(body.to_string()).map_err(|e| E::Protocol(e.to_string()))?;
+        let req = send_message_event::v3::Request::new_raw(
+            Api::room_id(&room)?,
+            txn.as_str().into(),
+            "m.room.message".into(),
+            raw,
+        );
+        let done = api.req(req).await.map_err(|e| in_room(e, conversation))?;
+        let at = api.event_time(&room, &done.event_id).await;
+        Ok(MessageChange {
+            conversation: conversation.clone(),
+            target: target.clone(),
+            kind,
+            by: api.me.clone(),
+            at,
+            revision: revision_at(at),
+        })
+    }
+}
+
+impl MatrixClient {
+    /// One page of `room`, newest first: `/messages` backwards from the cursor, or from the
+    /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`.
+    #[allow(clippy::too_many_arguments)]
+    async fn page(
+        &self,
+        api: &Api,
+        room: &str,
+        conversation: &ConversationId,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        cursor: Option<(usize, String)>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
+        let room_id = Api::room_id(room)?;
+        let (mut skip, mut token) = match cursor {
+            Some((skip, token)) => (skip, Some(token)),
+            None => (0, None),
+        };
+        if token.is_none()
+            && let Some(to) = to
+        {
+            let ts = MilliSecondsSinceUnixEpoch(
+                UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default(),
+            );
+            let req =
+                get_event_by_timestamp::v1::Request::new(room_id.clone(), ts, Direction::Backward);
+            match api.req(req).await {
+                Ok(found) => {
+                    let mut ctx = get_context::v3::Request::new(room_id.clone(), found.event_id);
+                    ctx.limit = UInt::from(0u32);
+                    token = api.req(ctx).await?.end;
+                }
+                // No event before `to`: the range is empty.
+                Err(E::Server { code: 404, .. }) => return Ok((Vec::new(), None)),
+                Err(e) => return Err(in_room(e, conversation)),
+            }
+        }
+        let mut out = Vec::new();
+        loop {
+            let mut req =
+                get_message_events::v3::Request::new(room_id.clone(), Direction::Backward);
+            req.from = token.clone();
+            req.limit = UInt::try_from((limit + skip).clamp(10, 100) as u64).unwrap_or_default();
+            req.filter.types = Some(vec!["m.room.message".into()]);
+            let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
+            let mut taken = 0;
+            let mut done = resp.end.is_none() || resp.chunk.is_empty();
+            for raw in &resp.chunk {
+                let Ok(ev) = raw.deserialize_as_unchecked::<Ev>() else {
+                    continue;
+                };
+                let Some(Item::Msg(m, _)) =
+                    to_item(&ev, conversation, &self.shared.config.server_name)
+                else {
+                    continue;
+                };
+                if to.is_some_and(|t| m.server_time >= t) {
+                    continue;
+                }
+                if from.is_some_and(|f| m.server_time < f) {
+                    done = true;
+                    break;
+                }
+                taken += 1;
+                if taken <= skip {
+                    continue;
+                }
+                self.known.lock().learn(&m);
+                out.push(m);
+                if out.len() == limit {
+                    // More may follow: continue from this token, past what was taken.
+                    let next = token
+                        .clone()
+                        .map(|t| PageCursor(format!("mx1:{taken}:{t}")));
+                    return Ok((
+                        out,
+                        next.or_else(|| resp.end.clone().map(|e| PageCursor(format!("mx1:0:{e}")))),
+                    ));
+                }
+            }
+            if done {
+                return Ok((out, None));
+            }
+            skip = 0;
+            token = resp.end.clone();
+        }
+    }
+
+    /// History across all joined rooms: each room's newest page, merged newest first.
+    async fn history_all(
+        &self,
+        api: &Api,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        cursor: Option<(usize, String)>,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        // A cursor here is `mx1:{count}:{millis}`: continue before that time, skipping the
+        // `count` messages of exactly that time already returned.
+        let (skip_at, to) = match &cursor {
+            Some((n, ms)) => {
+                let ms: i64 = ms
+                    .parse()
+                    .map_err(|_| E::InvalidRequest("not a history cursor of this vendor".into()))?;
+                (Some((*n, ms)), Some(Timestamp::from_millis(ms + 1)))
+            }
+            None => (None, to),
+        };
+        let rooms = api
+            .req(joined_rooms::v3::Request::new())
+            .await?
+            .joined_rooms;
+        let mut all = Vec::new();
+        for room in rooms {
+            let Some(conversation) = api.conversation_of(&self.known, room.as_str()).await? else {
+                continue;
+            };
+            let want = limit + skip_at.map_or(0, |(n, _)| n);
+            let (messages, _) = self
+                .page(api, room.as_str(), &conversation, from, to, None, want)
+                .await?;
+            all.extend(messages);
+        }
+        all.sort_by(|a, b| {
+            b.server_time
+                .cmp(&a.server_time)
+                .then_with(|| a.server_id.cmp(&b.server_id))
+        });
+        if let Some((n, ms)) = skip_at {
+            let mut seen = 0;
+            all.retain(|m| {
+                if m.server_time.as_millis() == ms && seen < n {
+                    seen += 1;
+                    return false;
+                }
+                true
+            });
+        }
+        let more = all.len() > limit;
+        all.truncate(limit);
+        let next = match all.last() {
+            Some(last) if more => {
+                let at = last.server_time;
+                let same = all.iter().filter(|m| m.server_time == at).count();
+                let carried = skip_at
+                    .filter(|(_, ms)| *ms == at.as_millis())
+                    .map_or(0, |(n, _)| n);
+                Some(PageCursor(format!(
+                    "mx1:{}:{}",
+                    same + carried,
+                    at.as_millis()
+                )))
+            }
+            _ => None,
+        };
+        Ok(HistoryPage {
+            messages: all,
+            next,
+            horizon: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
