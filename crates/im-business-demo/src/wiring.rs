@@ -3,15 +3,16 @@
 //! vendor, or a real server reached through a fault-injecting proxy) and hands the business
 //! code `ImClient`s and QC metrics. Everything else speaks `im-arch` and `im-qc`.
 //!
-//! A real server (`--vendor xmpp`; `--vendor matrix` slots in the same way, see
-//! [`RealServer`]) plays the same day with these differences, each reported in the summary
+//! A real server (`--vendor xmpp --addr HOST:PORT` on Prosody, `--vendor matrix --url
+//! http://HOST:PORT` on Synapse; each is one constructor of [`RealServer`]) plays the same day with these differences, each reported in the summary
 //! (its `business_time`, `outage.method` and `not_applicable` fields), none hidden:
-//! * accounts: created through the server's own admin command, `--register-with CMD` (default
-//!   for XMPP: `$IM_DEMO_REGISTER`, else this repository's `tests/prosody/prosody.sh
-//!   register`, which runs `prosodyctl register`), run once per account as `CMD USER
-//!   PASSWORD` (or with `{user}`, `{password}`, `{domain}` in CMD replaced). Not XEP-0077
-//!   in-band registration: the test server does not allow it, and allowing it would let
-//!   any client create accounts. Names get a per-run prefix (`d1a2b3c4-tenant-1`) so reruns
+//! * accounts: created through the server's own admin command, `--register-with CMD` (default:
+//!   `$IM_DEMO_REGISTER`, else this repository's `tests/prosody/prosody.sh register`, which
+//!   runs `prosodyctl register`, or `tests/synapse/synapse.sh register`, Synapse's
+//!   shared-secret `register_new_matrix_user`), run once per account as `CMD USER PASSWORD`
+//!   (or with `{user}`, `{password}`, `{domain}` in CMD replaced). Not XEP-0077 in-band
+//!   registration (nor Matrix's open registration): the test servers do not allow it, and
+//!   allowing it would let any client create accounts. Names get a per-run prefix (`d1a2b3c4-tenant-1`) so reruns
 //!   on the same server never meet an earlier run's accounts, offline messages or archive;
 //!   passwords are random per run and never printed;
 //! * business time: the server's clock cannot be moved, so the day's jumps (a minute to
@@ -29,7 +30,8 @@
 //! Every other check holds as on the reference vendor and is checked the same way: no
 //! message lost or duplicated (across the outage too), the outage detected by QC and
 //! resolved, the measured response rate equal to the script's, recalls, "seen" receipts,
-//! and the housekeeper on two devices (XMPP: one resource per device, carbons).
+//! and the housekeeper on two devices (XMPP: one resource per device, carbons; Matrix: one
+//! device per client handle).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +46,7 @@ use im_arch::{
 };
 use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, SledArchive};
 use im_qc::{QcVendor, UnknownDevice, VendorMetrics};
+use im_service::matrix::{DevicePolicy, MatrixConfig, MatrixVendor};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::xmpp::{XmppConfig, XmppVendor};
@@ -63,8 +66,7 @@ pub enum VendorChoice {
     Reference,
     /// An XMPP server (Prosody) at `--addr`, accounts made with `--register-with`.
     Xmpp,
-    /// A Matrix homeserver (Synapse) at `--url`: refused with the reason until the Matrix
-    /// adapter is in this build (see [`RealServer`]).
+    /// A Matrix homeserver (Synapse) at `--url`, accounts made with `--register-with`.
     Matrix,
 }
 
@@ -96,7 +98,7 @@ pub struct Target {
 }
 
 /// A real server behind the fault proxy: how to make a client of it, and what the run
-/// changes on it. Adding a protocol (Matrix) is one more constructor like [`RealServer::xmpp`]
+/// changes on it. A protocol is one constructor ([`RealServer::xmpp`], [`RealServer::matrix`])
 /// and nothing else: business time, the outage and the seats are shared.
 struct RealServer {
     /// The vendor's name, for display and the summary.
@@ -120,26 +122,33 @@ pub struct ProxyCounts {
     pub refused: u64,
 }
 
-/// The admin command for XMPP accounts when `--register-with` is not given:
-/// `$IM_DEMO_REGISTER`, else this repository's Prosody script (when the binary runs from the
-/// source tree it was built in, as with `cargo run`).
-fn default_xmpp_register() -> Option<String> {
+/// An account script of this repository (`tests/{dir}/{script} register`), when the
+/// binary runs from the source tree it was built in (as with `cargo run`), else `None`.
+/// `$IM_DEMO_REGISTER` names another admin command.
+fn repository_script(dir: &str, script: &str) -> Option<String> {
     if let Ok(cmd) = std::env::var("IM_DEMO_REGISTER") {
         return Some(cmd);
     }
-    let script: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "..",
-        "tests",
-        "prosody",
-        "prosody.sh",
-    ]
-    .iter()
-    .collect();
-    script
-        .exists()
-        .then(|| format!("bash {} register", script.display()))
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "..", "tests", dir, script]
+        .iter()
+        .collect();
+    path.exists()
+        .then(|| format!("bash {} register", path.display()))
+}
+
+/// Creates every account of `users` with a fresh random password through `cmd`.
+async fn register_all(
+    cmd: &str,
+    domain: &str,
+    users: &[UserId],
+) -> Result<HashMap<UserId, Credentials>> {
+    let mut credentials = HashMap::new();
+    for user in users {
+        let password = format!("pw-{:016x}", rand::random::<u64>());
+        register_with(cmd, domain, user, &password).await?;
+        credentials.insert(user.clone(), Credentials::new(user.as_str(), password));
+    }
+    Ok(credentials)
 }
 
 /// Creates `user` with `password` through the admin command `cmd` (see the module doc).
@@ -189,15 +198,10 @@ impl RealServer {
         let register = target
             .register_with
             .clone()
-            .or_else(default_xmpp_register)
+            .or_else(|| repository_script("prosody", "prosody.sh"))
             .context("--vendor xmpp needs --register-with CMD (the admin command that creates an account)")?;
         let domain = target.domain.clone().unwrap_or_else(|| "im.test".into());
-        let mut credentials = HashMap::new();
-        for user in users {
-            let password = format!("pw-{:016x}", rand::random::<u64>());
-            register_with(&register, &domain, user, &password).await?;
-            credentials.insert(user.clone(), Credentials::new(user.as_str(), password));
-        }
+        let credentials = register_all(&register, &domain, users).await?;
         let proxy = FaultProxy::start(upstream)
             .await
             .context("starting the fault proxy")?;
@@ -217,18 +221,53 @@ impl RealServer {
         ))
     }
 
-    /// A Matrix homeserver: the place for `im_service::matrix` once it is in this build
-    /// (accounts through Synapse's shared-secret admin registration, the proxy in front of
-    /// the homeserver's port, the adapter's base URL pointing at the proxy).
-    fn matrix(target: &Target) -> Result<(RealServer, HashMap<UserId, Credentials>)> {
-        bail!(
-            "--vendor matrix{}: the Matrix adapter (im_service::matrix) is not in this build \
-             yet; the demo's real-vendor wiring (business time, the fault proxy) is ready for it",
-            target
-                .url
-                .as_deref()
-                .map_or(String::new(), |u| format!(" --url {u}"))
-        )
+    /// A Matrix homeserver at `target.url` (plain HTTP on loopback): a proxy in front of its
+    /// port, the adapter's base URL pointing at the proxy, one Matrix device per client
+    /// handle (several devices at once), and the accounts (default admin command: this
+    /// repository's `tests/synapse/synapse.sh register`, Synapse's shared-secret
+    /// registration).
+    async fn matrix(
+        target: &Target,
+        users: &[UserId],
+    ) -> Result<(RealServer, HashMap<UserId, Credentials>)> {
+        let url = target.url.as_deref().context(
+            "--vendor matrix needs --url http://HOST:PORT of the homeserver \
+             (tests/synapse/synapse.sh start PORT starts one)",
+        )?;
+        let upstream: SocketAddr = url
+            .strip_prefix("http://")
+            .map(|rest| rest.split('/').next().unwrap_or(rest))
+            .and_then(|hostport| hostport.parse().ok())
+            .with_context(|| {
+                format!("--url {url}: expected http://IP:PORT (plain HTTP on loopback)")
+            })?;
+        let register = target
+            .register_with
+            .clone()
+            .or_else(|| repository_script("synapse", "synapse.sh"))
+            .context("--vendor matrix needs --register-with CMD (the admin command that creates an account)")?;
+        let server_name = target.domain.clone().unwrap_or_else(|| "localhost".into());
+        let credentials = register_all(&register, &server_name, users).await?;
+        let proxy = FaultProxy::start(upstream)
+            .await
+            .context("starting the fault proxy")?;
+        let mut config = MatrixConfig::new(format!("http://{}", proxy.addr()), server_name);
+        config.devices = DevicePolicy::PerHandle("DEMO".into());
+        // The demo's clients notice an outage within a second; a request waits no longer,
+        // and a long poll ends often enough to notice a dropped connection.
+        config.request_timeout = Duration::from_secs(2);
+        config.sync_timeout = Duration::from_secs(1);
+        let vendor = MatrixVendor::new(config);
+        Ok((
+            RealServer {
+                name: "matrix",
+                server: url.to_owned(),
+                client: Box::new(move || Arc::new(vendor.client()) as Arc<dyn Vendor>),
+                proxy,
+                clock: BusinessClock::new(),
+            },
+            credentials,
+        ))
     }
 }
 
@@ -384,7 +423,7 @@ impl Environment {
             }
             VendorChoice::Xmpp | VendorChoice::Matrix => {
                 let (server, credentials) = match choice {
-                    VendorChoice::Matrix => RealServer::matrix(target)?,
+                    VendorChoice::Matrix => RealServer::matrix(target, users).await?,
                     _ => RealServer::xmpp(target, users).await?,
                 };
                 return Ok(Environment {

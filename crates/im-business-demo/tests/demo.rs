@@ -4,8 +4,10 @@
 //! recalled, every reply a tenant read came back as "seen" once, and the housekeeper on two
 //! devices saw each own reply once on the other device with reads kept in step. The same
 //! day runs on a real Prosody (`--vendor xmpp`) when one answers at `IM_PROSODY_ADDR`
-//! (default 127.0.0.1:5222), skipped otherwise; `IM_REQUIRE_PROSODY` (set by `.ci/run`)
-//! turns the skip into a failure, as for the adapter's own Prosody tests.
+//! (default 127.0.0.1:5222) and on a real Synapse (`--vendor matrix`) when one answers at
+//! `IM_SYNAPSE_URL` (default http://127.0.0.1:8008), skipped otherwise;
+//! `IM_REQUIRE_PROSODY` / `IM_REQUIRE_SYNAPSE` (set by `.ci/run`) turn a skip into a
+//! failure, as for the adapters' own tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -164,45 +166,39 @@ fn a_real_vendor_without_its_server_is_a_clear_error() {
     );
 }
 
-/// The test Prosody's address (`IM_PROSODY_ADDR`, default 127.0.0.1:5222) when one answers;
-/// `None` with a note when none does, a failure under `IM_REQUIRE_PROSODY`. (The demo does
-/// not depend on im-testkit, whose `prosody_or_skip` is the same gate.)
-fn prosody() -> Option<String> {
-    let addr = std::env::var("IM_PROSODY_ADDR").unwrap_or_else(|_| "127.0.0.1:5222".into());
-    let parsed: std::net::SocketAddr = addr
+/// `host:port` of a test server from `var` (else `default`) when one answers there; `None`
+/// with a note when none does, a failure when `require` is set (as `.ci/run` does). The
+/// demo does not depend on im-testkit, whose gates (`prosody_or_skip`, the Synapse one)
+/// are the same.
+fn server(var: &str, default: &str, require: &str, start: &str) -> Option<String> {
+    let addr = std::env::var(var).unwrap_or_else(|_| default.into());
+    let hostport = addr.strip_prefix("http://").unwrap_or(&addr);
+    let parsed: std::net::SocketAddr = hostport
+        .trim_end_matches('/')
         .parse()
-        .unwrap_or_else(|_| panic!("IM_PROSODY_ADDR={addr:?} is not host:port"));
+        .unwrap_or_else(|_| panic!("{var}={addr:?} is not host:port"));
     match std::net::TcpStream::connect_timeout(&parsed, std::time::Duration::from_millis(500)) {
         Ok(_) => Some(addr),
-        Err(e) if std::env::var_os("IM_REQUIRE_PROSODY").is_some() => {
-            panic!("no Prosody at {addr} ({e}) although IM_REQUIRE_PROSODY is set")
+        Err(e) if std::env::var_os(require).is_some() => {
+            panic!("no server at {addr} ({e}) although {require} is set")
         }
         Err(e) => {
-            eprintln!(
-                "SKIPPED: no Prosody at {addr} ({e}); start one with `tests/prosody/prosody.sh start`"
-            );
+            eprintln!("SKIPPED: no server at {addr} ({e}); start one with `{start}`");
             None
         }
     }
 }
 
-/// The same day on a real Prosody: accounts made by its admin command (the repository's
-/// `tests/prosody/prosody.sh register`, on the server of `IM_PROSODY_DIR`), business time
-/// mapped from the server's real clock, the noon outage injected by the fault proxy in
-/// front of it. Every check holds as on the reference vendor; the archive, which only the
-/// reference vendor's callbacks feed, is reported as not applicable with its reason.
-#[test]
-fn the_scripted_day_on_a_real_prosody() {
-    let Some(addr) = prosody() else { return };
-    let s = run(&[
-        "--vendor", "xmpp", "--addr", &addr, "--users", "4", "--seed", "3",
-    ]);
-    // Names are unique per run (a prefix), the checks the same as on the reference vendor.
+/// The checks of a day on a real server `vendor`: the same as on the reference vendor
+/// (account names carry a per-run prefix), the outage made by the fault proxy in front of
+/// the server, business time mapped from the server's clock, and the archive, which only
+/// the reference vendor's callbacks feed, reported as not applicable with its reason.
+fn check_real(s: &Value, vendor: &str) {
     let keeper = s["two_devices"]["housekeeper"].as_str().unwrap().to_owned();
     assert!(keeper.ends_with("-keeper-1"), "{s}");
     let mut renamed = s.clone();
     renamed["two_devices"]["housekeeper"] = "keeper-1".into();
-    check(&renamed, "xmpp");
+    check(&renamed, vendor);
     assert_eq!(s["housekeepers"], 2);
     assert!(
         s["outage"]["method"]
@@ -225,6 +221,43 @@ fn the_scripted_day_on_a_real_prosody() {
     assert_eq!(na.len(), 1, "only the archive cannot apply: {s}");
     assert_eq!(na[0]["check"], "archived");
     assert!(na[0]["reason"].as_str().unwrap().contains("callbacks"));
+}
+
+/// The same day on a real Prosody (`IM_PROSODY_ADDR`, default 127.0.0.1:5222; accounts
+/// made by `tests/prosody/prosody.sh register` on the server of `IM_PROSODY_DIR`).
+#[test]
+fn the_scripted_day_on_a_real_prosody() {
+    let Some(addr) = server(
+        "IM_PROSODY_ADDR",
+        "127.0.0.1:5222",
+        "IM_REQUIRE_PROSODY",
+        "tests/prosody/prosody.sh start",
+    ) else {
+        return;
+    };
+    let s = run(&[
+        "--vendor", "xmpp", "--addr", &addr, "--users", "4", "--seed", "3",
+    ]);
+    check_real(&s, "xmpp");
+}
+
+/// The same day on a real Synapse (`IM_SYNAPSE_URL`, default http://127.0.0.1:8008;
+/// accounts made by `tests/synapse/synapse.sh register` on the server of
+/// `IM_SYNAPSE_DIR`).
+#[test]
+fn the_scripted_day_on_a_real_synapse() {
+    let Some(url) = server(
+        "IM_SYNAPSE_URL",
+        "http://127.0.0.1:8008",
+        "IM_REQUIRE_SYNAPSE",
+        "tests/synapse/synapse.sh start",
+    ) else {
+        return;
+    };
+    let s = run(&[
+        "--vendor", "matrix", "--url", &url, "--users", "4", "--seed", "3",
+    ]);
+    check_real(&s, "matrix");
 }
 
 #[test]
