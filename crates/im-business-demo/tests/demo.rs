@@ -164,6 +164,16 @@ fn a_real_vendor_without_its_server_is_a_clear_error() {
         stderr.contains("--vendor xmpp needs --addr"),
         "names the missing flag: {stderr}"
     );
+    let out = Command::new(env!("CARGO_BIN_EXE_im-business-demo"))
+        .args(["--vendor", "matrix", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--vendor matrix needs --url"),
+        "names the missing flag: {stderr}"
+    );
 }
 
 /// `host:port` of a test server from `var` (else `default`) when one answers there; `None`
