@@ -57,6 +57,10 @@ pub fn vendor_names_in_arch(root: &Path) -> Vec<String> {
         "im_service::memory",
         "ReferenceClient",
         "Xmpp",
+        "im_service::xmpp",
+        "im_service::matrix",
+        "MatrixVendor",
+        "FaultProxy",
     ];
     let mut hits = Vec::new();
     let mut files = Vec::new();
@@ -96,6 +100,10 @@ pub fn adapter_names_in_demo(root: &Path) -> Vec<String> {
         "ServiceError",
         "ErrorClass",
         "Xmpp",
+        "im_service::xmpp",
+        "im_service::matrix",
+        "MatrixVendor",
+        "FaultProxy",
     ];
     let mut hits = Vec::new();
     let mut files = Vec::new();

@@ -1,9 +1,11 @@
 //! `cargo run -p im-business-demo`: a customer-service chat among tenants and housekeepers,
 //! run end to end on a rented IM vendor (by default the reference vendor in process, with
-//! the company archive fed by its callbacks), through a scripted working day with a vendor
-//! outage, shown in the terminal as it happens. `--json` prints a machine-readable summary;
+//! the company archive fed by its callbacks; `--vendor xmpp --addr HOST:PORT` a real XMPP
+//! server, see `wiring.rs`), through a scripted working day with a vendor outage, shown in
+//! the terminal as it happens. `--json` prints a machine-readable summary;
 //! the exit code is 0 only when every check of the summary holds.
 
+mod business_time;
 mod day;
 mod desk;
 mod desk_runtime;
@@ -24,9 +26,21 @@ struct Args {
     #[arg(long, value_enum, default_value_t = wiring::VendorChoice::Reference)]
     vendor: wiring::VendorChoice,
     /// Where the embedded reference vendor listens (default: a free port on 127.0.0.1), or
-    /// the XMPP server's address.
+    /// the XMPP server's client port (`--vendor xmpp`).
     #[arg(long)]
     addr: Option<SocketAddr>,
+    /// The server's domain of the accounts: the XMPP domain (default `im.test`) or the
+    /// Matrix server name (default `localhost`), as the test servers of `tests/` use.
+    #[arg(long)]
+    domain: Option<String>,
+    /// The Matrix homeserver's URL (`--vendor matrix`).
+    #[arg(long)]
+    url: Option<String>,
+    /// The server's admin command that creates an account, run as `CMD USER PASSWORD` (or
+    /// with `{user}`, `{password}`, `{domain}` in CMD replaced). Default for XMPP:
+    /// `$IM_DEMO_REGISTER`, else `bash tests/prosody/prosody.sh register` of this source tree.
+    #[arg(long, value_name = "CMD")]
+    register_with: Option<String>,
     /// Number of tenants (housekeepers: one per three tenants, at least one).
     #[arg(long, default_value_t = 6)]
     users: usize,
@@ -55,23 +69,29 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let tenants = args.users.max(1);
     let housekeepers = tenants.div_ceil(3).max(1);
-    let users: Vec<UserId> = (1..=tenants)
-        .map(|i| UserId::new(format!("tenant-{i}")))
-        .chain((1..=housekeepers).map(|i| UserId::new(format!("keeper-{i}"))))
+    let prefix = args.vendor.account_prefix();
+    let options = desk_runtime::DayOptions {
+        tenants,
+        housekeepers,
+        prefix,
+        seed: args.seed,
+        speed: args.speed,
+        live: !args.json,
+        interactive: args.interactive,
+    };
+    let users: Vec<UserId> = options
+        .tenant_ids()
+        .into_iter()
+        .chain(options.housekeeper_ids())
         .collect();
-    let env = wiring::Environment::start(args.vendor, args.addr, &users).await?;
-    let summary = desk_runtime::run(
-        env,
-        desk_runtime::DayOptions {
-            tenants,
-            housekeepers,
-            seed: args.seed,
-            speed: args.speed,
-            live: !args.json,
-            interactive: args.interactive,
-        },
-    )
-    .await?;
+    let target = wiring::Target {
+        addr: args.addr,
+        domain: args.domain,
+        url: args.url,
+        register_with: args.register_with,
+    };
+    let env = wiring::Environment::start(args.vendor, &target, &users).await?;
+    let summary = desk_runtime::run(env, options).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -130,6 +150,17 @@ fn print_summary(s: &desk_runtime::Summary) {
     );
     if let Some(a) = s.archived {
         println!("company archive: {a} messages kept");
+    }
+    println!("business time: {}", s.business_time);
+    println!("outage injected by: {}", s.outage.method);
+    if let Some(p) = &s.outage.proxy {
+        println!(
+            "fault proxy: {} connections dropped, {} refused while down",
+            p.dropped, p.refused
+        );
+    }
+    for n in &s.not_applicable {
+        println!("check {}: not applicable ({})", n.check, n.reason);
     }
     println!("alerts fired: {:?}", s.alerts_fired);
     println!("all checks: {}", if s.ok { "ok" } else { "FAILED" });

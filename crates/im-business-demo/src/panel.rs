@@ -71,6 +71,9 @@ impl Panel {
             env.vendor_addr()
                 .map_or(String::new(), |a| format!(" on {a}"))
         );
+        if let Some(route) = env.route() {
+            println!("  server: {route}");
+        }
         if let Some(url) = env.archive_url() {
             println!("  company archive: {url} (fed by the vendor's signed callbacks)");
         }

@@ -1,7 +1,37 @@
 //! The only module of the demo that names concrete vendors and servers: it starts the
-//! environment (the reference vendor and the company archive in process, or the in-memory
-//! vendor) and hands the business code `ImClient`s and QC metrics. Everything else speaks
-//! `im-arch` and `im-qc`.
+//! environment (the reference vendor and the company archive in process, the in-memory
+//! vendor, or a real server reached through a fault-injecting proxy) and hands the business
+//! code `ImClient`s and QC metrics. Everything else speaks `im-arch` and `im-qc`.
+//!
+//! A real server (`--vendor xmpp --addr HOST:PORT` on Prosody, `--vendor matrix --url
+//! http://HOST:PORT` on Synapse; each is one constructor of [`RealServer`]) plays the same day with these differences, each reported in the summary
+//! (its `business_time`, `outage.method` and `not_applicable` fields), none hidden:
+//! * accounts: created through the server's own admin command, `--register-with CMD` (default:
+//!   `$IM_DEMO_REGISTER`, else this repository's `tests/prosody/prosody.sh register`, which
+//!   runs `prosodyctl register`, or `tests/synapse/synapse.sh register`, Synapse's
+//!   shared-secret `register_new_matrix_user`), run once per account as `CMD USER PASSWORD`
+//!   (or with `{user}`, `{password}`, `{domain}` in CMD replaced). Not XEP-0077 in-band
+//!   registration (nor Matrix's open registration): the test servers do not allow it, and
+//!   allowing it would let any client create accounts. Names get a per-run prefix (`d1a2b3c4-tenant-1`) so reruns
+//!   on the same server never meet an earlier run's accounts, offline messages or archive;
+//!   passwords are random per run and never printed;
+//! * business time: the server's clock cannot be moved, so the day's jumps (a minute to
+//!   read, a busy housekeeper's seven, to the next hour) move a [`BusinessClock`] instead,
+//!   and every client sees the vendor through [`BusinessTimeVendor`], which maps the
+//!   server's real timestamps to business time; QC's response rate, the overdue rule and
+//!   the history windows then run unchanged;
+//! * the outage at noon: the clients connect to a fault-injecting TCP proxy in front of the
+//!   server, and the outage is the proxy's (every connection dropped, new ones refused until
+//!   it heals), not the vendor's: the server itself never notices;
+//! * the company archive is fed by the reference vendor's signed callbacks; a real server
+//!   sends none, so no archive is started and its check is reported as not applicable (the
+//!   server's own archive, MAM on XMPP, serves the clients' history instead).
+//!
+//! Every other check holds as on the reference vendor and is checked the same way: no
+//! message lost or duplicated (across the outage too), the outage detected by QC and
+//! resolved, the measured response rate equal to the script's, recalls, "seen" receipts,
+//! and the housekeeper on two devices (XMPP: one resource per device, carbons; Matrix: one
+//! device per client handle).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,10 +46,14 @@ use im_arch::{
 };
 use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, SledArchive};
 use im_qc::{QcVendor, UnknownDevice, VendorMetrics};
+use im_service::matrix::{DevicePolicy, MatrixConfig, MatrixVendor};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig, VendorOp};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
+use im_service::xmpp::{XmppConfig, XmppVendor};
 use im_service::{Clock, Credentials, ServiceError, ShiftedClock, Token, UserId, Vendor};
-use im_vendor_sim::{CallbackConfig, ReferenceServer, ServerConfig};
+use im_vendor_sim::{CallbackConfig, FaultProxy, ReferenceServer, ServerConfig};
+
+use crate::business_time::{BusinessClock, BusinessTimeVendor};
 
 /// Which vendor the demo rents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -30,8 +64,211 @@ pub enum VendorChoice {
     /// The reference vendor over TCP on 127.0.0.1, with the company archive fed by its
     /// callbacks (the default).
     Reference,
-    /// An XMPP server (Prosody): refused with the reason (see `Environment::start`).
+    /// An XMPP server (Prosody) at `--addr`, accounts made with `--register-with`.
     Xmpp,
+    /// A Matrix homeserver (Synapse) at `--url`, accounts made with `--register-with`.
+    Matrix,
+}
+
+impl VendorChoice {
+    /// What every account name of this run starts with: accounts on a real server outlive
+    /// the run, so a per-run prefix keeps reruns apart; the in-process vendors start empty.
+    pub fn account_prefix(self) -> String {
+        match self {
+            VendorChoice::Memory | VendorChoice::Reference => String::new(),
+            VendorChoice::Xmpp | VendorChoice::Matrix => {
+                format!("d{:08x}-", rand::random::<u32>())
+            }
+        }
+    }
+}
+
+/// Where a real server is and how to make accounts on it (ignored by the in-process
+/// vendors, except `addr` for the reference vendor's listener).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The reference vendor's listener, or the XMPP server's client port.
+    pub addr: Option<SocketAddr>,
+    /// The XMPP domain or Matrix server name (`None`: the test server's).
+    pub domain: Option<String>,
+    /// The Matrix homeserver's URL.
+    pub url: Option<String>,
+    /// The admin command that creates an account (see the module doc).
+    pub register_with: Option<String>,
+}
+
+/// A real server behind the fault proxy: how to make a client of it, and what the run
+/// changes on it. A protocol is one constructor ([`RealServer::xmpp`], [`RealServer::matrix`])
+/// and nothing else: business time, the outage and the seats are shared.
+struct RealServer {
+    /// The vendor's name, for display and the summary.
+    name: &'static str,
+    /// Where the server really is (display).
+    server: String,
+    /// A new client handle of the adapter, connecting through the proxy.
+    client: Box<dyn Fn() -> Arc<dyn Vendor> + Send + Sync>,
+    /// The proxy between every client and the server; the outage is its.
+    proxy: FaultProxy,
+    /// Business time over the server's real clock.
+    clock: BusinessClock,
+}
+
+/// What the fault proxy did to the clients' connections (a real server's outage).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ProxyCounts {
+    /// Open connections the outage dropped.
+    pub dropped: u64,
+    /// New connections refused while it lasted (the clients' reconnect attempts).
+    pub refused: u64,
+}
+
+/// An account script of this repository (`tests/{dir}/{script} register`), when the
+/// binary runs from the source tree it was built in (as with `cargo run`), else `None`.
+/// `$IM_DEMO_REGISTER` names another admin command.
+fn repository_script(dir: &str, script: &str) -> Option<String> {
+    if let Ok(cmd) = std::env::var("IM_DEMO_REGISTER") {
+        return Some(cmd);
+    }
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "..", "tests", dir, script]
+        .iter()
+        .collect();
+    path.exists()
+        .then(|| format!("bash {} register", path.display()))
+}
+
+/// Creates every account of `users` with a fresh random password through `cmd`.
+async fn register_all(
+    cmd: &str,
+    domain: &str,
+    users: &[UserId],
+) -> Result<HashMap<UserId, Credentials>> {
+    let mut credentials = HashMap::new();
+    for user in users {
+        let password = format!("pw-{:016x}", rand::random::<u64>());
+        register_with(cmd, domain, user, &password).await?;
+        credentials.insert(user.clone(), Credentials::new(user.as_str(), password));
+    }
+    Ok(credentials)
+}
+
+/// Creates `user` with `password` through the admin command `cmd` (see the module doc).
+/// Blocking process work runs off the runtime's threads.
+async fn register_with(cmd: &str, domain: &str, user: &UserId, password: &str) -> Result<()> {
+    let mut words: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+    let templated = words.iter().any(|w| w.contains("{user}"));
+    for w in &mut words {
+        *w = w
+            .replace("{user}", user.as_str())
+            .replace("{password}", password)
+            .replace("{domain}", domain);
+    }
+    if !templated {
+        words.push(user.to_string());
+        words.push(password.to_owned());
+    }
+    let Some((program, args)) = words.split_first() else {
+        bail!("--register-with is empty");
+    };
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running the admin command {program}"))?;
+    if !out.status.success() {
+        // The command line holds the password: name the program and the account only.
+        bail!(
+            "the admin command {program} could not create {user}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl RealServer {
+    /// An XMPP server at `target.addr`: a proxy in front of it, one multi-device adapter
+    /// (a resource per client handle, carbons) through the proxy, and the accounts.
+    async fn xmpp(
+        target: &Target,
+        users: &[UserId],
+    ) -> Result<(RealServer, HashMap<UserId, Credentials>)> {
+        let upstream = target.addr.context(
+            "--vendor xmpp needs --addr HOST:PORT of the XMPP server's client port \
+             (tests/prosody/prosody.sh start PORT starts one)",
+        )?;
+        let register = target
+            .register_with
+            .clone()
+            .or_else(|| repository_script("prosody", "prosody.sh"))
+            .context("--vendor xmpp needs --register-with CMD (the admin command that creates an account)")?;
+        let domain = target.domain.clone().unwrap_or_else(|| "im.test".into());
+        let credentials = register_all(&register, &domain, users).await?;
+        let proxy = FaultProxy::start(upstream)
+            .await
+            .context("starting the fault proxy")?;
+        let mut config = XmppConfig::new(proxy.addr(), domain).with_multi_device();
+        // The demo's clients notice an outage within a second; a request waits no longer.
+        config.request_timeout = Duration::from_secs(2);
+        let vendor = XmppVendor::new(config);
+        Ok((
+            RealServer {
+                name: "xmpp",
+                server: upstream.to_string(),
+                client: Box::new(move || Arc::new(vendor.client()) as Arc<dyn Vendor>),
+                proxy,
+                clock: BusinessClock::new(),
+            },
+            credentials,
+        ))
+    }
+
+    /// A Matrix homeserver at `target.url` (plain HTTP on loopback): a proxy in front of its
+    /// port, the adapter's base URL pointing at the proxy, one Matrix device per client
+    /// handle (several devices at once), and the accounts (default admin command: this
+    /// repository's `tests/synapse/synapse.sh register`, Synapse's shared-secret
+    /// registration).
+    async fn matrix(
+        target: &Target,
+        users: &[UserId],
+    ) -> Result<(RealServer, HashMap<UserId, Credentials>)> {
+        let url = target.url.as_deref().context(
+            "--vendor matrix needs --url http://HOST:PORT of the homeserver \
+             (tests/synapse/synapse.sh start PORT starts one)",
+        )?;
+        let upstream: SocketAddr = url
+            .strip_prefix("http://")
+            .map(|rest| rest.split('/').next().unwrap_or(rest))
+            .and_then(|hostport| hostport.parse().ok())
+            .with_context(|| {
+                format!("--url {url}: expected http://IP:PORT (plain HTTP on loopback)")
+            })?;
+        let register = target
+            .register_with
+            .clone()
+            .or_else(|| repository_script("synapse", "synapse.sh"))
+            .context("--vendor matrix needs --register-with CMD (the admin command that creates an account)")?;
+        let server_name = target.domain.clone().unwrap_or_else(|| "localhost".into());
+        let credentials = register_all(&register, &server_name, users).await?;
+        let proxy = FaultProxy::start(upstream)
+            .await
+            .context("starting the fault proxy")?;
+        let mut config = MatrixConfig::new(format!("http://{}", proxy.addr()), server_name);
+        config.devices = DevicePolicy::PerHandle("DEMO".into());
+        // The demo's clients notice an outage within a second; a request waits no longer,
+        // and a long poll ends often enough to notice a dropped connection.
+        config.request_timeout = Duration::from_secs(2);
+        config.sync_timeout = Duration::from_secs(1);
+        let vendor = MatrixVendor::new(config);
+        Ok((
+            RealServer {
+                name: "matrix",
+                server: url.to_owned(),
+                client: Box::new(move || Arc::new(vendor.client()) as Arc<dyn Vendor>),
+                proxy,
+                clock: BusinessClock::new(),
+            },
+            credentials,
+        ))
+    }
 }
 
 /// The vendor behind the environment.
@@ -44,6 +281,7 @@ enum Backend {
         server: ReferenceServer,
         factory: ReferenceVendor,
     },
+    Real(RealServer),
 }
 
 /// The archive the reference vendor's callbacks feed.
@@ -108,13 +346,14 @@ fn vendor_config() -> MemoryVendorConfig {
 }
 
 impl Environment {
-    /// Starts the environment for `users` on `choice`; `addr` is where the embedded
+    /// Starts the environment for `users` on `choice`; `target.addr` is where the embedded
     /// reference vendor listens (default `127.0.0.1:0`) or the XMPP server's address.
     pub async fn start(
         choice: VendorChoice,
-        addr: Option<SocketAddr>,
+        target: &Target,
         users: &[UserId],
     ) -> Result<Environment> {
+        let addr = target.addr;
         let data = tempfile::tempdir().context("temporary directory")?;
         let (backend, archive) = match choice {
             VendorChoice::Memory => {
@@ -182,20 +421,31 @@ impl Environment {
                     }),
                 )
             }
-            VendorChoice::Xmpp => bail!(
-                "--vendor xmpp: the scripted day needs a vendor it can administer (accounts, \
-                 business time, an outage), which a real XMPP server does not offer; the XMPP \
-                 adapter runs the case library instead (`cargo xtask test-suite --vendor xmpp`)"
-            ),
+            VendorChoice::Xmpp | VendorChoice::Matrix => {
+                let (server, credentials) = match choice {
+                    VendorChoice::Matrix => RealServer::matrix(target, users).await?,
+                    _ => RealServer::xmpp(target, users).await?,
+                };
+                return Ok(Environment {
+                    backend: Backend::Real(server),
+                    archive: None,
+                    credentials,
+                    devices: AtomicU32::new(0),
+                    data,
+                });
+            }
         };
+        // The in-process vendors register accounts directly (a real server's admin command
+        // ran above).
         let credentials = users
             .iter()
-            .map(|u| {
+            .filter_map(|u| {
                 let c = match &backend {
                     Backend::Memory { vendor, .. } => vendor.register_user(u),
                     Backend::Reference { server, .. } => server.vendor().register_user(u),
+                    Backend::Real(_) => return None,
                 };
-                (u.clone(), c)
+                Some((u.clone(), c))
             })
             .collect();
         Ok(Environment {
@@ -209,9 +459,80 @@ impl Environment {
 
     /// The vendor's name, for display.
     pub fn vendor_name(&self) -> &'static str {
-        match self.backend {
+        match &self.backend {
             Backend::Memory { .. } => "memory",
             Backend::Reference { .. } => "reference",
+            Backend::Real(r) => r.name,
+        }
+    }
+
+    /// Where a real server is and the proxy in front of it (display), if any.
+    pub fn route(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Real(r) => Some(format!(
+                "{} through the fault proxy on {}",
+                r.server,
+                r.proxy.addr()
+            )),
+            _ => None,
+        }
+    }
+
+    /// How the day's business time is kept on this vendor (for the summary).
+    pub fn business_time(&self) -> &'static str {
+        match &self.backend {
+            Backend::Memory { .. } | Backend::Reference { .. } => "the vendor's clock is moved",
+            Backend::Real(_) => {
+                "the server's clock is real: business time is mapped from its timestamps"
+            }
+        }
+    }
+
+    /// How the outage is injected (for the summary).
+    pub fn outage_method(&self) -> &'static str {
+        match &self.backend {
+            Backend::Memory { .. } => {
+                "the in-process vendor drops every connection and refuses logins"
+            }
+            Backend::Reference { .. } => "the reference vendor's own outage switch",
+            Backend::Real(_) => {
+                "a fault proxy between the clients and the server drops every connection and refuses new ones"
+            }
+        }
+    }
+
+    /// What the fault proxy in front of a real server did so far (`None` without one).
+    pub fn proxy_counts(&self) -> Option<ProxyCounts> {
+        match &self.backend {
+            Backend::Real(r) => {
+                let s = r.proxy.stats();
+                Some(ProxyCounts {
+                    dropped: s.dropped,
+                    refused: s.refused,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks of the summary that cannot apply on this vendor, with the reason.
+    pub fn not_applicable(&self) -> Vec<(&'static str, String)> {
+        match &self.backend {
+            Backend::Reference { .. } => Vec::new(),
+            Backend::Memory { .. } => vec![(
+                "archived",
+                "the company archive is fed by a vendor's signed callbacks; the in-process \
+                 vendor sends none, so no archive runs"
+                    .to_owned(),
+            )],
+            Backend::Real(r) => vec![(
+                "archived",
+                format!(
+                    "the company archive is fed by a vendor's signed callbacks; {} sends none, \
+                     so no archive runs (the clients read history from the server's own archive)",
+                    r.name
+                ),
+            )],
         }
     }
 
@@ -220,6 +541,7 @@ impl Environment {
         match &self.backend {
             Backend::Memory { .. } => None,
             Backend::Reference { server, .. } => Some(server.addr()),
+            Backend::Real(_) => None,
         }
     }
 
@@ -233,6 +555,7 @@ impl Environment {
         match &self.backend {
             Backend::Memory { clock, .. } => clock.clone(),
             Backend::Reference { server, .. } => Arc::new(server.clock().clone()),
+            Backend::Real(r) => Arc::new(r.clock.clone()),
         }
     }
 
@@ -241,6 +564,7 @@ impl Environment {
         match &self.backend {
             Backend::Memory { clock, .. } => clock.shift(by),
             Backend::Reference { server, .. } => server.shift_clock(by),
+            Backend::Real(r) => r.clock.shift(by),
         }
     }
 
@@ -263,6 +587,9 @@ impl Environment {
                 }
             }
             Backend::Reference { server, .. } => server.outage(duration),
+            // Every connection through the proxy drops and new ones are refused until the
+            // proxy heals by itself; the server keeps running.
+            Backend::Real(r) => r.proxy.outage(duration),
         }
     }
 
@@ -288,6 +615,7 @@ impl Environment {
         let inner: Arc<dyn Vendor> = match &self.backend {
             Backend::Memory { vendor, .. } => Arc::new(vendor.client()),
             Backend::Reference { factory, .. } => Arc::new(factory.client()),
+            Backend::Real(r) => Arc::new(BusinessTimeVendor::new((r.client)(), r.clock.clone())),
         };
         let qc = Arc::new(QcVendor::new(inner, Arc::new(UnknownDevice)));
         let vendor = qc.clone();
@@ -332,10 +660,12 @@ impl Environment {
         }
     }
 
-    /// Stops the servers.
+    /// Stops the servers (a real server keeps running: only the proxy in front of it stops).
     pub async fn shutdown(self) {
-        if let Backend::Reference { server, .. } = self.backend {
-            server.shutdown().await;
+        match self.backend {
+            Backend::Reference { server, .. } => server.shutdown().await,
+            Backend::Real(r) => r.proxy.shutdown().await,
+            Backend::Memory { .. } => {}
         }
         if let Some(a) = self.archive {
             a.server.shutdown().await;

@@ -396,7 +396,14 @@ impl SyncEngine {
             // (The catch-up above covered pushes lost since the previous mark.) Without the
             // vendor's clock, the newest delivered message is the best mark we have.
             let newest = self.cursors.values().map(|c| c.time).max();
-            self.synced_to = login_time.or(newest).or(self.synced_to);
+            // A first pass that delivered nothing on a vendor that tells no time (XMPP)
+            // has no mark yet: the beginning is the mark, else every later reconnect would
+            // skip the catch-up by time, and a push lost in the meantime (a message stored
+            // offline and handed to my other device first) would never arrive here.
+            self.synced_to = login_time
+                .or(newest)
+                .or(self.synced_to)
+                .or(Some(Timestamp::from_millis(0)));
             if let Some(mark) = self.synced_to {
                 // Flushed: a live push after this point is confirmed to the vendor on
                 // receipt, and only the mark tells a restarted client to catch up by time
@@ -849,6 +856,62 @@ mod tests {
                 cursor.and_then(|c| c.seq),
                 Some(Seq(2)),
                 "cursor after the batch"
+            );
+        })
+        .await;
+    }
+
+    /// A vendor that tells no time at login (XMPP) and a first pass that delivered
+    /// nothing: the next reconnect still catches up by time over every conversation, from
+    /// the beginning, so a message this device missed meanwhile (stored offline and handed
+    /// to my other device first, issue 21's demo on Prosody) arrives from history.
+    #[tokio::test]
+    async fn a_reconnect_after_an_empty_first_pass_still_catches_up_by_time() {
+        within("catch-up after an empty pass", async {
+            let store = Arc::new(Recording::default());
+            let mut v = vendor(caps(false).with(Capability::HistoryByTime));
+            v.expect_pull_offline().times(2).returning(|_| {
+                Ok(OfflineBatch {
+                    messages: Vec::new(),
+                    left: 0,
+                    ack: None,
+                })
+            });
+            v.expect_go_online().times(2).returning(|| Ok(()));
+            let queries = Arc::new(Mutex::new(Vec::new()));
+            let seen = queries.clone();
+            v.expect_pull_history().returning(move |q| {
+                seen.lock().push(q.clone());
+                Ok(im_service::HistoryPage {
+                    messages: vec![msg(5, false)],
+                    next: None,
+                    horizon: None,
+                })
+            });
+            let shared = shared(v, store.clone());
+            let mut sub = subscribe(&shared);
+            let mut engine = SyncEngine::load(&shared).await;
+            engine.sync_pass(&shared, None).await.unwrap();
+            assert!(
+                queries.lock().is_empty(),
+                "a fresh client has nothing to catch up on"
+            );
+            engine.sync_pass(&shared, None).await.unwrap();
+            let queries = queries.lock().clone();
+            assert!(
+                matches!(
+                    queries.first().map(|q| (&q.scope, q.range)),
+                    Some((
+                        im_service::HistoryScope::All,
+                        im_service::HistoryRange::Time { .. }
+                    ))
+                ),
+                "the reconnect asks every conversation by time: {queries:?}"
+            );
+            assert_eq!(
+                delivered(&mut sub),
+                ["m5"],
+                "the missed message arrives from history"
             );
         })
         .await;
