@@ -260,4 +260,10 @@ impl VendorHarness for MatrixHarness {
     fn network(&self) -> Option<&FaultProxy> {
         Some(&self.proxy)
     }
+
+    fn persistent_connection(&self) -> bool {
+        // Every call is its own HTTP request over reqwest's connection pool: a dropped idle
+        // connection is replaced silently, and a cut may hit any request of a send.
+        false
+    }
 }

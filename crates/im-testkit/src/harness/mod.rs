@@ -98,6 +98,19 @@ pub trait VendorHarness: Send + Sync + 'static {
     fn network(&self) -> Option<&FaultProxy> {
         None
     }
+
+    /// Whether a logged-in client of this vendor holds one long-lived connection (a stream,
+    /// as XMPP and the reference protocol keep), so a dropped or cut connection is something
+    /// the client itself sees: it reconnects, and the request in flight fails. `false` for a
+    /// vendor reached by independent requests (Matrix over HTTP), whose HTTP client opens a
+    /// new connection for the next request, so a drop between requests goes unnoticed and a
+    /// cut may fall on another request than the one aimed at. The network cases assert
+    /// "noticed" and "the cut send fails" only where this is true; what holds for every
+    /// vendor (nothing lost, nothing twice, order kept, typed errors, no hang) they assert
+    /// everywhere. The default is the stricter `true`.
+    fn persistent_connection(&self) -> bool {
+        true
+    }
 }
 
 /// [`VendorHarness`] for the in-process [`MemoryVendor`] on a manual clock.
