@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use im_service::matrix::{DevicePolicy, MatrixConfig, MatrixVendor};
 use im_service::memory::{MemoryVendor, MemoryVendorConfig};
 use im_service::xmpp::{XmppConfig, XmppVendor};
 use im_service::{Capabilities, Capability, EditPermission, LifecyclePolicy, Vendor};
@@ -39,6 +40,15 @@ fn memory(name: &'static str, config: MemoryVendorConfig) -> Column {
 
 fn xmpp(name: &'static str, config: XmppConfig) -> Column {
     let vendor = XmppVendor::new(config);
+    Column {
+        name,
+        capabilities: vendor.capabilities().clone(),
+        lifecycle: Vendor::lifecycle(&vendor.client()),
+    }
+}
+
+fn matrix(name: &'static str, config: MatrixConfig) -> Column {
+    let vendor = MatrixVendor::new(config);
     Column {
         name,
         capabilities: vendor.capabilities().clone(),
@@ -79,6 +89,17 @@ fn columns() -> Vec<Column> {
         xmpp(
             "xmpp: resource per device, carbons",
             config.with_multi_device(),
+        ),
+        matrix(
+            "matrix (Synapse): one device per user",
+            MatrixConfig::new("http://127.0.0.1:8008", "localhost"),
+        ),
+        matrix(
+            "matrix: a device per handle",
+            MatrixConfig {
+                devices: DevicePolicy::PerHandle("IMLAYERS-".into()),
+                ..MatrixConfig::new("http://127.0.0.1:8008", "localhost")
+            },
         ),
     ]
 }
