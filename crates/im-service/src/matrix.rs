@@ -89,6 +89,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::KickReason;
@@ -342,17 +343,14 @@ impl Known {
         self.my_reads.contains(r.up_to.as_str())
     }
 
-    fn learn(&mut self, m: &Message) {
+    /// Remembers message `id`'s sender and time.
+    fn learn(&mut self, id: &ServerMsgId, sender: &UserId, time: Timestamp) {
         if self.messages.len() >= KNOWN_MAX {
             self.messages.clear();
         }
-        self.messages.insert(
-            m.server_id.to_string(),
-            KnownMsg {
-                sender: m.sender.clone(),
-                time: m.server_time,
-            },
-        );
+        let sender = sender.clone();
+        self.messages
+            .insert(id.to_string(), KnownMsg { sender, time });
     }
 }
 
@@ -449,19 +447,13 @@ fn group_of_alias(prefix: &str, alias: &str, server: &str) -> Option<GroupId> {
         .strip_suffix(server)?
         .strip_suffix(':')?
         .strip_prefix(prefix)?;
-    let mut out = Vec::new();
-    let bytes = local.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' {
-            let hex = local.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let (mut out, mut rest) = (Vec::new(), local);
+    while let Some((plain, escaped)) = rest.split_once('=') {
+        out.extend(plain.bytes());
+        out.push(u8::from_str_radix(escaped.get(..2)?, 16).ok()?);
+        rest = escaped.get(2..)?;
     }
+    out.extend(rest.bytes());
     Some(GroupId::new(String::from_utf8(out).ok()?))
 }
 
@@ -649,31 +641,21 @@ impl Api {
             Some(t) => SendAccessToken::IfRequired(t),
             None => SendAccessToken::None,
         };
+        let versions = Cow::Borrowed(&self.shared.versions);
+        let build = |e: String| E::InvalidRequest(format!("cannot build the request: {e}"));
         let request: http::Request<Vec<u8>> = req
-            .try_into_http_request(
-                &self.config().homeserver,
-                token,
-                Cow::Borrowed(&self.shared.versions),
-            )
-            .map_err(|e| E::InvalidRequest(format!("cannot build the request: {e}")))?;
-        let mut request = reqwest::Request::try_from(request)
-            .map_err(|e| E::InvalidRequest(format!("cannot build the request: {e}")))?;
+            .try_into_http_request(&self.config().homeserver, token, versions)
+            .map_err(|e| build(e.to_string()))?;
+        let mut request = reqwest::Request::try_from(request).map_err(|e| build(e.to_string()))?;
         *request.timeout_mut() = Some(timeout);
-        let response = self
-            .shared
-            .http
-            .execute(request)
-            .await
-            .map_err(|e| transport(e, timeout))?;
-        let status = response.status();
-        let mut builder = http::Response::builder().status(status.as_u16());
-        for (k, v) in response.headers() {
-            builder = builder.header(k.as_str(), v.as_bytes());
-        }
+        let response = self.shared.http.execute(request).await;
+        let response = response.map_err(|e| transport(e, timeout))?;
+        let (status, headers) = (response.status(), response.headers().clone());
         let body = read_bounded(response, self.config().max_response_bytes, timeout).await?;
-        builder
-            .body(body)
-            .map_err(|e| E::Protocol(format!("bad response: {e}")))
+        let mut response = http::Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
     }
 
     /// Sends `req` and decodes its answer within `timeout`.
@@ -720,11 +702,8 @@ impl Api {
 
     async fn set_account_data(&self, kind: &str, value: &impl Serialize) -> Result<()> {
         let raw = Raw::new(value).map_err(|e| E::Protocol(e.to_string()))?;
-        let req = set_global_account_data::v3::Request::new_raw(
-            self.my_id()?,
-            kind.into(),
-            raw.cast_unchecked(),
-        );
+        let (me, kind, raw) = (self.my_id()?, kind.into(), raw.cast_unchecked());
+        let req = set_global_account_data::v3::Request::new_raw(me, kind, raw);
         self.req(req).await.map(|_| ())
     }
 
@@ -953,7 +932,7 @@ impl Api {
             for ev in events.iter().filter(|e| e.state_key.is_none()) {
                 match to_item(ev, &conversation, &server) {
                     Some(Item::Msg(m, mine)) => {
-                        known.lock().learn(&m);
+                        known.lock().learn(&m.server_id, &m.sender, m.server_time);
                         items.push(Item::Msg(m, mine));
                     }
                     // A change counts only when its author is the message's sender (the
@@ -1066,17 +1045,14 @@ fn parse_cursor(c: &PageCursor) -> Result<(usize, String)> {
 }
 
 impl MatrixClient {
+    /// The session's API, or why there is none.
     fn api(&self) -> Result<Api> {
-        Ok(self.session_api()?.0)
-    }
-
-    fn session_api(&self) -> Result<(Api, Arc<Mutex<Option<E>>>)> {
         let s = self.session.lock();
         let s = s.as_ref().ok_or(E::NotLoggedIn)?;
-        if let Some(e) = s.ended.lock().clone() {
-            return Err(e);
+        match s.ended.lock().clone() {
+            Some(e) => Err(e),
+            None => Ok(s.api.clone()),
         }
-        Ok((s.api.clone(), s.ended.clone()))
     }
 
     fn check_size(&self, content: &Content) -> Result<()> {
@@ -1112,11 +1088,7 @@ impl MatrixClient {
         };
         let peer_id = api.mxid_of(peer)?;
         // The lowest room id: both sides of a simultaneous creation pick the same.
-        let pick = |k: &Known| {
-            k.direct
-                .get(peer_id.as_str())
-                .and_then(|r| r.first().cloned())
-        };
+        let pick = |k: &Known| k.direct.get(peer_id.as_str())?.first().cloned();
         if let Some(room) = pick(&self.known.lock()) {
             return Ok(Some(room));
         }
@@ -1135,10 +1107,8 @@ impl MatrixClient {
         if !create {
             return Ok(None);
         }
-        match api
-            .req(get_profile::v3::Request::new(peer_id.clone()))
-            .await
-        {
+        let profile = get_profile::v3::Request::new(peer_id.clone());
+        match api.req(profile).await {
             Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer.clone())),
             Err(e) => return Err(e),
             Ok(_) => {}
@@ -1208,12 +1178,10 @@ impl MatrixClient {
         let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
         for item in items {
             match item {
-                Item::Msg(m, _) if m.sender == api.me => {}
+                Item::Msg(m, _) if m.sender == api.me || index.contains_key(&m.server_id) => {}
                 Item::Msg(m, _) => {
-                    if !index.contains_key(&m.server_id) {
-                        index.insert(m.server_id.clone(), messages.len());
-                        messages.push(m);
-                    }
+                    index.insert(m.server_id.clone(), messages.len());
+                    messages.push(m);
                 }
                 Item::Change(c) => match index.get(&c.target) {
                     Some(&i) => {
@@ -1223,11 +1191,8 @@ impl MatrixClient {
                     }
                     None => later.push(VendorEvent::MessageChanged(c)),
                 },
-                Item::Read(r) => {
-                    if !self.known.lock().my_reads.contains(r.up_to.as_str()) {
-                        later.push(VendorEvent::ReadReceipt(r));
-                    }
-                }
+                Item::Read(r) if self.known.lock().is_my_read(&r) => {}
+                Item::Read(r) => later.push(VendorEvent::ReadReceipt(r)),
             }
         }
         // Stream order within a room; across rooms by the message's time (stable).
@@ -1410,15 +1375,13 @@ impl Vendor for MatrixClient {
 
     fn take_events(&self) -> Option<EventStream> {
         let rx = self.events_rx.lock().take()?;
-        Some(Box::pin(
-            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-        ))
+        Some(Box::pin(UnboundedReceiverStream::new(rx)))
     }
 
     async fn login(&self, credentials: &Credentials) -> Result<Session> {
         drop(self.session.lock().take());
         let server = self.shared.config.server_name.clone();
-        let mut api = Api {
+        let api = Api {
             shared: self.shared.clone(),
             token: None,
             me: credentials.user.clone(),
@@ -1435,9 +1398,7 @@ impl Vendor for MatrixClient {
             let _ = tmp.req(logout::v3::Request::new()).await;
             ended?;
         }
-        let resp = api.password_login(credentials, Some(&self.device)).await?;
-        api.token = resp.token;
-        api.mxid = resp.mxid;
+        let api = api.password_login(credentials, Some(&self.device)).await?;
         let position = api.position().await?;
         if let Some(direct) = api.account_data("m.direct").await? {
             self.known.lock().direct = direct;
@@ -1475,10 +1436,10 @@ impl Vendor for MatrixClient {
     }
 
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
-        let api = self.api()?;
+        let (api, client_id) = (self.api()?, &message.client_id);
         self.check_size(&message.content)?;
-        let body = content_json(&message.content, &message.client_id, message.client_time)?;
-        if let Some(r) = self.known.lock().sent.get(&message.client_id) {
+        let body = content_json(&message.content, client_id, message.client_time)?;
+        if let Some(r) = self.known.lock().sent.get(client_id) {
             return Ok(SendReceipt {
                 duplicate: true,
                 ..r.clone()
@@ -1487,13 +1448,8 @@ impl Vendor for MatrixClient {
         let conversation = &message.conversation;
         let room = self.room_for(&api, conversation, true).await?;
         let room = room.ok_or(E::NotMember(conversation.clone()))?;
-        let attempted = self
-            .known
-            .lock()
-            .attempted
-            .insert(message.client_id.clone());
-        let event_id =
-            Self::send_event(&api, room.clone(), conversation, &message.client_id, &body).await?;
+        let attempted = self.known.lock().attempted.insert(client_id.clone());
+        let event_id = Self::send_event(&api, room.clone(), conversation, client_id, &body).await?;
         let server_id = ServerMsgId::new(event_id.as_str());
         // The stored event's time (the ordering clock), not this machine's.
         let server_time = api.event_time(&room, &event_id).await;
@@ -1504,17 +1460,8 @@ impl Vendor for MatrixClient {
             duplicate: !attempted,
         };
         let mut known = self.known.lock();
-        (known.sent).insert(message.client_id.clone(), receipt.clone());
-        known.learn(&Message {
-            server_id,
-            client_id: message.client_id.clone(),
-            conversation: conversation.clone(),
-            sender: api.me.clone(),
-            seq: None,
-            server_time,
-            client_time: message.client_time,
-            content: message.content.clone(),
-        });
+        (known.sent).insert(client_id.clone(), receipt.clone());
+        known.learn(&server_id, &api.me, server_time);
         Ok(receipt)
     }
 
@@ -1533,10 +1480,8 @@ impl Vendor for MatrixClient {
         }
         let batch = {
             let mut s = self.session.lock();
-            let pass = s
-                .as_mut()
-                .and_then(|s| s.pass.as_mut())
-                .ok_or(E::NotLoggedIn)?;
+            let pass = s.as_mut().and_then(|s| s.pass.as_mut());
+            let pass = pass.ok_or(E::NotLoggedIn)?;
             let take = (max.max(1) as usize).min(pass.remaining.len());
             let from = pass.remaining.len() - take;
             let mut messages: Vec<Message> = pass.remaining.drain(from..).collect();
@@ -1571,17 +1516,18 @@ impl Vendor for MatrixClient {
     }
 
     async fn go_online(&self) -> Result<()> {
-        let (api, ended) = self.session_api()?;
-        let (start, later) = {
+        let api = self.api()?;
+        let (start, later, ended) = {
             let mut s = self.session.lock();
             let s = s.as_mut().ok_or(E::NotLoggedIn)?;
             if s.live.is_some() {
                 return Ok(());
             }
-            match s.pass.as_mut() {
+            let (start, later) = match s.pass.as_mut() {
                 Some(p) => (Some(p.next_batch.clone()), std::mem::take(&mut p.later)),
                 None => (s.position.clone(), Vec::new()),
-            }
+            };
+            (start, later, s.ended.clone())
         };
         let start = match start {
             Some(s) => s,
@@ -1742,11 +1688,9 @@ impl MatrixClient {
         if token.is_none()
             && let Some(to) = to
         {
-            let ts = MilliSecondsSinceUnixEpoch(
-                UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default(),
-            );
-            let req =
-                get_event_by_timestamp::v1::Request::new(room_id.into(), ts, Direction::Backward);
+            let ms = UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default();
+            let (ts, back) = (MilliSecondsSinceUnixEpoch(ms), Direction::Backward);
+            let req = get_event_by_timestamp::v1::Request::new(room_id.into(), ts, back);
             match api.req(req).await {
                 Ok(found) => {
                     let mut ctx = get_context::v3::Request::new(room_id.into(), found.event_id);
@@ -1767,12 +1711,10 @@ impl MatrixClient {
             let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
             let mut taken = 0;
             let mut done = resp.end.is_none() || resp.chunk.is_empty();
+            let server = &self.shared.config.server_name;
             for raw in &resp.chunk {
-                let Ok(ev) = raw.deserialize_as_unchecked::<Ev>() else {
-                    continue;
-                };
-                let Some(Item::Msg(m, _)) =
-                    to_item(&ev, conversation, &self.shared.config.server_name)
+                let ev = raw.deserialize_as_unchecked::<Ev>().ok();
+                let Some(Item::Msg(m, _)) = ev.and_then(|e| to_item(&e, conversation, server))
                 else {
                     continue;
                 };
@@ -1787,17 +1729,17 @@ impl MatrixClient {
                 if taken <= skip {
                     continue;
                 }
-                self.known.lock().learn(&m);
+                self.known
+                    .lock()
+                    .learn(&m.server_id, &m.sender, m.server_time);
                 out.push(m);
                 if out.len() == limit {
                     // More may follow: continue from this token, past what was taken.
-                    let next = token
-                        .clone()
-                        .map(|t| PageCursor(format!("mx1:{taken}:{t}")));
-                    return Ok((
-                        out,
-                        next.or_else(|| resp.end.clone().map(|e| PageCursor(format!("mx1:0:{e}")))),
-                    ));
+                    let next = match &token {
+                        Some(t) => Some(format!("mx1:{taken}:{t}")),
+                        None => resp.end.as_ref().map(|e| format!("mx1:0:{e}")),
+                    };
+                    return Ok((out, next.map(PageCursor)));
                 }
             }
             if done {
@@ -1821,17 +1763,14 @@ impl MatrixClient {
         // `count` messages of exactly that time already returned.
         let (skip_at, to) = match &cursor {
             Some((n, ms)) => {
-                let ms: i64 = ms
-                    .parse()
-                    .map_err(|_| E::InvalidRequest("not a history cursor of this vendor".into()))?;
+                let bad = |_| E::InvalidRequest("not a history cursor of this vendor".into());
+                let ms: i64 = ms.parse().map_err(bad)?;
                 (Some((*n, ms)), Some(Timestamp::from_millis(ms + 1)))
             }
             None => (None, to),
         };
-        let rooms = api
-            .req(joined_rooms::v3::Request::new())
-            .await?
-            .joined_rooms;
+        let req = joined_rooms::v3::Request::new();
+        let rooms = api.req(req).await?.joined_rooms;
         let mut all = Vec::new();
         for room in rooms {
             let Some(conversation) = api.conversation_of(&self.known, &room).await? else {
@@ -1849,30 +1788,22 @@ impl MatrixClient {
         if let Some((n, ms)) = skip_at {
             let mut seen = 0;
             all.retain(|m| {
-                if m.server_time.as_millis() == ms && seen < n {
-                    seen += 1;
-                    return false;
-                }
-                true
+                let skip = m.server_time.as_millis() == ms && seen < n;
+                seen += usize::from(skip);
+                !skip
             });
         }
         let more = all.len() > limit;
         all.truncate(limit);
-        let next = match all.last() {
-            Some(last) if more => {
-                let at = last.server_time;
-                let same = all.iter().filter(|m| m.server_time == at).count();
-                let carried = skip_at
-                    .filter(|(_, ms)| *ms == at.as_millis())
-                    .map_or(0, |(n, _)| n);
-                Some(PageCursor(format!(
-                    "mx1:{}:{}",
-                    same + carried,
-                    at.as_millis()
-                )))
-            }
-            _ => None,
-        };
+        let next = all.last().filter(|_| more).map(|last| {
+            let at = last.server_time.as_millis();
+            let same = all
+                .iter()
+                .filter(|m| m.server_time.as_millis() == at)
+                .count();
+            let carried = skip_at.filter(|(_, ms)| *ms == at).map_or(0, |(n, _)| n);
+            PageCursor(format!("mx1:{}:{at}", same + carried))
+        });
         Ok(HistoryPage {
             messages: all,
             next,
