@@ -66,11 +66,12 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use ruma::api::client::{
     account::whoami, alias::get_alias, config::get_global_account_data,
-    config::set_global_account_data, context::get_context, filter::FilterDefinition,
-    membership::join_room_by_id, membership::joined_rooms, message::get_message_events,
-    message::send_message_event, profile::get_profile, receipt::create_receipt,
-    redact::redact_event, room::create_room, room::get_event_by_timestamp, room::get_room_event,
-    session::login, session::logout, sync::sync_events, uiaa::MatrixUserIdentifier,
+    config::set_global_account_data, context::get_context, device::delete_device,
+    filter::FilterDefinition, membership::join_room_by_id, membership::joined_members,
+    membership::joined_rooms, message::get_message_events, message::send_message_event,
+    profile::get_profile, receipt::create_receipt, redact::redact_event, room::create_room,
+    room::get_event_by_timestamp, room::get_room_event, session::login, session::logout,
+    state::get_state_event_for_key, sync::sync_events, uiaa, uiaa::MatrixUserIdentifier,
     uiaa::UserIdentifier,
 };
 use ruma::api::error::{Error as MxError, ErrorKind, FromHttpResponseError, RetryAfter};
@@ -79,12 +80,16 @@ use ruma::api::{
     SupportedVersions, auth_scheme::AuthScheme, auth_scheme::SendAccessToken,
     path_builder::PathBuilder,
 };
+use ruma::events::StateEventType;
 use ruma::serde::Raw;
-use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, UInt};
-use serde::Deserialize;
+use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma::{RoomId, UInt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::KickReason;
@@ -308,9 +313,8 @@ struct Pass {
 /// What a handle knows (bounded: forgotten wholesale past `KNOWN_MAX` messages).
 #[derive(Default)]
 struct Known {
-    rooms: HashMap<String, ConversationId>,
-    /// `m.direct`: peer user id → room ids.
-    direct: BTreeMap<String, BTreeSet<String>>,
+    rooms: HashMap<OwnedRoomId, ConversationId>,
+    direct: Direct,
     messages: HashMap<String, KnownMsg>,
     attempted: HashSet<ClientMsgId>,
     sent: HashMap<ClientMsgId, SendReceipt>,
@@ -320,6 +324,9 @@ struct Known {
 
 const KNOWN_MAX: usize = 50_000;
 
+/// `m.direct`: peer user id → room ids.
+type Direct = BTreeMap<String, BTreeSet<OwnedRoomId>>;
+
 #[derive(Clone)]
 struct KnownMsg {
     sender: UserId,
@@ -327,17 +334,23 @@ struct KnownMsg {
 }
 
 impl Known {
-    fn learn(&mut self, m: &Message) {
+    fn remember(&mut self, room: &RoomId, conversation: &ConversationId) {
+        self.rooms.insert(room.into(), conversation.clone());
+    }
+
+    /// Whether `r` echoes a read this handle marked.
+    fn is_my_read(&self, r: &ReadReceipt) -> bool {
+        self.my_reads.contains(r.up_to.as_str())
+    }
+
+    /// Remembers message `id`'s sender and time.
+    fn learn(&mut self, id: &ServerMsgId, sender: &UserId, time: Timestamp) {
         if self.messages.len() >= KNOWN_MAX {
             self.messages.clear();
         }
-        self.messages.insert(
-            m.server_id.to_string(),
-            KnownMsg {
-                sender: m.sender.clone(),
-                time: m.server_time,
-            },
-        );
+        let sender = sender.clone();
+        self.messages
+            .insert(id.to_string(), KnownMsg { sender, time });
     }
 }
 
@@ -361,11 +374,9 @@ struct Ev {
     origin_server_ts: i64,
     #[serde(default)]
     content: Value,
-    #[serde(default)]
     redacts: Option<String>,
     #[serde(default)]
     unsigned: Value,
-    #[serde(default)]
     state_key: Option<String>,
 }
 
@@ -385,11 +396,27 @@ fn new_id() -> String {
     format!("i{:016x}", rand::random::<u64>())
 }
 
-/// The revision of a change made at `at`: tenths of a second since 2024, as for XMPP.
-fn revision_at(at: Timestamp) -> u32 {
+/// The change `kind` of `target` by `by` at the server's time `at`; its revision is tenths
+/// of a second since 2024, as for XMPP.
+fn change(
+    conversation: &ConversationId,
+    target: ServerMsgId,
+    kind: ChangeKind,
+    by: UserId,
+    at: Timestamp,
+) -> MessageChange {
     const EPOCH_2024_MS: i64 = 1_704_067_200_000;
     let tenths = at.as_millis().saturating_sub(EPOCH_2024_MS) / 100;
-    u32::try_from(tenths.max(1)).unwrap_or(u32::MAX)
+    let revision = u32::try_from(tenths.max(1)).unwrap_or(u32::MAX);
+    let conversation = conversation.clone();
+    MessageChange {
+        conversation,
+        target,
+        kind,
+        by,
+        at,
+        revision,
+    }
 }
 
 /// The localpart of `@local:server` (the whole id, without `@`, for other servers).
@@ -420,19 +447,13 @@ fn group_of_alias(prefix: &str, alias: &str, server: &str) -> Option<GroupId> {
         .strip_suffix(server)?
         .strip_suffix(':')?
         .strip_prefix(prefix)?;
-    let mut out = Vec::new();
-    let bytes = local.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' {
-            let hex = local.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let (mut out, mut rest) = (Vec::new(), local);
+    while let Some((plain, escaped)) = rest.split_once('=') {
+        out.extend(plain.bytes());
+        out.push(u8::from_str_radix(escaped.get(..2)?, 16).ok()?);
+        rest = escaped.get(2..)?;
     }
+    out.extend(rest.bytes());
     Some(GroupId::new(String::from_utf8(out).ok()?))
 }
 
@@ -446,7 +467,7 @@ fn content_json(
         Content::Text(t) => json!({ "msgtype": "m.text", "body": t }),
         Content::Custom { type_tag, payload } => json!({
             "msgtype": "im.layers.custom", "body": format!("[{type_tag}]"),
-            "im.layers.type": type_tag, "im.layers.payload": hex_encode(payload),
+            "im.layers.type": type_tag, "im.layers.payload": hex::encode(payload),
         }),
         Content::Recalled { .. } => {
             return Err(E::InvalidRequest(
@@ -459,90 +480,58 @@ fn content_json(
     Ok(v)
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
-}
-
 /// The model content of a message event's content, `None` when it is not one we map.
 fn parse_content(c: &Value) -> Option<Content> {
-    match c.get("msgtype")?.as_str()? {
+    match c["msgtype"].as_str()? {
         "im.layers.custom" => Some(Content::Custom {
-            type_tag: c.get("im.layers.type")?.as_str()?.to_string(),
-            payload: hex_decode(c.get("im.layers.payload")?.as_str()?)?,
+            type_tag: c["im.layers.type"].as_str()?.to_string(),
+            payload: hex::decode(c["im.layers.payload"].as_str()?).ok()?,
         }),
-        _ => Some(Content::Text(c.get("body")?.as_str()?.to_string())),
+        _ => Some(Content::Text(c["body"].as_str()?.to_string())),
     }
 }
 
 /// Maps one timeline event of `conversation` to the contract (`None`: not ours to map).
-/// `mine` is true for an event this device sent (`unsigned.transaction_id`).
+/// A message is marked mine when this device sent it (`unsigned.transaction_id`).
 fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item> {
     let sender = localpart(&ev.sender, server);
     let at = Timestamp::from_millis(ev.origin_server_ts);
-    let mine = ev.unsigned.get("transaction_id").is_some();
+    let (c, unsigned) = (&ev.content, &ev.unsigned);
     match ev.kind.as_str() {
         "m.room.redaction" => {
-            let target = ev
-                .redacts
-                .clone()
-                .or_else(|| Some(ev.content.get("redacts")?.as_str()?.to_string()))?;
-            Some(Item::Change(MessageChange {
-                conversation: conversation.clone(),
-                target: ServerMsgId::new(target),
-                kind: ChangeKind::Recalled,
-                by: sender,
+            let target = ev.redacts.as_deref().or(c["redacts"].as_str())?;
+            let target = ServerMsgId::new(target);
+            Some(Item::Change(change(
+                conversation,
+                target,
+                ChangeKind::Recalled,
+                sender,
                 at,
-                revision: revision_at(at),
-            }))
+            )))
+        }
+        "m.room.message" if c["m.relates_to"]["rel_type"] == "m.replace" => {
+            let target = ServerMsgId::new(c["m.relates_to"]["event_id"].as_str()?);
+            let kind = ChangeKind::Edited(parse_content(&c["m.new_content"])?);
+            Some(Item::Change(change(conversation, target, kind, sender, at)))
         }
         "m.room.message" => {
-            let rel = ev.content.get("m.relates_to");
-            if rel.and_then(|r| r.get("rel_type")).and_then(Value::as_str) == Some("m.replace") {
-                let target = rel?.get("event_id")?.as_str()?;
-                let new = parse_content(ev.content.get("m.new_content")?)?;
-                return Some(Item::Change(MessageChange {
-                    conversation: conversation.clone(),
-                    target: ServerMsgId::new(target),
-                    kind: ChangeKind::Edited(new),
-                    by: sender,
-                    at,
-                    revision: revision_at(at),
-                }));
-            }
-            let redacted = ev.unsigned.get("redacted_because");
-            let content = match redacted {
-                Some(r) => Content::Recalled {
-                    by: localpart(r.get("sender")?.as_str()?, server),
-                    at: Timestamp::from_millis(r.get("origin_server_ts")?.as_i64()?),
+            let redacted = &unsigned["redacted_because"];
+            let content = match redacted["sender"].as_str() {
+                Some(by) => Content::Recalled {
+                    by: localpart(by, server),
+                    at: Timestamp::from_millis(redacted["origin_server_ts"].as_i64()?),
                 },
                 None => {
                     // The server bundles the latest edit: current state, by its sender only.
-                    let edit = ev
-                        .unsigned
-                        .pointer("/m.relations/m.replace")
-                        .filter(|e| e.get("sender").and_then(Value::as_str) == Some(&ev.sender))
-                        .and_then(|e| e.pointer("/content/m.new_content"))
-                        .and_then(parse_content);
-                    edit.or_else(|| parse_content(&ev.content))?
+                    let edit = &unsigned["m.relations"]["m.replace"];
+                    let edit = (edit["sender"] == ev.sender.as_str())
+                        .then(|| parse_content(&edit["content"]["m.new_content"]));
+                    edit.flatten().or_else(|| parse_content(c))?
                 }
             };
-            let client_id = ev
-                .content
-                .get("im.layers.client_id")
-                .and_then(Value::as_str)
-                .unwrap_or(&ev.event_id);
-            let client_time = ev
-                .content
-                .get("im.layers.client_time")
-                .and_then(Value::as_i64)
-                .map_or(at, Timestamp::from_millis);
+            let client_id = c["im.layers.client_id"].as_str().unwrap_or(&ev.event_id);
+            let client_time = c["im.layers.client_time"].as_i64();
+            let client_time = client_time.map_or(at, Timestamp::from_millis);
             Some(Item::Msg(
                 Message {
                     server_id: ServerMsgId::new(&ev.event_id),
@@ -554,7 +543,7 @@ fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item>
                     client_time,
                     content,
                 },
-                mine,
+                !unsigned["transaction_id"].is_null(),
             ))
         }
         _ => None,
@@ -564,20 +553,10 @@ fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item>
 /// The read receipts of one `m.receipt` ephemeral event: (event id, reader, time).
 fn receipts(content: &Value, server: &str) -> Vec<(String, UserId, Timestamp)> {
     let mut out = Vec::new();
-    let Some(events) = content.as_object() else {
-        return out;
-    };
-    for (event_id, kinds) in events {
-        let Some(readers) = kinds.get("m.read").and_then(Value::as_object) else {
-            continue;
-        };
-        for (reader, data) in readers {
-            let ts = data.get("ts").and_then(Value::as_i64).unwrap_or(0);
-            out.push((
-                event_id.clone(),
-                localpart(reader, server),
-                Timestamp::from_millis(ts),
-            ));
+    for (event_id, kinds) in content.as_object().into_iter().flatten() {
+        for (reader, data) in kinds["m.read"].as_object().into_iter().flatten() {
+            let at = Timestamp::from_millis(data["ts"].as_i64().unwrap_or(0));
+            out.push((event_id.clone(), localpart(reader, server), at));
         }
     }
     out
@@ -652,9 +631,9 @@ impl Api {
     }
 
     /// Sends `req` and reads its answer within `timeout` and the body limit.
-    async fn call<R>(&self, req: R, timeout: Duration) -> Result<R::IncomingResponse>
+    async fn exchange<R>(&self, req: R, timeout: Duration) -> Result<http::Response<Vec<u8>>>
     where
-        R: OutgoingRequest<EndpointError = MxError>,
+        R: OutgoingRequest,
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
     {
@@ -662,36 +641,38 @@ impl Api {
             Some(t) => SendAccessToken::IfRequired(t),
             None => SendAccessToken::None,
         };
+        let versions = Cow::Borrowed(&self.shared.versions);
+        let build = |e: String| E::InvalidRequest(format!("cannot build the request: {e}"));
         let request: http::Request<Vec<u8>> = req
-            .try_into_http_request(
-                &self.config().homeserver,
-                token,
-                Cow::Borrowed(&self.shared.versions),
-            )
-            .map_err(|e| E::InvalidRequest(format!("cannot build the request: {e}")))?;
-        let mut request = reqwest::Request::try_from(request)
-            .map_err(|e| E::InvalidRequest(format!("cannot build the request: {e}")))?;
+            .try_into_http_request(&self.config().homeserver, token, versions)
+            .map_err(|e| build(e.to_string()))?;
+        let mut request = reqwest::Request::try_from(request).map_err(|e| build(e.to_string()))?;
         *request.timeout_mut() = Some(timeout);
-        let response = self
-            .shared
-            .http
-            .execute(request)
-            .await
-            .map_err(|e| transport(e, timeout))?;
-        let status = response.status();
-        let mut builder = http::Response::builder().status(status.as_u16());
-        for (k, v) in response.headers() {
-            builder = builder.header(k.as_str(), v.as_bytes());
-        }
+        let response = self.shared.http.execute(request).await;
+        let response = response.map_err(|e| transport(e, timeout))?;
+        let (status, headers) = (response.status(), response.headers().clone());
         let body = read_bounded(response, self.config().max_response_bytes, timeout).await?;
-        let response = builder
-            .body(body.as_slice())
-            .map_err(|e| E::Protocol(format!("bad response: {e}")))?;
-        decode(response).map_err(|e| match (e, &self.config().devices) {
-            (E::Kicked(_), DevicePolicy::PerHandle(_)) => {
-                E::Kicked(KickReason::Admin("the access token was revoked".into()))
+        let mut response = http::Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    /// Sends `req` and decodes its answer within `timeout`.
+    async fn call<R>(&self, req: R, timeout: Duration) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest<EndpointError = MxError>,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        let (parts, body) = self.exchange(req, timeout).await?.into_parts();
+        decode(http::Response::from_parts(parts, body.as_slice())).map_err(|e| {
+            match (e, &self.config().devices) {
+                (E::Kicked(_), DevicePolicy::PerHandle(_)) => {
+                    E::Kicked(KickReason::Admin("the access token was revoked".into()))
+                }
+                (e, _) => e,
             }
-            (e, _) => e,
         })
     }
 
@@ -704,32 +685,38 @@ impl Api {
         self.call(req, self.config().request_timeout).await
     }
 
-    fn room_id(room: &str) -> Result<OwnedRoomId> {
-        OwnedRoomId::try_from(room).map_err(|e| E::Protocol(format!("bad room id {room:?}: {e}")))
-    }
-
     fn event_id(id: &ServerMsgId) -> Result<OwnedEventId> {
         OwnedEventId::try_from(id.as_str())
             .map_err(|_| E::ChangeRefused(ChangeRefusal::UnknownMessage))
     }
 
-    async fn account_data(&self, kind: &str) -> Result<Option<Value>> {
+    async fn account_data<T: DeserializeOwned>(&self, kind: &str) -> Result<Option<T>> {
         let req = get_global_account_data::v3::Request::new(self.my_id()?, kind.into());
         match self.req(req).await {
-            Ok(r) => Ok(Some(
-                serde_json::from_str(r.account_data.json().get())
-                    .map_err(|e| E::Protocol(format!("account data {kind}: {e}")))?,
-            )),
+            Ok(r) => (r.account_data.deserialize_as_unchecked().map(Some))
+                .map_err(|e| E::Protocol(format!("account data {kind}: {e}"))),
             Err(E::Server { code: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    async fn set_account_data(&self, kind: &str, value: &Value) -> Result<()> {
-        let raw =
-            Raw::from_json_string(value.to_string()).map_err(|e| E::Protocol(e.to_string()))?;
-        let req = set_global_account_data::v3::Request::new_raw(self.my_id()?, kind.into(), raw);
+    async fn set_account_data(&self, kind: &str, value: &impl Serialize) -> Result<()> {
+        let raw = Raw::new(value).map_err(|e| E::Protocol(e.to_string()))?;
+        let (me, kind, raw) = (self.my_id()?, kind.into(), raw.cast_unchecked());
+        let req = set_global_account_data::v3::Request::new_raw(me, kind, raw);
         self.req(req).await.map(|_| ())
+    }
+
+    /// The stored offline position of this device.
+    async fn position(&self) -> Result<Option<String>> {
+        let position: Option<Value> = self.account_data(&self.position_kind()).await?;
+        Ok(position.and_then(|v| v["next_batch"].as_str().map(str::to_string)))
+    }
+
+    async fn save_position(&self, token: &str) -> Result<()> {
+        let position = json!({ "next_batch": token });
+        self.set_account_data(&self.position_kind(), &position)
+            .await
     }
 
     /// `m.login.password` as `credentials` on `device` (`None`: a new one); the logged-in
@@ -751,25 +738,11 @@ impl Api {
     /// Deletes this handle's device (and so every session on it), authenticating with the
     /// password (user-interactive auth). An unknown device is fine.
     async fn delete_device(&self, credentials: &Credentials) -> Result<()> {
-        let timeout = self.config().request_timeout;
-        let url = format!(
-            "{}/_matrix/client/v3/devices/{}",
-            self.config().homeserver,
-            enc(&self.device)
-        );
-        let auth = json!({ "auth": { "type": "m.login.password",
-            "identifier": { "type": "m.id.user", "user": credentials.user.as_str() },
-            "password": credentials.token.expose() } });
-        let mut req = self.shared.http.delete(&url).timeout(timeout);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req
-            .header("content-type", "application/json")
-            .body(auth.to_string())
-            .send()
-            .await
-            .map_err(|e| transport(e, timeout))?;
+        let id = UserIdentifier::Matrix(MatrixUserIdentifier::new(credentials.user.to_string()));
+        let password = uiaa::Password::new(id, credentials.token.expose().to_string());
+        let mut req = delete_device::v3::Request::new(self.device.as_str().into());
+        req.auth = Some(uiaa::AuthData::Password(password));
+        let resp = self.exchange(req, self.config().request_timeout).await?;
         match resp.status().as_u16() {
             200 | 404 => Ok(()),
             429 => Err(E::RateLimited {
@@ -811,7 +784,7 @@ impl Api {
     async fn conversation_of(
         &self,
         known: &Mutex<Known>,
-        room: &str,
+        room: &RoomId,
     ) -> Result<Option<ConversationId>> {
         if let Some(c) = known.lock().rooms.get(room) {
             return Ok(Some(c.clone()));
@@ -828,92 +801,55 @@ impl Api {
             None => self.probe(room).await?,
         };
         if let Some(c) = &conversation {
-            known.lock().rooms.insert(room.to_string(), c.clone());
+            known.lock().rooms.insert(room.into(), c.clone());
         }
         Ok(conversation)
     }
 
     /// Asks the server what `room` is: a group by its canonical alias, else a direct room
     /// by its two joined members.
-    async fn probe(&self, room: &str) -> Result<Option<ConversationId>> {
+    async fn probe(&self, room: &RoomId) -> Result<Option<ConversationId>> {
         let config = self.config();
-        let base = format!(
-            "{}/_matrix/client/v3/rooms/{}",
-            config.homeserver,
-            enc(room)
-        );
-        if let Ok(v) = self
-            .get_json(&format!("{base}/state/m.room.canonical_alias"))
-            .await
-            && let Some(g) = v
-                .get("alias")
-                .and_then(Value::as_str)
-                .and_then(|a| group_of_alias(&config.group_alias_prefix, a, &config.server_name))
+        let kind = StateEventType::RoomCanonicalAlias;
+        let req = get_state_event_for_key::v3::Request::new(room.into(), kind, String::new());
+        if let Ok(r) = self.req(req).await
+            && let Ok(Some(alias)) = r.into_content().get_field::<String>("alias")
+            && let Some(g) = group_of_alias(&config.group_alias_prefix, &alias, &config.server_name)
         {
             return Ok(Some(ConversationId::Group(g)));
         }
-        let members = self.get_json(&format!("{base}/joined_members")).await?;
-        let ids: Vec<&String> = members
-            .get("joined")
-            .and_then(Value::as_object)
-            .map(|m| m.keys().collect())
-            .unwrap_or_default();
+        let members = self
+            .req(joined_members::v3::Request::new(room.into()))
+            .await?;
+        let ids: Vec<&str> = members.joined.keys().map(|u| u.as_str()).collect();
         Ok(match ids.as_slice() {
-            [a, b] if *a == &self.mxid || *b == &self.mxid => {
-                let peer = if *a == &self.mxid { b } else { a };
-                Some(ConversationId::direct(
-                    &self.me,
-                    &localpart(peer, &config.server_name),
-                ))
+            [a, b] if *a == self.mxid || *b == self.mxid => {
+                let peer = if *a == self.mxid { b } else { a };
+                let peer = localpart(peer, &config.server_name);
+                Some(ConversationId::direct(&self.me, &peer))
             }
             _ => None,
         })
     }
 
-    /// A GET of an endpoint ruma's request types are not used for, bounded like the rest.
-    async fn get_json(&self, url: &str) -> Result<Value> {
-        let timeout = self.config().request_timeout;
-        let mut req = self.shared.http.get(url).timeout(timeout);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| transport(e, timeout))?;
-        let status = resp.status().as_u16();
-        let body = read_bounded(resp, self.config().max_response_bytes, timeout).await?;
-        if status >= 400 {
-            return Err(E::Server {
-                code: u32::from(status),
-                message: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| E::Protocol(format!("malformed answer: {e}")))
-    }
-
     /// The server's time of event `id` (this machine's clock if it cannot be read).
-    async fn event_time(&self, room: &str, id: &OwnedEventId) -> Timestamp {
-        let Ok(room) = Self::room_id(room) else {
-            return now();
-        };
-        match self
-            .req(get_room_event::v3::Request::new(room, id.clone()))
-            .await
-        {
-            Ok(r) => r
-                .event
-                .deserialize_as_unchecked::<Ev>()
-                .map_or_else(|_| now(), |e| Timestamp::from_millis(e.origin_server_ts)),
-            Err(_) => now(),
-        }
+    async fn event_time(&self, room: &RoomId, id: &EventId) -> Timestamp {
+        let req = get_room_event::v3::Request::new(room.into(), id.into());
+        let event = self.req(req).await.map(|r| r.event);
+        let time = event.map(|e| e.get_field::<i64>("origin_server_ts"));
+        time.ok()
+            .and_then(|t| t.ok().flatten())
+            .map_or_else(now, Timestamp::from_millis)
     }
 
     /// The event `id` of `room` as the contract sees it (`None`: not a message of ours).
     async fn fetch(
         &self,
-        room: &str,
+        room: &RoomId,
         conversation: &ConversationId,
         id: &ServerMsgId,
     ) -> Result<Option<Item>> {
-        let req = get_room_event::v3::Request::new(Self::room_id(room)?, Self::event_id(id)?);
+        let req = get_room_event::v3::Request::new(room.into(), Self::event_id(id)?);
         let ev = match self.req(req).await {
             Ok(r) => r.event,
             Err(E::Server { code: 404, .. }) | Err(E::AuthFailed(_)) => return Ok(None),
@@ -923,6 +859,28 @@ impl Api {
             .deserialize_as_unchecked()
             .map_err(|e| E::Protocol(format!("event: {e}")))?;
         Ok(to_item(&ev, conversation, &self.config().server_name))
+    }
+
+    /// What this handle knows of message `id`, else what the server says (`None`: no
+    /// message of ours).
+    async fn lookup(
+        &self,
+        known: &Mutex<Known>,
+        room: &RoomId,
+        conversation: &ConversationId,
+        id: &ServerMsgId,
+    ) -> Result<Option<KnownMsg>> {
+        let hit = known.lock().messages.get(id.as_str()).cloned();
+        if hit.is_some() {
+            return Ok(hit);
+        }
+        Ok(match self.fetch(room, conversation, id).await? {
+            Some(Item::Msg(m, _)) => Some(KnownMsg {
+                sender: m.sender,
+                time: m.server_time,
+            }),
+            _ => None,
+        })
     }
 
     /// Joins invited rooms (adding direct ones to `m.direct`) and maps one sync answer to
@@ -936,36 +894,27 @@ impl Api {
     ) -> Result<(Vec<Item>, bool)> {
         let server = self.config().server_name.clone();
         for ev in &resp.account_data.events {
-            if let Ok(v) = ev.deserialize_as_unchecked::<Value>()
-                && v.get("type").and_then(Value::as_str) == Some("m.direct")
+            if ev.get_field::<String>("type").ok().flatten().as_deref() == Some("m.direct")
+                && let Ok(Some(direct)) = ev.get_field::<Direct>("content")
             {
-                known.lock().direct = parse_direct(&v["content"]);
+                known.lock().direct = direct;
             }
         }
-        let mut joined = false;
         for (room, invite) in &resp.rooms.invite {
-            let mut direct_from = None;
-            for ev in &invite.invite_state.events {
-                let Ok(v) = ev.deserialize_as_unchecked::<Value>() else {
-                    continue;
-                };
-                if v.get("type").and_then(Value::as_str) == Some("m.room.member")
-                    && v.get("state_key").and_then(Value::as_str) == Some(self.mxid.as_str())
-                    && v.pointer("/content/is_direct").and_then(Value::as_bool) == Some(true)
-                {
-                    direct_from = v.get("sender").and_then(Value::as_str).map(str::to_string);
-                }
-            }
+            let direct_from = (invite.invite_state.events.iter())
+                .filter_map(|ev| ev.deserialize_as_unchecked::<Value>().ok())
+                .filter(|v| v["type"] == "m.room.member" && v["state_key"] == self.mxid.as_str())
+                .filter(|v| v["content"]["is_direct"] == true)
+                .find_map(|v| v["sender"].as_str().map(str::to_string));
             self.req(join_room_by_id::v3::Request::new(room.clone()))
                 .await?;
-            joined = true;
             if let Some(peer) = direct_from {
-                self.add_direct(known, &peer, room.as_str()).await?;
+                self.add_direct(known, &peer, room).await?;
             }
         }
         let mut items = Vec::new();
         for (room, data) in &resp.rooms.join {
-            let Some(conversation) = self.conversation_of(known, room.as_str()).await? else {
+            let Some(conversation) = self.conversation_of(known, room).await? else {
                 continue;
             };
             let mut events: Vec<Ev> = Vec::new();
@@ -983,26 +932,14 @@ impl Api {
             for ev in events.iter().filter(|e| e.state_key.is_none()) {
                 match to_item(ev, &conversation, &server) {
                     Some(Item::Msg(m, mine)) => {
-                        known.lock().learn(&m);
+                        known.lock().learn(&m.server_id, &m.sender, m.server_time);
                         items.push(Item::Msg(m, mine));
                     }
                     // A change counts only when its author is the message's sender (the
-                    // server lets a room admin redact anything): known, else asked.
+                    // server lets a room admin redact anything).
                     Some(Item::Change(c)) => {
-                        let id = ServerMsgId::new(c.target.as_str());
-                        let sender = known
-                            .lock()
-                            .messages
-                            .get(id.as_str())
-                            .map(|k| k.sender.clone());
-                        let sender = match sender {
-                            Some(s) => Some(s),
-                            None => match self.fetch(room.as_str(), &conversation, &id).await? {
-                                Some(Item::Msg(m, _)) => Some(m.sender),
-                                _ => None,
-                            },
-                        };
-                        if sender.as_ref() == Some(&c.by) {
+                        let msg = self.lookup(known, room, &conversation, &c.target).await?;
+                        if msg.is_some_and(|m| m.sender == c.by) {
                             items.push(Item::Change(c));
                         }
                     }
@@ -1014,47 +951,38 @@ impl Api {
                 let Ok(v) = raw.deserialize_as_unchecked::<Value>() else {
                     continue;
                 };
-                if v.get("type").and_then(Value::as_str) != Some("m.receipt") {
+                if v["type"] != "m.receipt" {
                     continue;
                 }
                 for (event, reader, at) in receipts(&v["content"], &server) {
-                    let id = ServerMsgId::new(&event);
-                    let up_to_time = known.lock().messages.get(event.as_str()).map(|k| k.time);
-                    let up_to_time = match up_to_time {
-                        Some(t) => t,
-                        None => match self.fetch(room.as_str(), &conversation, &id).await? {
-                            Some(Item::Msg(m, _)) => m.server_time,
-                            _ => continue,
-                        },
-                    };
+                    let up_to = ServerMsgId::new(&event);
+                    let msg = self.lookup(known, room, &conversation, &up_to).await?;
+                    let Some(msg) = msg else { continue };
                     items.push(Item::Read(ReadReceipt {
                         conversation: conversation.clone(),
                         reader,
-                        up_to: id,
-                        up_to_time,
+                        up_to,
+                        up_to_time: msg.time,
                         at,
                     }));
                 }
             }
         }
-        Ok((items, joined))
+        Ok((items, !resp.rooms.invite.is_empty()))
     }
 
     /// The events of `room` from `from` back to the position `to`, oldest first.
-    async fn backfill(&self, room: &OwnedRoomId, from: &str, to: &str) -> Result<Vec<Ev>> {
+    async fn backfill(&self, room: &RoomId, from: &str, to: &str) -> Result<Vec<Ev>> {
         let mut out = Vec::new();
         let mut from = from.to_string();
         for _ in 0..50 {
-            let mut req = get_message_events::v3::Request::new(room.clone(), Direction::Backward);
+            let mut req = get_message_events::v3::Request::new(room.into(), Direction::Backward);
             req.from = Some(from.clone());
             req.to = Some(to.to_string());
             req.limit = UInt::from(100u32);
             let resp = self.req(req).await?;
-            for raw in resp.chunk.iter() {
-                if let Ok(ev) = raw.deserialize_as_unchecked::<Ev>() {
-                    out.push(ev);
-                }
-            }
+            let events = resp.chunk.iter();
+            out.extend(events.filter_map(|raw| raw.deserialize_as_unchecked::<Ev>().ok()));
             match resp.end {
                 Some(end) if !resp.chunk.is_empty() => from = end,
                 _ => break,
@@ -1065,55 +993,18 @@ impl Api {
     }
 
     /// Adds `room` to my `m.direct` for `peer` (read, modify, write).
-    async fn add_direct(&self, known: &Mutex<Known>, peer: &str, room: &str) -> Result<()> {
-        let mut direct = self
-            .account_data("m.direct")
-            .await?
-            .map(|v| parse_direct(&v))
-            .unwrap_or_default();
+    async fn add_direct(&self, known: &Mutex<Known>, peer: &str, room: &RoomId) -> Result<()> {
+        let mut direct: Direct = self.account_data("m.direct").await?.unwrap_or_default();
         if direct
             .entry(peer.to_string())
             .or_default()
-            .insert(room.to_string())
+            .insert(room.into())
         {
-            self.set_account_data("m.direct", &json!(direct)).await?;
+            self.set_account_data("m.direct", &direct).await?;
         }
         known.lock().direct = direct;
         Ok(())
     }
-}
-
-fn parse_direct(v: &Value) -> BTreeMap<String, BTreeSet<String>> {
-    v.as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(peer, rooms)| {
-                    let rooms = rooms
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(str::to_string)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    (peer.clone(), rooms)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Percent-encodes a path segment (room ids hold `!` and `:`).
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn transport(e: reqwest::Error, timeout: Duration) -> E {
@@ -1154,100 +1045,89 @@ fn parse_cursor(c: &PageCursor) -> Result<(usize, String)> {
 }
 
 impl MatrixClient {
-    fn api(&self) -> Result<(Api, Arc<Mutex<Option<E>>>)> {
+    /// The session's API, or why there is none.
+    fn api(&self) -> Result<Api> {
         let s = self.session.lock();
         let s = s.as_ref().ok_or(E::NotLoggedIn)?;
-        if let Some(e) = s.ended.lock().clone() {
-            return Err(e);
+        match s.ended.lock().clone() {
+            Some(e) => Err(e),
+            None => Ok(s.api.clone()),
         }
-        Ok((s.api.clone(), s.ended.clone()))
     }
 
-    /// The room of `conversation`; `create`: make a direct room when there is none.
+    fn check_size(&self, content: &Content) -> Result<()> {
+        let (size, max) = (content.size(), self.shared.capabilities.max_message_bytes);
+        match size > max {
+            true => Err(E::MessageTooLarge { size, max }),
+            false => Ok(()),
+        }
+    }
+
+    /// The room of `conversation` (`None`: there is none and `create` is false); `create`
+    /// makes a direct room when there is none.
     async fn room_for(
         &self,
         api: &Api,
         conversation: &ConversationId,
         create: bool,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<OwnedRoomId>> {
         let config = &self.shared.config;
-        match conversation {
+        let peer = match conversation {
             ConversationId::Group(g) => {
                 let alias = group_alias(&config.group_alias_prefix, g, &config.server_name);
                 let alias = ruma::OwnedRoomAliasId::try_from(alias)
                     .map_err(|e| E::InvalidRequest(format!("bad group id {g}: {e}")))?;
-                let room = api
-                    .req(get_alias::v3::Request::new(alias))
-                    .await
-                    .map_err(|e| in_room(e, conversation))?
-                    .room_id
-                    .to_string();
-                self.known
-                    .lock()
-                    .rooms
-                    .insert(room.clone(), conversation.clone());
-                Ok(Some(room))
+                let resp = api.req(get_alias::v3::Request::new(alias)).await;
+                let room = resp.map_err(|e| in_room(e, conversation))?.room_id;
+                self.known.lock().remember(&room, conversation);
+                return Ok(Some(room));
             }
-            ConversationId::Direct { .. } => {
-                let peer = conversation
-                    .peer_of(&api.me)
-                    .ok_or_else(|| {
-                        E::InvalidRequest(format!("{} is not in {conversation}", api.me))
-                    })?
-                    .clone();
-                let peer_id = api.mxid_of(&peer)?;
-                // The lowest room id: both sides of a simultaneous creation pick the same.
-                let pick = |k: &Known| {
-                    k.direct
-                        .get(peer_id.as_str())
-                        .and_then(|r| r.first().cloned())
-                };
-                if let Some(room) = pick(&self.known.lock()) {
-                    return Ok(Some(room));
-                }
-                if let Some(v) = api.account_data("m.direct").await? {
-                    self.known.lock().direct = parse_direct(&v);
-                }
-                if let Some(room) = pick(&self.known.lock()) {
-                    return Ok(Some(room));
-                }
-                // The peer may have made a room and invited me: join it rather than make one.
-                let invites = api.sync(None, Duration::ZERO, 0).await?;
-                api.digest(&self.known, &invites, None).await?;
-                if let Some(room) = pick(&self.known.lock()) {
-                    return Ok(Some(room));
-                }
-                if !create {
-                    return Ok(None);
-                }
-                match api
-                    .req(get_profile::v3::Request::new(peer_id.clone()))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer)),
-                    Err(e) => return Err(e),
-                }
-                let mut req = create_room::v3::Request::new();
-                req.is_direct = true;
-                req.invite = vec![peer_id.clone()];
-                req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
-                let room = api.req(req).await?.room_id.to_string();
-                self.known
-                    .lock()
-                    .rooms
-                    .insert(room.clone(), conversation.clone());
-                api.add_direct(&self.known, peer_id.as_str(), &room).await?;
-                Ok(pick(&self.known.lock()).or(Some(room)))
-            }
+            ConversationId::Direct { .. } => conversation
+                .peer_of(&api.me)
+                .ok_or_else(|| E::InvalidRequest(format!("{} is not in {conversation}", api.me)))?,
+        };
+        let peer_id = api.mxid_of(peer)?;
+        // The lowest room id: both sides of a simultaneous creation pick the same.
+        let pick = |k: &Known| k.direct.get(peer_id.as_str())?.first().cloned();
+        if let Some(room) = pick(&self.known.lock()) {
+            return Ok(Some(room));
         }
+        if let Some(direct) = api.account_data("m.direct").await? {
+            self.known.lock().direct = direct;
+        }
+        if let Some(room) = pick(&self.known.lock()) {
+            return Ok(Some(room));
+        }
+        // The peer may have made a room and invited me: join it rather than make one.
+        let invites = api.sync(None, Duration::ZERO, 0).await?;
+        api.digest(&self.known, &invites, None).await?;
+        if let Some(room) = pick(&self.known.lock()) {
+            return Ok(Some(room));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let profile = get_profile::v3::Request::new(peer_id.clone());
+        match api.req(profile).await {
+            Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer.clone())),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        let mut req = create_room::v3::Request::new();
+        req.is_direct = true;
+        req.invite = vec![peer_id.clone()];
+        req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
+        let room = api.req(req).await?.room_id;
+        self.known.lock().remember(&room, conversation);
+        api.add_direct(&self.known, peer_id.as_str(), &room).await?;
+        Ok(pick(&self.known.lock()).or(Some(room)))
     }
 
     /// Creates the group room `group` (alias from the group id) and invites `members`;
     /// invited members' clients join it at their next sync ([`MatrixClient::join_group`]
     /// joins at once). Administration for harnesses and demos, not part of [`Vendor`].
     pub async fn create_group(&self, group: &GroupId, members: &[UserId]) -> Result<()> {
-        let (api, _) = self.api()?;
+        let api = self.api()?;
         let config = &self.shared.config;
         let alias = group_alias(&config.group_alias_prefix, group, &config.server_name);
         let local = alias
@@ -1258,28 +1138,21 @@ impl MatrixClient {
         req.room_alias_name = Some(local);
         req.name = Some(group.to_string());
         req.preset = Some(create_room::v3::RoomPreset::PrivateChat);
-        req.invite = members
-            .iter()
-            .filter(|m| **m != api.me)
-            .map(|m| api.mxid_of(m))
-            .collect::<Result<_>>()?;
-        let room = api.req(req).await?.room_id.to_string();
-        self.known
-            .lock()
-            .rooms
-            .insert(room, ConversationId::Group(group.clone()));
+        let others = members.iter().filter(|m| **m != api.me);
+        req.invite = others.map(|m| api.mxid_of(m)).collect::<Result<_>>()?;
+        let room = api.req(req).await?.room_id;
+        let group = ConversationId::Group(group.clone());
+        self.known.lock().rooms.insert(room, group);
         Ok(())
     }
 
     /// Joins the group room `group` (after an invite).
     pub async fn join_group(&self, group: &GroupId) -> Result<()> {
-        let (api, _) = self.api()?;
+        let api = self.api()?;
         let conversation = ConversationId::Group(group.clone());
-        let room = self
-            .room_for(&api, &conversation, false)
-            .await?
-            .ok_or(E::NotMember(conversation.clone()))?;
-        api.req(join_room_by_id::v3::Request::new(Api::room_id(&room)?))
+        let room = self.room_for(&api, &conversation, false).await?;
+        let room = room.ok_or(E::NotMember(conversation.clone()))?;
+        api.req(join_room_by_id::v3::Request::new(room))
             .await
             .map_err(|e| in_room(e, &conversation))?;
         Ok(())
@@ -1289,14 +1162,9 @@ impl MatrixClient {
     async fn offline_pass(&self, api: &Api, position: Option<String>) -> Result<Pass> {
         let mut since = position.clone();
         let mut items = Vec::new();
+        let limit = self.shared.config.sync_timeline_limit;
         for _ in 0..4 {
-            let resp = api
-                .sync(
-                    since.as_deref(),
-                    Duration::ZERO,
-                    self.shared.config.sync_timeline_limit,
-                )
-                .await?;
+            let resp = api.sync(since.as_deref(), Duration::ZERO, limit).await?;
             let (got, joined) = api.digest(&self.known, &resp, since.as_deref()).await?;
             items.extend(got);
             since = Some(resp.next_batch.clone());
@@ -1310,12 +1178,10 @@ impl MatrixClient {
         let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
         for item in items {
             match item {
-                Item::Msg(m, _) if m.sender == api.me => {}
+                Item::Msg(m, _) if m.sender == api.me || index.contains_key(&m.server_id) => {}
                 Item::Msg(m, _) => {
-                    if !index.contains_key(&m.server_id) {
-                        index.insert(m.server_id.clone(), messages.len());
-                        messages.push(m);
-                    }
+                    index.insert(m.server_id.clone(), messages.len());
+                    messages.push(m);
                 }
                 Item::Change(c) => match index.get(&c.target) {
                     Some(&i) => {
@@ -1325,11 +1191,8 @@ impl MatrixClient {
                     }
                     None => later.push(VendorEvent::MessageChanged(c)),
                 },
-                Item::Read(r) => {
-                    if !self.known.lock().my_reads.contains(r.up_to.as_str()) {
-                        later.push(VendorEvent::ReadReceipt(r));
-                    }
-                }
+                Item::Read(r) if self.known.lock().is_my_read(&r) => {}
+                Item::Read(r) => later.push(VendorEvent::ReadReceipt(r)),
             }
         }
         // Stream order within a room; across rooms by the message's time (stable).
@@ -1347,9 +1210,7 @@ impl MatrixClient {
     async fn commit_if_done(&self) -> Result<()> {
         let (api, token) = {
             let mut s = self.session.lock();
-            let Some(s) = s.as_mut() else {
-                return Err(E::NotLoggedIn);
-            };
+            let s = s.as_mut().ok_or(E::NotLoggedIn)?;
             let Some(p) = s.pass.as_mut() else {
                 return Ok(());
             };
@@ -1360,30 +1221,69 @@ impl MatrixClient {
             s.position = Some(p.next_batch.clone());
             (s.api.clone(), p.next_batch.clone())
         };
-        api.set_account_data(&api.position_kind(), &json!({ "next_batch": token }))
-            .await
+        api.save_position(&token).await
     }
 
-    /// Checks `kind` on `target` by the lifecycle policy and returns its room.
-    async fn check_change(
-        &self,
+    /// Sends the `m.room.message` event `body` to `room` as transaction `txn`.
+    async fn send_event(
         api: &Api,
+        room: OwnedRoomId,
+        conversation: &ConversationId,
+        txn: &ClientMsgId,
+        body: &Value,
+    ) -> Result<OwnedEventId> {
+        let raw = Raw::new(body).map_err(|e| E::Protocol(e.to_string()))?;
+        let (txn, kind) = (txn.as_str().into(), "m.room.message".into());
+        let req = send_message_event::v3::Request::new_raw(room, txn, kind, raw.cast_unchecked());
+        let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
+        Ok(resp.event_id)
+    }
+
+    /// Recalls or edits `target` as this handle's user, once the lifecycle policy allows it.
+    async fn change_message(
+        &self,
         conversation: &ConversationId,
         target: &ServerMsgId,
-        kind: &ChangeKind,
-    ) -> Result<String> {
-        let room = self
-            .room_for(api, conversation, false)
-            .await?
-            .ok_or(E::ChangeRefused(ChangeRefusal::UnknownMessage))?;
-        let message = match api.fetch(&room, conversation, target).await? {
-            Some(Item::Msg(m, _)) => m,
-            _ => return Err(E::ChangeRefused(ChangeRefusal::UnknownMessage)),
+        kind: ChangeKind,
+    ) -> Result<MessageChange> {
+        let api = self.api()?;
+        let unknown = || E::ChangeRefused(ChangeRefusal::UnknownMessage);
+        let room = self.room_for(&api, conversation, false).await?;
+        let room = room.ok_or_else(unknown)?;
+        let Some(Item::Msg(message, _)) = api.fetch(&room, conversation, target).await? else {
+            return Err(unknown());
         };
-        self.lifecycle()
-            .check(&message, kind, &api.me, now())
-            .map_err(E::ChangeRefused)?;
-        Ok(room)
+        let policy = self.lifecycle();
+        (policy.check(&message, &kind, &api.me, now())).map_err(E::ChangeRefused)?;
+        let event_id = match &kind {
+            ChangeKind::Edited(content) => {
+                let txn = ClientMsgId::generate();
+                let new = content_json(content, &txn, now())?;
+                let mut body = new.clone();
+                if let Some(b) = new["body"].as_str() {
+                    body["body"] = json!(format!("* {b}"));
+                }
+                body["m.new_content"] = new;
+                body["m.relates_to"] =
+                    json!({ "rel_type": "m.replace", "event_id": target.as_str() });
+                Self::send_event(&api, room.clone(), conversation, &txn, &body).await?
+            }
+            _ => {
+                let txn = new_id().as_str().into();
+                let req = redact_event::v3::Request::new(room.clone(), Api::event_id(target)?, txn);
+                let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
+                resp.event_id
+            }
+        };
+        // The server's time of the change: what every receiver derives its revision from.
+        let at = api.event_time(&room, &event_id).await;
+        Ok(change(
+            conversation,
+            target.clone(),
+            kind,
+            api.me.clone(),
+            at,
+        ))
     }
 }
 
@@ -1430,24 +1330,16 @@ async fn live(
     events: mpsc::UnboundedSender<VendorEvent>,
     ended: Arc<Mutex<Option<E>>>,
 ) {
-    let wait = api.config().sync_timeout;
+    let (wait, limit) = (api.config().sync_timeout, api.config().sync_timeline_limit);
     loop {
-        let result = match api
-            .sync(Some(&since), wait, api.config().sync_timeline_limit)
-            .await
-        {
-            Ok(resp) => api
-                .digest(&known, &resp, Some(&since))
-                .await
-                .map(|(items, _)| (items, resp.next_batch)),
-            Err(e) => Err(e),
+        let step = async {
+            let resp = api.sync(Some(&since), wait, limit).await?;
+            let (items, _) = api.digest(&known, &resp, Some(&since)).await?;
+            Ok::<_, E>((items, resp.next_batch))
         };
-        let (items, next) = match result {
+        let (items, next) = match step.await {
             Ok(r) => r,
-            Err(e) => {
-                end(&ended, &events, e);
-                return;
-            }
+            Err(e) => return end(&ended, &events, e),
         };
         let mut delivered = false;
         for item in items {
@@ -1455,12 +1347,8 @@ async fn live(
                 Item::Msg(_, true) => continue,
                 Item::Msg(m, false) => VendorEvent::MessagePushed(m),
                 Item::Change(c) => VendorEvent::MessageChanged(c),
-                Item::Read(r) => {
-                    if r.reader == api.me && known.lock().my_reads.contains(r.up_to.as_str()) {
-                        continue;
-                    }
-                    VendorEvent::ReadReceipt(r)
-                }
+                Item::Read(r) if r.reader == api.me && known.lock().is_my_read(&r) => continue,
+                Item::Read(r) => VendorEvent::ReadReceipt(r),
             };
             delivered = true;
             if events.send(event).is_err() {
@@ -1470,9 +1358,7 @@ async fn live(
         since = next;
         if delivered {
             // Delivered on the long connection: not offline any more (best effort).
-            let _ = api
-                .set_account_data(&api.position_kind(), &json!({ "next_batch": since }))
-                .await;
+            let _ = api.save_position(&since).await;
         }
     }
 }
@@ -1489,15 +1375,13 @@ impl Vendor for MatrixClient {
 
     fn take_events(&self) -> Option<EventStream> {
         let rx = self.events_rx.lock().take()?;
-        Some(Box::pin(
-            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-        ))
+        Some(Box::pin(UnboundedReceiverStream::new(rx)))
     }
 
     async fn login(&self, credentials: &Credentials) -> Result<Session> {
         drop(self.session.lock().take());
         let server = self.shared.config.server_name.clone();
-        let mut api = Api {
+        let api = Api {
             shared: self.shared.clone(),
             token: None,
             me: credentials.user.clone(),
@@ -1514,16 +1398,10 @@ impl Vendor for MatrixClient {
             let _ = tmp.req(logout::v3::Request::new()).await;
             ended?;
         }
-        let resp = api.password_login(credentials, Some(&self.device)).await?;
-        api.token = resp.token;
-        api.mxid = resp.mxid;
-        let position = api.account_data(&api.position_kind()).await?.and_then(|v| {
-            v.get("next_batch")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
-        if let Some(v) = api.account_data("m.direct").await? {
-            self.known.lock().direct = parse_direct(&v);
+        let api = api.password_login(credentials, Some(&self.device)).await?;
+        let position = api.position().await?;
+        if let Some(direct) = api.account_data("m.direct").await? {
+            self.known.lock().direct = direct;
         }
         let ended = Arc::new(Mutex::new(None));
         // Nothing tells a Matrix client that its token was revoked until it asks: with a
@@ -1558,42 +1436,20 @@ impl Vendor for MatrixClient {
     }
 
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
-        let (api, _) = self.api()?;
-        let size = message.content.size();
-        let max = self.shared.capabilities.max_message_bytes;
-        if size > max {
-            return Err(E::MessageTooLarge { size, max });
-        }
-        let body = content_json(&message.content, &message.client_id, message.client_time)?;
-        if let Some(r) = self.known.lock().sent.get(&message.client_id) {
+        let (api, client_id) = (self.api()?, &message.client_id);
+        self.check_size(&message.content)?;
+        let body = content_json(&message.content, client_id, message.client_time)?;
+        if let Some(r) = self.known.lock().sent.get(client_id) {
             return Ok(SendReceipt {
                 duplicate: true,
                 ..r.clone()
             });
         }
         let conversation = &message.conversation;
-        let room = self
-            .room_for(&api, conversation, true)
-            .await?
-            .ok_or(E::NotMember(conversation.clone()))?;
-        let duplicate = !self
-            .known
-            .lock()
-            .attempted
-            .insert(message.client_id.clone());
-        let raw =
-            Raw::from_json_string(body.to_string()).map_err(|e| E::Protocol(e.to_string()))?;
-        let req = send_message_event::v3::Request::new_raw(
-            Api::room_id(&room)?,
-            message.client_id.as_str().into(),
-            "m.room.message".into(),
-            raw,
-        );
-        let event_id = api
-            .req(req)
-            .await
-            .map_err(|e| in_room(e, conversation))?
-            .event_id;
+        let room = self.room_for(&api, conversation, true).await?;
+        let room = room.ok_or(E::NotMember(conversation.clone()))?;
+        let attempted = self.known.lock().attempted.insert(client_id.clone());
+        let event_id = Self::send_event(&api, room.clone(), conversation, client_id, &body).await?;
         let server_id = ServerMsgId::new(event_id.as_str());
         // The stored event's time (the ordering clock), not this machine's.
         let server_time = api.event_time(&room, &event_id).await;
@@ -1601,27 +1457,16 @@ impl Vendor for MatrixClient {
             server_id: server_id.clone(),
             seq: None,
             server_time,
-            duplicate,
+            duplicate: !attempted,
         };
         let mut known = self.known.lock();
-        known
-            .sent
-            .insert(message.client_id.clone(), receipt.clone());
-        known.learn(&Message {
-            server_id,
-            client_id: message.client_id.clone(),
-            conversation: conversation.clone(),
-            sender: api.me.clone(),
-            seq: None,
-            server_time,
-            client_time: message.client_time,
-            content: message.content.clone(),
-        });
+        (known.sent).insert(client_id.clone(), receipt.clone());
+        known.learn(&server_id, &api.me, server_time);
         Ok(receipt)
     }
 
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch> {
-        let (api, _) = self.api()?;
+        let api = self.api()?;
         let position = {
             let s = self.session.lock();
             let s = s.as_ref().ok_or(E::NotLoggedIn)?;
@@ -1635,10 +1480,8 @@ impl Vendor for MatrixClient {
         }
         let batch = {
             let mut s = self.session.lock();
-            let pass = s
-                .as_mut()
-                .and_then(|s| s.pass.as_mut())
-                .ok_or(E::NotLoggedIn)?;
+            let pass = s.as_mut().and_then(|s| s.pass.as_mut());
+            let pass = pass.ok_or(E::NotLoggedIn)?;
             let take = (max.max(1) as usize).min(pass.remaining.len());
             let from = pass.remaining.len() - take;
             let mut messages: Vec<Message> = pass.remaining.drain(from..).collect();
@@ -1647,8 +1490,9 @@ impl Vendor for MatrixClient {
             if let Some(a) = &ack {
                 pass.acks.insert(a.token.clone());
             }
+            let left = pass.remaining.len() as u64;
             OfflineBatch {
-                left: pass.remaining.len() as u64,
+                left,
                 ack,
                 messages,
             }
@@ -1661,31 +1505,29 @@ impl Vendor for MatrixClient {
         self.api()?;
         let known = {
             let mut s = self.session.lock();
-            s.as_mut()
-                .and_then(|s| s.pass.as_mut())
-                .is_some_and(|p| p.acks.remove(&ack.token))
+            let pass = s.as_mut().and_then(|s| s.pass.as_mut());
+            pass.is_some_and(|p| p.acks.remove(&ack.token))
         };
         if !known {
-            return Err(E::InvalidRequest(format!(
-                "unknown offline ack {:?}",
-                ack.token
-            )));
+            let token = &ack.token;
+            return Err(E::InvalidRequest(format!("unknown offline ack {token:?}")));
         }
         self.commit_if_done().await
     }
 
     async fn go_online(&self) -> Result<()> {
-        let (api, ended) = self.api()?;
-        let (start, later) = {
+        let api = self.api()?;
+        let (start, later, ended) = {
             let mut s = self.session.lock();
             let s = s.as_mut().ok_or(E::NotLoggedIn)?;
             if s.live.is_some() {
                 return Ok(());
             }
-            match s.pass.as_mut() {
+            let (start, later) = match s.pass.as_mut() {
                 Some(p) => (Some(p.next_batch.clone()), std::mem::take(&mut p.later)),
                 None => (s.position.clone(), Vec::new()),
-            }
+            };
+            (start, later, s.ended.clone())
         };
         let start = match start {
             Some(s) => s,
@@ -1694,13 +1536,8 @@ impl Vendor for MatrixClient {
         for event in later {
             let _ = self.events_tx.send(event);
         }
-        let task = tokio::spawn(live(
-            api,
-            self.known.clone(),
-            start,
-            self.events_tx.clone(),
-            ended,
-        ));
+        let (known, events) = (self.known.clone(), self.events_tx.clone());
+        let task = tokio::spawn(live(api, known, start, events, ended));
         match self.session.lock().as_mut() {
             Some(s) => s.live = Some(task),
             None => task.abort(),
@@ -1709,7 +1546,7 @@ impl Vendor for MatrixClient {
     }
 
     async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
-        let (api, _) = self.api()?;
+        let api = self.api()?;
         if query.limit == 0 {
             return Err(E::InvalidRequest("history page of 0 messages".into()));
         }
@@ -1721,19 +1558,17 @@ impl Vendor for MatrixClient {
         let cursor = query.cursor.as_ref().map(parse_cursor).transpose()?;
         let limit = query.limit.min(self.shared.capabilities.history_page_max) as usize;
         let conversation = match &query.scope {
-            HistoryScope::Conversation(c) => c.clone(),
+            HistoryScope::Conversation(c) => c,
             HistoryScope::All => return self.history_all(&api, from, to, cursor, limit).await,
         };
-        let Some(room) = self.room_for(&api, &conversation, false).await? else {
-            return Ok(HistoryPage {
-                messages: Vec::new(),
-                next: None,
-                horizon: None,
-            });
+        let (messages, next) = match self.room_for(&api, conversation, false).await? {
+            Some(room) => {
+                let range = (from, to);
+                self.page(&api, &room, conversation, range, cursor, limit)
+                    .await?
+            }
+            None => (Vec::new(), None),
         };
-        let (messages, next) = self
-            .page(&api, &room, &conversation, from, to, cursor, limit)
-            .await?;
         Ok(HistoryPage {
             messages,
             next,
@@ -1742,29 +1577,23 @@ impl Vendor for MatrixClient {
     }
 
     async fn ping(&self) -> Result<Duration> {
-        let (api, _) = self.api()?;
+        let api = self.api()?;
         let started = Instant::now();
         api.req(whoami::v3::Request::new()).await?;
         Ok(started.elapsed())
     }
 
     async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()> {
-        let (api, _) = self.api()?;
-        let room = self
-            .room_for(&api, conversation, false)
-            .await?
-            .ok_or(E::NotMember(conversation.clone()))?;
+        let api = self.api()?;
+        let room = self.room_for(&api, conversation, false).await?;
+        let room = room.ok_or(E::NotMember(conversation.clone()))?;
         self.known.lock().my_reads.insert(up_to.to_string());
-        let req = create_receipt::v3::Request::new(
-            Api::room_id(&room)?,
-            create_receipt::v3::ReceiptType::Read,
-            OwnedEventId::try_from(up_to.as_str())
-                .map_err(|e| E::InvalidRequest(format!("not an event id: {e}")))?,
-        );
-        api.req(req)
-            .await
-            .map(|_| ())
-            .map_err(|e| in_room(e, conversation))
+        let event = OwnedEventId::try_from(up_to.as_str())
+            .map_err(|e| E::InvalidRequest(format!("not an event id: {e}")))?;
+        let kind = create_receipt::v3::ReceiptType::Read;
+        let req = create_receipt::v3::Request::new(room, kind, event);
+        let resp = api.req(req).await;
+        resp.map(|_| ()).map_err(|e| in_room(e, conversation))
     }
 
     fn lifecycle(&self) -> LifecyclePolicy {
@@ -1779,32 +1608,14 @@ impl Vendor for MatrixClient {
         conversation: &ConversationId,
         target: &ServerMsgId,
     ) -> Result<MessageChange> {
-        let (api, _) = self.api()?;
-        let room = self
-            .check_change(&api, conversation, target, &ChangeKind::Recalled)
-            .await?;
-        let req = redact_event::v3::Request::new(
-            Api::room_id(&room)?,
-            Api::event_id(target)?,
-            new_id().as_str().into(),
-        );
-        let done = api.req(req).await.map_err(|e| in_room(e, conversation))?;
-        // The server's time of the change: what every receiver derives its revision from.
-        let at = api.event_time(&room, &done.event_id).await;
-        Ok(MessageChange {
-            conversation: conversation.clone(),
-            target: target.clone(),
-            kind: ChangeKind::Recalled,
-            by: api.me.clone(),
-            at,
-            revision: revision_at(at),
-        })
+        self.change_message(conversation, target, ChangeKind::Recalled)
+            .await
     }
 
     /// The feed is the `/sync` stream from the cursor's token: its redactions, edits and
     /// read receipts (`mx1:{skip}:{token}` pages one answer by `max`).
     async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
-        let (api, _) = self.api()?;
+        let api = self.api()?;
         let Some(since) = since else {
             let end = api.sync(None, Duration::ZERO, 0).await?.next_batch;
             let next = ChangeCursor(format!("mx1:0:{end}").into_bytes());
@@ -1818,13 +1629,12 @@ impl Vendor for MatrixClient {
         let limit = self.shared.config.sync_timeline_limit;
         let resp = api.sync(Some(&token), Duration::ZERO, limit).await?;
         let (items, _) = api.digest(&self.known, &resp, Some(&token)).await?;
-        let my_reads = self.known.lock().my_reads.clone();
         let feed: Vec<Item> = items
             .into_iter()
             .filter(|i| match i {
                 Item::Msg(..) => false,
                 Item::Change(_) => true,
-                Item::Read(r) => !(r.reader == api.me && my_reads.contains(r.up_to.as_str())),
+                Item::Read(r) => !(r.reader == api.me && self.known.lock().is_my_read(r)),
             })
             .collect();
         let total = feed.len();
@@ -1839,13 +1649,11 @@ impl Vendor for MatrixClient {
         }
         let left = total - skip.min(total) - take;
         batch.left = u32::try_from(left).unwrap_or(u32::MAX);
-        batch.next = ChangeCursor(
-            match left {
-                0 => format!("mx1:0:{}", resp.next_batch),
-                _ => format!("mx1:{}:{token}", skip + take),
-            }
-            .into_bytes(),
-        );
+        let next = match left {
+            0 => format!("mx1:0:{}", resp.next_batch),
+            _ => format!("mx1:{}:{token}", skip + take),
+        };
+        batch.next = ChangeCursor(next.into_bytes());
         Ok(batch)
     }
 
@@ -1855,62 +1663,24 @@ impl Vendor for MatrixClient {
         target: &ServerMsgId,
         content: &Content,
     ) -> Result<MessageChange> {
-        let (api, _) = self.api()?;
-        let size = content.size();
-        let max = self.shared.capabilities.max_message_bytes;
-        if size > max {
-            return Err(E::MessageTooLarge { size, max });
-        }
+        self.check_size(content)?;
         let kind = ChangeKind::Edited(content.clone());
-        let room = self.check_change(&api, conversation, target, &kind).await?;
-        let txn = ClientMsgId::generate();
-        let new = content_json(content, &txn, now())?;
-        let mut body = new.clone();
-        if let Some(b) = body
-            .get("body")
-            .and_then(Value::as_str)
-            .map(|b| format!("* {b}"))
-        {
-            body["body"] = json!(b);
-        }
-        body["m.new_content"] = new;
-        body["m.relates_to"] = json!({ "rel_type": "m.replace", "event_id": target.as_str() });
-        let raw =
-            Raw::from_json_string(body.to_string()).map_err(|e| E::Protocol(e.to_string()))?;
-        let req = send_message_event::v3::Request::new_raw(
-            Api::room_id(&room)?,
-            txn.as_str().into(),
-            "m.room.message".into(),
-            raw,
-        );
-        let done = api.req(req).await.map_err(|e| in_room(e, conversation))?;
-        let at = api.event_time(&room, &done.event_id).await;
-        Ok(MessageChange {
-            conversation: conversation.clone(),
-            target: target.clone(),
-            kind,
-            by: api.me.clone(),
-            at,
-            revision: revision_at(at),
-        })
+        self.change_message(conversation, target, kind).await
     }
 }
 
 impl MatrixClient {
     /// One page of `room`, newest first: `/messages` backwards from the cursor, or from the
     /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`.
-    #[allow(clippy::too_many_arguments)]
     async fn page(
         &self,
         api: &Api,
-        room: &str,
+        room_id: &RoomId,
         conversation: &ConversationId,
-        from: Option<Timestamp>,
-        to: Option<Timestamp>,
+        (from, to): (Option<Timestamp>, Option<Timestamp>),
         cursor: Option<(usize, String)>,
         limit: usize,
     ) -> Result<(Vec<Message>, Option<PageCursor>)> {
-        let room_id = Api::room_id(room)?;
         let (mut skip, mut token) = match cursor {
             Some((skip, token)) => (skip, Some(token)),
             None => (0, None),
@@ -1918,14 +1688,12 @@ impl MatrixClient {
         if token.is_none()
             && let Some(to) = to
         {
-            let ts = MilliSecondsSinceUnixEpoch(
-                UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default(),
-            );
-            let req =
-                get_event_by_timestamp::v1::Request::new(room_id.clone(), ts, Direction::Backward);
+            let ms = UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default();
+            let (ts, back) = (MilliSecondsSinceUnixEpoch(ms), Direction::Backward);
+            let req = get_event_by_timestamp::v1::Request::new(room_id.into(), ts, back);
             match api.req(req).await {
                 Ok(found) => {
-                    let mut ctx = get_context::v3::Request::new(room_id.clone(), found.event_id);
+                    let mut ctx = get_context::v3::Request::new(room_id.into(), found.event_id);
                     ctx.limit = UInt::from(0u32);
                     token = api.req(ctx).await?.end;
                 }
@@ -1936,20 +1704,17 @@ impl MatrixClient {
         }
         let mut out = Vec::new();
         loop {
-            let mut req =
-                get_message_events::v3::Request::new(room_id.clone(), Direction::Backward);
+            let mut req = get_message_events::v3::Request::new(room_id.into(), Direction::Backward);
             req.from = token.clone();
             req.limit = UInt::try_from((limit + skip).clamp(10, 100) as u64).unwrap_or_default();
             req.filter.types = Some(vec!["m.room.message".into()]);
             let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
             let mut taken = 0;
             let mut done = resp.end.is_none() || resp.chunk.is_empty();
+            let server = &self.shared.config.server_name;
             for raw in &resp.chunk {
-                let Ok(ev) = raw.deserialize_as_unchecked::<Ev>() else {
-                    continue;
-                };
-                let Some(Item::Msg(m, _)) =
-                    to_item(&ev, conversation, &self.shared.config.server_name)
+                let ev = raw.deserialize_as_unchecked::<Ev>().ok();
+                let Some(Item::Msg(m, _)) = ev.and_then(|e| to_item(&e, conversation, server))
                 else {
                     continue;
                 };
@@ -1964,17 +1729,17 @@ impl MatrixClient {
                 if taken <= skip {
                     continue;
                 }
-                self.known.lock().learn(&m);
+                self.known
+                    .lock()
+                    .learn(&m.server_id, &m.sender, m.server_time);
                 out.push(m);
                 if out.len() == limit {
                     // More may follow: continue from this token, past what was taken.
-                    let next = token
-                        .clone()
-                        .map(|t| PageCursor(format!("mx1:{taken}:{t}")));
-                    return Ok((
-                        out,
-                        next.or_else(|| resp.end.clone().map(|e| PageCursor(format!("mx1:0:{e}")))),
-                    ));
+                    let next = match &token {
+                        Some(t) => Some(format!("mx1:{taken}:{t}")),
+                        None => resp.end.as_ref().map(|e| format!("mx1:0:{e}")),
+                    };
+                    return Ok((out, next.map(PageCursor)));
                 }
             }
             if done {
@@ -1998,25 +1763,22 @@ impl MatrixClient {
         // `count` messages of exactly that time already returned.
         let (skip_at, to) = match &cursor {
             Some((n, ms)) => {
-                let ms: i64 = ms
-                    .parse()
-                    .map_err(|_| E::InvalidRequest("not a history cursor of this vendor".into()))?;
+                let bad = |_| E::InvalidRequest("not a history cursor of this vendor".into());
+                let ms: i64 = ms.parse().map_err(bad)?;
                 (Some((*n, ms)), Some(Timestamp::from_millis(ms + 1)))
             }
             None => (None, to),
         };
-        let rooms = api
-            .req(joined_rooms::v3::Request::new())
-            .await?
-            .joined_rooms;
+        let req = joined_rooms::v3::Request::new();
+        let rooms = api.req(req).await?.joined_rooms;
         let mut all = Vec::new();
         for room in rooms {
-            let Some(conversation) = api.conversation_of(&self.known, room.as_str()).await? else {
+            let Some(conversation) = api.conversation_of(&self.known, &room).await? else {
                 continue;
             };
             let want = limit + skip_at.map_or(0, |(n, _)| n);
             let (messages, _) = self
-                .page(api, room.as_str(), &conversation, from, to, None, want)
+                .page(api, &room, &conversation, (from, to), None, want)
                 .await?;
             all.extend(messages);
         }
@@ -2026,30 +1788,22 @@ impl MatrixClient {
         if let Some((n, ms)) = skip_at {
             let mut seen = 0;
             all.retain(|m| {
-                if m.server_time.as_millis() == ms && seen < n {
-                    seen += 1;
-                    return false;
-                }
-                true
+                let skip = m.server_time.as_millis() == ms && seen < n;
+                seen += usize::from(skip);
+                !skip
             });
         }
         let more = all.len() > limit;
         all.truncate(limit);
-        let next = match all.last() {
-            Some(last) if more => {
-                let at = last.server_time;
-                let same = all.iter().filter(|m| m.server_time == at).count();
-                let carried = skip_at
-                    .filter(|(_, ms)| *ms == at.as_millis())
-                    .map_or(0, |(n, _)| n);
-                Some(PageCursor(format!(
-                    "mx1:{}:{}",
-                    same + carried,
-                    at.as_millis()
-                )))
-            }
-            _ => None,
-        };
+        let next = all.last().filter(|_| more).map(|last| {
+            let at = last.server_time.as_millis();
+            let same = all
+                .iter()
+                .filter(|m| m.server_time.as_millis() == at)
+                .count();
+            let carried = skip_at.filter(|(_, ms)| *ms == at).map_or(0, |(n, _)| n);
+            PageCursor(format!("mx1:{}:{at}", same + carried))
+        });
         Ok(HistoryPage {
             messages: all,
             next,
