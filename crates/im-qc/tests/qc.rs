@@ -1,7 +1,8 @@
 //! Quality control against the reference vendor over TCP with its fault injection: an outage
 //! drives the verdict to Down and fires the alert, recovery resolves it; injected latency
 //! shows in p99; failing pulls lower the success ratio by the injected amount. Business
-//! metrics from a scripted conversation, and the Prometheus endpoint scraped and parsed.
+//! metrics from a scripted conversation, and the Prometheus endpoint scraped and parsed;
+//! slow calls make the verdict Degraded.
 //!
 //! These tests use real time (real sockets), with short intervals and generous deadlines.
 
@@ -582,4 +583,49 @@ async fn an_agents_own_replies_count_through_watch_user() {
     assert_eq!((row.inbound, row.answered_in_time), (3, 2), "{business:?}");
     assert!((business.response_rate.unwrap() - 2.0 / 3.0).abs() < 1e-9);
     console.logout().await;
+}
+
+/// QC's latency rule: calls slower than `slow_p99` at the 99th percentile make the verdict
+/// Degraded, with the p99 named as the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_calls_make_the_verdict_degraded() {
+    let w = TcpWorld::start().await;
+    let qc = Arc::new(QcVendor::new(
+        Arc::new(w.vendor.client()),
+        Arc::new(UnknownDevice),
+    ));
+    let client = ImClient::builder(qc.clone(), w.bob.clone()).build();
+    let config = QcConfig {
+        slow_p99: Duration::from_millis(100),
+        ..qc_config(Duration::from_secs(60))
+    };
+    let monitor = QcMonitor::start(config, watch(&qc, &client)).unwrap();
+    client.login().await.unwrap();
+    w.server.set_faults(Faults {
+        frame_delay: Some(Duration::from_millis(200)),
+        ..Faults::none()
+    });
+    for i in 0..5 {
+        let message = OutgoingMessage::new(
+            w.conv.clone(),
+            Content::text(format!("slow {i}")),
+            Timestamp::from_millis(0),
+        );
+        qc.send(&message).await.unwrap();
+    }
+    // One overall deadline: the monitor evaluates every 100 ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        let report = monitor.verdict();
+        if report.reasons.iter().any(|r| r.starts_with("p99 latency")) {
+            break report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no p99 latency reason within 5 s: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report.verdict, Verdict::Degraded, "{report:?}");
+    client.logout().await;
 }
