@@ -605,6 +605,30 @@ fn examples(root: &Path, prosody: Option<&str>) -> Result<()> {
             }
             None => println!("example xmpp_quickstart: skipped (IM_PROSODY_ADDR unset)"),
         }
+        match std::env::var("IM_SYNAPSE_URL") {
+            Ok(_) => {
+                let script = root.join("tests/synapse/synapse.sh");
+                run_program(&script, &["register", "alice", "alice-secret"], root)?;
+                run_program(&script, &["register", "bob", "bob-secret"], root)?;
+                run_cargo(
+                    &[
+                        "run",
+                        "-q",
+                        "-p",
+                        "im-service",
+                        "--features",
+                        "matrix",
+                        "--example",
+                        "matrix_hello",
+                    ],
+                    &[],
+                )?;
+            }
+            Err(_) if std::env::var_os("IM_REQUIRE_SYNAPSE").is_some() => {
+                bail!("IM_REQUIRE_SYNAPSE is set but IM_SYNAPSE_URL is not")
+            }
+            Err(_) => println!("example matrix_hello: skipped (IM_SYNAPSE_URL unset)"),
+        }
         run_cargo(
             &["run", "-q", "-p", "im-qc", "--example", "qc_metrics"],
             &[],
