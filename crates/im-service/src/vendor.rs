@@ -234,7 +234,9 @@ pub trait Vendor: Send + Sync {
     /// first ([`Capability::KickOnSecondLogin`]).
     async fn login(&self, credentials: &Credentials) -> Result<Session>;
 
-    /// Closes the connection cleanly. Idempotent.
+    /// Closes the connection cleanly. Idempotent. An implementation drops its session
+    /// before any goodbye to the server, so a caller may cut the wait short (the client
+    /// layer does when the link is already broken) and the next `login` starts clean.
     async fn logout(&self) -> Result<()>;
 
     /// Sends a message. Idempotent by `client_id`: resending returns the first receipt with

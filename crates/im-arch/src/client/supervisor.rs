@@ -156,7 +156,7 @@ async fn supervise_until_stopped(
                 .distributor
                 .publish(ClientEvent::Sync(SyncProgress::Failed(e)))
                 .await;
-            let _ = shared.vendor.logout().await;
+            end_broken_session(&shared).await;
             match (terminal, cause) {
                 (Some(state), Some(cause)) => {
                     shared.stop(state, refusal("sync", cause)).await;
@@ -172,7 +172,7 @@ async fn supervise_until_stopped(
         match online(&shared, &mut engine, events, &mut commands, own).await {
             Exit::Reconnect(why) => {
                 tracing::warn!(reason = %why, "reconnecting");
-                let _ = shared.vendor.logout().await;
+                end_broken_session(&shared).await;
                 attempt = 1;
             }
             Exit::Refreshed => {
@@ -270,6 +270,21 @@ async fn wait_to_attempt(
                 ev = events.next() => if ev.is_none() { return false },
             }
         }
+    }
+}
+
+/// Ends a session the client is about to replace because its link failed. The goodbye is
+/// bounded by `heartbeat_timeout`: on a dead link (a blackhole) it would otherwise wait for
+/// the adapter's own request timeout (2 s on the reference protocol, a whole HTTP request
+/// timeout on Matrix) before the reconnect even starts. Cutting it short is safe: every
+/// adapter drops its session before saying goodbye (see `Vendor::logout`).
+async fn end_broken_session(shared: &Shared) {
+    let goodbye = shared.vendor.logout();
+    if tokio::time::timeout(shared.config.heartbeat_timeout, goodbye)
+        .await
+        .is_err()
+    {
+        tracing::debug!("the goodbye to a broken session was cut short");
     }
 }
 

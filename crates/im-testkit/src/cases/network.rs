@@ -201,7 +201,7 @@ async fn blackhole_detected_and_recovered<H: VendorHarness>(h: H) {
         * config.max_missed_heartbeats
         + config.heartbeat_interval;
     let (a, mut a_sub) = online(&h, alice, config.clone()).await;
-    let (b, mut b_sub) = online(&h, bob, config).await;
+    let (b, mut b_sub) = online(&h, bob, config.clone()).await;
     net(&h).blackhole(true);
     let started = Instant::now();
     let events = until(&mut b_sub, WITHIN, |e| {
@@ -222,12 +222,20 @@ async fn blackhole_detected_and_recovered<H: VendorHarness>(h: H) {
         noticed <= bound + slack,
         "blackhole noticed after {noticed:?}, configured bound {bound:?}"
     );
-    // The second miss ends the connection: the client reconnects by itself (its goodbye to
-    // the dead connection may wait for the adapter's own timeout first).
+    // The second miss ends the connection: the client reconnects by itself, its goodbye to
+    // the dead connection cut short at one heartbeat timeout (not the adapter's own request
+    // timeout: seconds on the reference protocol, far more over HTTP).
     until(&mut b_sub, WITHIN, |e| {
         matches!(e, ClientEvent::State(ConnectionState::Reconnecting { .. }))
     })
     .await;
+    let reconnecting = started.elapsed() - noticed;
+    assert!(
+        reconnecting <= config.heartbeat_timeout + slack,
+        "reconnecting began {reconnecting:?} after the second miss; the goodbye to a dead \
+         link may take one heartbeat timeout ({:?})",
+        config.heartbeat_timeout
+    );
     let mut ids = Vec::new();
     for i in 1..=3 {
         ids.push(
