@@ -319,12 +319,10 @@ pub fn document(root: &Path, runs: &[(Target, TargetRun)]) -> std::io::Result<St
     out.push_str("\n|---|");
     out.push_str(&"---|".repeat(runs.len()));
     out.push('\n');
-    let mut ids: Vec<(&str, &str)> = crate::cases::catalogue()
-        .iter()
-        .map(|c| (c.id, c.title))
-        .collect();
-    ids.dedup();
-    for (id, title) in ids {
+    // The catalogue is sorted by id and its ids are unique (`tests/case_library.rs`:
+    // `ids_are_unique_and_well_formed`).
+    for case in crate::cases::catalogue() {
+        let (id, title) = (case.id, case.title);
         let ran = runs.iter().any(|(_, run)| match run {
             TargetRun::Ran(results) => results.iter().any(|r| r.id == id),
             TargetRun::NotUp(_) => false,
@@ -359,6 +357,54 @@ mod tests {
     fn unit_tests_blank_lines_and_comments_are_not_code() {
         let text = "//! doc\nfn a() {}\n\n    // why\nlet x = 1; // trailing\n#[cfg(test)]\nmod tests {}\n";
         assert_eq!(count_lines(text), AdapterSize { lines: 5, code: 2 });
+    }
+
+    fn result(id: &'static str, outcome: Outcome) -> CaseResult {
+        CaseResult {
+            id,
+            title: "t",
+            layer: "service".into(),
+            outcome,
+            time: Duration::from_millis(7),
+        }
+    }
+
+    #[test]
+    fn each_outcome_is_written_as_such_and_no_timing_leaks_in() {
+        let first = crate::cases::catalogue()[0].id;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let runs = [
+            (
+                Target::Memory,
+                TargetRun::Ran(vec![result(first, Outcome::Passed)]),
+            ),
+            (
+                Target::Reference,
+                TargetRun::Ran(vec![result(first, Outcome::Failed("boom".into()))]),
+            ),
+            (
+                Target::Xmpp,
+                TargetRun::Ran(vec![result(
+                    first,
+                    Outcome::NotApplicable(vec!["SequenceNumbers".into()]),
+                )]),
+            ),
+            (Target::Matrix, TargetRun::NotUp("no Synapse".into())),
+        ];
+        let text = document(&root, &runs).expect("the adapters' sources are readable");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| {first} ")))
+            .unwrap_or_else(|| panic!("no row for {first} in:\n{text}"));
+        assert!(
+            row.ends_with("| pass | **FAIL** | n/a: SequenceNumbers | not run |"),
+            "each outcome in its column: {row}"
+        );
+        assert!(text.contains("- matrix: not run (no Synapse)"), "{text}");
+        assert!(
+            !text.contains("7ms") && !text.contains("boom"),
+            "no timing or detail: {text}"
+        );
     }
 
     #[test]
