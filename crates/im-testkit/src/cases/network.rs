@@ -409,16 +409,20 @@ async fn qc_detects_outage_and_recovery<H: VendorHarness>(h: H) {
         clock: Arc::new(SystemClock),
     };
     let monitor = QcMonitor::start(config, watch).expect("monitor");
-    let mut events = monitor.subscribe(
-        im_arch::Filter::all(),
-        im_arch::DeliveryPolicy::Reliable { capacity: 256 },
-    );
     let mut sub = client.subscribe();
     client.login().await.expect("login");
     until(&mut sub, WITHIN, |e| {
         matches!(e, ClientEvent::State(ConnectionState::Online))
     })
     .await;
+    // A login slower than the Down bound (Synapse on a loaded machine) fires and resolves
+    // the alert on its own; only what follows the outage may count, so the case listens
+    // from a settled, healthy monitor on.
+    qc_settled(&monitor).await;
+    let mut events = monitor.subscribe(
+        im_arch::Filter::all(),
+        im_arch::DeliveryPolicy::Reliable { capacity: 256 },
+    );
     net(&h).outage(Duration::from_millis(2000));
     let fired = qc_until(
         &mut events,
@@ -457,6 +461,25 @@ async fn qc_detects_outage_and_recovery<H: VendorHarness>(h: H) {
     assert!(after.iter().any(healthy), "{after:?}");
     assert!(client.state().is_online(), "the client is back online");
     client.logout().await;
+}
+
+/// Waits, within one overall deadline, until `monitor` judges the vendor Healthy with no
+/// alert firing.
+async fn qc_settled(monitor: &QcMonitor) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let snap = monitor.snapshot();
+        if snap.verdict.verdict == Verdict::Healthy && snap.alerts.iter().all(|a| !a.firing) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor never settled Healthy before the outage within {WITHIN:?}: {:?} {:?}",
+            snap.verdict,
+            snap.alerts
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// QC events until `stop` matches one (included), one overall deadline.
