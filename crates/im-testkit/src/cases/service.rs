@@ -129,7 +129,8 @@ macro_rules! vendor_contract_tests {
             "SVC-010" token_expiry_events {
                 title: "Token expiry is warned before and reported at expiry",
                 needs: [TokenExpiry],
-                harness: [],
+                // Moves the vendor's clock by minutes (`h.advance`).
+                harness: [VendorClock],
                 guards: [ReconnectStorm],
                 expected: "TokenWillExpire comes first, then TokenExpired, and calls fail with TokenExpired",
                 steps: [
