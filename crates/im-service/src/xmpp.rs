@@ -1079,6 +1079,13 @@ impl Task {
                 }
             }
             Cmd::Close(done) => {
+                // The final XEP-0198 ack: what was handed on counts as received, else a
+                // server that requeues unacknowledged stanzas at close (ejabberd's
+                // `resend_on_timeout`) stores a push the app already has as offline again.
+                // Offline messages not yet acknowledged stay out of it (`ack_cap`).
+                let h = self.ack_cap.unwrap_or(self.received);
+                let a = XmppStreamElement::SM(sm::Nonza::Ack(A::new(h)));
+                let _ = self.stream.send(&a).await;
                 let _ = self
                     .send(Presence::new(tokio_xmpp::parsers::presence::Type::Unavailable).into())
                     .await;

@@ -165,6 +165,44 @@ async fn sends_are_acked_and_pushed_live_with_the_origin_id() {
     b.logout().await.unwrap();
 }
 
+/// Pushes handed to the app are acknowledged (XEP-0198) before the stream closes: a server
+/// that requeues unacknowledged stanzas at close (ejabberd) would store them as offline
+/// messages again, and the app would see them twice.
+#[tokio::test]
+async fn pushes_the_app_has_do_not_come_back_as_offline_after_logout() {
+    let Some(addr) = server() else { return };
+    let v = vendor(addr);
+    let (alice, bob) = (user("alice").await, user("bob").await);
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let (a, b) = (v.client(), v.client());
+    let mut events = b.take_events().unwrap();
+    assert!(online(&b, &bob).await.is_empty());
+    a.login(&alice).await.unwrap();
+    for round in 0..3 {
+        for i in 0..10 {
+            a.send(&text(&conv, &format!("live {round}.{i}")))
+                .await
+                .unwrap();
+        }
+        for _ in 0..10 {
+            match event(&mut events).await {
+                VendorEvent::MessagePushed(_) => {}
+                other => panic!("expected a push, got {other:?}"),
+            }
+        }
+        // At once: the server's ack request for the last pushes may not be answered yet.
+        b.logout().await.unwrap();
+        let again = online(&b, &bob).await;
+        assert!(
+            again.is_empty(),
+            "round {round}: pushes the app had came back as offline: {:?}",
+            bodies(&again)
+        );
+    }
+    a.logout().await.unwrap();
+    b.logout().await.unwrap();
+}
+
 #[tokio::test]
 async fn offline_messages_come_first_and_live_ones_wait_for_go_online() {
     let Some(addr) = server() else { return };
