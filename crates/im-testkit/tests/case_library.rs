@@ -83,6 +83,31 @@ fn the_declared_part_of_the_vendor_matrix_is_current() {
     );
 }
 
+#[test]
+fn the_adapter_sizes_in_the_vendor_matrix_are_current() {
+    // The sizes come from the tree, not from a run: a stale row is caught here, without
+    // servers, rather than only by CI's regeneration.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let matrix = std::fs::read_to_string(root.join("docs/vendor-matrix.md"))
+        .expect("docs/vendor-matrix.md exists");
+    for target in Target::ALL {
+        let size = im_testkit::vendor_matrix::adapter_size(&root, target).expect("adapter sources");
+        let row = matrix
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} | `", target.name())))
+            .unwrap_or_else(|| panic!("no adapter row for {}", target.name()));
+        assert!(
+            row.contains(&format!("` | {} | {} |", size.lines, size.code)),
+            "docs/vendor-matrix.md's size of the {} adapter is stale: {row:?}, the tree has \
+             {} lines, {} code lines (run `cargo xtask test-suite --vendor all` with every \
+             server up)",
+            target.name(),
+            size.lines,
+            size.code
+        );
+    }
+}
+
 fn case(
     id: &'static str,
     needs: &'static [Capability],
