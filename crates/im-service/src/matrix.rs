@@ -1,60 +1,54 @@
 //! `MatrixVendor`/`MatrixClient`: the [`Vendor`] adapter for Matrix homeservers (tested
-//! against Synapse 1.163 on loopback; feature `matrix`).
-//!
-//! Built on `ruma`'s client-API request and response types sent over `reqwest` (plain HTTP
-//! on loopback only, no TLS stack), not on `matrix-sdk`, whose own sync loop, send queue,
-//! crypto and store would duplicate `im-arch`. Every response body is read up to
-//! [`MatrixConfig::max_response_bytes`]; a larger or malformed one is a typed error.
+//! against Synapse 1.163 on loopback; feature `matrix`): `ruma`'s client-API request and
+//! response types over `reqwest` (plain HTTP on loopback, no TLS stack), not `matrix-sdk`,
+//! whose own sync loop, send queue, crypto and store would duplicate `im-arch`. Bodies are
+//! read up to [`MatrixConfig::max_response_bytes`]; a larger or malformed one is a typed error.
 //!
 //! Mapping of the contract:
-//! * accounts: a [`Credentials`] `user` is the Matrix localpart on
-//!   [`MatrixConfig::server_name`], its token the password (`m.login.password`). Every login
-//!   names a device id ([`DevicePolicy`]): with [`DevicePolicy::Shared`] (the default) all
-//!   handles of a user are one Matrix device, so a transaction id (= the client message id)
-//!   stays idempotent across reconnects and restarts, and a login first ends the device's
-//!   other sessions (a throwaway session deletes the device with the password; the server
-//!   keeps transaction ids by device id): the previous handle learns it is
-//!   `Kicked(LoggedInElsewhere)` from `M_UNKNOWN_TOKEN`, asked every
-//!   [`MatrixConfig::session_check`] ([`Capability::KickOnSecondLogin`], as a fixed XMPP
-//!   resource). With [`DevicePolicy::PerHandle`] each handle is
-//!   its own device for its life: several devices at once ([`Capability::MultiDevice`]);
-//!   my sends reach my other devices as mine;
-//! * direct conversation = a room listed for the peer in my `m.direct` account data, else
-//!   one created with `is_direct` and the peer invited. Invites are joined automatically
-//!   (and direct ones added to `m.direct`). When both sides created a room at once, both
-//!   rooms map to the same conversation, and sends go to the lowest room id among the
-//!   peer's direct rooms, which both sides converge on;
-//! * group = a room whose canonical alias is `#{group_alias_prefix}{group id}:{server}`
-//!   (characters outside `[a-z0-9._-]` as `=hh`); creating one is administration
-//!   ([`MatrixClient::create_group`], [`MatrixClient::join_group`]). A room is mapped to its
+//! * accounts: a [`Credentials`] `user` is the localpart on [`MatrixConfig::server_name`], its
+//!   token the password (`m.login.password`). Every login names a device ([`DevicePolicy`]).
+//!   With [`DevicePolicy::Shared`] (the default) all handles of a user are one device, so a
+//!   transaction id (= the client message id) stays idempotent across reconnects and
+//!   restarts; a login first ends the device's other sessions (a throwaway session deletes
+//!   the device with the password; the server keeps transaction ids by device id), and the
+//!   previous handle learns it is `Kicked(LoggedInElsewhere)` from `M_UNKNOWN_TOKEN`, asked
+//!   every [`MatrixConfig::session_check`] ([`Capability::KickOnSecondLogin`], as a fixed XMPP
+//!   resource). With [`DevicePolicy::PerHandle`] each handle is its own device for its life
+//!   ([`Capability::MultiDevice`]); my sends reach my other devices as mine;
+//! * direct conversation = a room listed for the peer in my `m.direct` account data, else one
+//!   created with `is_direct` and the peer invited. Invites are joined automatically (direct
+//!   ones added to `m.direct`). Rooms both sides created at once map to the same
+//!   conversation; sends go to the peer's lowest direct room id, which both sides converge on;
+//! * group = a room whose canonical alias is `#{group_alias_prefix}{group id}:{server}` (bytes
+//!   outside `[a-z0-9._-]` as `=hh`); creating one is administration
+//!   ([`MatrixClient::create_group`], [`MatrixClient::join_group`]). A room maps to its
 //!   conversation by alias, else by `m.direct`, else by its two members;
-//! * ACK-online: the offline position is the `/sync` `next_batch` token, kept in account
-//!   data per device (`im.layers.position.<device>`), so it survives restarts.
-//!   `pull_offline` runs one pass of syncs from it (joining invites, filling limited
-//!   timelines with `/messages` back to the position) and hands the messages out newest
-//!   first; once every batch is acknowledged the pass's token becomes the position.
-//!   `go_online` starts a long-poll `/sync` task owned by the handle, which pushes events
-//!   and moves the position past what it delivered. My own messages are never offline
-//!   messages, and are pushed only from my other devices;
-//! * order: no gap-free sequences. Lists are in the server's stream order (within a room)
-//!   and merged across rooms by `origin_server_ts`, the message's time;
-//! * history: `/messages` backwards, a time range starting at the event
-//!   `timestamp_to_event` (v1) finds before its end; cursors are `/messages` tokens with a
-//!   count of messages to skip;
-//! * send: `PUT /send/m.room.message/{client id}` (the server answers a repeated
-//!   transaction with the first event); the server id is the event id, the time its
-//!   `origin_server_ts`. A resend of a client id this handle has tried is `duplicate`;
+//! * ACK-online: the offline position is the `/sync` `next_batch` token, kept in account data
+//!   per device (`im.layers.position.<device>`), so it survives restarts. `pull_offline` runs
+//!   one pass of syncs from it (joining invites, filling limited timelines with `/messages`
+//!   back to the position) and hands the messages out newest first; once every batch is
+//!   acknowledged the pass's token becomes the position. `go_online` starts a long-poll
+//!   `/sync` task owned by the handle, which pushes events and moves the position past what it
+//!   delivered. My own messages are never offline messages, and are pushed only from my other
+//!   devices;
+//! * order: no gap-free sequences. Lists are in the server's stream order (within a room) and
+//!   merged across rooms by `origin_server_ts`, the message's time;
+//! * history: `/messages` backwards, a time range starting at the event `timestamp_to_event`
+//!   (v1) finds before its end; cursors are `/messages` tokens with a count to skip;
+//! * send: `PUT /send/m.room.message/{client id}` (the server answers a repeated transaction
+//!   with the first event); the server id is the event id, the time its `origin_server_ts`. A
+//!   resend of a client id this handle has tried is `duplicate`;
 //! * lifecycle: recall = redaction, edit = an `m.replace` relation, both sender-only and
-//!   checked here with [`LifecyclePolicy::check`] (the server would let a room admin redact
+//!   checked here with [`LifecyclePolicy::check`] (the server lets a room admin redact
 //!   anything: a change by someone else than the sender is ignored on receipt). Revisions
-//!   come from the change's time, as for XMPP. Offline and history pulls return current
-//!   state (redacted events, the server's bundled latest edit). The change feed is the
-//!   `/sync` stream from a token (`pull_changes`). No delete-for-me;
+//!   come from the change's time ([`MessageChange::timed`]). Offline and history pulls return
+//!   current state (redacted events, the server's bundled latest edit). The change feed is
+//!   the `/sync` stream from a token (`pull_changes`). No delete-for-me;
 //! * read state: `m.read` receipts both ways (echoes of this handle's own are dropped);
-//! * errors: `M_LIMIT_EXCEEDED` → `RateLimited` (`retry_after_ms`, else 1 s),
-//!   `M_UNKNOWN_TOKEN` → `TokenExpired` (soft logout) or `Kicked(Admin)`, `M_FORBIDDEN`/
-//!   `M_NOT_FOUND` on a room → `NotMember`, 400s → `InvalidRequest`, HTTP timeouts →
-//!   `Timeout`, refused connections → `Unavailable`, other server errors → `Server`;
+//! * errors: `M_LIMIT_EXCEEDED` → `RateLimited` (`retry_after_ms`, else 1 s), `M_UNKNOWN_TOKEN`
+//!   → `TokenExpired` (soft logout) or `Kicked`, `M_FORBIDDEN`/`M_NOT_FOUND` on a room →
+//!   `NotMember`, 400s → `InvalidRequest`, HTTP timeouts → `Timeout`, refused connections →
+//!   `Unavailable`, other server errors → `Server`;
 //! * heartbeat: a timed `/account/whoami`. No token expiry (passwords do not expire).
 
 use std::borrow::Cow;
@@ -94,13 +88,14 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::KickReason;
 use crate::lifecycle::{
-    ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, EditPermission, LifecyclePolicy,
-    MessageChange, ReadReceipt,
+    ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, LifecyclePolicy, MessageChange,
+    ReadReceipt,
 };
 use crate::model::{
     ClientMsgId, Content, ConversationId, GroupId, Message, OutgoingMessage, ServerMsgId,
     Timestamp, UserId,
 };
+use crate::offline::{self, FirstChunk, OfflinePass};
 use crate::vendor::{
     Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
     OfflineBatch, PageCursor, SendReceipt, Session, Vendor, VendorEvent,
@@ -202,7 +197,7 @@ impl MatrixVendor {
     /// login kicks the first with [`DevicePolicy::Shared`], several devices with
     /// [`DevicePolicy::PerHandle`]. No sequences, no token expiry, no delete-for-me.
     pub fn new(config: MatrixConfig) -> Self {
-        let mut capabilities = Capabilities::none()
+        let capabilities = Capabilities::none()
             .with(Capability::HistoryByTime)
             .with(Capability::ServerAcks)
             .with(Capability::OfflineQueue)
@@ -215,17 +210,18 @@ impl MatrixVendor {
             .with(Capability::Recall)
             .with(Capability::Edit)
             .with(Capability::ChangeFeed)
+            .with(match config.devices {
+                DevicePolicy::Shared(_) => Capability::KickOnSecondLogin,
+                DevicePolicy::PerHandle(_) => Capability::MultiDevice,
+            })
             .with_max_message_bytes(config.max_message_bytes);
-        capabilities = capabilities.with(match config.devices {
-            DevicePolicy::Shared(_) => Capability::KickOnSecondLogin,
-            DevicePolicy::PerHandle(_) => Capability::MultiDevice,
-        });
         let versions = SupportedVersions::from_parts(&["v1.11".to_string()], &BTreeMap::new());
+        let http = reqwest::Client::new();
         Self {
             shared: Arc::new(Shared {
                 config,
                 capabilities,
-                http: reqwest::Client::new(),
+                http,
                 versions,
             }),
         }
@@ -268,9 +264,8 @@ pub struct MatrixClient {
 
 impl std::fmt::Debug for MatrixClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MatrixClient")
-            .field("device", &self.device)
-            .finish_non_exhaustive()
+        let mut f = f.debug_struct("MatrixClient");
+        f.field("device", &self.device).finish_non_exhaustive()
     }
 }
 
@@ -279,8 +274,8 @@ struct Sess {
     api: Api,
     /// The acknowledged offline position (account data), `None` before the first pass.
     position: Option<String>,
-    /// The running offline pass.
-    pass: Option<Pass>,
+    /// The running offline pass and the sync token it ends at.
+    pass: Option<(String, OfflinePass)>,
     /// The long-poll task after `go_online`.
     live: Option<JoinHandle<()>>,
     /// The session watcher (shared device only).
@@ -297,25 +292,13 @@ impl Drop for Sess {
     }
 }
 
-/// One offline pass: what the syncs from the position gave, handed out in batches.
-struct Pass {
-    next_batch: String,
-    /// Messages not yet handed out, oldest first.
-    remaining: Vec<Message>,
-    /// Batches handed out and not acknowledged.
-    acks: HashSet<String>,
-    /// Changes and receipts of the pass that are not applied to one of its messages:
-    /// pushed at `go_online`.
-    later: Vec<VendorEvent>,
-    committed: bool,
-}
-
-/// What a handle knows (bounded: forgotten wholesale past `KNOWN_MAX` messages).
+/// What a handle knows (bounded: messages forgotten wholesale past `KNOWN_MAX`).
 #[derive(Default)]
 struct Known {
     rooms: HashMap<OwnedRoomId, ConversationId>,
     direct: Direct,
-    messages: HashMap<String, KnownMsg>,
+    /// Sender and server time of the messages seen, by event id.
+    messages: HashMap<String, (UserId, Timestamp)>,
     attempted: HashSet<ClientMsgId>,
     sent: HashMap<ClientMsgId, SendReceipt>,
     /// Events this handle marked read: their echoes are not events.
@@ -327,30 +310,14 @@ const KNOWN_MAX: usize = 50_000;
 /// `m.direct`: peer user id → room ids.
 type Direct = BTreeMap<String, BTreeSet<OwnedRoomId>>;
 
-#[derive(Clone)]
-struct KnownMsg {
-    sender: UserId,
-    time: Timestamp,
-}
-
 impl Known {
-    fn remember(&mut self, room: &RoomId, conversation: &ConversationId) {
-        self.rooms.insert(room.into(), conversation.clone());
-    }
-
-    /// Whether `r` echoes a read this handle marked.
-    fn is_my_read(&self, r: &ReadReceipt) -> bool {
-        self.my_reads.contains(r.up_to.as_str())
-    }
-
-    /// Remembers message `id`'s sender and time.
-    fn learn(&mut self, id: &ServerMsgId, sender: &UserId, time: Timestamp) {
+    /// Remembers message `m`'s sender and time.
+    fn learn(&mut self, m: &Message) {
         if self.messages.len() >= KNOWN_MAX {
             self.messages.clear();
         }
-        let sender = sender.clone();
-        self.messages
-            .insert(id.to_string(), KnownMsg { sender, time });
+        let id = m.server_id.to_string();
+        self.messages.insert(id, (m.sender.clone(), m.server_time));
     }
 }
 
@@ -383,6 +350,7 @@ struct Ev {
 /// What a timeline event means for the contract.
 #[derive(Debug)]
 enum Item {
+    /// A message, and whether this device sent it.
     Msg(Message, bool),
     Change(MessageChange),
     Read(ReadReceipt),
@@ -394,29 +362,6 @@ fn now() -> Timestamp {
 
 fn new_id() -> String {
     format!("i{:016x}", rand::random::<u64>())
-}
-
-/// The change `kind` of `target` by `by` at the server's time `at`; its revision is tenths
-/// of a second since 2024, as for XMPP.
-fn change(
-    conversation: &ConversationId,
-    target: ServerMsgId,
-    kind: ChangeKind,
-    by: UserId,
-    at: Timestamp,
-) -> MessageChange {
-    const EPOCH_2024_MS: i64 = 1_704_067_200_000;
-    let tenths = at.as_millis().saturating_sub(EPOCH_2024_MS) / 100;
-    let revision = u32::try_from(tenths.max(1)).unwrap_or(u32::MAX);
-    let conversation = conversation.clone();
-    MessageChange {
-        conversation,
-        target,
-        kind,
-        by,
-        at,
-        revision,
-    }
 }
 
 /// The localpart of `@local:server` (the whole id, without `@`, for other servers).
@@ -442,11 +387,8 @@ fn group_alias(prefix: &str, group: &GroupId, server: &str) -> String {
 
 /// The group of an alias made by [`group_alias`], if it is one.
 fn group_of_alias(prefix: &str, alias: &str, server: &str) -> Option<GroupId> {
-    let local = alias
-        .strip_prefix('#')?
-        .strip_suffix(server)?
-        .strip_suffix(':')?
-        .strip_prefix(prefix)?;
+    let local = alias.strip_prefix('#')?.strip_suffix(server)?;
+    let local = local.strip_suffix(':')?.strip_prefix(prefix)?;
     let (mut out, mut rest) = (Vec::new(), local);
     while let Some((plain, escaped)) = rest.split_once('=') {
         out.extend(plain.bytes());
@@ -470,9 +412,8 @@ fn content_json(
             "im.layers.type": type_tag, "im.layers.payload": hex::encode(payload),
         }),
         Content::Recalled { .. } => {
-            return Err(E::InvalidRequest(
-                "a recalled placeholder cannot be sent: recall the message instead".into(),
-            ));
+            let why = "a recalled placeholder cannot be sent: recall the message instead";
+            return Err(E::InvalidRequest(why.into()));
         }
     };
     v["im.layers.client_id"] = json!(client_id.as_str());
@@ -497,22 +438,25 @@ fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item>
     let sender = localpart(&ev.sender, server);
     let at = Timestamp::from_millis(ev.origin_server_ts);
     let (c, unsigned) = (&ev.content, &ev.unsigned);
+    let change = |target: &str, kind| {
+        let target = ServerMsgId::new(target);
+        Item::Change(MessageChange::timed(
+            conversation,
+            target,
+            kind,
+            sender.clone(),
+            at,
+        ))
+    };
     match ev.kind.as_str() {
         "m.room.redaction" => {
             let target = ev.redacts.as_deref().or(c["redacts"].as_str())?;
-            let target = ServerMsgId::new(target);
-            Some(Item::Change(change(
-                conversation,
-                target,
-                ChangeKind::Recalled,
-                sender,
-                at,
-            )))
+            Some(change(target, ChangeKind::Recalled))
         }
         "m.room.message" if c["m.relates_to"]["rel_type"] == "m.replace" => {
-            let target = ServerMsgId::new(c["m.relates_to"]["event_id"].as_str()?);
+            let target = c["m.relates_to"]["event_id"].as_str()?;
             let kind = ChangeKind::Edited(parse_content(&c["m.new_content"])?);
-            Some(Item::Change(change(conversation, target, kind, sender, at)))
+            Some(change(target, kind))
         }
         "m.room.message" => {
             let redacted = &unsigned["redacted_because"];
@@ -531,20 +475,17 @@ fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item>
             };
             let client_id = c["im.layers.client_id"].as_str().unwrap_or(&ev.event_id);
             let client_time = c["im.layers.client_time"].as_i64();
-            let client_time = client_time.map_or(at, Timestamp::from_millis);
-            Some(Item::Msg(
-                Message {
-                    server_id: ServerMsgId::new(&ev.event_id),
-                    client_id: ClientMsgId::new(client_id),
-                    conversation: conversation.clone(),
-                    sender,
-                    seq: None,
-                    server_time: at,
-                    client_time,
-                    content,
-                },
-                !unsigned["transaction_id"].is_null(),
-            ))
+            let message = Message {
+                server_id: ServerMsgId::new(&ev.event_id),
+                client_id: ClientMsgId::new(client_id),
+                conversation: conversation.clone(),
+                sender,
+                seq: None,
+                server_time: at,
+                client_time: client_time.map_or(at, Timestamp::from_millis),
+                content,
+            };
+            Some(Item::Msg(message, !unsigned["transaction_id"].is_null()))
         }
         _ => None,
     }
@@ -564,11 +505,9 @@ fn receipts(content: &Value, server: &str) -> Vec<(String, UserId, Timestamp)> {
 
 /// The contract's error for a Matrix error answer.
 fn map_mx(e: &MxError) -> E {
-    let message = e
-        .error_kind()
-        .map(|k| k.errcode().to_string())
-        .unwrap_or_default();
-    match e.error_kind() {
+    let kind = e.error_kind();
+    let message = kind.map(|k| k.errcode().to_string()).unwrap_or_default();
+    match kind {
         Some(ErrorKind::LimitExceeded(d)) => E::RateLimited {
             retry_after: match d.retry_after {
                 Some(RetryAfter::Delay(d)) => d,
@@ -579,7 +518,7 @@ fn map_mx(e: &MxError) -> E {
             },
         },
         Some(ErrorKind::UnknownToken(d)) if d.soft_logout => E::TokenExpired,
-        // With a shared device, another login ended this session (`login` module doc).
+        // With a shared device, another login ended this session (module doc).
         Some(ErrorKind::UnknownToken(_)) => E::Kicked(KickReason::LoggedInElsewhere),
         Some(ErrorKind::Forbidden) if e.status_code.as_u16() == 403 => {
             E::AuthFailed(format!("forbidden ({message})"))
@@ -616,6 +555,31 @@ fn in_room(e: E, conversation: &ConversationId) -> E {
     }
 }
 
+/// A client-API request as this adapter sends them: with the session's access token and the
+/// fixed supported versions (the bounds once, for every request type).
+trait Req: OutgoingRequest {
+    fn build(self, api: &Api) -> Result<reqwest::Request>;
+}
+
+impl<R: OutgoingRequest> Req for R
+where
+    for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+{
+    fn build(self, api: &Api) -> Result<reqwest::Request> {
+        let token = api.token.as_deref();
+        let token = token.map_or(SendAccessToken::None, SendAccessToken::IfRequired);
+        let (base, versions) = (
+            &api.config().homeserver,
+            Cow::Borrowed(&api.shared.versions),
+        );
+        let build = |e: String| E::InvalidRequest(format!("cannot build the request: {e}"));
+        let request: http::Request<Vec<u8>> = (self.try_into_http_request(base, token, versions))
+            .map_err(|e| build(e.to_string()))?;
+        reqwest::Request::try_from(request).map_err(|e| build(e.to_string()))
+    }
+}
+
 impl Api {
     fn config(&self) -> &MatrixConfig {
         &self.shared.config
@@ -630,58 +594,46 @@ impl Api {
         OwnedUserId::try_from(self.mxid.as_str()).map_err(|e| E::Protocol(e.to_string()))
     }
 
-    /// Sends `req` and reads its answer within `timeout` and the body limit.
-    async fn exchange<R>(&self, req: R, timeout: Duration) -> Result<http::Response<Vec<u8>>>
-    where
-        R: OutgoingRequest,
-        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
-        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
-    {
-        let token = match &self.token {
-            Some(t) => SendAccessToken::IfRequired(t),
-            None => SendAccessToken::None,
-        };
-        let versions = Cow::Borrowed(&self.shared.versions);
-        let build = |e: String| E::InvalidRequest(format!("cannot build the request: {e}"));
-        let request: http::Request<Vec<u8>> = req
-            .try_into_http_request(&self.config().homeserver, token, versions)
-            .map_err(|e| build(e.to_string()))?;
-        let mut request = reqwest::Request::try_from(request).map_err(|e| build(e.to_string()))?;
+    /// Sends `req` and reads its answer within `timeout` and the body limit (a larger body
+    /// is a `Protocol` error).
+    async fn exchange(&self, req: impl Req, timeout: Duration) -> Result<http::Response<Vec<u8>>> {
+        let mut request = req.build(self)?;
         *request.timeout_mut() = Some(timeout);
         let response = self.shared.http.execute(request).await;
-        let response = response.map_err(|e| transport(e, timeout))?;
-        let (status, headers) = (response.status(), response.headers().clone());
-        let body = read_bounded(response, self.config().max_response_bytes, timeout).await?;
-        let mut response = http::Response::new(body);
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        Ok(response)
+        let mut response = response.map_err(|e| transport(e, timeout))?;
+        let mut out = http::Response::new(Vec::new());
+        (*out.status_mut(), *out.headers_mut()) = (response.status(), response.headers().clone());
+        let max = self.config().max_response_bytes;
+        let over = || E::Protocol(format!("response over {max} bytes"));
+        if response.content_length().is_some_and(|n| n > max as u64) {
+            return Err(over());
+        }
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport(e, timeout))? {
+            if out.body().len() + chunk.len() > max {
+                return Err(over());
+            }
+            out.body_mut().extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     /// Sends `req` and decodes its answer within `timeout`.
     async fn call<R>(&self, req: R, timeout: Duration) -> Result<R::IncomingResponse>
     where
-        R: OutgoingRequest<EndpointError = MxError>,
-        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
-        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+        R: Req<EndpointError = MxError>,
     {
         let (parts, body) = self.exchange(req, timeout).await?.into_parts();
-        decode(http::Response::from_parts(parts, body.as_slice())).map_err(|e| {
-            match (e, &self.config().devices) {
-                (E::Kicked(_), DevicePolicy::PerHandle(_)) => {
-                    E::Kicked(KickReason::Admin("the access token was revoked".into()))
-                }
-                (e, _) => e,
-            }
-        })
+        let response = decode(http::Response::from_parts(parts, body.as_slice()));
+        match (response, &self.config().devices) {
+            (Err(E::Kicked(_)), DevicePolicy::PerHandle(_)) => Err(E::Kicked(KickReason::Admin(
+                "the access token was revoked".into(),
+            ))),
+            (response, _) => response,
+        }
     }
 
-    async fn req<R>(&self, req: R) -> Result<R::IncomingResponse>
-    where
-        R: OutgoingRequest<EndpointError = MxError>,
-        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
-        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
-    {
+    /// Sends `req` and decodes its answer within the request timeout.
+    async fn req<R: Req<EndpointError = MxError>>(&self, req: R) -> Result<R::IncomingResponse> {
         self.call(req, self.config().request_timeout).await
     }
 
@@ -707,6 +659,10 @@ impl Api {
         self.req(req).await.map(|_| ())
     }
 
+    fn position_kind(&self) -> String {
+        format!("im.layers.position.{}", self.device)
+    }
+
     /// The stored offline position of this device.
     async fn position(&self) -> Result<Option<String>> {
         let position: Option<Value> = self.account_data(&self.position_kind()).await?;
@@ -728,9 +684,10 @@ impl Api {
         let mut req = login::v3::Request::new(info);
         req.device_id = device.map(Into::into);
         let resp = self.req(req).await?;
+        let (token, mxid) = (Some(resp.access_token), resp.user_id.to_string());
         Ok(Api {
-            token: Some(resp.access_token),
-            mxid: resp.user_id.to_string(),
+            token,
+            mxid,
             ..self.clone()
         })
     }
@@ -755,17 +712,8 @@ impl Api {
         }
     }
 
-    fn position_kind(&self) -> String {
-        format!("im.layers.position.{}", self.device)
-    }
-
     /// One `/sync` from `since`, waiting up to `wait`; `limit` timeline events per room.
-    async fn sync(
-        &self,
-        since: Option<&str>,
-        wait: Duration,
-        limit: u32,
-    ) -> Result<sync_events::v3::Response> {
+    async fn sync(&self, since: Option<&str>, wait: Duration, limit: u32) -> Result<SyncResponse> {
         let mut filter = FilterDefinition::default();
         filter.room.timeline.limit = Some(UInt::from(limit));
         filter.room.timeline.types = Some(vec!["m.room.message".into(), "m.room.redaction".into()]);
@@ -790,13 +738,13 @@ impl Api {
             return Ok(Some(c.clone()));
         }
         let server = &self.config().server_name;
-        let from_direct = known
+        let direct = known
             .lock()
             .direct
             .iter()
             .find(|(_, rooms)| rooms.contains(room))
             .map(|(peer, _)| ConversationId::direct(&self.me, &localpart(peer, server)));
-        let conversation = match from_direct {
+        let conversation = match direct {
             Some(c) => Some(c),
             None => self.probe(room).await?,
         };
@@ -824,72 +772,72 @@ impl Api {
         let ids: Vec<&str> = members.joined.keys().map(|u| u.as_str()).collect();
         Ok(match ids.as_slice() {
             [a, b] if *a == self.mxid || *b == self.mxid => {
-                let peer = if *a == self.mxid { b } else { a };
-                let peer = localpart(peer, &config.server_name);
+                let peer = localpart(if *a == self.mxid { b } else { a }, &config.server_name);
                 Some(ConversationId::direct(&self.me, &peer))
             }
             _ => None,
         })
     }
 
-    /// The server's time of event `id` (this machine's clock if it cannot be read).
-    async fn event_time(&self, room: &RoomId, id: &EventId) -> Timestamp {
-        let req = get_room_event::v3::Request::new(room.into(), id.into());
-        let event = self.req(req).await.map(|r| r.event);
-        let time = event.map(|e| e.get_field::<i64>("origin_server_ts"));
-        time.ok()
-            .and_then(|t| t.ok().flatten())
-            .map_or_else(now, Timestamp::from_millis)
+    /// The event `id` of `room` (`None`: unknown, or not visible to me).
+    async fn event(&self, room: &RoomId, id: &ServerMsgId) -> Result<Option<Ev>> {
+        let req = get_room_event::v3::Request::new(room.into(), Self::event_id(id)?);
+        match self.req(req).await {
+            Ok(r) => (r.event.deserialize_as_unchecked().map(Some))
+                .map_err(|e| E::Protocol(format!("event: {e}"))),
+            Err(E::Server { code: 404, .. } | E::AuthFailed(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    /// The event `id` of `room` as the contract sees it (`None`: not a message of ours).
-    async fn fetch(
+    /// The server's time of event `id` (this machine's clock if it cannot be read).
+    async fn event_time(&self, room: &RoomId, id: &EventId) -> Timestamp {
+        let event = self.event(room, &ServerMsgId::new(id.as_str())).await;
+        let time = event.ok().flatten().map(|e| e.origin_server_ts);
+        time.map_or_else(now, Timestamp::from_millis)
+    }
+
+    /// Message `id` of `room` as the server has it now (`None`: no message of ours).
+    async fn message(
         &self,
         room: &RoomId,
         conversation: &ConversationId,
         id: &ServerMsgId,
-    ) -> Result<Option<Item>> {
-        let req = get_room_event::v3::Request::new(room.into(), Self::event_id(id)?);
-        let ev = match self.req(req).await {
-            Ok(r) => r.event,
-            Err(E::Server { code: 404, .. }) | Err(E::AuthFailed(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let ev: Ev = ev
-            .deserialize_as_unchecked()
-            .map_err(|e| E::Protocol(format!("event: {e}")))?;
-        Ok(to_item(&ev, conversation, &self.config().server_name))
+    ) -> Result<Option<Message>> {
+        let ev = self.event(room, id).await?;
+        Ok(
+            match ev.and_then(|e| to_item(&e, conversation, &self.config().server_name)) {
+                Some(Item::Msg(m, _)) => Some(m),
+                _ => None,
+            },
+        )
     }
 
-    /// What this handle knows of message `id`, else what the server says (`None`: no
-    /// message of ours).
+    /// The sender and time of message `id`: what this handle knows, else what the server
+    /// says (`None`: no message of ours).
     async fn lookup(
         &self,
         known: &Mutex<Known>,
         room: &RoomId,
         conversation: &ConversationId,
         id: &ServerMsgId,
-    ) -> Result<Option<KnownMsg>> {
-        let hit = known.lock().messages.get(id.as_str()).cloned();
-        if hit.is_some() {
-            return Ok(hit);
+    ) -> Result<Option<(UserId, Timestamp)>> {
+        if let Some(hit) = known.lock().messages.get(id.as_str()) {
+            return Ok(Some(hit.clone()));
         }
-        Ok(match self.fetch(room, conversation, id).await? {
-            Some(Item::Msg(m, _)) => Some(KnownMsg {
-                sender: m.sender,
-                time: m.server_time,
-            }),
-            _ => None,
-        })
+        let message = self.message(room, conversation, id).await?;
+        Ok(message.map(|m| (m.sender, m.server_time)))
     }
 
     /// Joins invited rooms (adding direct ones to `m.direct`) and maps one sync answer to
     /// items, room by room in stream order; `since` is the position it was asked from
-    /// (limited timelines are filled back to it). Returns the items and whether it joined.
+    /// (limited timelines are filled back to it). A change counts only when its author is
+    /// the message's sender (the server lets a room admin redact anything); echoes of this
+    /// handle's own reads are dropped. Returns the items and whether it joined a room.
     async fn digest(
         &self,
         known: &Mutex<Known>,
-        resp: &sync_events::v3::Response,
+        resp: &SyncResponse,
         since: Option<&str>,
     ) -> Result<(Vec<Item>, bool)> {
         let server = self.config().server_name.clone();
@@ -932,37 +880,35 @@ impl Api {
             for ev in events.iter().filter(|e| e.state_key.is_none()) {
                 match to_item(ev, &conversation, &server) {
                     Some(Item::Msg(m, mine)) => {
-                        known.lock().learn(&m.server_id, &m.sender, m.server_time);
+                        known.lock().learn(&m);
                         items.push(Item::Msg(m, mine));
                     }
-                    // A change counts only when its author is the message's sender (the
-                    // server lets a room admin redact anything).
                     Some(Item::Change(c)) => {
                         let msg = self.lookup(known, room, &conversation, &c.target).await?;
-                        if msg.is_some_and(|m| m.sender == c.by) {
+                        if msg.is_some_and(|(sender, _)| sender == c.by) {
                             items.push(Item::Change(c));
                         }
                     }
-                    Some(read) => items.push(read),
-                    None => {}
+                    _ => {}
                 }
             }
-            for raw in &data.ephemeral.events {
-                let Ok(v) = raw.deserialize_as_unchecked::<Value>() else {
-                    continue;
-                };
-                if v["type"] != "m.receipt" {
-                    continue;
-                }
+            let ephemeral = data.ephemeral.events.iter();
+            let ephemeral =
+                ephemeral.filter_map(|raw| raw.deserialize_as_unchecked::<Value>().ok());
+            for v in ephemeral.filter(|v| v["type"] == "m.receipt") {
                 for (event, reader, at) in receipts(&v["content"], &server) {
+                    if reader == self.me && known.lock().my_reads.contains(&event) {
+                        continue;
+                    }
                     let up_to = ServerMsgId::new(&event);
                     let msg = self.lookup(known, room, &conversation, &up_to).await?;
-                    let Some(msg) = msg else { continue };
+                    let Some((_, up_to_time)) = msg else { continue };
+                    let conversation = conversation.clone();
                     items.push(Item::Read(ReadReceipt {
-                        conversation: conversation.clone(),
+                        conversation,
                         reader,
                         up_to,
-                        up_to_time: msg.time,
+                        up_to_time,
                         at,
                     }));
                 }
@@ -973,8 +919,7 @@ impl Api {
 
     /// The events of `room` from `from` back to the position `to`, oldest first.
     async fn backfill(&self, room: &RoomId, from: &str, to: &str) -> Result<Vec<Ev>> {
-        let mut out = Vec::new();
-        let mut from = from.to_string();
+        let (mut out, mut from) = (Vec::new(), from.to_string());
         for _ in 0..50 {
             let mut req = get_message_events::v3::Request::new(room.into(), Direction::Backward);
             req.from = Some(from.clone());
@@ -1007,6 +952,8 @@ impl Api {
     }
 }
 
+type SyncResponse = sync_events::v3::Response;
+
 fn transport(e: reqwest::Error, timeout: Duration) -> E {
     if e.is_timeout() {
         E::Timeout(timeout)
@@ -1015,25 +962,6 @@ fn transport(e: reqwest::Error, timeout: Duration) -> E {
     } else {
         E::ConnectionLost(format!("request failed: {e}"))
     }
-}
-
-/// Reads a response body, at most `max` bytes (else a `Protocol` error).
-async fn read_bounded(
-    mut resp: reqwest::Response,
-    max: usize,
-    timeout: Duration,
-) -> Result<Vec<u8>> {
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(E::Protocol(format!("response over {max} bytes")));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(e, timeout))? {
-        if body.len() + chunk.len() > max {
-            return Err(E::Protocol(format!("response over {max} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// Cursor of a history page: `mx1:{skip}:{token}` (skip that many messages from the token).
@@ -1055,14 +983,6 @@ impl MatrixClient {
         }
     }
 
-    fn check_size(&self, content: &Content) -> Result<()> {
-        let (size, max) = (content.size(), self.shared.capabilities.max_message_bytes);
-        match size > max {
-            true => Err(E::MessageTooLarge { size, max }),
-            false => Ok(()),
-        }
-    }
-
     /// The room of `conversation` (`None`: there is none and `create` is false); `create`
     /// makes a direct room when there is none.
     async fn room_for(
@@ -1079,7 +999,7 @@ impl MatrixClient {
                     .map_err(|e| E::InvalidRequest(format!("bad group id {g}: {e}")))?;
                 let resp = api.req(get_alias::v3::Request::new(alias)).await;
                 let room = resp.map_err(|e| in_room(e, conversation))?.room_id;
-                self.known.lock().remember(&room, conversation);
+                (self.known.lock().rooms).insert(room.clone(), conversation.clone());
                 return Ok(Some(room));
             }
             ConversationId::Direct { .. } => conversation
@@ -1107,8 +1027,10 @@ impl MatrixClient {
         if !create {
             return Ok(None);
         }
-        let profile = get_profile::v3::Request::new(peer_id.clone());
-        match api.req(profile).await {
+        match api
+            .req(get_profile::v3::Request::new(peer_id.clone()))
+            .await
+        {
             Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer.clone())),
             Err(e) => return Err(e),
             Ok(_) => {}
@@ -1118,7 +1040,7 @@ impl MatrixClient {
         req.invite = vec![peer_id.clone()];
         req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
         let room = api.req(req).await?.room_id;
-        self.known.lock().remember(&room, conversation);
+        (self.known.lock().rooms).insert(room.clone(), conversation.clone());
         api.add_direct(&self.known, peer_id.as_str(), &room).await?;
         Ok(pick(&self.known.lock()).or(Some(room)))
     }
@@ -1130,12 +1052,10 @@ impl MatrixClient {
         let api = self.api()?;
         let config = &self.shared.config;
         let alias = group_alias(&config.group_alias_prefix, group, &config.server_name);
-        let local = alias
-            .trim_start_matches('#')
-            .trim_end_matches(&format!(":{}", config.server_name))
-            .to_string();
+        let local = alias.trim_start_matches('#');
+        let local = local.trim_end_matches(&format!(":{}", config.server_name));
         let mut req = create_room::v3::Request::new();
-        req.room_alias_name = Some(local);
+        req.room_alias_name = Some(local.to_string());
         req.name = Some(group.to_string());
         req.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         let others = members.iter().filter(|m| **m != api.me);
@@ -1152,29 +1072,29 @@ impl MatrixClient {
         let conversation = ConversationId::Group(group.clone());
         let room = self.room_for(&api, &conversation, false).await?;
         let room = room.ok_or(E::NotMember(conversation.clone()))?;
-        api.req(join_room_by_id::v3::Request::new(room))
-            .await
-            .map_err(|e| in_room(e, &conversation))?;
-        Ok(())
+        let joined = api.req(join_room_by_id::v3::Request::new(room)).await;
+        joined.map(|_| ()).map_err(|e| in_room(e, &conversation))
     }
 
-    /// Runs the offline pass: syncs from the position until no invite is left to join.
-    async fn offline_pass(&self, api: &Api, position: Option<String>) -> Result<Pass> {
-        let mut since = position.clone();
-        let mut items = Vec::new();
+    /// Runs the offline pass: syncs from the position until no invite is left to join; the
+    /// pass (current state, my own messages left out) and the sync token it ends at.
+    async fn offline_pass(
+        &self,
+        api: &Api,
+        position: Option<String>,
+    ) -> Result<(String, OfflinePass)> {
+        let (mut since, mut items) = (position, Vec::new());
         let limit = self.shared.config.sync_timeline_limit;
         for _ in 0..4 {
             let resp = api.sync(since.as_deref(), Duration::ZERO, limit).await?;
             let (got, joined) = api.digest(&self.known, &resp, since.as_deref()).await?;
             items.extend(got);
-            since = Some(resp.next_batch.clone());
+            since = Some(resp.next_batch);
             if !joined {
                 break;
             }
         }
-        let next_batch = since.unwrap_or_default();
-        let mut messages: Vec<Message> = Vec::new();
-        let mut later = Vec::new();
+        let (mut messages, mut later) = (Vec::<Message>::new(), Vec::new());
         let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
         for item in items {
             match item {
@@ -1191,36 +1111,20 @@ impl MatrixClient {
                     }
                     None => later.push(VendorEvent::MessageChanged(c)),
                 },
-                Item::Read(r) if self.known.lock().is_my_read(&r) => {}
                 Item::Read(r) => later.push(VendorEvent::ReadReceipt(r)),
             }
         }
-        // Stream order within a room; across rooms by the message's time (stable).
-        messages.sort_by_key(|m| m.server_time);
-        Ok(Pass {
-            next_batch,
-            remaining: messages,
-            acks: HashSet::new(),
-            later,
-            committed: false,
-        })
+        // Stream order within a room, merged across rooms by the message's time (stable).
+        let pass = OfflinePass::new(messages, later, FirstChunk::Newest);
+        Ok((since.unwrap_or_default(), pass))
     }
 
-    /// Stores the pass's position once all its batches are acknowledged.
-    async fn commit_if_done(&self) -> Result<()> {
-        let (api, token) = {
-            let mut s = self.session.lock();
-            let s = s.as_mut().ok_or(E::NotLoggedIn)?;
-            let Some(p) = s.pass.as_mut() else {
-                return Ok(());
-            };
-            if p.committed || !p.remaining.is_empty() || !p.acks.is_empty() {
-                return Ok(());
-            }
-            p.committed = true;
-            s.position = Some(p.next_batch.clone());
-            (s.api.clone(), p.next_batch.clone())
-        };
+    /// Makes `token` the offline position: every batch of the pass it ends is acknowledged.
+    async fn commit(&self, api: &Api, token: Option<String>) -> Result<()> {
+        let Some(token) = token else { return Ok(()) };
+        if let Some(s) = self.session.lock().as_mut() {
+            s.position = Some(token.clone());
+        }
         api.save_position(&token).await
     }
 
@@ -1240,7 +1144,7 @@ impl MatrixClient {
     }
 
     /// Recalls or edits `target` as this handle's user, once the lifecycle policy allows it.
-    async fn change_message(
+    async fn change(
         &self,
         conversation: &ConversationId,
         target: &ServerMsgId,
@@ -1250,9 +1154,8 @@ impl MatrixClient {
         let unknown = || E::ChangeRefused(ChangeRefusal::UnknownMessage);
         let room = self.room_for(&api, conversation, false).await?;
         let room = room.ok_or_else(unknown)?;
-        let Some(Item::Msg(message, _)) = api.fetch(&room, conversation, target).await? else {
-            return Err(unknown());
-        };
+        let message = api.message(&room, conversation, target).await?;
+        let message = message.ok_or_else(unknown)?;
         let policy = self.lifecycle();
         (policy.check(&message, &kind, &api.me, now())).map_err(E::ChangeRefused)?;
         let event_id = match &kind {
@@ -1277,399 +1180,16 @@ impl MatrixClient {
         };
         // The server's time of the change: what every receiver derives its revision from.
         let at = api.event_time(&room, &event_id).await;
-        Ok(change(
+        let by = api.me.clone();
+        Ok(MessageChange::timed(
             conversation,
             target.clone(),
             kind,
-            api.me.clone(),
+            by,
             at,
         ))
     }
-}
 
-/// Asks every `session_check` whether the session still stands; ends it with an event when
-/// the server revoked the token (another login of the shared device).
-async fn watch(api: Api, ended: Arc<Mutex<Option<E>>>, events: mpsc::UnboundedSender<VendorEvent>) {
-    loop {
-        tokio::time::sleep(api.config().session_check).await;
-        if ended.lock().is_some() {
-            return;
-        }
-        if let Err(e @ (E::Kicked(_) | E::TokenExpired)) = api.req(whoami::v3::Request::new()).await
-        {
-            end(&ended, &events, e);
-            return;
-        }
-    }
-}
-
-/// Records why the session ended and tells the client, once.
-fn end(ended: &Mutex<Option<E>>, events: &mpsc::UnboundedSender<VendorEvent>, e: E) {
-    let event = match &e {
-        E::TokenExpired => VendorEvent::TokenExpired,
-        E::Kicked(r) => VendorEvent::Kicked(r.clone()),
-        other => VendorEvent::ConnectionLost {
-            reason: other.to_string(),
-        },
-    };
-    let mut ended = ended.lock();
-    if ended.is_none() {
-        *ended = Some(match e {
-            E::TokenExpired | E::Kicked(_) => e,
-            other => E::ConnectionLost(other.to_string()),
-        });
-        let _ = events.send(event);
-    }
-}
-
-/// The long-poll loop of one session: pushes what each sync brings, moves the position.
-async fn live(
-    api: Api,
-    known: Arc<Mutex<Known>>,
-    mut since: String,
-    events: mpsc::UnboundedSender<VendorEvent>,
-    ended: Arc<Mutex<Option<E>>>,
-) {
-    let (wait, limit) = (api.config().sync_timeout, api.config().sync_timeline_limit);
-    loop {
-        let step = async {
-            let resp = api.sync(Some(&since), wait, limit).await?;
-            let (items, _) = api.digest(&known, &resp, Some(&since)).await?;
-            Ok::<_, E>((items, resp.next_batch))
-        };
-        let (items, next) = match step.await {
-            Ok(r) => r,
-            Err(e) => return end(&ended, &events, e),
-        };
-        let mut delivered = false;
-        for item in items {
-            let event = match item {
-                Item::Msg(_, true) => continue,
-                Item::Msg(m, false) => VendorEvent::MessagePushed(m),
-                Item::Change(c) => VendorEvent::MessageChanged(c),
-                Item::Read(r) if r.reader == api.me && known.lock().is_my_read(&r) => continue,
-                Item::Read(r) => VendorEvent::ReadReceipt(r),
-            };
-            delivered = true;
-            if events.send(event).is_err() {
-                return;
-            }
-        }
-        since = next;
-        if delivered {
-            // Delivered on the long connection: not offline any more (best effort).
-            let _ = api.save_position(&since).await;
-        }
-    }
-}
-
-#[async_trait]
-impl Vendor for MatrixClient {
-    fn name(&self) -> &str {
-        "matrix"
-    }
-
-    fn capabilities(&self) -> &Capabilities {
-        &self.shared.capabilities
-    }
-
-    fn take_events(&self) -> Option<EventStream> {
-        let rx = self.events_rx.lock().take()?;
-        Some(Box::pin(UnboundedReceiverStream::new(rx)))
-    }
-
-    async fn login(&self, credentials: &Credentials) -> Result<Session> {
-        drop(self.session.lock().take());
-        let server = self.shared.config.server_name.clone();
-        let api = Api {
-            shared: self.shared.clone(),
-            token: None,
-            me: credentials.user.clone(),
-            mxid: format!("@{}:{server}", credentials.user),
-            device: self.device.clone(),
-        };
-        let shared_device = matches!(self.shared.config.devices, DevicePolicy::Shared(_));
-        if shared_device {
-            // One device per user: a new login ends the device's other sessions, as a fixed
-            // XMPP resource does (a throwaway session deletes the device; its transaction
-            // ids stay with the device id for the server's 24 h).
-            let tmp = api.password_login(credentials, None).await?;
-            let ended = tmp.delete_device(credentials).await;
-            let _ = tmp.req(logout::v3::Request::new()).await;
-            ended?;
-        }
-        let api = api.password_login(credentials, Some(&self.device)).await?;
-        let position = api.position().await?;
-        if let Some(direct) = api.account_data("m.direct").await? {
-            self.known.lock().direct = direct;
-        }
-        let ended = Arc::new(Mutex::new(None));
-        // Nothing tells a Matrix client that its token was revoked until it asks: with a
-        // shared device a watcher asks, so a kick is an event even before `go_online`.
-        let watch = shared_device
-            .then(|| tokio::spawn(watch(api.clone(), ended.clone(), self.events_tx.clone())));
-        *self.session.lock() = Some(Sess {
-            api,
-            position,
-            pass: None,
-            live: None,
-            watch,
-            ended,
-        });
-        Ok(Session {
-            user: credentials.user.clone(),
-            token_expires_at: None,
-            session_id: format!("{}/{}", self.device, new_id()),
-            server_time: None,
-        })
-    }
-
-    async fn logout(&self) -> Result<()> {
-        let session = self.session.lock().take();
-        if let Some(s) = session {
-            let api = s.api.clone();
-            drop(s);
-            // The access token is revoked; the device (and its transaction ids) stays.
-            let _ = api.req(logout::v3::Request::new()).await;
-        }
-        Ok(())
-    }
-
-    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
-        let (api, client_id) = (self.api()?, &message.client_id);
-        self.check_size(&message.content)?;
-        let body = content_json(&message.content, client_id, message.client_time)?;
-        if let Some(r) = self.known.lock().sent.get(client_id) {
-            return Ok(SendReceipt {
-                duplicate: true,
-                ..r.clone()
-            });
-        }
-        let conversation = &message.conversation;
-        let room = self.room_for(&api, conversation, true).await?;
-        let room = room.ok_or(E::NotMember(conversation.clone()))?;
-        let attempted = self.known.lock().attempted.insert(client_id.clone());
-        let event_id = Self::send_event(&api, room.clone(), conversation, client_id, &body).await?;
-        let server_id = ServerMsgId::new(event_id.as_str());
-        // The stored event's time (the ordering clock), not this machine's.
-        let server_time = api.event_time(&room, &event_id).await;
-        let receipt = SendReceipt {
-            server_id: server_id.clone(),
-            seq: None,
-            server_time,
-            duplicate: !attempted,
-        };
-        let mut known = self.known.lock();
-        (known.sent).insert(client_id.clone(), receipt.clone());
-        known.learn(&server_id, &api.me, server_time);
-        Ok(receipt)
-    }
-
-    async fn pull_offline(&self, max: u32) -> Result<OfflineBatch> {
-        let api = self.api()?;
-        let position = {
-            let s = self.session.lock();
-            let s = s.as_ref().ok_or(E::NotLoggedIn)?;
-            s.pass.is_none().then(|| s.position.clone())
-        };
-        if let Some(position) = position {
-            let pass = self.offline_pass(&api, position).await?;
-            if let Some(s) = self.session.lock().as_mut() {
-                s.pass.get_or_insert(pass);
-            }
-        }
-        let batch = {
-            let mut s = self.session.lock();
-            let pass = s.as_mut().and_then(|s| s.pass.as_mut());
-            let pass = pass.ok_or(E::NotLoggedIn)?;
-            let take = (max.max(1) as usize).min(pass.remaining.len());
-            let from = pass.remaining.len() - take;
-            let mut messages: Vec<Message> = pass.remaining.drain(from..).collect();
-            messages.reverse();
-            let ack = (!messages.is_empty()).then(|| OfflineAck { token: new_id() });
-            if let Some(a) = &ack {
-                pass.acks.insert(a.token.clone());
-            }
-            let left = pass.remaining.len() as u64;
-            OfflineBatch {
-                left,
-                ack,
-                messages,
-            }
-        };
-        self.commit_if_done().await?;
-        Ok(batch)
-    }
-
-    async fn ack_offline(&self, ack: &OfflineAck) -> Result<()> {
-        self.api()?;
-        let known = {
-            let mut s = self.session.lock();
-            let pass = s.as_mut().and_then(|s| s.pass.as_mut());
-            pass.is_some_and(|p| p.acks.remove(&ack.token))
-        };
-        if !known {
-            let token = &ack.token;
-            return Err(E::InvalidRequest(format!("unknown offline ack {token:?}")));
-        }
-        self.commit_if_done().await
-    }
-
-    async fn go_online(&self) -> Result<()> {
-        let api = self.api()?;
-        let (start, later, ended) = {
-            let mut s = self.session.lock();
-            let s = s.as_mut().ok_or(E::NotLoggedIn)?;
-            if s.live.is_some() {
-                return Ok(());
-            }
-            let (start, later) = match s.pass.as_mut() {
-                Some(p) => (Some(p.next_batch.clone()), std::mem::take(&mut p.later)),
-                None => (s.position.clone(), Vec::new()),
-            };
-            (start, later, s.ended.clone())
-        };
-        let start = match start {
-            Some(s) => s,
-            None => api.sync(None, Duration::ZERO, 0).await?.next_batch,
-        };
-        for event in later {
-            let _ = self.events_tx.send(event);
-        }
-        let (known, events) = (self.known.clone(), self.events_tx.clone());
-        let task = tokio::spawn(live(api, known, start, events, ended));
-        match self.session.lock().as_mut() {
-            Some(s) => s.live = Some(task),
-            None => task.abort(),
-        }
-        Ok(())
-    }
-
-    async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
-        let api = self.api()?;
-        if query.limit == 0 {
-            return Err(E::InvalidRequest("history page of 0 messages".into()));
-        }
-        let (from, to) = match query.range {
-            HistoryRange::Latest => (None, None),
-            HistoryRange::Time { from, to } => (Some(from), Some(to)),
-            HistoryRange::Seq { .. } => return Err(E::Unsupported(Capability::HistoryBySeq)),
-        };
-        let cursor = query.cursor.as_ref().map(parse_cursor).transpose()?;
-        let limit = query.limit.min(self.shared.capabilities.history_page_max) as usize;
-        let conversation = match &query.scope {
-            HistoryScope::Conversation(c) => c,
-            HistoryScope::All => return self.history_all(&api, from, to, cursor, limit).await,
-        };
-        let (messages, next) = match self.room_for(&api, conversation, false).await? {
-            Some(room) => {
-                let range = (from, to);
-                self.page(&api, &room, conversation, range, cursor, limit)
-                    .await?
-            }
-            None => (Vec::new(), None),
-        };
-        Ok(HistoryPage {
-            messages,
-            next,
-            horizon: None,
-        })
-    }
-
-    async fn ping(&self) -> Result<Duration> {
-        let api = self.api()?;
-        let started = Instant::now();
-        api.req(whoami::v3::Request::new()).await?;
-        Ok(started.elapsed())
-    }
-
-    async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()> {
-        let api = self.api()?;
-        let room = self.room_for(&api, conversation, false).await?;
-        let room = room.ok_or(E::NotMember(conversation.clone()))?;
-        self.known.lock().my_reads.insert(up_to.to_string());
-        let event = OwnedEventId::try_from(up_to.as_str())
-            .map_err(|e| E::InvalidRequest(format!("not an event id: {e}")))?;
-        let kind = create_receipt::v3::ReceiptType::Read;
-        let req = create_receipt::v3::Request::new(room, kind, event);
-        let resp = api.req(req).await;
-        resp.map(|_| ()).map_err(|e| in_room(e, conversation))
-    }
-
-    fn lifecycle(&self) -> LifecyclePolicy {
-        LifecyclePolicy {
-            edit_permission: EditPermission::Sender,
-            ..self.shared.config.lifecycle.clone()
-        }
-    }
-
-    async fn recall(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-    ) -> Result<MessageChange> {
-        self.change_message(conversation, target, ChangeKind::Recalled)
-            .await
-    }
-
-    /// The feed is the `/sync` stream from the cursor's token: its redactions, edits and
-    /// read receipts (`mx1:{skip}:{token}` pages one answer by `max`).
-    async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
-        let api = self.api()?;
-        let Some(since) = since else {
-            let end = api.sync(None, Duration::ZERO, 0).await?.next_batch;
-            let next = ChangeCursor(format!("mx1:0:{end}").into_bytes());
-            return Ok(ChangeBatch {
-                next,
-                ..ChangeBatch::default()
-            });
-        };
-        let cursor = PageCursor(String::from_utf8_lossy(&since.0).into_owned());
-        let (skip, token) = parse_cursor(&cursor)?;
-        let limit = self.shared.config.sync_timeline_limit;
-        let resp = api.sync(Some(&token), Duration::ZERO, limit).await?;
-        let (items, _) = api.digest(&self.known, &resp, Some(&token)).await?;
-        let feed: Vec<Item> = items
-            .into_iter()
-            .filter(|i| match i {
-                Item::Msg(..) => false,
-                Item::Change(_) => true,
-                Item::Read(r) => !(r.reader == api.me && self.known.lock().is_my_read(r)),
-            })
-            .collect();
-        let total = feed.len();
-        let take = (max.max(1) as usize).min(total.saturating_sub(skip));
-        let mut batch = ChangeBatch::default();
-        for item in feed.into_iter().skip(skip).take(take) {
-            match item {
-                Item::Change(c) => batch.changes.push(c),
-                Item::Read(r) => batch.receipts.push(r),
-                Item::Msg(..) => {}
-            }
-        }
-        let left = total - skip.min(total) - take;
-        batch.left = u32::try_from(left).unwrap_or(u32::MAX);
-        let next = match left {
-            0 => format!("mx1:0:{}", resp.next_batch),
-            _ => format!("mx1:{}:{token}", skip + take),
-        };
-        batch.next = ChangeCursor(next.into_bytes());
-        Ok(batch)
-    }
-
-    async fn edit(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-        content: &Content,
-    ) -> Result<MessageChange> {
-        self.check_size(content)?;
-        let kind = ChangeKind::Edited(content.clone());
-        self.change_message(conversation, target, kind).await
-    }
-}
-
-impl MatrixClient {
     /// One page of `room`, newest first: `/messages` backwards from the cursor, or from the
     /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`.
     async fn page(
@@ -1702,7 +1222,7 @@ impl MatrixClient {
                 Err(e) => return Err(in_room(e, conversation)),
             }
         }
-        let mut out = Vec::new();
+        let (mut out, server) = (Vec::new(), &self.shared.config.server_name);
         loop {
             let mut req = get_message_events::v3::Request::new(room_id.into(), Direction::Backward);
             req.from = token.clone();
@@ -1711,7 +1231,6 @@ impl MatrixClient {
             let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
             let mut taken = 0;
             let mut done = resp.end.is_none() || resp.chunk.is_empty();
-            let server = &self.shared.config.server_name;
             for raw in &resp.chunk {
                 let ev = raw.deserialize_as_unchecked::<Ev>().ok();
                 let Some(Item::Msg(m, _)) = ev.and_then(|e| to_item(&e, conversation, server))
@@ -1729,9 +1248,7 @@ impl MatrixClient {
                 if taken <= skip {
                     continue;
                 }
-                self.known
-                    .lock()
-                    .learn(&m.server_id, &m.sender, m.server_time);
+                self.known.lock().learn(&m);
                 out.push(m);
                 if out.len() == limit {
                     // More may follow: continue from this token, past what was taken.
@@ -1750,17 +1267,16 @@ impl MatrixClient {
         }
     }
 
-    /// History across all joined rooms: each room's newest page, merged newest first.
+    /// History across all joined rooms: each room's newest page, merged newest first. A
+    /// cursor here is `mx1:{count}:{millis}`: continue before that time, skipping the
+    /// `count` messages of exactly that time already returned.
     async fn history_all(
         &self,
         api: &Api,
-        from: Option<Timestamp>,
-        to: Option<Timestamp>,
+        (from, to): (Option<Timestamp>, Option<Timestamp>),
         cursor: Option<(usize, String)>,
         limit: usize,
-    ) -> Result<HistoryPage> {
-        // A cursor here is `mx1:{count}:{millis}`: continue before that time, skipping the
-        // `count` messages of exactly that time already returned.
+    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
         let (skip_at, to) = match &cursor {
             Some((n, ms)) => {
                 let bad = |_| E::InvalidRequest("not a history cursor of this vendor".into());
@@ -1769,18 +1285,18 @@ impl MatrixClient {
             }
             None => (None, to),
         };
-        let req = joined_rooms::v3::Request::new();
-        let rooms = api.req(req).await?.joined_rooms;
+        let rooms = api
+            .req(joined_rooms::v3::Request::new())
+            .await?
+            .joined_rooms;
         let mut all = Vec::new();
         for room in rooms {
             let Some(conversation) = api.conversation_of(&self.known, &room).await? else {
                 continue;
             };
             let want = limit + skip_at.map_or(0, |(n, _)| n);
-            let (messages, _) = self
-                .page(api, &room, &conversation, (from, to), None, want)
-                .await?;
-            all.extend(messages);
+            let page = self.page(api, &room, &conversation, (from, to), None, want);
+            all.extend(page.await?.0);
         }
         // Stable: messages of the same time keep their room's stream order (rooms in the
         // server's order), never an order by id.
@@ -1804,11 +1320,363 @@ impl MatrixClient {
             let carried = skip_at.filter(|(_, ms)| *ms == at).map_or(0, |(n, _)| n);
             PageCursor(format!("mx1:{}:{at}", same + carried))
         });
+        Ok((all, next))
+    }
+}
+
+/// Asks every `session_check` whether the session still stands; ends it with an event when
+/// the server revoked the token (another login of the shared device).
+async fn watch(api: Api, ended: Arc<Mutex<Option<E>>>, events: mpsc::UnboundedSender<VendorEvent>) {
+    loop {
+        tokio::time::sleep(api.config().session_check).await;
+        if ended.lock().is_some() {
+            return;
+        }
+        if let Err(e @ (E::Kicked(_) | E::TokenExpired)) = api.req(whoami::v3::Request::new()).await
+        {
+            return end(&ended, &events, e);
+        }
+    }
+}
+
+/// Records why the session ended and tells the client, once.
+fn end(ended: &Mutex<Option<E>>, events: &mpsc::UnboundedSender<VendorEvent>, e: E) {
+    let (event, e) = match e {
+        E::TokenExpired => (VendorEvent::TokenExpired, e),
+        E::Kicked(r) => (VendorEvent::Kicked(r.clone()), E::Kicked(r)),
+        other => {
+            let reason = other.to_string();
+            let event = VendorEvent::ConnectionLost {
+                reason: reason.clone(),
+            };
+            (event, E::ConnectionLost(reason))
+        }
+    };
+    let mut ended = ended.lock();
+    if ended.is_none() {
+        *ended = Some(e);
+        let _ = events.send(event);
+    }
+}
+
+/// The long-poll loop of one session: pushes what each sync brings (my own messages only
+/// from my other devices), moves the position past what it delivered.
+async fn live(
+    api: Api,
+    known: Arc<Mutex<Known>>,
+    mut since: String,
+    events: mpsc::UnboundedSender<VendorEvent>,
+    ended: Arc<Mutex<Option<E>>>,
+) {
+    let (wait, limit) = (api.config().sync_timeout, api.config().sync_timeline_limit);
+    loop {
+        let step = async {
+            let resp = api.sync(Some(&since), wait, limit).await?;
+            let (items, _) = api.digest(&known, &resp, Some(&since)).await?;
+            Ok::<_, E>((items, resp.next_batch))
+        };
+        let (items, next) = match step.await {
+            Ok(r) => r,
+            Err(e) => return end(&ended, &events, e),
+        };
+        let mut delivered = false;
+        for item in items {
+            let event = match item {
+                Item::Msg(_, true) => continue,
+                Item::Msg(m, false) => VendorEvent::MessagePushed(m),
+                Item::Change(c) => VendorEvent::MessageChanged(c),
+                Item::Read(r) => VendorEvent::ReadReceipt(r),
+            };
+            delivered = true;
+            if events.send(event).is_err() {
+                return;
+            }
+        }
+        since = next;
+        if delivered {
+            // Delivered on the long connection: not offline any more (best effort).
+            let _ = api.save_position(&since).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Vendor for MatrixClient {
+    fn name(&self) -> &str {
+        "matrix"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.shared.capabilities
+    }
+
+    fn take_events(&self) -> Option<EventStream> {
+        let rx = self.events_rx.lock().take()?;
+        Some(Box::pin(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn login(&self, credentials: &Credentials) -> Result<Session> {
+        drop(self.session.lock().take());
+        let server = &self.shared.config.server_name;
+        let api = Api {
+            shared: self.shared.clone(),
+            token: None,
+            me: credentials.user.clone(),
+            mxid: format!("@{}:{server}", credentials.user),
+            device: self.device.clone(),
+        };
+        let shared_device = matches!(self.shared.config.devices, DevicePolicy::Shared(_));
+        if shared_device {
+            // One device per user: a new login ends the device's other sessions, as a fixed
+            // XMPP resource does (a throwaway session deletes the device; its transaction
+            // ids stay with the device id for the server's 24 h).
+            let tmp = api.password_login(credentials, None).await?;
+            let ended = tmp.delete_device(credentials).await;
+            let _ = tmp.req(logout::v3::Request::new()).await;
+            ended?;
+        }
+        let api = api.password_login(credentials, Some(&self.device)).await?;
+        let position = api.position().await?;
+        if let Some(direct) = api.account_data("m.direct").await? {
+            self.known.lock().direct = direct;
+        }
+        let ended = Arc::new(Mutex::new(None));
+        // Nothing tells a Matrix client that its token was revoked until it asks: with a
+        // shared device a watcher asks, so a kick is an event even before `go_online`.
+        let watcher = || tokio::spawn(watch(api.clone(), ended.clone(), self.events_tx.clone()));
+        let watch = shared_device.then(watcher);
+        *self.session.lock() = Some(Sess {
+            api,
+            position,
+            pass: None,
+            live: None,
+            watch,
+            ended,
+        });
+        Ok(Session {
+            user: credentials.user.clone(),
+            token_expires_at: None,
+            session_id: format!("{}/{}", self.device, new_id()),
+            server_time: None,
+        })
+    }
+
+    async fn logout(&self) -> Result<()> {
+        let session = self.session.lock().take();
+        if let Some(s) = session {
+            let api = s.api.clone();
+            drop(s);
+            // The access token is revoked; the device (and its transaction ids) stays.
+            let _ = api.req(logout::v3::Request::new()).await;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
+        let (api, client_id) = (self.api()?, &message.client_id);
+        self.shared.capabilities.check_size(&message.content)?;
+        let body = content_json(&message.content, client_id, message.client_time)?;
+        if let Some(r) = self.known.lock().sent.get(client_id) {
+            return Ok(SendReceipt {
+                duplicate: true,
+                ..r.clone()
+            });
+        }
+        let conversation = &message.conversation;
+        let room = self.room_for(&api, conversation, true).await?;
+        let room = room.ok_or(E::NotMember(conversation.clone()))?;
+        let attempted = self.known.lock().attempted.insert(client_id.clone());
+        let event_id = Self::send_event(&api, room.clone(), conversation, client_id, &body).await?;
+        let server_id = ServerMsgId::new(event_id.as_str());
+        // The stored event's time (the ordering clock), not this machine's.
+        let server_time = api.event_time(&room, &event_id).await;
+        let receipt = SendReceipt {
+            server_id: server_id.clone(),
+            seq: None,
+            server_time,
+            duplicate: !attempted,
+        };
+        let mut known = self.known.lock();
+        (known.sent).insert(client_id.clone(), receipt.clone());
+        let id = server_id.to_string();
+        known.messages.insert(id, (api.me.clone(), server_time));
+        Ok(receipt)
+    }
+
+    async fn pull_offline(&self, max: u32) -> Result<OfflineBatch> {
+        let api = self.api()?;
+        let position = {
+            let s = self.session.lock();
+            let s = s.as_ref().ok_or(E::NotLoggedIn)?;
+            s.pass.is_none().then(|| s.position.clone())
+        };
+        if let Some(position) = position {
+            let pass = self.offline_pass(&api, position).await?;
+            if let Some(s) = self.session.lock().as_mut() {
+                s.pass.get_or_insert(pass);
+            }
+        }
+        let (batch, settled) = {
+            let mut s = self.session.lock();
+            let pass = s.as_mut().and_then(|s| s.pass.as_mut());
+            let (token, pass) = pass.ok_or(E::NotLoggedIn)?;
+            (pass.batch(max), pass.settle().then(|| token.clone()))
+        };
+        self.commit(&api, settled).await?;
+        Ok(batch)
+    }
+
+    async fn ack_offline(&self, ack: &OfflineAck) -> Result<()> {
+        let api = self.api()?;
+        let settled = {
+            let mut s = self.session.lock();
+            let pass = s.as_mut().and_then(|s| s.pass.as_mut());
+            let token = pass.as_ref().map(|(token, _)| token.clone());
+            offline::ack(pass.map(|(_, p)| p), ack)?
+                .then_some(token)
+                .flatten()
+        };
+        self.commit(&api, settled).await
+    }
+
+    async fn go_online(&self) -> Result<()> {
+        let api = self.api()?;
+        let (start, later, ended) = {
+            let mut s = self.session.lock();
+            let s = s.as_mut().ok_or(E::NotLoggedIn)?;
+            if s.live.is_some() {
+                return Ok(());
+            }
+            let (start, later) = match s.pass.as_mut() {
+                Some((token, p)) => (Some(token.clone()), std::mem::take(&mut p.later)),
+                None => (s.position.clone(), Vec::new()),
+            };
+            (start, later, s.ended.clone())
+        };
+        let start = match start {
+            Some(s) => s,
+            None => api.sync(None, Duration::ZERO, 0).await?.next_batch,
+        };
+        for event in later {
+            let _ = self.events_tx.send(event);
+        }
+        let (known, events) = (self.known.clone(), self.events_tx.clone());
+        let task = tokio::spawn(live(api, known, start, events, ended));
+        match self.session.lock().as_mut() {
+            Some(s) => s.live = Some(task),
+            None => task.abort(),
+        }
+        Ok(())
+    }
+
+    async fn pull_history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
+        let api = self.api()?;
+        if query.limit == 0 {
+            return Err(E::InvalidRequest("history page of 0 messages".into()));
+        }
+        let range = match query.range {
+            HistoryRange::Latest => (None, None),
+            HistoryRange::Time { from, to } => (Some(from), Some(to)),
+            HistoryRange::Seq { .. } => return Err(E::Unsupported(Capability::HistoryBySeq)),
+        };
+        let cursor = query.cursor.as_ref().map(parse_cursor).transpose()?;
+        let limit = query.limit.min(self.shared.capabilities.history_page_max) as usize;
+        let (messages, next) = match &query.scope {
+            HistoryScope::All => self.history_all(&api, range, cursor, limit).await?,
+            HistoryScope::Conversation(c) => match self.room_for(&api, c, false).await? {
+                Some(room) => self.page(&api, &room, c, range, cursor, limit).await?,
+                None => (Vec::new(), None),
+            },
+        };
         Ok(HistoryPage {
-            messages: all,
+            messages,
             next,
             horizon: None,
         })
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        let api = self.api()?;
+        let started = Instant::now();
+        api.req(whoami::v3::Request::new()).await?;
+        Ok(started.elapsed())
+    }
+
+    async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()> {
+        let api = self.api()?;
+        let room = self.room_for(&api, conversation, false).await?;
+        let room = room.ok_or(E::NotMember(conversation.clone()))?;
+        self.known.lock().my_reads.insert(up_to.to_string());
+        let event = OwnedEventId::try_from(up_to.as_str())
+            .map_err(|e| E::InvalidRequest(format!("not an event id: {e}")))?;
+        let kind = create_receipt::v3::ReceiptType::Read;
+        let resp = api
+            .req(create_receipt::v3::Request::new(room, kind, event))
+            .await;
+        resp.map(|_| ()).map_err(|e| in_room(e, conversation))
+    }
+
+    fn lifecycle(&self) -> LifecyclePolicy {
+        self.shared.config.lifecycle.sender_only()
+    }
+
+    async fn recall(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+    ) -> Result<MessageChange> {
+        self.change(conversation, target, ChangeKind::Recalled)
+            .await
+    }
+
+    /// The feed is the `/sync` stream from the cursor's token: its redactions, edits and
+    /// read receipts (`mx1:{skip}:{token}` pages one answer by `max`).
+    async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
+        let api = self.api()?;
+        let cursor = |c: String| ChangeCursor(c.into_bytes());
+        let Some(since) = since else {
+            let end = api.sync(None, Duration::ZERO, 0).await?.next_batch;
+            let next = cursor(format!("mx1:0:{end}"));
+            return Ok(ChangeBatch {
+                next,
+                ..ChangeBatch::default()
+            });
+        };
+        let (skip, token) = parse_cursor(&PageCursor(String::from_utf8_lossy(&since.0).into()))?;
+        let limit = self.shared.config.sync_timeline_limit;
+        let resp = api.sync(Some(&token), Duration::ZERO, limit).await?;
+        let (items, _) = api.digest(&self.known, &resp, Some(&token)).await?;
+        let feed: Vec<Item> = items
+            .into_iter()
+            .filter(|i| !matches!(i, Item::Msg(..)))
+            .collect();
+        let rest = feed.len().saturating_sub(skip);
+        let take = (max.max(1) as usize).min(rest);
+        let mut batch = ChangeBatch::default();
+        for item in feed.into_iter().skip(skip).take(take) {
+            match item {
+                Item::Change(c) => batch.changes.push(c),
+                Item::Read(r) => batch.receipts.push(r),
+                Item::Msg(..) => {}
+            }
+        }
+        batch.left = u32::try_from(rest - take).unwrap_or(u32::MAX);
+        batch.next = cursor(match rest - take {
+            0 => format!("mx1:0:{}", resp.next_batch),
+            _ => format!("mx1:{}:{token}", skip + take),
+        });
+        Ok(batch)
+    }
+
+    async fn edit(
+        &self,
+        conversation: &ConversationId,
+        target: &ServerMsgId,
+        content: &Content,
+    ) -> Result<MessageChange> {
+        self.shared.capabilities.check_size(content)?;
+        let kind = ChangeKind::Edited(content.clone());
+        self.change(conversation, target, kind).await
     }
 }
 
