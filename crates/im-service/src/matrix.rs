@@ -280,8 +280,6 @@ struct Sess {
     live: Option<JoinHandle<()>>,
     /// The session watcher (shared device only).
     watch: Option<JoinHandle<()>>,
-    /// Why the session ended on the server side, once the sync task saw it.
-    ended: Arc<Mutex<Option<E>>>,
 }
 
 impl Drop for Sess {
@@ -325,10 +323,15 @@ impl Known {
 #[derive(Clone)]
 struct Api {
     shared: Arc<Shared>,
+    /// What the handle knows (shared by its sessions and their tasks).
+    known: Arc<Mutex<Known>>,
     token: Option<String>,
     me: UserId,
     mxid: String,
     device: String,
+    events: mpsc::UnboundedSender<VendorEvent>,
+    /// Why the session ended on the server side, once a task saw it.
+    ended: Arc<Mutex<Option<E>>>,
 }
 
 /// A minimal view of a timeline event (the fields the mapping reads).
@@ -400,11 +403,7 @@ fn group_of_alias(prefix: &str, alias: &str, server: &str) -> Option<GroupId> {
 }
 
 /// The event content of `content` (text as `m.text`, custom payloads hex-encoded).
-fn content_json(
-    content: &Content,
-    client_id: &ClientMsgId,
-    client_time: Timestamp,
-) -> Result<Value> {
+fn content_json(content: &Content, id: &ClientMsgId, time: Timestamp) -> Result<Value> {
     let mut v = match content {
         Content::Text(t) => json!({ "msgtype": "m.text", "body": t }),
         Content::Custom { type_tag, payload } => json!({
@@ -416,8 +415,8 @@ fn content_json(
             return Err(E::InvalidRequest(why.into()));
         }
     };
-    v["im.layers.client_id"] = json!(client_id.as_str());
-    v["im.layers.client_time"] = json!(client_time.as_millis());
+    v["im.layers.client_id"] = json!(id.as_str());
+    v["im.layers.client_time"] = json!(time.as_millis());
     Ok(v)
 }
 
@@ -439,14 +438,8 @@ fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item>
     let at = Timestamp::from_millis(ev.origin_server_ts);
     let (c, unsigned) = (&ev.content, &ev.unsigned);
     let change = |target: &str, kind| {
-        let target = ServerMsgId::new(target);
-        Item::Change(MessageChange::timed(
-            conversation,
-            target,
-            kind,
-            sender.clone(),
-            at,
-        ))
+        let (target, by) = (ServerMsgId::new(target), sender.clone());
+        Item::Change(MessageChange::timed(conversation, target, kind, by, at))
     };
     match ev.kind.as_str() {
         "m.room.redaction" => {
@@ -487,6 +480,14 @@ fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item>
             };
             Some(Item::Msg(message, !unsigned["transaction_id"].is_null()))
         }
+        _ => None,
+    }
+}
+
+/// The message of a timeline event (`None`: not a message we map).
+fn to_message(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Message> {
+    match to_item(ev, conversation, server)? {
+        Item::Msg(m, _) => Some(m),
         _ => None,
     }
 }
@@ -569,13 +570,11 @@ where
     fn build(self, api: &Api) -> Result<reqwest::Request> {
         let token = api.token.as_deref();
         let token = token.map_or(SendAccessToken::None, SendAccessToken::IfRequired);
-        let (base, versions) = (
-            &api.config().homeserver,
-            Cow::Borrowed(&api.shared.versions),
-        );
+        let (base, versions) = (&api.config().homeserver, &api.shared.versions);
         let build = |e: String| E::InvalidRequest(format!("cannot build the request: {e}"));
-        let request: http::Request<Vec<u8>> = (self.try_into_http_request(base, token, versions))
-            .map_err(|e| build(e.to_string()))?;
+        let request: http::Request<Vec<u8>> =
+            (self.try_into_http_request(base, token, Cow::Borrowed(versions)))
+                .map_err(|e| build(e.to_string()))?;
         reqwest::Request::try_from(request).map_err(|e| build(e.to_string()))
     }
 }
@@ -635,6 +634,14 @@ impl Api {
     /// Sends `req` and decodes its answer within the request timeout.
     async fn req<R: Req<EndpointError = MxError>>(&self, req: R) -> Result<R::IncomingResponse> {
         self.call(req, self.config().request_timeout).await
+    }
+
+    /// [`Api::req`] in the room of `conv`: a forbidden or unknown room means not a member.
+    async fn in_room<R>(&self, req: R, conv: &ConversationId) -> Result<R::IncomingResponse>
+    where
+        R: Req<EndpointError = MxError>,
+    {
+        self.req(req).await.map_err(|e| in_room(e, conv))
     }
 
     fn event_id(id: &ServerMsgId) -> Result<OwnedEventId> {
@@ -729,16 +736,13 @@ impl Api {
 
     /// The conversation of `room`, from what this handle knows, else from the room's
     /// alias or its two members.
-    async fn conversation_of(
-        &self,
-        known: &Mutex<Known>,
-        room: &RoomId,
-    ) -> Result<Option<ConversationId>> {
-        if let Some(c) = known.lock().rooms.get(room) {
+    async fn conversation_of(&self, room: &RoomId) -> Result<Option<ConversationId>> {
+        if let Some(c) = self.known.lock().rooms.get(room) {
             return Ok(Some(c.clone()));
         }
         let server = &self.config().server_name;
-        let direct = known
+        let direct = self
+            .known
             .lock()
             .direct
             .iter()
@@ -749,7 +753,7 @@ impl Api {
             None => self.probe(room).await?,
         };
         if let Some(c) = &conversation {
-            known.lock().rooms.insert(room.into(), c.clone());
+            self.known.lock().rooms.insert(room.into(), c.clone());
         }
         Ok(conversation)
     }
@@ -801,31 +805,25 @@ impl Api {
     async fn message(
         &self,
         room: &RoomId,
-        conversation: &ConversationId,
+        conv: &ConversationId,
         id: &ServerMsgId,
     ) -> Result<Option<Message>> {
         let ev = self.event(room, id).await?;
-        Ok(
-            match ev.and_then(|e| to_item(&e, conversation, &self.config().server_name)) {
-                Some(Item::Msg(m, _)) => Some(m),
-                _ => None,
-            },
-        )
+        Ok(ev.and_then(|ev| to_message(&ev, conv, &self.config().server_name)))
     }
 
     /// The sender and time of message `id`: what this handle knows, else what the server
     /// says (`None`: no message of ours).
     async fn lookup(
         &self,
-        known: &Mutex<Known>,
         room: &RoomId,
-        conversation: &ConversationId,
+        conv: &ConversationId,
         id: &ServerMsgId,
     ) -> Result<Option<(UserId, Timestamp)>> {
-        if let Some(hit) = known.lock().messages.get(id.as_str()) {
+        if let Some(hit) = self.known.lock().messages.get(id.as_str()) {
             return Ok(Some(hit.clone()));
         }
-        let message = self.message(room, conversation, id).await?;
+        let message = self.message(room, conv, id).await?;
         Ok(message.map(|m| (m.sender, m.server_time)))
     }
 
@@ -834,18 +832,13 @@ impl Api {
     /// (limited timelines are filled back to it). A change counts only when its author is
     /// the message's sender (the server lets a room admin redact anything); echoes of this
     /// handle's own reads are dropped. Returns the items and whether it joined a room.
-    async fn digest(
-        &self,
-        known: &Mutex<Known>,
-        resp: &SyncResponse,
-        since: Option<&str>,
-    ) -> Result<(Vec<Item>, bool)> {
+    async fn digest(&self, resp: &SyncResponse, since: Option<&str>) -> Result<(Vec<Item>, bool)> {
         let server = self.config().server_name.clone();
         for ev in &resp.account_data.events {
             if ev.get_field::<String>("type").ok().flatten().as_deref() == Some("m.direct")
                 && let Ok(Some(direct)) = ev.get_field::<Direct>("content")
             {
-                known.lock().direct = direct;
+                self.known.lock().direct = direct;
             }
         }
         for (room, invite) in &resp.rooms.invite {
@@ -857,12 +850,12 @@ impl Api {
             self.req(join_room_by_id::v3::Request::new(room.clone()))
                 .await?;
             if let Some(peer) = direct_from {
-                self.add_direct(known, &peer, room).await?;
+                self.add_direct(&peer, room).await?;
             }
         }
         let mut items = Vec::new();
         for (room, data) in &resp.rooms.join {
-            let Some(conversation) = self.conversation_of(known, room).await? else {
+            let Some(conv) = self.conversation_of(room).await? else {
                 continue;
             };
             let mut events: Vec<Ev> = Vec::new();
@@ -878,13 +871,13 @@ impl Api {
                 }
             }
             for ev in events.iter().filter(|e| e.state_key.is_none()) {
-                match to_item(ev, &conversation, &server) {
+                match to_item(ev, &conv, &server) {
                     Some(Item::Msg(m, mine)) => {
-                        known.lock().learn(&m);
+                        self.known.lock().learn(&m);
                         items.push(Item::Msg(m, mine));
                     }
                     Some(Item::Change(c)) => {
-                        let msg = self.lookup(known, room, &conversation, &c.target).await?;
+                        let msg = self.lookup(room, &conv, &c.target).await?;
                         if msg.is_some_and(|(sender, _)| sender == c.by) {
                             items.push(Item::Change(c));
                         }
@@ -897,20 +890,22 @@ impl Api {
                 ephemeral.filter_map(|raw| raw.deserialize_as_unchecked::<Value>().ok());
             for v in ephemeral.filter(|v| v["type"] == "m.receipt") {
                 for (event, reader, at) in receipts(&v["content"], &server) {
-                    if reader == self.me && known.lock().my_reads.contains(&event) {
+                    if reader == self.me && self.known.lock().my_reads.contains(&event) {
                         continue;
                     }
                     let up_to = ServerMsgId::new(&event);
-                    let msg = self.lookup(known, room, &conversation, &up_to).await?;
-                    let Some((_, up_to_time)) = msg else { continue };
-                    let conversation = conversation.clone();
-                    items.push(Item::Read(ReadReceipt {
+                    let Some((_, up_to_time)) = self.lookup(room, &conv, &up_to).await? else {
+                        continue;
+                    };
+                    let conversation = conv.clone();
+                    let read = ReadReceipt {
                         conversation,
                         reader,
                         up_to,
                         up_to_time,
                         at,
-                    }));
+                    };
+                    items.push(Item::Read(read));
                 }
             }
         }
@@ -938,7 +933,7 @@ impl Api {
     }
 
     /// Adds `room` to my `m.direct` for `peer` (read, modify, write).
-    async fn add_direct(&self, known: &Mutex<Known>, peer: &str, room: &RoomId) -> Result<()> {
+    async fn add_direct(&self, peer: &str, room: &RoomId) -> Result<()> {
         let mut direct: Direct = self.account_data("m.direct").await?.unwrap_or_default();
         if direct
             .entry(peer.to_string())
@@ -947,12 +942,290 @@ impl Api {
         {
             self.set_account_data("m.direct", &direct).await?;
         }
-        known.lock().direct = direct;
+        self.known.lock().direct = direct;
         Ok(())
+    }
+
+    /// The room of `conv` (`None`: there is none and `create` is false); `create` makes a
+    /// direct room when there is none.
+    async fn room_for(&self, conv: &ConversationId, create: bool) -> Result<Option<OwnedRoomId>> {
+        let config = self.config();
+        let peer = match conv {
+            ConversationId::Group(g) => {
+                let alias = group_alias(&config.group_alias_prefix, g, &config.server_name);
+                let alias = ruma::OwnedRoomAliasId::try_from(alias)
+                    .map_err(|e| E::InvalidRequest(format!("bad group id {g}: {e}")))?;
+                let room = self
+                    .in_room(get_alias::v3::Request::new(alias), conv)
+                    .await?
+                    .room_id;
+                (self.known.lock().rooms).insert(room.clone(), conv.clone());
+                return Ok(Some(room));
+            }
+            ConversationId::Direct { .. } => conv
+                .peer_of(&self.me)
+                .ok_or_else(|| E::InvalidRequest(format!("{} is not in {conv}", self.me)))?,
+        };
+        let peer_id = self.mxid_of(peer)?;
+        // The lowest room id: both sides of a simultaneous creation pick the same.
+        let pick = || {
+            self.known
+                .lock()
+                .direct
+                .get(peer_id.as_str())?
+                .first()
+                .cloned()
+        };
+        if let Some(room) = pick() {
+            return Ok(Some(room));
+        }
+        // My `m.direct` as stored, and rooms the peer made and invited me to (joined
+        // rather than making one).
+        if let Some(direct) = self.account_data("m.direct").await? {
+            self.known.lock().direct = direct;
+        }
+        self.digest(&self.sync(None, Duration::ZERO, 0).await?, None)
+            .await?;
+        if let Some(room) = pick() {
+            return Ok(Some(room));
+        } else if !create {
+            return Ok(None);
+        }
+        match self
+            .req(get_profile::v3::Request::new(peer_id.clone()))
+            .await
+        {
+            Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer.clone())),
+            other => other?,
+        };
+        let mut req = create_room::v3::Request::new();
+        req.is_direct = true;
+        req.invite = vec![peer_id.clone()];
+        req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
+        let room = self.req(req).await?.room_id;
+        (self.known.lock().rooms).insert(room.clone(), conv.clone());
+        self.add_direct(peer_id.as_str(), &room).await?;
+        Ok(pick().or(Some(room)))
+    }
+
+    /// Runs the offline pass: syncs from the position until no invite is left to join; the
+    /// pass (current state, my own messages left out) and the sync token it ends at.
+    async fn offline_pass(&self, position: Option<String>) -> Result<(String, OfflinePass)> {
+        let (mut since, mut items) = (position, Vec::new());
+        let limit = self.config().sync_timeline_limit;
+        for _ in 0..4 {
+            let resp = self.sync(since.as_deref(), Duration::ZERO, limit).await?;
+            let (got, joined) = self.digest(&resp, since.as_deref()).await?;
+            items.extend(got);
+            since = Some(resp.next_batch);
+            if !joined {
+                break;
+            }
+        }
+        let (mut messages, mut later) = (Vec::<Message>::new(), Vec::new());
+        let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
+        for item in items {
+            match item {
+                Item::Msg(m, _) if m.sender == self.me || index.contains_key(&m.server_id) => {}
+                Item::Msg(m, _) => {
+                    index.insert(m.server_id.clone(), messages.len());
+                    messages.push(m);
+                }
+                Item::Change(c) => match index.get(&c.target) {
+                    Some(&i) => {
+                        if let Some(changed) = c.apply(&messages[i]) {
+                            messages[i] = changed;
+                        }
+                    }
+                    None => later.push(VendorEvent::MessageChanged(c)),
+                },
+                Item::Read(r) => later.push(VendorEvent::ReadReceipt(r)),
+            }
+        }
+        // Stream order within a room, merged across rooms by the message's time (stable).
+        let pass = OfflinePass::new(messages, later, FirstChunk::Newest);
+        Ok((since.unwrap_or_default(), pass))
+    }
+
+    /// Sends the `m.room.message` event `body` to `room` as transaction `txn`.
+    async fn send_event(
+        &self,
+        room: OwnedRoomId,
+        conversation: &ConversationId,
+        txn: &ClientMsgId,
+        body: &Value,
+    ) -> Result<OwnedEventId> {
+        let raw = Raw::new(body).map_err(|e| E::Protocol(e.to_string()))?;
+        let (txn, kind) = (txn.as_str().into(), "m.room.message".into());
+        let req = send_message_event::v3::Request::new_raw(room, txn, kind, raw.cast_unchecked());
+        Ok(self.in_room(req, conversation).await?.event_id)
+    }
+
+    /// Recalls or edits `target` as this handle's user, once the lifecycle policy allows it.
+    async fn change(
+        &self,
+        conv: &ConversationId,
+        target: &ServerMsgId,
+        kind: ChangeKind,
+    ) -> Result<MessageChange> {
+        let unknown = || E::ChangeRefused(ChangeRefusal::UnknownMessage);
+        let room = self.room_for(conv, false).await?.ok_or_else(unknown)?;
+        let message = self
+            .message(&room, conv, target)
+            .await?
+            .ok_or_else(unknown)?;
+        let policy = self.config().lifecycle.sender_only();
+        (policy.check(&message, &kind, &self.me, now())).map_err(E::ChangeRefused)?;
+        let event_id = match &kind {
+            ChangeKind::Edited(content) => {
+                let txn = ClientMsgId::generate();
+                let new = content_json(content, &txn, now())?;
+                let mut body = new.clone();
+                if let Some(b) = new["body"].as_str() {
+                    body["body"] = json!(format!("* {b}"));
+                }
+                body["m.new_content"] = new;
+                body["m.relates_to"] =
+                    json!({ "rel_type": "m.replace", "event_id": target.as_str() });
+                self.send_event(room.clone(), conv, &txn, &body).await?
+            }
+            _ => {
+                let txn = new_id().as_str().into();
+                let req = redact_event::v3::Request::new(room.clone(), Api::event_id(target)?, txn);
+                self.in_room(req, conv).await?.event_id
+            }
+        };
+        // The server's time of the change: what every receiver derives its revision from.
+        let at = self.event_time(&room, &event_id).await;
+        let (target, by) = (target.clone(), self.me.clone());
+        Ok(MessageChange::timed(conv, target, kind, by, at))
+    }
+
+    /// One page of `room`, newest first: `/messages` backwards from the cursor, or from the
+    /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`.
+    async fn page(
+        &self,
+        room: &RoomId,
+        conv: &ConversationId,
+        (from, to): Range,
+        cursor: Option<(usize, String)>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
+        let (mut skip, mut token) = cursor.map_or((0, None), |(skip, t)| (skip, Some(t)));
+        if let (None, Some(to)) = (&token, to) {
+            let ms = UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default();
+            let (ts, back) = (MilliSecondsSinceUnixEpoch(ms), Direction::Backward);
+            let found = match self
+                .req(get_event_by_timestamp::v1::Request::new(
+                    room.into(),
+                    ts,
+                    back,
+                ))
+                .await
+            {
+                Ok(found) => found.event_id,
+                // No event before `to`: the range is empty.
+                Err(E::Server { code: 404, .. }) => return Ok((Vec::new(), None)),
+                Err(e) => return Err(in_room(e, conv)),
+            };
+            let mut ctx = get_context::v3::Request::new(room.into(), found);
+            ctx.limit = UInt::from(0u32);
+            token = self.req(ctx).await?.end;
+        }
+        let (mut out, server) = (Vec::new(), &self.config().server_name);
+        loop {
+            let mut req = get_message_events::v3::Request::new(room.into(), Direction::Backward);
+            req.from = token.clone();
+            req.limit = UInt::try_from((limit + skip).clamp(10, 100) as u64).unwrap_or_default();
+            req.filter.types = Some(vec!["m.room.message".into()]);
+            let resp = self.in_room(req, conv).await?;
+            let mut done = resp.end.is_none() || resp.chunk.is_empty();
+            let events = resp
+                .chunk
+                .iter()
+                .filter_map(|raw| raw.deserialize_as_unchecked().ok());
+            let messages = events.filter_map(|ev| to_message(&ev, conv, server));
+            let mut taken = 0;
+            for m in messages.filter(|m| to.is_none_or(|t| m.server_time < t)) {
+                if from.is_some_and(|f| m.server_time < f) {
+                    done = true;
+                    break;
+                }
+                taken += 1;
+                if taken <= skip {
+                    continue;
+                }
+                self.known.lock().learn(&m);
+                out.push(m);
+                if out.len() == limit {
+                    // More may follow: continue from this token, past what was taken.
+                    let next = match &token {
+                        Some(t) => Some(format!("mx1:{taken}:{t}")),
+                        None => resp.end.as_ref().map(|e| format!("mx1:0:{e}")),
+                    };
+                    return Ok((out, next.map(PageCursor)));
+                }
+            }
+            if done {
+                return Ok((out, None));
+            }
+            (skip, token) = (0, resp.end.clone());
+        }
+    }
+
+    /// History across all joined rooms: each room's newest page, merged newest first. A
+    /// cursor here is `mx1:{count}:{millis}`: continue before that time, skipping the
+    /// `count` messages of exactly that time already returned.
+    async fn history_all(
+        &self,
+        (from, to): Range,
+        cursor: Option<(usize, String)>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
+        let (skip_at, to) = match &cursor {
+            Some((n, ms)) => {
+                let bad = |_| E::InvalidRequest("not a history cursor of this vendor".into());
+                let ms: i64 = ms.parse().map_err(bad)?;
+                (Some((*n, ms)), Some(Timestamp::from_millis(ms + 1)))
+            }
+            None => (None, to),
+        };
+        let (mut all, want) = (Vec::new(), limit + skip_at.map_or(0, |(n, _)| n));
+        for room in self
+            .req(joined_rooms::v3::Request::new())
+            .await?
+            .joined_rooms
+        {
+            if let Some(conv) = self.conversation_of(&room).await? {
+                all.extend(self.page(&room, &conv, (from, to), None, want).await?.0);
+            }
+        }
+        // Stable: messages of the same time keep their room's stream order (rooms in the
+        // server's order), never an order by id.
+        all.sort_by_key(|m| std::cmp::Reverse(m.server_time));
+        let (n, ms) = skip_at.unwrap_or_default();
+        let mut seen = 0;
+        all.retain(|m| {
+            let skip = m.server_time.as_millis() == ms && seen < n;
+            seen += usize::from(skip);
+            !skip
+        });
+        let more = all.len() > limit;
+        all.truncate(limit);
+        let next = all.last().filter(|_| more).map(|last| {
+            let at = last.server_time.as_millis();
+            let same = all.iter().filter(|m| m.server_time.as_millis() == at);
+            let carried = if ms == at { n } else { 0 };
+            PageCursor(format!("mx1:{}:{at}", same.count() + carried))
+        });
+        Ok((all, next))
     }
 }
 
 type SyncResponse = sync_events::v3::Response;
+
+/// A time range `[from, to)`, each end open when `None`.
+type Range = (Option<Timestamp>, Option<Timestamp>);
 
 fn transport(e: reqwest::Error, timeout: Duration) -> E {
     if e.is_timeout() {
@@ -977,72 +1250,10 @@ impl MatrixClient {
     fn api(&self) -> Result<Api> {
         let s = self.session.lock();
         let s = s.as_ref().ok_or(E::NotLoggedIn)?;
-        match s.ended.lock().clone() {
+        match s.api.ended.lock().clone() {
             Some(e) => Err(e),
             None => Ok(s.api.clone()),
         }
-    }
-
-    /// The room of `conversation` (`None`: there is none and `create` is false); `create`
-    /// makes a direct room when there is none.
-    async fn room_for(
-        &self,
-        api: &Api,
-        conversation: &ConversationId,
-        create: bool,
-    ) -> Result<Option<OwnedRoomId>> {
-        let config = &self.shared.config;
-        let peer = match conversation {
-            ConversationId::Group(g) => {
-                let alias = group_alias(&config.group_alias_prefix, g, &config.server_name);
-                let alias = ruma::OwnedRoomAliasId::try_from(alias)
-                    .map_err(|e| E::InvalidRequest(format!("bad group id {g}: {e}")))?;
-                let resp = api.req(get_alias::v3::Request::new(alias)).await;
-                let room = resp.map_err(|e| in_room(e, conversation))?.room_id;
-                (self.known.lock().rooms).insert(room.clone(), conversation.clone());
-                return Ok(Some(room));
-            }
-            ConversationId::Direct { .. } => conversation
-                .peer_of(&api.me)
-                .ok_or_else(|| E::InvalidRequest(format!("{} is not in {conversation}", api.me)))?,
-        };
-        let peer_id = api.mxid_of(peer)?;
-        // The lowest room id: both sides of a simultaneous creation pick the same.
-        let pick = |k: &Known| k.direct.get(peer_id.as_str())?.first().cloned();
-        if let Some(room) = pick(&self.known.lock()) {
-            return Ok(Some(room));
-        }
-        if let Some(direct) = api.account_data("m.direct").await? {
-            self.known.lock().direct = direct;
-        }
-        if let Some(room) = pick(&self.known.lock()) {
-            return Ok(Some(room));
-        }
-        // The peer may have made a room and invited me: join it rather than make one.
-        let invites = api.sync(None, Duration::ZERO, 0).await?;
-        api.digest(&self.known, &invites, None).await?;
-        if let Some(room) = pick(&self.known.lock()) {
-            return Ok(Some(room));
-        }
-        if !create {
-            return Ok(None);
-        }
-        match api
-            .req(get_profile::v3::Request::new(peer_id.clone()))
-            .await
-        {
-            Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer.clone())),
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        let mut req = create_room::v3::Request::new();
-        req.is_direct = true;
-        req.invite = vec![peer_id.clone()];
-        req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
-        let room = api.req(req).await?.room_id;
-        (self.known.lock().rooms).insert(room.clone(), conversation.clone());
-        api.add_direct(&self.known, peer_id.as_str(), &room).await?;
-        Ok(pick(&self.known.lock()).or(Some(room)))
     }
 
     /// Creates the group room `group` (alias from the group id) and invites `members`;
@@ -1070,53 +1281,10 @@ impl MatrixClient {
     pub async fn join_group(&self, group: &GroupId) -> Result<()> {
         let api = self.api()?;
         let conversation = ConversationId::Group(group.clone());
-        let room = self.room_for(&api, &conversation, false).await?;
+        let room = api.room_for(&conversation, false).await?;
         let room = room.ok_or(E::NotMember(conversation.clone()))?;
-        let joined = api.req(join_room_by_id::v3::Request::new(room)).await;
-        joined.map(|_| ()).map_err(|e| in_room(e, &conversation))
-    }
-
-    /// Runs the offline pass: syncs from the position until no invite is left to join; the
-    /// pass (current state, my own messages left out) and the sync token it ends at.
-    async fn offline_pass(
-        &self,
-        api: &Api,
-        position: Option<String>,
-    ) -> Result<(String, OfflinePass)> {
-        let (mut since, mut items) = (position, Vec::new());
-        let limit = self.shared.config.sync_timeline_limit;
-        for _ in 0..4 {
-            let resp = api.sync(since.as_deref(), Duration::ZERO, limit).await?;
-            let (got, joined) = api.digest(&self.known, &resp, since.as_deref()).await?;
-            items.extend(got);
-            since = Some(resp.next_batch);
-            if !joined {
-                break;
-            }
-        }
-        let (mut messages, mut later) = (Vec::<Message>::new(), Vec::new());
-        let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
-        for item in items {
-            match item {
-                Item::Msg(m, _) if m.sender == api.me || index.contains_key(&m.server_id) => {}
-                Item::Msg(m, _) => {
-                    index.insert(m.server_id.clone(), messages.len());
-                    messages.push(m);
-                }
-                Item::Change(c) => match index.get(&c.target) {
-                    Some(&i) => {
-                        if let Some(changed) = c.apply(&messages[i]) {
-                            messages[i] = changed;
-                        }
-                    }
-                    None => later.push(VendorEvent::MessageChanged(c)),
-                },
-                Item::Read(r) => later.push(VendorEvent::ReadReceipt(r)),
-            }
-        }
-        // Stream order within a room, merged across rooms by the message's time (stable).
-        let pass = OfflinePass::new(messages, later, FirstChunk::Newest);
-        Ok((since.unwrap_or_default(), pass))
+        let req = join_room_by_id::v3::Request::new(room);
+        api.in_room(req, &conversation).await.map(|_| ())
     }
 
     /// Makes `token` the offline position: every batch of the pass it ends is acknowledged.
@@ -1127,275 +1295,79 @@ impl MatrixClient {
         }
         api.save_position(&token).await
     }
+}
 
-    /// Sends the `m.room.message` event `body` to `room` as transaction `txn`.
-    async fn send_event(
-        api: &Api,
-        room: OwnedRoomId,
-        conversation: &ConversationId,
-        txn: &ClientMsgId,
-        body: &Value,
-    ) -> Result<OwnedEventId> {
-        let raw = Raw::new(body).map_err(|e| E::Protocol(e.to_string()))?;
-        let (txn, kind) = (txn.as_str().into(), "m.room.message".into());
-        let req = send_message_event::v3::Request::new_raw(room, txn, kind, raw.cast_unchecked());
-        let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
-        Ok(resp.event_id)
-    }
-
-    /// Recalls or edits `target` as this handle's user, once the lifecycle policy allows it.
-    async fn change(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-        kind: ChangeKind,
-    ) -> Result<MessageChange> {
-        let api = self.api()?;
-        let unknown = || E::ChangeRefused(ChangeRefusal::UnknownMessage);
-        let room = self.room_for(&api, conversation, false).await?;
-        let room = room.ok_or_else(unknown)?;
-        let message = api.message(&room, conversation, target).await?;
-        let message = message.ok_or_else(unknown)?;
-        let policy = self.lifecycle();
-        (policy.check(&message, &kind, &api.me, now())).map_err(E::ChangeRefused)?;
-        let event_id = match &kind {
-            ChangeKind::Edited(content) => {
-                let txn = ClientMsgId::generate();
-                let new = content_json(content, &txn, now())?;
-                let mut body = new.clone();
-                if let Some(b) = new["body"].as_str() {
-                    body["body"] = json!(format!("* {b}"));
-                }
-                body["m.new_content"] = new;
-                body["m.relates_to"] =
-                    json!({ "rel_type": "m.replace", "event_id": target.as_str() });
-                Self::send_event(&api, room.clone(), conversation, &txn, &body).await?
-            }
-            _ => {
-                let txn = new_id().as_str().into();
-                let req = redact_event::v3::Request::new(room.clone(), Api::event_id(target)?, txn);
-                let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
-                resp.event_id
-            }
-        };
-        // The server's time of the change: what every receiver derives its revision from.
-        let at = api.event_time(&room, &event_id).await;
-        let by = api.me.clone();
-        Ok(MessageChange::timed(
-            conversation,
-            target.clone(),
-            kind,
-            by,
-            at,
-        ))
-    }
-
-    /// One page of `room`, newest first: `/messages` backwards from the cursor, or from the
-    /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`.
-    async fn page(
-        &self,
-        api: &Api,
-        room_id: &RoomId,
-        conversation: &ConversationId,
-        (from, to): (Option<Timestamp>, Option<Timestamp>),
-        cursor: Option<(usize, String)>,
-        limit: usize,
-    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
-        let (mut skip, mut token) = match cursor {
-            Some((skip, token)) => (skip, Some(token)),
-            None => (0, None),
-        };
-        if token.is_none()
-            && let Some(to) = to
-        {
-            let ms = UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default();
-            let (ts, back) = (MilliSecondsSinceUnixEpoch(ms), Direction::Backward);
-            let req = get_event_by_timestamp::v1::Request::new(room_id.into(), ts, back);
-            match api.req(req).await {
-                Ok(found) => {
-                    let mut ctx = get_context::v3::Request::new(room_id.into(), found.event_id);
-                    ctx.limit = UInt::from(0u32);
-                    token = api.req(ctx).await?.end;
-                }
-                // No event before `to`: the range is empty.
-                Err(E::Server { code: 404, .. }) => return Ok((Vec::new(), None)),
-                Err(e) => return Err(in_room(e, conversation)),
-            }
-        }
-        let (mut out, server) = (Vec::new(), &self.shared.config.server_name);
+impl Api {
+    /// Asks every `session_check` whether the session still stands; ends it with an event
+    /// when the server revoked the token (another login of the shared device).
+    async fn watch(self) {
         loop {
-            let mut req = get_message_events::v3::Request::new(room_id.into(), Direction::Backward);
-            req.from = token.clone();
-            req.limit = UInt::try_from((limit + skip).clamp(10, 100) as u64).unwrap_or_default();
-            req.filter.types = Some(vec!["m.room.message".into()]);
-            let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
-            let mut taken = 0;
-            let mut done = resp.end.is_none() || resp.chunk.is_empty();
-            for raw in &resp.chunk {
-                let ev = raw.deserialize_as_unchecked::<Ev>().ok();
-                let Some(Item::Msg(m, _)) = ev.and_then(|e| to_item(&e, conversation, server))
-                else {
-                    continue;
-                };
-                if to.is_some_and(|t| m.server_time >= t) {
-                    continue;
-                }
-                if from.is_some_and(|f| m.server_time < f) {
-                    done = true;
-                    break;
-                }
-                taken += 1;
-                if taken <= skip {
-                    continue;
-                }
-                self.known.lock().learn(&m);
-                out.push(m);
-                if out.len() == limit {
-                    // More may follow: continue from this token, past what was taken.
-                    let next = match &token {
-                        Some(t) => Some(format!("mx1:{taken}:{t}")),
-                        None => resp.end.as_ref().map(|e| format!("mx1:0:{e}")),
-                    };
-                    return Ok((out, next.map(PageCursor)));
-                }
-            }
-            if done {
-                return Ok((out, None));
-            }
-            skip = 0;
-            token = resp.end.clone();
-        }
-    }
-
-    /// History across all joined rooms: each room's newest page, merged newest first. A
-    /// cursor here is `mx1:{count}:{millis}`: continue before that time, skipping the
-    /// `count` messages of exactly that time already returned.
-    async fn history_all(
-        &self,
-        api: &Api,
-        (from, to): (Option<Timestamp>, Option<Timestamp>),
-        cursor: Option<(usize, String)>,
-        limit: usize,
-    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
-        let (skip_at, to) = match &cursor {
-            Some((n, ms)) => {
-                let bad = |_| E::InvalidRequest("not a history cursor of this vendor".into());
-                let ms: i64 = ms.parse().map_err(bad)?;
-                (Some((*n, ms)), Some(Timestamp::from_millis(ms + 1)))
-            }
-            None => (None, to),
-        };
-        let rooms = api
-            .req(joined_rooms::v3::Request::new())
-            .await?
-            .joined_rooms;
-        let mut all = Vec::new();
-        for room in rooms {
-            let Some(conversation) = api.conversation_of(&self.known, &room).await? else {
-                continue;
-            };
-            let want = limit + skip_at.map_or(0, |(n, _)| n);
-            let page = self.page(api, &room, &conversation, (from, to), None, want);
-            all.extend(page.await?.0);
-        }
-        // Stable: messages of the same time keep their room's stream order (rooms in the
-        // server's order), never an order by id.
-        all.sort_by_key(|m| std::cmp::Reverse(m.server_time));
-        if let Some((n, ms)) = skip_at {
-            let mut seen = 0;
-            all.retain(|m| {
-                let skip = m.server_time.as_millis() == ms && seen < n;
-                seen += usize::from(skip);
-                !skip
-            });
-        }
-        let more = all.len() > limit;
-        all.truncate(limit);
-        let next = all.last().filter(|_| more).map(|last| {
-            let at = last.server_time.as_millis();
-            let same = all
-                .iter()
-                .filter(|m| m.server_time.as_millis() == at)
-                .count();
-            let carried = skip_at.filter(|(_, ms)| *ms == at).map_or(0, |(n, _)| n);
-            PageCursor(format!("mx1:{}:{at}", same + carried))
-        });
-        Ok((all, next))
-    }
-}
-
-/// Asks every `session_check` whether the session still stands; ends it with an event when
-/// the server revoked the token (another login of the shared device).
-async fn watch(api: Api, ended: Arc<Mutex<Option<E>>>, events: mpsc::UnboundedSender<VendorEvent>) {
-    loop {
-        tokio::time::sleep(api.config().session_check).await;
-        if ended.lock().is_some() {
-            return;
-        }
-        if let Err(e @ (E::Kicked(_) | E::TokenExpired)) = api.req(whoami::v3::Request::new()).await
-        {
-            return end(&ended, &events, e);
-        }
-    }
-}
-
-/// Records why the session ended and tells the client, once.
-fn end(ended: &Mutex<Option<E>>, events: &mpsc::UnboundedSender<VendorEvent>, e: E) {
-    let (event, e) = match e {
-        E::TokenExpired => (VendorEvent::TokenExpired, e),
-        E::Kicked(r) => (VendorEvent::Kicked(r.clone()), E::Kicked(r)),
-        other => {
-            let reason = other.to_string();
-            let event = VendorEvent::ConnectionLost {
-                reason: reason.clone(),
-            };
-            (event, E::ConnectionLost(reason))
-        }
-    };
-    let mut ended = ended.lock();
-    if ended.is_none() {
-        *ended = Some(e);
-        let _ = events.send(event);
-    }
-}
-
-/// The long-poll loop of one session: pushes what each sync brings (my own messages only
-/// from my other devices), moves the position past what it delivered.
-async fn live(
-    api: Api,
-    known: Arc<Mutex<Known>>,
-    mut since: String,
-    events: mpsc::UnboundedSender<VendorEvent>,
-    ended: Arc<Mutex<Option<E>>>,
-) {
-    let (wait, limit) = (api.config().sync_timeout, api.config().sync_timeline_limit);
-    loop {
-        let step = async {
-            let resp = api.sync(Some(&since), wait, limit).await?;
-            let (items, _) = api.digest(&known, &resp, Some(&since)).await?;
-            Ok::<_, E>((items, resp.next_batch))
-        };
-        let (items, next) = match step.await {
-            Ok(r) => r,
-            Err(e) => return end(&ended, &events, e),
-        };
-        let mut delivered = false;
-        for item in items {
-            let event = match item {
-                Item::Msg(_, true) => continue,
-                Item::Msg(m, false) => VendorEvent::MessagePushed(m),
-                Item::Change(c) => VendorEvent::MessageChanged(c),
-                Item::Read(r) => VendorEvent::ReadReceipt(r),
-            };
-            delivered = true;
-            if events.send(event).is_err() {
+            tokio::time::sleep(self.config().session_check).await;
+            if self.ended.lock().is_some() {
                 return;
             }
+            let answer = self.req(whoami::v3::Request::new()).await;
+            if let Err(e @ (E::Kicked(_) | E::TokenExpired)) = answer {
+                return self.end(e);
+            }
         }
-        since = next;
-        if delivered {
-            // Delivered on the long connection: not offline any more (best effort).
-            let _ = api.save_position(&since).await;
+    }
+
+    /// Records why the session ended and tells the client, once.
+    fn end(&self, e: E) {
+        let (event, e) = match e {
+            E::TokenExpired => (VendorEvent::TokenExpired, e),
+            E::Kicked(r) => (VendorEvent::Kicked(r.clone()), E::Kicked(r)),
+            other => {
+                let reason = other.to_string();
+                let event = VendorEvent::ConnectionLost {
+                    reason: reason.clone(),
+                };
+                (event, E::ConnectionLost(reason))
+            }
+        };
+        let mut ended = self.ended.lock();
+        if ended.is_none() {
+            *ended = Some(e);
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// The long-poll loop of one session: pushes what each sync brings (my own messages
+    /// only from my other devices), moves the position past what it delivered.
+    async fn live(self, mut since: String) {
+        let (wait, limit) = (
+            self.config().sync_timeout,
+            self.config().sync_timeline_limit,
+        );
+        loop {
+            let step = async {
+                let resp = self.sync(Some(&since), wait, limit).await?;
+                let (items, _) = self.digest(&resp, Some(&since)).await?;
+                Ok::<_, E>((items, resp.next_batch))
+            };
+            let (items, next) = match step.await {
+                Ok(r) => r,
+                Err(e) => return self.end(e),
+            };
+            let mut delivered = false;
+            for item in items {
+                let event = match item {
+                    Item::Msg(_, true) => continue,
+                    Item::Msg(m, false) => VendorEvent::MessagePushed(m),
+                    Item::Change(c) => VendorEvent::MessageChanged(c),
+                    Item::Read(r) => VendorEvent::ReadReceipt(r),
+                };
+                delivered = true;
+                if self.events.send(event).is_err() {
+                    return;
+                }
+            }
+            since = next;
+            if delivered {
+                // Delivered on the long connection: not offline any more (best effort).
+                let _ = self.save_position(&since).await;
+            }
         }
     }
 }
@@ -1420,10 +1392,13 @@ impl Vendor for MatrixClient {
         let server = &self.shared.config.server_name;
         let api = Api {
             shared: self.shared.clone(),
+            known: self.known.clone(),
             token: None,
             me: credentials.user.clone(),
             mxid: format!("@{}:{server}", credentials.user),
             device: self.device.clone(),
+            events: self.events_tx.clone(),
+            ended: Arc::new(Mutex::new(None)),
         };
         let shared_device = matches!(self.shared.config.devices, DevicePolicy::Shared(_));
         if shared_device {
@@ -1440,18 +1415,16 @@ impl Vendor for MatrixClient {
         if let Some(direct) = api.account_data("m.direct").await? {
             self.known.lock().direct = direct;
         }
-        let ended = Arc::new(Mutex::new(None));
         // Nothing tells a Matrix client that its token was revoked until it asks: with a
         // shared device a watcher asks, so a kick is an event even before `go_online`.
-        let watcher = || tokio::spawn(watch(api.clone(), ended.clone(), self.events_tx.clone()));
-        let watch = shared_device.then(watcher);
+        let watch = shared_device.then(|| tokio::spawn(api.clone().watch()));
+        let (pass, live) = (None, None);
         *self.session.lock() = Some(Sess {
             api,
             position,
-            pass: None,
-            live: None,
+            pass,
+            live,
             watch,
-            ended,
         });
         Ok(Session {
             user: credentials.user.clone(),
@@ -1483,10 +1456,11 @@ impl Vendor for MatrixClient {
             });
         }
         let conversation = &message.conversation;
-        let room = self.room_for(&api, conversation, true).await?;
+        let room = api.room_for(conversation, true).await?;
         let room = room.ok_or(E::NotMember(conversation.clone()))?;
         let attempted = self.known.lock().attempted.insert(client_id.clone());
-        let event_id = Self::send_event(&api, room.clone(), conversation, client_id, &body).await?;
+        let sent = api.send_event(room.clone(), conversation, client_id, &body);
+        let event_id = sent.await?;
         let server_id = ServerMsgId::new(event_id.as_str());
         // The stored event's time (the ordering clock), not this machine's.
         let server_time = api.event_time(&room, &event_id).await;
@@ -1511,7 +1485,7 @@ impl Vendor for MatrixClient {
             s.pass.is_none().then(|| s.position.clone())
         };
         if let Some(position) = position {
-            let pass = self.offline_pass(&api, position).await?;
+            let pass = api.offline_pass(position).await?;
             if let Some(s) = self.session.lock().as_mut() {
                 s.pass.get_or_insert(pass);
             }
@@ -1532,26 +1506,24 @@ impl Vendor for MatrixClient {
             let mut s = self.session.lock();
             let pass = s.as_mut().and_then(|s| s.pass.as_mut());
             let token = pass.as_ref().map(|(token, _)| token.clone());
-            offline::ack(pass.map(|(_, p)| p), ack)?
-                .then_some(token)
-                .flatten()
+            let settled = offline::ack(pass.map(|(_, p)| p), ack)?;
+            token.filter(|_| settled)
         };
         self.commit(&api, settled).await
     }
 
     async fn go_online(&self) -> Result<()> {
         let api = self.api()?;
-        let (start, later, ended) = {
+        let (start, later) = {
             let mut s = self.session.lock();
             let s = s.as_mut().ok_or(E::NotLoggedIn)?;
             if s.live.is_some() {
                 return Ok(());
             }
-            let (start, later) = match s.pass.as_mut() {
+            match s.pass.as_mut() {
                 Some((token, p)) => (Some(token.clone()), std::mem::take(&mut p.later)),
                 None => (s.position.clone(), Vec::new()),
-            };
-            (start, later, s.ended.clone())
+            }
         };
         let start = match start {
             Some(s) => s,
@@ -1560,8 +1532,7 @@ impl Vendor for MatrixClient {
         for event in later {
             let _ = self.events_tx.send(event);
         }
-        let (known, events) = (self.known.clone(), self.events_tx.clone());
-        let task = tokio::spawn(live(api, known, start, events, ended));
+        let task = tokio::spawn(api.live(start));
         match self.session.lock().as_mut() {
             Some(s) => s.live = Some(task),
             None => task.abort(),
@@ -1582,9 +1553,9 @@ impl Vendor for MatrixClient {
         let cursor = query.cursor.as_ref().map(parse_cursor).transpose()?;
         let limit = query.limit.min(self.shared.capabilities.history_page_max) as usize;
         let (messages, next) = match &query.scope {
-            HistoryScope::All => self.history_all(&api, range, cursor, limit).await?,
-            HistoryScope::Conversation(c) => match self.room_for(&api, c, false).await? {
-                Some(room) => self.page(&api, &room, c, range, cursor, limit).await?,
+            HistoryScope::All => api.history_all(range, cursor, limit).await?,
+            HistoryScope::Conversation(c) => match api.room_for(c, false).await? {
+                Some(room) => api.page(&room, c, range, cursor, limit).await?,
                 None => (Vec::new(), None),
             },
         };
@@ -1604,29 +1575,23 @@ impl Vendor for MatrixClient {
 
     async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()> {
         let api = self.api()?;
-        let room = self.room_for(&api, conversation, false).await?;
+        let room = api.room_for(conversation, false).await?;
         let room = room.ok_or(E::NotMember(conversation.clone()))?;
         self.known.lock().my_reads.insert(up_to.to_string());
         let event = OwnedEventId::try_from(up_to.as_str())
             .map_err(|e| E::InvalidRequest(format!("not an event id: {e}")))?;
         let kind = create_receipt::v3::ReceiptType::Read;
-        let resp = api
-            .req(create_receipt::v3::Request::new(room, kind, event))
-            .await;
-        resp.map(|_| ()).map_err(|e| in_room(e, conversation))
+        let req = create_receipt::v3::Request::new(room, kind, event);
+        api.in_room(req, conversation).await.map(|_| ())
     }
 
     fn lifecycle(&self) -> LifecyclePolicy {
         self.shared.config.lifecycle.sender_only()
     }
 
-    async fn recall(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-    ) -> Result<MessageChange> {
-        self.change(conversation, target, ChangeKind::Recalled)
-            .await
+    async fn recall(&self, conv: &ConversationId, id: &ServerMsgId) -> Result<MessageChange> {
+        let api = self.api()?;
+        api.change(conv, id, ChangeKind::Recalled).await
     }
 
     /// The feed is the `/sync` stream from the cursor's token: its redactions, edits and
@@ -1645,7 +1610,7 @@ impl Vendor for MatrixClient {
         let (skip, token) = parse_cursor(&PageCursor(String::from_utf8_lossy(&since.0).into()))?;
         let limit = self.shared.config.sync_timeline_limit;
         let resp = api.sync(Some(&token), Duration::ZERO, limit).await?;
-        let (items, _) = api.digest(&self.known, &resp, Some(&token)).await?;
+        let (items, _) = api.digest(&resp, Some(&token)).await?;
         let feed: Vec<Item> = items
             .into_iter()
             .filter(|i| !matches!(i, Item::Msg(..)))
@@ -1676,7 +1641,7 @@ impl Vendor for MatrixClient {
     ) -> Result<MessageChange> {
         self.shared.capabilities.check_size(content)?;
         let kind = ChangeKind::Edited(content.clone());
-        self.change(conversation, target, kind).await
+        self.api()?.change(conversation, target, kind).await
     }
 }
 

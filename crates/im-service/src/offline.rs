@@ -13,8 +13,10 @@ use crate::{Result, ServiceError as E};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FirstChunk {
     /// The newest messages first, as the contract's `pull_offline` says.
+    #[cfg_attr(not(feature = "matrix"), allow(dead_code))]
     Newest,
     /// The oldest first: a client that delivers each batch as it comes keeps the order.
+    #[cfg_attr(not(feature = "xmpp"), allow(dead_code))]
     Oldest,
 }
 
