@@ -1,54 +1,47 @@
-//! `MatrixVendor`/`MatrixClient`: the [`Vendor`] adapter for Matrix homeservers (tested
-//! against Synapse 1.163 on loopback; feature `matrix`): `ruma`'s client-API request and
-//! response types over `reqwest` (plain HTTP on loopback, no TLS stack), not `matrix-sdk`,
-//! whose own sync loop, send queue, crypto and store would duplicate `im-arch`. Bodies are
-//! read up to [`MatrixConfig::max_response_bytes`]; a larger or malformed one is a typed error.
+//! `MatrixVendor`/`MatrixClient`: the [`Vendor`] adapter for Matrix homeservers (feature
+//! `matrix`; tested on Synapse 1.163): `ruma`'s client-API types over `reqwest` (plain HTTP on
+//! loopback), not `matrix-sdk`, whose sync loop, send queue, crypto and store would duplicate
+//! `im-arch`. Bodies are read up to [`MatrixConfig::max_response_bytes`] (else a typed error).
 //!
 //! Mapping of the contract:
 //! * accounts: a [`Credentials`] `user` is the localpart on [`MatrixConfig::server_name`], its
-//!   token the password (`m.login.password`). Every login names a device ([`DevicePolicy`]).
-//!   With [`DevicePolicy::Shared`] (the default) all handles of a user are one device, so a
-//!   transaction id (= the client message id) stays idempotent across reconnects and
-//!   restarts; a login first ends the device's other sessions (a throwaway session deletes
-//!   the device with the password; the server keeps transaction ids by device id), and the
-//!   previous handle learns it is `Kicked(LoggedInElsewhere)` from `M_UNKNOWN_TOKEN`, asked
-//!   every [`MatrixConfig::session_check`] ([`Capability::KickOnSecondLogin`], as a fixed XMPP
-//!   resource). With [`DevicePolicy::PerHandle`] each handle is its own device for its life
-//!   ([`Capability::MultiDevice`]); my sends reach my other devices as mine;
-//! * direct conversation = a room listed for the peer in my `m.direct` account data, else one
-//!   created with `is_direct` and the peer invited. Invites are joined automatically (direct
-//!   ones added to `m.direct`). Rooms both sides created at once map to the same
-//!   conversation; sends go to the peer's lowest direct room id, which both sides converge on;
-//! * group = a room whose canonical alias is `#{group_alias_prefix}{group id}:{server}` (bytes
-//!   outside `[a-z0-9._-]` as `=hh`); creating one is administration
-//!   ([`MatrixClient::create_group`], [`MatrixClient::join_group`]). A room maps to its
-//!   conversation by alias, else by `m.direct`, else by its two members;
-//! * ACK-online: the offline position is the `/sync` `next_batch` token, kept in account data
-//!   per device (`im.layers.position.<device>`), so it survives restarts. `pull_offline` runs
-//!   one pass of syncs from it (joining invites, filling limited timelines with `/messages`
-//!   back to the position) and hands the messages out newest first; once every batch is
-//!   acknowledged the pass's token becomes the position. `go_online` starts a long-poll
-//!   `/sync` task owned by the handle, which pushes events and moves the position past what it
-//!   delivered. My own messages are never offline messages, and are pushed only from my other
-//!   devices;
-//! * order: no gap-free sequences. Lists are in the server's stream order (within a room) and
-//!   merged across rooms by `origin_server_ts`, the message's time;
-//! * history: `/messages` backwards, a time range starting at the event `timestamp_to_event`
-//!   (v1) finds before its end; cursors are `/messages` tokens with a count to skip;
-//! * send: `PUT /send/m.room.message/{client id}` (the server answers a repeated transaction
-//!   with the first event); the server id is the event id, the time its `origin_server_ts`. A
-//!   resend of a client id this handle has tried is `duplicate`;
-//! * lifecycle: recall = redaction, edit = an `m.replace` relation, both sender-only and
-//!   checked here with [`LifecyclePolicy::check`] (the server lets a room admin redact
-//!   anything: a change by someone else than the sender is ignored on receipt). Revisions
-//!   come from the change's time ([`MessageChange::timed`]). Offline and history pulls return
-//!   current state (redacted events, the server's bundled latest edit). The change feed is
-//!   the `/sync` stream from a token (`pull_changes`). No delete-for-me;
-//! * read state: `m.read` receipts both ways (echoes of this handle's own are dropped);
+//!   token the password. Every login names a device ([`DevicePolicy`]). [`DevicePolicy::Shared`]
+//!   (default): one device per user, so a transaction id (= client message id) stays
+//!   idempotent across restarts; a login first ends the device's other sessions (a throwaway
+//!   session deletes the device; the server keeps transaction ids by device id), and the
+//!   previous handle learns `Kicked(LoggedInElsewhere)` from `M_UNKNOWN_TOKEN`, asked every
+//!   [`MatrixConfig::session_check`] ([`Capability::KickOnSecondLogin`]).
+//!   [`DevicePolicy::PerHandle`]: a device per handle ([`Capability::MultiDevice`]);
+//! * direct conversation = a room listed for the peer in my `m.direct`, else one created with
+//!   `is_direct` and the peer invited; invites are joined automatically (direct ones added to
+//!   `m.direct`). Rooms both sides created at once are one conversation; sends go to the
+//!   lowest room id, which both sides converge on;
+//! * group = the room with alias `#{group_alias_prefix}{group id}:{server}` (bytes outside
+//!   `[a-z0-9._-]` as `=hh`), made by [`MatrixClient::create_group`] (administration). A room
+//!   maps to its conversation by alias, else `m.direct`, else its two members;
+//! * ACK-online: the offline position is the `/sync` `next_batch` token, in account data per
+//!   device (`im.layers.position.<device>`). `pull_offline` runs one pass of syncs from it
+//!   (joining invites, filling limited timelines by `/messages`), hands it out newest first
+//!   and stores its token once every batch is acknowledged. `go_online` starts a long-poll
+//!   `/sync` task that pushes events and moves the position past them. My own messages are
+//!   never offline, and are pushed only from my other devices;
+//! * order: no sequences; the server's stream order in a room, rooms merged by
+//!   `origin_server_ts`;
+//! * history: `/messages` backwards from the event `timestamp_to_event` finds before the
+//!   range's end; cursors are `/messages` tokens with a count to skip;
+//! * send: `PUT /send/m.room.message/{client id}` (a repeated transaction gets the first
+//!   event); server id = event id, time = its `origin_server_ts`; a resend of a client id this
+//!   handle tried is `duplicate`;
+//! * lifecycle: recall = redaction, edit = `m.replace`, sender-only, checked here by
+//!   [`LifecyclePolicy::check`] (a room admin may redact anything: changes by others than
+//!   the sender are ignored on receipt); revisions from the change's time. Pulls return
+//!   current state (redactions, the bundled latest edit); the change feed is the `/sync`
+//!   stream from a token. No delete-for-me;
+//! * read state: `m.read` receipts both ways (echoes of this handle's own dropped);
 //! * errors: `M_LIMIT_EXCEEDED` → `RateLimited` (`retry_after_ms`, else 1 s), `M_UNKNOWN_TOKEN`
 //!   → `TokenExpired` (soft logout) or `Kicked`, `M_FORBIDDEN`/`M_NOT_FOUND` on a room →
-//!   `NotMember`, 400s → `InvalidRequest`, HTTP timeouts → `Timeout`, refused connections →
-//!   `Unavailable`, other server errors → `Server`;
+//!   `NotMember`, 400 → `InvalidRequest`, timeouts → `Timeout`, refused connections →
+//!   `Unavailable`, others → `Server`;
 //! * heartbeat: a timed `/account/whoami`. No token expiry (passwords do not expire).
 
 use std::borrow::Cow;
@@ -97,8 +90,8 @@ use crate::model::{
 };
 use crate::offline::{self, FirstChunk, OfflinePass};
 use crate::vendor::{
-    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
-    OfflineBatch, PageCursor, SendReceipt, Session, Vendor, VendorEvent,
+    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryScope, OfflineAck, OfflineBatch,
+    PageCursor, SendReceipt, Session, Vendor, VendorEvent,
 };
 use crate::{Result, ServiceError as E};
 
@@ -677,9 +670,8 @@ impl Api {
     }
 
     async fn save_position(&self, token: &str) -> Result<()> {
-        let position = json!({ "next_batch": token });
-        self.set_account_data(&self.position_kind(), &position)
-            .await
+        let (kind, position) = (self.position_kind(), json!({ "next_batch": token }));
+        self.set_account_data(&kind, &position).await
     }
 
     /// `m.login.password` as `credentials` on `device` (`None`: a new one); the logged-in
@@ -741,15 +733,13 @@ impl Api {
             return Ok(Some(c.clone()));
         }
         let server = &self.config().server_name;
-        let direct = self
-            .known
-            .lock()
-            .direct
-            .iter()
-            .find(|(_, rooms)| rooms.contains(room))
-            .map(|(peer, _)| ConversationId::direct(&self.me, &localpart(peer, server)));
-        let conversation = match direct {
-            Some(c) => Some(c),
+        let peer = {
+            let known = self.known.lock();
+            let peer = known.direct.iter().find(|(_, rooms)| rooms.contains(room));
+            peer.map(|(peer, _)| localpart(peer, server))
+        };
+        let conversation = match peer {
+            Some(peer) => Some(ConversationId::direct(&self.me, &peer)),
             None => self.probe(room).await?,
         };
         if let Some(c) = &conversation {
@@ -770,9 +760,8 @@ impl Api {
         {
             return Ok(Some(ConversationId::Group(g)));
         }
-        let members = self
-            .req(joined_members::v3::Request::new(room.into()))
-            .await?;
+        let req = joined_members::v3::Request::new(room.into());
+        let members = self.req(req).await?;
         let ids: Vec<&str> = members.joined.keys().map(|u| u.as_str()).collect();
         Ok(match ids.as_slice() {
             [a, b] if *a == self.mxid || *b == self.mxid => {
@@ -847,8 +836,8 @@ impl Api {
                 .filter(|v| v["type"] == "m.room.member" && v["state_key"] == self.mxid.as_str())
                 .filter(|v| v["content"]["is_direct"] == true)
                 .find_map(|v| v["sender"].as_str().map(str::to_string));
-            self.req(join_room_by_id::v3::Request::new(room.clone()))
-                .await?;
+            let join = join_room_by_id::v3::Request::new(room.clone());
+            self.req(join).await?;
             if let Some(peer) = direct_from {
                 self.add_direct(&peer, room).await?;
             }
@@ -955,10 +944,8 @@ impl Api {
                 let alias = group_alias(&config.group_alias_prefix, g, &config.server_name);
                 let alias = ruma::OwnedRoomAliasId::try_from(alias)
                     .map_err(|e| E::InvalidRequest(format!("bad group id {g}: {e}")))?;
-                let room = self
-                    .in_room(get_alias::v3::Request::new(alias), conv)
-                    .await?
-                    .room_id;
+                let req = get_alias::v3::Request::new(alias);
+                let room = self.in_room(req, conv).await?.room_id;
                 (self.known.lock().rooms).insert(room.clone(), conv.clone());
                 return Ok(Some(room));
             }
@@ -968,14 +955,7 @@ impl Api {
         };
         let peer_id = self.mxid_of(peer)?;
         // The lowest room id: both sides of a simultaneous creation pick the same.
-        let pick = || {
-            self.known
-                .lock()
-                .direct
-                .get(peer_id.as_str())?
-                .first()
-                .cloned()
-        };
+        let pick = || (self.known.lock().direct.get(peer_id.as_str())?.first()).cloned();
         if let Some(room) = pick() {
             return Ok(Some(room));
         }
@@ -984,17 +964,17 @@ impl Api {
         if let Some(direct) = self.account_data("m.direct").await? {
             self.known.lock().direct = direct;
         }
-        self.digest(&self.sync(None, Duration::ZERO, 0).await?, None)
-            .await?;
+        let invites = self.sync(None, Duration::ZERO, 0).await?;
+        self.digest(&invites, None).await?;
         if let Some(room) = pick() {
             return Ok(Some(room));
         } else if !create {
             return Ok(None);
         }
-        match self
+        let profile = self
             .req(get_profile::v3::Request::new(peer_id.clone()))
-            .await
-        {
+            .await;
+        match profile {
             Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer.clone())),
             other => other?,
         };
@@ -1070,10 +1050,8 @@ impl Api {
     ) -> Result<MessageChange> {
         let unknown = || E::ChangeRefused(ChangeRefusal::UnknownMessage);
         let room = self.room_for(conv, false).await?.ok_or_else(unknown)?;
-        let message = self
-            .message(&room, conv, target)
-            .await?
-            .ok_or_else(unknown)?;
+        let message = self.message(&room, conv, target).await?;
+        let message = message.ok_or_else(unknown)?;
         let policy = self.config().lifecycle.sender_only();
         (policy.check(&message, &kind, &self.me, now())).map_err(E::ChangeRefused)?;
         let event_id = match &kind {
@@ -1115,14 +1093,8 @@ impl Api {
         if let (None, Some(to)) = (&token, to) {
             let ms = UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default();
             let (ts, back) = (MilliSecondsSinceUnixEpoch(ms), Direction::Backward);
-            let found = match self
-                .req(get_event_by_timestamp::v1::Request::new(
-                    room.into(),
-                    ts,
-                    back,
-                ))
-                .await
-            {
+            let req = get_event_by_timestamp::v1::Request::new(room.into(), ts, back);
+            let found = match self.req(req).await {
                 Ok(found) => found.event_id,
                 // No event before `to`: the range is empty.
                 Err(E::Server { code: 404, .. }) => return Ok((Vec::new(), None)),
@@ -1191,11 +1163,11 @@ impl Api {
             None => (None, to),
         };
         let (mut all, want) = (Vec::new(), limit + skip_at.map_or(0, |(n, _)| n));
-        for room in self
+        let rooms = self
             .req(joined_rooms::v3::Request::new())
             .await?
-            .joined_rooms
-        {
+            .joined_rooms;
+        for room in rooms {
             if let Some(conv) = self.conversation_of(&room).await? {
                 all.extend(self.page(&room, &conv, (from, to), None, want).await?.0);
             }
@@ -1418,12 +1390,11 @@ impl Vendor for MatrixClient {
         // Nothing tells a Matrix client that its token was revoked until it asks: with a
         // shared device a watcher asks, so a kick is an event even before `go_online`.
         let watch = shared_device.then(|| tokio::spawn(api.clone().watch()));
-        let (pass, live) = (None, None);
         *self.session.lock() = Some(Sess {
             api,
             position,
-            pass,
-            live,
+            pass: None,
+            live: None,
             watch,
         });
         Ok(Session {
@@ -1545,11 +1516,7 @@ impl Vendor for MatrixClient {
         if query.limit == 0 {
             return Err(E::InvalidRequest("history page of 0 messages".into()));
         }
-        let range = match query.range {
-            HistoryRange::Latest => (None, None),
-            HistoryRange::Time { from, to } => (Some(from), Some(to)),
-            HistoryRange::Seq { .. } => return Err(E::Unsupported(Capability::HistoryBySeq)),
-        };
+        let range = query.time_bounds()?;
         let cursor = query.cursor.as_ref().map(parse_cursor).transpose()?;
         let limit = query.limit.min(self.shared.capabilities.history_page_max) as usize;
         let (messages, next) = match &query.scope {
@@ -1598,23 +1565,15 @@ impl Vendor for MatrixClient {
     /// read receipts (`mx1:{skip}:{token}` pages one answer by `max`).
     async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
         let api = self.api()?;
-        let cursor = |c: String| ChangeCursor(c.into_bytes());
-        let Some(since) = since else {
-            let end = api.sync(None, Duration::ZERO, 0).await?.next_batch;
-            let next = cursor(format!("mx1:0:{end}"));
-            return Ok(ChangeBatch {
-                next,
-                ..ChangeBatch::default()
-            });
+        // No cursor: the feed starts at the stream's current end.
+        let (skip, token) = match since {
+            Some(c) => parse_cursor(&PageCursor(String::from_utf8_lossy(&c.0).into()))?,
+            None => (0, api.sync(None, Duration::ZERO, 0).await?.next_batch),
         };
-        let (skip, token) = parse_cursor(&PageCursor(String::from_utf8_lossy(&since.0).into()))?;
         let limit = self.shared.config.sync_timeline_limit;
         let resp = api.sync(Some(&token), Duration::ZERO, limit).await?;
-        let (items, _) = api.digest(&resp, Some(&token)).await?;
-        let feed: Vec<Item> = items
-            .into_iter()
-            .filter(|i| !matches!(i, Item::Msg(..)))
-            .collect();
+        let (mut feed, _) = api.digest(&resp, Some(&token)).await?;
+        feed.retain(|i| !matches!(i, Item::Msg(..)));
         let rest = feed.len().saturating_sub(skip);
         let take = (max.max(1) as usize).min(rest);
         let mut batch = ChangeBatch::default();
@@ -1626,10 +1585,11 @@ impl Vendor for MatrixClient {
             }
         }
         batch.left = u32::try_from(rest - take).unwrap_or(u32::MAX);
-        batch.next = cursor(match rest - take {
+        let next = match rest - take {
             0 => format!("mx1:0:{}", resp.next_batch),
             _ => format!("mx1:{}:{token}", skip + take),
-        });
+        };
+        batch.next = ChangeCursor(next.into_bytes());
         Ok(batch)
     }
 

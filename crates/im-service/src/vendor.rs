@@ -154,6 +154,18 @@ impl HistoryQuery {
         self
     }
 
+    /// The `[from, to)` bounds of the range for a vendor that pages by time (`None`: open);
+    /// a sequence range is `Unsupported`.
+    pub fn time_bounds(&self) -> Result<(Option<Timestamp>, Option<Timestamp>)> {
+        match self.range {
+            HistoryRange::Latest => Ok((None, None)),
+            HistoryRange::Time { from, to } => Ok((Some(from), Some(to))),
+            HistoryRange::Seq { .. } => {
+                Err(crate::ServiceError::Unsupported(Capability::HistoryBySeq))
+            }
+        }
+    }
+
     /// The capability this query's range needs, if any.
     pub fn needs(&self) -> Option<Capability> {
         match self.range {

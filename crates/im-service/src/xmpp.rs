@@ -149,8 +149,8 @@ use crate::model::{
 };
 use crate::offline::{self, FirstChunk, OfflinePass, newest_first};
 use crate::vendor::{
-    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
-    OfflineBatch, SendReceipt, Session, Vendor, VendorEvent,
+    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryScope, OfflineAck, OfflineBatch,
+    SendReceipt, Session, Vendor, VendorEvent,
 };
 use crate::{Result, ServiceError as E};
 
@@ -1960,11 +1960,7 @@ impl Vendor for XmppClient {
                 return Err(E::Unsupported(Capability::GroupConversations));
             }
         };
-        let (from, to) = match query.range {
-            HistoryRange::Latest => (None, None),
-            HistoryRange::Time { from, to } => (Some(from), Some(to)),
-            HistoryRange::Seq { .. } => return Err(E::Unsupported(Capability::HistoryBySeq)),
-        };
+        let (from, to) = query.time_bounds()?;
         let mut fields = Vec::new();
         if let Some(peer) = with {
             fields.push(Field::text_single("with", &self.jid_of(peer)?.to_string()));
