@@ -616,10 +616,9 @@ impl Api {
     {
         let (parts, body) = self.exchange(req, timeout).await?.into_parts();
         let response = decode(http::Response::from_parts(parts, body.as_slice()));
+        let revoked = || KickReason::Admin("the access token was revoked".into());
         match (response, &self.config().devices) {
-            (Err(E::Kicked(_)), DevicePolicy::PerHandle(_)) => Err(E::Kicked(KickReason::Admin(
-                "the access token was revoked".into(),
-            ))),
+            (Err(E::Kicked(_)), DevicePolicy::PerHandle(_)) => Err(E::Kicked(revoked())),
             (response, _) => response,
         }
     }
@@ -1080,16 +1079,17 @@ impl Api {
     }
 
     /// One page of `room`, newest first: `/messages` backwards from the cursor, or from the
-    /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`.
+    /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`. Each
+    /// request asks for no more events than the page still lacks, so a full page ends with a
+    /// whole chunk and the next page starts at its end token.
     async fn page(
         &self,
         room: &RoomId,
         conv: &ConversationId,
         (from, to): Range,
-        cursor: Option<(usize, String)>,
+        mut token: Option<String>,
         limit: usize,
     ) -> Result<(Vec<Message>, Option<PageCursor>)> {
-        let (mut skip, mut token) = cursor.map_or((0, None), |(skip, t)| (skip, Some(t)));
         if let (None, Some(to)) = (&token, to) {
             let ms = UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default();
             let (ts, back) = (MilliSecondsSinceUnixEpoch(ms), Direction::Backward);
@@ -1107,41 +1107,31 @@ impl Api {
         let (mut out, server) = (Vec::new(), &self.config().server_name);
         loop {
             let mut req = get_message_events::v3::Request::new(room.into(), Direction::Backward);
-            req.from = token.clone();
-            req.limit = UInt::try_from((limit + skip).clamp(10, 100) as u64).unwrap_or_default();
+            req.from = token;
+            req.limit = UInt::try_from((limit - out.len()).min(100) as u64).unwrap_or_default();
             req.filter.types = Some(vec!["m.room.message".into()]);
             let resp = self.in_room(req, conv).await?;
-            let mut done = resp.end.is_none() || resp.chunk.is_empty();
             let events = resp
                 .chunk
                 .iter()
                 .filter_map(|raw| raw.deserialize_as_unchecked().ok());
-            let messages = events.filter_map(|ev| to_message(&ev, conv, server));
-            let mut taken = 0;
-            for m in messages.filter(|m| to.is_none_or(|t| m.server_time < t)) {
+            for m in events.filter_map(|ev| to_message(&ev, conv, server)) {
                 if from.is_some_and(|f| m.server_time < f) {
-                    done = true;
-                    break;
+                    return Ok((out, None));
                 }
-                taken += 1;
-                if taken <= skip {
-                    continue;
-                }
-                self.known.lock().learn(&m);
-                out.push(m);
-                if out.len() == limit {
-                    // More may follow: continue from this token, past what was taken.
-                    let next = match &token {
-                        Some(t) => Some(format!("mx1:{taken}:{t}")),
-                        None => resp.end.as_ref().map(|e| format!("mx1:0:{e}")),
-                    };
-                    return Ok((out, next.map(PageCursor)));
+                if to.is_none_or(|t| m.server_time < t) {
+                    self.known.lock().learn(&m);
+                    out.push(m);
                 }
             }
-            if done {
-                return Ok((out, None));
+            token = resp.end.filter(|_| !resp.chunk.is_empty());
+            match &token {
+                Some(t) if out.len() == limit => {
+                    return Ok((out, Some(PageCursor(format!("mx1:0:{t}")))));
+                }
+                Some(_) => {}
+                None => return Ok((out, None)),
             }
-            (skip, token) = (0, resp.end.clone());
         }
     }
 
@@ -1209,7 +1199,8 @@ fn transport(e: reqwest::Error, timeout: Duration) -> E {
     }
 }
 
-/// Cursor of a history page: `mx1:{skip}:{token}` (skip that many messages from the token).
+/// Cursor of a page: `mx1:{count}:{position}`, a `/messages` or `/sync` token and how many
+/// items from it were returned already (history across rooms: a time in milliseconds).
 fn parse_cursor(c: &PageCursor) -> Result<(usize, String)> {
     let bad = || E::InvalidRequest(format!("not a history cursor of this vendor: {:?}", c.0));
     let rest = c.0.strip_prefix("mx1:").ok_or_else(bad)?;
@@ -1522,7 +1513,10 @@ impl Vendor for MatrixClient {
         let (messages, next) = match &query.scope {
             HistoryScope::All => api.history_all(range, cursor, limit).await?,
             HistoryScope::Conversation(c) => match api.room_for(c, false).await? {
-                Some(room) => api.page(&room, c, range, cursor, limit).await?,
+                Some(room) => {
+                    let token = cursor.map(|(_, token)| token);
+                    api.page(&room, c, range, token, limit).await?
+                }
                 None => (Vec::new(), None),
             },
         };
