@@ -79,6 +79,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::capabilities::{Capabilities, Capability};
+use crate::clock::now;
 use crate::error::KickReason;
 use crate::lifecycle::{
     ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, LifecyclePolicy, MessageChange,
@@ -350,14 +351,6 @@ enum Item {
     Msg(Message, bool),
     Change(MessageChange),
     Read(ReadReceipt),
-}
-
-fn now() -> Timestamp {
-    crate::clock::Clock::now(&crate::clock::SystemClock)
-}
-
-fn new_id() -> String {
-    format!("i{:016x}", rand::random::<u64>())
 }
 
 /// The localpart of `@local:server` (the whole id, without `@`, for other servers).
@@ -1067,7 +1060,7 @@ impl Api {
                 self.send_event(room.clone(), conv, &txn, &body).await?
             }
             _ => {
-                let txn = new_id().as_str().into();
+                let txn = ClientMsgId::generate().as_str().into();
                 let req = redact_event::v3::Request::new(room.clone(), Api::event_id(target)?, txn);
                 self.in_room(req, conv).await?.event_id
             }
@@ -1391,7 +1384,7 @@ impl Vendor for MatrixClient {
         Ok(Session {
             user: credentials.user.clone(),
             token_expires_at: None,
-            session_id: format!("{}/{}", self.device, new_id()),
+            session_id: format!("{}/{}", self.device, ClientMsgId::generate()),
             server_time: None,
         })
     }

@@ -142,6 +142,7 @@ use tokio_xmpp::xmlstream::{ReadError, StreamHeader, Timeouts, XmppStream, XmppS
 use tracing::Instrument;
 
 use crate::capabilities::{Capabilities, Capability};
+use crate::clock::now;
 use crate::error::KickReason;
 use crate::lifecycle::{ChangeKind, ChangeRefusal, LifecyclePolicy, MessageChange, ReadReceipt};
 use crate::model::{
@@ -442,10 +443,6 @@ enum Cmd {
     GoOnline,
     /// Close the stream cleanly.
     Close(oneshot::Sender<()>),
-}
-
-fn now() -> Timestamp {
-    crate::clock::Clock::now(&crate::clock::SystemClock)
 }
 
 /// An XEP-0199 ping to the server `domain`, with id `id`.
