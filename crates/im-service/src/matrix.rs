@@ -839,12 +839,10 @@ impl Api {
             let Some(conv) = self.conversation_of(room).await? else {
                 continue;
             };
-            let mut events: Vec<Ev> = Vec::new();
-            if data.timeline.limited
-                && let (Some(from), Some(to)) = (&data.timeline.prev_batch, since)
-            {
-                events = self.backfill(room, from, to).await?;
-            }
+            let mut events = match (data.timeline.limited, &data.timeline.prev_batch, since) {
+                (true, Some(from), Some(to)) => self.backfill(room, from, to).await?,
+                _ => Vec::new(),
+            };
             for raw in &data.timeline.events {
                 match raw.deserialize_as_unchecked::<Ev>() {
                     Ok(ev) => events.push(ev),
@@ -1219,10 +1217,9 @@ impl MatrixClient {
         let api = self.api()?;
         let config = &self.shared.config;
         let alias = group_alias(&config.group_alias_prefix, group, &config.server_name);
-        let local = alias.trim_start_matches('#');
-        let local = local.trim_end_matches(&format!(":{}", config.server_name));
         let mut req = create_room::v3::Request::new();
-        req.room_alias_name = Some(local.to_string());
+        // The alias's localpart: `:` is escaped in it, so the first `:` ends it.
+        req.room_alias_name = alias[1..].split(':').next().map(str::to_string);
         req.name = Some(group.to_string());
         req.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         let others = members.iter().filter(|m| **m != api.me);
