@@ -1402,10 +1402,7 @@ impl Vendor for MatrixClient {
         self.shared.capabilities.check_size(&message.content)?;
         let body = content_json(&message.content, client_id, message.client_time)?;
         if let Some(r) = self.known.lock().sent.get(client_id) {
-            return Ok(SendReceipt {
-                duplicate: true,
-                ..r.clone()
-            });
+            return Ok(r.as_duplicate());
         }
         let conversation = &message.conversation;
         let room = api.room_for(conversation, true).await?;

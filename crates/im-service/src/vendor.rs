@@ -63,6 +63,17 @@ pub struct SendReceipt {
     pub duplicate: bool,
 }
 
+impl SendReceipt {
+    /// This receipt as the answer to a resend of the same client id (`duplicate`).
+    pub fn as_duplicate(&self) -> Self {
+        let duplicate = true;
+        Self {
+            duplicate,
+            ..self.clone()
+        }
+    }
+}
+
 /// One package of offline messages (RongCloud style: a page plus how many are left).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineBatch {

@@ -1816,10 +1816,7 @@ impl Vendor for XmppClient {
         let (me, _) = self.commands()?;
         self.vendor.capabilities.check_size(&message.content)?;
         if let Some(r) = self.sent.lock().get(&message.client_id) {
-            return Ok(SendReceipt {
-                duplicate: true,
-                ..r.clone()
-            });
+            return Ok(r.as_duplicate());
         }
         let ConversationId::Direct { low, high } = &message.conversation else {
             return Err(E::Unsupported(Capability::GroupConversations));
