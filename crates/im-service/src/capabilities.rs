@@ -172,6 +172,16 @@ impl Capabilities {
         self
     }
 
+    /// `MessageTooLarge` when `content` is over [`Capabilities::max_message_bytes`]: the
+    /// typed, client-side refusal of adapters whose server limits (or would mangle) it.
+    pub fn check_size(&self, content: &crate::model::Content) -> crate::Result<()> {
+        let (size, max) = (content.size(), self.max_message_bytes);
+        match size > max {
+            true => Err(crate::ServiceError::MessageTooLarge { size, max }),
+            false => Ok(()),
+        }
+    }
+
     /// Sets the message size limit.
     #[must_use]
     pub fn with_max_message_bytes(mut self, max: usize) -> Self {

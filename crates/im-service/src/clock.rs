@@ -30,6 +30,12 @@ impl Clock for SystemClock {
     }
 }
 
+/// This machine's time now: what the XMPP and Matrix adapters stamp locally.
+#[cfg(any(feature = "xmpp", feature = "matrix"))]
+pub(crate) fn now() -> Timestamp {
+    SystemClock.now()
+}
+
 /// A clock that only moves when told to. Clones share the same time.
 ///
 /// ```

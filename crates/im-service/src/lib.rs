@@ -45,6 +45,8 @@ pub mod matrix;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod model;
+#[cfg(any(feature = "xmpp", feature = "matrix"))]
+mod offline;
 pub mod ordered_key;
 #[cfg(feature = "reference")]
 pub mod reference;

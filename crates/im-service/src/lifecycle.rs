@@ -86,6 +86,40 @@ impl MessageChange {
         }
         Some(out)
     }
+
+    /// The change `kind` of `target` by `by` at the vendor's time `at`, its revision derived
+    /// from that time ([`revision_at`]): for vendors without a per-message counter (XMPP,
+    /// Matrix), whose every copy of a change carries the same time.
+    pub fn timed(
+        conversation: &ConversationId,
+        target: ServerMsgId,
+        kind: ChangeKind,
+        by: UserId,
+        at: Timestamp,
+    ) -> Self {
+        let conversation = conversation.clone();
+        let revision = revision_at(at);
+        Self {
+            conversation,
+            target,
+            kind,
+            by,
+            at,
+            revision,
+        }
+    }
+}
+
+/// 2024-01-01T00:00:00Z: the origin of time-based revisions.
+pub(crate) const REVISION_EPOCH_MS: i64 = 1_704_067_200_000;
+
+/// A change's revision from its time: tenths of a second since 2024 (a `u32` lasts until
+/// 2037), so every receiver of any copy derives the same revision and a later change wins.
+/// Two edits within the same tenth of a second tie (the second is dropped by receivers that
+/// hold the first); a recall wins anyway ([`MessageChange::apply`]).
+pub(crate) fn revision_at(at: Timestamp) -> u32 {
+    let tenths = at.as_millis().saturating_sub(REVISION_EPOCH_MS) / 100;
+    u32::try_from(tenths.max(1)).unwrap_or(u32::MAX)
 }
 
 /// A read position reported back: `reader` has read `conversation` up to and including
@@ -177,6 +211,16 @@ pub enum ChangeRefusal {
 }
 
 impl LifecyclePolicy {
+    /// This policy with edits allowed to the sender only: the rule of adapters that check
+    /// changes themselves on a server that would let others change a message (XMPP, Matrix).
+    pub fn sender_only(&self) -> Self {
+        let edit_permission = EditPermission::Sender;
+        Self {
+            edit_permission,
+            ..self.clone()
+        }
+    }
+
     /// Whether `by` may make `kind` to `message` at `now`, by this policy. Deleting for
     /// oneself is always allowed (it changes nobody else's view).
     pub fn check(

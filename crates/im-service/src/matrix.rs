@@ -1,60 +1,47 @@
-//! `MatrixVendor`/`MatrixClient`: the [`Vendor`] adapter for Matrix homeservers (tested
-//! against Synapse 1.163 on loopback; feature `matrix`).
-//!
-//! Built on `ruma`'s client-API request and response types sent over `reqwest` (plain HTTP
-//! on loopback only, no TLS stack), not on `matrix-sdk`, whose own sync loop, send queue,
-//! crypto and store would duplicate `im-arch`. Every response body is read up to
-//! [`MatrixConfig::max_response_bytes`]; a larger or malformed one is a typed error.
+//! `MatrixVendor`/`MatrixClient`: the [`Vendor`] adapter for Matrix homeservers (feature
+//! `matrix`; tested on Synapse 1.163): `ruma`'s client-API types over `reqwest` (plain HTTP on
+//! loopback), not `matrix-sdk`, whose sync loop, send queue, crypto and store would duplicate
+//! `im-arch`. Bodies are read up to [`MatrixConfig::max_response_bytes`] (else a typed error).
 //!
 //! Mapping of the contract:
-//! * accounts: a [`Credentials`] `user` is the Matrix localpart on
-//!   [`MatrixConfig::server_name`], its token the password (`m.login.password`). Every login
-//!   names a device id ([`DevicePolicy`]): with [`DevicePolicy::Shared`] (the default) all
-//!   handles of a user are one Matrix device, so a transaction id (= the client message id)
-//!   stays idempotent across reconnects and restarts, and a login first ends the device's
-//!   other sessions (a throwaway session deletes the device with the password; the server
-//!   keeps transaction ids by device id): the previous handle learns it is
-//!   `Kicked(LoggedInElsewhere)` from `M_UNKNOWN_TOKEN`, asked every
-//!   [`MatrixConfig::session_check`] ([`Capability::KickOnSecondLogin`], as a fixed XMPP
-//!   resource). With [`DevicePolicy::PerHandle`] each handle is
-//!   its own device for its life: several devices at once ([`Capability::MultiDevice`]);
-//!   my sends reach my other devices as mine;
-//! * direct conversation = a room listed for the peer in my `m.direct` account data, else
-//!   one created with `is_direct` and the peer invited. Invites are joined automatically
-//!   (and direct ones added to `m.direct`). When both sides created a room at once, both
-//!   rooms map to the same conversation, and sends go to the lowest room id among the
-//!   peer's direct rooms, which both sides converge on;
-//! * group = a room whose canonical alias is `#{group_alias_prefix}{group id}:{server}`
-//!   (characters outside `[a-z0-9._-]` as `=hh`); creating one is administration
-//!   ([`MatrixClient::create_group`], [`MatrixClient::join_group`]). A room is mapped to its
-//!   conversation by alias, else by `m.direct`, else by its two members;
-//! * ACK-online: the offline position is the `/sync` `next_batch` token, kept in account
-//!   data per device (`im.layers.position.<device>`), so it survives restarts.
-//!   `pull_offline` runs one pass of syncs from it (joining invites, filling limited
-//!   timelines with `/messages` back to the position) and hands the messages out newest
-//!   first; once every batch is acknowledged the pass's token becomes the position.
-//!   `go_online` starts a long-poll `/sync` task owned by the handle, which pushes events
-//!   and moves the position past what it delivered. My own messages are never offline
-//!   messages, and are pushed only from my other devices;
-//! * order: no gap-free sequences. Lists are in the server's stream order (within a room)
-//!   and merged across rooms by `origin_server_ts`, the message's time;
-//! * history: `/messages` backwards, a time range starting at the event
-//!   `timestamp_to_event` (v1) finds before its end; cursors are `/messages` tokens with a
-//!   count of messages to skip;
-//! * send: `PUT /send/m.room.message/{client id}` (the server answers a repeated
-//!   transaction with the first event); the server id is the event id, the time its
-//!   `origin_server_ts`. A resend of a client id this handle has tried is `duplicate`;
-//! * lifecycle: recall = redaction, edit = an `m.replace` relation, both sender-only and
-//!   checked here with [`LifecyclePolicy::check`] (the server would let a room admin redact
-//!   anything: a change by someone else than the sender is ignored on receipt). Revisions
-//!   come from the change's time, as for XMPP. Offline and history pulls return current
-//!   state (redacted events, the server's bundled latest edit). The change feed is the
-//!   `/sync` stream from a token (`pull_changes`). No delete-for-me;
-//! * read state: `m.read` receipts both ways (echoes of this handle's own are dropped);
-//! * errors: `M_LIMIT_EXCEEDED` → `RateLimited` (`retry_after_ms`, else 1 s),
-//!   `M_UNKNOWN_TOKEN` → `TokenExpired` (soft logout) or `Kicked(Admin)`, `M_FORBIDDEN`/
-//!   `M_NOT_FOUND` on a room → `NotMember`, 400s → `InvalidRequest`, HTTP timeouts →
-//!   `Timeout`, refused connections → `Unavailable`, other server errors → `Server`;
+//! * accounts: a [`Credentials`] `user` is the localpart on [`MatrixConfig::server_name`], its
+//!   token the password. Every login names a device ([`DevicePolicy`]). [`DevicePolicy::Shared`]
+//!   (default): one device per user, so a transaction id (= client message id) stays
+//!   idempotent across restarts; a login first ends the device's other sessions (a throwaway
+//!   session deletes the device; the server keeps transaction ids by device id), and the
+//!   previous handle learns `Kicked(LoggedInElsewhere)` from `M_UNKNOWN_TOKEN`, asked every
+//!   [`MatrixConfig::session_check`] ([`Capability::KickOnSecondLogin`]).
+//!   [`DevicePolicy::PerHandle`]: a device per handle ([`Capability::MultiDevice`]);
+//! * direct conversation = a room listed for the peer in my `m.direct`, else one created with
+//!   `is_direct` and the peer invited; invites are joined automatically (direct ones added to
+//!   `m.direct`). Rooms both sides created at once are one conversation; sends go to the
+//!   lowest room id, which both sides converge on;
+//! * group = the room with alias `#{group_alias_prefix}{group id}:{server}` (bytes outside
+//!   `[a-z0-9._-]` as `=hh`), made by [`MatrixClient::create_group`] (administration). A room
+//!   maps to its conversation by alias, else `m.direct`, else its two members;
+//! * ACK-online: the offline position is the `/sync` `next_batch` token, in account data per
+//!   device (`im.layers.position.<device>`). `pull_offline` runs one pass of syncs from it
+//!   (joining invites, filling limited timelines by `/messages`), hands it out newest first
+//!   and stores its token once every batch is acknowledged. `go_online` starts a long-poll
+//!   `/sync` task that pushes events and moves the position past them. My own messages are
+//!   never offline, and are pushed only from my other devices;
+//! * order: no sequences; the server's stream order in a room, rooms merged by
+//!   `origin_server_ts`;
+//! * history: `/messages` backwards from the event `timestamp_to_event` finds before the
+//!   range's end; cursors are `/messages` tokens with a count to skip;
+//! * send: `PUT /send/m.room.message/{client id}` (a repeated transaction gets the first
+//!   event); server id = event id, time = its `origin_server_ts`; a resend of a client id this
+//!   handle tried is `duplicate`;
+//! * lifecycle: recall = redaction, edit = `m.replace`, sender-only, checked here by
+//!   [`LifecyclePolicy::check`] (a room admin may redact anything: changes by others than
+//!   the sender are ignored on receipt); revisions from the change's time. Pulls return
+//!   current state (redactions, the bundled latest edit); the change feed is the `/sync`
+//!   stream from a token. No delete-for-me;
+//! * read state: `m.read` receipts both ways (echoes of this handle's own dropped);
+//! * errors: `M_LIMIT_EXCEEDED` → `RateLimited` (`retry_after_ms`, else 1 s), `M_UNKNOWN_TOKEN`
+//!   → `TokenExpired` (soft logout) or `Kicked`, `M_FORBIDDEN`/`M_NOT_FOUND` on a room →
+//!   `NotMember`, 400 → `InvalidRequest`, timeouts → `Timeout`, refused connections →
+//!   `Unavailable`, others → `Server`;
 //! * heartbeat: a timed `/account/whoami`. No token expiry (passwords do not expire).
 
 use std::borrow::Cow;
@@ -92,18 +79,20 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::capabilities::{Capabilities, Capability};
+use crate::clock::now;
 use crate::error::KickReason;
 use crate::lifecycle::{
-    ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, EditPermission, LifecyclePolicy,
-    MessageChange, ReadReceipt,
+    ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, LifecyclePolicy, MessageChange,
+    ReadReceipt,
 };
 use crate::model::{
     ClientMsgId, Content, ConversationId, GroupId, Message, OutgoingMessage, ServerMsgId,
     Timestamp, UserId,
 };
+use crate::offline::{self, FirstChunk, OfflinePass};
 use crate::vendor::{
-    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
-    OfflineBatch, PageCursor, SendReceipt, Session, Vendor, VendorEvent,
+    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryScope, OfflineAck, OfflineBatch,
+    PageCursor, SendReceipt, Session, Vendor, VendorEvent,
 };
 use crate::{Result, ServiceError as E};
 
@@ -202,7 +191,7 @@ impl MatrixVendor {
     /// login kicks the first with [`DevicePolicy::Shared`], several devices with
     /// [`DevicePolicy::PerHandle`]. No sequences, no token expiry, no delete-for-me.
     pub fn new(config: MatrixConfig) -> Self {
-        let mut capabilities = Capabilities::none()
+        let capabilities = Capabilities::none()
             .with(Capability::HistoryByTime)
             .with(Capability::ServerAcks)
             .with(Capability::OfflineQueue)
@@ -215,17 +204,18 @@ impl MatrixVendor {
             .with(Capability::Recall)
             .with(Capability::Edit)
             .with(Capability::ChangeFeed)
+            .with(match config.devices {
+                DevicePolicy::Shared(_) => Capability::KickOnSecondLogin,
+                DevicePolicy::PerHandle(_) => Capability::MultiDevice,
+            })
             .with_max_message_bytes(config.max_message_bytes);
-        capabilities = capabilities.with(match config.devices {
-            DevicePolicy::Shared(_) => Capability::KickOnSecondLogin,
-            DevicePolicy::PerHandle(_) => Capability::MultiDevice,
-        });
         let versions = SupportedVersions::from_parts(&["v1.11".to_string()], &BTreeMap::new());
+        let http = reqwest::Client::new();
         Self {
             shared: Arc::new(Shared {
                 config,
                 capabilities,
-                http: reqwest::Client::new(),
+                http,
                 versions,
             }),
         }
@@ -268,9 +258,8 @@ pub struct MatrixClient {
 
 impl std::fmt::Debug for MatrixClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MatrixClient")
-            .field("device", &self.device)
-            .finish_non_exhaustive()
+        let mut f = f.debug_struct("MatrixClient");
+        f.field("device", &self.device).finish_non_exhaustive()
     }
 }
 
@@ -279,14 +268,12 @@ struct Sess {
     api: Api,
     /// The acknowledged offline position (account data), `None` before the first pass.
     position: Option<String>,
-    /// The running offline pass.
-    pass: Option<Pass>,
+    /// The running offline pass and the sync token it ends at.
+    pass: Option<(String, OfflinePass)>,
     /// The long-poll task after `go_online`.
     live: Option<JoinHandle<()>>,
     /// The session watcher (shared device only).
     watch: Option<JoinHandle<()>>,
-    /// Why the session ended on the server side, once the sync task saw it.
-    ended: Arc<Mutex<Option<E>>>,
 }
 
 impl Drop for Sess {
@@ -297,25 +284,13 @@ impl Drop for Sess {
     }
 }
 
-/// One offline pass: what the syncs from the position gave, handed out in batches.
-struct Pass {
-    next_batch: String,
-    /// Messages not yet handed out, oldest first.
-    remaining: Vec<Message>,
-    /// Batches handed out and not acknowledged.
-    acks: HashSet<String>,
-    /// Changes and receipts of the pass that are not applied to one of its messages:
-    /// pushed at `go_online`.
-    later: Vec<VendorEvent>,
-    committed: bool,
-}
-
-/// What a handle knows (bounded: forgotten wholesale past `KNOWN_MAX` messages).
+/// What a handle knows (bounded: messages forgotten wholesale past `KNOWN_MAX`).
 #[derive(Default)]
 struct Known {
     rooms: HashMap<OwnedRoomId, ConversationId>,
     direct: Direct,
-    messages: HashMap<String, KnownMsg>,
+    /// Sender and server time of the messages seen, by event id.
+    messages: HashMap<String, (UserId, Timestamp)>,
     attempted: HashSet<ClientMsgId>,
     sent: HashMap<ClientMsgId, SendReceipt>,
     /// Events this handle marked read: their echoes are not events.
@@ -327,30 +302,14 @@ const KNOWN_MAX: usize = 50_000;
 /// `m.direct`: peer user id → room ids.
 type Direct = BTreeMap<String, BTreeSet<OwnedRoomId>>;
 
-#[derive(Clone)]
-struct KnownMsg {
-    sender: UserId,
-    time: Timestamp,
-}
-
 impl Known {
-    fn remember(&mut self, room: &RoomId, conversation: &ConversationId) {
-        self.rooms.insert(room.into(), conversation.clone());
-    }
-
-    /// Whether `r` echoes a read this handle marked.
-    fn is_my_read(&self, r: &ReadReceipt) -> bool {
-        self.my_reads.contains(r.up_to.as_str())
-    }
-
-    /// Remembers message `id`'s sender and time.
-    fn learn(&mut self, id: &ServerMsgId, sender: &UserId, time: Timestamp) {
+    /// Remembers message `m`'s sender and time.
+    fn learn(&mut self, m: &Message) {
         if self.messages.len() >= KNOWN_MAX {
             self.messages.clear();
         }
-        let sender = sender.clone();
-        self.messages
-            .insert(id.to_string(), KnownMsg { sender, time });
+        let id = m.server_id.to_string();
+        self.messages.insert(id, (m.sender.clone(), m.server_time));
     }
 }
 
@@ -358,10 +317,15 @@ impl Known {
 #[derive(Clone)]
 struct Api {
     shared: Arc<Shared>,
+    /// What the handle knows (shared by its sessions and their tasks).
+    known: Arc<Mutex<Known>>,
     token: Option<String>,
     me: UserId,
     mxid: String,
     device: String,
+    events: mpsc::UnboundedSender<VendorEvent>,
+    /// Why the session ended on the server side, once a task saw it.
+    ended: Arc<Mutex<Option<E>>>,
 }
 
 /// A minimal view of a timeline event (the fields the mapping reads).
@@ -383,40 +347,10 @@ struct Ev {
 /// What a timeline event means for the contract.
 #[derive(Debug)]
 enum Item {
+    /// A message, and whether this device sent it.
     Msg(Message, bool),
     Change(MessageChange),
     Read(ReadReceipt),
-}
-
-fn now() -> Timestamp {
-    crate::clock::Clock::now(&crate::clock::SystemClock)
-}
-
-fn new_id() -> String {
-    format!("i{:016x}", rand::random::<u64>())
-}
-
-/// The change `kind` of `target` by `by` at the server's time `at`; its revision is tenths
-/// of a second since 2024, as for XMPP.
-fn change(
-    conversation: &ConversationId,
-    target: ServerMsgId,
-    kind: ChangeKind,
-    by: UserId,
-    at: Timestamp,
-) -> MessageChange {
-    const EPOCH_2024_MS: i64 = 1_704_067_200_000;
-    let tenths = at.as_millis().saturating_sub(EPOCH_2024_MS) / 100;
-    let revision = u32::try_from(tenths.max(1)).unwrap_or(u32::MAX);
-    let conversation = conversation.clone();
-    MessageChange {
-        conversation,
-        target,
-        kind,
-        by,
-        at,
-        revision,
-    }
 }
 
 /// The localpart of `@local:server` (the whole id, without `@`, for other servers).
@@ -442,11 +376,8 @@ fn group_alias(prefix: &str, group: &GroupId, server: &str) -> String {
 
 /// The group of an alias made by [`group_alias`], if it is one.
 fn group_of_alias(prefix: &str, alias: &str, server: &str) -> Option<GroupId> {
-    let local = alias
-        .strip_prefix('#')?
-        .strip_suffix(server)?
-        .strip_suffix(':')?
-        .strip_prefix(prefix)?;
+    let local = alias.strip_prefix('#')?.strip_suffix(server)?;
+    let local = local.strip_suffix(':')?.strip_prefix(prefix)?;
     let (mut out, mut rest) = (Vec::new(), local);
     while let Some((plain, escaped)) = rest.split_once('=') {
         out.extend(plain.bytes());
@@ -458,11 +389,7 @@ fn group_of_alias(prefix: &str, alias: &str, server: &str) -> Option<GroupId> {
 }
 
 /// The event content of `content` (text as `m.text`, custom payloads hex-encoded).
-fn content_json(
-    content: &Content,
-    client_id: &ClientMsgId,
-    client_time: Timestamp,
-) -> Result<Value> {
+fn content_json(content: &Content, id: &ClientMsgId, time: Timestamp) -> Result<Value> {
     let mut v = match content {
         Content::Text(t) => json!({ "msgtype": "m.text", "body": t }),
         Content::Custom { type_tag, payload } => json!({
@@ -470,13 +397,12 @@ fn content_json(
             "im.layers.type": type_tag, "im.layers.payload": hex::encode(payload),
         }),
         Content::Recalled { .. } => {
-            return Err(E::InvalidRequest(
-                "a recalled placeholder cannot be sent: recall the message instead".into(),
-            ));
+            let why = "a recalled placeholder cannot be sent: recall the message instead";
+            return Err(E::InvalidRequest(why.into()));
         }
     };
-    v["im.layers.client_id"] = json!(client_id.as_str());
-    v["im.layers.client_time"] = json!(client_time.as_millis());
+    v["im.layers.client_id"] = json!(id.as_str());
+    v["im.layers.client_time"] = json!(time.as_millis());
     Ok(v)
 }
 
@@ -497,22 +423,19 @@ fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item>
     let sender = localpart(&ev.sender, server);
     let at = Timestamp::from_millis(ev.origin_server_ts);
     let (c, unsigned) = (&ev.content, &ev.unsigned);
+    let change = |target: &str, kind| {
+        let (target, by) = (ServerMsgId::new(target), sender.clone());
+        Item::Change(MessageChange::timed(conversation, target, kind, by, at))
+    };
     match ev.kind.as_str() {
         "m.room.redaction" => {
             let target = ev.redacts.as_deref().or(c["redacts"].as_str())?;
-            let target = ServerMsgId::new(target);
-            Some(Item::Change(change(
-                conversation,
-                target,
-                ChangeKind::Recalled,
-                sender,
-                at,
-            )))
+            Some(change(target, ChangeKind::Recalled))
         }
         "m.room.message" if c["m.relates_to"]["rel_type"] == "m.replace" => {
-            let target = ServerMsgId::new(c["m.relates_to"]["event_id"].as_str()?);
+            let target = c["m.relates_to"]["event_id"].as_str()?;
             let kind = ChangeKind::Edited(parse_content(&c["m.new_content"])?);
-            Some(Item::Change(change(conversation, target, kind, sender, at)))
+            Some(change(target, kind))
         }
         "m.room.message" => {
             let redacted = &unsigned["redacted_because"];
@@ -531,21 +454,26 @@ fn to_item(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Item>
             };
             let client_id = c["im.layers.client_id"].as_str().unwrap_or(&ev.event_id);
             let client_time = c["im.layers.client_time"].as_i64();
-            let client_time = client_time.map_or(at, Timestamp::from_millis);
-            Some(Item::Msg(
-                Message {
-                    server_id: ServerMsgId::new(&ev.event_id),
-                    client_id: ClientMsgId::new(client_id),
-                    conversation: conversation.clone(),
-                    sender,
-                    seq: None,
-                    server_time: at,
-                    client_time,
-                    content,
-                },
-                !unsigned["transaction_id"].is_null(),
-            ))
+            let message = Message {
+                server_id: ServerMsgId::new(&ev.event_id),
+                client_id: ClientMsgId::new(client_id),
+                conversation: conversation.clone(),
+                sender,
+                seq: None,
+                server_time: at,
+                client_time: client_time.map_or(at, Timestamp::from_millis),
+                content,
+            };
+            Some(Item::Msg(message, !unsigned["transaction_id"].is_null()))
         }
+        _ => None,
+    }
+}
+
+/// The message of a timeline event (`None`: not a message we map).
+fn to_message(ev: &Ev, conversation: &ConversationId, server: &str) -> Option<Message> {
+    match to_item(ev, conversation, server)? {
+        Item::Msg(m, _) => Some(m),
         _ => None,
     }
 }
@@ -564,11 +492,9 @@ fn receipts(content: &Value, server: &str) -> Vec<(String, UserId, Timestamp)> {
 
 /// The contract's error for a Matrix error answer.
 fn map_mx(e: &MxError) -> E {
-    let message = e
-        .error_kind()
-        .map(|k| k.errcode().to_string())
-        .unwrap_or_default();
-    match e.error_kind() {
+    let kind = e.error_kind();
+    let message = kind.map(|k| k.errcode().to_string()).unwrap_or_default();
+    match kind {
         Some(ErrorKind::LimitExceeded(d)) => E::RateLimited {
             retry_after: match d.retry_after {
                 Some(RetryAfter::Delay(d)) => d,
@@ -579,7 +505,7 @@ fn map_mx(e: &MxError) -> E {
             },
         },
         Some(ErrorKind::UnknownToken(d)) if d.soft_logout => E::TokenExpired,
-        // With a shared device, another login ended this session (`login` module doc).
+        // With a shared device, another login ended this session (module doc).
         Some(ErrorKind::UnknownToken(_)) => E::Kicked(KickReason::LoggedInElsewhere),
         Some(ErrorKind::Forbidden) if e.status_code.as_u16() == 403 => {
             E::AuthFailed(format!("forbidden ({message})"))
@@ -616,6 +542,29 @@ fn in_room(e: E, conversation: &ConversationId) -> E {
     }
 }
 
+/// A client-API request as this adapter sends them: with the session's access token and the
+/// fixed supported versions (the bounds once, for every request type).
+trait Req: OutgoingRequest {
+    fn build(self, api: &Api) -> Result<reqwest::Request>;
+}
+
+impl<R: OutgoingRequest> Req for R
+where
+    for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+{
+    fn build(self, api: &Api) -> Result<reqwest::Request> {
+        let token = api.token.as_deref();
+        let token = token.map_or(SendAccessToken::None, SendAccessToken::IfRequired);
+        let (base, versions) = (&api.config().homeserver, &api.shared.versions);
+        let build = |e: String| E::InvalidRequest(format!("cannot build the request: {e}"));
+        let request: http::Request<Vec<u8>> =
+            (self.try_into_http_request(base, token, Cow::Borrowed(versions)))
+                .map_err(|e| build(e.to_string()))?;
+        reqwest::Request::try_from(request).map_err(|e| build(e.to_string()))
+    }
+}
+
 impl Api {
     fn config(&self) -> &MatrixConfig {
         &self.shared.config
@@ -630,59 +579,54 @@ impl Api {
         OwnedUserId::try_from(self.mxid.as_str()).map_err(|e| E::Protocol(e.to_string()))
     }
 
-    /// Sends `req` and reads its answer within `timeout` and the body limit.
-    async fn exchange<R>(&self, req: R, timeout: Duration) -> Result<http::Response<Vec<u8>>>
-    where
-        R: OutgoingRequest,
-        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
-        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
-    {
-        let token = match &self.token {
-            Some(t) => SendAccessToken::IfRequired(t),
-            None => SendAccessToken::None,
-        };
-        let versions = Cow::Borrowed(&self.shared.versions);
-        let build = |e: String| E::InvalidRequest(format!("cannot build the request: {e}"));
-        let request: http::Request<Vec<u8>> = req
-            .try_into_http_request(&self.config().homeserver, token, versions)
-            .map_err(|e| build(e.to_string()))?;
-        let mut request = reqwest::Request::try_from(request).map_err(|e| build(e.to_string()))?;
+    /// Sends `req` and reads its answer within `timeout` and the body limit (a larger body
+    /// is a `Protocol` error).
+    async fn exchange(&self, req: impl Req, timeout: Duration) -> Result<http::Response<Vec<u8>>> {
+        let mut request = req.build(self)?;
         *request.timeout_mut() = Some(timeout);
         let response = self.shared.http.execute(request).await;
-        let response = response.map_err(|e| transport(e, timeout))?;
-        let (status, headers) = (response.status(), response.headers().clone());
-        let body = read_bounded(response, self.config().max_response_bytes, timeout).await?;
-        let mut response = http::Response::new(body);
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        Ok(response)
+        let mut response = response.map_err(|e| transport(e, timeout))?;
+        let mut out = http::Response::new(Vec::new());
+        (*out.status_mut(), *out.headers_mut()) = (response.status(), response.headers().clone());
+        let max = self.config().max_response_bytes;
+        let over = || E::Protocol(format!("response over {max} bytes"));
+        if response.content_length().is_some_and(|n| n > max as u64) {
+            return Err(over());
+        }
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport(e, timeout))? {
+            if out.body().len() + chunk.len() > max {
+                return Err(over());
+            }
+            out.body_mut().extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     /// Sends `req` and decodes its answer within `timeout`.
     async fn call<R>(&self, req: R, timeout: Duration) -> Result<R::IncomingResponse>
     where
-        R: OutgoingRequest<EndpointError = MxError>,
-        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
-        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+        R: Req<EndpointError = MxError>,
     {
         let (parts, body) = self.exchange(req, timeout).await?.into_parts();
-        decode(http::Response::from_parts(parts, body.as_slice())).map_err(|e| {
-            match (e, &self.config().devices) {
-                (E::Kicked(_), DevicePolicy::PerHandle(_)) => {
-                    E::Kicked(KickReason::Admin("the access token was revoked".into()))
-                }
-                (e, _) => e,
-            }
-        })
+        let response = decode(http::Response::from_parts(parts, body.as_slice()));
+        let revoked = || KickReason::Admin("the access token was revoked".into());
+        match (response, &self.config().devices) {
+            (Err(E::Kicked(_)), DevicePolicy::PerHandle(_)) => Err(E::Kicked(revoked())),
+            (response, _) => response,
+        }
     }
 
-    async fn req<R>(&self, req: R) -> Result<R::IncomingResponse>
-    where
-        R: OutgoingRequest<EndpointError = MxError>,
-        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
-        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
-    {
+    /// Sends `req` and decodes its answer within the request timeout.
+    async fn req<R: Req<EndpointError = MxError>>(&self, req: R) -> Result<R::IncomingResponse> {
         self.call(req, self.config().request_timeout).await
+    }
+
+    /// [`Api::req`] in the room of `conv`: a forbidden or unknown room means not a member.
+    async fn in_room<R>(&self, req: R, conv: &ConversationId) -> Result<R::IncomingResponse>
+    where
+        R: Req<EndpointError = MxError>,
+    {
+        self.req(req).await.map_err(|e| in_room(e, conv))
     }
 
     fn event_id(id: &ServerMsgId) -> Result<OwnedEventId> {
@@ -707,6 +651,10 @@ impl Api {
         self.req(req).await.map(|_| ())
     }
 
+    fn position_kind(&self) -> String {
+        format!("im.layers.position.{}", self.device)
+    }
+
     /// The stored offline position of this device.
     async fn position(&self) -> Result<Option<String>> {
         let position: Option<Value> = self.account_data(&self.position_kind()).await?;
@@ -714,9 +662,8 @@ impl Api {
     }
 
     async fn save_position(&self, token: &str) -> Result<()> {
-        let position = json!({ "next_batch": token });
-        self.set_account_data(&self.position_kind(), &position)
-            .await
+        let (kind, position) = (self.position_kind(), json!({ "next_batch": token }));
+        self.set_account_data(&kind, &position).await
     }
 
     /// `m.login.password` as `credentials` on `device` (`None`: a new one); the logged-in
@@ -728,9 +675,10 @@ impl Api {
         let mut req = login::v3::Request::new(info);
         req.device_id = device.map(Into::into);
         let resp = self.req(req).await?;
+        let (token, mxid) = (Some(resp.access_token), resp.user_id.to_string());
         Ok(Api {
-            token: Some(resp.access_token),
-            mxid: resp.user_id.to_string(),
+            token,
+            mxid,
             ..self.clone()
         })
     }
@@ -755,17 +703,8 @@ impl Api {
         }
     }
 
-    fn position_kind(&self) -> String {
-        format!("im.layers.position.{}", self.device)
-    }
-
     /// One `/sync` from `since`, waiting up to `wait`; `limit` timeline events per room.
-    async fn sync(
-        &self,
-        since: Option<&str>,
-        wait: Duration,
-        limit: u32,
-    ) -> Result<sync_events::v3::Response> {
+    async fn sync(&self, since: Option<&str>, wait: Duration, limit: u32) -> Result<SyncResponse> {
         let mut filter = FilterDefinition::default();
         filter.room.timeline.limit = Some(UInt::from(limit));
         filter.room.timeline.types = Some(vec!["m.room.message".into(), "m.room.redaction".into()]);
@@ -781,27 +720,22 @@ impl Api {
 
     /// The conversation of `room`, from what this handle knows, else from the room's
     /// alias or its two members.
-    async fn conversation_of(
-        &self,
-        known: &Mutex<Known>,
-        room: &RoomId,
-    ) -> Result<Option<ConversationId>> {
-        if let Some(c) = known.lock().rooms.get(room) {
+    async fn conversation_of(&self, room: &RoomId) -> Result<Option<ConversationId>> {
+        if let Some(c) = self.known.lock().rooms.get(room) {
             return Ok(Some(c.clone()));
         }
         let server = &self.config().server_name;
-        let from_direct = known
-            .lock()
-            .direct
-            .iter()
-            .find(|(_, rooms)| rooms.contains(room))
-            .map(|(peer, _)| ConversationId::direct(&self.me, &localpart(peer, server)));
-        let conversation = match from_direct {
-            Some(c) => Some(c),
+        let peer = {
+            let known = self.known.lock();
+            let peer = known.direct.iter().find(|(_, rooms)| rooms.contains(room));
+            peer.map(|(peer, _)| localpart(peer, server))
+        };
+        let conversation = match peer {
+            Some(peer) => Some(ConversationId::direct(&self.me, &peer)),
             None => self.probe(room).await?,
         };
         if let Some(c) = &conversation {
-            known.lock().rooms.insert(room.into(), c.clone());
+            self.known.lock().rooms.insert(room.into(), c.clone());
         }
         Ok(conversation)
     }
@@ -818,86 +752,74 @@ impl Api {
         {
             return Ok(Some(ConversationId::Group(g)));
         }
-        let members = self
-            .req(joined_members::v3::Request::new(room.into()))
-            .await?;
+        let req = joined_members::v3::Request::new(room.into());
+        let members = self.req(req).await?;
         let ids: Vec<&str> = members.joined.keys().map(|u| u.as_str()).collect();
         Ok(match ids.as_slice() {
             [a, b] if *a == self.mxid || *b == self.mxid => {
-                let peer = if *a == self.mxid { b } else { a };
-                let peer = localpart(peer, &config.server_name);
+                let peer = localpart(if *a == self.mxid { b } else { a }, &config.server_name);
                 Some(ConversationId::direct(&self.me, &peer))
             }
             _ => None,
         })
     }
 
+    /// The event `id` of `room` (`None`: unknown, or not visible to me).
+    async fn event(&self, room: &RoomId, id: &ServerMsgId) -> Result<Option<Ev>> {
+        let req = get_room_event::v3::Request::new(room.into(), Self::event_id(id)?);
+        match self.req(req).await {
+            Ok(r) => (r.event.deserialize_as_unchecked().map(Some))
+                .map_err(|e| E::Protocol(format!("event: {e}"))),
+            Err(E::Server { code: 404, .. } | E::AuthFailed(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The server's time of event `id` (this machine's clock if it cannot be read).
     async fn event_time(&self, room: &RoomId, id: &EventId) -> Timestamp {
-        let req = get_room_event::v3::Request::new(room.into(), id.into());
-        let event = self.req(req).await.map(|r| r.event);
-        let time = event.map(|e| e.get_field::<i64>("origin_server_ts"));
-        time.ok()
-            .and_then(|t| t.ok().flatten())
-            .map_or_else(now, Timestamp::from_millis)
+        let event = self.event(room, &ServerMsgId::new(id.as_str())).await;
+        let time = event.ok().flatten().map(|e| e.origin_server_ts);
+        time.map_or_else(now, Timestamp::from_millis)
     }
 
-    /// The event `id` of `room` as the contract sees it (`None`: not a message of ours).
-    async fn fetch(
+    /// Message `id` of `room` as the server has it now (`None`: no message of ours).
+    async fn message(
         &self,
         room: &RoomId,
-        conversation: &ConversationId,
+        conv: &ConversationId,
         id: &ServerMsgId,
-    ) -> Result<Option<Item>> {
-        let req = get_room_event::v3::Request::new(room.into(), Self::event_id(id)?);
-        let ev = match self.req(req).await {
-            Ok(r) => r.event,
-            Err(E::Server { code: 404, .. }) | Err(E::AuthFailed(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let ev: Ev = ev
-            .deserialize_as_unchecked()
-            .map_err(|e| E::Protocol(format!("event: {e}")))?;
-        Ok(to_item(&ev, conversation, &self.config().server_name))
+    ) -> Result<Option<Message>> {
+        let ev = self.event(room, id).await?;
+        Ok(ev.and_then(|ev| to_message(&ev, conv, &self.config().server_name)))
     }
 
-    /// What this handle knows of message `id`, else what the server says (`None`: no
-    /// message of ours).
+    /// The sender and time of message `id`: what this handle knows, else what the server
+    /// says (`None`: no message of ours).
     async fn lookup(
         &self,
-        known: &Mutex<Known>,
         room: &RoomId,
-        conversation: &ConversationId,
+        conv: &ConversationId,
         id: &ServerMsgId,
-    ) -> Result<Option<KnownMsg>> {
-        let hit = known.lock().messages.get(id.as_str()).cloned();
-        if hit.is_some() {
-            return Ok(hit);
+    ) -> Result<Option<(UserId, Timestamp)>> {
+        if let Some(hit) = self.known.lock().messages.get(id.as_str()) {
+            return Ok(Some(hit.clone()));
         }
-        Ok(match self.fetch(room, conversation, id).await? {
-            Some(Item::Msg(m, _)) => Some(KnownMsg {
-                sender: m.sender,
-                time: m.server_time,
-            }),
-            _ => None,
-        })
+        let message = self.message(room, conv, id).await?;
+        Ok(message.map(|m| (m.sender, m.server_time)))
     }
 
     /// Joins invited rooms (adding direct ones to `m.direct`) and maps one sync answer to
     /// items, room by room in stream order; `since` is the position it was asked from
-    /// (limited timelines are filled back to it). Returns the items and whether it joined.
-    async fn digest(
-        &self,
-        known: &Mutex<Known>,
-        resp: &sync_events::v3::Response,
-        since: Option<&str>,
-    ) -> Result<(Vec<Item>, bool)> {
+    /// (limited timelines are filled back to it). A change counts only when its author is
+    /// the message's sender (the server lets a room admin redact anything); echoes of this
+    /// handle's own reads are dropped. Returns the items and whether it joined a room.
+    async fn digest(&self, resp: &SyncResponse, since: Option<&str>) -> Result<(Vec<Item>, bool)> {
         let server = self.config().server_name.clone();
         for ev in &resp.account_data.events {
             if ev.get_field::<String>("type").ok().flatten().as_deref() == Some("m.direct")
                 && let Ok(Some(direct)) = ev.get_field::<Direct>("content")
             {
-                known.lock().direct = direct;
+                self.known.lock().direct = direct;
             }
         }
         for (room, invite) in &resp.rooms.invite {
@@ -906,23 +828,21 @@ impl Api {
                 .filter(|v| v["type"] == "m.room.member" && v["state_key"] == self.mxid.as_str())
                 .filter(|v| v["content"]["is_direct"] == true)
                 .find_map(|v| v["sender"].as_str().map(str::to_string));
-            self.req(join_room_by_id::v3::Request::new(room.clone()))
-                .await?;
+            let join = join_room_by_id::v3::Request::new(room.clone());
+            self.req(join).await?;
             if let Some(peer) = direct_from {
-                self.add_direct(known, &peer, room).await?;
+                self.add_direct(&peer, room).await?;
             }
         }
         let mut items = Vec::new();
         for (room, data) in &resp.rooms.join {
-            let Some(conversation) = self.conversation_of(known, room).await? else {
+            let Some(conv) = self.conversation_of(room).await? else {
                 continue;
             };
-            let mut events: Vec<Ev> = Vec::new();
-            if data.timeline.limited
-                && let (Some(from), Some(to)) = (&data.timeline.prev_batch, since)
-            {
-                events = self.backfill(room, from, to).await?;
-            }
+            let mut events = match (data.timeline.limited, &data.timeline.prev_batch, since) {
+                (true, Some(from), Some(to)) => self.backfill(room, from, to).await?,
+                _ => Vec::new(),
+            };
             for raw in &data.timeline.events {
                 match raw.deserialize_as_unchecked::<Ev>() {
                     Ok(ev) => events.push(ev),
@@ -930,41 +850,41 @@ impl Api {
                 }
             }
             for ev in events.iter().filter(|e| e.state_key.is_none()) {
-                match to_item(ev, &conversation, &server) {
+                match to_item(ev, &conv, &server) {
                     Some(Item::Msg(m, mine)) => {
-                        known.lock().learn(&m.server_id, &m.sender, m.server_time);
+                        self.known.lock().learn(&m);
                         items.push(Item::Msg(m, mine));
                     }
-                    // A change counts only when its author is the message's sender (the
-                    // server lets a room admin redact anything).
                     Some(Item::Change(c)) => {
-                        let msg = self.lookup(known, room, &conversation, &c.target).await?;
-                        if msg.is_some_and(|m| m.sender == c.by) {
+                        let msg = self.lookup(room, &conv, &c.target).await?;
+                        if msg.is_some_and(|(sender, _)| sender == c.by) {
                             items.push(Item::Change(c));
                         }
                     }
-                    Some(read) => items.push(read),
-                    None => {}
+                    _ => {}
                 }
             }
-            for raw in &data.ephemeral.events {
-                let Ok(v) = raw.deserialize_as_unchecked::<Value>() else {
-                    continue;
-                };
-                if v["type"] != "m.receipt" {
-                    continue;
-                }
+            let ephemeral = data.ephemeral.events.iter();
+            let ephemeral =
+                ephemeral.filter_map(|raw| raw.deserialize_as_unchecked::<Value>().ok());
+            for v in ephemeral.filter(|v| v["type"] == "m.receipt") {
                 for (event, reader, at) in receipts(&v["content"], &server) {
+                    if reader == self.me && self.known.lock().my_reads.contains(&event) {
+                        continue;
+                    }
                     let up_to = ServerMsgId::new(&event);
-                    let msg = self.lookup(known, room, &conversation, &up_to).await?;
-                    let Some(msg) = msg else { continue };
-                    items.push(Item::Read(ReadReceipt {
-                        conversation: conversation.clone(),
+                    let Some((_, up_to_time)) = self.lookup(room, &conv, &up_to).await? else {
+                        continue;
+                    };
+                    let conversation = conv.clone();
+                    let read = ReadReceipt {
+                        conversation,
                         reader,
                         up_to,
-                        up_to_time: msg.time,
+                        up_to_time,
                         at,
-                    }));
+                    };
+                    items.push(Item::Read(read));
                 }
             }
         }
@@ -973,8 +893,7 @@ impl Api {
 
     /// The events of `room` from `from` back to the position `to`, oldest first.
     async fn backfill(&self, room: &RoomId, from: &str, to: &str) -> Result<Vec<Ev>> {
-        let mut out = Vec::new();
-        let mut from = from.to_string();
+        let (mut out, mut from) = (Vec::new(), from.to_string());
         for _ in 0..50 {
             let mut req = get_message_events::v3::Request::new(room.into(), Direction::Backward);
             req.from = Some(from.clone());
@@ -993,7 +912,7 @@ impl Api {
     }
 
     /// Adds `room` to my `m.direct` for `peer` (read, modify, write).
-    async fn add_direct(&self, known: &Mutex<Known>, peer: &str, room: &RoomId) -> Result<()> {
+    async fn add_direct(&self, peer: &str, room: &RoomId) -> Result<()> {
         let mut direct: Direct = self.account_data("m.direct").await?.unwrap_or_default();
         if direct
             .entry(peer.to_string())
@@ -1002,10 +921,264 @@ impl Api {
         {
             self.set_account_data("m.direct", &direct).await?;
         }
-        known.lock().direct = direct;
+        self.known.lock().direct = direct;
         Ok(())
     }
+
+    /// The room of `conv` (`None`: there is none and `create` is false); `create` makes a
+    /// direct room when there is none.
+    async fn room_for(&self, conv: &ConversationId, create: bool) -> Result<Option<OwnedRoomId>> {
+        let config = self.config();
+        let peer = match conv {
+            ConversationId::Group(g) => {
+                let alias = group_alias(&config.group_alias_prefix, g, &config.server_name);
+                let alias = ruma::OwnedRoomAliasId::try_from(alias)
+                    .map_err(|e| E::InvalidRequest(format!("bad group id {g}: {e}")))?;
+                let req = get_alias::v3::Request::new(alias);
+                let room = self.in_room(req, conv).await?.room_id;
+                (self.known.lock().rooms).insert(room.clone(), conv.clone());
+                return Ok(Some(room));
+            }
+            ConversationId::Direct { .. } => conv
+                .peer_of(&self.me)
+                .ok_or_else(|| E::InvalidRequest(format!("{} is not in {conv}", self.me)))?,
+        };
+        let peer_id = self.mxid_of(peer)?;
+        // The lowest room id: both sides of a simultaneous creation pick the same.
+        let pick = || (self.known.lock().direct.get(peer_id.as_str())?.first()).cloned();
+        if let Some(room) = pick() {
+            return Ok(Some(room));
+        }
+        // My `m.direct` as stored, and rooms the peer made and invited me to (joined
+        // rather than making one).
+        if let Some(direct) = self.account_data("m.direct").await? {
+            self.known.lock().direct = direct;
+        }
+        let invites = self.sync(None, Duration::ZERO, 0).await?;
+        self.digest(&invites, None).await?;
+        if let Some(room) = pick() {
+            return Ok(Some(room));
+        } else if !create {
+            return Ok(None);
+        }
+        let profile = self
+            .req(get_profile::v3::Request::new(peer_id.clone()))
+            .await;
+        match profile {
+            Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer.clone())),
+            other => other?,
+        };
+        let mut req = create_room::v3::Request::new();
+        req.is_direct = true;
+        req.invite = vec![peer_id.clone()];
+        req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
+        let room = self.req(req).await?.room_id;
+        (self.known.lock().rooms).insert(room.clone(), conv.clone());
+        self.add_direct(peer_id.as_str(), &room).await?;
+        Ok(pick().or(Some(room)))
+    }
+
+    /// Runs the offline pass: syncs from the position until no invite is left to join; the
+    /// pass (current state, my own messages left out) and the sync token it ends at.
+    async fn offline_pass(&self, position: Option<String>) -> Result<(String, OfflinePass)> {
+        let (mut since, mut items) = (position, Vec::new());
+        let limit = self.config().sync_timeline_limit;
+        for _ in 0..4 {
+            let resp = self.sync(since.as_deref(), Duration::ZERO, limit).await?;
+            let (got, joined) = self.digest(&resp, since.as_deref()).await?;
+            items.extend(got);
+            since = Some(resp.next_batch);
+            if !joined {
+                break;
+            }
+        }
+        let (mut messages, mut later) = (Vec::<Message>::new(), Vec::new());
+        let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
+        for item in items {
+            match item {
+                Item::Msg(m, _) if m.sender == self.me || index.contains_key(&m.server_id) => {}
+                Item::Msg(m, _) => {
+                    index.insert(m.server_id.clone(), messages.len());
+                    messages.push(m);
+                }
+                Item::Change(c) => match index.get(&c.target) {
+                    Some(&i) => {
+                        if let Some(changed) = c.apply(&messages[i]) {
+                            messages[i] = changed;
+                        }
+                    }
+                    None => later.push(VendorEvent::MessageChanged(c)),
+                },
+                Item::Read(r) => later.push(VendorEvent::ReadReceipt(r)),
+            }
+        }
+        // Stream order within a room, merged across rooms by the message's time (stable).
+        let pass = OfflinePass::new(messages, later, FirstChunk::Newest);
+        Ok((since.unwrap_or_default(), pass))
+    }
+
+    /// Sends the `m.room.message` event `body` to `room` as transaction `txn`.
+    async fn send_event(
+        &self,
+        room: OwnedRoomId,
+        conversation: &ConversationId,
+        txn: &ClientMsgId,
+        body: &Value,
+    ) -> Result<OwnedEventId> {
+        let raw = Raw::new(body).map_err(|e| E::Protocol(e.to_string()))?;
+        let (txn, kind) = (txn.as_str().into(), "m.room.message".into());
+        let req = send_message_event::v3::Request::new_raw(room, txn, kind, raw.cast_unchecked());
+        Ok(self.in_room(req, conversation).await?.event_id)
+    }
+
+    /// Recalls or edits `target` as this handle's user, once the lifecycle policy allows it.
+    async fn change(
+        &self,
+        conv: &ConversationId,
+        target: &ServerMsgId,
+        kind: ChangeKind,
+    ) -> Result<MessageChange> {
+        let unknown = || E::ChangeRefused(ChangeRefusal::UnknownMessage);
+        let room = self.room_for(conv, false).await?.ok_or_else(unknown)?;
+        let message = self.message(&room, conv, target).await?;
+        let message = message.ok_or_else(unknown)?;
+        let policy = self.config().lifecycle.sender_only();
+        (policy.check(&message, &kind, &self.me, now())).map_err(E::ChangeRefused)?;
+        let event_id = match &kind {
+            ChangeKind::Edited(content) => {
+                let txn = ClientMsgId::generate();
+                let new = content_json(content, &txn, now())?;
+                let mut body = new.clone();
+                if let Some(b) = new["body"].as_str() {
+                    body["body"] = json!(format!("* {b}"));
+                }
+                body["m.new_content"] = new;
+                body["m.relates_to"] =
+                    json!({ "rel_type": "m.replace", "event_id": target.as_str() });
+                self.send_event(room.clone(), conv, &txn, &body).await?
+            }
+            _ => {
+                let txn = ClientMsgId::generate().as_str().into();
+                let req = redact_event::v3::Request::new(room.clone(), Api::event_id(target)?, txn);
+                self.in_room(req, conv).await?.event_id
+            }
+        };
+        // The server's time of the change: what every receiver derives its revision from.
+        let at = self.event_time(&room, &event_id).await;
+        let (target, by) = (target.clone(), self.me.clone());
+        Ok(MessageChange::timed(conv, target, kind, by, at))
+    }
+
+    /// One page of `room`, newest first: `/messages` backwards from the cursor, or from the
+    /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`. Each
+    /// request asks for no more events than the page still lacks, so a full page ends with a
+    /// whole chunk and the next page starts at its end token.
+    async fn page(
+        &self,
+        room: &RoomId,
+        conv: &ConversationId,
+        (from, to): Range,
+        mut token: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
+        if let (None, Some(to)) = (&token, to) {
+            let ms = UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default();
+            let (ts, back) = (MilliSecondsSinceUnixEpoch(ms), Direction::Backward);
+            let req = get_event_by_timestamp::v1::Request::new(room.into(), ts, back);
+            let found = match self.req(req).await {
+                Ok(found) => found.event_id,
+                // No event before `to`: the range is empty.
+                Err(E::Server { code: 404, .. }) => return Ok((Vec::new(), None)),
+                Err(e) => return Err(in_room(e, conv)),
+            };
+            let mut ctx = get_context::v3::Request::new(room.into(), found);
+            ctx.limit = UInt::from(0u32);
+            token = self.req(ctx).await?.end;
+        }
+        let (mut out, server) = (Vec::new(), &self.config().server_name);
+        loop {
+            let mut req = get_message_events::v3::Request::new(room.into(), Direction::Backward);
+            req.from = token;
+            req.limit = UInt::try_from((limit - out.len()).min(100) as u64).unwrap_or_default();
+            req.filter.types = Some(vec!["m.room.message".into()]);
+            let resp = self.in_room(req, conv).await?;
+            let events = resp
+                .chunk
+                .iter()
+                .filter_map(|raw| raw.deserialize_as_unchecked().ok());
+            for m in events.filter_map(|ev| to_message(&ev, conv, server)) {
+                if from.is_some_and(|f| m.server_time < f) {
+                    return Ok((out, None));
+                }
+                if to.is_none_or(|t| m.server_time < t) {
+                    self.known.lock().learn(&m);
+                    out.push(m);
+                }
+            }
+            token = resp.end.filter(|_| !resp.chunk.is_empty());
+            match &token {
+                Some(t) if out.len() == limit => {
+                    return Ok((out, Some(PageCursor(format!("mx1:0:{t}")))));
+                }
+                Some(_) => {}
+                None => return Ok((out, None)),
+            }
+        }
+    }
+
+    /// History across all joined rooms: each room's newest page, merged newest first. A
+    /// cursor here is `mx1:{count}:{millis}`: continue before that time, skipping the
+    /// `count` messages of exactly that time already returned.
+    async fn history_all(
+        &self,
+        (from, to): Range,
+        cursor: Option<(usize, String)>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
+        let (skip_at, to) = match &cursor {
+            Some((n, ms)) => {
+                let bad = |_| E::InvalidRequest("not a history cursor of this vendor".into());
+                let ms: i64 = ms.parse().map_err(bad)?;
+                (Some((*n, ms)), Some(Timestamp::from_millis(ms + 1)))
+            }
+            None => (None, to),
+        };
+        let (mut all, want) = (Vec::new(), limit + skip_at.map_or(0, |(n, _)| n));
+        let rooms = self
+            .req(joined_rooms::v3::Request::new())
+            .await?
+            .joined_rooms;
+        for room in rooms {
+            if let Some(conv) = self.conversation_of(&room).await? {
+                all.extend(self.page(&room, &conv, (from, to), None, want).await?.0);
+            }
+        }
+        // Stable: messages of the same time keep their room's stream order (rooms in the
+        // server's order), never an order by id.
+        all.sort_by_key(|m| std::cmp::Reverse(m.server_time));
+        let (n, ms) = skip_at.unwrap_or_default();
+        let mut seen = 0;
+        all.retain(|m| {
+            let skip = m.server_time.as_millis() == ms && seen < n;
+            seen += usize::from(skip);
+            !skip
+        });
+        let more = all.len() > limit;
+        all.truncate(limit);
+        let next = all.last().filter(|_| more).map(|last| {
+            let at = last.server_time.as_millis();
+            let same = all.iter().filter(|m| m.server_time.as_millis() == at);
+            let carried = if ms == at { n } else { 0 };
+            PageCursor(format!("mx1:{}:{at}", same.count() + carried))
+        });
+        Ok((all, next))
+    }
 }
+
+type SyncResponse = sync_events::v3::Response;
+
+/// A time range `[from, to)`, each end open when `None`.
+type Range = (Option<Timestamp>, Option<Timestamp>);
 
 fn transport(e: reqwest::Error, timeout: Duration) -> E {
     if e.is_timeout() {
@@ -1017,26 +1190,8 @@ fn transport(e: reqwest::Error, timeout: Duration) -> E {
     }
 }
 
-/// Reads a response body, at most `max` bytes (else a `Protocol` error).
-async fn read_bounded(
-    mut resp: reqwest::Response,
-    max: usize,
-    timeout: Duration,
-) -> Result<Vec<u8>> {
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(E::Protocol(format!("response over {max} bytes")));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(e, timeout))? {
-        if body.len() + chunk.len() > max {
-            return Err(E::Protocol(format!("response over {max} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// Cursor of a history page: `mx1:{skip}:{token}` (skip that many messages from the token).
+/// Cursor of a page: `mx1:{count}:{position}`, a `/messages` or `/sync` token and how many
+/// items from it were returned already (history across rooms: a time in milliseconds).
 fn parse_cursor(c: &PageCursor) -> Result<(usize, String)> {
     let bad = || E::InvalidRequest(format!("not a history cursor of this vendor: {:?}", c.0));
     let rest = c.0.strip_prefix("mx1:").ok_or_else(bad)?;
@@ -1049,78 +1204,10 @@ impl MatrixClient {
     fn api(&self) -> Result<Api> {
         let s = self.session.lock();
         let s = s.as_ref().ok_or(E::NotLoggedIn)?;
-        match s.ended.lock().clone() {
+        match s.api.ended.lock().clone() {
             Some(e) => Err(e),
             None => Ok(s.api.clone()),
         }
-    }
-
-    fn check_size(&self, content: &Content) -> Result<()> {
-        let (size, max) = (content.size(), self.shared.capabilities.max_message_bytes);
-        match size > max {
-            true => Err(E::MessageTooLarge { size, max }),
-            false => Ok(()),
-        }
-    }
-
-    /// The room of `conversation` (`None`: there is none and `create` is false); `create`
-    /// makes a direct room when there is none.
-    async fn room_for(
-        &self,
-        api: &Api,
-        conversation: &ConversationId,
-        create: bool,
-    ) -> Result<Option<OwnedRoomId>> {
-        let config = &self.shared.config;
-        let peer = match conversation {
-            ConversationId::Group(g) => {
-                let alias = group_alias(&config.group_alias_prefix, g, &config.server_name);
-                let alias = ruma::OwnedRoomAliasId::try_from(alias)
-                    .map_err(|e| E::InvalidRequest(format!("bad group id {g}: {e}")))?;
-                let resp = api.req(get_alias::v3::Request::new(alias)).await;
-                let room = resp.map_err(|e| in_room(e, conversation))?.room_id;
-                self.known.lock().remember(&room, conversation);
-                return Ok(Some(room));
-            }
-            ConversationId::Direct { .. } => conversation
-                .peer_of(&api.me)
-                .ok_or_else(|| E::InvalidRequest(format!("{} is not in {conversation}", api.me)))?,
-        };
-        let peer_id = api.mxid_of(peer)?;
-        // The lowest room id: both sides of a simultaneous creation pick the same.
-        let pick = |k: &Known| k.direct.get(peer_id.as_str())?.first().cloned();
-        if let Some(room) = pick(&self.known.lock()) {
-            return Ok(Some(room));
-        }
-        if let Some(direct) = api.account_data("m.direct").await? {
-            self.known.lock().direct = direct;
-        }
-        if let Some(room) = pick(&self.known.lock()) {
-            return Ok(Some(room));
-        }
-        // The peer may have made a room and invited me: join it rather than make one.
-        let invites = api.sync(None, Duration::ZERO, 0).await?;
-        api.digest(&self.known, &invites, None).await?;
-        if let Some(room) = pick(&self.known.lock()) {
-            return Ok(Some(room));
-        }
-        if !create {
-            return Ok(None);
-        }
-        let profile = get_profile::v3::Request::new(peer_id.clone());
-        match api.req(profile).await {
-            Err(E::Server { code: 404, .. }) => return Err(E::UnknownUser(peer.clone())),
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        let mut req = create_room::v3::Request::new();
-        req.is_direct = true;
-        req.invite = vec![peer_id.clone()];
-        req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
-        let room = api.req(req).await?.room_id;
-        self.known.lock().remember(&room, conversation);
-        api.add_direct(&self.known, peer_id.as_str(), &room).await?;
-        Ok(pick(&self.known.lock()).or(Some(room)))
     }
 
     /// Creates the group room `group` (alias from the group id) and invites `members`;
@@ -1130,12 +1217,9 @@ impl MatrixClient {
         let api = self.api()?;
         let config = &self.shared.config;
         let alias = group_alias(&config.group_alias_prefix, group, &config.server_name);
-        let local = alias
-            .trim_start_matches('#')
-            .trim_end_matches(&format!(":{}", config.server_name))
-            .to_string();
         let mut req = create_room::v3::Request::new();
-        req.room_alias_name = Some(local);
+        // The alias's localpart: `:` is escaped in it, so the first `:` ends it.
+        req.room_alias_name = alias[1..].split(':').next().map(str::to_string);
         req.name = Some(group.to_string());
         req.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         let others = members.iter().filter(|m| **m != api.me);
@@ -1150,215 +1234,93 @@ impl MatrixClient {
     pub async fn join_group(&self, group: &GroupId) -> Result<()> {
         let api = self.api()?;
         let conversation = ConversationId::Group(group.clone());
-        let room = self.room_for(&api, &conversation, false).await?;
+        let room = api.room_for(&conversation, false).await?;
         let room = room.ok_or(E::NotMember(conversation.clone()))?;
-        api.req(join_room_by_id::v3::Request::new(room))
-            .await
-            .map_err(|e| in_room(e, &conversation))?;
-        Ok(())
+        let req = join_room_by_id::v3::Request::new(room);
+        api.in_room(req, &conversation).await.map(|_| ())
     }
 
-    /// Runs the offline pass: syncs from the position until no invite is left to join.
-    async fn offline_pass(&self, api: &Api, position: Option<String>) -> Result<Pass> {
-        let mut since = position.clone();
-        let mut items = Vec::new();
-        let limit = self.shared.config.sync_timeline_limit;
-        for _ in 0..4 {
-            let resp = api.sync(since.as_deref(), Duration::ZERO, limit).await?;
-            let (got, joined) = api.digest(&self.known, &resp, since.as_deref()).await?;
-            items.extend(got);
-            since = Some(resp.next_batch.clone());
-            if !joined {
-                break;
-            }
+    /// Makes `token` the offline position: every batch of the pass it ends is acknowledged.
+    async fn commit(&self, api: &Api, token: Option<String>) -> Result<()> {
+        let Some(token) = token else { return Ok(()) };
+        if let Some(s) = self.session.lock().as_mut() {
+            s.position = Some(token.clone());
         }
-        let next_batch = since.unwrap_or_default();
-        let mut messages: Vec<Message> = Vec::new();
-        let mut later = Vec::new();
-        let mut index: HashMap<ServerMsgId, usize> = HashMap::new();
-        for item in items {
-            match item {
-                Item::Msg(m, _) if m.sender == api.me || index.contains_key(&m.server_id) => {}
-                Item::Msg(m, _) => {
-                    index.insert(m.server_id.clone(), messages.len());
-                    messages.push(m);
-                }
-                Item::Change(c) => match index.get(&c.target) {
-                    Some(&i) => {
-                        if let Some(changed) = c.apply(&messages[i]) {
-                            messages[i] = changed;
-                        }
-                    }
-                    None => later.push(VendorEvent::MessageChanged(c)),
-                },
-                Item::Read(r) if self.known.lock().is_my_read(&r) => {}
-                Item::Read(r) => later.push(VendorEvent::ReadReceipt(r)),
-            }
-        }
-        // Stream order within a room; across rooms by the message's time (stable).
-        messages.sort_by_key(|m| m.server_time);
-        Ok(Pass {
-            next_batch,
-            remaining: messages,
-            acks: HashSet::new(),
-            later,
-            committed: false,
-        })
-    }
-
-    /// Stores the pass's position once all its batches are acknowledged.
-    async fn commit_if_done(&self) -> Result<()> {
-        let (api, token) = {
-            let mut s = self.session.lock();
-            let s = s.as_mut().ok_or(E::NotLoggedIn)?;
-            let Some(p) = s.pass.as_mut() else {
-                return Ok(());
-            };
-            if p.committed || !p.remaining.is_empty() || !p.acks.is_empty() {
-                return Ok(());
-            }
-            p.committed = true;
-            s.position = Some(p.next_batch.clone());
-            (s.api.clone(), p.next_batch.clone())
-        };
         api.save_position(&token).await
     }
-
-    /// Sends the `m.room.message` event `body` to `room` as transaction `txn`.
-    async fn send_event(
-        api: &Api,
-        room: OwnedRoomId,
-        conversation: &ConversationId,
-        txn: &ClientMsgId,
-        body: &Value,
-    ) -> Result<OwnedEventId> {
-        let raw = Raw::new(body).map_err(|e| E::Protocol(e.to_string()))?;
-        let (txn, kind) = (txn.as_str().into(), "m.room.message".into());
-        let req = send_message_event::v3::Request::new_raw(room, txn, kind, raw.cast_unchecked());
-        let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
-        Ok(resp.event_id)
-    }
-
-    /// Recalls or edits `target` as this handle's user, once the lifecycle policy allows it.
-    async fn change_message(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-        kind: ChangeKind,
-    ) -> Result<MessageChange> {
-        let api = self.api()?;
-        let unknown = || E::ChangeRefused(ChangeRefusal::UnknownMessage);
-        let room = self.room_for(&api, conversation, false).await?;
-        let room = room.ok_or_else(unknown)?;
-        let Some(Item::Msg(message, _)) = api.fetch(&room, conversation, target).await? else {
-            return Err(unknown());
-        };
-        let policy = self.lifecycle();
-        (policy.check(&message, &kind, &api.me, now())).map_err(E::ChangeRefused)?;
-        let event_id = match &kind {
-            ChangeKind::Edited(content) => {
-                let txn = ClientMsgId::generate();
-                let new = content_json(content, &txn, now())?;
-                let mut body = new.clone();
-                if let Some(b) = new["body"].as_str() {
-                    body["body"] = json!(format!("* {b}"));
-                }
-                body["m.new_content"] = new;
-                body["m.relates_to"] =
-                    json!({ "rel_type": "m.replace", "event_id": target.as_str() });
-                Self::send_event(&api, room.clone(), conversation, &txn, &body).await?
-            }
-            _ => {
-                let txn = new_id().as_str().into();
-                let req = redact_event::v3::Request::new(room.clone(), Api::event_id(target)?, txn);
-                let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
-                resp.event_id
-            }
-        };
-        // The server's time of the change: what every receiver derives its revision from.
-        let at = api.event_time(&room, &event_id).await;
-        Ok(change(
-            conversation,
-            target.clone(),
-            kind,
-            api.me.clone(),
-            at,
-        ))
-    }
 }
 
-/// Asks every `session_check` whether the session still stands; ends it with an event when
-/// the server revoked the token (another login of the shared device).
-async fn watch(api: Api, ended: Arc<Mutex<Option<E>>>, events: mpsc::UnboundedSender<VendorEvent>) {
-    loop {
-        tokio::time::sleep(api.config().session_check).await;
-        if ended.lock().is_some() {
-            return;
-        }
-        if let Err(e @ (E::Kicked(_) | E::TokenExpired)) = api.req(whoami::v3::Request::new()).await
-        {
-            end(&ended, &events, e);
-            return;
-        }
-    }
-}
-
-/// Records why the session ended and tells the client, once.
-fn end(ended: &Mutex<Option<E>>, events: &mpsc::UnboundedSender<VendorEvent>, e: E) {
-    let event = match &e {
-        E::TokenExpired => VendorEvent::TokenExpired,
-        E::Kicked(r) => VendorEvent::Kicked(r.clone()),
-        other => VendorEvent::ConnectionLost {
-            reason: other.to_string(),
-        },
-    };
-    let mut ended = ended.lock();
-    if ended.is_none() {
-        *ended = Some(match e {
-            E::TokenExpired | E::Kicked(_) => e,
-            other => E::ConnectionLost(other.to_string()),
-        });
-        let _ = events.send(event);
-    }
-}
-
-/// The long-poll loop of one session: pushes what each sync brings, moves the position.
-async fn live(
-    api: Api,
-    known: Arc<Mutex<Known>>,
-    mut since: String,
-    events: mpsc::UnboundedSender<VendorEvent>,
-    ended: Arc<Mutex<Option<E>>>,
-) {
-    let (wait, limit) = (api.config().sync_timeout, api.config().sync_timeline_limit);
-    loop {
-        let step = async {
-            let resp = api.sync(Some(&since), wait, limit).await?;
-            let (items, _) = api.digest(&known, &resp, Some(&since)).await?;
-            Ok::<_, E>((items, resp.next_batch))
-        };
-        let (items, next) = match step.await {
-            Ok(r) => r,
-            Err(e) => return end(&ended, &events, e),
-        };
-        let mut delivered = false;
-        for item in items {
-            let event = match item {
-                Item::Msg(_, true) => continue,
-                Item::Msg(m, false) => VendorEvent::MessagePushed(m),
-                Item::Change(c) => VendorEvent::MessageChanged(c),
-                Item::Read(r) if r.reader == api.me && known.lock().is_my_read(&r) => continue,
-                Item::Read(r) => VendorEvent::ReadReceipt(r),
-            };
-            delivered = true;
-            if events.send(event).is_err() {
+impl Api {
+    /// Asks every `session_check` whether the session still stands; ends it with an event
+    /// when the server revoked the token (another login of the shared device).
+    async fn watch(self) {
+        loop {
+            tokio::time::sleep(self.config().session_check).await;
+            if self.ended.lock().is_some() {
                 return;
             }
+            let answer = self.req(whoami::v3::Request::new()).await;
+            if let Err(e @ (E::Kicked(_) | E::TokenExpired)) = answer {
+                return self.end(e);
+            }
         }
-        since = next;
-        if delivered {
-            // Delivered on the long connection: not offline any more (best effort).
-            let _ = api.save_position(&since).await;
+    }
+
+    /// Records why the session ended and tells the client, once.
+    fn end(&self, e: E) {
+        let (event, e) = match e {
+            E::TokenExpired => (VendorEvent::TokenExpired, e),
+            E::Kicked(r) => (VendorEvent::Kicked(r.clone()), E::Kicked(r)),
+            other => {
+                let reason = other.to_string();
+                let event = VendorEvent::ConnectionLost {
+                    reason: reason.clone(),
+                };
+                (event, E::ConnectionLost(reason))
+            }
+        };
+        let mut ended = self.ended.lock();
+        if ended.is_none() {
+            *ended = Some(e);
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// The long-poll loop of one session: pushes what each sync brings (my own messages
+    /// only from my other devices), moves the position past what it delivered.
+    async fn live(self, mut since: String) {
+        let (wait, limit) = (
+            self.config().sync_timeout,
+            self.config().sync_timeline_limit,
+        );
+        loop {
+            let step = async {
+                let resp = self.sync(Some(&since), wait, limit).await?;
+                let (items, _) = self.digest(&resp, Some(&since)).await?;
+                Ok::<_, E>((items, resp.next_batch))
+            };
+            let (items, next) = match step.await {
+                Ok(r) => r,
+                Err(e) => return self.end(e),
+            };
+            let mut delivered = false;
+            for item in items {
+                let event = match item {
+                    Item::Msg(_, true) => continue,
+                    Item::Msg(m, false) => VendorEvent::MessagePushed(m),
+                    Item::Change(c) => VendorEvent::MessageChanged(c),
+                    Item::Read(r) => VendorEvent::ReadReceipt(r),
+                };
+                delivered = true;
+                if self.events.send(event).is_err() {
+                    return;
+                }
+            }
+            since = next;
+            if delivered {
+                // Delivered on the long connection: not offline any more (best effort).
+                let _ = self.save_position(&since).await;
+            }
         }
     }
 }
@@ -1380,13 +1342,16 @@ impl Vendor for MatrixClient {
 
     async fn login(&self, credentials: &Credentials) -> Result<Session> {
         drop(self.session.lock().take());
-        let server = self.shared.config.server_name.clone();
+        let server = &self.shared.config.server_name;
         let api = Api {
             shared: self.shared.clone(),
+            known: self.known.clone(),
             token: None,
             me: credentials.user.clone(),
             mxid: format!("@{}:{server}", credentials.user),
             device: self.device.clone(),
+            events: self.events_tx.clone(),
+            ended: Arc::new(Mutex::new(None)),
         };
         let shared_device = matches!(self.shared.config.devices, DevicePolicy::Shared(_));
         if shared_device {
@@ -1403,23 +1368,20 @@ impl Vendor for MatrixClient {
         if let Some(direct) = api.account_data("m.direct").await? {
             self.known.lock().direct = direct;
         }
-        let ended = Arc::new(Mutex::new(None));
         // Nothing tells a Matrix client that its token was revoked until it asks: with a
         // shared device a watcher asks, so a kick is an event even before `go_online`.
-        let watch = shared_device
-            .then(|| tokio::spawn(watch(api.clone(), ended.clone(), self.events_tx.clone())));
+        let watch = shared_device.then(|| tokio::spawn(api.clone().watch()));
         *self.session.lock() = Some(Sess {
             api,
             position,
             pass: None,
             live: None,
             watch,
-            ended,
         });
         Ok(Session {
             user: credentials.user.clone(),
             token_expires_at: None,
-            session_id: format!("{}/{}", self.device, new_id()),
+            session_id: format!("{}/{}", self.device, ClientMsgId::generate()),
             server_time: None,
         })
     }
@@ -1437,19 +1399,17 @@ impl Vendor for MatrixClient {
 
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
         let (api, client_id) = (self.api()?, &message.client_id);
-        self.check_size(&message.content)?;
+        self.shared.capabilities.check_size(&message.content)?;
         let body = content_json(&message.content, client_id, message.client_time)?;
         if let Some(r) = self.known.lock().sent.get(client_id) {
-            return Ok(SendReceipt {
-                duplicate: true,
-                ..r.clone()
-            });
+            return Ok(r.as_duplicate());
         }
         let conversation = &message.conversation;
-        let room = self.room_for(&api, conversation, true).await?;
+        let room = api.room_for(conversation, true).await?;
         let room = room.ok_or(E::NotMember(conversation.clone()))?;
         let attempted = self.known.lock().attempted.insert(client_id.clone());
-        let event_id = Self::send_event(&api, room.clone(), conversation, client_id, &body).await?;
+        let sent = api.send_event(room.clone(), conversation, client_id, &body);
+        let event_id = sent.await?;
         let server_id = ServerMsgId::new(event_id.as_str());
         // The stored event's time (the ordering clock), not this machine's.
         let server_time = api.event_time(&room, &event_id).await;
@@ -1461,7 +1421,8 @@ impl Vendor for MatrixClient {
         };
         let mut known = self.known.lock();
         (known.sent).insert(client_id.clone(), receipt.clone());
-        known.learn(&server_id, &api.me, server_time);
+        let id = server_id.to_string();
+        known.messages.insert(id, (api.me.clone(), server_time));
         Ok(receipt)
     }
 
@@ -1473,61 +1434,45 @@ impl Vendor for MatrixClient {
             s.pass.is_none().then(|| s.position.clone())
         };
         if let Some(position) = position {
-            let pass = self.offline_pass(&api, position).await?;
+            let pass = api.offline_pass(position).await?;
             if let Some(s) = self.session.lock().as_mut() {
                 s.pass.get_or_insert(pass);
             }
         }
-        let batch = {
+        let (batch, settled) = {
             let mut s = self.session.lock();
             let pass = s.as_mut().and_then(|s| s.pass.as_mut());
-            let pass = pass.ok_or(E::NotLoggedIn)?;
-            let take = (max.max(1) as usize).min(pass.remaining.len());
-            let from = pass.remaining.len() - take;
-            let mut messages: Vec<Message> = pass.remaining.drain(from..).collect();
-            messages.reverse();
-            let ack = (!messages.is_empty()).then(|| OfflineAck { token: new_id() });
-            if let Some(a) = &ack {
-                pass.acks.insert(a.token.clone());
-            }
-            let left = pass.remaining.len() as u64;
-            OfflineBatch {
-                left,
-                ack,
-                messages,
-            }
+            let (token, pass) = pass.ok_or(E::NotLoggedIn)?;
+            (pass.batch(max), pass.settle().then(|| token.clone()))
         };
-        self.commit_if_done().await?;
+        self.commit(&api, settled).await?;
         Ok(batch)
     }
 
     async fn ack_offline(&self, ack: &OfflineAck) -> Result<()> {
-        self.api()?;
-        let known = {
+        let api = self.api()?;
+        let settled = {
             let mut s = self.session.lock();
             let pass = s.as_mut().and_then(|s| s.pass.as_mut());
-            pass.is_some_and(|p| p.acks.remove(&ack.token))
+            let token = pass.as_ref().map(|(token, _)| token.clone());
+            let settled = offline::ack(pass.map(|(_, p)| p), ack)?;
+            token.filter(|_| settled)
         };
-        if !known {
-            let token = &ack.token;
-            return Err(E::InvalidRequest(format!("unknown offline ack {token:?}")));
-        }
-        self.commit_if_done().await
+        self.commit(&api, settled).await
     }
 
     async fn go_online(&self) -> Result<()> {
         let api = self.api()?;
-        let (start, later, ended) = {
+        let (start, later) = {
             let mut s = self.session.lock();
             let s = s.as_mut().ok_or(E::NotLoggedIn)?;
             if s.live.is_some() {
                 return Ok(());
             }
-            let (start, later) = match s.pass.as_mut() {
-                Some(p) => (Some(p.next_batch.clone()), std::mem::take(&mut p.later)),
+            match s.pass.as_mut() {
+                Some((token, p)) => (Some(token.clone()), std::mem::take(&mut p.later)),
                 None => (s.position.clone(), Vec::new()),
-            };
-            (start, later, s.ended.clone())
+            }
         };
         let start = match start {
             Some(s) => s,
@@ -1536,8 +1481,7 @@ impl Vendor for MatrixClient {
         for event in later {
             let _ = self.events_tx.send(event);
         }
-        let (known, events) = (self.known.clone(), self.events_tx.clone());
-        let task = tokio::spawn(live(api, known, start, events, ended));
+        let task = tokio::spawn(api.live(start));
         match self.session.lock().as_mut() {
             Some(s) => s.live = Some(task),
             None => task.abort(),
@@ -1550,24 +1494,18 @@ impl Vendor for MatrixClient {
         if query.limit == 0 {
             return Err(E::InvalidRequest("history page of 0 messages".into()));
         }
-        let (from, to) = match query.range {
-            HistoryRange::Latest => (None, None),
-            HistoryRange::Time { from, to } => (Some(from), Some(to)),
-            HistoryRange::Seq { .. } => return Err(E::Unsupported(Capability::HistoryBySeq)),
-        };
+        let range = query.time_bounds()?;
         let cursor = query.cursor.as_ref().map(parse_cursor).transpose()?;
         let limit = query.limit.min(self.shared.capabilities.history_page_max) as usize;
-        let conversation = match &query.scope {
-            HistoryScope::Conversation(c) => c,
-            HistoryScope::All => return self.history_all(&api, from, to, cursor, limit).await,
-        };
-        let (messages, next) = match self.room_for(&api, conversation, false).await? {
-            Some(room) => {
-                let range = (from, to);
-                self.page(&api, &room, conversation, range, cursor, limit)
-                    .await?
-            }
-            None => (Vec::new(), None),
+        let (messages, next) = match &query.scope {
+            HistoryScope::All => api.history_all(range, cursor, limit).await?,
+            HistoryScope::Conversation(c) => match api.room_for(c, false).await? {
+                Some(room) => {
+                    let token = cursor.map(|(_, token)| token);
+                    api.page(&room, c, range, token, limit).await?
+                }
+                None => (Vec::new(), None),
+            },
         };
         Ok(HistoryPage {
             messages,
@@ -1585,60 +1523,40 @@ impl Vendor for MatrixClient {
 
     async fn mark_read(&self, conversation: &ConversationId, up_to: &ServerMsgId) -> Result<()> {
         let api = self.api()?;
-        let room = self.room_for(&api, conversation, false).await?;
+        let room = api.room_for(conversation, false).await?;
         let room = room.ok_or(E::NotMember(conversation.clone()))?;
         self.known.lock().my_reads.insert(up_to.to_string());
         let event = OwnedEventId::try_from(up_to.as_str())
             .map_err(|e| E::InvalidRequest(format!("not an event id: {e}")))?;
         let kind = create_receipt::v3::ReceiptType::Read;
         let req = create_receipt::v3::Request::new(room, kind, event);
-        let resp = api.req(req).await;
-        resp.map(|_| ()).map_err(|e| in_room(e, conversation))
+        api.in_room(req, conversation).await.map(|_| ())
     }
 
     fn lifecycle(&self) -> LifecyclePolicy {
-        LifecyclePolicy {
-            edit_permission: EditPermission::Sender,
-            ..self.shared.config.lifecycle.clone()
-        }
+        self.shared.config.lifecycle.sender_only()
     }
 
-    async fn recall(
-        &self,
-        conversation: &ConversationId,
-        target: &ServerMsgId,
-    ) -> Result<MessageChange> {
-        self.change_message(conversation, target, ChangeKind::Recalled)
-            .await
+    async fn recall(&self, conv: &ConversationId, id: &ServerMsgId) -> Result<MessageChange> {
+        let api = self.api()?;
+        api.change(conv, id, ChangeKind::Recalled).await
     }
 
     /// The feed is the `/sync` stream from the cursor's token: its redactions, edits and
     /// read receipts (`mx1:{skip}:{token}` pages one answer by `max`).
     async fn pull_changes(&self, since: Option<ChangeCursor>, max: u32) -> Result<ChangeBatch> {
         let api = self.api()?;
-        let Some(since) = since else {
-            let end = api.sync(None, Duration::ZERO, 0).await?.next_batch;
-            let next = ChangeCursor(format!("mx1:0:{end}").into_bytes());
-            return Ok(ChangeBatch {
-                next,
-                ..ChangeBatch::default()
-            });
+        // No cursor: the feed starts at the stream's current end.
+        let (skip, token) = match since {
+            Some(c) => parse_cursor(&PageCursor(String::from_utf8_lossy(&c.0).into()))?,
+            None => (0, api.sync(None, Duration::ZERO, 0).await?.next_batch),
         };
-        let cursor = PageCursor(String::from_utf8_lossy(&since.0).into_owned());
-        let (skip, token) = parse_cursor(&cursor)?;
         let limit = self.shared.config.sync_timeline_limit;
         let resp = api.sync(Some(&token), Duration::ZERO, limit).await?;
-        let (items, _) = api.digest(&self.known, &resp, Some(&token)).await?;
-        let feed: Vec<Item> = items
-            .into_iter()
-            .filter(|i| match i {
-                Item::Msg(..) => false,
-                Item::Change(_) => true,
-                Item::Read(r) => !(r.reader == api.me && self.known.lock().is_my_read(r)),
-            })
-            .collect();
-        let total = feed.len();
-        let take = (max.max(1) as usize).min(total.saturating_sub(skip));
+        let (mut feed, _) = api.digest(&resp, Some(&token)).await?;
+        feed.retain(|i| !matches!(i, Item::Msg(..)));
+        let rest = feed.len().saturating_sub(skip);
+        let take = (max.max(1) as usize).min(rest);
         let mut batch = ChangeBatch::default();
         for item in feed.into_iter().skip(skip).take(take) {
             match item {
@@ -1647,9 +1565,8 @@ impl Vendor for MatrixClient {
                 Item::Msg(..) => {}
             }
         }
-        let left = total - skip.min(total) - take;
-        batch.left = u32::try_from(left).unwrap_or(u32::MAX);
-        let next = match left {
+        batch.left = u32::try_from(rest - take).unwrap_or(u32::MAX);
+        let next = match rest - take {
             0 => format!("mx1:0:{}", resp.next_batch),
             _ => format!("mx1:{}:{token}", skip + take),
         };
@@ -1663,152 +1580,9 @@ impl Vendor for MatrixClient {
         target: &ServerMsgId,
         content: &Content,
     ) -> Result<MessageChange> {
-        self.check_size(content)?;
+        self.shared.capabilities.check_size(content)?;
         let kind = ChangeKind::Edited(content.clone());
-        self.change_message(conversation, target, kind).await
-    }
-}
-
-impl MatrixClient {
-    /// One page of `room`, newest first: `/messages` backwards from the cursor, or from the
-    /// event `timestamp_to_event` finds before `to`, keeping messages in `[from, to)`.
-    async fn page(
-        &self,
-        api: &Api,
-        room_id: &RoomId,
-        conversation: &ConversationId,
-        (from, to): (Option<Timestamp>, Option<Timestamp>),
-        cursor: Option<(usize, String)>,
-        limit: usize,
-    ) -> Result<(Vec<Message>, Option<PageCursor>)> {
-        let (mut skip, mut token) = match cursor {
-            Some((skip, token)) => (skip, Some(token)),
-            None => (0, None),
-        };
-        if token.is_none()
-            && let Some(to) = to
-        {
-            let ms = UInt::try_from(to.as_millis().max(1) - 1).unwrap_or_default();
-            let (ts, back) = (MilliSecondsSinceUnixEpoch(ms), Direction::Backward);
-            let req = get_event_by_timestamp::v1::Request::new(room_id.into(), ts, back);
-            match api.req(req).await {
-                Ok(found) => {
-                    let mut ctx = get_context::v3::Request::new(room_id.into(), found.event_id);
-                    ctx.limit = UInt::from(0u32);
-                    token = api.req(ctx).await?.end;
-                }
-                // No event before `to`: the range is empty.
-                Err(E::Server { code: 404, .. }) => return Ok((Vec::new(), None)),
-                Err(e) => return Err(in_room(e, conversation)),
-            }
-        }
-        let mut out = Vec::new();
-        loop {
-            let mut req = get_message_events::v3::Request::new(room_id.into(), Direction::Backward);
-            req.from = token.clone();
-            req.limit = UInt::try_from((limit + skip).clamp(10, 100) as u64).unwrap_or_default();
-            req.filter.types = Some(vec!["m.room.message".into()]);
-            let resp = api.req(req).await.map_err(|e| in_room(e, conversation))?;
-            let mut taken = 0;
-            let mut done = resp.end.is_none() || resp.chunk.is_empty();
-            let server = &self.shared.config.server_name;
-            for raw in &resp.chunk {
-                let ev = raw.deserialize_as_unchecked::<Ev>().ok();
-                let Some(Item::Msg(m, _)) = ev.and_then(|e| to_item(&e, conversation, server))
-                else {
-                    continue;
-                };
-                if to.is_some_and(|t| m.server_time >= t) {
-                    continue;
-                }
-                if from.is_some_and(|f| m.server_time < f) {
-                    done = true;
-                    break;
-                }
-                taken += 1;
-                if taken <= skip {
-                    continue;
-                }
-                self.known
-                    .lock()
-                    .learn(&m.server_id, &m.sender, m.server_time);
-                out.push(m);
-                if out.len() == limit {
-                    // More may follow: continue from this token, past what was taken.
-                    let next = match &token {
-                        Some(t) => Some(format!("mx1:{taken}:{t}")),
-                        None => resp.end.as_ref().map(|e| format!("mx1:0:{e}")),
-                    };
-                    return Ok((out, next.map(PageCursor)));
-                }
-            }
-            if done {
-                return Ok((out, None));
-            }
-            skip = 0;
-            token = resp.end.clone();
-        }
-    }
-
-    /// History across all joined rooms: each room's newest page, merged newest first.
-    async fn history_all(
-        &self,
-        api: &Api,
-        from: Option<Timestamp>,
-        to: Option<Timestamp>,
-        cursor: Option<(usize, String)>,
-        limit: usize,
-    ) -> Result<HistoryPage> {
-        // A cursor here is `mx1:{count}:{millis}`: continue before that time, skipping the
-        // `count` messages of exactly that time already returned.
-        let (skip_at, to) = match &cursor {
-            Some((n, ms)) => {
-                let bad = |_| E::InvalidRequest("not a history cursor of this vendor".into());
-                let ms: i64 = ms.parse().map_err(bad)?;
-                (Some((*n, ms)), Some(Timestamp::from_millis(ms + 1)))
-            }
-            None => (None, to),
-        };
-        let req = joined_rooms::v3::Request::new();
-        let rooms = api.req(req).await?.joined_rooms;
-        let mut all = Vec::new();
-        for room in rooms {
-            let Some(conversation) = api.conversation_of(&self.known, &room).await? else {
-                continue;
-            };
-            let want = limit + skip_at.map_or(0, |(n, _)| n);
-            let (messages, _) = self
-                .page(api, &room, &conversation, (from, to), None, want)
-                .await?;
-            all.extend(messages);
-        }
-        // Stable: messages of the same time keep their room's stream order (rooms in the
-        // server's order), never an order by id.
-        all.sort_by_key(|m| std::cmp::Reverse(m.server_time));
-        if let Some((n, ms)) = skip_at {
-            let mut seen = 0;
-            all.retain(|m| {
-                let skip = m.server_time.as_millis() == ms && seen < n;
-                seen += usize::from(skip);
-                !skip
-            });
-        }
-        let more = all.len() > limit;
-        all.truncate(limit);
-        let next = all.last().filter(|_| more).map(|last| {
-            let at = last.server_time.as_millis();
-            let same = all
-                .iter()
-                .filter(|m| m.server_time.as_millis() == at)
-                .count();
-            let carried = skip_at.filter(|(_, ms)| *ms == at).map_or(0, |(n, _)| n);
-            PageCursor(format!("mx1:{}:{at}", same + carried))
-        });
-        Ok(HistoryPage {
-            messages: all,
-            next,
-            horizon: None,
-        })
+        self.api()?.change(conversation, target, kind).await
     }
 }
 

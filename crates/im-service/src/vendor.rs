@@ -63,6 +63,17 @@ pub struct SendReceipt {
     pub duplicate: bool,
 }
 
+impl SendReceipt {
+    /// This receipt as the answer to a resend of the same client id (`duplicate`).
+    pub fn as_duplicate(&self) -> Self {
+        let duplicate = true;
+        Self {
+            duplicate,
+            ..self.clone()
+        }
+    }
+}
+
 /// One package of offline messages (RongCloud style: a page plus how many are left).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineBatch {
@@ -152,6 +163,18 @@ impl HistoryQuery {
     pub fn after_cursor(mut self, cursor: Option<PageCursor>) -> Self {
         self.cursor = cursor;
         self
+    }
+
+    /// The `[from, to)` bounds of the range for a vendor that pages by time (`None`: open);
+    /// a sequence range is `Unsupported`.
+    pub fn time_bounds(&self) -> Result<(Option<Timestamp>, Option<Timestamp>)> {
+        match self.range {
+            HistoryRange::Latest => Ok((None, None)),
+            HistoryRange::Time { from, to } => Ok((Some(from), Some(to))),
+            HistoryRange::Seq { .. } => {
+                Err(crate::ServiceError::Unsupported(Capability::HistoryBySeq))
+            }
+        }
     }
 
     /// The capability this query's range needs, if any.

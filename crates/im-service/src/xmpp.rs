@@ -142,16 +142,16 @@ use tokio_xmpp::xmlstream::{ReadError, StreamHeader, Timeouts, XmppStream, XmppS
 use tracing::Instrument;
 
 use crate::capabilities::{Capabilities, Capability};
+use crate::clock::now;
 use crate::error::KickReason;
-use crate::lifecycle::{
-    ChangeKind, ChangeRefusal, EditPermission, LifecyclePolicy, MessageChange, ReadReceipt,
-};
+use crate::lifecycle::{ChangeKind, ChangeRefusal, LifecyclePolicy, MessageChange, ReadReceipt};
 use crate::model::{
     ClientMsgId, Content, ConversationId, Message, OutgoingMessage, ServerMsgId, Timestamp, UserId,
 };
+use crate::offline::{self, FirstChunk, OfflinePass, newest_first};
 use crate::vendor::{
-    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, OfflineAck,
-    OfflineBatch, SendReceipt, Session, Vendor, VendorEvent,
+    Credentials, EventStream, HistoryPage, HistoryQuery, HistoryScope, OfflineAck, OfflineBatch,
+    SendReceipt, Session, Vendor, VendorEvent,
 };
 use crate::{Result, ServiceError as E};
 
@@ -373,11 +373,9 @@ impl XmppVendor {
             vendor: self.clone(),
             resource,
             known: Arc::new(Mutex::new(Known::default())),
-            later: Mutex::new(Vec::new()),
             conn: Mutex::new(None),
-            offline: Mutex::new(Vec::new()),
+            offline: Mutex::new(None),
             sent: Mutex::new(HashMap::new()),
-            acks: Mutex::new(HashSet::new()),
             events_tx: tx,
             events_rx: Mutex::new(Some(rx)),
         }
@@ -392,18 +390,14 @@ pub struct XmppClient {
     /// What this handle knows of messages it has seen, for the lifecycle rules (who sent a
     /// message, when, its latest change); shared with the connection task.
     known: Arc<Mutex<Known>>,
-    /// Changes and read markers of the offline pass whose target was not in it: pushed as
-    /// events at `go_online`, before the held live messages.
-    later: Mutex<Vec<VendorEvent>>,
     conn: Mutex<Option<Conn>>,
-    /// The offline messages received at presence, newest first, handed out by
-    /// `pull_offline` from the oldest end.
-    offline: Mutex<Vec<Message>>,
+    /// This connection's offline pass (the messages received at presence), once fetched:
+    /// handed out from the oldest end; its changes and read markers whose target was not in
+    /// it are pushed as events at `go_online`, before the held live messages.
+    offline: Mutex<Option<OfflinePass>>,
     /// Receipts of this connection's sends by client id (a resend of the same id on the same
     /// connection is answered from here).
     sent: Mutex<HashMap<ClientMsgId, SendReceipt>>,
-    /// Offline acks handed out and not used yet.
-    acks: Mutex<HashSet<String>>,
     events_tx: mpsc::UnboundedSender<VendorEvent>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<VendorEvent>>>,
 }
@@ -421,8 +415,6 @@ struct Conn {
     me: UserId,
     commands: mpsc::UnboundedSender<Cmd>,
     task: JoinHandle<()>,
-    /// Whether the offline batch was fetched on this connection.
-    offline_fetched: bool,
     /// Why the connection ended, once it has: later calls fail with it (e.g. `Kicked`)
     /// until the next login.
     ended: Arc<Mutex<Option<E>>>,
@@ -451,10 +443,6 @@ enum Cmd {
     GoOnline,
     /// Close the stream cleanly.
     Close(oneshot::Sender<()>),
-}
-
-fn now() -> Timestamp {
-    crate::clock::Clock::now(&crate::clock::SystemClock)
 }
 
 /// An XEP-0199 ping to the server `domain`, with id `id`.
@@ -681,14 +669,8 @@ impl XmppClient {
             by: me.clone(),
             at,
         };
-        Ok(self.known.lock().change(stated).unwrap_or(MessageChange {
-            conversation: conversation.clone(),
-            target: target.clone(),
-            kind,
-            by: me,
-            at,
-            revision: revision_at(at),
-        }))
+        let timed = || MessageChange::timed(conversation, target.clone(), kind, me, at);
+        Ok(self.known.lock().change(stated).unwrap_or_else(timed))
     }
 
     /// Connects, authenticates, binds and enables stream management.
@@ -1337,20 +1319,6 @@ const KNOWN_MAX: usize = 10_000;
 const LOOKUP_PAGES: usize = 3;
 /// Most MAM lookups of live changes' targets in flight at once on one connection.
 const LOOKUPS_MAX: usize = 16;
-/// 2024-01-01T00:00:00Z: the origin of time-based revisions.
-const REVISION_EPOCH_MS: i64 = 1_704_067_200_000;
-
-/// A change's revision, from its time: tenths of a second since 2024 (a `u32` lasts until
-/// 2037). XMPP has no per-message revision counter; the change's time is what every copy of
-/// it (live, carbon, offline, MAM) carries the same when our adapter sent it (the sender's
-/// millisecond in the stanza id), so every receiver derives the same revision and a later
-/// change wins. Two edits within the same tenth of a second tie (the second is dropped by
-/// receivers that hold the first); a recall wins anyway (`MessageChange::apply`).
-fn revision_at(at: Timestamp) -> u32 {
-    let tenths = at.as_millis().saturating_sub(REVISION_EPOCH_MS) / 100;
-    u32::try_from(tenths.max(1)).unwrap_or(u32::MAX)
-}
-
 /// What the handle remembers of one message.
 #[derive(Debug, Clone)]
 struct KnownMsg {
@@ -1496,14 +1464,7 @@ impl Known {
             tracing::debug!(target = %target, by = %c.by, "xmpp change by a non-sender ignored");
             return None;
         }
-        let change = MessageChange {
-            conversation: c.conversation,
-            target,
-            kind: c.kind,
-            by: c.by,
-            at: c.at,
-            revision: revision_at(c.at),
-        };
+        let change = MessageChange::timed(&c.conversation, target, c.kind, c.by, c.at);
         let newer = match &k.latest {
             None => true,
             Some(l) if matches!(l.kind, ChangeKind::Recalled) => false,
@@ -1777,17 +1738,6 @@ pub fn fuzz_incoming_message(xml: &str) -> Option<Message> {
     to_model(&m, None, None)
 }
 
-/// Messages in the server's order (oldest first, as the offline store and MAM hand them
-/// out) as the contract's newest-first list: reversed, then sorted by time with a *stable*
-/// sort, so messages of the same time (a foreign burst within one of the server's whole
-/// seconds) stay in exactly reverse server order. Never by id: stanza-ids are random, and an
-/// id tie-break scrambles such a burst (issue 16).
-fn newest_first(mut in_server_order: Vec<Message>) -> Vec<Message> {
-    in_server_order.reverse();
-    in_server_order.sort_by_key(|m| std::cmp::Reverse(m.server_time));
-    in_server_order
-}
-
 /// `t` as an XEP-0082 date-time, or `None` beyond what one can say (after year 9999, or
 /// outside chrono's range): an open bound such as "until the end of time" (`i64::MAX`).
 fn rfc3339(t: Timestamp) -> Option<String> {
@@ -1845,13 +1795,10 @@ impl Vendor for XmppClient {
             me: credentials.user.clone(),
             commands: tx,
             task: handle,
-            offline_fetched: false,
             ended,
         });
-        self.offline.lock().clear();
+        *self.offline.lock() = None;
         self.sent.lock().clear();
-        self.acks.lock().clear();
-        self.later.lock().clear();
         self.known.lock().delivered.clear();
         Ok(Session {
             user: credentials.user.clone(),
@@ -1874,16 +1821,9 @@ impl Vendor for XmppClient {
 
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
         let (me, _) = self.commands()?;
-        let size = message.content.size();
-        let max = self.vendor.capabilities.max_message_bytes;
-        if size > max {
-            return Err(E::MessageTooLarge { size, max });
-        }
+        self.vendor.capabilities.check_size(&message.content)?;
         if let Some(r) = self.sent.lock().get(&message.client_id) {
-            return Ok(SendReceipt {
-                duplicate: true,
-                ..r.clone()
-            });
+            return Ok(r.as_duplicate());
         }
         let ConversationId::Direct { low, high } = &message.conversation else {
             return Err(E::Unsupported(Capability::GroupConversations));
@@ -1943,13 +1883,8 @@ impl Vendor for XmppClient {
     }
 
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch> {
-        let fetched = self
-            .conn
-            .lock()
-            .as_ref()
-            .map(|c| c.offline_fetched)
-            .ok_or(E::NotLoggedIn)?;
-        if !fetched {
+        self.conn.lock().as_ref().ok_or(E::NotLoggedIn)?;
+        if self.offline.lock().is_none() {
             // The server delivers its offline store in its own order, oldest first; that
             // order is the only one a foreign burst of one (whole) second has.
             let delivered = self.ask(Cmd::Presence).await?;
@@ -1971,55 +1906,42 @@ impl Vendor for XmppClient {
                     later.push(VendorEvent::MessageChanged(change));
                 }
             }
-            *self.offline.lock() = newest_first(messages);
-            self.later.lock().extend(later);
-            if let Some(c) = self.conn.lock().as_mut() {
-                c.offline_fetched = true;
-            }
+            // The oldest chunk first, each batch newest first (module doc): the client
+            // delivers a batch as it comes, so the newest chunk first would overtake the
+            // older ones.
+            let pass = OfflinePass::new(messages, later, FirstChunk::Oldest);
+            self.offline.lock().get_or_insert(pass);
         }
-        let mut offline = self.offline.lock();
-        let take = (max.max(1) as usize).min(offline.len());
-        // The oldest chunk first, each batch newest first (module doc): the client delivers
-        // a batch as it comes, so the newest chunk first would overtake the older ones.
-        let oldest = offline.len().saturating_sub(take);
-        let messages: Vec<Message> = offline.drain(oldest..).collect();
-        let ack = (!messages.is_empty()).then(|| OfflineAck { token: new_id() });
-        if let Some(a) = &ack {
-            self.acks.lock().insert(a.token.clone());
-        }
-        let left = offline.len() as u64;
-        drop(offline);
-        if left == 0 && self.acks.lock().is_empty() {
+        let (batch, settled) = {
+            let mut offline = self.offline.lock();
+            let pass = offline.as_mut().ok_or(E::NotLoggedIn)?;
+            (pass.batch(max), pass.settle())
+        };
+        if settled {
             self.offline_stored()?;
         }
-        Ok(OfflineBatch {
-            left,
-            ack,
-            messages,
-        })
+        Ok(batch)
     }
 
     async fn ack_offline(&self, ack: &OfflineAck) -> Result<()> {
         self.commands()?;
         // The server dropped its copies when it delivered them: the ack only checks that
         // it is one this connection handed out.
-        if self.acks.lock().remove(&ack.token) {
-            if self.acks.lock().is_empty() && self.offline.lock().is_empty() {
-                self.offline_stored()?;
-            }
-            Ok(())
-        } else {
-            Err(E::InvalidRequest(format!(
-                "unknown offline ack {:?}",
-                ack.token
-            )))
+        if offline::ack(self.offline.lock().as_mut(), ack)? {
+            self.offline_stored()?;
         }
+        Ok(())
     }
 
     async fn go_online(&self) -> Result<()> {
         let (_, commands) = self.commands()?;
         // The offline pass's changes of messages it did not hold, before the live ones.
-        for event in std::mem::take(&mut *self.later.lock()) {
+        let later = self
+            .offline
+            .lock()
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.later));
+        for event in later.unwrap_or_default() {
             let _ = self.events_tx.send(event);
         }
         commands.send(Cmd::GoOnline).map_err(|_| E::NotLoggedIn)
@@ -2039,11 +1961,7 @@ impl Vendor for XmppClient {
                 return Err(E::Unsupported(Capability::GroupConversations));
             }
         };
-        let (from, to) = match query.range {
-            HistoryRange::Latest => (None, None),
-            HistoryRange::Time { from, to } => (Some(from), Some(to)),
-            HistoryRange::Seq { .. } => return Err(E::Unsupported(Capability::HistoryBySeq)),
-        };
+        let (from, to) = query.time_bounds()?;
         let mut fields = Vec::new();
         if let Some(peer) = with {
             fields.push(Field::text_single("with", &self.jid_of(peer)?.to_string()));
@@ -2176,10 +2094,7 @@ impl Vendor for XmppClient {
     }
 
     fn lifecycle(&self) -> LifecyclePolicy {
-        LifecyclePolicy {
-            edit_permission: EditPermission::Sender,
-            ..self.vendor.config.lifecycle.clone()
-        }
+        self.vendor.config.lifecycle.sender_only()
     }
 
     async fn recall(
@@ -2200,11 +2115,7 @@ impl Vendor for XmppClient {
         let Content::Text(_) = content else {
             return Err(E::InvalidRequest("XMPP corrections carry text only".into()));
         };
-        let size = content.size();
-        let max = self.vendor.capabilities.max_message_bytes;
-        if size > max {
-            return Err(E::MessageTooLarge { size, max });
-        }
+        self.vendor.capabilities.check_size(content)?;
         self.change(conversation, target, ChangeKind::Edited(content.clone()))
             .await
     }
@@ -2213,6 +2124,7 @@ impl Vendor for XmppClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::REVISION_EPOCH_MS;
 
     /// A disco#info result with `features` (the shape both servers answer with).
     fn disco(features: &[&str]) -> tokio_xmpp::minidom::Element {
