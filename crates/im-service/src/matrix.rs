@@ -944,8 +944,21 @@ impl Api {
                 .ok_or_else(|| E::InvalidRequest(format!("{} is not in {conv}", self.me)))?,
         };
         let peer_id = self.mxid_of(peer)?;
-        // The lowest room id: both sides of a simultaneous creation pick the same.
-        let pick = || (self.known.lock().direct.get(peer_id.as_str())?.first()).cloned();
+        // The lowest room id: both sides of a simultaneous creation pick the same. A room
+        // mapped by its members counts too: my other device may have joined the peer's
+        // invite and not yet listed it in `m.direct`.
+        let pick = || {
+            let known = self.known.lock();
+            let listed = known.direct.get(peer_id.as_str()).and_then(|r| r.first());
+            let mapped = || {
+                known
+                    .rooms
+                    .iter()
+                    .filter(|(_, c)| *c == conv)
+                    .map(|(r, _)| r)
+            };
+            listed.or_else(|| mapped().min()).cloned()
+        };
         if let Some(room) = pick() {
             return Ok(Some(room));
         }
@@ -956,6 +969,17 @@ impl Api {
         }
         let invites = self.sync(None, Duration::ZERO, 0).await?;
         self.digest(&invites, None).await?;
+        if let Some(room) = pick() {
+            return Ok(Some(room));
+        }
+        // Joined rooms I have not mapped yet, by their members.
+        for room in self
+            .req(joined_rooms::v3::Request::new())
+            .await?
+            .joined_rooms
+        {
+            self.conversation_of(&room).await?;
+        }
         if let Some(room) = pick() {
             return Ok(Some(room));
         } else if !create {
