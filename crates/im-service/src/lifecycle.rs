@@ -88,8 +88,8 @@ impl MessageChange {
     }
 
     /// The change `kind` of `target` by `by` at the vendor's time `at`, its revision derived
-    /// from that time ([`revision_at`]): for vendors without a per-message counter (XMPP,
-    /// Matrix), whose every copy of a change carries the same time.
+    /// from that time (tenths of a second since 2024): for vendors without a per-message
+    /// counter (XMPP, Matrix), whose every copy of a change carries the same time.
     pub fn timed(
         conversation: &ConversationId,
         target: ServerMsgId,
