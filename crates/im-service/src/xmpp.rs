@@ -920,6 +920,12 @@ struct PendingAck {
     id: String,
     /// The addressee, for the error.
     to: UserId,
+    /// The id of the server ping sent behind a send to an addressee not yet confirmed on
+    /// this connection, until its answer: the send completes only after it (see
+    /// [`Task::confirmed`]).
+    probe: Option<String>,
+    /// The server's ack covered it (with `probe` pending, it waits for the pong).
+    acked: bool,
     done: oneshot::Sender<Result<()>>,
 }
 
@@ -939,6 +945,11 @@ struct Task {
     ack_cap: Option<u32>,
     /// Sends waiting for the server's ack.
     acks: Vec<PendingAck>,
+    /// Addressees a send already reached on this connection without a bounce. A bounce for
+    /// an unknown user is routed, and on ejabberd it may come after the stream ack of the
+    /// same message; a server ping sent behind the first message to an addressee is answered
+    /// after that bounce, so that send completes only once the pong is in.
+    confirmed: HashSet<UserId>,
     /// Where the reason the connection ended is left for the client's later calls.
     ended: Arc<Mutex<Option<E>>>,
     iqs: HashMap<String, oneshot::Sender<Result<Iq>>>,
@@ -967,6 +978,18 @@ impl Task {
             .map_err(io_error)?;
         self.sent = self.sent.wrapping_add(1);
         Ok(())
+    }
+
+    /// Completes the sends the server acked whose probe (if any) is answered: no bounce
+    /// came for them, and their addressee is confirmed for this connection.
+    fn complete_sends(&mut self) {
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            (self.acks.drain(..)).partition(|p| p.acked && p.probe.is_none());
+        self.acks = waiting;
+        for p in done {
+            self.confirmed.insert(p.to);
+            let _ = p.done.send(Ok(()));
+        }
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Cmd>) {
@@ -1018,10 +1041,22 @@ impl Task {
             Cmd::Send(message, to, done) => {
                 let id = message.id.as_ref().map(|i| i.0.clone()).unwrap_or_default();
                 self.send(message.into()).await?;
+                let count = self.sent;
+                let probe = match self.confirmed.contains(&to) {
+                    true => None,
+                    false => {
+                        let ping_id = new_id();
+                        self.send(server_ping(&self.domain, ping_id.clone())?.into())
+                            .await?;
+                        Some(ping_id)
+                    }
+                };
                 self.acks.push(PendingAck {
-                    count: self.sent,
+                    count,
                     id,
                     to,
+                    probe,
+                    acked: false,
                     done,
                 });
                 self.stream
@@ -1205,12 +1240,10 @@ impl Task {
                 }
             }
             XmppStreamElement::SM(sm::Nonza::Ack(A { h })) => {
-                let (done, waiting): (Vec<_>, Vec<_>) =
-                    self.acks.drain(..).partition(|p| p.count <= h);
-                self.acks = waiting;
-                for p in done {
-                    let _ = p.done.send(Ok(()));
+                for p in self.acks.iter_mut().filter(|p| p.count <= h) {
+                    p.acked = true;
                 }
+                self.complete_sends();
             }
             XmppStreamElement::Stanza(stanza) => {
                 self.received = self.received.wrapping_add(1);
@@ -1246,7 +1279,10 @@ impl Task {
                     Iq::Result { .. } | Iq::Error { .. } => {}
                     _ => return Ok(()),
                 }
-                if self.offline.as_ref().is_some_and(|(p, _)| *p == id) {
+                if let Some(p) = self.acks.iter_mut().find(|p| p.probe.as_ref() == Some(&id)) {
+                    p.probe = None;
+                    self.complete_sends();
+                } else if self.offline.as_ref().is_some_and(|(p, _)| *p == id) {
                     if let Some((_, done)) = self.offline.take() {
                         let _ = done.send(Ok(std::mem::take(&mut self.held)));
                     }
@@ -1782,6 +1818,7 @@ impl Vendor for XmppClient {
             received: 0,
             ack_cap: None,
             acks: Vec::new(),
+            confirmed: HashSet::new(),
             iqs: HashMap::new(),
             mams: HashMap::new(),
             offline: None,

@@ -520,10 +520,14 @@ pub async fn bad_credentials_and_no_session<H: VendorHarness>(h: H) {
     // A failed login leaves no session behind, and a good one still works.
     ok("login", c.login(&alice).await).await;
     let to_ghost = ConversationId::direct(&alice.user, &im_service::UserId::new("ghost"));
-    assert!(matches!(
-        c.send(&text(&to_ghost, "x")).await,
-        Err(ServiceError::UnknownUser(_) | ServiceError::NotMember(_))
-    ));
+    let to_ghost_sent = c.send(&text(&to_ghost, "x")).await;
+    assert!(
+        matches!(
+            to_ghost_sent,
+            Err(ServiceError::UnknownUser(_) | ServiceError::NotMember(_))
+        ),
+        "a send to an unknown user is refused: {to_ghost_sent:?}"
+    );
     ok("logout", c.logout().await).await;
     ok("second logout is a no-op", c.logout().await).await;
     assert_eq!(c.ping().await.map(|_| ()), Err(ServiceError::NotLoggedIn));
