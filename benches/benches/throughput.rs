@@ -512,29 +512,54 @@ fn runtime(name: &str) -> Runtime {
         .unwrap()
 }
 
-/// `--secs S`: the measured window per stack and load (a short one for a smoke run).
-fn secs_from_args() -> f64 {
-    let mut args = std::env::args().skip(1);
-    let mut secs = DEFAULT_SECS;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--secs" => {
-                secs = args
+/// The command line: `--secs S` (the measured window per stack and load; a short one for a
+/// smoke run) and filters as criterion takes them (`cargo xtask bench -- NAME` passes one to
+/// every benchmark binary): with any, only the loads whose name `throughput light` /
+/// `throughput heavy` contains one run. Other flags (criterion's, `cargo bench`'s `--bench`)
+/// are ignored.
+struct Args {
+    secs: f64,
+    filters: Vec<String>,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut args = std::env::args().skip(1);
+        let mut parsed = Args {
+            secs: DEFAULT_SECS,
+            filters: Vec::new(),
+        };
+        while let Some(arg) = args.next() {
+            if arg == "--secs" {
+                parsed.secs = args
                     .next()
                     .and_then(|s| s.parse().ok())
                     .filter(|s: &f64| *s > 0.0)
                     .expect("--secs takes a positive number of seconds");
+            } else if !arg.starts_with('-') {
+                parsed.filters.push(arg);
             }
-            // What `cargo bench` passes to every benchmark binary.
-            "--bench" => {}
-            other => panic!("unknown argument {other:?} (this benchmark takes --secs S)"),
         }
+        parsed
     }
-    secs
+
+    fn runs(&self, load: Load) -> bool {
+        let name = format!("throughput {}", load.name);
+        self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()))
+    }
 }
 
 fn main() {
-    let secs = secs_from_args();
+    let args = Args::parse();
+    let secs = args.secs;
+    let loads: Vec<Load> = [LIGHT, HEAVY]
+        .into_iter()
+        .filter(|l| args.runs(*l))
+        .collect();
+    if loads.is_empty() {
+        println!("throughput: filtered out");
+        return;
+    }
     // The server on threads of its own, as it would be in its own process.
     let server_rt = runtime(SERVER_THREADS);
     let load_rt = runtime("load");
@@ -548,7 +573,7 @@ fn main() {
          | CPU clients |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut goals = Vec::new();
-    for load in [LIGHT, HEAVY] {
+    for load in loads {
         let load_label = format!(
             "{} ({} pairs × {} in flight)",
             load.name, load.pairs, load.in_flight
