@@ -522,6 +522,24 @@ struct Args {
     filters: Vec<String>,
 }
 
+/// Criterion's flags that take a value: skipped with it, so the value is not a filter.
+const CRITERION_VALUE_FLAGS: [&str; 14] = [
+    "--sample-size",
+    "--warm-up-time",
+    "--measurement-time",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--save-baseline",
+    "--baseline",
+    "--load-baseline",
+    "--profile-time",
+    "--color",
+    "--output-format",
+    "--plotting-backend",
+];
+
 impl Args {
     fn parse() -> Args {
         let mut args = std::env::args().skip(1);
@@ -536,6 +554,8 @@ impl Args {
                     .and_then(|s| s.parse().ok())
                     .filter(|s: &f64| *s > 0.0)
                     .expect("--secs takes a positive number of seconds");
+            } else if CRITERION_VALUE_FLAGS.contains(&arg.as_str()) {
+                args.next();
             } else if !arg.starts_with('-') {
                 parsed.filters.push(arg);
             }
