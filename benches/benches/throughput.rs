@@ -306,7 +306,8 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
 }
 
-/// The clients of one run; `dir` holds the sled stores (one directory per client).
+/// The clients of one run, logged in (and the receivers online); the `ImClient`s take their
+/// stores from `stores`, two per pair.
 async fn connect(
     server: &ReferenceServer,
     stack: Stack,
