@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: runs the criterion benchmarks, then prints one summary table of this
 //! run with each result's ratio to the baseline(s) of its group (functions named
 //! `baseline_*`, measured in the same run), plus the figures benchmark binaries measured
-//! themselves (memory, paired ratios).
+//! themselves (memory, paired ratios, and the `throughput` load generator's msgs/s,
+//! latencies and ratios to the bare adapter, which is not a criterion benchmark).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -177,6 +178,10 @@ fn human_rate(r: f64) -> String {
 /// The summary table: one line per non-baseline result with its ratio to each baseline of
 /// the same group and parameter (> 1 means faster than the baseline), then the baselines.
 pub fn table(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        // A run of benchmarks that only write figures (`throughput`): no empty table.
+        return "(no criterion results in this run)\n".into();
+    }
     let mut by_case: BTreeMap<(&str, (u64, String)), Vec<&Row>> = BTreeMap::new();
     for r in rows {
         by_case
@@ -247,6 +252,11 @@ mod tests {
             t.contains("| g | 4 | baseline_a | 5 ns | 200000.00 M/s | (baseline) |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_run_without_criterion_results_prints_no_empty_table() {
+        assert_eq!(table(&[]), "(no criterion results in this run)\n");
     }
 
     #[test]
