@@ -5,7 +5,7 @@
 //! Both run on tokio's clock, so tests move them with `tokio::time::pause`/`advance`.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -116,10 +116,14 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 }
 
 /// Failed-login throttling per account and per peer address (see [`LoginThrottleConfig`]).
+/// Accounts are remembered by a keyed hash of the name, not the name: a stranger chooses
+/// names (up to a frame's length), and the table must be bounded in bytes, not only keys.
 #[derive(Debug)]
 pub(crate) struct LoginThrottle {
-    accounts: Mutex<Buckets<UserId>>,
+    accounts: Mutex<Buckets<u64>>,
     peers: Mutex<Buckets<IpAddr>>,
+    /// Random per server, so a stranger cannot pick names that collide.
+    hasher: RandomState,
 }
 
 impl LoginThrottle {
@@ -127,7 +131,12 @@ impl LoginThrottle {
         Self {
             accounts: Mutex::new(Buckets::new(config.per_account, config.max_tracked)),
             peers: Mutex::new(Buckets::new(config.per_peer, config.max_tracked)),
+            hasher: RandomState::new(),
         }
+    }
+
+    fn account(&self, user: &UserId) -> u64 {
+        self.hasher.hash_one(user.as_str())
     }
 
     /// `Err(wait)` if `peer` or `user` has used up its failures: the attempt is refused
@@ -135,7 +144,7 @@ impl LoginThrottle {
     pub(crate) fn check(&self, peer: IpAddr, user: &UserId) -> Result<(), Duration> {
         let now = Instant::now();
         let by_peer = self.peers.lock().check(&peer, now);
-        let by_account = self.accounts.lock().check(user, now);
+        let by_account = self.accounts.lock().check(&self.account(user), now);
         match (by_peer, by_account) {
             (Err(a), Err(b)) => Err(a.max(b)),
             (Err(w), Ok(())) | (Ok(()), Err(w)) => Err(w),
@@ -147,13 +156,13 @@ impl LoginThrottle {
     pub(crate) fn failed(&self, peer: IpAddr, user: &UserId) {
         let now = Instant::now();
         self.peers.lock().fail(&peer, now);
-        self.accounts.lock().fail(user, now);
+        self.accounts.lock().fail(&self.account(user), now);
     }
 
     /// Records an accepted login: the account starts afresh (the peer does not: it may be
     /// guessing other accounts).
     pub(crate) fn succeeded(&self, user: &UserId) {
-        self.accounts.lock().clear(user);
+        self.accounts.lock().clear(&self.account(user));
     }
 
     /// Accounts and peers remembered (for tests of the bound).

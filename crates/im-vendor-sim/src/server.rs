@@ -755,7 +755,7 @@ async fn login(
             "login_throttled",
             &format_args!(
                 "login as {:?} throttled for {retry_after:?}",
-                creds.user.as_str()
+                loggable(&creds.user)
             ),
         );
         return Err(ServiceError::RateLimited { retry_after });
@@ -770,10 +770,33 @@ async fn login(
             shared.warn_peer(
                 peer,
                 "login_refused",
-                &format_args!("login as {:?} refused", creds.user.as_str()),
+                &format_args!("login as {:?} refused", loggable(&creds.user)),
             );
             Err(ServiceError::AuthFailed(LOGIN_REFUSED.into()))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A user name as a log line shows it: a stranger chooses it, so at most 64 characters (a
+/// name up to a frame long must not turn a rate-limited warning into megabytes of log);
+/// the caller prints it with `{:?}`, which escapes control characters.
+fn loggable(user: &UserId) -> &str {
+    let name = user.as_str();
+    match name.char_indices().nth(64) {
+        Some((end, _)) => &name[..end],
+        None => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_user_name_is_cut_to_64_characters() {
+        let long = UserId::new("é".repeat(10_000));
+        assert_eq!(loggable(&long).chars().count(), 64);
+        assert_eq!(loggable(&UserId::new("bob")), "bob");
     }
 }
