@@ -61,8 +61,10 @@ pub struct ServerConfig {
     /// A connection that has not logged in this long after it was accepted is closed with
     /// `Fatal(Timeout)` (default 10 s).
     pub login_timeout: Duration,
-    /// Most connections waiting to log in at once (default 1,024); a newcomer past it
-    /// closes the oldest of them with `Fatal(Unavailable)`.
+    /// Most connections waiting to log in at once (default 4,096: a reconnect storm of
+    /// 10,000 clients on an overloaded server has thousands in flight, and an idle one
+    /// costs about 17 KiB); a newcomer past it closes the oldest of them with
+    /// `Fatal(Unavailable)`, which a client retries.
     pub max_unauthenticated: usize,
     /// Failed-login throttling per account and per peer address.
     pub login_throttle: LoginThrottleConfig,
@@ -88,7 +90,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             login_timeout: Duration::from_secs(10),
-            max_unauthenticated: 1024,
+            max_unauthenticated: 4096,
             login_throttle: LoginThrottleConfig::default(),
             max_warnings_per_second: 10,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,

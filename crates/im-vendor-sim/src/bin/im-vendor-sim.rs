@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     login_timeout_secs: u64,
     /// Most connections waiting to log in at once (a newcomer past it closes the oldest).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 4096)]
     max_unauthenticated: usize,
     /// Most messages kept in memory (0 = no cap, only the retention); past it the oldest
     /// go, as if their retention had ended.
