@@ -97,6 +97,11 @@ pub struct MemoryVendorConfig {
     /// horizon ([`MemoryVendor::horizon`]), so a client reads the gap as retention, not
     /// loss. A message costs about 1 KB, so the default holds about 0.5 GB.
     pub max_stored_messages: Option<usize>,
+    /// Whether an accepted login runs [`MemoryVendor::sweep`] first (on by default: an
+    /// in-process vendor on a manual clock has no other schedule). A server that sweeps on
+    /// its own schedule turns it off, so one user's login never holds the one lock for a
+    /// pass over every stored message (a reconnect storm would make that thousands).
+    pub sweep_on_login: bool,
 }
 
 impl Default for MemoryVendorConfig {
@@ -114,6 +119,7 @@ impl Default for MemoryVendorConfig {
             event_buffer: 1024,
             token_warning_ratio: 0.8,
             max_stored_messages: Some(500_000),
+            sweep_on_login: true,
         }
     }
 }
@@ -490,8 +496,8 @@ impl MemoryVendor {
     }
 
     /// Fires token warnings and expiries and drops history past retention. Runs on every
-    /// accepted login (never for a refused one: that costs only the credential check);
-    /// call it after moving a manual clock.
+    /// accepted login if [`MemoryVendorConfig::sweep_on_login`] (never for a refused one:
+    /// that costs only the credential check); call it after moving a manual clock.
     pub fn sweep(&self) {
         let now = self.now();
         let ratio = self.inner.config.token_warning_ratio;
@@ -1103,7 +1109,9 @@ impl Vendor for MemoryClient {
             take_fault(&mut st, VendorOp::Login)?;
             check_credentials(&st, credentials, self.vendor.now())?;
         }
-        self.vendor.sweep();
+        if config.sweep_on_login {
+            self.vendor.sweep();
+        }
         let now = self.vendor.now();
         let mut st = self.vendor.state();
         // Again under this lock: the account or token may have gone while it was released.

@@ -51,6 +51,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Storage semantics (retention, limits, kick on second login or several devices per
     /// user, the recall and edit rules the server announces in `WelcomeV2` …).
+    /// `sweep_on_login` is ignored: the server sweeps every `sweep_interval` instead.
     pub vendor: MemoryVendorConfig,
     /// A connection whose client sends nothing for this long is closed.
     pub idle_timeout: Duration,
@@ -211,7 +212,14 @@ impl ReferenceServer {
     /// Binds and starts serving.
     pub async fn start(config: ServerConfig) -> std::io::Result<Self> {
         let clock = ShiftedClock::new();
-        let vendor = MemoryVendor::with_clock(config.vendor.clone(), Arc::new(clock.clone()));
+        // The server sweeps on its own schedule (`sweep_interval`, and `shift_clock`), never
+        // on a login: one user's login must not hold the vendor's one lock for a pass over
+        // every stored message.
+        let vendor_config = MemoryVendorConfig {
+            sweep_on_login: false,
+            ..config.vendor.clone()
+        };
+        let vendor = MemoryVendor::with_clock(vendor_config, Arc::new(clock.clone()));
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
