@@ -91,6 +91,17 @@ pub struct MemoryVendorConfig {
     pub event_buffer: usize,
     /// Share of a token's life after which `TokenWillExpire` fires (Easemob: 80%).
     pub token_warning_ratio: f64,
+    /// Most messages kept in memory over all conversations (`None`: no cap, only the
+    /// retention). Past it the oldest go as new ones arrive, from history and the offline
+    /// queues alike, as if their retention had ended: history pages report the raised
+    /// horizon ([`MemoryVendor::horizon`]), so a client reads the gap as retention, not
+    /// loss. A message costs about 1 KB, so the default holds about 0.5 GB.
+    pub max_stored_messages: Option<usize>,
+    /// Whether an accepted login runs [`MemoryVendor::sweep`] first (on by default: an
+    /// in-process vendor on a manual clock has no other schedule). A server that sweeps on
+    /// its own schedule turns it off, so one user's login never holds the one lock for a
+    /// pass over every stored message (a reconnect storm would make that thousands).
+    pub sweep_on_login: bool,
 }
 
 impl Default for MemoryVendorConfig {
@@ -107,6 +118,8 @@ impl Default for MemoryVendorConfig {
             change_feed_max: 10_000,
             event_buffer: 1024,
             token_warning_ratio: 0.8,
+            max_stored_messages: Some(500_000),
+            sweep_on_login: true,
         }
     }
 }
@@ -206,6 +219,9 @@ struct State {
     store_listeners: Vec<mpsc::UnboundedSender<Message>>,
     /// Listeners told about every stored change, in order.
     change_listeners: Vec<mpsc::UnboundedSender<MessageChange>>,
+    /// Just after the newest message dropped by [`MemoryVendorConfig::max_stored_messages`]:
+    /// the horizon the cap raised (see [`MemoryVendor::horizon`]).
+    cap_horizon: Option<Timestamp>,
 }
 
 #[derive(Default)]
@@ -480,7 +496,8 @@ impl MemoryVendor {
     }
 
     /// Fires token warnings and expiries and drops history past retention. Runs on every
-    /// login; call it after moving a manual clock.
+    /// accepted login if [`MemoryVendorConfig::sweep_on_login`] (never for a refused one:
+    /// that costs only the credential check); call it after moving a manual clock.
     pub fn sweep(&self) {
         let now = self.now();
         let ratio = self.inner.config.token_warning_ratio;
@@ -517,14 +534,26 @@ impl MemoryVendor {
                 Some(VendorEvent::TokenExpired),
             );
         }
-        if let Some(horizon) = self.horizon() {
+        if let Some(horizon) = self.retention_horizon() {
             prune(&mut st, horizon);
         }
     }
 
-    /// The oldest instant history is kept for, if retention is limited.
+    /// The oldest instant history is kept for, if anything limits it: the retention, or
+    /// the cap on stored messages once it dropped some (whichever is later).
     pub fn horizon(&self) -> Option<Timestamp> {
+        let cap = self.state().cap_horizon;
+        later(self.retention_horizon(), cap)
+    }
+
+    /// The horizon of the retention alone.
+    fn retention_horizon(&self) -> Option<Timestamp> {
         self.inner.config.retention.map(|r| self.now().minus(r))
+    }
+
+    /// How many messages are stored over all conversations (administrator view).
+    pub fn stored_len(&self) -> usize {
+        self.state().log.len()
     }
 
     /// All stored messages of a conversation, oldest first (administrator view for tests).
@@ -623,6 +652,53 @@ fn end_session(st: &mut State, id: u64, error: ServiceError, event: Option<Vendo
     }
 }
 
+/// The later of two optional horizons.
+fn later(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Drops the oldest stored messages beyond `cap` (by global position), from their
+/// conversation and the offline queues of its members, and raises the cap's horizon past
+/// them (see [`MemoryVendorConfig::max_stored_messages`]).
+fn enforce_cap(st: &mut State, cap: usize) {
+    while st.log.len() > cap {
+        let Some((g, conversation)) = st.log.pop_first() else {
+            return;
+        };
+        let Some(m) = st.conversations.get_mut(&conversation).and_then(|conv| {
+            let m = conv.messages.remove(&g)?;
+            conv.by_client
+                .remove(&(m.sender.clone(), m.client_id.clone()));
+            conv.revisions.remove(&g);
+            Some(m)
+        }) else {
+            continue;
+        };
+        // The oldest message overall is nearly always at the head of each offline queue,
+        // so this is a pop, not a scan.
+        let holders: Vec<UserId> = members(st, &conversation).unwrap_or_default();
+        for user in holders {
+            if let Some(u) = st.users.get_mut(&user) {
+                match u.offline.first_key_value() {
+                    Some((p, head)) if head.server_id == m.server_id => {
+                        let p = *p;
+                        u.offline.remove(&p);
+                    }
+                    // A newer head: the queue holds nothing this old.
+                    Some((_, head)) if parse_msg_id(&head.server_id).is_some_and(|h| h > g) => {}
+                    Some(_) => u.offline.retain(|_, q| q.server_id != m.server_id),
+                    None => {}
+                }
+            }
+        }
+        let past = m.server_time.plus(Duration::from_millis(1));
+        st.cap_horizon = later(st.cap_horizon, Some(past));
+    }
+}
+
 fn prune(st: &mut State, horizon: Timestamp) {
     let State {
         conversations,
@@ -682,6 +758,28 @@ fn is_member(st: &State, conversation: &ConversationId, user: &UserId) -> bool {
         ConversationId::Direct { .. } => conversation.is_direct_member(user),
         ConversationId::Group(g) => st.groups.get(g).is_some_and(|m| m.contains(user)),
     }
+}
+
+/// Checks a login's credentials against the accounts and tokens; the token's expiry if
+/// they hold. Touches nothing else, so a refused login costs a few lookups.
+fn check_credentials(
+    st: &State,
+    credentials: &Credentials,
+    now: Timestamp,
+) -> Result<Option<Timestamp>> {
+    if !st.users.contains_key(&credentials.user) {
+        return Err(E::UnknownUser(credentials.user.clone()));
+    }
+    let Some(tok) = st.tokens.get(credentials.token.expose()) else {
+        return Err(E::AuthFailed("invalid token".into()));
+    };
+    if tok.user != credentials.user {
+        return Err(E::AuthFailed("token belongs to another user".into()));
+    }
+    if tok.expires_at.is_some_and(|e| now >= e) {
+        return Err(E::TokenExpired);
+    }
+    Ok(tok.expires_at)
 }
 
 /// One device's connection to a [`MemoryVendor`]; implements [`Vendor`].
@@ -1001,26 +1099,24 @@ impl Vendor for MemoryClient {
 
     #[tracing::instrument(level = "debug", skip_all, fields(vendor = "memory", client = self.id, user = %credentials.user))]
     async fn login(&self, credentials: &Credentials) -> Result<Session> {
-        self.vendor.sweep();
-        let now = self.vendor.now();
         let config = &self.vendor.inner.config;
         let kick = config.kick_on_second_login && !config.multi_device;
+        // Credentials first: a refused login costs this check only, never the sweep (a
+        // wrong-password flood must not turn into work over every stored message, under
+        // the one lock every other user needs).
+        {
+            let mut st = self.vendor.state();
+            take_fault(&mut st, VendorOp::Login)?;
+            check_credentials(&st, credentials, self.vendor.now())?;
+        }
+        if config.sweep_on_login {
+            self.vendor.sweep();
+        }
+        let now = self.vendor.now();
         let mut st = self.vendor.state();
-        take_fault(&mut st, VendorOp::Login)?;
-        if !st.users.contains_key(&credentials.user) {
-            return Err(E::UnknownUser(credentials.user.clone()));
-        }
+        // Again under this lock: the account or token may have gone while it was released.
+        let expires_at = check_credentials(&st, credentials, now)?;
         let secret = credentials.token.expose();
-        let Some(tok) = st.tokens.get(secret) else {
-            return Err(E::AuthFailed("invalid token".into()));
-        };
-        if tok.user != credentials.user {
-            return Err(E::AuthFailed("token belongs to another user".into()));
-        }
-        if tok.expires_at.is_some_and(|e| now >= e) {
-            return Err(E::TokenExpired);
-        }
-        let expires_at = tok.expires_at;
 
         let mut slot = self.session.lock();
         if let Some(old) = slot.take() {
@@ -1080,6 +1176,7 @@ impl Vendor for MemoryClient {
     #[tracing::instrument(level = "debug", skip_all, fields(vendor = "memory", client = self.id, conversation = %message.conversation, client_id = %message.client_id))]
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
         let max = self.vendor.inner.config.max_message_bytes;
+        let cap = self.vendor.inner.config.max_stored_messages;
         self.with_session(VendorOp::Send, |st, session, now| {
             let sender = Self::user_of(st, session)?;
             let size = message.content.size();
@@ -1138,6 +1235,9 @@ impl Vendor for MemoryClient {
             st.store_listeners
                 .retain(|l| l.send(stored.clone()).is_ok());
             deliver(st, &stored, &recipients, session);
+            if let Some(cap) = cap {
+                enforce_cap(st, cap.max(1));
+            }
             Ok(SendReceipt {
                 server_id: stored.server_id,
                 seq: stored.seq,
@@ -1274,8 +1374,9 @@ impl Vendor for MemoryClient {
         }
         let limit = query.limit.min(caps.history_page_max) as usize;
         let before = parse_cursor(&query.cursor)?;
-        let horizon = self.vendor.horizon();
+        let retention = self.vendor.retention_horizon();
         self.with_session(VendorOp::PullHistory, |st, session, _| {
+            let horizon = later(retention, st.cap_horizon);
             let user = Self::user_of(st, session)?;
             // Messages are stored in their current state; only deletions for this user
             // are left to filter.

@@ -11,10 +11,12 @@
 
 mod callbacks;
 mod faults;
+mod guard;
 mod proxy;
 mod server;
 
 pub use callbacks::{CallbackConfig, CallbackDispatcher, CallbackStats, CallbackStatsSnapshot};
 pub use faults::Faults;
+pub use guard::{FailureBudget, LoginThrottleConfig};
 pub use proxy::{FaultProxy, ProxyConfig, ProxyError, ProxyStats};
-pub use server::{LoginRecord, ReferenceServer, ServerConfig};
+pub use server::{LOGIN_REFUSED, LoginRecord, ReferenceServer, ServerConfig};

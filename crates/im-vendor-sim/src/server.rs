@@ -2,7 +2,18 @@
 //! reference protocol (version 2: every connection opens with `HelloV2`; a version 1 client
 //! is refused with a `Fatal(Protocol)` that says so) on top of a shared `MemoryVendor`,
 //! applying the configured faults.
+//!
+//! Every connection comes from a stranger until it logs in, so the server bounds what an
+//! unauthenticated peer can hold or cost: a login deadline ([`ServerConfig::login_timeout`]),
+//! a share of the connections ([`ServerConfig::max_unauthenticated`]; a newcomer past it,
+//! or past the connection limit, closes the oldest connection still waiting to log in
+//! rather than being refused, so idle sockets cannot lock logins out), failed-login
+//! throttling per account and per peer ([`ServerConfig::login_throttle`]), one answer for
+//! an unknown user and a wrong token, and read buffers that grow with the bytes that
+//! arrived (the wire codec). Every refusal leaves a rate-limited `warn` line naming the
+//! peer ([`ServerConfig::max_warnings_per_second`]); never a token.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,6 +38,11 @@ use tracing::Instrument;
 
 use crate::callbacks::{CallbackConfig, CallbackDispatcher, CallbackStats};
 use crate::faults::Faults;
+use crate::guard::{LoginThrottle, LoginThrottleConfig, WarnLimit};
+
+/// The one answer to a refused login, whether the user is unknown or the token wrong: a
+/// stranger must not learn which accounts exist.
+pub const LOGIN_REFUSED: &str = "invalid credentials";
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
@@ -35,11 +51,26 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Storage semantics (retention, limits, kick on second login or several devices per
     /// user, the recall and edit rules the server announces in `WelcomeV2` …).
+    /// `sweep_on_login` is ignored: the server sweeps every `sweep_interval` instead.
     pub vendor: MemoryVendorConfig,
     /// A connection whose client sends nothing for this long is closed.
     pub idle_timeout: Duration,
-    /// Connections beyond this are refused with a `Fatal(Unavailable)` frame.
+    /// Connections beyond this are refused with a `Fatal(Unavailable)` frame, unless one of
+    /// the open connections has not logged in yet: then the oldest of those is closed to
+    /// make room (unauthenticated sockets cannot lock logins out).
     pub max_connections: usize,
+    /// A connection that has not logged in this long after it was accepted is closed with
+    /// `Fatal(Timeout)` (default 10 s).
+    pub login_timeout: Duration,
+    /// Most connections waiting to log in at once (default 4,096: a reconnect storm of
+    /// 10,000 clients on an overloaded server has thousands in flight, and an idle one
+    /// costs about 17 KiB); a newcomer past it closes the oldest of them with
+    /// `Fatal(Unavailable)`, which a client retries.
+    pub max_unauthenticated: usize,
+    /// Failed-login throttling per account and per peer address.
+    pub login_throttle: LoginThrottleConfig,
+    /// Most refusal warnings logged per second (the rest are counted in the next line).
+    pub max_warnings_per_second: u32,
     /// Largest frame body accepted.
     pub max_frame_len: usize,
     /// How often token expiry and retention are enforced.
@@ -59,6 +90,10 @@ impl Default for ServerConfig {
             vendor: MemoryVendorConfig::default(),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            login_timeout: Duration::from_secs(10),
+            max_unauthenticated: 4096,
+            login_throttle: LoginThrottleConfig::default(),
+            max_warnings_per_second: 10,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             sweep_interval: Duration::from_secs(1),
             callbacks: None,
@@ -95,6 +130,11 @@ struct Shared {
     logins: AtomicU64,
     /// Each login request, while recording ([`ReferenceServer::record_logins`]).
     login_log: Mutex<Option<Vec<LoginRecord>>>,
+    /// Connections that have not logged in yet, oldest first, with the token that closes
+    /// each to make room for a newcomer.
+    unauthenticated: Mutex<BTreeMap<u64, CancellationToken>>,
+    throttle: LoginThrottle,
+    warnings: WarnLimit,
     cancel: CancellationToken,
 }
 
@@ -105,6 +145,38 @@ impl Shared {
 
     fn in_outage(&self) -> bool {
         self.outage_until.lock().is_some_and(|t| Instant::now() < t)
+    }
+
+    /// A rate-limited warning about a refused or misbehaving peer (never a token).
+    fn warn_peer(&self, peer: SocketAddr, refusal: &'static str, detail: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.warnings.allow() {
+            tracing::warn!(%peer, refusal, suppressed, "refused peer: {detail}");
+        }
+    }
+
+    /// Registers connection `n` as waiting to log in; if that makes too many (or the
+    /// connection limit is reached), closes the oldest waiting one. Returns the token that
+    /// closes `n` in turn.
+    fn await_login(&self, n: u64, at_limit: bool) -> CancellationToken {
+        let token = CancellationToken::new();
+        let evicted = {
+            let mut waiting = self.unauthenticated.lock();
+            let evicted = if at_limit || waiting.len() >= self.config.max_unauthenticated.max(1) {
+                waiting.pop_first()
+            } else {
+                None
+            };
+            waiting.insert(n, token.clone());
+            evicted
+        };
+        if let Some((_, oldest)) = evicted {
+            oldest.cancel();
+        }
+        token
+    }
+
+    fn logged_in(&self, n: u64) {
+        self.unauthenticated.lock().remove(&n);
     }
 
     fn note_login(&self, user: &UserId) {
@@ -140,7 +212,14 @@ impl ReferenceServer {
     /// Binds and starts serving.
     pub async fn start(config: ServerConfig) -> std::io::Result<Self> {
         let clock = ShiftedClock::new();
-        let vendor = MemoryVendor::with_clock(config.vendor.clone(), Arc::new(clock.clone()));
+        // The server sweeps on its own schedule (`sweep_interval`, and `shift_clock`), never
+        // on a login: one user's login must not hold the vendor's one lock for a pass over
+        // every stored message.
+        let vendor_config = MemoryVendorConfig {
+            sweep_on_login: false,
+            ..config.vendor.clone()
+        };
+        let vendor = MemoryVendor::with_clock(vendor_config, Arc::new(clock.clone()));
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
@@ -163,6 +242,9 @@ impl ReferenceServer {
             accepted: AtomicU64::new(0),
             logins: AtomicU64::new(0),
             login_log: Mutex::new(None),
+            unauthenticated: Mutex::new(BTreeMap::new()),
+            throttle: LoginThrottle::new(&config.login_throttle),
+            warnings: WarnLimit::new(config.max_warnings_per_second),
             cancel,
             config,
         });
@@ -282,7 +364,11 @@ impl Drop for ReferenceServer {
 }
 
 async fn sweeper(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.config.sweep_interval);
+    let period = shared.config.sweep_interval;
+    // The first sweep one period after start (an interval's first tick is immediate, and
+    // at start there is nothing to sweep): a test that moves the vendor clock right after
+    // starting sees no sweep it did not ask for.
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     loop {
         tokio::select! {
             _ = shared.cancel.cancelled() => return,
@@ -291,11 +377,13 @@ async fn sweeper(shared: Arc<Shared>) {
     }
 }
 
-/// Decrements the connection count when a connection task ends, however it ends.
-struct ConnectionSlot(Arc<Shared>);
+/// Decrements the connection count (and forgets the connection as waiting to log in)
+/// when a connection task ends, however it ends.
+struct ConnectionSlot(Arc<Shared>, u64);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        self.0.logged_in(self.1);
         self.0.connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -320,8 +408,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
         }
         let n = shared.next_connection.fetch_add(1, Ordering::SeqCst) + 1;
         let open = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        let slot = ConnectionSlot(shared.clone());
-        if open > shared.config.max_connections {
+        let slot = ConnectionSlot(shared.clone(), n);
+        let at_limit = open > shared.config.max_connections;
+        // At the limit, a connection still waiting to log in makes room; only when every
+        // connection has logged in is the newcomer refused.
+        if at_limit && shared.unauthenticated.lock().is_empty() {
+            shared.warn_peer(peer, "connection_limit", &"connection limit reached");
             tracker.spawn(async move {
                 let _slot = slot;
                 let mut out =
@@ -334,12 +426,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
             });
             continue;
         }
+        let evict = shared.await_login(n, at_limit);
         let span = tracing::info_span!("connection", conn = n, %peer, user = tracing::field::Empty);
-        tracker.spawn(serve(stream, n, shared.clone(), slot).instrument(span));
+        let conn = Conn { n, peer, evict };
+        tracker.spawn(serve(stream, conn, shared.clone(), slot).instrument(span));
     }
 }
 
-/// The writing side of a connection, with the wire faults applied.
+/// The writing side of a connection, with the wire faults applied. Frames are fed into
+/// the write buffer and flushed together when the connection has nothing else ready (the
+/// serve loop's last branch), or when the buffer passes its backpressure boundary: one
+/// write for a burst of pushes instead of one each.
 struct Outbox {
     sink: FramedWrite<OwnedWriteHalf, WireCodec<ClientFrame, ServerFrame>>,
     shared: Arc<Shared>,
@@ -363,10 +460,21 @@ impl Outbox {
             || (p > 0.0 && self.rng.random_bool(p))
         {
             tracing::debug!(sent = self.sent, "fault: dropping connection");
+            // The frames before the drop did go out.
+            let _ = self.sink.flush().await;
             return Err(Closed);
         }
         self.sent += 1;
-        self.sink.send(frame).await.map_err(|_| Closed)
+        self.sink.feed(frame).await.map_err(|_| Closed)
+    }
+
+    /// Whether frames wait in the write buffer.
+    fn unflushed(&self) -> bool {
+        !self.sink.write_buffer().is_empty()
+    }
+
+    async fn flush(&mut self) -> Result<(), Closed> {
+        self.sink.flush().await.map_err(|_| Closed)
     }
 
     async fn push(&mut self, event: VendorEvent) -> Result<(), Closed> {
@@ -399,7 +507,7 @@ impl Outbox {
     /// The answer to `HelloV2`, outside the wire faults: they model the traffic of a session,
     /// and counting the handshake would shift every `drop_after_frames` count and seeded run.
     async fn handshake(&mut self, frame: ServerFrame) -> Result<(), Closed> {
-        self.sink.send(frame).await.map_err(|_| Closed)
+        self.sink.feed(frame).await.map_err(|_| Closed)
     }
 
     async fn fatal(&mut self, error: ServiceError) {
@@ -415,16 +523,26 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-async fn serve(stream: TcpStream, n: u64, shared: Arc<Shared>, _slot: ConnectionSlot) {
+/// One accepted connection: its number, its peer, and the token that closes it while it
+/// waits to log in (see [`Shared::await_login`]).
+struct Conn {
+    n: u64,
+    peer: SocketAddr,
+    evict: CancellationToken,
+}
+
+async fn serve(stream: TcpStream, conn: Conn, shared: Arc<Shared>, _slot: ConnectionSlot) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let max = shared.config.max_frame_len;
     let idle = shared.config.idle_timeout;
+    let login_timeout = shared.config.login_timeout;
+    let login_deadline = Instant::now() + login_timeout;
     let mut source = FramedRead::new(read, WireCodec::<ClientFrame, ServerFrame>::new(max));
     let mut out = Outbox {
         sink: FramedWrite::new(write, WireCodec::new(max)),
         shared: shared.clone(),
-        rng: StdRng::seed_from_u64(shared.config.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        rng: StdRng::seed_from_u64(shared.config.seed ^ conn.n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
         sent: 0,
         held: None,
     };
@@ -437,6 +555,7 @@ async fn serve(stream: TcpStream, n: u64, shared: Arc<Shared>, _slot: Connection
     let mut last_heard = Instant::now();
     loop {
         let held_until = out.held.as_ref().map(|(_, t)| *t);
+        let unflushed = out.unflushed();
         tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => {
@@ -444,6 +563,16 @@ async fn serve(stream: TcpStream, n: u64, shared: Arc<Shared>, _slot: Connection
                 break;
             }
             _ = outage.changed() => break,
+            _ = conn.evict.cancelled(), if !state.logged_in => {
+                shared.warn_peer(conn.peer, "unauthenticated_limit", &"too many connections waiting to log in: closing the oldest");
+                out.fatal(ServiceError::Unavailable("too many connections waiting to log in".into())).await;
+                break;
+            }
+            _ = tokio::time::sleep_until(login_deadline), if !state.logged_in => {
+                shared.warn_peer(conn.peer, "login_deadline", &format_args!("no login within {login_timeout:?}"));
+                out.fatal(ServiceError::Timeout(login_timeout)).await;
+                break;
+            }
             _ = sleep_until_some(held_until) => {
                 if out.flush_held().await.is_err() { break; }
             }
@@ -462,19 +591,25 @@ async fn serve(stream: TcpStream, n: u64, shared: Arc<Shared>, _slot: Connection
                 let frame = match frame {
                     None => break,
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, "bad frame");
+                        shared.warn_peer(conn.peer, "bad_frame", &e);
                         out.fatal(e).await;
                         break;
                     }
                     Some(Ok(frame)) => frame,
                 };
-                match handle(frame, &client, &mut state, &mut out).await {
+                match handle(frame, &client, &mut state, &mut out, &conn).await {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Close) | Err(Closed) => break,
                 }
             }
+            // Last: only when nothing else is ready, so a burst goes out in one write.
+            flushed = out.flush(), if unflushed => {
+                if flushed.is_err() { break; }
+            }
         }
     }
+    // What was answered before closing (a refused login, a logout) goes out.
+    let _ = out.flush().await;
     // Dropping the client ends its vendor session (pushes go to the offline queue again).
     drop(client);
 }
@@ -498,14 +633,22 @@ async fn handle(
     client: &im_service::memory::MemoryClient,
     state: &mut ConnState,
     out: &mut Outbox,
+    conn: &Conn,
 ) -> Result<Flow, Closed> {
+    let shared = out.shared.clone();
     let (id, request) = match frame {
         // A version 1 client: `Hello`, or (never greeting) its first request.
         ClientFrame::Hello => {
+            shared.warn_peer(conn.peer, "protocol_version", &"version 1 Hello");
             out.fatal(version_1_refused()).await;
             return Ok(Flow::Close);
         }
         ClientFrame::HelloV2 { version } if version < PROTOCOL_VERSION => {
+            shared.warn_peer(
+                conn.peer,
+                "protocol_version",
+                &format_args!("version {version}"),
+            );
             out.fatal(ServiceError::Protocol(format!(
                 "protocol version {version} is not served; this server speaks version {PROTOCOL_VERSION}"
             )))
@@ -525,12 +668,14 @@ async fn handle(
             return Ok(Flow::Continue);
         }
         ClientFrame::Request { .. } if !state.greeted => {
+            shared.warn_peer(conn.peer, "protocol_version", &"request before HelloV2");
             out.fatal(version_1_refused()).await;
             return Ok(Flow::Close);
         }
         ClientFrame::Request { id, request } => (id, request),
     };
     if !state.logged_in && !matches!(request, Request::Login(_)) {
+        shared.warn_peer(conn.peer, "not_logged_in", &request.kind());
         out.fatal(ServiceError::NotLoggedIn).await;
         return Ok(Flow::Close);
     }
@@ -544,13 +689,14 @@ async fn handle(
     let (result, flow) = async {
         match request {
             Request::Login(creds) => {
-                match client.login(&creds).await {
-                    Ok(session) => {
-                        state.logged_in = true;
-                        (Ok(Reply::Session(session)), Flow::Continue)
-                    }
+                let result = login(&creds, client, &shared, conn.peer).await;
+                if result.is_ok() {
+                    state.logged_in = true;
+                    shared.logged_in(conn.n);
+                    (result, Flow::Continue)
+                } else {
                     // A failed login ends the connection after the typed answer.
-                    Err(e) => (Err(e), Flow::Close),
+                    (result, Flow::Close)
                 }
             }
             Request::Logout => (client.logout().await.map(|()| Reply::Done), Flow::Close),
@@ -602,4 +748,65 @@ async fn handle(
     }
     out.send(ServerFrame::Response { id, result }).await?;
     Ok(flow)
+}
+
+/// A login from a stranger: throttled per peer and per account before its credentials are
+/// looked at, and refused with one answer ([`LOGIN_REFUSED`]) whether the user is unknown
+/// or the token wrong. Logs the refusal with the user's name (escaped), never the token.
+async fn login(
+    creds: &im_service::Credentials,
+    client: &im_service::memory::MemoryClient,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<Reply, ServiceError> {
+    if let Err(retry_after) = shared.throttle.check(peer.ip(), &creds.user) {
+        shared.warn_peer(
+            peer,
+            "login_throttled",
+            &format_args!(
+                "login as {:?} throttled for {retry_after:?}",
+                loggable(&creds.user)
+            ),
+        );
+        return Err(ServiceError::RateLimited { retry_after });
+    }
+    match client.login(creds).await {
+        Ok(session) => {
+            shared.throttle.succeeded(&creds.user);
+            Ok(Reply::Session(session))
+        }
+        Err(ServiceError::UnknownUser(_) | ServiceError::AuthFailed(_)) => {
+            shared.throttle.failed(peer.ip(), &creds.user);
+            shared.warn_peer(
+                peer,
+                "login_refused",
+                &format_args!("login as {:?} refused", loggable(&creds.user)),
+            );
+            Err(ServiceError::AuthFailed(LOGIN_REFUSED.into()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A user name as a log line shows it: a stranger chooses it, so at most 64 characters (a
+/// name up to a frame long must not turn a rate-limited warning into megabytes of log);
+/// the caller prints it with `{:?}`, which escapes control characters.
+fn loggable(user: &UserId) -> &str {
+    let name = user.as_str();
+    match name.char_indices().nth(64) {
+        Some((end, _)) => &name[..end],
+        None => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_user_name_is_cut_to_64_characters() {
+        let long = UserId::new("é".repeat(10_000));
+        assert_eq!(loggable(&long).chars().count(), 64);
+        assert_eq!(loggable(&UserId::new("bob")), "bob");
+    }
 }

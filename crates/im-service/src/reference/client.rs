@@ -252,16 +252,35 @@ impl Connection {
             let hello = ClientFrame::HelloV2 {
                 version: PROTOCOL_VERSION,
             };
-            if let Err(e) = sink.send(hello).await {
+            if let Err(e) = sink.feed(hello).await {
                 close(&writer_pending, e);
                 return;
             }
-            while let Some(frame) = outgoing.recv().await {
-                if let Err(e) = sink.send(frame).await {
+            // Frames are fed into the write buffer and flushed once the queue is empty:
+            // requests queued together (the login behind the hello, a window of sends) go
+            // out in one write instead of one each.
+            loop {
+                let frame = match outgoing.try_recv() {
+                    Ok(frame) => frame,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if let Err(e) = sink.flush().await {
+                            close(&writer_pending, e);
+                            return;
+                        }
+                        match outgoing.recv().await {
+                            Some(frame) => frame,
+                            None => break,
+                        }
+                    }
+                };
+                if let Err(e) = sink.feed(frame).await {
                     close(&writer_pending, e);
                     return;
                 }
             }
+            // Whatever was fed before the connection was dropped (a logout) goes out.
+            let _ = sink.flush().await;
         });
 
         let mut source = FramedRead::new(

@@ -16,10 +16,10 @@
 
 use std::marker::PhantomData;
 
-use bytes::BytesMut;
+use bytes::{Buf, BufMut, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::ServiceError;
 use crate::capabilities::Capabilities;
@@ -186,56 +186,25 @@ pub enum ServerFrame {
 /// Length-delimited framing of `In` (decoded) and `Out` (encoded) frames through the
 /// workspace codec, with a body size limit enforced before any allocation.
 ///
-/// The framing itself is tokio-util's [`LengthDelimitedCodec`] (4-byte big-endian length,
-/// no adjustment); this type adds the workspace codec on the body and turns the framing's
-/// I/O errors into the typed [`CodecError`]s callers match on (`Oversized` with the
-/// announced length, `Truncated` at end of input inside a frame).
+/// The framing is a 4-byte big-endian body length, then the body. The decoder leaves a
+/// frame in the buffer until all of it has arrived and never reserves room for the length a
+/// prefix declares: the read buffer grows with the bytes that actually arrived (tokio-util's
+/// `FramedRead` grows it as it reads, at most doubling what it holds), so a peer that
+/// announces a 1 MiB frame and sends 10 bytes holds a few KiB, not 1 MiB. (tokio-util's
+/// `LengthDelimitedCodec`, used before, reserves the declared length as soon as the prefix
+/// arrives: 2,000 such partial frames held 160 MB.)
 #[derive(Debug)]
 pub struct WireCodec<In, Out> {
-    framing: LengthDelimitedCodec,
     max_frame_len: usize,
-    /// Whether `framing` has consumed a length prefix whose body has not arrived yet
-    /// (`LengthDelimitedCodec` keeps that in its state, not in the buffer, and does not
-    /// report it at end of input).
-    inside_frame: bool,
     _frames: PhantomData<fn(Out) -> In>,
-}
-
-/// The wire's framing: a 4-byte big-endian body length, then the body.
-fn framing(max_frame_len: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_type::<u32>()
-        .big_endian()
-        .max_frame_length(max_frame_len)
-        .new_codec()
 }
 
 impl<In, Out> WireCodec<In, Out> {
     /// A codec accepting bodies up to `max_frame_len` bytes.
     pub fn new(max_frame_len: usize) -> Self {
         Self {
-            framing: framing(max_frame_len),
             max_frame_len,
-            inside_frame: false,
             _frames: PhantomData,
-        }
-    }
-
-    /// The typed error for the framing's refusal of the frame at the head of `src`: the only
-    /// error `LengthDelimitedCodec` decodes with (no length adjustment is configured) is a
-    /// length above the limit, and it leaves the prefix in `src` when it refuses.
-    fn oversized(&self, src: &BytesMut, e: std::io::Error) -> ServiceError {
-        match src.get(..LEN_PREFIX) {
-            Some(prefix) if e.kind() == std::io::ErrorKind::InvalidData => {
-                let mut len = [0u8; LEN_PREFIX];
-                len.copy_from_slice(prefix);
-                CodecError::Oversized {
-                    len: u32::from_be_bytes(len) as usize,
-                    max: self.max_frame_len,
-                }
-                .into()
-            }
-            _ => CodecError::Malformed(format!("framing: {e}")).into(),
         }
     }
 }
@@ -246,30 +215,54 @@ impl<In, Out> Default for WireCodec<In, Out> {
     }
 }
 
+/// The body length a frame at the head of `src` declares, once its prefix has arrived.
+fn declared_len(src: &[u8]) -> Option<usize> {
+    let prefix: [u8; LEN_PREFIX] = src.get(..LEN_PREFIX)?.try_into().ok()?;
+    Some(u32::from_be_bytes(prefix) as usize)
+}
+
+/// Appends `body` with its length prefix (the caller checked the length fits a `u32`).
+fn put_frame(body: &[u8], dst: &mut BytesMut) -> Result<(), ServiceError> {
+    let len = u32::try_from(body.len()).map_err(|_| CodecError::Oversized {
+        len: body.len(),
+        max: u32::MAX as usize,
+    })?;
+    dst.reserve(LEN_PREFIX + body.len());
+    dst.put_u32(len);
+    dst.extend_from_slice(body);
+    Ok(())
+}
+
 impl<In: DeserializeOwned, Out> Decoder for WireCodec<In, Out> {
     type Item = In;
     type Error = ServiceError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, ServiceError> {
-        let before = src.len();
-        match self.framing.decode(src) {
-            Ok(Some(body)) => {
-                self.inside_frame = false;
-                Ok(Some(codec::decode(&body)?))
+        let Some(len) = declared_len(src) else {
+            return Ok(None);
+        };
+        // Refused on the prefix alone, before a byte of the body is read.
+        if len > self.max_frame_len {
+            return Err(CodecError::Oversized {
+                len,
+                max: self.max_frame_len,
             }
-            Ok(None) => {
-                // A consumed prefix means the body is still to come.
-                self.inside_frame |= src.len() < before;
-                Ok(None)
-            }
-            Err(e) => Err(self.oversized(src, e)),
+            .into());
         }
+        if src.len() < LEN_PREFIX + len {
+            // Wait for the rest; no `reserve` of the declared length (see the type docs).
+            return Ok(None);
+        }
+        src.advance(LEN_PREFIX);
+        let body = src.split_to(len);
+        Ok(Some(codec::decode(&body)?))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<In>, ServiceError> {
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
-            None if buf.is_empty() && !self.inside_frame => Ok(None),
+            None if buf.is_empty() => Ok(None),
+            // End of input inside a frame (its prefix, or its body).
             None => Err(CodecError::Truncated.into()),
         }
     }
@@ -280,7 +273,6 @@ impl<In, Out: Serialize> Encoder<Out> for WireCodec<In, Out> {
 
     fn encode(&mut self, frame: Out, dst: &mut BytesMut) -> Result<(), ServiceError> {
         let body = codec::encode(&frame)?;
-        // Checked here, not left to the framing, for the typed error with the length.
         if body.len() > self.max_frame_len {
             return Err(CodecError::Oversized {
                 len: body.len(),
@@ -288,8 +280,7 @@ impl<In, Out: Serialize> Encoder<Out> for WireCodec<In, Out> {
             }
             .into());
         }
-        Encoder::<&[u8]>::encode(&mut self.framing, &body, dst)
-            .map_err(|e| CodecError::Encode(format!("framing: {e}")).into())
+        put_frame(&body, dst)
     }
 }
 
@@ -304,8 +295,7 @@ impl From<std::io::Error> for ServiceError {
 pub fn frame_bytes<T: Serialize>(frame: &T) -> Result<Vec<u8>, ServiceError> {
     let body = codec::encode(frame)?;
     let mut out = BytesMut::with_capacity(LEN_PREFIX + body.len());
-    Encoder::<&[u8]>::encode(&mut framing(codec::MAX_ENCODED_LEN), &body, &mut out)
-        .map_err(|e| CodecError::Encode(format!("framing: {e}")))?;
+    put_frame(&body, &mut out)?;
     Ok(out.to_vec())
 }
 
@@ -370,9 +360,48 @@ mod tests {
     }
 
     #[test]
-    fn eof_after_a_consumed_length_prefix_is_truncation() {
-        // The framing consumes the prefix once it has it, leaving the buffer empty: end of
-        // input there is still inside a frame.
+    fn a_declared_frame_holds_only_the_bytes_that_arrived() {
+        // A 1 MiB frame announced, 10 bytes of it sent: the decoder must not reserve the
+        // declared length (tokio-util's LengthDelimitedCodec did, 1 MiB per such peer).
+        let mut dec = ServerSide::default();
+        let mut buf = BytesMut::from(&(DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes()[..]);
+        buf.extend_from_slice(&[0u8; 10]);
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert!(
+            buf.capacity() < 64 * 1024,
+            "a partial frame reserved {} bytes",
+            buf.capacity()
+        );
+        assert_eq!(buf.len(), LEN_PREFIX + 10, "the partial frame is kept");
+    }
+
+    #[tokio::test]
+    async fn a_framed_reader_grows_with_the_bytes_that_arrived() {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let mut framed = tokio_util::codec::FramedRead::new(rx, ServerSide::default());
+        tx.write_all(&(DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes())
+            .await
+            .unwrap();
+        tx.write_all(&[1u8; 10]).await.unwrap();
+        // One read of what arrived; the frame is not complete, so nothing is yielded.
+        let polled = futures::FutureExt::now_or_never(framed.next());
+        assert!(polled.is_none(), "{polled:?}");
+        assert!(
+            framed.read_buffer().capacity() < 64 * 1024,
+            "the read buffer holds {} bytes for 14 that arrived",
+            framed.read_buffer().capacity()
+        );
+        // The rest of a (small) frame still completes it.
+        let bytes = frame_bytes(&ClientFrame::Hello).unwrap();
+        let mut framed = tokio_util::codec::FramedRead::new(&bytes[..], ServerSide::default());
+        assert_eq!(framed.next().await, Some(Ok(ClientFrame::Hello)));
+    }
+
+    #[test]
+    fn eof_after_a_length_prefix_is_truncation() {
+        // Only the prefix arrived: end of input there is still inside a frame.
         let bytes = frame_bytes(&ClientFrame::Hello).unwrap();
         let mut dec = ServerSide::default();
         let mut buf = BytesMut::from(&bytes[..LEN_PREFIX]);

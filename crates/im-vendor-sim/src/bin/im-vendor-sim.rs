@@ -45,6 +45,16 @@ struct Args {
     /// Maximum simultaneous connections.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Close a connection that has not logged in this many seconds after it was accepted.
+    #[arg(long, default_value_t = 10)]
+    login_timeout_secs: u64,
+    /// Most connections waiting to log in at once (a newcomer past it closes the oldest).
+    #[arg(long, default_value_t = 4096)]
+    max_unauthenticated: usize,
+    /// Most messages kept in memory (0 = no cap, only the retention); past it the oldest
+    /// go, as if their retention had ended.
+    #[arg(long, default_value_t = 500_000)]
+    max_stored_messages: usize,
     /// Several devices per user: a second login of a user does not kick the first, and a
     /// send from one device reaches the user's other online devices (declares MultiDevice
     /// instead of KickOnSecondLogin).
@@ -262,10 +272,13 @@ async fn main() -> Result<()> {
             max_message_bytes: args.max_message_bytes,
             multi_device: args.multi_device,
             lifecycle,
+            max_stored_messages: (args.max_stored_messages > 0).then_some(args.max_stored_messages),
             ..MemoryVendorConfig::default()
         },
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         max_connections: args.max_connections,
+        login_timeout: Duration::from_secs(args.login_timeout_secs),
+        max_unauthenticated: args.max_unauthenticated,
         callbacks,
         faults,
         seed: args.seed,
