@@ -15,6 +15,12 @@
 //!   store's group commit can share flushes): `imclient_send_16_concurrent` and
 //!   `sled_store_16_put_outbox_flush_concurrent`, against sixteen raw insert + flush pairs
 //!   and against sixteen raw inserts with one flush (a perfect group commit).
+//! * `durable_client_path_64_at_once_8_conversations` (issue 22): one sender and 8
+//!   receivers on the reference vendor (TCP, loopback, server in process); a round sends 64
+//!   messages at once (8 to each receiver) and ends when the receivers' apps have all 64.
+//!   `imclient_sled_store` (every client an `ImClient` on its own `SledStore`) and
+//!   `imclient_memory_store`, against `baseline_bare_reference_adapter` (the same sends and
+//!   pushes through bare `ReferenceClient`s).
 //! * `sync_10000_offline_1000_conversations`: 10,000 messages queued for a user while he is
 //!   offline (10 from each of 1,000 senders, one direct conversation each, interleaved so
 //!   that each offline batch of 200 spans 200 conversations; queued in process, outside the
@@ -809,16 +815,20 @@ fn bench_client_path(c: &mut Criterion, rt: &Runtime) {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
-                    let mut slot = fixture.borrow_mut();
-                    if slot.is_none() {
-                        *slot = Some(PairFixture::start(kind).await);
-                    }
-                    let f = slot.as_mut().unwrap();
+                    // Taken out for the rounds (no `RefCell` borrow across an await),
+                    // put back for the next sample.
+                    let taken = fixture.borrow_mut().take();
+                    let mut f = match taken {
+                        Some(f) => f,
+                        None => PairFixture::start(kind).await,
+                    };
                     let start = Instant::now();
                     for _ in 0..iters {
                         f.round().await;
                     }
-                    start.elapsed()
+                    let elapsed = start.elapsed();
+                    *fixture.borrow_mut() = Some(f);
+                    elapsed
                 })
             })
         });
