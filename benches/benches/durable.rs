@@ -15,6 +15,12 @@
 //!   store's group commit can share flushes): `imclient_send_16_concurrent` and
 //!   `sled_store_16_put_outbox_flush_concurrent`, against sixteen raw insert + flush pairs
 //!   and against sixteen raw inserts with one flush (a perfect group commit).
+//! * `durable_client_path_64_at_once_8_conversations` (issue 22): one sender and 8
+//!   receivers on the reference vendor (TCP, loopback, server in process); a round sends 64
+//!   messages at once (8 to each receiver) and ends when the receivers' apps have all 64.
+//!   `imclient_sled_store` (every client an `ImClient` on its own `SledStore`) and
+//!   `imclient_memory_store`, against `baseline_bare_reference_adapter` (the same sends and
+//!   pushes through bare `ReferenceClient`s).
 //! * `sync_10000_offline_1000_conversations`: 10,000 messages queued for a user while he is
 //!   offline (10 from each of 1,000 senders, one direct conversation each, interleaved so
 //!   that each offline batch of 200 spans 200 conversations; queued in process, outside the
@@ -646,9 +652,207 @@ fn bench_sync(c: &mut Criterion, rt: &Runtime) {
     }
 }
 
+/// Conversations (receivers) of the client-path group.
+const FANOUT: usize = 8;
+/// Messages per conversation in one round of the client-path group.
+const PER_CONVERSATION: usize = 8;
+/// Messages per round of the client-path group.
+const ROUND: usize = FANOUT * PER_CONVERSATION;
+
+/// One sender and `FANOUT` receivers on the reference vendor (TCP, loopback), either bare
+/// adapters or `ImClient`s on a store made by `store` (`None`: bare adapters).
+struct PairFixture {
+    _server: ReferenceServer,
+    _dirs: Vec<tempfile::TempDir>,
+    sender: Sender,
+    receivers: Vec<Sender>,
+    to: Vec<ConversationId>,
+    events: futures::stream::BoxStream<'static, bool>,
+}
+
+enum Sender {
+    Bare(Arc<im_service::reference::ReferenceClient>),
+    Client(Arc<ImClient>),
+}
+
+#[derive(Clone, Copy)]
+enum PairKind {
+    Bare,
+    Memory,
+    Sled,
+}
+
+impl PairFixture {
+    async fn start(kind: PairKind) -> Self {
+        let config = ServerConfig {
+            sweep_interval: Duration::from_secs(3600),
+            ..ServerConfig::default()
+        };
+        let server = ReferenceServer::start(config).await.unwrap();
+        let vendor = ReferenceVendor::discover(server.addr(), ReferenceConfig::default())
+            .await
+            .unwrap();
+        let mut dirs = Vec::new();
+        let mut store = || -> Arc<dyn Store> {
+            match kind {
+                PairKind::Sled => {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = SledStore::open(dir.path()).unwrap();
+                    dirs.push(dir);
+                    Arc::new(store)
+                }
+                _ => Arc::new(MemoryStore::new()),
+            }
+        };
+        let me = server.vendor().register_user(&UserId::new("sender"));
+        let mut to = Vec::new();
+        let mut streams: Vec<futures::stream::BoxStream<'static, bool>> = Vec::new();
+        let mut receivers = Vec::new();
+        for i in 0..FANOUT {
+            let creds = server
+                .vendor()
+                .register_user(&UserId::new(format!("receiver{i}")));
+            to.push(ConversationId::direct(&me.user, &creds.user));
+            match kind {
+                PairKind::Bare => {
+                    let client = vendor.client();
+                    let events = client.take_events().unwrap();
+                    client.login(&creds).await.unwrap();
+                    client.go_online().await.unwrap();
+                    streams.push(Box::pin(
+                        events.map(|e| matches!(e, im_service::VendorEvent::MessagePushed(_))),
+                    ));
+                    receivers.push(Sender::Bare(Arc::new(client)));
+                }
+                _ => {
+                    let client = ImClient::builder(Arc::new(vendor.client()), creds)
+                        .store(store())
+                        .build();
+                    let sub = client.subscribe_with(
+                        Filter::all(),
+                        DeliveryPolicy::DropOldest { capacity: 1 << 20 },
+                    );
+                    client.login().await.unwrap();
+                    streams.push(Box::pin(sub.map(|e| matches!(*e, ClientEvent::Message(_)))));
+                    receivers.push(Sender::Client(Arc::new(client)));
+                }
+            }
+        }
+        let sender = match kind {
+            PairKind::Bare => {
+                let client = vendor.client();
+                client.login(&me).await.unwrap();
+                Sender::Bare(Arc::new(client))
+            }
+            _ => {
+                let client = ImClient::builder(Arc::new(vendor.client()), me)
+                    .store(store())
+                    .build();
+                client.login().await.unwrap();
+                Sender::Client(Arc::new(client))
+            }
+        };
+        Self {
+            _server: server,
+            _dirs: dirs,
+            sender,
+            receivers,
+            to,
+            events: Box::pin(futures::stream::select_all(streams)),
+        }
+    }
+
+    /// Sends `ROUND` messages at once (`PER_CONVERSATION` to each receiver) and waits until
+    /// the receivers' apps have all of them.
+    async fn round(&mut self) {
+        let sends = (0..ROUND).map(|i| {
+            let to = self.to[i % FANOUT].clone();
+            match &self.sender {
+                Sender::Bare(c) => {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let message = OutgoingMessage::new(to, body(), Timestamp::from_millis(0));
+                        c.send(&message)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                }
+                Sender::Client(c) => {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        c.send(to, body())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                }
+            }
+        });
+        for sent in join_all(sends).await {
+            sent.unwrap().unwrap();
+        }
+        let mut got = 0;
+        while got < ROUND {
+            if self.events.next().await.unwrap() {
+                got += 1;
+            }
+        }
+    }
+}
+
+/// Issue 22: the client path on a durable store against the bare adapter, same run.
+fn bench_client_path(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("durable_client_path_64_at_once_8_conversations");
+    group.throughput(Throughput::Elements(ROUND as u64));
+    group.sample_size(20);
+    for (name, kind) in [
+        ("baseline_bare_reference_adapter", PairKind::Bare),
+        ("imclient_memory_store", PairKind::Memory),
+        ("imclient_sled_store", PairKind::Sled),
+    ] {
+        let fixture = RefCell::new(None::<PairFixture>);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    // Taken out for the rounds (no `RefCell` borrow across an await),
+                    // put back for the next sample.
+                    let taken = fixture.borrow_mut().take();
+                    let mut f = match taken {
+                        Some(f) => f,
+                        None => PairFixture::start(kind).await,
+                    };
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        f.round().await;
+                    }
+                    let elapsed = start.elapsed();
+                    *fixture.borrow_mut() = Some(f);
+                    elapsed
+                })
+            })
+        });
+        if let Some(f) = fixture.borrow_mut().take() {
+            rt.block_on(async move {
+                for s in f.receivers.iter().chain([&f.sender]) {
+                    match s {
+                        Sender::Client(c) => c.logout().await,
+                        Sender::Bare(c) => {
+                            let _ = c.logout().await;
+                        }
+                    }
+                }
+                drop(f);
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     bench_send(c, &rt);
+    bench_client_path(c, &rt);
     bench_sync(c, &rt);
 }
 

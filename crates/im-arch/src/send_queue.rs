@@ -9,6 +9,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use im_service::{
     ClientMsgId, Content, ConversationId, ErrorClass, Message, OutgoingMessage, Timestamp,
 };
@@ -148,65 +150,107 @@ fn ready(outbox: &[OutboxItem]) -> Vec<OutboxItem> {
     out
 }
 
+/// Most sends in flight at once, each in a different conversation.
+pub(crate) const SEND_WINDOW: usize = 32;
+
 /// The sender task: runs until the client stops it.
+///
+/// The heads of different conversations go out together (at most [`SEND_WINDOW`] at
+/// once): a conversation's next item starts as soon as its own head is sent, without
+/// waiting for the others. Within a conversation one item is in flight at a time, so
+/// nothing overtakes a head that fails (see `docs/BENCHMARKS.md`, issue 22, for why a
+/// window inside a conversation would break that). After a send that stalled (connection
+/// lost) or a failing store, nothing new starts until every send in flight has ended and
+/// the wait for that setback is over.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut state = shared.state.subscribe();
+    let mut sends = FuturesUnordered::new();
+    // Conversations with a send in flight: their next item waits for it.
+    let mut busy: HashSet<ConversationId> = HashSet::new();
+    let mut setback: Option<Delivery> = None;
     loop {
-        // Nothing is attempted until authentication and sync are done.
-        while *state.borrow_and_update() != ConnectionState::Online {
-            if state.changed().await.is_err() {
-                return;
+        if sends.is_empty() {
+            match setback.take() {
+                // A failing store (full disk): do not spin; try again a little later.
+                Some(Delivery::StoreFailed) => {
+                    tokio::time::sleep(shared.config.retry.backoff.max).await;
+                }
+                // Wait for the state to move (offline, then online again); bounded, in
+                // case the loss is noticed only by the next heartbeat.
+                Some(Delivery::Stalled) => {
+                    let _ = tokio::time::timeout(shared.config.retry.backoff.max, state.changed())
+                        .await;
+                }
+                Some(Delivery::Done) | None => {}
+            }
+            // Nothing is attempted until authentication and sync are done.
+            while *state.borrow_and_update() != ConnectionState::Online {
+                if state.changed().await.is_err() {
+                    return;
+                }
             }
         }
         let wake = shared.outbox_wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let items = match shared.store.outbox().await {
-            Ok(items) => items,
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot read the outbox");
-                shared
-                    .distributor
-                    .publish(ClientEvent::StoreFailed {
-                        op: "outbox",
-                        error,
-                    })
-                    .await;
-                Vec::new()
+        if setback.is_none() && *state.borrow() == ConnectionState::Online {
+            let items = match shared.store.outbox().await {
+                Ok(items) => items,
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot read the outbox");
+                    shared
+                        .distributor
+                        .publish(ClientEvent::StoreFailed {
+                            op: "outbox",
+                            error,
+                        })
+                        .await;
+                    Vec::new()
+                }
+            };
+            for item in ready(&items) {
+                if sends.len() >= SEND_WINDOW {
+                    break;
+                }
+                if busy.insert(item.message.conversation.clone()) {
+                    sends.push(deliver_in_span(&shared, item));
+                }
             }
-        };
-        let batch = ready(&items);
-        if batch.is_empty() {
+        }
+        if sends.is_empty() {
             tokio::select! {
                 _ = &mut wake => {}
                 r = state.changed() => if r.is_err() { return },
             }
             continue;
         }
-        for item in batch {
-            let span = tracing::info_span!(
-                "send",
-                client_id = %item.message.client_id,
-                conversation = %item.message.conversation,
-                position = item.position
-            );
-            match deliver(&shared, item).instrument(span).await {
-                Delivery::Done => {}
-                Delivery::StoreFailed => {
-                    // A failing store (full disk): do not spin; try again a little later.
-                    tokio::time::sleep(shared.config.retry.backoff.max).await;
-                    break;
-                }
-                Delivery::Stalled => {
-                    // Wait for the state to move (offline, then online again); bounded,
-                    // in case the loss is noticed only by the next heartbeat.
-                    let _ = tokio::time::timeout(shared.config.retry.backoff.max, state.changed())
-                        .await;
-                    break;
+        tokio::select! {
+            Some((conversation, delivery)) = sends.next() => {
+                busy.remove(&conversation);
+                if delivery != Delivery::Done {
+                    // The store's failure outweighs a stall: it is waited out longer.
+                    setback = match (setback, delivery) {
+                        (Some(Delivery::StoreFailed), _) => Some(Delivery::StoreFailed),
+                        (_, d) => Some(d),
+                    };
                 }
             }
+            _ = &mut wake => {}
+            r = state.changed() => if r.is_err() { return },
         }
     }
+}
+
+/// [`deliver`] in its own span, tagged with the item's conversation.
+async fn deliver_in_span(shared: &Shared, item: OutboxItem) -> (ConversationId, Delivery) {
+    let conversation = item.message.conversation.clone();
+    let span = tracing::info_span!(
+        "send",
+        client_id = %item.message.client_id,
+        conversation = %item.message.conversation,
+        position = item.position
+    );
+    (conversation, deliver(shared, item).instrument(span).await)
 }
 
 /// What became of one attempt to send an outbox item.

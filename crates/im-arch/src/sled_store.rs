@@ -49,8 +49,20 @@
 //! entries.
 //!
 //! sled calls are blocking but short (an in-memory page cache in front of a log): they are
-//! made directly from the async methods, without `spawn_blocking`, and every multi-entry
-//! write is batched into one call.
+//! made directly from the async methods, without `spawn_blocking`.
+//!
+//! The hot paths write with plain `insert`/`remove`, not with sled batches or transactions
+//! (issue 22). In sled 0.34 every `apply_batch` and transaction rolls the log buffer, which
+//! is written and synced (`pwrite` + `sync_file_range`) on sled's threads, and takes sled's
+//! process-wide concurrency lock in write mode, so it waits for every flush of every sled
+//! database in the process; a plain write only appends to the in-memory log buffer. The
+//! writes that have to be durable are made so by [`Store::flush`] (a group commit shared by
+//! concurrent callers), as the contract says. A method written with plain writes orders
+//! them so that every prefix a crash can keep is a state its readers handle (said at each:
+//! `put_outbox`, `remove_outbox`, `put_messages`, `commit_delivery` without journal
+//! entries). Batches and transactions remain where several entries must be one atomic step:
+//! an outbox item that moves, a delivery with journal entries, message changes, read
+//! receipts, subscription positions.
 //!
 //! Durability (the contract in [`crate::store`]): sled applies each batch or transaction
 //! atomically to its log and recovers a prefix of that log after a crash; a write is durable
@@ -169,6 +181,8 @@ pub struct SledStore {
     receipts: sled::Tree,
     /// Serialises `put_messages`, whose dedup check and write are two steps.
     write: Mutex<()>,
+    /// Serialises the outbox's writes, each a lookup of the client id and then writes.
+    outbox_lock: Mutex<()>,
     /// Group commit: how many flushes have begun (each takes the next number).
     flushes_begun: AtomicU64,
     /// Group commit: the number of the last flush that completed. Held while flushing, so
@@ -290,6 +304,7 @@ impl SledStore {
             meta,
             db,
             write: Mutex::new(()),
+            outbox_lock: Mutex::new(()),
             flushes_begun: AtomicU64::new(0),
             flushed: tokio::sync::Mutex::new(0),
         })
@@ -422,12 +437,16 @@ impl Store for SledStore {
             cursor_entries.push((encode_value(conversation)?, encode_value(cursor)?));
         }
         if journal.is_empty() {
-            let mut batch = sled::Batch::default();
+            // No journal (no durable subscription): plain writes, no batch (see the module
+            // doc). The cursors first, then the end of the in-flight record: a crash that
+            // keeps only some of them repeats the delivery of what the record names once
+            // (as a crash before this write does), and a cursor that did not move means
+            // a redelivery after the restart, as when the crash takes the whole unflushed
+            // write.
             for (k, v) in cursor_entries {
-                batch.insert(k, v);
+                self.cursors.insert(k, v).map_err(store_err)?;
             }
-            batch.remove(IN_FLIGHT_KEY);
-            self.cursors.apply_batch(batch).map_err(store_err)?;
+            self.cursors.remove(IN_FLIGHT_KEY).map_err(store_err)?;
             return self.journal_head().await;
         }
         let mut entries = Vec::with_capacity(journal.len());
@@ -554,8 +573,8 @@ impl Store for SledStore {
         // A pulled page is mostly a few conversations: encode each prefix once.
         let mut prefixes: std::collections::HashMap<&ConversationId, Vec<u8>> =
             std::collections::HashMap::new();
-        let mut message_batch = sled::Batch::default();
-        let mut index_batch = sled::Batch::default();
+        let mut message_entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut index_entries: Vec<(&[u8], Vec<u8>)> = Vec::new();
         // Revision records of messages whose pending changes apply now.
         let mut applied: Vec<(&[u8], MessageRevision)> = Vec::new();
         for m in messages {
@@ -584,22 +603,22 @@ impl Store for SledStore {
                 let mut key = Vec::with_capacity(prefix.len() + ORDER_LEN + id.len());
                 key.extend_from_slice(prefix);
                 push_order(&mut key, m);
-                index_batch.insert(id, encode_value(&key)?);
-                message_batch.insert(key, value);
+                index_entries.push((id, encode_value(&key)?));
+                message_entries.push((key, value));
             }
         }
-        if fresh.iter().any(|&n| n) {
-            // Crash ordering: the messages batch is applied before the index batch. Each
-            // batch is atomic and sled recovers a prefix of its log, so after a crash either
-            // both are there, or only the messages (an index entry never points to a missing
-            // message). A message without its index is invisible to dedup, so the vendor's
-            // redelivery writes it again under the same key: idempotent, nothing duplicated.
-            self.messages
-                .apply_batch(message_batch)
-                .map_err(store_err)?;
-            self.by_server_id
-                .apply_batch(index_batch)
-                .map_err(store_err)?;
+        // Plain writes, no batches (see the module doc): messages first, then their index
+        // entries. sled recovers a prefix of its log after a crash, so an index entry never
+        // points to a missing message. A message without its index is invisible to dedup,
+        // so the vendor's redelivery writes it again under the same key: idempotent,
+        // nothing duplicated. Messages kept without their delivery are the state a crash
+        // between this and `commit_delivery` leaves anyway (the sync engine repeats such a
+        // delivery once).
+        for (key, value) in message_entries {
+            self.messages.insert(key, value).map_err(store_err)?;
+        }
+        for (id, key) in index_entries {
+            self.by_server_id.insert(id, key).map_err(store_err)?;
         }
         if !applied.is_empty() {
             // After the messages (see the module doc): a crash before this keeps the changes
@@ -730,34 +749,59 @@ impl Store for SledStore {
         let key = outbox_key(item.position, id);
         let value = encode_value(item)?;
         let position = encode_value(&item.position)?;
-        // One transaction over both trees: a replacement that moves the item to a new
-        // position removes the old entry in the same atomic step.
-        let result = (&self.outbox, &self.outbox_ids).transaction(|(outbox, ids)| {
-            if let Some(raw) = ids.get(id)? {
-                let old: u64 = decode_value(OUTBOX_IDS, id, &raw)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                if old != item.position {
-                    outbox.remove(outbox_key(old, id))?;
+        // The id's lookup and the writes are one step for this process.
+        let _guard = self.outbox_lock.lock();
+        let old: Option<u64> = match self.outbox_ids.get(id).map_err(store_err)? {
+            Some(raw) => Some(decode_value(OUTBOX_IDS, id, &raw)?),
+            None => None,
+        };
+        if old.is_some_and(|old| old != item.position) {
+            // A replacement that moves the item (rare): one transaction over both trees,
+            // so the old entry goes in the same atomic step.
+            let result = (&self.outbox, &self.outbox_ids).transaction(|(outbox, ids)| {
+                if let Some(raw) = ids.get(id)? {
+                    let old: u64 = decode_value(OUTBOX_IDS, id, &raw)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if old != item.position {
+                        outbox.remove(outbox_key(old, id))?;
+                    }
                 }
-            }
-            outbox.insert(key.as_slice(), value.as_slice())?;
-            ids.insert(id, position.as_slice())?;
-            Ok(())
-        });
-        tx_result(result)
+                outbox.insert(key.as_slice(), value.as_slice())?;
+                ids.insert(id, position.as_slice())?;
+                Ok(())
+            });
+            return tx_result(result);
+        }
+        // A new item or one replaced in place (every send, every status change): plain
+        // writes, no batch (see the module doc: a batch writes and syncs sled's log on its
+        // own; `send` makes this durable with the flush that follows, shared with the
+        // concurrent sends). Any prefix of them is consistent: the id first (an id without
+        // its entry is invisible: `outbox` lists entries, `remove_outbox` removes what is
+        // there), then the entry.
+        if old.is_none() {
+            self.outbox_ids
+                .insert(id, position.as_slice())
+                .map_err(store_err)?;
+        }
+        self.outbox
+            .insert(key.as_slice(), value.as_slice())
+            .map(|_| ())
+            .map_err(store_err)
     }
 
     async fn remove_outbox(&self, id: &ClientMsgId) -> Result<(), ArchError> {
         let id = id.as_str().as_bytes();
-        let result = (&self.outbox, &self.outbox_ids).transaction(|(outbox, ids)| {
-            if let Some(raw) = ids.remove(id)? {
-                let position: u64 = decode_value(OUTBOX_IDS, id, &raw)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                outbox.remove(outbox_key(position, id))?;
-            }
-            Ok(())
-        });
-        tx_result(result)
+        let _guard = self.outbox_lock.lock();
+        let Some(raw) = self.outbox_ids.get(id).map_err(store_err)? else {
+            return Ok(());
+        };
+        let position: u64 = decode_value(OUTBOX_IDS, id, &raw)?;
+        // Plain writes (see `put_outbox`): the entry first, then the id, so a crash between
+        // leaves an id without its entry, which nothing sees.
+        self.outbox
+            .remove(outbox_key(position, id))
+            .map_err(store_err)?;
+        self.outbox_ids.remove(id).map(|_| ()).map_err(store_err)
     }
 
     async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {

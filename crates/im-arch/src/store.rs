@@ -4,7 +4,12 @@
 //!
 //! # Durability contract
 //!
-//! Every write method is atomic (all of its call or none of it) and applied in call order.
+//! Every write method is atomic (all of its call or none of it) and applied in call order,
+//! with two exceptions a crash may split, in an order the sync engine handles (a crash
+//! between them and the next write leaves the same kind of state): [`Store::put_messages`]
+//! may keep some messages of a batch (each message whole, never an index entry without its
+//! message) and [`Store::commit_delivery`] without journal entries may keep some cursors
+//! without the end of the in-flight record (that delivery is then repeated once).
 //! A write is *durable* — it survives the process being killed (SIGKILL) — once a
 //! [`Store::flush`] that started after the write returned has itself returned. A crash
 //! loses at most a suffix of the writes not yet flushed, never an earlier write while

@@ -796,3 +796,117 @@ async fn conversation_settings_are_durable_when_the_call_returns() {
     );
     client.logout().await;
 }
+
+/// A vendor whose sends to one conversation wait until released; everything else passes
+/// through.
+struct HeldSends {
+    inner: Arc<dyn Vendor>,
+    held: ConversationId,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl Vendor for HeldSends {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> &im_service::Capabilities {
+        self.inner.capabilities()
+    }
+    fn take_events(&self) -> Option<im_service::EventStream> {
+        self.inner.take_events()
+    }
+    async fn login(&self, c: &Credentials) -> im_service::Result<im_service::Session> {
+        self.inner.login(c).await
+    }
+    async fn logout(&self) -> im_service::Result<()> {
+        self.inner.logout().await
+    }
+    async fn send(
+        &self,
+        m: &im_service::OutgoingMessage,
+    ) -> im_service::Result<im_service::SendReceipt> {
+        if m.conversation == self.held {
+            let mut open = self.open.clone();
+            let _ = open.wait_for(|o| *o).await;
+        }
+        self.inner.send(m).await
+    }
+    async fn pull_offline(&self, max: u32) -> im_service::Result<im_service::OfflineBatch> {
+        self.inner.pull_offline(max).await
+    }
+    async fn ack_offline(&self, ack: &im_service::OfflineAck) -> im_service::Result<()> {
+        self.inner.ack_offline(ack).await
+    }
+    async fn go_online(&self) -> im_service::Result<()> {
+        self.inner.go_online().await
+    }
+    async fn pull_history(
+        &self,
+        q: &im_service::HistoryQuery,
+    ) -> im_service::Result<im_service::HistoryPage> {
+        self.inner.pull_history(q).await
+    }
+    async fn ping(&self) -> im_service::Result<Duration> {
+        self.inner.ping().await
+    }
+    async fn mark_read(
+        &self,
+        c: &ConversationId,
+        up_to: &im_service::ServerMsgId,
+    ) -> im_service::Result<()> {
+        self.inner.mark_read(c, up_to).await
+    }
+}
+
+/// Issue 22: the heads of different conversations go out together. A send that hangs in
+/// one conversation holds up only the items behind it in that conversation, never another
+/// conversation's (before, the queue sent one item at a time for the whole client).
+#[tokio::test(start_paused = true)]
+async fn a_hanging_send_holds_up_only_its_own_conversation() {
+    let w = world();
+    let carol = w.vendor.register_user(&UserId::new("carol"));
+    let to_carol = ConversationId::direct(&w.bob.user, &carol.user);
+    let (release, open) = tokio::sync::watch::channel(false);
+    let vendor = HeldSends {
+        inner: Arc::new(w.vendor.client()),
+        held: w.conv.clone(),
+        open,
+    };
+    let client = ImClient::builder(Arc::new(vendor), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    // Queued before login: the held conversation's item is first in the queue.
+    let held = client
+        .send(w.conv.clone(), Content::text("held"))
+        .await
+        .unwrap();
+    let behind = client
+        .send(w.conv.clone(), Content::text("behind"))
+        .await
+        .unwrap();
+    let other = client
+        .send(to_carol.clone(), Content::text("to carol"))
+        .await
+        .unwrap();
+    client.login().await.unwrap();
+    status_of(&mut sub, &other, sent).await;
+    assert!(bodies(&w).is_empty(), "the held conversation waits");
+    let queued: Vec<ClientMsgId> = client
+        .outbox()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.message.client_id)
+        .collect();
+    assert_eq!(
+        queued,
+        [held.clone(), behind.clone()],
+        "still queued, in order"
+    );
+    release.send_replace(true);
+    status_of(&mut sub, &behind, sent).await;
+    assert_eq!(bodies(&w), ["held", "behind"], "in queue order, once");
+    client.logout().await;
+}

@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures::StreamExt;
-use im_service::{EventStream, Message, Origin, ServiceError, VendorEvent};
+use std::collections::HashSet;
+
+use futures::{FutureExt, StreamExt};
+use im_service::{EventStream, Message, Origin, ServerMsgId, ServiceError, VendorEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -350,6 +352,8 @@ async fn online(
     );
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut missed = 0u32;
+    // An event taken from the stream that ended a burst of pushes, handled next.
+    let mut stashed: Option<Option<VendorEvent>> = None;
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -358,16 +362,41 @@ async fn online(
                 None => return Exit::Logout(None),
             },
             Some(sent) = recv_own(own) => {
-                // Our own message, acknowledged: it takes its place in the sequence quietly
-                // (the UI already shows it as the local echo) and releases what waited on it.
-                if let Err(e) = engine.ingest_except(shared, vec![sent.clone()], Origin::Online, Some(&sent.server_id)).await {
+                // Our own messages, acknowledged: they take their place in the sequence
+                // quietly (the UI already shows them as local echoes) and release what
+                // waited on them. Those already acknowledged go in one ingest.
+                let mut sent = vec![sent];
+                if let Some(rx) = own.as_mut() {
+                    while sent.len() < MAX_BURST {
+                        match rx.try_recv() {
+                            Ok(m) => sent.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                let quiet: HashSet<ServerMsgId> = sent.iter().map(|m| m.server_id.clone()).collect();
+                if let Err(e) = engine.ingest_except(shared, sent, Origin::Online, &quiet).await {
                     return Exit::Reconnect(format!("ingest failed: {e}"));
                 }
             }
-            ev = events.next() => match ev {
+            ev = next_event(events, &mut stashed) => match ev {
                 None => return Exit::Reconnect("vendor event stream ended".into()),
                 Some(VendorEvent::MessagePushed(m)) => {
-                    if let Err(e) = engine.ingest(shared, vec![m], Origin::Online).await {
+                    // A burst of pushes (those already received) is one ingest: one store
+                    // write of its messages and one delivery commit, not one per message.
+                    // The first other event ends the burst and is handled next, in order.
+                    let mut burst = vec![m];
+                    while burst.len() < MAX_BURST {
+                        match events.next().now_or_never() {
+                            Some(Some(VendorEvent::MessagePushed(m))) => burst.push(m),
+                            Some(other) => {
+                                stashed = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if let Err(e) = engine.ingest(shared, burst, Origin::Online).await {
                         return Exit::Reconnect(format!("ingest failed: {e}"));
                     }
                     if let Err(e) = engine.fill_gaps(shared).await {
@@ -437,6 +466,21 @@ async fn report_apply_failure(
             .distributor
             .publish(ClientEvent::StoreFailed { op, error })
             .await;
+    }
+}
+
+/// Most pushes (or own acknowledged sends) handled as one ingest.
+const MAX_BURST: usize = 256;
+
+/// The event that ended the last burst, if any, else the stream's next one. Cancel-safe:
+/// a stashed event is taken only by a poll that returns it.
+async fn next_event(
+    events: &mut EventStream,
+    stashed: &mut Option<Option<VendorEvent>>,
+) -> Option<VendorEvent> {
+    match stashed.take() {
+        Some(event) => event,
+        None => events.next().await,
     }
 }
 

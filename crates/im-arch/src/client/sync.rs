@@ -123,16 +123,17 @@ impl SyncEngine {
         messages: Vec<Message>,
         origin: Origin,
     ) -> Result<usize, ArchError> {
-        self.ingest_except(shared, messages, origin, None).await
+        self.ingest_except(shared, messages, origin, &HashSet::new())
+            .await
     }
 
-    /// [`SyncEngine::ingest`], publishing everything released except the message `quiet`.
+    /// [`SyncEngine::ingest`], publishing everything released except the messages `quiet`.
     pub(crate) async fn ingest_except(
         &mut self,
         shared: &Shared,
         mut messages: Vec<Message>,
         origin: Origin,
-        quiet: Option<&ServerMsgId>,
+        quiet: &HashSet<ServerMsgId>,
     ) -> Result<usize, ArchError> {
         if messages.is_empty() {
             return Ok(0);
@@ -184,7 +185,7 @@ impl SyncEngine {
                 .distributor
                 .publish(ClientEvent::ConversationChanged(row))
                 .await;
-            if quiet == Some(&m.server_id) || echoes.contains(&m.server_id) {
+            if quiet.contains(&m.server_id) || echoes.contains(&m.server_id) {
                 continue;
             }
             if journal_on {
