@@ -212,14 +212,8 @@ pub(crate) async fn on_read_elsewhere(
 /// Saves a conversation's user state; a failing store is reported, not fatal.
 async fn persist_state(shared: &Shared, state: &ConversationState) {
     if let Err(error) = shared.store.put_conversation_state(state).await {
-        tracing::warn!(error = %error, "cannot save conversation state");
-        shared
-            .distributor
-            .publish(ClientEvent::StoreFailed {
-                op: "put_conversation_state",
-                error,
-            })
-            .await;
+        let what = "cannot save conversation state";
+        (shared.report_store_failure("put_conversation_state", what, error)).await;
     }
 }
 
@@ -227,11 +221,8 @@ async fn persist_state(shared: &Shared, state: &ConversationState) {
 /// reported, not fatal (the row is already shown).
 async fn flush_state(shared: &Shared) {
     if let Err(error) = shared.store.flush().await {
-        tracing::warn!(error = %error, "cannot flush conversation state");
-        shared
-            .distributor
-            .publish(ClientEvent::StoreFailed { op: "flush", error })
-            .await;
+        let what = "cannot flush conversation state";
+        shared.report_store_failure("flush", what, error).await;
     }
 }
 

@@ -197,14 +197,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             let items = match shared.store.outbox().await {
                 Ok(items) => items,
                 Err(error) => {
-                    tracing::warn!(error = %error, "cannot read the outbox");
-                    shared
-                        .distributor
-                        .publish(ClientEvent::StoreFailed {
-                            op: "outbox",
-                            error,
-                        })
-                        .await;
+                    let what = "cannot read the outbox";
+                    shared.report_store_failure("outbox", what, error).await;
                     Vec::new()
                 }
             };
@@ -305,13 +299,9 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
             if let Err(error) = shared.store.remove_outbox(&item.message.client_id).await {
                 // The item stays queued as `Sending`; its next attempt gets the duplicate
                 // receipt and counts as sent, so nothing is sent twice.
-                tracing::warn!(error = %error, "cannot remove a sent item from the outbox");
+                let what = "cannot remove a sent item from the outbox";
                 shared
-                    .distributor
-                    .publish(ClientEvent::StoreFailed {
-                        op: "remove_outbox",
-                        error,
-                    })
+                    .report_store_failure("remove_outbox", what, error)
                     .await;
                 return Delivery::StoreFailed;
             }
@@ -339,14 +329,8 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
                 recoverable,
             };
             if let Err(error) = shared.store.put_outbox(&item).await {
-                tracing::warn!(error = %error, "cannot record a failed send");
-                shared
-                    .distributor
-                    .publish(ClientEvent::StoreFailed {
-                        op: "put_outbox",
-                        error,
-                    })
-                    .await;
+                let what = "cannot record a failed send";
+                shared.report_store_failure("put_outbox", what, error).await;
                 announce(shared, &item).await;
                 return Delivery::StoreFailed;
             }

@@ -109,6 +109,21 @@ pub(crate) struct Shared {
 pub(crate) const SENT_HERE_KEPT: usize = 1024;
 
 impl Shared {
+    /// Reports a store failure during `op` (`what` for the log line) as
+    /// [`ClientEvent::StoreFailed`]: the one way a background step tells the app that a
+    /// write did not happen.
+    pub(crate) async fn report_store_failure(
+        &self,
+        op: &'static str,
+        what: &str,
+        error: ArchError,
+    ) {
+        tracing::warn!(op, error = %error, "{what}");
+        self.distributor
+            .publish(ClientEvent::StoreFailed { op, error })
+            .await;
+    }
+
     /// The shared state of a client built from these parts, disconnected, with an empty
     /// conversation list for the credentials' user.
     pub(crate) fn new(
