@@ -65,12 +65,14 @@ mod error;
 mod events;
 mod history;
 mod lifecycle;
+mod log_store;
 mod retry;
 mod send_queue;
 mod sequencer;
 mod shared;
 mod sled_store;
 mod store;
+mod store_state;
 mod timeline;
 
 pub use archive_history::ArchiveHistory;
@@ -82,6 +84,7 @@ pub use durable::DurableSubscription;
 pub use error::ArchError;
 pub use events::{ClientEvent, ConnectionState, EventKind, SyncProgress};
 pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
+pub use log_store::{LogStore, LogStoreOptions, WRITE_THROUGH};
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sled_store::SledStore;
 pub use store::{

@@ -19,17 +19,16 @@
 //! is a consistent state (messages before the cursors and journal entries that name them).
 //! [`MemoryStore`] keeps nothing across a crash: its `flush` returns at once.
 
-use std::collections::{BTreeMap, HashMap};
-
 use async_trait::async_trait;
 use im_service::{
     ChangeCursor, ChangeKind, ClientMsgId, ConversationId, Message, MessageChange, Origin,
-    OutgoingMessage, ReadReceipt, Seq, ServerMsgId, Timestamp, UserId,
+    OutgoingMessage, ReadReceipt, Seq, ServerMsgId, Timestamp,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ArchError;
+use crate::store_state::MemoryState;
 
 /// Version of the persisted layout. A store written by a newer version refuses to open.
 /// The golden fixtures of every stored value (`tests/fixtures/*.v{codec}-schema{this}.bin`)
@@ -367,45 +366,6 @@ pub(crate) fn receipt_is_newer(old: Option<&ReadReceipt>, new: &ReadReceipt) -> 
     old.is_none_or(|o| (new.up_to_time, &new.up_to) > (o.up_to_time, &o.up_to))
 }
 
-/// Order of messages inside a conversation: server time, then sequence, then id.
-type OrderKey = (Timestamp, Option<Seq>, ServerMsgId);
-
-fn order_key(m: &Message) -> OrderKey {
-    (m.server_time, m.seq, m.server_id.clone())
-}
-
-#[derive(Default)]
-struct MemoryState {
-    by_conversation: HashMap<ConversationId, BTreeMap<OrderKey, Message>>,
-    by_id: HashMap<ServerMsgId, OrderKey>,
-    cursors: HashMap<ConversationId, SyncCursor>,
-    in_flight: Vec<ServerMsgId>,
-    outbox: HashMap<ClientMsgId, OutboxItem>,
-    conversation_states: HashMap<ConversationId, ConversationState>,
-    /// Delivery journal: position → (message id, origin).
-    journal: BTreeMap<u64, (ServerMsgId, Origin)>,
-    journal_head: u64,
-    subscriptions: HashMap<String, u64>,
-    sync_mark: Option<Timestamp>,
-    revisions: HashMap<ServerMsgId, MessageRevision>,
-    pending: HashMap<ServerMsgId, Vec<MessageChange>>,
-    change_cursor: Option<ChangeCursor>,
-    receipts: HashMap<(ConversationId, UserId), ReadReceipt>,
-}
-
-impl MemoryState {
-    /// Drops journal entries every subscription has acknowledged (all without any).
-    fn trim_journal(&mut self) {
-        let keep_after = self
-            .subscriptions
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(self.journal_head);
-        self.journal = self.journal.split_off(&(keep_after + 1));
-    }
-}
-
 /// The in-memory [`Store`]: tests, and clients that keep nothing across restarts.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -431,17 +391,7 @@ impl Store for MemoryStore {
         cursors: &[(ConversationId, SyncCursor)],
         journal: &[(ServerMsgId, Origin)],
     ) -> Result<u64, ArchError> {
-        let mut st = self.state.lock();
-        for (c, cur) in cursors {
-            st.cursors.insert(c.clone(), *cur);
-        }
-        st.in_flight.clear();
-        for entry in journal {
-            st.journal_head += 1;
-            let head = st.journal_head;
-            st.journal.insert(head, entry.clone());
-        }
-        Ok(st.journal_head)
+        Ok(self.state.lock().commit_delivery(cursors, journal))
     }
 
     async fn journal_head(&self) -> Result<u64, ArchError> {
@@ -453,7 +403,7 @@ impl Store for MemoryStore {
     }
 
     async fn set_sync_mark(&self, mark: Timestamp) -> Result<(), ArchError> {
-        self.state.lock().sync_mark = Some(mark);
+        self.state.lock().set_sync_mark(mark);
         Ok(())
     }
 
@@ -462,106 +412,29 @@ impl Store for MemoryStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<DurableEvent>, ArchError> {
-        let st = self.state.lock();
-        let mut out = Vec::new();
-        for (&position, (id, origin)) in st.journal.range(after.saturating_add(1)..) {
-            if out.len() >= limit {
-                break;
-            }
-            if st.revisions.get(id).is_some_and(|r| r.deleted) {
-                // Deleted for me after it was delivered: a durable reader no longer gets it.
-                continue;
-            }
-            let message = st
-                .by_id
-                .get(id)
-                .and_then(|key| {
-                    st.by_conversation
-                        .values()
-                        .find_map(|c| c.get(key))
-                        .cloned()
-                })
-                .ok_or_else(|| ArchError::CorruptEntry {
-                    tree: "journal".into(),
-                    key: position.to_string(),
-                    reason: format!("names message {id}, which is not stored"),
-                })?;
-            out.push(DurableEvent {
-                position,
-                message,
-                origin: *origin,
-            });
-        }
-        Ok(out)
+        self.state.lock().journal_after(after, limit)
     }
 
     async fn subscriptions(&self) -> Result<Vec<(String, u64)>, ArchError> {
-        let mut subs: Vec<(String, u64)> = self
-            .state
-            .lock()
-            .subscriptions
-            .iter()
-            .map(|(n, p)| (n.clone(), *p))
-            .collect();
-        subs.sort();
-        Ok(subs)
+        Ok(self.state.lock().subscriptions())
     }
 
     async fn set_subscription(&self, name: &str, position: u64) -> Result<(), ArchError> {
-        let mut st = self.state.lock();
-        st.subscriptions.insert(name.to_string(), position);
-        st.trim_journal();
+        self.state.lock().set_subscription(name, position);
         Ok(())
     }
 
     async fn remove_subscription(&self, name: &str) -> Result<(), ArchError> {
-        let mut st = self.state.lock();
-        st.subscriptions.remove(name);
-        st.trim_journal();
+        self.state.lock().remove_subscription(name);
         Ok(())
     }
 
     async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
-        let mut st = self.state.lock();
-        Ok(messages
-            .iter()
-            .map(|m| {
-                let deleted = st.revisions.get(&m.server_id).is_some_and(|r| r.deleted);
-                if deleted || st.by_id.contains_key(&m.server_id) {
-                    return false;
-                }
-                // Changes that arrived before their message apply now, in the same write.
-                let stored = match st.pending.remove(&m.server_id) {
-                    Some(pending) => {
-                        let (stored, rev) = apply_pending(m, &pending);
-                        st.revisions.insert(m.server_id.clone(), rev);
-                        stored
-                    }
-                    None => Some(m.clone()),
-                };
-                let Some(stored) = stored else {
-                    // Deleted for me before it arrived: known (not new), never shown.
-                    return false;
-                };
-                let key = order_key(m);
-                st.by_id.insert(m.server_id.clone(), key.clone());
-                st.by_conversation
-                    .entry(m.conversation.clone())
-                    .or_default()
-                    .insert(key, stored);
-                true
-            })
-            .collect())
+        Ok(self.state.lock().put_messages(messages))
     }
 
     async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
-        let st = self.state.lock();
-        Ok(st.by_id.get(id).and_then(|key| {
-            st.by_conversation
-                .values()
-                .find_map(|c| c.get(key))
-                .cloned()
-        }))
+        Ok(self.state.lock().message(id))
     }
 
     async fn latest(
@@ -569,12 +442,7 @@ impl Store for MemoryStore {
         conversation: &ConversationId,
         limit: usize,
     ) -> Result<Vec<Message>, ArchError> {
-        let st = self.state.lock();
-        Ok(st
-            .by_conversation
-            .get(conversation)
-            .map(|c| c.values().rev().take(limit).cloned().collect())
-            .unwrap_or_default())
+        Ok(self.state.lock().latest(conversation, limit))
     }
 
     async fn cursor(&self, conversation: &ConversationId) -> Result<Option<SyncCursor>, ArchError> {
@@ -582,14 +450,7 @@ impl Store for MemoryStore {
     }
 
     async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {
-        let mut st = self.state.lock();
-        let earlier = std::mem::take(&mut st.in_flight);
-        let fresh = ids
-            .iter()
-            .filter(|id| !st.by_id.contains_key(*id) || earlier.contains(id))
-            .cloned()
-            .collect();
-        st.in_flight = fresh;
+        self.state.lock().begin_delivery(ids);
         Ok(())
     }
 
@@ -598,13 +459,7 @@ impl Store for MemoryStore {
     }
 
     async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError> {
-        Ok(self
-            .state
-            .lock()
-            .cursors
-            .iter()
-            .map(|(c, cur)| (c.clone(), *cur))
-            .collect())
+        Ok(self.state.lock().cursors())
     }
 
     async fn page_before(
@@ -613,20 +468,7 @@ impl Store for MemoryStore {
         before: Option<&Message>,
         limit: usize,
     ) -> Result<Vec<Message>, ArchError> {
-        let st = self.state.lock();
-        let Some(conv) = st.by_conversation.get(conversation) else {
-            return Ok(Vec::new());
-        };
-        let page = match before {
-            Some(m) => conv
-                .range(..order_key(m))
-                .rev()
-                .take(limit)
-                .map(|(_, m)| m.clone())
-                .collect(),
-            None => conv.values().rev().take(limit).cloned().collect(),
-        };
-        Ok(page)
+        Ok(self.state.lock().page_before(conversation, before, limit))
     }
 
     async fn page_after(
@@ -635,98 +477,34 @@ impl Store for MemoryStore {
         after: &Message,
         limit: usize,
     ) -> Result<Vec<Message>, ArchError> {
-        let st = self.state.lock();
-        let Some(conv) = st.by_conversation.get(conversation) else {
-            return Ok(Vec::new());
-        };
-        let lower = (
-            std::ops::Bound::Excluded(order_key(after)),
-            std::ops::Bound::Unbounded,
-        );
-        Ok(conv
-            .range(lower)
-            .take(limit)
-            .map(|(_, m)| m.clone())
-            .collect())
+        Ok(self.state.lock().page_after(conversation, after, limit))
     }
 
     async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError> {
-        self.state
-            .lock()
-            .outbox
-            .insert(item.message.client_id.clone(), item.clone());
+        self.state.lock().put_outbox(item);
         Ok(())
     }
 
     async fn remove_outbox(&self, id: &ClientMsgId) -> Result<(), ArchError> {
-        self.state.lock().outbox.remove(id);
+        self.state.lock().remove_outbox(id);
         Ok(())
     }
 
     async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
-        let mut items: Vec<OutboxItem> = self.state.lock().outbox.values().cloned().collect();
-        items.sort_by_key(|i| i.position);
-        Ok(items)
+        Ok(self.state.lock().outbox())
     }
 
     async fn put_conversation_state(&self, state: &ConversationState) -> Result<(), ArchError> {
-        self.state
-            .lock()
-            .conversation_states
-            .insert(state.id.clone(), state.clone());
+        self.state.lock().put_conversation_state(state);
         Ok(())
     }
 
     async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError> {
-        Ok(self
-            .state
-            .lock()
-            .conversation_states
-            .values()
-            .cloned()
-            .collect())
+        Ok(self.state.lock().conversation_states())
     }
 
     async fn apply_change(&self, change: &MessageChange) -> Result<ChangeOutcome, ArchError> {
-        let mut guard = self.state.lock();
-        let st = &mut *guard;
-        let rev = st
-            .revisions
-            .get(&change.target)
-            .copied()
-            .unwrap_or_default();
-        if rev.deleted || change.revision <= rev.revision {
-            return Ok(ChangeOutcome::Stale);
-        }
-        let Some(key) = st.by_id.get(&change.target).cloned() else {
-            push_pending(st.pending.entry(change.target.clone()).or_default(), change);
-            return Ok(ChangeOutcome::Pending);
-        };
-        let Some(conv) = st.by_conversation.get_mut(&change.conversation) else {
-            return Err(ArchError::Store(format!(
-                "message {} is indexed but not stored in {}",
-                change.target, change.conversation
-            )));
-        };
-        let Some(old) = conv.get(&key) else {
-            return Err(ArchError::Store(format!(
-                "message {} is indexed but not stored",
-                change.target
-            )));
-        };
-        let message = change.apply(old);
-        match &message {
-            Some(m) => {
-                conv.insert(key, m.clone());
-            }
-            None => {
-                conv.remove(&key);
-                st.by_id.remove(&change.target);
-            }
-        }
-        let revision = rev.after(change);
-        st.revisions.insert(change.target.clone(), revision);
-        Ok(ChangeOutcome::Applied { message, revision })
+        self.state.lock().apply_change(change)
     }
 
     async fn revision(&self, id: &ServerMsgId) -> Result<Option<MessageRevision>, ArchError> {
@@ -738,33 +516,18 @@ impl Store for MemoryStore {
     }
 
     async fn set_change_cursor(&self, cursor: &ChangeCursor) -> Result<(), ArchError> {
-        self.state.lock().change_cursor = Some(cursor.clone());
+        self.state.lock().set_change_cursor(cursor);
         Ok(())
     }
 
     async fn put_read_receipt(&self, receipt: &ReadReceipt) -> Result<bool, ArchError> {
-        let mut st = self.state.lock();
-        let key = (receipt.conversation.clone(), receipt.reader.clone());
-        if !receipt_is_newer(st.receipts.get(&key), receipt) {
-            return Ok(false);
-        }
-        st.receipts.insert(key, receipt.clone());
-        Ok(true)
+        Ok(self.state.lock().put_read_receipt(receipt))
     }
 
     async fn read_receipts(
         &self,
         conversation: &ConversationId,
     ) -> Result<Vec<ReadReceipt>, ArchError> {
-        let mut out: Vec<ReadReceipt> = self
-            .state
-            .lock()
-            .receipts
-            .iter()
-            .filter(|((c, _), _)| c == conversation)
-            .map(|(_, r)| r.clone())
-            .collect();
-        out.sort_by(|a, b| a.reader.cmp(&b.reader));
-        Ok(out)
+        Ok(self.state.lock().read_receipts(conversation))
     }
 }

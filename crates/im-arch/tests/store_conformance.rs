@@ -1,11 +1,11 @@
 //! One conformance suite for every `Store`: `store_conformance!` stamps the same tests for
-//! `MemoryStore` and `SledStore`; below it, the sled-only tests (reopen, schema version,
+//! `MemoryStore`, `SledStore` and `LogStore`; below it, the sled-only tests (reopen, schema version,
 //! corrupt entries, a proptest of timeline paging).
 
 // Test helpers outside #[test] fns: a panic is how they fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use im_arch::{ArchError, SledStore};
+use im_arch::{ArchError, LogStore, SledStore};
 use im_arch::{ChangeOutcome, MAX_PENDING_PER_MESSAGE, MessageRevision};
 use im_arch::{MemoryStore, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor};
 use im_service::{
@@ -987,6 +987,7 @@ macro_rules! store_conformance {
 
 store_conformance!(memory_store, MemoryStore::new());
 store_conformance!(sled_store, SledStore::temporary().unwrap());
+store_conformance!(log_store, LogStore::temporary().unwrap());
 
 /// Tests of what only a persistent store has.
 mod sled_only {
