@@ -9,6 +9,8 @@
 //!   vendor push stream (`take_events`, `VendorEvent::MessagePushed`). The baseline.
 //! * `ImClient + MemoryStore`: `ImClient::send` on both ends, received as
 //!   `ClientEvent::Message` from `ImClient::subscribe`.
+//! * `ImClient + LogStore`: the same on the default durable store, a `LogStore` per client
+//!   in its own directory on the real disk; the goals are checked on this row.
 //! * `ImClient + SledStore`: the same on a durable `SledStore` per client, each in its own
 //!   directory on the real disk (`tempfile`, not sled's `temporary`, which is `/dev/shm` on
 //!   Linux and skips sled's syncs).
@@ -38,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use im_arch::{ClientEvent, ImClient, MemoryStore, SledStore, Store, Subscription};
+use im_arch::{ClientEvent, ImClient, LogStore, MemoryStore, SledStore, Store, Subscription};
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{
     Content, ConversationId, Credentials, EventStream, OutgoingMessage, Timestamp, UserId, Vendor,
@@ -90,16 +92,18 @@ const HEAVY: Load = Load {
 enum Stack {
     Bare,
     Memory,
+    Log,
     Sled,
 }
 
 impl Stack {
-    const ALL: [Stack; 3] = [Stack::Bare, Stack::Memory, Stack::Sled];
+    const ALL: [Stack; 4] = [Stack::Bare, Stack::Memory, Stack::Log, Stack::Sled];
 
     fn label(self) -> &'static str {
         match self {
             Stack::Bare => "bare adapter",
             Stack::Memory => "ImClient + MemoryStore",
+            Stack::Log => "ImClient + LogStore (durable, default)",
             Stack::Sled => "ImClient + SledStore (durable)",
         }
     }
@@ -345,7 +349,7 @@ async fn connect(
                     Receiver::Bare(events, receiver),
                 )
             }
-            Stack::Memory | Stack::Sled => {
+            Stack::Memory | Stack::Log | Stack::Sled => {
                 let mut client = |creds: Credentials| {
                     let store = stores.next().expect("a store per client");
                     Arc::new(
@@ -405,6 +409,10 @@ fn measure(
         for i in 0..2 * load.pairs {
             stores.push(match stack {
                 Stack::Sled => Arc::new(open_sled(&dir.path().join(format!("c{i}")))?),
+                Stack::Log => Arc::new(
+                    LogStore::open(dir.path().join(format!("c{i}")))
+                        .map_err(|e| format!("LogStore::open: {e}"))?,
+                ),
                 _ => Arc::new(MemoryStore::new()),
             });
         }
@@ -637,7 +645,7 @@ fn main() {
             if let Some(ratio) = ratio {
                 figures.push((format!("{name}: vs bare adapter (×)"), ratio));
             }
-            if stack == Stack::Sled {
+            if stack == Stack::Log {
                 let goal = if load.name == "light" {
                     GOAL_LIGHT_RATIO
                 } else {

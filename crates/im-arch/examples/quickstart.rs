@@ -1,5 +1,5 @@
 //! Quickstart: two clients (alice and bob) on the reference vendor over TCP, each with its own
-//! on-disk `SledStore`; alice sends bob a message and bob receives it.
+//! on-disk `LogStore` (the default durable store); alice sends bob a message and bob receives it.
 //!
 //! Start the reference vendor (README.md), then run the example in another terminal:
 //!
@@ -14,18 +14,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use im_arch::{ClientEvent, ImClient, SledStore};
+use im_arch::{ClientEvent, ImClient, LogStore};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::{Content, ConversationId, Credentials, UserId};
 
-/// A client of `user` on `vendor` with its own `SledStore` under `dir`, logged in.
+/// A client of `user` on `vendor` with its own `LogStore` under `dir`, logged in.
 async fn online(
     vendor: &ReferenceVendor,
     dir: &Path,
     user: &str,
     secret: &str,
 ) -> anyhow::Result<ImClient> {
-    let store = SledStore::open(dir.join(user))?;
+    let store = LogStore::open(dir.join(user))?;
     let credentials = Credentials::new(user, secret);
     let client = ImClient::builder(Arc::new(vendor.client()), credentials)
         .store(Arc::new(store))

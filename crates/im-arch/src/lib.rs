@@ -27,8 +27,10 @@
 //!   [`ClientEvent::MessageChanged`] and [`ClientEvent::ReadBy`], and my reads on other
 //!   devices as conversation rows.
 //! * **Retry**: [`RetryPolicy`], [`Backoff`], [`Jitter`].
-//! * **Storage**: the [`Store`] trait and its durability contract, [`MemoryStore`] and
-//!   [`SledStore`], and the values they keep: [`SyncCursor`], [`OutboxItem`],
+//! * **Storage**: the [`Store`] trait and its durability contract, [`MemoryStore`],
+//!   [`LogStore`] (the default durable store, opened with [`LogStoreOptions`]; it writes
+//!   through past [`WRITE_THROUGH`] buffered bytes) and [`SledStore`] (pages from disk,
+//!   for stores too large for memory), and the values they keep: [`SyncCursor`], [`OutboxItem`],
 //!   [`SendStatus`], [`ConversationState`], [`SCHEMA_VERSION`]; for the message lifecycle
 //!   [`MessageRevision`] (what the UI shows as "edited"), [`ChangeOutcome`] and
 //!   [`MAX_PENDING_PER_MESSAGE`].

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use im_arch::{
-    ArchiveHistory, Backoff, ClientConfig, HistoryWindow, ImClient, Jitter, RetryPolicy, SledStore,
+    ArchiveHistory, Backoff, ClientConfig, HistoryWindow, ImClient, Jitter, LogStore, RetryPolicy,
 };
 use im_archive::{ArchiveConfig, ArchiveServer, ArchiveStore, SledArchive};
 use im_qc::{QcVendor, UnknownDevice, VendorMetrics};
@@ -619,7 +619,7 @@ impl Environment {
         };
         let qc = Arc::new(QcVendor::new(inner, Arc::new(UnknownDevice)));
         let vendor = qc.clone();
-        let store = SledStore::open(self.store_dir(user, n)).context("client store")?;
+        let store = LogStore::open(self.store_dir(user, n)).context("client store")?;
         self.devices.fetch_add(1, Ordering::Relaxed);
         let mut builder = ImClient::builder(vendor, credentials)
             .store(Arc::new(store))

@@ -711,6 +711,26 @@ fn acknowledged_contents(receiver_ledger: &str) -> Result<BTreeSet<String>, Stri
 // The campaign
 // ---------------------------------------------------------------------------------------
 
+/// Which durable store the clients keep (`im-crash-client --store-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CrashStore {
+    /// `im_arch::LogStore`, the default.
+    #[default]
+    Log,
+    /// `im_arch::SledStore`.
+    Sled,
+}
+
+impl CrashStore {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashStore::Log => "log",
+            CrashStore::Sled => "sled",
+        }
+    }
+}
+
 /// Which vendor the clients talk to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrashVendor {
@@ -767,6 +787,8 @@ impl Account {
 pub struct CrashConfig {
     /// The vendor.
     pub vendor: CrashVendor,
+    /// The clients' store.
+    pub store: CrashStore,
     /// SIGKILLs to deliver before the final run.
     pub kill_points: u32,
     /// Seed of every random choice of the driver and the children.
@@ -890,6 +912,7 @@ impl CrashConfig {
         ));
         Self {
             vendor,
+            store: CrashStore::default(),
             kill_points,
             seed,
             max_messages: u64::from(kill_points.max(10)) * 40,
@@ -1305,6 +1328,8 @@ impl Campaign<'_> {
             account.token.clone(),
             "--peer".into(),
             peer.user.clone(),
+            "--store-kind".into(),
+            self.cfg.store.name().into(),
         ];
         match &self.cfg.vendor {
             CrashVendor::Reference => args.extend(["--vendor".into(), "reference".into()]),

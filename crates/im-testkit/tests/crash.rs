@@ -2,7 +2,8 @@
 //! child processes (`im-crash-client`) against a vendor in another process, killed with
 //! SIGKILL at seeded points and restarted on the same stores; 0 lost, 0 duplicated, 0 stuck.
 //!
-//! * the reference campaign (`im-vendor-sim`): 200 kill points, always;
+//! * the reference campaign (`im-vendor-sim`): 200 kill points, always, on the default
+//!   `LogStore`, and 50 more on `SledStore`, the store kept for clients too large for memory;
 //! * the Prosody campaign: on the server at `IM_PROSODY_ADDR` (default 127.0.0.1:5222);
 //!   skipped with a message when none answers, a failure instead under `IM_REQUIRE_PROSODY`.
 //!
@@ -18,11 +19,15 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use im_testkit::crash::{Account, CrashConfig, CrashSummary, run_campaign, seed_from_env};
+use im_testkit::crash::{
+    Account, CrashConfig, CrashStore, CrashSummary, run_campaign, seed_from_env,
+};
 use im_testkit::harness::{XMPP_DOMAIN, prosody_addr, register_xmpp_user};
 
 /// Kill points of the reference campaign (the CI figure).
 const REFERENCE_KILL_POINTS: u32 = 200;
+/// Kill points of the reference campaign on `SledStore`.
+const SLED_KILL_POINTS: u32 = 50;
 /// Kill points of the Prosody campaign (XMPP logins are slower).
 const PROSODY_KILL_POINTS: u32 = 100;
 
@@ -45,8 +50,9 @@ fn run(config: CrashConfig) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let _ = writeln!(
         std::io::stderr(),
-        "crash harness ({}): {} kill points, seed {} (replay: IM_CRASH_SEED={})",
+        "crash harness ({}, {} store): {} kill points, seed {} (replay: IM_CRASH_SEED={})",
         config.vendor.name(),
+        config.store.name(),
         config.kill_points,
         config.seed,
         config.seed
@@ -74,6 +80,18 @@ fn crash_campaign_on_the_reference_vendor() {
         REFERENCE_KILL_POINTS,
         seed_from_env(),
     ));
+}
+
+#[test]
+fn crash_campaign_on_the_reference_vendor_with_sled_stores() {
+    let mut config = CrashConfig::reference(
+        im_testkit::vendor_sim_bin().expect("the im-vendor-sim binary"),
+        client(),
+        SLED_KILL_POINTS,
+        seed_from_env(),
+    );
+    config.store = CrashStore::Sled;
+    run(config);
 }
 
 #[test]

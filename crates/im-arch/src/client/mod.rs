@@ -125,7 +125,7 @@ struct Running {
 /// short jittered delay.
 ///
 /// Complete programs against real servers are the examples `quickstart` (two clients on the
-/// reference vendor over TCP, each with a [`SledStore`](crate::SledStore)) and
+/// reference vendor over TCP, each with a [`LogStore`](crate::LogStore)) and
 /// `xmpp_quickstart` (the same on Prosody) in `crates/im-arch/examples/`; README.md's
 /// "Examples" section says how to start their servers. In process:
 ///

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use im_arch::{ClientConfig, ImClient, SendStatus, SledStore};
+use im_arch::{ClientConfig, ImClient, LogStore, SendStatus, SledStore, Store};
 use im_service::matrix::{MatrixConfig, MatrixVendor};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
 use im_service::xmpp::{XmppConfig, XmppVendor};
@@ -42,6 +42,12 @@ enum VendorKind {
     Reference,
     Xmpp,
     Matrix,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Log,
+    Sled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,9 +79,12 @@ struct Args {
     /// The other side of the direct conversation.
     #[arg(long)]
     peer: String,
-    /// The sled store directory (kept across incarnations).
+    /// The store directory (kept across incarnations).
     #[arg(long)]
     store: PathBuf,
+    /// Which durable store keeps it.
+    #[arg(long, value_enum, default_value = "log")]
+    store_kind: StoreKind,
     /// What this client does.
     #[arg(long, value_enum)]
     role: Role,
@@ -187,9 +196,12 @@ fn commands() -> watch::Receiver<String> {
 
 async fn client(args: &Args) -> Result<ImClient> {
     phase(format_args!("open"));
-    let store = SledStore::open(&args.store).context("opening the store")?;
+    let store: Arc<dyn Store> = match args.store_kind {
+        StoreKind::Log => Arc::new(LogStore::open(&args.store).context("opening the store")?),
+        StoreKind::Sled => Arc::new(SledStore::open(&args.store).context("opening the store")?),
+    };
     Ok(ImClient::builder(vendor(args).await?, credentials(args))
-        .store(Arc::new(store))
+        .store(store)
         .config(ClientConfig::default())
         .build())
 }

@@ -8,8 +8,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use im_testkit::crash::{Account, CrashConfig, check_work_dir, run_campaign, seed_from_env};
+use im_testkit::crash::{
+    Account, CrashConfig, CrashStore, check_work_dir, run_campaign, seed_from_env,
+};
 use im_testkit::harness::{XMPP_DOMAIN, prosody_addr, prosody_running, register_xmpp_user};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Log,
+    Sled,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum VendorKind {
@@ -42,6 +50,9 @@ struct Args {
     /// The sender's largest pause between sends, in milliseconds.
     #[arg(long)]
     pace_ms: Option<u64>,
+    /// The clients' durable store.
+    #[arg(long, value_enum, default_value = "log")]
+    store: StoreKind,
     /// Keep the work directory (stores, ledgers, logs) after a success too.
     #[arg(long)]
     keep: bool,
@@ -107,11 +118,16 @@ async fn main() -> Result<()> {
     if let Some(p) = args.pace_ms {
         config.sender_pace_ms = p;
     }
+    config.store = match args.store {
+        StoreKind::Log => CrashStore::Log,
+        StoreKind::Sled => CrashStore::Sled,
+    };
     config.keep_work_dir = args.keep;
     config.verbose = true;
     eprintln!(
-        "crash harness ({}): {} kill points, seed {seed}, work dir {}",
+        "crash harness ({}, {} store): {} kill points, seed {seed}, work dir {}",
         config.vendor.name(),
+        config.store.name(),
         config.kill_points,
         config.work_dir.display()
     );
