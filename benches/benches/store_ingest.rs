@@ -1,7 +1,8 @@
-//! Sled store benchmark: ingest of pulled pages (200 messages a page, 10,000 messages) through
-//! `SledStore::put_messages` against raw `sled::Tree::apply_batch` in the same run, and a
-//! timeline page of 50 from a conversation of 100,000 messages (newest end and middle)
-//! against a raw reverse scan of 50 entries of a sled tree of the same size.
+//! Store benchmark: ingest of pulled pages (200 messages a page, 10,000 messages) through
+//! `SledStore::put_messages` and `LogStore::put_messages` (each page flushed) against raw
+//! `sled::Tree::apply_batch` in the same run, and a timeline page of 50 from a conversation
+//! of 100,000 messages (newest end and middle) on both stores against a raw reverse scan of
+//! 50 entries of a sled tree of the same size.
 //!
 //! Two ingest baselines, both pre-encoded outside the measurement:
 //! * `baseline_raw_sled_same_entries`: exactly the entries the store writes (read back from
@@ -18,7 +19,7 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use im_arch::{SledStore, Store};
+use im_arch::{LogStore, SledStore, Store};
 use im_service::{
     ClientMsgId, Content, ConversationId, Message, Seq, ServerMsgId, Timestamp, UserId, codec,
 };
@@ -172,6 +173,28 @@ fn bench_ingest(c: &mut Criterion, rt: &Runtime) {
             BatchSize::PerIteration,
         )
     });
+    // The default durable store, each page flushed (what the sync engine does before it
+    // acknowledges), on the real disk like the sled rows.
+    group.bench_function("log_store_put_messages_flushed", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = LogStore::open(dir.path()).unwrap();
+                (dir, store)
+            },
+            |(dir, store)| {
+                rt.block_on(async {
+                    for page in &pages {
+                        let fresh = store.put_messages(page).await.unwrap();
+                        assert!(fresh.iter().all(|&n| n));
+                        store.flush().await.unwrap();
+                    }
+                });
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 }
 
@@ -230,6 +253,25 @@ fn bench_timeline(c: &mut Criterion, rt: &Runtime) {
             page
         })
     });
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = LogStore::open(log_dir.path()).unwrap();
+    rt.block_on(async {
+        for page in all.chunks(1_000) {
+            log.put_messages(page).await.unwrap();
+        }
+        log.flush().await.unwrap();
+    });
+    for (name, before) in [("newest", None), ("middle", Some(middle))] {
+        group.bench_function(format!("log_store_page_before_{name}"), |b| {
+            b.iter(|| {
+                let page = rt
+                    .block_on(log.page_before(black_box(&conversation), before, TIMELINE_PAGE))
+                    .unwrap();
+                assert_eq!(page.len(), TIMELINE_PAGE);
+                page
+            })
+        });
+    }
     group.bench_function("sled_store_page_before_middle", |b| {
         b.iter(|| {
             let page = rt
@@ -238,6 +280,29 @@ fn bench_timeline(c: &mut Criterion, rt: &Runtime) {
             assert_eq!(page.len(), TIMELINE_PAGE);
             page
         })
+    });
+    group.finish();
+
+    // What the log store pays for being in memory: reading 100,000 messages back at open
+    // (replaying the log), against sled's open of a store of the same messages.
+    drop(log);
+    let sled_dir = tempfile::tempdir().unwrap();
+    {
+        let sled = SledStore::open(sled_dir.path()).unwrap();
+        rt.block_on(async {
+            for page in all.chunks(1_000) {
+                sled.put_messages(page).await.unwrap();
+            }
+            sled.flush().await.unwrap();
+        });
+    }
+    let mut group = c.benchmark_group("open_a_store_of_100000_messages");
+    group.sample_size(10);
+    group.bench_function("baseline_sled_store_open", |b| {
+        b.iter(|| SledStore::open(sled_dir.path()).unwrap())
+    });
+    group.bench_function("log_store_open_replaying_the_log", |b| {
+        b.iter(|| LogStore::open(log_dir.path()).unwrap())
     });
     group.finish();
 }
