@@ -86,7 +86,7 @@ pub use durable::DurableSubscription;
 pub use error::ArchError;
 pub use events::{ClientEvent, ConnectionState, EventKind, SyncProgress};
 pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
-pub use log_store::{LogStore, LogStoreOptions, WRITE_THROUGH};
+pub use log_store::{LogDamage, LogStore, LogStoreOptions, WRITE_THROUGH};
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sled_store::SledStore;
 pub use store::{

@@ -14,11 +14,12 @@
 //! | `log.<N>`     | the writes made since snapshot `N`, in the order they were made    |
 //! | `snapshot`    | the whole state at the start of `log.<N>` (absent: `N` is 0)       |
 //!
-//! Both files are sequences of records: a length (`u32` little-endian), the CRC-32 of the
-//! body (`u32` little-endian) and the body, a [`codec`] encoding. The first record of each
-//! file is a header (a magic string, [`SCHEMA_VERSION`], the generation `N`); a log's other
-//! records are [`Op`]s, one per write method call; a snapshot's are [`Part`]s, one per stored
-//! entry, ending with [`Part::End`] (a snapshot without it is not whole).
+//! Both files are sequences of records: a length (`u32` little-endian), a checksum (`u32`
+//! little-endian: the CRC-32 of the store's salt, a random `u64` chosen when the store is
+//! created, followed by the body) and the body, a [`codec`] encoding. The first record of each
+//! file is a header (a magic string, [`SCHEMA_VERSION`], the generation `N`, the salt); a
+//! log's other records are [`Op`]s, one per write method call; a snapshot's are [`Part`]s,
+//! one per stored entry, ending with [`Part::End`].
 //!
 //! # Durability (the contract in [`crate::store`])
 //!
@@ -35,10 +36,23 @@
 //!
 //! A crash can cut the last `write(2)` short (the kernel checks for a fatal signal between
 //! pages) or, without `fsync`, lose a tail of it with the machine: on open, the log is
-//! replayed up to the first record that is cut short or fails its checksum, and the file is
-//! truncated there (a warning says how many bytes went). What is cut is a suffix of writes
-//! that no flush had confirmed. A bad record in an older log or a bad snapshot is not a torn
-//! tail: the open fails with [`ArchError::CorruptEntry`].
+//! replayed up to the first record that does not read and after which no whole record
+//! follows, and the file is truncated there (a warning says how many bytes went). What is
+//! cut is a suffix of writes that no flush had confirmed.
+//!
+//! # Damage (failure class 9)
+//!
+//! A record that does not read with a whole record after it is damage (a bad disk sector, a
+//! stray write), not a crash: the open skips to the next whole record, so only the damaged
+//! write is lost and the confirmed writes after it (a pending send among them) are kept; a
+//! damaged snapshot entry likewise. Each range is logged at error level and listed by
+//! [`LogStore::damage`]; a copy of each damaged file is kept as `damaged.<name>.<N>` and the
+//! store is rewritten whole (a snapshot and a new log), so the damage is not read twice.
+//! What was lost comes back from the server with the next sync (messages, changes, cursors
+//! restart from what the store still has). The salt is what makes the search for the next
+//! record safe: a message's text can hold bytes framed like a record, but not with a
+//! checksum over a salt its sender never saw, so a torn or damaged record's content is never
+//! read as a write.
 //!
 //! # Compaction
 //!
@@ -111,8 +125,9 @@ impl Default for LogStoreOptions {
     }
 }
 
-/// The header record of a log or a snapshot: magic, schema version, generation.
-type Header<'a> = (Cow<'a, str>, u32, u64);
+/// The header record of a log or a snapshot: magic, schema version, generation, and the
+/// store's salt (a random number chosen when the store is created, the same in every file).
+type Header<'a> = (Cow<'a, str>, u32, u64, u64);
 
 /// One write, as the log keeps it: a [`Store`] write method and its arguments. Replayed in
 /// order through the same [`MemoryState`] methods, the records rebuild the state.
@@ -188,8 +203,10 @@ enum Part<'a> {
     },
 }
 
-/// Appends `value` to `out` as one record (length, CRC-32, body).
-fn frame<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), ArchError> {
+/// Appends `value` to `out` as one record: length, checksum, body. The checksum is the
+/// CRC-32 of the store's `salt` followed by the body: a record is recognised only by a
+/// reader that knows the salt (see [`read_all`] for why).
+fn frame<T: Serialize + ?Sized>(value: &T, salt: u64, out: &mut Vec<u8>) -> Result<(), ArchError> {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER]);
     if let Err(e) = codec::encode_into(value, out) {
@@ -201,88 +218,109 @@ fn frame<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Arch
     let body = &out[start + FRAME_HEADER..];
     // The codec caps an encoding at 16 MiB, so the length fits in a u32.
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let crc = crc32fast::hash(body);
+    let crc = checksum(salt, body);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
-/// Why reading records stopped before the end of the bytes.
+fn checksum(salt: u64, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&salt.to_le_bytes());
+    h.update(body);
+    h.finalize()
+}
+
+/// The record at the start of `bytes`: its value and its length, or why it is not one.
+fn parse_record<T: DeserializeOwned>(bytes: &[u8], salt: u64) -> Result<(T, usize), &'static str> {
+    let header = bytes
+        .get(..FRAME_HEADER)
+        .ok_or("a record cut short in its header")?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let end = FRAME_HEADER.saturating_add(len);
+    let body = bytes
+        .get(FRAME_HEADER..end)
+        .ok_or("a record cut short in its body")?;
+    if checksum(salt, body) != crc {
+        return Err("a record whose checksum does not match");
+    }
+    let value = codec::decode(body).map_err(|_| "a record that does not decode")?;
+    Ok((value, end))
+}
+
+/// A range of a file that an open skipped: the writes (or snapshot entries) in it are lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stop {
-    /// What was wrong.
-    why: &'static str,
-    /// Whether the bytes from there to the end can only be a torn tail, which a crash
-    /// leaves: a record cut short (its header or body runs past the end), a bad record that
-    /// is the file's last, or zeros to the end (what a file system may show after a power
-    /// loss). Anything else (a bad record with more after it) is damage.
-    torn_tail: bool,
+pub struct LogDamage {
+    /// The file (a `log.<N>` or the `snapshot`; moved aside as `damaged.*` after the open).
+    pub file: PathBuf,
+    /// Where the skipped bytes start.
+    pub offset: u64,
+    /// How many bytes were skipped.
+    pub len: u64,
+    /// What was wrong at `offset`.
+    pub reason: String,
 }
 
-/// The records of `bytes`, in order, until the first one that is cut short, fails its
-/// checksum or does not decode as `T`.
-struct Records<'b, T> {
-    bytes: &'b [u8],
-    /// Bytes of whole, valid records read so far.
-    valid: usize,
-    /// Why reading stopped before the end, once it has.
-    stopped: Option<Stop>,
-    _t: std::marker::PhantomData<T>,
+/// What [`read_all`] found besides the records it handed on.
+struct Reading {
+    /// End of the last whole record: where a torn tail starts.
+    end: usize,
+    /// Ranges skipped in the middle: damage.
+    damage: Vec<(usize, usize, String)>,
+    /// Bytes after `end` that are no record (a write a crash cut short), and why.
+    tail: Option<&'static str>,
 }
 
-impl<'b, T: DeserializeOwned> Records<'b, T> {
-    fn new(bytes: &'b [u8]) -> Self {
-        Self {
-            bytes,
-            valid: 0,
-            stopped: None,
-            _t: std::marker::PhantomData,
+/// Reads the records of `bytes` from `start`, handing each to `f` with its offset. Where a
+/// record does not read (or `f` refuses it), reading goes on at the next offset where a
+/// whole record with this `salt` starts: what lies between is damage, and the records after
+/// it (later confirmed writes) are kept. When no record follows, the rest is a tail, what a
+/// write cut by a crash leaves. The salt is what makes the search safe: a message's text may
+/// hold bytes framed like a record, but not with a checksum over a salt it never saw, so a
+/// torn or damaged record's content is never taken for a write.
+fn read_all<T: DeserializeOwned>(
+    bytes: &[u8],
+    start: usize,
+    salt: u64,
+    mut f: impl FnMut(T, usize) -> Result<(), String>,
+) -> Reading {
+    let mut pos = start;
+    let mut damage = Vec::new();
+    while pos < bytes.len() {
+        let why = match parse_record::<T>(&bytes[pos..], salt) {
+            Ok((value, len)) => match f(value, pos) {
+                Ok(()) => {
+                    pos += len;
+                    continue;
+                }
+                Err(why) => {
+                    // A record that reads but does not apply: skip it whole.
+                    damage.push((pos, len, why));
+                    pos += len;
+                    continue;
+                }
+            },
+            Err(why) => why,
+        };
+        match (pos + 1..bytes.len()).find(|&q| parse_record::<T>(&bytes[q..], salt).is_ok()) {
+            Some(next) => {
+                damage.push((pos, next - pos, why.to_string()));
+                pos = next;
+            }
+            None => {
+                return Reading {
+                    end: pos,
+                    damage,
+                    tail: Some(why),
+                };
+            }
         }
     }
-}
-
-impl<T: DeserializeOwned> Iterator for Records<'_, T> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<T> {
-        let rest = self.bytes.get(self.valid..)?;
-        if rest.is_empty() || self.stopped.is_some() {
-            return None;
-        }
-        let cut_short = |why| Stop {
-            why,
-            torn_tail: true,
-        };
-        let parsed = (|| {
-            let header = rest
-                .get(..FRAME_HEADER)
-                .ok_or(cut_short("a record cut short in its header"))?;
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-            let end = FRAME_HEADER.saturating_add(len);
-            let body = rest
-                .get(FRAME_HEADER..end)
-                .ok_or(cut_short("a record cut short in its body"))?;
-            let bad = |why| Stop {
-                why,
-                torn_tail: end == rest.len() || rest.iter().all(|b| *b == 0),
-            };
-            if crc32fast::hash(body) != crc {
-                return Err(bad("a record whose checksum does not match"));
-            }
-            let value: T = codec::decode(body).map_err(|_| bad("a record that does not decode"))?;
-            Ok((value, end))
-        })();
-        match parsed {
-            Ok((value, used)) => {
-                self.valid += used;
-                Some(value)
-            }
-            Err(stop) => {
-                self.stopped = Some(stop);
-                None
-            }
-        }
+    Reading {
+        end: pos,
+        damage,
+        tail: None,
     }
 }
 
@@ -298,11 +336,13 @@ fn corrupt(file: &Path, offset: usize, reason: &str) -> ArchError {
     }
 }
 
-/// Checks a header record: the magic, then the schema version (a newer one is refused, as
-/// an older one for which no migration exists); returns its generation.
-fn check_header(file: &Path, header: Option<Header<'static>>) -> Result<u64, ArchError> {
-    let Some((magic, schema, generation)) = header else {
-        return Err(corrupt(file, 0, "no header record"));
+/// Reads and checks a file's header record: the magic, then the schema version (a newer one
+/// is refused, as an older one for which no migration exists). Returns the generation, the
+/// store's salt and where the records start.
+fn read_header(file: &Path, bytes: &[u8]) -> Result<(u64, u64, usize), ArchError> {
+    let Ok(((magic, schema, generation, salt), len)) = parse_record::<Header<'static>>(bytes, 0)
+    else {
+        return Err(corrupt(file, 0, "no whole header record"));
     };
     if magic != MAGIC {
         return Err(corrupt(file, 0, "not a log store file"));
@@ -319,13 +359,14 @@ fn check_header(file: &Path, header: Option<Header<'static>>) -> Result<u64, Arc
              exists; the store was left unchanged"
         )));
     }
-    Ok(generation)
+    Ok((generation, salt, len))
 }
 
-fn header_record(generation: u64) -> Result<Vec<u8>, ArchError> {
+/// A file's header record (framed with salt 0: it is always at offset 0, never searched for).
+fn header_record(generation: u64, salt: u64) -> Result<Vec<u8>, ArchError> {
     let mut out = Vec::new();
-    let header: Header<'_> = (Cow::Borrowed(MAGIC), SCHEMA_VERSION, generation);
-    frame(&header, &mut out)?;
+    let header: Header<'_> = (Cow::Borrowed(MAGIC), SCHEMA_VERSION, generation, salt);
+    frame(&header, 0, &mut out)?;
     Ok(out)
 }
 
@@ -350,15 +391,27 @@ fn log_generations(dir: &Path) -> Result<Vec<u64>, ArchError> {
     Ok(out)
 }
 
-/// Reads the snapshot into `state`; returns its generation.
-fn load_snapshot(path: &Path, bytes: &[u8], state: &mut MemoryState) -> Result<u64, ArchError> {
-    let mut header = Records::<Header<'static>>::new(bytes);
-    let generation = check_header(path, header.next())?;
-    let mut parts = Records::<Part<'static>>::new(&bytes[header.valid..]);
+/// What reading a snapshot gave: its generation, the store's salt, the ranges skipped.
+struct SnapshotRead {
+    generation: u64,
+    salt: u64,
+    damage: Vec<LogDamage>,
+}
+
+/// Reads the snapshot into `state`. Damaged entries are skipped (see [`read_all`]); a
+/// snapshot whose end record is lost keeps what it has, with the single values at their
+/// safe defaults (no sync mark and no change cursor: the next sync pulls from the server
+/// again; the journal head after its last entry).
+fn load_snapshot(
+    path: &Path,
+    bytes: &[u8],
+    state: &mut MemoryState,
+) -> Result<SnapshotRead, ArchError> {
+    let (generation, salt, start) = read_header(path, bytes)?;
     let mut whole = false;
-    for part in parts.by_ref() {
+    let reading = read_all::<Part<'static>>(bytes, start, salt, |part, _| {
         if whole {
-            return Err(corrupt(path, header.valid, "records after its end"));
+            return Err("an entry after the end record".into());
         }
         match part {
             Part::Message(m) => state.insert_message(m.into_owned()),
@@ -395,60 +448,91 @@ fn load_snapshot(path: &Path, bytes: &[u8], state: &mut MemoryState) -> Result<u
                 whole = true;
             }
         }
-    }
-    if let Some(stop) = parts.stopped {
-        return Err(corrupt(path, header.valid + parts.valid, stop.why));
+        Ok(())
+    });
+    let mut damage = to_damage(path, reading.damage);
+    if let Some(why) = reading.tail {
+        // A snapshot is written whole before it is renamed: a tail is damage too.
+        damage.push(LogDamage {
+            file: path.to_path_buf(),
+            offset: reading.end as u64,
+            len: (bytes.len() - reading.end) as u64,
+            reason: why.to_string(),
+        });
     }
     if !whole {
-        return Err(corrupt(
-            path,
-            bytes.len(),
-            "no end record: the snapshot is not whole",
-        ));
+        state.journal_head = state.journal.keys().next_back().copied().unwrap_or(0);
+        if damage.is_empty() {
+            damage.push(LogDamage {
+                file: path.to_path_buf(),
+                offset: bytes.len() as u64,
+                len: 0,
+                reason: "no end record".into(),
+            });
+        }
     }
-    Ok(generation)
+    Ok(SnapshotRead {
+        generation,
+        salt,
+        damage,
+    })
+}
+
+fn to_damage(path: &Path, ranges: Vec<(usize, usize, String)>) -> Vec<LogDamage> {
+    ranges
+        .into_iter()
+        .map(|(offset, len, reason)| LogDamage {
+            file: path.to_path_buf(),
+            offset: offset as u64,
+            len: len as u64,
+            reason,
+        })
+        .collect()
 }
 
 /// The whole state as snapshot records, headed for generation `generation`.
-fn encode_snapshot(state: &MemoryState, generation: u64) -> Result<Vec<u8>, ArchError> {
-    let mut out = header_record(generation)?;
+fn encode_snapshot(state: &MemoryState, generation: u64, salt: u64) -> Result<Vec<u8>, ArchError> {
+    let mut out = header_record(generation, salt)?;
     for messages in state.by_conversation.values() {
         for m in messages.values() {
-            frame(&Part::Message(Cow::Borrowed(m)), &mut out)?;
+            frame(&Part::Message(Cow::Borrowed(m)), salt, &mut out)?;
         }
     }
     for (c, cur) in &state.cursors {
-        frame(&Part::Cursor(Cow::Borrowed(c), *cur), &mut out)?;
+        frame(&Part::Cursor(Cow::Borrowed(c), *cur), salt, &mut out)?;
     }
     for item in state.outbox.values() {
-        frame(&Part::Outbox(Cow::Borrowed(item)), &mut out)?;
+        frame(&Part::Outbox(Cow::Borrowed(item)), salt, &mut out)?;
     }
     for s in state.conversation_states.values() {
-        frame(&Part::ConversationState(Cow::Borrowed(s)), &mut out)?;
+        frame(&Part::ConversationState(Cow::Borrowed(s)), salt, &mut out)?;
     }
     for (position, (id, origin)) in &state.journal {
         frame(
             &Part::Journal(*position, Cow::Borrowed(id), *origin),
+            salt,
             &mut out,
         )?;
     }
     for (name, position) in &state.subscriptions {
         frame(
             &Part::Subscription(Cow::Borrowed(name), *position),
+            salt,
             &mut out,
         )?;
     }
     for (id, rev) in &state.revisions {
-        frame(&Part::Revision(Cow::Borrowed(id), *rev), &mut out)?;
+        frame(&Part::Revision(Cow::Borrowed(id), *rev), salt, &mut out)?;
     }
     for (id, changes) in &state.pending {
         frame(
             &Part::Pending(Cow::Borrowed(id), Cow::Borrowed(changes)),
+            salt,
             &mut out,
         )?;
     }
     for r in state.receipts.values() {
-        frame(&Part::Receipt(Cow::Borrowed(r)), &mut out)?;
+        frame(&Part::Receipt(Cow::Borrowed(r)), salt, &mut out)?;
     }
     frame(
         &Part::End {
@@ -457,6 +541,7 @@ fn encode_snapshot(state: &MemoryState, generation: u64) -> Result<Vec<u8>, Arch
             sync_mark: state.sync_mark,
             change_cursor: state.change_cursor.as_ref().map(Cow::Borrowed),
         },
+        salt,
         &mut out,
     )?;
     Ok(out)
@@ -505,11 +590,11 @@ struct Writer {
 /// # let dir = std::env::temp_dir().join(format!("log-store-doc-{}", std::process::id()));
 /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 /// let store = LogStore::open(&dir)?;
-/// store.set_sync_mark(im_service::Timestamp(42)).await?;
+/// store.set_sync_mark(im_service::Timestamp::from_millis(42)).await?;
 /// store.flush().await?; // in the kernel's hands: survives the process being killed
 /// drop(store);
 /// let again = LogStore::open(&dir)?;
-/// assert_eq!(again.sync_mark().await?, Some(im_service::Timestamp(42)));
+/// assert_eq!(again.sync_mark().await?, Some(im_service::Timestamp::from_millis(42)));
 /// # drop(again);
 /// # std::fs::remove_dir_all(&dir)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -522,6 +607,10 @@ pub struct LogStore {
     writer: tokio::sync::Mutex<Writer>,
     dir: PathBuf,
     options: LogStoreOptions,
+    /// The store's salt, in every record's checksum (see [`read_all`]).
+    salt: u64,
+    /// What the open skipped (see [`LogStore::damage`]).
+    damage: Vec<LogDamage>,
     /// Holds the directory's `flock` for as long as the store is open.
     _lock: File,
     /// Remove the directory on drop ([`LogStore::temporary`]).
@@ -587,13 +676,15 @@ impl LogStore {
         .map_err(|e| ArchError::Store(format!("log store {}: {e}", dir.display())))?;
 
         let mut state = MemoryState::default();
+        let mut damage = Vec::new();
         let snapshot_path = dir.join(SNAPSHOT_FILE);
-        let (generation, snapshot_len) = match std::fs::read(&snapshot_path) {
-            Ok(bytes) => (
-                load_snapshot(&snapshot_path, &bytes, &mut state)?,
-                bytes.len(),
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
+        let (generation, mut salt, snapshot_len) = match std::fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                let read = load_snapshot(&snapshot_path, &bytes, &mut state)?;
+                damage.extend(read.damage);
+                (read.generation, Some(read.salt), bytes.len() as u64)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None, 0),
             Err(e) => return Err(io_err("cannot read", &snapshot_path, e)),
         };
         // A snapshot a crash did not finish is not the snapshot: its log is still there.
@@ -611,11 +702,30 @@ impl LogStore {
         let mut writer = None;
         for (i, &g) in live.iter().enumerate() {
             let last = i + 1 == live.len();
-            writer = Some(replay(&dir, g, last, &mut state, snapshot_len as u64)?);
+            let replayed = replay(&dir, g, last, &mut state, salt, snapshot_len)?;
+            salt = salt.or(Some(replayed.salt));
+            damage.extend(replayed.damage);
+            writer = replayed.writer;
         }
-        let writer = match writer {
-            Some(w) => w,
-            None => create_log(&dir, generation, snapshot_len as u64)?,
+        let salt = salt.unwrap_or_else(rand::random);
+        let writer = if damage.is_empty() {
+            match writer {
+                Some(w) => w,
+                None => create_log(&dir, generation, salt, snapshot_len)?,
+            }
+        } else {
+            for d in &damage {
+                tracing::error!(
+                    file = %d.file.display(),
+                    offset = d.offset,
+                    len = d.len,
+                    reason = %d.reason,
+                    "log store: skipped a damaged range (its writes are lost; the rest is kept)"
+                );
+            }
+            drop(writer);
+            let next = live.last().copied().unwrap_or(generation).max(generation) + 1;
+            rewrite_after_damage(&dir, &state, next, salt, &damage)?
         };
         Ok(LogStore {
             inner: Mutex::new(Inner {
@@ -627,9 +737,20 @@ impl LogStore {
             writer: tokio::sync::Mutex::new(writer),
             dir,
             options,
+            salt,
+            damage,
             _lock: lock,
             temporary: false,
         })
+    }
+
+    /// What the open skipped as damaged, each range's writes lost (empty for a healthy
+    /// store, and after a crash, whose torn tail is not damage). Each range was logged at
+    /// error level; the damaged files are kept as `damaged.*` beside the store. What was
+    /// lost comes back as a store losing it would come back: messages and changes with the
+    /// next sync from the server; an outbox item or a user setting in it is gone.
+    pub fn damage(&self) -> &[LogDamage] {
+        &self.damage
     }
 
     /// The directory the store lives in.
@@ -659,7 +780,7 @@ impl LogStore {
             return Err(ArchError::Store(why.clone()));
         }
         let start = inner.pending.len();
-        frame(op, &mut inner.pending)?;
+        frame(op, self.salt, &mut inner.pending)?;
         match apply(&mut inner.state) {
             Ok(out) => {
                 let added = inner.pending.len() - start;
@@ -750,13 +871,14 @@ impl LogStore {
         let next = w.generation + 1;
         let (snapshot, rest, upto) = {
             let mut inner = self.inner.lock();
-            let snapshot = encode_snapshot(&inner.state, next)?;
+            let snapshot = encode_snapshot(&inner.state, next, self.salt)?;
             (snapshot, std::mem::take(&mut inner.pending), inner.appended)
         };
         let dir = self.dir.clone();
         let old = Arc::clone(&w.file);
         let old_generation = w.generation;
         let fsync = self.options.fsync;
+        let salt = self.salt;
         let snapshot_len = snapshot.len() as u64;
         let switched = tokio::task::spawn_blocking(move || -> Result<Writer, ArchError> {
             // The records before the snapshot's point end the old log.
@@ -765,7 +887,7 @@ impl LogStore {
                 .write_all(&rest)
                 .and_then(|()| if fsync { old.sync_data() } else { Ok(()) })
                 .map_err(|e| io_err("cannot write", &old_path, e))?;
-            let writer = create_log(&dir, next, snapshot_len)?;
+            let writer = create_log(&dir, next, salt, snapshot_len)?;
             let tmp = dir.join(SNAPSHOT_TMP);
             let written = File::create(&tmp)
                 .and_then(|mut f| {
@@ -804,9 +926,14 @@ impl LogStore {
 }
 
 /// Creates `log.<generation>` with its header (replacing a file a crash left without one).
-fn create_log(dir: &Path, generation: u64, snapshot_len: u64) -> Result<Writer, ArchError> {
+fn create_log(
+    dir: &Path,
+    generation: u64,
+    salt: u64,
+    snapshot_len: u64,
+) -> Result<Writer, ArchError> {
     let path = log_path(dir, generation);
-    let header = header_record(generation)?;
+    let header = header_record(generation, salt)?;
     let mut file = File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
     file.write_all(&header)
         .and_then(|()| file.sync_all())
@@ -821,69 +948,134 @@ fn create_log(dir: &Path, generation: u64, snapshot_len: u64) -> Result<Writer, 
     })
 }
 
-/// Replays `log.<generation>` into `state`. The last log's torn tail is cut off (and a last
-/// log without a whole header is started again); anything else that does not read is
-/// corruption. Returns the log, open for appending, for the last one.
+/// What replaying one log gave.
+struct Replayed {
+    /// The log, open for appending (the last log only).
+    writer: Option<Writer>,
+    /// The salt its header names.
+    salt: u64,
+    /// Ranges skipped.
+    damage: Vec<LogDamage>,
+}
+
+/// Replays `log.<generation>` into `state`, skipping damage (see [`read_all`]). The last
+/// log's torn tail is cut off, and a last log without a whole header (a crash while it was
+/// created) is started again with `salt` (a new one if none is known yet).
 fn replay(
     dir: &Path,
     generation: u64,
     last: bool,
     state: &mut MemoryState,
+    salt: Option<u64>,
     snapshot_len: u64,
-) -> Result<Writer, ArchError> {
+) -> Result<Replayed, ArchError> {
     let path = log_path(dir, generation);
     let bytes = std::fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
-    let mut header = Records::<Header<'static>>::new(&bytes);
-    let first = header.next();
-    if first.is_none() && last && header.valid == 0 && bytes.len() < 64 {
-        // Created by a crash-interrupted compaction or open before its header was whole.
-        return create_log(dir, generation, snapshot_len);
-    }
-    let found = check_header(&path, first)?;
+    let (found, salt, start) = match read_header(&path, &bytes) {
+        Ok(header) => header,
+        Err(ArchError::CorruptEntry { .. }) if last && bytes.len() < 64 => {
+            let salt = salt.unwrap_or_else(rand::random);
+            return Ok(Replayed {
+                writer: Some(create_log(dir, generation, salt, snapshot_len)?),
+                salt,
+                damage: Vec::new(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     if found != generation {
         return Err(corrupt(&path, 0, "its header names another generation"));
     }
-    let mut ops = Records::<Op<'static>>::new(&bytes[header.valid..]);
-    while let Some(op) = ops.next() {
-        op.apply(state).map_err(|e| {
-            corrupt(
-                &path,
-                header.valid + ops.valid,
-                &format!("does not replay: {e}"),
-            )
-        })?;
-    }
-    let valid = header.valid + ops.valid;
-    if let Some(stop) = &ops.stopped {
-        if !last || !stop.torn_tail {
-            return Err(corrupt(&path, valid, stop.why));
+    let reading = read_all::<Op<'static>>(&bytes, start, salt, |op, _| {
+        op.apply(state)
+            .map_err(|e| format!("a write that does not replay: {e}"))
+    });
+    let mut damage = to_damage(&path, reading.damage);
+    if let Some(why) = reading.tail {
+        if last {
+            tracing::warn!(
+                file = %path.display(),
+                dropped_bytes = bytes.len() - reading.end,
+                reason = why,
+                "log store: cut the log's torn tail (writes a crash interrupted, never confirmed)"
+            );
+        } else {
+            // Only the last log is ever appended to when a crash strikes.
+            damage.push(LogDamage {
+                file: path.clone(),
+                offset: reading.end as u64,
+                len: (bytes.len() - reading.end) as u64,
+                reason: why.to_string(),
+            });
         }
-        tracing::warn!(
-            file = %path.display(),
-            dropped_bytes = bytes.len() - valid,
-            reason = stop.why,
-            "log store: cut the log's torn tail (writes a crash interrupted, never confirmed)"
-        );
+    }
+    if !last {
+        return Ok(Replayed {
+            writer: None,
+            salt,
+            damage,
+        });
     }
     let file = OpenOptions::new()
         .write(true)
         .open(&path)
         .map_err(|e| io_err("cannot open", &path, e))?;
-    if valid < bytes.len() {
-        file.set_len(valid as u64)
+    if reading.end < bytes.len() && damage.is_empty() {
+        file.set_len(reading.end as u64)
             .map_err(|e| io_err("cannot truncate", &path, e))?;
     }
     let file = OpenOptions::new()
         .append(true)
         .open(&path)
         .map_err(|e| io_err("cannot open", &path, e))?;
-    Ok(Writer {
-        file: Arc::new(file),
-        written: 0,
-        log_len: valid as u64,
-        generation,
-        snapshot_len,
+    Ok(Replayed {
+        writer: Some(Writer {
+            file: Arc::new(file),
+            written: 0,
+            log_len: reading.end as u64,
+            generation,
+            snapshot_len,
+        }),
+        salt,
+        damage,
     })
+}
+
+/// After an open skipped damage: keeps a copy of each damaged file (`damaged.<name>.<next>`),
+/// writes the state as read as the snapshot of generation `next` with a new log, and
+/// removes the older logs, so the store is whole again and the damage is not read twice.
+/// Each step is crash-safe as a compaction is: until the new snapshot's rename, the old
+/// snapshot and logs are all there and an open salvages them again.
+fn rewrite_after_damage(
+    dir: &Path,
+    state: &MemoryState,
+    next: u64,
+    salt: u64,
+    damage: &[LogDamage],
+) -> Result<Writer, ArchError> {
+    let mut files: Vec<&PathBuf> = damage.iter().map(|d| &d.file).collect();
+    files.dedup();
+    for file in files {
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let aside = dir.join(format!("damaged.{name}.{next}"));
+        std::fs::copy(file, &aside).map_err(|e| io_err("cannot keep a copy of", file, e))?;
+    }
+    let snapshot = encode_snapshot(state, next, salt)?;
+    let writer = create_log(dir, next, salt, snapshot.len() as u64)?;
+    let tmp = dir.join(SNAPSHOT_TMP);
+    File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&snapshot)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE)))
+        .and_then(|()| sync_dir(dir))
+        .map_err(|e| io_err("cannot write the snapshot in", dir, e))?;
+    for g in log_generations(dir)?.into_iter().filter(|g| *g < next) {
+        let path = log_path(dir, g);
+        std::fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
+    }
+    Ok(writer)
 }
 
 impl Drop for LogStore {
@@ -892,10 +1084,11 @@ impl Drop for LogStore {
         // allows); the lock is free unless a flush was cancelled mid-way.
         if let Ok(w) = self.writer.try_lock() {
             let inner = self.inner.get_mut();
-            if inner.failed.is_none() && !inner.pending.is_empty() {
-                if let Err(e) = (&*w.file).write_all(&inner.pending) {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "log store: write on drop failed");
-                }
+            if inner.failed.is_none()
+                && !inner.pending.is_empty()
+                && let Err(e) = (&*w.file).write_all(&inner.pending)
+            {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "log store: write on drop failed");
             }
         }
         if self.temporary {
@@ -1097,64 +1290,104 @@ impl Store for LogStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn records_stop_at_a_torn_or_damaged_tail() {
+    const SALT: u64 = 0x5eed;
+
+    fn records(values: &[u64]) -> (Vec<u8>, Vec<usize>) {
         let mut bytes = Vec::new();
-        for n in 0..3u64 {
-            frame(&n, &mut bytes).unwrap_or_default();
+        let mut starts = Vec::new();
+        for v in values {
+            starts.push(bytes.len());
+            frame(v, SALT, &mut bytes).unwrap_or_default();
         }
-        let whole = bytes.len();
-        let read: Vec<u64> = Records::new(&bytes).collect();
-        assert_eq!(read, vec![0, 1, 2], "whole records read back in order");
+        (bytes, starts)
+    }
 
-        // Cut in the middle of the last record's body.
-        let mut records = Records::<u64>::new(&bytes[..whole - 1]);
+    fn read(bytes: &[u8]) -> (Vec<u64>, Reading) {
+        let mut out = Vec::new();
+        let reading = read_all::<u64>(bytes, 0, SALT, |v, _| {
+            out.push(v);
+            Ok(())
+        });
+        (out, reading)
+    }
+
+    #[test]
+    fn a_torn_tail_ends_reading_and_damage_is_skipped() {
+        let (bytes, starts) = records(&[10, 11, 12, 13]);
+        let (values, reading) = read(&bytes);
         assert_eq!(
-            records.by_ref().count(),
-            2,
-            "a torn last record is not read"
+            values,
+            vec![10, 11, 12, 13],
+            "whole records read back in order"
         );
-        assert!(records.stopped.is_some(), "reading says why it stopped");
+        assert!(reading.damage.is_empty() && reading.tail.is_none());
 
-        // A flipped bit in the second record's body.
+        // Cut in the middle of the last record: a tail, where the valid prefix ends.
+        let (values, reading) = read(&bytes[..bytes.len() - 1]);
+        assert_eq!(values, vec![10, 11, 12]);
+        assert_eq!(reading.end, starts[3], "the tail starts at the torn record");
+        assert!(reading.tail.is_some() && reading.damage.is_empty());
+
+        // A flipped bit in the second record: skipped as damage, the records after it kept.
         let mut damaged = bytes.clone();
-        let second_body = (whole / 3) + FRAME_HEADER + 1;
-        damaged[second_body] ^= 0x40;
-        let mut records = Records::<u64>::new(&damaged);
+        damaged[starts[1] + FRAME_HEADER + 1] ^= 0x40;
+        let (values, reading) = read(&damaged);
         assert_eq!(
-            records.by_ref().count(),
-            1,
-            "a damaged record ends the valid prefix"
+            values,
+            vec![10, 12, 13],
+            "the later records survive damage before them"
         );
         assert_eq!(
-            records.valid,
-            whole / 3,
-            "the valid prefix is the first record"
+            reading
+                .damage
+                .iter()
+                .map(|d| (d.0, d.1))
+                .collect::<Vec<_>>(),
+            vec![(starts[1], starts[2] - starts[1])],
+            "exactly the damaged record is skipped"
         );
-        let stop = records.stopped.expect("reading says why it stopped");
-        assert!(
-            !stop.torn_tail,
-            "a damaged record with more after it is damage, not a torn tail"
-        );
+        assert!(reading.tail.is_none());
 
-        // The same flip in the last record: what a crash can leave.
+        // A damaged length field (the record looks cut short): still damage, not a tail.
         let mut damaged = bytes.clone();
-        damaged[whole - 1] ^= 0x40;
-        let mut records = Records::<u64>::new(&damaged);
-        assert_eq!(records.by_ref().count(), 2);
-        assert!(
-            records.stopped.expect("stopped").torn_tail,
-            "a bad last record is a torn tail"
+        damaged[starts[1] + 2] = 0x7f;
+        let (values, reading) = read(&damaged);
+        assert_eq!(
+            values,
+            vec![10, 12, 13],
+            "a bad length does not cut the log there"
         );
+        assert_eq!(reading.damage.len(), 1);
+    }
 
-        // Zeros to the end (a power loss on some file systems).
-        let mut zeroed = bytes[..whole / 3].to_vec();
-        zeroed.extend_from_slice(&[0; 40]);
-        let mut records = Records::<u64>::new(&zeroed);
-        assert_eq!(records.by_ref().count(), 1);
-        assert!(
-            records.stopped.expect("stopped").torn_tail,
-            "zeros to the end are a torn tail"
+    #[test]
+    fn a_record_inside_a_record_is_not_taken_for_one_without_the_salt() {
+        // A message whose text holds a framed record: what an attacker could send. Framed
+        // with another salt (they do not know this store's), it is never read as a write,
+        // even when the record around it is torn and reading searches for the next one.
+        let mut forged = Vec::new();
+        frame(&99u64, SALT ^ 1, &mut forged).unwrap_or_default();
+        let mut bytes = Vec::new();
+        frame(&1u64, SALT, &mut bytes).unwrap_or_default();
+        let outer_start = bytes.len();
+        // The forged bytes, then more text: a tear after them leaves them whole.
+        frame(&(&forged, [7u8; 32]), SALT, &mut bytes).unwrap_or_default();
+        let torn = &bytes[..bytes.len() - 10];
+        let mut seen = Vec::new();
+        let reading = read_all::<u64>(torn, 0, SALT, |v, _| {
+            seen.push(v);
+            Ok(())
+        });
+        assert_eq!(
+            seen,
+            vec![1],
+            "the forged record inside the torn one is not read"
         );
+        assert_eq!(reading.end, outer_start);
+        assert!(reading.tail.is_some());
+        // With the salt known, the same bytes would have been read: the salt is the guard.
+        let found = (outer_start + 1..torn.len())
+            .any(|q| parse_record::<u64>(&torn[q..], SALT ^ 1).is_ok());
+        assert!(found, "the forged record is in there");
     }
 }

@@ -1,8 +1,8 @@
 //! What only the log store has (the conformance suite in `store_conformance.rs` covers the
 //! `Store` contract): a store reopened after a crash is exactly its state as of the last
 //! flush, through compactions (a property test against `MemoryStore`); a torn tail is cut
-//! and writing goes on after it; damage elsewhere, a newer schema and a second handle are
-//! refused with typed errors. The SIGKILL test of a real process is the crash harness
+//! and writing goes on after it; damage elsewhere loses only the damaged writes and is
+//! reported; a newer schema and a second handle are refused with typed errors. The SIGKILL test of a real process is the crash harness
 //! (`cargo xtask crash`, `im-crash-client`, which runs on this store by default).
 
 // Test helpers outside #[test] fns: a panic is how they fail the test.
@@ -379,40 +379,67 @@ async fn a_torn_tail_is_cut_and_writes_after_it_are_kept() {
 }
 
 #[tokio::test]
-async fn damage_before_the_end_of_the_log_is_refused_not_cut() {
+async fn damage_in_the_log_loses_only_the_damaged_write_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = LogStore::open(dir.path()).unwrap();
         store.put_messages(&[message(0)]).await.unwrap();
         store.flush().await.unwrap();
-        store.put_messages(&[message(1)]).await.unwrap();
+        store.put_messages(&[message(3)]).await.unwrap();
+        store.put_outbox(&outbox_item(1, 1, 0)).await.unwrap();
         store.flush().await.unwrap();
         store.close_as_if_killed();
     }
     let log = newest_log(dir.path());
     let mut bytes = std::fs::read(&log).unwrap();
-    let before = bytes.clone();
-    // A flipped bit inside the first message's record (the second record of the file, after
-    // the header): later confirmed writes follow it, so cutting there would lose them.
-    let at = bytes.len() / 2 - 20;
+    // A flipped bit inside message 0's text (the first write): confirmed writes follow it,
+    // so cutting the log there would lose them.
+    let at = bytes
+        .windows(6)
+        .position(|w| w == b"text 0")
+        .expect("message 0's text is in the log");
     bytes[at] ^= 0x10;
     std::fs::write(&log, &bytes).unwrap();
-    match LogStore::open(dir.path()) {
-        Err(ArchError::CorruptEntry { tree, .. }) => {
-            assert!(tree.contains("log."), "the error names the file: {tree}")
-        }
-        other => panic!("damage in the middle of the log must be refused, got {other:?}"),
-    }
-    assert_ne!(bytes, before);
+
+    let store = LogStore::open(dir.path()).unwrap();
     assert_eq!(
-        std::fs::read(&log).unwrap(),
-        bytes,
-        "a refused store is left as it was found"
+        store.damage().len(),
+        1,
+        "one damaged range: {:?}",
+        store.damage()
     );
+    let damage = &store.damage()[0];
+    assert_eq!(damage.file, log, "the damage names the file");
+    assert!(damage.offset as usize <= at && at < (damage.offset + damage.len) as usize);
+    assert_eq!(
+        store.message(&message(0).server_id).await.unwrap(),
+        None,
+        "the damaged write is lost (the next sync brings the message back from the server)"
+    );
+    assert_eq!(
+        store.message(&message(3).server_id).await.unwrap(),
+        Some(message(3)),
+        "the confirmed writes after the damage are kept"
+    );
+    assert_eq!(
+        store.outbox().await.unwrap(),
+        vec![outbox_item(1, 1, 0)],
+        "the pending send after the damage survives"
+    );
+    let kept: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("damaged."))
+        .collect();
+    assert_eq!(kept.len(), 1, "a copy of the damaged log is kept: {kept:?}");
+    drop(store);
+    let again = LogStore::open(dir.path()).unwrap();
+    assert!(again.damage().is_empty(), "the store was rewritten whole");
+    assert_eq!(again.outbox().await.unwrap(), vec![outbox_item(1, 1, 0)]);
 }
 
 #[tokio::test]
-async fn a_damaged_snapshot_is_refused() {
+async fn a_damaged_snapshot_keeps_what_it_can_and_reports_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = LogStore::open_with(dir.path(), compacting()).unwrap();
@@ -420,27 +447,44 @@ async fn a_damaged_snapshot_is_refused() {
             store.put_messages(&[message(i)]).await.unwrap();
             store.flush().await.unwrap();
         }
+        store
+            .set_sync_mark(Timestamp::from_millis(77))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
     }
     let snapshot = dir.path().join("snapshot");
     let mut bytes = std::fs::read(&snapshot).expect("compaction wrote a snapshot");
-    let at = bytes.len() / 2;
+    let at = bytes
+        .windows(6)
+        .position(|w| w == b"text 5")
+        .expect("message 5 is in the snapshot");
     bytes[at] ^= 0x01;
     std::fs::write(&snapshot, &bytes).unwrap();
-    assert!(
-        matches!(
-            LogStore::open(dir.path()),
-            Err(ArchError::CorruptEntry { .. })
-        ),
-        "a damaged snapshot is corruption"
-    );
+    let store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(store.damage().len(), 1, "{:?}", store.damage());
+    assert_eq!(store.damage()[0].file, snapshot);
+    for i in 0..MESSAGES {
+        let found = store.message(&message(i).server_id).await.unwrap();
+        assert_eq!(
+            found.is_some(),
+            i != 5,
+            "message {i}: only the damaged entry is lost"
+        );
+    }
 }
 
-/// The header record of a log file for `schema`, as the store frames it.
-fn header(schema: u32, generation: u64) -> Vec<u8> {
-    let body = im_service::codec::encode(&("im-layers log store".to_string(), schema, generation))
-        .unwrap();
+/// A log file's header record with another schema version, framed as the store frames it
+/// (length, CRC-32 of salt 0 and the body, the body).
+fn with_schema(header_record: &[u8], schema: u32) -> Vec<u8> {
+    let (magic, _, generation, salt): (String, u32, u64, u64) =
+        im_service::codec::decode(&header_record[8..]).expect("a header record");
+    let body = im_service::codec::encode(&(magic, schema, generation, salt)).unwrap();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&0u64.to_le_bytes());
+    crc.update(&body);
     let mut out = (body.len() as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(&body);
     out
 }
@@ -450,12 +494,13 @@ async fn a_newer_schema_is_refused_and_left_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     drop(LogStore::open(dir.path()).unwrap());
     let log = newest_log(dir.path());
+    let header = std::fs::read(&log).unwrap();
     assert_eq!(
-        std::fs::read(&log).unwrap(),
-        header(SCHEMA_VERSION, 0),
-        "a new store's log starts with its header (this test's framing is the store's)"
+        with_schema(&header, SCHEMA_VERSION),
+        header,
+        "a new store's log is its header (this test frames it as the store does)"
     );
-    std::fs::write(&log, header(SCHEMA_VERSION + 1, 0)).unwrap();
+    std::fs::write(&log, with_schema(&header, SCHEMA_VERSION + 1)).unwrap();
     match LogStore::open(dir.path()) {
         Err(ArchError::SchemaTooNew { found, supported }) => {
             assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
@@ -464,7 +509,7 @@ async fn a_newer_schema_is_refused_and_left_unchanged() {
     }
     assert_eq!(
         std::fs::read(&log).unwrap(),
-        header(SCHEMA_VERSION + 1, 0),
+        with_schema(&header, SCHEMA_VERSION + 1),
         "left unchanged"
     );
 }
