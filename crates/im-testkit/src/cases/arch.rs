@@ -717,6 +717,126 @@ async fn store_corruption_is_contained<H: VendorHarness>(_h: H) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Class 9 on the default store: damage inside a `LogStore`'s log loses only the damaged
+/// write. The open reports it (`LogStore::damage`), the send queued after it survives and
+/// goes out exactly once, and the store works on.
+async fn log_store_damage_is_contained<H: VendorHarness>(h: H) {
+    use im_arch::{ConversationState, LogStore, Store};
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let dir = std::env::temp_dir().join(format!(
+        "im-case-log-store-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    const DAMAGED: &str = "draft-that-will-be-damaged";
+    {
+        let store = Arc::new(LogStore::open(&dir).expect("open"));
+        store
+            .put_conversation_state(&ConversationState {
+                id: conv.clone(),
+                pinned: true,
+                muted: false,
+                draft: Some((DAMAGED.into(), im_service::Timestamp::from_millis(1))),
+                read_up_to: None,
+            })
+            .await
+            .expect("write");
+        store.flush().await.expect("flush");
+        let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+        // Never logged in: the send waits in the outbox, written after the draft.
+        let client = ImClient::builder(vendor, alice.clone())
+            .store(store)
+            .build();
+        client
+            .send(conv.clone(), Content::text("queued after the damage"))
+            .await
+            .expect("queued");
+    }
+    // Damage the draft's write on disk (one flipped bit inside it).
+    let log = std::fs::read_dir(&dir)
+        .expect("store directory")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("log."))
+        })
+        .expect("a log file");
+    let mut bytes = std::fs::read(&log).expect("read the log");
+    let at = bytes
+        .windows(DAMAGED.len())
+        .position(|w| w == DAMAGED.as_bytes())
+        .expect("the draft is in the log");
+    bytes[at] ^= 0x20;
+    std::fs::write(&log, &bytes).expect("write the damaged log");
+
+    // The dropped client's task lets go of the store once it is torn down.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match LogStore::open(&dir) {
+            Ok(store) => {
+                reopened = Some(store);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let store = reopened.expect("the damaged store opens once the old client is gone");
+    assert_eq!(
+        store.damage().len(),
+        1,
+        "the damage is reported: {:?}",
+        store.damage()
+    );
+    assert_eq!(
+        store.conversation_states().await.expect("read"),
+        vec![],
+        "the damaged write is lost"
+    );
+    assert_eq!(
+        store.outbox().await.expect("read").len(),
+        1,
+        "the send queued after the damage survives"
+    );
+    let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
+    let client = ImClient::builder(vendor, alice)
+        .store(Arc::new(store))
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.expect("login");
+    until(&mut sub, Duration::from_secs(10), |e| {
+        matches!(
+            e,
+            ClientEvent::SendStatus {
+                status: Some(im_arch::SendStatus::Sent { .. }),
+                ..
+            }
+        )
+    })
+    .await;
+    let b = h.client().await;
+    b.login(&bob).await.expect("bob logs in");
+    let batch = b.pull_offline(10).await.expect("pull");
+    assert_eq!(
+        batch
+            .messages
+            .iter()
+            .map(|m| m.content.clone())
+            .collect::<Vec<_>>(),
+        vec![Content::text("queued after the damage")],
+        "the surviving send went out exactly once"
+    );
+    client.logout().await;
+    drop(client);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Opens a sled directory behind the store's back. sled's background threads can hold the
 /// directory's lock for a moment after the last handle is dropped (seen on CI), so this
 /// waits for it with the helper `SledStore::open` uses (`im_service::lock_wait`), off the
@@ -785,7 +905,7 @@ async fn refused_send_ends_failed<H: VendorHarness>(h: H) {
 }
 
 /// Class 4: messages queued before a restart go out exactly once after the client is
-/// rebuilt on the same sled directory.
+/// rebuilt on the same store directory (the default `LogStore`).
 async fn queue_survives_restart<H: VendorHarness>(h: H) {
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
@@ -799,7 +919,7 @@ async fn queue_survives_restart<H: VendorHarness>(h: H) {
             .unwrap_or(0)
     ));
     {
-        let store = Arc::new(im_arch::SledStore::open(&dir).expect("open"));
+        let store = Arc::new(im_arch::LogStore::open(&dir).expect("open"));
         let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
         // Never logged in: the sends wait in the outbox, then the process "dies".
         let client = ImClient::builder(vendor, alice.clone())
@@ -815,7 +935,7 @@ async fn queue_survives_restart<H: VendorHarness>(h: H) {
     // The dropped client's task lets go of the directory lock once it is torn down.
     let mut reopened = None;
     for _ in 0..100 {
-        match im_arch::SledStore::open(&dir) {
+        match im_arch::LogStore::open(&dir) {
             Ok(store) => {
                 reopened = Some(store);
                 break;
@@ -1530,6 +1650,23 @@ pub(super) fn cases() -> Vec<Case> {
             run: |t| Box::pin(async move { on_target!(t, store_corruption_is_contained) }),
         },
         Case {
+            id: "STORE-002",
+            title: "Damage in the default log store loses only the damaged write; a queued send survives",
+            category: Category::Essential,
+            layer: Layer::Arch,
+            needs: &[C::OfflineQueue],
+            harness: &[],
+            steps: &[
+                "write a draft, then queue a send without logging in (log store)",
+                "flip a bit inside the draft's record on disk",
+                "reopen; log in; the peer pulls its queue",
+            ],
+            expected: "the damage is reported and only the draft is lost; the queued send is \
+                       Sent and the peer's queue holds it once",
+            guards: Some(FailureClass::StoreCorruption),
+            run: |t| Box::pin(async move { on_target!(t, log_store_damage_is_contained) }),
+        },
+        Case {
             id: "SEND-006",
             title: "A send the vendor refuses for good ends Failed, never stuck",
             category: Category::Essential,
@@ -1549,7 +1686,7 @@ pub(super) fn cases() -> Vec<Case> {
             needs: &[C::OfflineQueue],
             harness: &[],
             steps: &[
-                "queue 2 sends on a sled store without logging in",
+                "queue 2 sends on a log store (the default) without logging in",
                 "drop the client; rebuild it on the same directory; log in",
             ],
             expected: "both are Sent; the peer's queue holds each once",
