@@ -6,7 +6,8 @@
 //! * `durable_send_sequential`, one send at a time, until `send()` returned (its outbox
 //!   entry flushed): `imclient_send` (`ImClient::send` on a `SledStore`, never logged in,
 //!   so `send()` only queues: the durable enqueue alone, no vendor work) and
-//!   `sled_store_put_outbox_flush` (the store alone: `put_outbox` + `Store::flush`), against
+//!   `sled_store_put_outbox_flush` (the store alone: `put_outbox` + `Store::flush`), the same
+//!   two on the default `LogStore` (`imclient_send_log_store`, `log_store_put_outbox_flush`), against
 //!   `baseline_raw_sled_insert_flush_each` (one raw insert of an outbox-sized entry, an
 //!   encoded `OutboxItem` of the same content, + `db.flush()`) and
 //!   `baseline_raw_sled_outbox_transaction_flush_each` (what `put_outbox` writes, done with
@@ -18,7 +19,8 @@
 //! * `durable_client_path_64_at_once_8_conversations` (issue 22): one sender and 8
 //!   receivers on the reference vendor (TCP, loopback, server in process); a round sends 64
 //!   messages at once (8 to each receiver) and ends when the receivers' apps have all 64.
-//!   `imclient_sled_store` (every client an `ImClient` on its own `SledStore`) and
+//!   `imclient_log_store` and `imclient_sled_store` (every client an `ImClient` on its own
+//!   `LogStore` / `SledStore`) and
 //!   `imclient_memory_store`, against `baseline_bare_reference_adapter` (the same sends and
 //!   pushes through bare `ReferenceClient`s).
 //! * `sync_10000_offline_1000_conversations`: 10,000 messages queued for a user while he is
@@ -27,7 +29,8 @@
 //!   measurement), then, measured: build an `ImClient` on a fresh store (a `SledStore` is
 //!   opened outside the measurement), subscribe, and `login()` on the reference vendor (TCP
 //!   on loopback, server in process) until it has returned (Online) and the reader has all
-//!   10,000. `reference_vendor_sled_store_durable_reader` is the issue's figure: a durable
+//!   10,000. `reference_vendor_log_store_durable_reader` (the default store) is the issue's
+//!   figure, `reference_vendor_sled_store_durable_reader` the same on sled: a durable
 //!   subscription registered before login, read in batches of up to 1,000, each
 //!   acknowledged. `..._sled_store_live_reader` reads a live subscription instead (no
 //!   journal); `..._memory_store_durable_reader` keeps nothing on disk. Baseline:
@@ -53,8 +56,8 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 use futures::StreamExt;
 use futures::future::join_all;
 use im_arch::{
-    ClientEvent, DeliveryPolicy, Filter, ImClient, MemoryStore, OutboxItem, SendStatus, SledStore,
-    Store,
+    ClientEvent, DeliveryPolicy, Filter, ImClient, LogStore, MemoryStore, OutboxItem, SendStatus,
+    SledStore, Store,
 };
 use im_service::memory::{MemoryClient, MemoryVendor};
 use im_service::reference::{ReferenceConfig, ReferenceVendor};
@@ -113,6 +116,7 @@ fn outbox_value(conversation: &ConversationId) -> Vec<u8> {
 fn bench_send(c: &mut Criterion, rt: &Runtime) {
     let vendor = MemoryVendor::default();
     let alice = vendor.register_user(&UserId::new("alice"));
+    let log_alice = alice.clone();
     let bob = vendor.register_user(&UserId::new("bob"));
     let conversation = ConversationId::direct(&alice.user, &bob.user);
     let store_dir = tempfile::tempdir().unwrap();
@@ -150,6 +154,15 @@ fn bench_send(c: &mut Criterion, rt: &Runtime) {
     // The store alone, without the client: `put_outbox` + `Store::flush`.
     let alone_dir = tempfile::tempdir().unwrap();
     let alone = Arc::new(SledStore::open(alone_dir.path()).unwrap());
+    let log_alone_dir = tempfile::tempdir().unwrap();
+    let log_alone = LogStore::open(log_alone_dir.path()).unwrap();
+    let log_client_dir = tempfile::tempdir().unwrap();
+    let log_client = {
+        let store: Arc<dyn Store> = Arc::new(LogStore::open(log_client_dir.path()).unwrap());
+        ImClient::builder(Arc::new(vendor.client()), log_alice.clone())
+            .store(store)
+            .build()
+    };
     let item = || OutboxItem {
         position: 0,
         message: OutgoingMessage::new(conversation.clone(), body(), Timestamp::from_millis(0)),
@@ -210,6 +223,30 @@ fn bench_send(c: &mut Criterion, rt: &Runtime) {
                 for item in &items {
                     alone.put_outbox(item).await.unwrap();
                     alone.flush().await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("log_store_put_outbox_flush", |b| {
+        b.iter_custom(|iters| {
+            let items: Vec<OutboxItem> = (0..iters).map(|_| next_item()).collect();
+            rt.block_on(async {
+                let start = Instant::now();
+                for item in &items {
+                    log_alone.put_outbox(item).await.unwrap();
+                    log_alone.flush().await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("imclient_send_log_store", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    log_client.send(conversation.clone(), body()).await.unwrap();
                 }
                 start.elapsed()
             })
@@ -513,6 +550,7 @@ fn ms(d: Duration) -> f64 {
 /// A store for one sync run, on the real disk where it is a sled one.
 #[derive(Clone, Copy)]
 enum StoreKind {
+    Log,
     Sled,
     Memory,
 }
@@ -559,6 +597,11 @@ fn bench_sync(c: &mut Criterion, rt: &Runtime) {
     });
     let variants = [
         (
+            "reference_vendor_log_store_durable_reader",
+            StoreKind::Log,
+            Reader::Durable,
+        ),
+        (
             "reference_vendor_sled_store_durable_reader",
             StoreKind::Sled,
             Reader::Durable,
@@ -587,6 +630,7 @@ fn bench_sync(c: &mut Criterion, rt: &Runtime) {
                     let dir = tempfile::tempdir().unwrap();
                     let store: Arc<dyn Store> = match kind {
                         StoreKind::Sled => Arc::new(SledStore::open(dir.path()).unwrap()),
+                        StoreKind::Log => Arc::new(LogStore::open(dir.path()).unwrap()),
                         StoreKind::Memory => Arc::new(MemoryStore::new()),
                     };
                     let (online, delivered) =
@@ -633,7 +677,7 @@ fn bench_sync(c: &mut Criterion, rt: &Runtime) {
     }
     if let Some(&(_, _, durable, _)) = medians
         .iter()
-        .find(|m| m.0 == "reference_vendor_sled_store_durable_reader")
+        .find(|m| m.0 == "reference_vendor_log_store_durable_reader")
     {
         let met = durable.as_secs_f64() < GOAL_S;
         println!(
@@ -679,6 +723,7 @@ enum Sender {
 enum PairKind {
     Bare,
     Memory,
+    Log,
     Sled,
 }
 
@@ -698,6 +743,12 @@ impl PairFixture {
                 PairKind::Sled => {
                     let dir = tempfile::tempdir().unwrap();
                     let store = SledStore::open(dir.path()).unwrap();
+                    dirs.push(dir);
+                    Arc::new(store)
+                }
+                PairKind::Log => {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = LogStore::open(dir.path()).unwrap();
                     dirs.push(dir);
                     Arc::new(store)
                 }
@@ -809,6 +860,7 @@ fn bench_client_path(c: &mut Criterion, rt: &Runtime) {
     for (name, kind) in [
         ("baseline_bare_reference_adapter", PairKind::Bare),
         ("imclient_memory_store", PairKind::Memory),
+        ("imclient_log_store", PairKind::Log),
         ("imclient_sled_store", PairKind::Sled),
     ] {
         let fixture = RefCell::new(None::<PairFixture>);
