@@ -717,6 +717,20 @@ async fn store_corruption_is_contained<H: VendorHarness>(_h: H) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Reopens the log store in `dir` once a dropped client's task has let go of it (it holds
+/// the store, and so the directory's lock, until it is torn down). The open waits for the
+/// lock (up to 2 s) on a blocking thread, so the old client's task can run meanwhile.
+async fn reopen_log_store(dir: &std::path::Path) -> im_arch::LogStore {
+    let path = dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || im_arch::LogStore::open(path)).await {
+        Ok(Ok(store)) => store,
+        other => panic!(
+            "the store in {} does not reopen once the old client is gone: {other:?}",
+            dir.display()
+        ),
+    }
+}
+
 /// Class 9 on the default store: damage inside a `LogStore`'s log loses only the damaged
 /// write. The open reports it (`LogStore::damage`), the send queued after it survives and
 /// goes out exactly once, and the store works on.
@@ -776,18 +790,7 @@ async fn log_store_damage_is_contained<H: VendorHarness>(h: H) {
     bytes[at] ^= 0x20;
     std::fs::write(&log, &bytes).expect("write the damaged log");
 
-    // The dropped client's task lets go of the store once it is torn down.
-    let mut reopened = None;
-    for _ in 0..100 {
-        match LogStore::open(&dir) {
-            Ok(store) => {
-                reopened = Some(store);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let store = reopened.expect("the damaged store opens once the old client is gone");
+    let store = reopen_log_store(&dir).await;
     assert_eq!(
         store.damage().len(),
         1,
@@ -932,18 +935,7 @@ async fn queue_survives_restart<H: VendorHarness>(h: H) {
                 .expect("queued");
         }
     }
-    // The dropped client's task lets go of the directory lock once it is torn down.
-    let mut reopened = None;
-    for _ in 0..100 {
-        match im_arch::LogStore::open(&dir) {
-            Ok(store) => {
-                reopened = Some(store);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let store = Arc::new(reopened.expect("the store reopens once the old client is gone"));
+    let store = Arc::new(reopen_log_store(&dir).await);
     let vendor: Arc<dyn Vendor> = Arc::new(h.client().await);
     let client = ImClient::builder(vendor, alice).store(store).build();
     let mut sub = client.subscribe();
