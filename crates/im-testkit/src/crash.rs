@@ -713,7 +713,7 @@ fn acknowledged_contents(receiver_ledger: &str) -> Result<BTreeSet<String>, Stri
 
 /// Which durable store the clients keep (`im-crash-client --store-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CrashStore {
+pub enum CrashStoreKind {
     /// `im_arch::LogStore`, the default.
     #[default]
     Log,
@@ -721,12 +721,12 @@ pub enum CrashStore {
     Sled,
 }
 
-impl CrashStore {
+impl CrashStoreKind {
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
         match self {
-            CrashStore::Log => "log",
-            CrashStore::Sled => "sled",
+            CrashStoreKind::Log => "log",
+            CrashStoreKind::Sled => "sled",
         }
     }
 }
@@ -788,7 +788,7 @@ pub struct CrashConfig {
     /// The vendor.
     pub vendor: CrashVendor,
     /// The clients' store.
-    pub store: CrashStore,
+    pub store: CrashStoreKind,
     /// SIGKILLs to deliver before the final run.
     pub kill_points: u32,
     /// Seed of every random choice of the driver and the children.
@@ -912,7 +912,7 @@ impl CrashConfig {
         ));
         Self {
             vendor,
-            store: CrashStore::default(),
+            store: CrashStoreKind::default(),
             kill_points,
             seed,
             max_messages: u64::from(kill_points.max(10)) * 40,

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use im_testkit::crash::{
-    Account, CrashConfig, CrashStore, CrashSummary, run_campaign, seed_from_env,
+    Account, CrashConfig, CrashStoreKind, CrashSummary, run_campaign, seed_from_env,
 };
 use im_testkit::harness::{XMPP_DOMAIN, prosody_addr, register_xmpp_user};
 
@@ -90,7 +90,7 @@ fn crash_campaign_on_the_reference_vendor_with_sled_stores() {
         SLED_KILL_POINTS,
         seed_from_env(),
     );
-    config.store = CrashStore::Sled;
+    config.store = CrashStoreKind::Sled;
     run(config);
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use im_testkit::crash::{
-    Account, CrashConfig, CrashStore, check_work_dir, run_campaign, seed_from_env,
+    Account, CrashConfig, CrashStoreKind, check_work_dir, run_campaign, seed_from_env,
 };
 use im_testkit::harness::{XMPP_DOMAIN, prosody_addr, prosody_running, register_xmpp_user};
 
@@ -119,8 +119,8 @@ async fn main() -> Result<()> {
         config.sender_pace_ms = p;
     }
     config.store = match args.store {
-        StoreKind::Log => CrashStore::Log,
-        StoreKind::Sled => CrashStore::Sled,
+        StoreKind::Log => CrashStoreKind::Log,
+        StoreKind::Sled => CrashStoreKind::Sled,
     };
     config.keep_work_dir = args.keep;
     config.verbose = true;
