@@ -514,13 +514,15 @@ fn runtime(name: &str) -> Runtime {
 }
 
 /// The command line: `--secs S` (the measured window per stack and load; a short one for a
-/// smoke run) and filters as criterion takes them (`cargo xtask bench -- NAME` passes one to
+/// smoke run), `--stack NAME` (only that stack; ratios need `bare` too) and filters as criterion takes them (`cargo xtask bench -- NAME` passes one to
 /// every benchmark binary): with any, only the loads whose name `throughput light` /
 /// `throughput heavy` contains one run. Other flags (criterion's, `cargo bench`'s `--bench`)
 /// are ignored.
 struct Args {
     secs: f64,
     filters: Vec<String>,
+    /// `--stack bare|memory|sled` (repeatable): only these stacks (for profiling one).
+    stacks: Vec<Stack>,
 }
 
 /// Criterion's flags that take a value: skipped with it, so the value is not a filter.
@@ -547,6 +549,7 @@ impl Args {
         let mut parsed = Args {
             secs: DEFAULT_SECS,
             filters: Vec::new(),
+            stacks: Vec::new(),
         };
         while let Some(arg) = args.next() {
             if arg == "--secs" {
@@ -555,6 +558,13 @@ impl Args {
                     .and_then(|s| s.parse().ok())
                     .filter(|s: &f64| *s > 0.0)
                     .expect("--secs takes a positive number of seconds");
+            } else if arg == "--stack" {
+                parsed.stacks.push(match args.next().as_deref() {
+                    Some("bare") => Stack::Bare,
+                    Some("memory") => Stack::Memory,
+                    Some("sled") => Stack::Sled,
+                    other => panic!("--stack takes bare, memory or sled, not {other:?}"),
+                });
             } else if CRITERION_VALUE_FLAGS.contains(&arg.as_str()) {
                 args.next();
             } else if !arg.starts_with('-') {
@@ -601,6 +611,9 @@ fn main() {
         );
         let mut bare_rate = None;
         for stack in Stack::ALL {
+            if !args.stacks.is_empty() && !args.stacks.contains(&stack) {
+                continue;
+            }
             let m = measure(&load_rt, &server_rt, stack, load, secs)
                 .unwrap_or_else(|e| panic!("{load_label}, {}: {e}", stack.label()));
             let ratio = bare_rate.map(|bare| m.msgs_per_s / bare);
