@@ -422,3 +422,86 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The sender task's copy of the outbox against a `MemoryStore`: what `send` hands over
+    //! and what a reload reads are taken once, and an item sent is never taken again.
+
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+
+    use im_service::{
+        Content, ConversationId, Credentials, MockVendor, OutgoingMessage, SystemClock, Timestamp,
+    };
+
+    use super::Pending;
+    use crate::config::ClientConfig;
+    use crate::shared::Shared;
+    use crate::store::{MemoryStore, OutboxItem, SendStatus, Store};
+
+    fn item(position: u64, conversation: &str) -> OutboxItem {
+        OutboxItem {
+            position,
+            message: OutgoingMessage::new(
+                ConversationId::group(conversation),
+                Content::text(format!("m{position}")),
+                Timestamp::from_millis(0),
+            ),
+            status: SendStatus::Sending,
+            attempts: 0,
+        }
+    }
+
+    fn positions(items: &[OutboxItem]) -> Vec<u64> {
+        items.iter().map(|i| i.position).collect()
+    }
+
+    #[tokio::test]
+    async fn handed_over_items_are_taken_once_and_never_after_they_were_sent() {
+        let store = Arc::new(MemoryStore::new());
+        let shared = Shared::new(
+            Arc::new(MockVendor::new()),
+            store.clone(),
+            ClientConfig::default(),
+            HashMap::new(),
+            Arc::new(SystemClock),
+            None,
+            Credentials::new("me", "token"),
+        );
+        let (a1, a2, b3) = (item(1, "a"), item(2, "a"), item(3, "b"));
+        for i in [&a1, &a2, &b3] {
+            store.put_outbox(i).await.unwrap();
+        }
+        // Handed over before the reload: the reload's read has them, the list is emptied.
+        shared.outbox_fresh.push(a1.clone());
+        let mut pending = Pending::default();
+        pending.reload(&shared).await.unwrap();
+        // Handed over after the reload's read had it already (a `send` racing the read).
+        shared.outbox_fresh.push(a2.clone());
+        shared.outbox_fresh.push(b3.clone());
+        pending.take_fresh(&shared);
+        let none = HashSet::new();
+        assert_eq!(
+            positions(&pending.ready(&none, 32)),
+            [1, 3],
+            "each conversation's head, each once"
+        );
+        // 1 is sent (gone from the copy); a late copy of it handed over again is not taken.
+        pending.items.remove(&1);
+        shared.outbox_fresh.push(a1.clone());
+        pending.take_fresh(&shared);
+        assert_eq!(
+            positions(&pending.ready(&none, 32)),
+            [2, 3],
+            "a sent item came back from the hand-over list"
+        );
+        let busy: HashSet<ConversationId> = [ConversationId::group("a")].into();
+        assert_eq!(
+            positions(&pending.ready(&busy, 32)),
+            [3],
+            "a busy conversation waits"
+        );
+        assert_eq!(positions(&pending.ready(&none, 1)), [2], "at most `room`");
+    }
+}
