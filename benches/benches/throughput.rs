@@ -620,9 +620,12 @@ fn main() {
             if stack == Stack::Bare {
                 bare_rate = Some(m.msgs_per_s);
             }
+            // CPU per message (server and clients): what a busy machine changes least.
+            let cpu_us = (m.server_cores + m.client_cores) / m.msgs_per_s * 1e6;
             println!(
                 "{load_label}, {}: {:.0} msgs/s, p50 {:.3} ms, p99 {:.3} ms, CPU: server \
-                 {:.0}%, clients {:.0}% ({} sent, each received once)",
+                 {:.0}%, clients {:.0}%, {cpu_us:.1} µs per message ({} sent, each received \
+                 once)",
                 stack.label(),
                 m.msgs_per_s,
                 m.p50_ms,
@@ -647,6 +650,7 @@ fn main() {
             figures.push((format!("{name}: p99 (ms)"), m.p99_ms));
             figures.push((format!("{name}: CPU server (cores)"), m.server_cores));
             figures.push((format!("{name}: CPU clients (cores)"), m.client_cores));
+            figures.push((format!("{name}: CPU per message (µs)"), cpu_us));
             if let Some(ratio) = ratio {
                 figures.push((format!("{name}: vs bare adapter (×)"), ratio));
             }

@@ -6,7 +6,7 @@
 //! `send`, `resend` and `cancel` return only once their change is durable (the store's
 //! flush), so what the app was told survives a crash.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -153,7 +153,7 @@ struct Pending {
     items: std::collections::BTreeMap<u64, OutboxItem>,
     /// Positions taken in since the last full reload: an item handed over by `send` that
     /// the reload's read already had (or that was sent since) is not taken twice.
-    known: HashSet<u64>,
+    known: FxHashSet<u64>,
     /// The next pass must reload from the store first.
     stale: bool,
 }
@@ -190,8 +190,8 @@ impl Pending {
     /// The items that may be attempted now, at most `room`: per conversation not in
     /// `busy`, the first unsent item, if it is `Sending` (a `Failed` head blocks its
     /// conversation).
-    fn ready(&self, busy: &HashSet<ConversationId>, room: usize) -> Vec<OutboxItem> {
-        let mut seen: HashSet<&ConversationId> = HashSet::new();
+    fn ready(&self, busy: &FxHashSet<ConversationId>, room: usize) -> Vec<OutboxItem> {
+        let mut seen: FxHashSet<&ConversationId> = FxHashSet::default();
         let mut out = Vec::new();
         for item in self.items.values() {
             if out.len() >= room {
@@ -226,8 +226,9 @@ pub(crate) const SEND_WINDOW: usize = 32;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut state = shared.state.subscribe();
     let mut sends = FuturesUnordered::new();
-    // Conversations with a send in flight: their next item waits for it.
-    let mut busy: HashSet<ConversationId> = HashSet::new();
+    // Conversations with a send in flight: their next item waits for it. (Fx-hashed, as the
+    // bus's index is: the app's own conversations, no flooding threat.)
+    let mut busy: FxHashSet<ConversationId> = FxHashSet::default();
     let mut setback: Option<Delivery> = None;
     let mut pending = Pending {
         stale: true,
@@ -428,7 +429,9 @@ mod tests {
     //! The sender task's copy of the outbox against a `MemoryStore`: what `send` hands over
     //! and what a reload reads are taken once, and an item sent is never taken again.
 
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashMap;
+
+    use rustc_hash::FxHashSet;
     use std::sync::Arc;
 
     use im_service::{
@@ -481,7 +484,7 @@ mod tests {
         shared.outbox_fresh.push(a2.clone());
         shared.outbox_fresh.push(b3.clone());
         pending.take_fresh(&shared);
-        let none = HashSet::new();
+        let none = FxHashSet::default();
         assert_eq!(
             positions(&pending.ready(&none, 32)),
             [1, 3],
@@ -496,7 +499,7 @@ mod tests {
             [2, 3],
             "a sent item came back from the hand-over list"
         );
-        let busy: HashSet<ConversationId> = [ConversationId::group("a")].into();
+        let busy: FxHashSet<ConversationId> = [ConversationId::group("a")].into_iter().collect();
         assert_eq!(
             positions(&pending.ready(&busy, 32)),
             [3],

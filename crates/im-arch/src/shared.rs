@@ -7,7 +7,7 @@
 //! This module imports only leaves (store, events, bus, history, config, conversation
 //! list, retry): the modules that use `Shared` import it, never the other way round.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -169,7 +169,8 @@ impl OutboxFresh {
 #[derive(Default)]
 pub(crate) struct SentHere {
     order: VecDeque<ClientMsgId>,
-    ids: HashSet<ClientMsgId>,
+    /// Fx-hashed: the ids are this process's own, nobody else's choice.
+    ids: rustc_hash::FxHashSet<ClientMsgId>,
 }
 
 impl SentHere {
