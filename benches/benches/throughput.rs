@@ -522,13 +522,15 @@ fn runtime(name: &str) -> Runtime {
 }
 
 /// The command line: `--secs S` (the measured window per stack and load; a short one for a
-/// smoke run) and filters as criterion takes them (`cargo xtask bench -- NAME` passes one to
+/// smoke run), `--stack NAME` (only that stack; ratios need `bare` too) and filters as criterion takes them (`cargo xtask bench -- NAME` passes one to
 /// every benchmark binary): with any, only the loads whose name `throughput light` /
 /// `throughput heavy` contains one run. Other flags (criterion's, `cargo bench`'s `--bench`)
 /// are ignored.
 struct Args {
     secs: f64,
     filters: Vec<String>,
+    /// `--stack bare|memory|log|sled` (repeatable): only these stacks (for profiling one).
+    stacks: Vec<Stack>,
 }
 
 /// Criterion's flags that take a value: skipped with it, so the value is not a filter.
@@ -555,6 +557,7 @@ impl Args {
         let mut parsed = Args {
             secs: DEFAULT_SECS,
             filters: Vec::new(),
+            stacks: Vec::new(),
         };
         while let Some(arg) = args.next() {
             if arg == "--secs" {
@@ -563,6 +566,14 @@ impl Args {
                     .and_then(|s| s.parse().ok())
                     .filter(|s: &f64| *s > 0.0)
                     .expect("--secs takes a positive number of seconds");
+            } else if arg == "--stack" {
+                parsed.stacks.push(match args.next().as_deref() {
+                    Some("bare") => Stack::Bare,
+                    Some("memory") => Stack::Memory,
+                    Some("log") => Stack::Log,
+                    Some("sled") => Stack::Sled,
+                    other => panic!("--stack takes bare, memory, log or sled, not {other:?}"),
+                });
             } else if CRITERION_VALUE_FLAGS.contains(&arg.as_str()) {
                 args.next();
             } else if !arg.starts_with('-') {
@@ -609,15 +620,21 @@ fn main() {
         );
         let mut bare_rate = None;
         for stack in Stack::ALL {
+            if !args.stacks.is_empty() && !args.stacks.contains(&stack) {
+                continue;
+            }
             let m = measure(&load_rt, &server_rt, stack, load, secs)
                 .unwrap_or_else(|e| panic!("{load_label}, {}: {e}", stack.label()));
             let ratio = bare_rate.map(|bare| m.msgs_per_s / bare);
             if stack == Stack::Bare {
                 bare_rate = Some(m.msgs_per_s);
             }
+            // CPU per message (server and clients): what a busy machine changes least.
+            let cpu_us = (m.server_cores + m.client_cores) / m.msgs_per_s * 1e6;
             println!(
                 "{load_label}, {}: {:.0} msgs/s, p50 {:.3} ms, p99 {:.3} ms, CPU: server \
-                 {:.0}%, clients {:.0}% ({} sent, each received once)",
+                 {:.0}%, clients {:.0}%, {cpu_us:.1} µs per message ({} sent, each received \
+                 once)",
                 stack.label(),
                 m.msgs_per_s,
                 m.p50_ms,
@@ -642,6 +659,7 @@ fn main() {
             figures.push((format!("{name}: p99 (ms)"), m.p99_ms));
             figures.push((format!("{name}: CPU server (cores)"), m.server_cores));
             figures.push((format!("{name}: CPU clients (cores)"), m.client_cores));
+            figures.push((format!("{name}: CPU per message (µs)"), cpu_us));
             if let Some(ratio) = ratio {
                 figures.push((format!("{name}: vs bare adapter (×)"), ratio));
             }

@@ -168,10 +168,19 @@ impl<E> Queue<E> {
     /// Queues `event` unless the queue is full under the Reliable policy; then hands it
     /// back. A closed queue takes (and discards) everything.
     fn try_push(&self, event: Arc<E>) -> Result<(), Arc<E>> {
+        if let Some(w) = self.try_push_quietly(event)? {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// [`Queue::try_push`] that hands back the reader's waker instead of waking it: a
+    /// publisher of several events wakes each reader once, after the last.
+    fn try_push_quietly(&self, event: Arc<E>) -> Result<Option<Waker>, Arc<E>> {
         let waker = {
             let mut st = self.state.lock();
             if st.closed {
-                return Ok(());
+                return Ok(None);
             }
             if st.events.len() >= self.capacity {
                 match self.policy {
@@ -186,10 +195,7 @@ impl<E> Queue<E> {
             st.events.push_back(event);
             st.waker.take()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        Ok(())
+        Ok(waker)
     }
 
     async fn push(&self, event: Arc<E>) {
@@ -450,6 +456,34 @@ impl<E: Routed> Bus<E> {
         for (q, event) in full {
             q.push(event).await;
         }
+        delivered
+    }
+
+    /// [`Bus::publish`] of several events, in order: each subscriber sees them in this order
+    /// and is woken once, after the last of them it matches, instead of once per event (a
+    /// reader woken per event costs a thread wake-up per event: 9% of an offline sync's CPU,
+    /// issue 22). Waits for room in full Reliable queues as [`Bus::publish`] does (then the
+    /// readers woken so far are woken first). Returns how many deliveries were made.
+    pub async fn publish_all(&self, events: impl IntoIterator<Item = E>) -> usize {
+        let mut wakers: Vec<Waker> = Vec::new();
+        let mut delivered = 0;
+        for event in events {
+            let event = Arc::new(event);
+            let mut full = Vec::new();
+            delivered += self.visit(&event, |q| match q.try_push_quietly(event.clone()) {
+                Ok(Some(w)) => wakers.push(w),
+                Ok(None) => {}
+                Err(back) => full.push((q.clone(), back)),
+            });
+            if !full.is_empty() {
+                // Readers must drain before there is room: wake them, then wait.
+                wakers.drain(..).for_each(Waker::wake);
+                for (q, event) in full {
+                    q.push(event).await;
+                }
+            }
+        }
+        wakers.into_iter().for_each(Waker::wake);
         delivered
     }
 

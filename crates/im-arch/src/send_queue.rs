@@ -6,7 +6,7 @@
 //! `send`, `resend` and `cancel` return only once their change is durable (the store's
 //! flush), so what the app was told survives a crash.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -63,8 +63,12 @@ pub(crate) async fn send(
     // Confirmed only once durable: a crash after `Ok` must not lose the message.
     shared.store.flush().await?;
     announce(shared, &item).await;
+    // Handed to the sender task directly (durable already), so that it need not read the
+    // whole outbox back from the store for each new message.
+    let id = item.message.client_id.clone();
+    shared.outbox_fresh.push(item);
     shared.outbox_wake.notify_one();
-    Ok(item.message.client_id)
+    Ok(id)
 }
 
 /// Puts a failed item back in the queue (same client id).
@@ -76,6 +80,7 @@ pub(crate) async fn resend(shared: &Shared, id: &ClientMsgId) -> Result<(), Arch
     shared.store.put_outbox(&item).await?;
     shared.store.flush().await?;
     announce(shared, &item).await;
+    shared.outbox_fresh.reload();
     shared.outbox_wake.notify_one();
     Ok(())
 }
@@ -97,6 +102,7 @@ pub(crate) async fn cancel(shared: &Shared, id: &ClientMsgId) -> Result<(), Arch
             server_time: None,
         })
         .await;
+    shared.outbox_fresh.reload();
     shared.outbox_wake.notify_one();
     Ok(())
 }
@@ -132,22 +138,77 @@ async fn announce_at(shared: &Shared, item: &OutboxItem, server_time: Option<Tim
         .await;
 }
 
-/// The items that may be attempted now: per conversation, the first unsent item, if it is
-/// `Sending` (a `Failed` head blocks its conversation).
-fn ready(outbox: &[OutboxItem]) -> Vec<OutboxItem> {
-    let mut seen: HashSet<&ConversationId> = HashSet::new();
-    let mut out = Vec::new();
-    for item in outbox {
-        if matches!(item.status, SendStatus::Sent { .. })
-            || !seen.insert(&item.message.conversation)
-        {
-            continue;
+/// The sender task's copy of the outbox: what it read from the store at its last full
+/// reload, plus the items `send` handed over since ([`OutboxFresh`]), minus those sent.
+/// Reading the outbox back from the store after every send and every receipt (and cloning
+/// every item of it twice) was 9% of the client's CPU under heavy load (issue 22); a
+/// durable store's read is a scan that decodes every item.
+///
+/// Reloaded in full whenever the copy could be wrong: at start, after a resend or a cancel,
+/// after any attempt that did not end in a plain receipt (a recorded failure, a stall, a
+/// failing store).
+#[derive(Default)]
+struct Pending {
+    /// By outbox position: enqueue order.
+    items: std::collections::BTreeMap<u64, OutboxItem>,
+    /// Positions taken in since the last full reload: an item handed over by `send` that
+    /// the reload's read already had (or that was sent since) is not taken twice.
+    known: FxHashSet<u64>,
+    /// The next pass must reload from the store first.
+    stale: bool,
+}
+
+/// Past this many positions taken in since the last reload, the next pass reloads (which
+/// forgets them): bounds [`Pending::known`].
+const KNOWN_MAX: usize = 4096;
+
+impl Pending {
+    /// Replaces the copy with the store's outbox. The hand-over list is emptied first:
+    /// whatever was handed over before that was durable before, so the read has it.
+    async fn reload(&mut self, shared: &Shared) -> Result<(), ArchError> {
+        shared.outbox_fresh.clear();
+        self.stale = true;
+        let items = shared.store.outbox().await?;
+        self.known = items.iter().map(|i| i.position).collect();
+        self.items = items.into_iter().map(|i| (i.position, i)).collect();
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Takes in the items `send` handed over.
+    fn take_fresh(&mut self, shared: &Shared) {
+        for item in shared.outbox_fresh.take() {
+            if self.known.insert(item.position) {
+                self.items.insert(item.position, item);
+            }
         }
-        if item.status == SendStatus::Sending {
-            out.push(item.clone());
+        if self.known.len() > KNOWN_MAX {
+            self.stale = true;
         }
     }
-    out
+
+    /// The items that may be attempted now, at most `room`: per conversation not in
+    /// `busy`, the first unsent item, if it is `Sending` (a `Failed` head blocks its
+    /// conversation).
+    fn ready(&self, busy: &FxHashSet<ConversationId>, room: usize) -> Vec<OutboxItem> {
+        let mut seen: FxHashSet<&ConversationId> = FxHashSet::default();
+        let mut out = Vec::new();
+        for item in self.items.values() {
+            if out.len() >= room {
+                break;
+            }
+            if matches!(item.status, SendStatus::Sent { .. })
+                || !seen.insert(&item.message.conversation)
+                || busy.contains(&item.message.conversation)
+            {
+                continue;
+            }
+            if item.status == SendStatus::Sending {
+                out.push(item.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Most sends in flight at once, each in a different conversation.
@@ -165,9 +226,14 @@ pub(crate) const SEND_WINDOW: usize = 32;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut state = shared.state.subscribe();
     let mut sends = FuturesUnordered::new();
-    // Conversations with a send in flight: their next item waits for it.
-    let mut busy: HashSet<ConversationId> = HashSet::new();
+    // Conversations with a send in flight: their next item waits for it. (Fx-hashed, as the
+    // bus's index is: the app's own conversations, no flooding threat.)
+    let mut busy: FxHashSet<ConversationId> = FxHashSet::default();
     let mut setback: Option<Delivery> = None;
+    let mut pending = Pending {
+        stale: true,
+        ..Pending::default()
+    };
     loop {
         if sends.is_empty() {
             match setback.take() {
@@ -181,7 +247,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     let _ = tokio::time::timeout(shared.config.retry.backoff.max, state.changed())
                         .await;
                 }
-                Some(Delivery::Done) | None => {}
+                Some(Delivery::Sent | Delivery::Recorded) | None => {}
             }
             // Nothing is attempted until authentication and sync are done.
             while *state.borrow_and_update() != ConnectionState::Online {
@@ -194,20 +260,23 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         tokio::pin!(wake);
         wake.as_mut().enable();
         if setback.is_none() && *state.borrow() == ConnectionState::Online {
-            let items = match shared.store.outbox().await {
-                Ok(items) => items,
+            let loaded = if pending.stale || shared.outbox_fresh.must_reload() {
+                pending.reload(&shared).await
+            } else {
+                Ok(())
+            };
+            match loaded {
+                Ok(()) => {
+                    pending.take_fresh(&shared);
+                    let room = SEND_WINDOW.saturating_sub(sends.len());
+                    for item in pending.ready(&busy, room) {
+                        busy.insert(item.message.conversation.clone());
+                        sends.push(deliver_in_span(&shared, item));
+                    }
+                }
                 Err(error) => {
                     let what = "cannot read the outbox";
                     shared.report_store_failure("outbox", what, error).await;
-                    Vec::new()
-                }
-            };
-            for item in ready(&items) {
-                if sends.len() >= SEND_WINDOW {
-                    break;
-                }
-                if busy.insert(item.message.conversation.clone()) {
-                    sends.push(deliver_in_span(&shared, item));
                 }
             }
         }
@@ -219,14 +288,22 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             continue;
         }
         tokio::select! {
-            Some((conversation, delivery)) = sends.next() => {
+            Some((conversation, position, delivery)) = sends.next() => {
                 busy.remove(&conversation);
-                if delivery != Delivery::Done {
-                    // The store's failure outweighs a stall: it is waited out longer.
-                    setback = match (setback, delivery) {
-                        (Some(Delivery::StoreFailed), _) => Some(Delivery::StoreFailed),
-                        (_, d) => Some(d),
-                    };
+                match delivery {
+                    Delivery::Sent => {
+                        pending.items.remove(&position);
+                    }
+                    // The store has the item's new state: read it back.
+                    Delivery::Recorded => pending.stale = true,
+                    Delivery::StoreFailed | Delivery::Stalled => {
+                        pending.stale = true;
+                        // The store's failure outweighs a stall: it is waited out longer.
+                        setback = match (setback, delivery) {
+                            (Some(Delivery::StoreFailed), _) => Some(Delivery::StoreFailed),
+                            (_, d) => Some(d),
+                        };
+                    }
                 }
             }
             _ = &mut wake => {}
@@ -236,22 +313,29 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 }
 
 /// [`deliver`] in its own span, tagged with the item's conversation.
-async fn deliver_in_span(shared: &Shared, item: OutboxItem) -> (ConversationId, Delivery) {
+async fn deliver_in_span(shared: &Shared, item: OutboxItem) -> (ConversationId, u64, Delivery) {
     let conversation = item.message.conversation.clone();
+    let position = item.position;
     let span = tracing::info_span!(
         "send",
         client_id = %item.message.client_id,
         conversation = %item.message.conversation,
         position = item.position
     );
-    (conversation, deliver(shared, item).instrument(span).await)
+    (
+        conversation,
+        position,
+        deliver(shared, item).instrument(span).await,
+    )
 }
 
 /// What became of one attempt to send an outbox item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Delivery {
-    /// Sent, or failed and recorded as such.
-    Done,
+    /// Sent, and gone from the outbox.
+    Sent,
+    /// Failed, and recorded as such in the outbox.
+    Recorded,
     /// The store failed: back off before trying again.
     StoreFailed,
     /// The connection was lost during the send: wait for the next time online.
@@ -307,7 +391,7 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
             }
             announce_at(shared, &item, Some(stored.server_time)).await;
             let _ = shared.own_sent.send(stored);
-            Delivery::Done
+            Delivery::Sent
         }
         Err(e) if session_lost(shared, &e) => {
             // The connection went away under the send (the state may not say so yet): the
@@ -335,7 +419,92 @@ async fn deliver(shared: &Shared, mut item: OutboxItem) -> Delivery {
                 return Delivery::StoreFailed;
             }
             announce(shared, &item).await;
-            Delivery::Done
+            Delivery::Recorded
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sender task's copy of the outbox against a `MemoryStore`: what `send` hands over
+    //! and what a reload reads are taken once, and an item sent is never taken again.
+
+    use std::collections::HashMap;
+
+    use rustc_hash::FxHashSet;
+    use std::sync::Arc;
+
+    use im_service::{
+        Content, ConversationId, Credentials, MockVendor, OutgoingMessage, SystemClock, Timestamp,
+    };
+
+    use super::Pending;
+    use crate::config::ClientConfig;
+    use crate::shared::Shared;
+    use crate::store::{MemoryStore, OutboxItem, SendStatus, Store};
+
+    fn item(position: u64, conversation: &str) -> OutboxItem {
+        OutboxItem {
+            position,
+            message: OutgoingMessage::new(
+                ConversationId::group(conversation),
+                Content::text(format!("m{position}")),
+                Timestamp::from_millis(0),
+            ),
+            status: SendStatus::Sending,
+            attempts: 0,
+        }
+    }
+
+    fn positions(items: &[OutboxItem]) -> Vec<u64> {
+        items.iter().map(|i| i.position).collect()
+    }
+
+    #[tokio::test]
+    async fn handed_over_items_are_taken_once_and_never_after_they_were_sent() {
+        let store = Arc::new(MemoryStore::new());
+        let shared = Shared::new(
+            Arc::new(MockVendor::new()),
+            store.clone(),
+            ClientConfig::default(),
+            HashMap::new(),
+            Arc::new(SystemClock),
+            None,
+            Credentials::new("me", "token"),
+        );
+        let (a1, a2, b3) = (item(1, "a"), item(2, "a"), item(3, "b"));
+        for i in [&a1, &a2, &b3] {
+            store.put_outbox(i).await.unwrap();
+        }
+        // Handed over before the reload: the reload's read has them, the list is emptied.
+        shared.outbox_fresh.push(a1.clone());
+        let mut pending = Pending::default();
+        pending.reload(&shared).await.unwrap();
+        // Handed over after the reload's read had it already (a `send` racing the read).
+        shared.outbox_fresh.push(a2.clone());
+        shared.outbox_fresh.push(b3.clone());
+        pending.take_fresh(&shared);
+        let none = FxHashSet::default();
+        assert_eq!(
+            positions(&pending.ready(&none, 32)),
+            [1, 3],
+            "each conversation's head, each once"
+        );
+        // 1 is sent (gone from the copy); a late copy of it handed over again is not taken.
+        pending.items.remove(&1);
+        shared.outbox_fresh.push(a1.clone());
+        pending.take_fresh(&shared);
+        assert_eq!(
+            positions(&pending.ready(&none, 32)),
+            [2, 3],
+            "a sent item came back from the hand-over list"
+        );
+        let busy: FxHashSet<ConversationId> = [ConversationId::group("a")].into_iter().collect();
+        assert_eq!(
+            positions(&pending.ready(&busy, 32)),
+            [3],
+            "a busy conversation waits"
+        );
+        assert_eq!(positions(&pending.ready(&none, 1)), [2], "at most `room`");
     }
 }

@@ -7,7 +7,7 @@
 //! This module imports only leaves (store, events, bus, history, config, conversation
 //! list, retry): the modules that use `Shared` import it, never the other way round.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use crate::conversation_list::ConversationList;
 use crate::error::ArchError;
 use crate::events::{ClientEvent, ConnectionState};
 use crate::history::{HistoryGap, HistorySource, HistoryWindow};
-use crate::store::Store;
+use crate::store::{OutboxItem, Store};
 
 /// Everything the facade and the client's tasks share.
 pub(crate) struct Shared {
@@ -63,6 +63,9 @@ pub(crate) struct Shared {
     /// Wakes the send queue's task (new item, resend, cancel). Notified by the send queue's
     /// API.
     pub(crate) outbox_wake: Notify,
+    /// New outbox items on their way to the send queue's task (durable already). Pushed by
+    /// the send queue's `send`; `resend` and `cancel` ask the task to reload instead.
+    pub(crate) outbox_fresh: OutboxFresh,
     /// The next outbox position; loaded from the store on first use. Changed by the send
     /// queue's `send` only. A tokio mutex held across the store read that loads it, so two
     /// first sends cannot both take position 1.
@@ -97,7 +100,7 @@ pub(crate) struct Shared {
     /// however it comes back (the UI shows its local echo): with several devices my
     /// messages also come from elsewhere, and only these are this device's. Pushed by the
     /// send queue; read by the sync engine.
-    pub(crate) sent_here: Mutex<std::collections::VecDeque<ClientMsgId>>,
+    pub(crate) sent_here: Mutex<SentHere>,
     /// Read receipts the vendor has not taken yet (the read is already durable here): per
     /// conversation, the newest message read while the session was away or failing. Put by
     /// the conversation API's `mark_read`; sent and cleared by the supervisor each time it
@@ -107,6 +110,88 @@ pub(crate) struct Shared {
 
 /// How many of this process's acknowledged sends [`Shared::sent_here`] remembers.
 pub(crate) const SENT_HERE_KEPT: usize = 1024;
+
+/// Most items [`OutboxFresh`] holds; beyond it the sender task reloads the outbox instead
+/// (a client that queues while no task runs).
+pub(crate) const OUTBOX_FRESH_MAX: usize = 4096;
+
+/// Outbox items `send` made durable and hands to the sender task, so that the task need
+/// not read the whole outbox back from the store for each (see `send_queue`), or a request
+/// to reload it from the store.
+#[derive(Default)]
+pub(crate) struct OutboxFresh {
+    inner: Mutex<(Vec<OutboxItem>, bool)>,
+}
+
+impl OutboxFresh {
+    /// Hands over `item` (already durable); past [`OUTBOX_FRESH_MAX`] asks for a reload.
+    pub(crate) fn push(&self, item: OutboxItem) {
+        let mut inner = self.inner.lock();
+        if inner.1 {
+            return;
+        }
+        if inner.0.len() >= OUTBOX_FRESH_MAX {
+            inner.0.clear();
+            inner.1 = true;
+        } else {
+            inner.0.push(item);
+        }
+    }
+
+    /// Asks the sender task to reload the outbox from the store (an item changed in place).
+    pub(crate) fn reload(&self) {
+        self.inner.lock().1 = true;
+    }
+
+    /// Whether a reload was asked for.
+    pub(crate) fn must_reload(&self) -> bool {
+        self.inner.lock().1
+    }
+
+    /// Forgets the handed-over items and the reload request: called just before the
+    /// sender task reads the outbox from the store.
+    pub(crate) fn clear(&self) {
+        let mut inner = self.inner.lock();
+        inner.0.clear();
+        inner.1 = false;
+    }
+
+    /// The items handed over since the last call.
+    pub(crate) fn take(&self) -> Vec<OutboxItem> {
+        std::mem::take(&mut self.inner.lock().0)
+    }
+}
+
+/// The latest [`SENT_HERE_KEPT`] client ids this process sent: a set to look them up in
+/// (the sync engine asks once per own message coming back; a linear scan of the 1,024 ids
+/// was 8% of the client's CPU under heavy load, issue 22) and their order to forget the
+/// oldest.
+#[derive(Default)]
+pub(crate) struct SentHere {
+    order: VecDeque<ClientMsgId>,
+    /// Fx-hashed: the ids are this process's own, nobody else's choice.
+    ids: rustc_hash::FxHashSet<ClientMsgId>,
+}
+
+impl SentHere {
+    /// Whether `id` is among the remembered sends.
+    pub(crate) fn contains(&self, id: &ClientMsgId) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Remembers `id`, forgetting the oldest beyond [`SENT_HERE_KEPT`].
+    fn note(&mut self, id: &ClientMsgId) {
+        if !self.ids.insert(id.clone()) {
+            return;
+        }
+        if self.order.len() >= SENT_HERE_KEPT
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.order.push_back(id.clone());
+    }
+}
 
 impl Shared {
     /// Reports a store failure during `op` (`what` for the log line) as
@@ -151,6 +236,7 @@ impl Shared {
             state: watch::channel(ConnectionState::Disconnected).0,
             network: watch::channel(true).0,
             outbox_wake: Notify::new(),
+            outbox_fresh: OutboxFresh::default(),
             next_position: tokio::sync::Mutex::new(None),
             own_sent: own_tx,
             own_sent_rx: Mutex::new(Some(own_rx)),
@@ -159,7 +245,7 @@ impl Shared {
             journal_head: watch::channel(0).0,
             stopped_by: Mutex::new(None),
             clock_skew_ms: AtomicU64::new(0),
-            sent_here: Mutex::new(std::collections::VecDeque::new()),
+            sent_here: Mutex::new(SentHere::default()),
             pending_receipts: Mutex::new(HashMap::new()),
         }
     }
@@ -174,11 +260,7 @@ impl Shared {
 
     /// Remembers that this process sent `id` (see [`Shared::sent_here`]).
     pub(crate) fn note_sent_here(&self, id: &ClientMsgId) {
-        let mut sent = self.sent_here.lock();
-        if sent.len() >= SENT_HERE_KEPT {
-            sent.pop_front();
-        }
-        sent.push_back(id.clone());
+        self.sent_here.lock().note(id);
     }
 
     /// Ends in terminal `state` for the typed reason `cause` (what `login()` answers).

@@ -171,6 +171,71 @@ async fn reliable_never_loses_and_keeps_order_with_a_slow_reader() {
     assert_eq!(got, (0..total).collect::<Vec<_>>());
 }
 
+/// `publish_all` delivers what one `publish` per event would, in the same order, to the
+/// same subscribers; a reader waiting before the batch is woken by it; and a Reliable queue
+/// smaller than the batch makes it wait for the reader, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_all_delivers_in_order_wakes_readers_and_waits_for_room() {
+    let bus: Bus<Ev> = Bus::new();
+    let filters = [
+        Filter::all(),
+        Filter::kinds([1]),
+        Filter::all().in_conversations([conv(0)]),
+        Filter::kinds([1, 2]).in_conversations([conv(0), conv(2)]),
+    ];
+    let mut streams: Vec<_> = filters
+        .iter()
+        .map(|f| bus.subscribe(f.clone(), BIG))
+        .collect();
+    let batch: Vec<Ev> = (0..64u64)
+        .map(|n| {
+            ev(
+                (n % 4) as usize,
+                [None, Some(0), Some(1), Some(2)][(n % 4) as usize],
+                n,
+            )
+        })
+        .collect();
+    bus.publish_all(batch.clone()).await;
+    for (filter, stream) in filters.iter().zip(&mut streams) {
+        let want: Vec<Ev> = batch
+            .iter()
+            .filter(|e| filter.matches(*e))
+            .cloned()
+            .collect();
+        assert_eq!(drain(stream), want, "publish_all, filter {filter:?}");
+    }
+
+    // A reader already waiting, on a queue far smaller than the batch.
+    let mut slow = bus.subscribe(Filter::all(), DeliveryPolicy::Reliable { capacity: 4 });
+    let total = 1_000u64;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(e) = slow.recv().await {
+            if let Ev::Data { n, .. } = &*e {
+                got.push(*n);
+            }
+        }
+        got
+    });
+    tokio::task::yield_now().await;
+    let all: Vec<Ev> = (0..total).map(|n| ev(0, Some(1), n)).collect();
+    tokio::time::timeout(Duration::from_secs(20), bus.publish_all(all))
+        .await
+        .expect("publish_all: the reader was not woken to make room");
+    drop(streams);
+    drop(bus);
+    let got = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the reader never finished")
+        .unwrap();
+    assert_eq!(
+        got,
+        (0..total).collect::<Vec<_>>(),
+        "publish_all to a Reliable queue"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_stalled_ui_subscriber_does_not_stall_a_reliable_one() {
     let bus: Bus<Ev> = Bus::new();

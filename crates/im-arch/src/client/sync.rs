@@ -26,6 +26,7 @@ use im_service::{
 };
 use tracing::Instrument;
 
+use crate::conversation_list::ConversationSummary;
 use crate::conversations;
 use crate::durable::publish_head;
 use crate::error::ArchError;
@@ -173,6 +174,12 @@ impl SyncEngine {
         let journal_on = shared.journal_on.load(Ordering::SeqCst);
         let mut journal = Vec::new();
         let count = ready.len();
+        // The batch's events, published together (each reader woken once per batch), and
+        // each touched conversation's row once, as it stands after the batch (a row is a
+        // snapshot: the ones in between say nothing the last does not).
+        let mut events = Vec::with_capacity(count + 1);
+        let mut rows: Vec<ConversationSummary> = Vec::new();
+        let mut row_of: HashMap<ConversationId, usize> = HashMap::new();
         for m in ready {
             let cur = self.cursors.entry(m.conversation.clone()).or_default();
             if self.sequences {
@@ -181,21 +188,23 @@ impl SyncEngine {
             cur.time = cur.time.max(m.server_time);
             touched.insert(m.conversation.clone(), *cur);
             let row = conversations::on_delivered(shared, &m).await;
-            shared
-                .distributor
-                .publish(ClientEvent::ConversationChanged(row))
-                .await;
+            match row_of.get(&m.conversation) {
+                Some(&i) => rows[i] = row,
+                None => {
+                    row_of.insert(m.conversation.clone(), rows.len());
+                    rows.push(row);
+                }
+            }
             if quiet.contains(&m.server_id) || echoes.contains(&m.server_id) {
                 continue;
             }
             if journal_on {
                 journal.push((m.server_id.clone(), origin));
             }
-            shared
-                .distributor
-                .publish(ClientEvent::Message(ReceivedMessage { message: m, origin }))
-                .await;
+            events.push(ClientEvent::Message(ReceivedMessage { message: m, origin }));
         }
+        events.extend(rows.into_iter().map(ClientEvent::ConversationChanged));
+        shared.distributor.publish_all(events).await;
         // Also when nothing was delivered: saving cursors ends the in-flight record. The
         // journal entries go in the same atomic write as the cursors: a delivery is
         // recorded once, or (after a crash before this point) repeated once.
