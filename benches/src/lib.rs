@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub mod load;
+
 /// Where figures a benchmark binary measures itself (memory, paired ratios) go, for
 /// `cargo xtask bench`'s summary: `<target>/criterion/figures/`.
 pub fn figures_dir() -> PathBuf {
