@@ -7,9 +7,12 @@
 //!
 //! Systems, each spoken to by a minimal client of `im_benches::load`:
 //! * **reference (wire)**: the reference vendor (`ReferenceServer`, default config, in
-//!   process on a runtime of its own, as it would be in a process of its own), its wire
-//!   protocol spoken directly: `Send` requests on the sender's connection (their receipts
-//!   read beside), `MessagePushed` events on the receiver's;
+//!   process on a tokio runtime of its own with one worker thread, as Mosquitto runs on
+//!   one; `--server-threads N` changes it), its wire protocol spoken directly: `Send`
+//!   requests on the sender's connection (their receipts read beside), `MessagePushed`
+//!   events on the receiver's;
+//! * **reference (wire, server on 2 threads)**: the same on tokio's default runtime (one
+//!   worker per core), to show what the cross-thread wakeups cost on two shared cores;
 //! * **reference (adapter)**: the same server through the `reference` adapter
 //!   (`ReferenceClient::send`, the receiver's push stream), for comparison;
 //! * **Mosquitto QoS 1**: `mosquitto` started on a free loopback port from a config this
@@ -21,7 +24,8 @@
 //! /usr/sbin; `MOSQUITTO`/`NATS_SERVER` name another) is skipped with a line saying so. The
 //! ratios the issue asks for are printed and written as figures (`cargo xtask bench --bench
 //! vendor_compare`): reference / Mosquitto msgs/s per load (goal ≥ 1.5) and the light-load
-//! p99 of the reference vendor against NATS core's (goal ≤). Checked, not timed: every
+//! p99 of the reference vendor against NATS core's (goal ≤). `--reps N` repeats every run,
+//! the systems interleaved, and reports each system's median run. Checked, not timed: every
 //! message reaches its own receiver exactly once and nothing fails; any breach fails the run.
 
 // A benchmark binary: a panic is how it reports a broken invariant.
@@ -74,14 +78,16 @@ const HEAVY: Load = Load {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
     ReferenceWire,
+    ReferenceWire2,
     ReferenceAdapter,
     Mosquitto,
     Nats,
 }
 
 impl System {
-    const ALL: [System; 4] = [
+    const ALL: [System; 5] = [
         System::ReferenceWire,
+        System::ReferenceWire2,
         System::ReferenceAdapter,
         System::Mosquitto,
         System::Nats,
@@ -90,6 +96,7 @@ impl System {
     fn label(self) -> &'static str {
         match self {
             System::ReferenceWire => "reference (wire)",
+            System::ReferenceWire2 => "reference (wire, server on 2 threads)",
             System::ReferenceAdapter => "reference (adapter)",
             System::Mosquitto => "Mosquitto QoS 1",
             System::Nats => "NATS core",
@@ -343,12 +350,12 @@ async fn connect_pair(
 ) -> Result<Pair, String> {
     let e = |what: &'static str| move |e: LoadError| format!("{what}: {e}");
     Ok(match system {
-        System::ReferenceWire | System::ReferenceAdapter => {
+        System::ReferenceWire | System::ReferenceWire2 | System::ReferenceAdapter => {
             let server = server.ok_or("no reference server")?;
             let from: Credentials = server.vendor().register_user(&UserId::new(format!("s{i}")));
             let to: Credentials = server.vendor().register_user(&UserId::new(format!("r{i}")));
             let conversation = ConversationId::direct(&from.user, &to.user);
-            if system == System::ReferenceWire {
+            if system != System::ReferenceAdapter {
                 let mut receiver = RawReference::connect(addr, None)
                     .await
                     .map_err(e("connect"))?;
@@ -592,7 +599,7 @@ fn measure(
     secs: f64,
 ) -> Result<Measured, String> {
     let (server, external) = match system {
-        System::ReferenceWire | System::ReferenceAdapter => (
+        System::ReferenceWire | System::ReferenceWire2 | System::ReferenceAdapter => (
             Some(
                 server_rt
                     .block_on(ReferenceServer::start(ServerConfig::default()))
@@ -670,12 +677,12 @@ fn measure(
     })
 }
 
-fn runtime(name: &str) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap()
+fn runtime(name: &str, threads: Option<usize>) -> Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    builder.thread_name(name).enable_all().build().unwrap()
 }
 
 fn load_average() -> String {
@@ -690,6 +697,8 @@ fn load_average() -> String {
 struct Args {
     secs: f64,
     reps: usize,
+    /// Worker threads of the reference server's runtime (default 1).
+    server_threads: Option<usize>,
     filters: Vec<String>,
 }
 
@@ -699,6 +708,7 @@ impl Args {
         let mut parsed = Args {
             secs: DEFAULT_SECS,
             reps: 1,
+            server_threads: None,
             filters: Vec::new(),
         };
         while let Some(arg) = args.next() {
@@ -717,6 +727,14 @@ impl Args {
                         .filter(|n: &usize| *n > 0)
                         .expect("--reps takes a positive count")
                 }
+                "--server-threads" => {
+                    parsed.server_threads = Some(
+                        args.next()
+                            .and_then(|s| s.parse().ok())
+                            .filter(|n: &usize| *n > 0)
+                            .expect("--server-threads takes a positive count"),
+                    )
+                }
                 a if !a.starts_with('-') => parsed.filters.push(arg),
                 _ => {}
             }
@@ -732,8 +750,13 @@ impl Args {
 
 fn main() {
     let args = Args::parse();
-    let server_rt = runtime("server");
-    let load_rt = runtime("load");
+    // The reference server on one worker thread, as Mosquitto runs on one (on two cores
+    // shared with the generator, tokio's cross-thread wakeups cost more than the second
+    // thread gives); `--server-threads` changes it. The second runtime has tokio's default
+    // (one per core), for the row that shows what that costs.
+    let server_rt = runtime("server", Some(args.server_threads.unwrap_or(1)));
+    let server_rt2 = runtime("server", None);
+    let load_rt = runtime("load", None);
     println!(
         "vendor_compare: {} pairs × {} / {} pairs × {} in flight, 100-byte messages, closed \
          loop, {WARM_UP:?} warm-up then {} s measured, {} repetition(s); load average {}",
@@ -752,14 +775,26 @@ fn main() {
          |---|---|---:|---:|---:|---:|---:|\n",
     );
     for load in [LIGHT, HEAVY] {
-        let mut results: Vec<(System, Vec<Measured>)> = Vec::new();
-        for system in System::ALL {
-            if !args.runs(load, system) {
-                continue;
-            }
-            let mut runs = Vec::new();
-            for rep in 0..args.reps {
-                match measure(&load_rt, &server_rt, system, load, args.secs) {
+        // Repetitions interleave the systems, so a shared machine's other load weighs on
+        // each alike.
+        let mut results: Vec<(System, Vec<Measured>)> = System::ALL
+            .into_iter()
+            .filter(|s| args.runs(load, *s))
+            .map(|s| (s, Vec::new()))
+            .collect();
+        let mut skipped = Vec::new();
+        for rep in 0..args.reps {
+            for (system, runs) in results.iter_mut() {
+                let system = *system;
+                if skipped.contains(&system) {
+                    continue;
+                }
+                let server_rt = if system == System::ReferenceWire2 {
+                    &server_rt2
+                } else {
+                    &server_rt
+                };
+                match measure(&load_rt, server_rt, system, load, args.secs) {
                     Ok(m) => {
                         println!(
                             "[{rep}] {} load, {}: {:.0} msgs/s, p50 {:.3} ms, p99 {:.3} ms, CPU \
@@ -782,15 +817,13 @@ fn main() {
                             && e.contains("not found") =>
                     {
                         println!("{} load, {}: SKIPPED: {e}", load.name, system.label());
-                        break;
+                        skipped.push(system);
                     }
                     Err(e) => panic!("{} load, {}: {e}", load.name, system.label()),
                 }
             }
-            if !runs.is_empty() {
-                results.push((system, runs));
-            }
         }
+        results.retain(|(_, runs)| !runs.is_empty());
         // Per system, the median repetition by rate (its p99 with it).
         let median = |runs: &[Measured]| -> (f64, f64, f64, f64, f64) {
             let mut order: Vec<usize> = (0..runs.len()).collect();
