@@ -704,42 +704,16 @@ struct Args {
 
 impl Args {
     fn parse() -> Args {
-        let mut args = std::env::args().skip(1);
-        let mut parsed = Args {
-            secs: DEFAULT_SECS,
-            reps: 1,
-            server_threads: None,
-            filters: Vec::new(),
-        };
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--secs" => {
-                    parsed.secs = args
-                        .next()
-                        .and_then(|s| s.parse().ok())
-                        .filter(|s: &f64| *s > 0.0)
-                        .expect("--secs takes a positive number of seconds")
-                }
-                "--reps" => {
-                    parsed.reps = args
-                        .next()
-                        .and_then(|s| s.parse().ok())
-                        .filter(|n: &usize| *n > 0)
-                        .expect("--reps takes a positive count")
-                }
-                "--server-threads" => {
-                    parsed.server_threads = Some(
-                        args.next()
-                            .and_then(|s| s.parse().ok())
-                            .filter(|n: &usize| *n > 0)
-                            .expect("--server-threads takes a positive count"),
-                    )
-                }
-                a if !a.starts_with('-') => parsed.filters.push(arg),
-                _ => {}
-            }
+        let args = im_benches::BenchArgs::parse(
+            std::env::args().skip(1),
+            &["--secs", "--reps", "--server-threads"],
+        );
+        Args {
+            secs: args.value::<f64>("--secs").unwrap_or(DEFAULT_SECS).max(0.1),
+            reps: args.value::<usize>("--reps").unwrap_or(1).max(1),
+            server_threads: args.value::<usize>("--server-threads").map(|n| n.max(1)),
+            filters: args.filters,
         }
-        parsed
     }
 
     fn runs(&self, load: Load, system: System) -> bool {

@@ -280,32 +280,37 @@ async fn flood(
     counts
 }
 
-/// Raises this process's open-file limit to `want` if it is lower, with `prlimit` (util-linux;
-/// the workspace forbids the `unsafe` a direct `setrlimit` needs). Returns the soft limit in
-/// force afterwards, as `/proc/self/limits` reads it.
+/// Raises this process's soft open-file limit towards `want` (at most the hard limit) with
+/// `prlimit` (util-linux; the workspace forbids the `unsafe` a direct `setrlimit` needs).
+/// Returns the soft limit in force afterwards, as `/proc/self/limits` reads it.
 fn raise_fd_limit(want: u64) -> Option<u64> {
+    // (soft, hard); "unlimited" reads as u64::MAX.
     let read = || {
-        std::fs::read_to_string("/proc/self/limits")
-            .ok()
-            .and_then(|limits| {
-                limits
-                    .lines()
-                    .find(|l| l.starts_with("Max open files"))
-                    .and_then(|l| l.split_whitespace().nth(3))
-                    .and_then(|n| n.parse::<u64>().ok())
-            })
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut n = line
+            .split_whitespace()
+            .skip(3)
+            .map(|n| n.parse::<u64>().unwrap_or(u64::MAX));
+        Some((n.next()?, n.next()?))
     };
-    if read().is_some_and(|soft| soft < want) {
+    let (soft, hard) = read()?;
+    let target = want.min(hard);
+    if soft < target {
         let status = std::process::Command::new("prlimit")
             .arg("--pid")
             .arg(std::process::id().to_string())
-            .arg(format!("--nofile={want}:{want}"))
+            .arg(format!("--nofile={target}:"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .status();
         if !status.is_ok_and(|s| s.success()) {
-            println!("vendor_flood: could not raise the open-file limit to {want} (prlimit)");
+            println!(
+                "vendor_flood: could not raise the open-file limit from {soft} to {target} (prlimit)"
+            );
         }
     }
-    read()
+    read().map(|(soft, _)| soft)
 }
 
 fn runtime(name: &str, threads: usize) -> Runtime {
@@ -372,23 +377,9 @@ fn load_average() -> String {
 /// `--secs S` (the pair's baseline window, default 3 s); `None` when criterion-style
 /// filters leave this benchmark out.
 fn parse_args() -> Option<f64> {
-    let mut args = std::env::args().skip(1);
-    let mut secs = DEFAULT_SECS;
-    let mut filters = Vec::new();
-    while let Some(arg) = args.next() {
-        if arg == "--secs" {
-            secs = args
-                .next()
-                .and_then(|s| s.parse().ok())
-                .filter(|s: &f64| *s > 0.0)
-                .expect("--secs takes a positive number of seconds");
-        } else if !arg.starts_with('-') {
-            filters.push(arg);
-        }
-    }
-    // Criterion-style filters (`cargo xtask bench -- NAME` passes them to every binary).
-    (filters.is_empty() || filters.iter().any(|f| "vendor_flood".contains(f.as_str())))
-        .then_some(secs)
+    let args = im_benches::BenchArgs::parse(std::env::args().skip(1), &["--secs"]);
+    let secs = args.value::<f64>("--secs").unwrap_or(DEFAULT_SECS).max(0.1);
+    args.selects("vendor_flood").then_some(secs)
 }
 
 fn main() {
@@ -396,7 +387,16 @@ fn main() {
         println!("vendor_flood: filtered out");
         return;
     };
+    // The idle sockets need a descriptor each here, and the server up to its unauthenticated
+    // share (4,096) more; the pair, the floods' sockets closing, and the runtime some more.
     let fd_limit = raise_fd_limit(65_536);
+    let idle_target = fd_limit.map_or(IDLE, |n| IDLE.min(n.saturating_sub(6_000) as usize));
+    if idle_target < IDLE {
+        println!(
+            "vendor_flood: the open-file limit ({fd_limit:?}) leaves room for {idle_target} idle \
+             sockets, not {IDLE}"
+        );
+    }
     // Three runtimes, as three machines would be (on this one's cores): the server, the
     // pair's clients, and the attacker on one thread (it cannot take both cores from the
     // others by scheduling alone).
@@ -591,9 +591,9 @@ fn main() {
     sleep(GAP);
     let opened_from = Instant::now();
     let idle: Vec<_> = attacker_rt.block_on(async {
-        let mut sockets = Vec::with_capacity(IDLE);
+        let mut sockets = Vec::with_capacity(idle_target);
         let mut failed = BTreeMap::<String, usize>::new();
-        let mut connecting = futures::stream::iter(0..IDLE)
+        let mut connecting = futures::stream::iter(0..idle_target)
             .map(|i| im_benches::load::connect(addr, Some(peer_ip(FLOOD_PEERS + i % IDLE_PEERS))))
             .buffer_unordered(256);
         while let Some(result) = connecting.next().await {
