@@ -311,7 +311,11 @@ impl Receiver {
                         .map_err(|e| format!("MQTT receive: {e}"))?;
                     if let Some(id) = d.packet_id {
                         w.puback(id).await.map_err(|e| format!("PUBACK: {e}"))?;
-                        w.flush().await.map_err(|e| format!("PUBACK: {e}"))?;
+                        // One write for the acknowledgements of a burst (at most 10 are
+                        // in flight, within the broker's window of 20: none waits on them).
+                        if !r.has_buffered() {
+                            w.flush().await.map_err(|e| format!("PUBACK: {e}"))?;
+                        }
                     }
                     return Ok(d.payload);
                 }

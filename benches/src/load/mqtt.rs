@@ -121,6 +121,13 @@ impl MqttReader {
         Ok(Packet { header, body })
     }
 
+    /// Whether bytes the broker sent are already read and waiting here: a receiver writes
+    /// its acknowledgements out only when none are (one write for a burst of deliveries,
+    /// as the reference server coalesces its flushes).
+    pub fn has_buffered(&self) -> bool {
+        !self.read.buffer().is_empty()
+    }
+
     /// The next `PUBACK`'s packet id.
     pub async fn puback(&mut self) -> Result<u16, LoadError> {
         let p = self.packet().await?;
