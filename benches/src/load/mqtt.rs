@@ -244,3 +244,88 @@ fn unexpected(what: &dyn std::fmt::Debug) -> LoadError {
         what: format!("{what:?}").chars().take(200).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A scripted broker: accepts one connection, reads `expect` bytes, answers `reply`.
+    async fn broker(
+        script: Vec<(usize, Vec<u8>)>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for (expect, reply) in script {
+                let mut buf = vec![0; expect];
+                s.read_exact(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf);
+                s.write_all(&reply).await.unwrap();
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn connect_subscribe_and_a_delivery_follow_the_standard() {
+        // CONNECT for client id "r0": 2+4 name, level, flags, keep-alive, 2+2 id = 14 bytes.
+        let connect_len = 2 + 14;
+        // SUBSCRIBE to "t": id, 2+1 topic, QoS = 6 bytes.
+        let subscribe_len = 2 + 6;
+        let delivery = [0x32, 2 + 1 + 2 + 3, 0, 1, b't', 0, 7, b'a', b'b', b'c'];
+        let (addr, seen) = broker(vec![
+            (connect_len, vec![0x20, 2, 0, 0]),
+            (
+                subscribe_len,
+                [vec![0x90, 3, 0, 1, 1], delivery.to_vec()].concat(),
+            ),
+            (4, vec![]),
+        ])
+        .await;
+        let (mut r, mut w) = connect(addr, "r0").await.unwrap();
+        w.subscribe("t").await.unwrap();
+        r.suback().await.unwrap();
+        let d = r.delivery().await.unwrap();
+        assert_eq!((d.packet_id, d.payload.as_slice()), (Some(7), &b"abc"[..]));
+        assert!(!r.has_buffered());
+        w.puback(7).await.unwrap();
+        w.flush().await.unwrap();
+        let seen = seen.await.unwrap();
+        assert_eq!(
+            &seen[..connect_len],
+            &[
+                0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58, 0, 2, b'r', b'0'
+            ]
+        );
+        assert_eq!(
+            &seen[connect_len..connect_len + subscribe_len],
+            &[0x82, 6, 0, 1, 0, 1, b't', 1]
+        );
+        assert_eq!(&seen[connect_len + subscribe_len..], &[0x40, 2, 0, 7]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_and_a_refused_subscription_are_typed() {
+        let (addr, _seen) = broker(vec![(16, vec![0x20, 2, 0, 5])]).await;
+        assert!(matches!(
+            connect(addr, "r0").await,
+            Err(LoadError::MqttRefused(5))
+        ));
+        let (addr, _seen) = broker(vec![
+            (16, vec![0x20, 2, 0, 0]),
+            (8, vec![0x90, 3, 0, 1, 0x80]),
+        ])
+        .await;
+        let (mut r, mut w) = connect(addr, "r0").await.unwrap();
+        w.subscribe("t").await.unwrap();
+        assert!(matches!(
+            r.suback().await,
+            Err(LoadError::MqttRefused(0x80))
+        ));
+        assert!(matches!(r.packet().await, Err(LoadError::Closed(_))));
+    }
+}

@@ -165,3 +165,43 @@ fn unexpected(what: &dyn std::fmt::Debug) -> LoadError {
         what: format!("{what:?}").chars().take(200).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_message_a_ping_and_an_error_are_read_as_such() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            w.write_all(b"INFO {\"server_id\":\"x\"}\r\n")
+                .await
+                .unwrap();
+            let mut lines = Vec::new();
+            for _ in 0..2 {
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                lines.push(line);
+            }
+            w.write_all(b"+OK\r\nPONG\r\nMSG a.b 1 5\r\nhello\r\nMSG a.b 1 r.x 2\r\nhi\r\nPING\r\n-ERR 'Authorization Violation'\r\n")
+                .await
+                .unwrap();
+            lines
+        });
+        let (mut r, _w) = connect(addr).await.unwrap();
+        assert!(matches!(r.next().await.unwrap(), Incoming::Msg(p) if p == b"hello"));
+        assert!(matches!(r.next().await.unwrap(), Incoming::Msg(p) if p == b"hi"));
+        assert!(matches!(r.next().await.unwrap(), Incoming::Ping));
+        assert!(
+            matches!(r.next().await, Err(LoadError::NatsErr(e)) if e.contains("Authorization"))
+        );
+        let lines = server.await.unwrap();
+        assert!(lines[0].starts_with("CONNECT {") && lines[0].contains("\"verbose\":false"));
+        assert_eq!(lines[1], "PING\r\n");
+    }
+}
