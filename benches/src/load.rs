@@ -1,6 +1,6 @@
 //! Minimal protocol clients for the load generators of issue 22 (`vendor_flood`,
 //! `vendor_compare`): the reference vendor's wire protocol spoken directly over TCP
-//! ([`reference`]), MQTT 3.1.1 with QoS 1 ([`mqtt`]) and the NATS core text protocol
+//! ([`mod@reference`]), MQTT 3.1.1 with QoS 1 ([`mqtt`]) and the NATS core text protocol
 //! ([`nats`]), so one generator drives all three servers the same way. Each client does only
 //! what a closed-loop load needs (connect, subscribe, publish, acknowledge) and fails with a
 //! typed [`LoadError`] on anything else; none of them reconnects.
