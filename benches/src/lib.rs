@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub mod load;
+
 /// Where figures a benchmark binary measures itself (memory, paired ratios) go, for
 /// `cargo xtask bench`'s summary: `<target>/criterion/figures/`.
 pub fn figures_dir() -> PathBuf {
@@ -23,6 +25,75 @@ pub fn write_figures(file: &str, figures: &[(String, f64)]) -> std::io::Result<(
     std::fs::write(dir.join(format!("{file}.json")), figures_json(figures))
 }
 
+/// Criterion's flags that take a value (`cargo xtask bench -- --save-baseline NAME` passes
+/// them to every benchmark binary): a figures-only binary skips each with its value, so the
+/// value is not read as a filter.
+pub const CRITERION_VALUE_FLAGS: [&str; 14] = [
+    "--sample-size",
+    "--warm-up-time",
+    "--measurement-time",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--save-baseline",
+    "--baseline",
+    "--load-baseline",
+    "--profile-time",
+    "--color",
+    "--output-format",
+    "--plotting-backend",
+];
+
+/// The command line of a figures-only benchmark binary: its own flags that take a value
+/// (`own`, e.g. `--secs`), criterion's (skipped), other flags (ignored: `cargo bench` passes
+/// `--bench`), and the rest as criterion-style filters.
+#[derive(Debug, Default, PartialEq)]
+pub struct BenchArgs {
+    /// Each of `own` given, with its value, in order.
+    pub values: Vec<(String, String)>,
+    /// Arguments that are not flags.
+    pub filters: Vec<String>,
+}
+
+impl BenchArgs {
+    /// Reads `args` (without the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>, own: &[&str]) -> Self {
+        let mut parsed = Self::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if own.contains(&arg.as_str()) {
+                if let Some(value) = args.next() {
+                    parsed.values.push((arg, value));
+                }
+            } else if CRITERION_VALUE_FLAGS.contains(&arg.as_str()) {
+                args.next();
+            } else if !arg.starts_with('-') {
+                parsed.filters.push(arg);
+            }
+        }
+        parsed
+    }
+
+    /// The last value of `flag`, parsed; `None` if absent. Panics on a value that does not
+    /// parse (a benchmark binary's way to refuse its command line).
+    pub fn value<T: std::str::FromStr>(&self, flag: &str) -> Option<T> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(f, _)| f == flag)
+            .map(|(_, v)| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{flag} does not take {v:?}"))
+            })
+    }
+
+    /// Whether a run named `name` is selected (no filters, or one that `name` contains).
+    pub fn selects(&self, name: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()))
+    }
+}
+
 fn figures_json(figures: &[(String, f64)]) -> String {
     let list: Vec<serde_json::Value> = figures
         .iter()
@@ -33,6 +104,18 @@ fn figures_json(figures: &[(String, f64)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::BenchArgs;
+
+    #[test]
+    fn bench_args_skip_criterion_values_and_keep_filters() {
+        let args = ["--bench", "--save-baseline", "main", "--secs", "2", "light"];
+        let parsed = BenchArgs::parse(args.map(String::from), &["--secs"]);
+        assert_eq!(parsed.filters, ["light"]);
+        assert_eq!(parsed.value::<f64>("--secs"), Some(2.0));
+        assert!(parsed.selects("vendor_compare light NATS core"));
+        assert!(!parsed.selects("vendor_compare heavy NATS core"));
+    }
+
     #[test]
     fn figures_are_a_json_list_of_name_and_value() {
         let json = super::figures_json(&[

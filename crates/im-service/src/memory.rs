@@ -222,6 +222,14 @@ struct State {
     /// Just after the newest message dropped by [`MemoryVendorConfig::max_stored_messages`]:
     /// the horizon the cap raised (see [`MemoryVendor::horizon`]).
     cap_horizon: Option<Timestamp>,
+    /// Nothing the retention drops (a message, a deletion for one user, a change-feed
+    /// entry) is older than this (`None`: nothing stored): a sweep whose horizon is not
+    /// past it has nothing to drop and passes over nothing, instead of every stored
+    /// message under the one lock every second. Lowered by every insertion ([`note_time`]),
+    /// set to the oldest survivor by each pass ([`prune`]).
+    oldest: Option<Timestamp>,
+    /// Sweeps that passed over the stored messages (see [`MemoryVendor::retention_passes`]).
+    retention_passes: u64,
 }
 
 #[derive(Default)]
@@ -534,9 +542,18 @@ impl MemoryVendor {
                 Some(VendorEvent::TokenExpired),
             );
         }
-        if let Some(horizon) = self.retention_horizon() {
-            prune(&mut st, horizon);
+        if let Some(horizon) = self.retention_horizon()
+            && st.oldest.is_some_and(|oldest| oldest < horizon)
+        {
+            st.oldest = prune(&mut st, horizon);
+            st.retention_passes += 1;
         }
+    }
+
+    /// How many sweeps had something past the retention and passed over the stored
+    /// messages to drop it (administrator view); a sweep with nothing that old does not.
+    pub fn retention_passes(&self) -> u64 {
+        self.state().retention_passes
     }
 
     /// The oldest instant history is kept for, if anything limits it: the retention, or
@@ -699,13 +716,23 @@ fn enforce_cap(st: &mut State, cap: usize) {
     }
 }
 
-fn prune(st: &mut State, horizon: Timestamp) {
+/// Records that something the retention drops was stored at `at` (see [`State::oldest`]).
+fn note_time(st: &mut State, at: Timestamp) {
+    st.oldest = Some(st.oldest.map_or(at, |oldest| oldest.min(at)));
+}
+
+/// Drops everything older than `horizon`; returns the time of the oldest survivor.
+fn prune(st: &mut State, horizon: Timestamp) -> Option<Timestamp> {
     let State {
         conversations,
         log,
         users,
         ..
     } = st;
+    let mut oldest: Option<Timestamp> = None;
+    let mut keep = |at: Timestamp| {
+        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+    };
     for conv in conversations.values_mut() {
         let old: Vec<u64> = conv
             .messages
@@ -721,14 +748,26 @@ fn prune(st: &mut State, horizon: Timestamp) {
                 log.remove(&g);
             }
         }
+        // Server time never goes backwards within a conversation: the first is the oldest.
+        if let Some(first) = conv.messages.values().next() {
+            keep(first.server_time);
+        }
     }
     for u in users.values_mut() {
-        u.offline.retain(|_, m| m.server_time >= horizon);
+        let mut kept = |at: Timestamp| {
+            let kept = at >= horizon;
+            if kept {
+                keep(at);
+            }
+            kept
+        };
+        u.offline.retain(|_, m| kept(m.server_time));
         // A change is never older than its message, so a change past the horizon concerns
         // a message that is gone as well.
-        u.deleted.retain(|_, c| c.at >= horizon);
-        u.feed.retain(|_, e| e.at >= horizon);
+        u.deleted.retain(|_, c| kept(c.at));
+        u.feed.retain(|_, e| kept(e.at));
     }
+    oldest
 }
 
 fn members(st: &State, conversation: &ConversationId) -> Result<Vec<UserId>> {
@@ -895,6 +934,7 @@ impl MemoryClient {
                 revision: *revision,
             };
             let concerned: Vec<UserId> = if change.kind == ChangeKind::DeletedForMe {
+                note_time(st, change.at);
                 if let Some(u) = st.users.get_mut(&user) {
                     u.deleted.insert(target.clone(), change.clone());
                     u.offline.retain(|_, m| &m.server_id != target);
@@ -1015,6 +1055,7 @@ fn publish(
     item: &FeedItem,
     at: Timestamp,
 ) {
+    note_time(st, at);
     for user in users {
         let Some(u) = st.users.get_mut(user) else {
             continue;
@@ -1231,6 +1272,7 @@ impl Vendor for MemoryClient {
             };
             conv.messages.insert(global, stored.clone());
             conv.by_client.insert(key, global);
+            note_time(st, server_time);
             st.log.insert(global, message.conversation.clone());
             st.store_listeners
                 .retain(|l| l.send(stored.clone()).is_ok());

@@ -1,6 +1,7 @@
 //! `MemoryVendor` under load from strangers: a refused login costs only the credential
 //! check (no sweep over every stored message under the one lock), and the cap on stored
-//! messages drops the oldest as retention, reported through the history horizon.
+//! messages drops the oldest as retention, reported through the history horizon; a sweep
+//! passes over the stored messages only when something in them is past the retention.
 #![cfg(feature = "memory")]
 #![allow(clippy::expect_used, clippy::panic)]
 
@@ -117,4 +118,71 @@ async fn the_cap_on_stored_messages_drops_the_oldest_as_retention() {
     // Later sends keep the store at the cap.
     a.send(&text(&conv, "m5")).await.expect("send");
     assert_eq!(vendor.stored_len(), 3);
+}
+
+#[tokio::test]
+async fn a_sweep_passes_over_the_stored_messages_only_when_something_is_past_retention() {
+    let hour = Duration::from_secs(3600);
+    let (vendor, clock) = MemoryVendor::with_manual_clock(MemoryVendorConfig {
+        retention: Some(hour),
+        sweep_on_login: false,
+        ..MemoryVendorConfig::default()
+    });
+    let alice = vendor.register_user(&UserId::new("alice"));
+    let bob = vendor.register_user(&UserId::new("bob"));
+    let conv = ConversationId::direct(&alice.user, &bob.user);
+    let a = vendor.client();
+    a.login(&alice).await.expect("alice logs in");
+    for i in 0..100 {
+        a.send(&text(&conv, &format!("queued {i}")))
+            .await
+            .expect("send");
+    }
+    // A server sweeps every second; within the retention there is nothing to drop.
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(60));
+        vendor.sweep();
+    }
+    assert_eq!(
+        vendor.retention_passes(),
+        0,
+        "a sweep with nothing past the retention passed over the stored messages"
+    );
+    assert_eq!(vendor.offline_len(&bob.user), 100);
+
+    clock.advance(hour);
+    vendor.sweep();
+    assert_eq!(vendor.retention_passes(), 1, "one pass drops what expired");
+    assert_eq!(vendor.stored_len(), 0);
+    assert_eq!(vendor.offline_len(&bob.user), 0);
+    vendor.sweep();
+    assert_eq!(
+        vendor.retention_passes(),
+        1,
+        "nothing stored: nothing to pass over"
+    );
+
+    // Two messages half a retention apart: the pass that drops the first keeps the second,
+    // and the sweeps after it wait for the second to expire.
+    a.send(&text(&conv, "first")).await.expect("send");
+    clock.advance(hour / 2);
+    a.send(&text(&conv, "second")).await.expect("send");
+    clock.advance(hour / 2 + Duration::from_secs(1));
+    vendor.sweep();
+    assert_eq!(
+        (vendor.retention_passes(), vendor.stored_len()),
+        (2, 1),
+        "a message stored after the last pass is dropped when it expires"
+    );
+    clock.advance(Duration::from_secs(10));
+    vendor.sweep();
+    assert_eq!(
+        vendor.retention_passes(),
+        2,
+        "after a pass, sweeps wait for the oldest survivor to expire (not the pass's horizon)"
+    );
+    clock.advance(hour / 2);
+    vendor.sweep();
+    assert_eq!((vendor.retention_passes(), vendor.stored_len()), (3, 0));
+    assert_eq!(vendor.offline_len(&bob.user), 0);
 }
