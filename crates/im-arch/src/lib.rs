@@ -68,13 +68,13 @@ mod events;
 mod history;
 mod lifecycle;
 mod log_store;
+mod memory_store;
 mod retry;
 mod send_queue;
 mod sequencer;
 mod shared;
 mod sled_store;
 mod store;
-mod store_state;
 mod timeline;
 
 pub use archive_history::ArchiveHistory;
@@ -87,10 +87,11 @@ pub use error::ArchError;
 pub use events::{ClientEvent, ConnectionState, EventKind, SyncProgress};
 pub use history::{HistoryGap, HistoryResult, HistorySource, HistoryWindow, VendorHistory};
 pub use log_store::{LogDamage, LogStore, LogStoreOptions, WRITE_THROUGH};
+pub use memory_store::MemoryStore;
 pub use retry::{Backoff, Jitter, RetryAttempt, RetryPolicy};
 pub use sled_store::SledStore;
 pub use store::{
-    ChangeOutcome, ConversationState, DurableEvent, MAX_PENDING_PER_MESSAGE, MemoryStore,
-    MessageRevision, OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor,
+    ChangeOutcome, ConversationState, DurableEvent, MAX_PENDING_PER_MESSAGE, MessageRevision,
+    OutboxItem, SCHEMA_VERSION, SendStatus, Store, SyncCursor,
 };
 pub use timeline::TimelinePage;

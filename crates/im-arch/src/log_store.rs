@@ -88,11 +88,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ArchError;
+use crate::memory_store::MemoryState;
 use crate::store::{
     ChangeOutcome, ConversationState, DurableEvent, MessageRevision, OutboxItem, SCHEMA_VERSION,
     Store, SyncCursor,
 };
-use crate::store_state::MemoryState;
 
 /// First field of every file's header record.
 const MAGIC: &str = "im-layers log store";

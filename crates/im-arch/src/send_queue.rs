@@ -439,9 +439,10 @@ mod tests {
     };
 
     use super::Pending;
+    use crate::MemoryStore;
     use crate::config::ClientConfig;
     use crate::shared::Shared;
-    use crate::store::{MemoryStore, OutboxItem, SendStatus, Store};
+    use crate::store::{OutboxItem, SendStatus, Store};
 
     fn item(position: u64, conversation: &str) -> OutboxItem {
         OutboxItem {

@@ -17,18 +17,16 @@
 //! anything to the app (`send()` returning, a durable subscription's acknowledgement) or to
 //! the vendor (an offline acknowledgement), and it orders writes so that any prefix of them
 //! is a consistent state (messages before the cursors and journal entries that name them).
-//! [`MemoryStore`] keeps nothing across a crash: its `flush` returns at once.
+//! [`MemoryStore`](crate::MemoryStore) keeps nothing across a crash: its `flush` returns at once.
 
 use async_trait::async_trait;
 use im_service::{
     ChangeCursor, ChangeKind, ClientMsgId, ConversationId, Message, MessageChange, Origin,
     OutgoingMessage, ReadReceipt, Seq, ServerMsgId, Timestamp,
 };
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ArchError;
-use crate::store_state::MemoryState;
 
 /// Version of the persisted layout. A store written by a newer version refuses to open.
 /// The golden fixtures of every stored value (`tests/fixtures/*.v{codec}-schema{this}.bin`)
@@ -364,170 +362,4 @@ pub trait Store: Send + Sync + 'static {
 /// Whether receipt `new` is further than `old` (by time of the message read, then its id).
 pub(crate) fn receipt_is_newer(old: Option<&ReadReceipt>, new: &ReadReceipt) -> bool {
     old.is_none_or(|o| (new.up_to_time, &new.up_to) > (o.up_to_time, &o.up_to))
-}
-
-/// The in-memory [`Store`]: tests, and clients that keep nothing across restarts.
-#[derive(Default)]
-pub struct MemoryStore {
-    state: Mutex<MemoryState>,
-}
-
-impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn flush(&self) -> Result<(), ArchError> {
-        // Nothing of an in-memory store survives a crash; there is nothing to wait for.
-        Ok(())
-    }
-
-    async fn commit_delivery(
-        &self,
-        cursors: &[(ConversationId, SyncCursor)],
-        journal: &[(ServerMsgId, Origin)],
-    ) -> Result<u64, ArchError> {
-        Ok(self.state.lock().commit_delivery(cursors, journal))
-    }
-
-    async fn journal_head(&self) -> Result<u64, ArchError> {
-        Ok(self.state.lock().journal_head)
-    }
-
-    async fn sync_mark(&self) -> Result<Option<Timestamp>, ArchError> {
-        Ok(self.state.lock().sync_mark)
-    }
-
-    async fn set_sync_mark(&self, mark: Timestamp) -> Result<(), ArchError> {
-        self.state.lock().set_sync_mark(mark);
-        Ok(())
-    }
-
-    async fn journal_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<DurableEvent>, ArchError> {
-        self.state.lock().journal_after(after, limit)
-    }
-
-    async fn subscriptions(&self) -> Result<Vec<(String, u64)>, ArchError> {
-        Ok(self.state.lock().subscriptions())
-    }
-
-    async fn set_subscription(&self, name: &str, position: u64) -> Result<(), ArchError> {
-        self.state.lock().set_subscription(name, position);
-        Ok(())
-    }
-
-    async fn remove_subscription(&self, name: &str) -> Result<(), ArchError> {
-        self.state.lock().remove_subscription(name);
-        Ok(())
-    }
-
-    async fn put_messages(&self, messages: &[Message]) -> Result<Vec<bool>, ArchError> {
-        Ok(self.state.lock().put_messages(messages))
-    }
-
-    async fn message(&self, id: &ServerMsgId) -> Result<Option<Message>, ArchError> {
-        Ok(self.state.lock().message(id))
-    }
-
-    async fn latest(
-        &self,
-        conversation: &ConversationId,
-        limit: usize,
-    ) -> Result<Vec<Message>, ArchError> {
-        Ok(self.state.lock().latest(conversation, limit))
-    }
-
-    async fn cursor(&self, conversation: &ConversationId) -> Result<Option<SyncCursor>, ArchError> {
-        Ok(self.state.lock().cursors.get(conversation).copied())
-    }
-
-    async fn begin_delivery(&self, ids: &[ServerMsgId]) -> Result<(), ArchError> {
-        self.state.lock().begin_delivery(ids);
-        Ok(())
-    }
-
-    async fn in_flight(&self) -> Result<Vec<ServerMsgId>, ArchError> {
-        Ok(self.state.lock().in_flight.clone())
-    }
-
-    async fn cursors(&self) -> Result<Vec<(ConversationId, SyncCursor)>, ArchError> {
-        Ok(self.state.lock().cursors())
-    }
-
-    async fn page_before(
-        &self,
-        conversation: &ConversationId,
-        before: Option<&Message>,
-        limit: usize,
-    ) -> Result<Vec<Message>, ArchError> {
-        Ok(self.state.lock().page_before(conversation, before, limit))
-    }
-
-    async fn page_after(
-        &self,
-        conversation: &ConversationId,
-        after: &Message,
-        limit: usize,
-    ) -> Result<Vec<Message>, ArchError> {
-        Ok(self.state.lock().page_after(conversation, after, limit))
-    }
-
-    async fn put_outbox(&self, item: &OutboxItem) -> Result<(), ArchError> {
-        self.state.lock().put_outbox(item);
-        Ok(())
-    }
-
-    async fn remove_outbox(&self, id: &ClientMsgId) -> Result<(), ArchError> {
-        self.state.lock().remove_outbox(id);
-        Ok(())
-    }
-
-    async fn outbox(&self) -> Result<Vec<OutboxItem>, ArchError> {
-        Ok(self.state.lock().outbox())
-    }
-
-    async fn put_conversation_state(&self, state: &ConversationState) -> Result<(), ArchError> {
-        self.state.lock().put_conversation_state(state);
-        Ok(())
-    }
-
-    async fn conversation_states(&self) -> Result<Vec<ConversationState>, ArchError> {
-        Ok(self.state.lock().conversation_states())
-    }
-
-    async fn apply_change(&self, change: &MessageChange) -> Result<ChangeOutcome, ArchError> {
-        self.state.lock().apply_change(change)
-    }
-
-    async fn revision(&self, id: &ServerMsgId) -> Result<Option<MessageRevision>, ArchError> {
-        Ok(self.state.lock().revisions.get(id).copied())
-    }
-
-    async fn change_cursor(&self) -> Result<Option<ChangeCursor>, ArchError> {
-        Ok(self.state.lock().change_cursor.clone())
-    }
-
-    async fn set_change_cursor(&self, cursor: &ChangeCursor) -> Result<(), ArchError> {
-        self.state.lock().set_change_cursor(cursor);
-        Ok(())
-    }
-
-    async fn put_read_receipt(&self, receipt: &ReadReceipt) -> Result<bool, ArchError> {
-        Ok(self.state.lock().put_read_receipt(receipt))
-    }
-
-    async fn read_receipts(
-        &self,
-        conversation: &ConversationId,
-    ) -> Result<Vec<ReadReceipt>, ArchError> {
-        Ok(self.state.lock().read_receipts(conversation))
-    }
 }

@@ -27,8 +27,9 @@ use crate::durable::DurableSubscription;
 use crate::error::ArchError;
 use crate::events::{ClientEvent, ConnectionState};
 use crate::history::{HistoryResult, HistorySource, HistoryWindow, VendorHistory};
+use crate::memory_store::MemoryStore;
 use crate::shared::Shared;
-use crate::store::{MemoryStore, MessageRevision, OutboxItem, Store};
+use crate::store::{MessageRevision, OutboxItem, Store};
 use crate::timeline::TimelinePage;
 use crate::{conversations, durable, lifecycle, send_queue, timeline};
 

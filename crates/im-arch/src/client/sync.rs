@@ -541,14 +541,15 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::SyncEngine;
+    use crate::MemoryStore;
     use crate::bus::{BusStream, DeliveryPolicy, Filter};
     use crate::config::ClientConfig;
     use crate::error::ArchError;
     use crate::events::ClientEvent;
     use crate::shared::Shared;
     use crate::store::{
-        ChangeOutcome, ConversationState, DurableEvent, MemoryStore, MessageRevision, OutboxItem,
-        Store, SyncCursor,
+        ChangeOutcome, ConversationState, DurableEvent, MessageRevision, OutboxItem, Store,
+        SyncCursor,
     };
     use im_service::{ChangeBatch, ChangeCursor, ChangeKind, MessageChange, ReadReceipt};
 
