@@ -241,44 +241,30 @@ fn runtime(name: &str) -> Runtime {
         .unwrap()
 }
 
+/// The command line (read by `im_benches::BenchArgs`): `--reps R`, `--store NAME`
+/// (repeatable), filters.
 struct Args {
     reps: usize,
     stores: Vec<String>,
-    filters: Vec<String>,
+    bench: im_benches::BenchArgs,
 }
 
 impl Args {
-    /// `--reps R`, `--store NAME` (repeatable), filters; other flags (criterion's, `cargo
-    /// bench`'s) are ignored.
     fn parse() -> Args {
-        let mut args = std::env::args().skip(1);
-        let mut parsed = Args {
-            reps: 3,
-            stores: Vec::new(),
-            filters: Vec::new(),
-        };
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--reps" => {
-                    parsed.reps = args
-                        .next()
-                        .and_then(|r| r.parse().ok())
-                        .filter(|r| *r > 0)
-                        .expect("--reps takes a positive number");
-                }
-                "--store" => parsed
-                    .stores
-                    .push(args.next().expect("--store takes a name")),
-                a if a.starts_with('-') => {}
-                _ => parsed.filters.push(arg),
-            }
+        let bench = im_benches::BenchArgs::parse(std::env::args().skip(1), &["--reps", "--store"]);
+        let reps = bench.value::<usize>("--reps").unwrap_or(3);
+        assert!(reps > 0, "--reps takes a positive number");
+        let stores = bench.values_of("--store").map(String::from).collect();
+        Args {
+            reps,
+            stores,
+            bench,
         }
-        parsed
     }
 
     fn runs(&self, size: Size, store: &str) -> bool {
-        let name = format!("offline_sync {}", size.messages);
-        (self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str())))
+        self.bench
+            .selects(&format!("offline_sync {}", size.messages))
             && (self.stores.is_empty() || self.stores.iter().any(|s| s == store))
     }
 }

@@ -521,71 +521,41 @@ fn runtime(name: &str) -> Runtime {
         .unwrap()
 }
 
-/// The command line: `--secs S` (the measured window per stack and load; a short one for a
-/// smoke run), `--stack NAME` (only that stack; ratios need `bare` too) and filters as criterion takes them (`cargo xtask bench -- NAME` passes one to
-/// every benchmark binary): with any, only the loads whose name `throughput light` /
-/// `throughput heavy` contains one run. Other flags (criterion's, `cargo bench`'s `--bench`)
-/// are ignored.
+/// The command line (read by `im_benches::BenchArgs`): `--secs S` (the measured window per
+/// stack and load; a short one for a smoke run), `--stack bare|memory|log|sled` (repeatable:
+/// only these stacks, for profiling one; ratios need `bare` too) and filters as criterion
+/// takes them (`cargo xtask bench -- NAME` passes one to every benchmark binary): with any,
+/// only the loads whose name `throughput light` / `throughput heavy` contains one run.
 struct Args {
     secs: f64,
-    filters: Vec<String>,
-    /// `--stack bare|memory|log|sled` (repeatable): only these stacks (for profiling one).
     stacks: Vec<Stack>,
+    bench: im_benches::BenchArgs,
 }
-
-/// Criterion's flags that take a value: skipped with it, so the value is not a filter.
-const CRITERION_VALUE_FLAGS: [&str; 14] = [
-    "--sample-size",
-    "--warm-up-time",
-    "--measurement-time",
-    "--nresamples",
-    "--noise-threshold",
-    "--confidence-level",
-    "--significance-level",
-    "--save-baseline",
-    "--baseline",
-    "--load-baseline",
-    "--profile-time",
-    "--color",
-    "--output-format",
-    "--plotting-backend",
-];
 
 impl Args {
     fn parse() -> Args {
-        let mut args = std::env::args().skip(1);
-        let mut parsed = Args {
-            secs: DEFAULT_SECS,
-            filters: Vec::new(),
-            stacks: Vec::new(),
-        };
-        while let Some(arg) = args.next() {
-            if arg == "--secs" {
-                parsed.secs = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|s: &f64| *s > 0.0)
-                    .expect("--secs takes a positive number of seconds");
-            } else if arg == "--stack" {
-                parsed.stacks.push(match args.next().as_deref() {
-                    Some("bare") => Stack::Bare,
-                    Some("memory") => Stack::Memory,
-                    Some("log") => Stack::Log,
-                    Some("sled") => Stack::Sled,
-                    other => panic!("--stack takes bare, memory, log or sled, not {other:?}"),
-                });
-            } else if CRITERION_VALUE_FLAGS.contains(&arg.as_str()) {
-                args.next();
-            } else if !arg.starts_with('-') {
-                parsed.filters.push(arg);
-            }
+        let bench = im_benches::BenchArgs::parse(std::env::args().skip(1), &["--secs", "--stack"]);
+        let secs = bench.value::<f64>("--secs").unwrap_or(DEFAULT_SECS);
+        assert!(secs > 0.0, "--secs takes a positive number of seconds");
+        let stacks = bench
+            .values_of("--stack")
+            .map(|name| match name {
+                "bare" => Stack::Bare,
+                "memory" => Stack::Memory,
+                "log" => Stack::Log,
+                "sled" => Stack::Sled,
+                other => panic!("--stack takes bare, memory, log or sled, not {other:?}"),
+            })
+            .collect();
+        Args {
+            secs,
+            stacks,
+            bench,
         }
-        parsed
     }
 
     fn runs(&self, load: Load) -> bool {
-        let name = format!("throughput {}", load.name);
-        self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()))
+        self.bench.selects(&format!("throughput {}", load.name))
     }
 }
 

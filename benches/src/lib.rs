@@ -88,6 +88,14 @@ impl BenchArgs {
             })
     }
 
+    /// Every value of a repeatable `flag`, in order.
+    pub fn values_of<'a>(&'a self, flag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.values
+            .iter()
+            .filter(move |(f, _)| f == flag)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Whether a run named `name` is selected (no filters, or one that `name` contains).
     pub fn selects(&self, name: &str) -> bool {
         self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()))
