@@ -149,16 +149,28 @@ async fn announce_at(shared: &Shared, item: &OutboxItem, server_time: Option<Tim
 /// failing store).
 #[derive(Default)]
 struct Pending {
-    /// By outbox position: enqueue order.
-    items: std::collections::BTreeMap<u64, OutboxItem>,
-    /// Positions taken in since the last full reload: an item handed over by `send` that
-    /// the reload's read already had (or that was sent since) is not taken twice.
-    known: FxHashSet<u64>,
+    /// By outbox position (enqueue order), then client id.
+    items: std::collections::BTreeMap<PendingKey, OutboxItem>,
+    /// Client ids taken in since the last full reload: an item handed over by `send` that
+    /// the reload's read already had (or that was sent since) is not taken twice. By client
+    /// id, not position: a client gives a position out again once its outbox has emptied
+    /// (the first `send` after a restart numbers from the outbox's last item, and the items
+    /// the restart found may all be sent by then), and a new message under a position
+    /// taken in before must not be mistaken for it (the simulation found that: a send
+    /// after a crash whose queue had drained stayed `Sending` for good).
+    known: FxHashSet<ClientMsgId>,
     /// The next pass must reload from the store first.
     stale: bool,
 }
 
-/// Past this many positions taken in since the last reload, the next pass reloads (which
+/// Where an item sits in the sender's copy: its position, then its client id.
+type PendingKey = (u64, ClientMsgId);
+
+fn key(item: &OutboxItem) -> PendingKey {
+    (item.position, item.message.client_id.clone())
+}
+
+/// Past this many items taken in since the last reload, the next pass reloads (which
 /// forgets them): bounds [`Pending::known`].
 const KNOWN_MAX: usize = 4096;
 
@@ -169,8 +181,8 @@ impl Pending {
         shared.outbox_fresh.clear();
         self.stale = true;
         let items = shared.store.outbox().await?;
-        self.known = items.iter().map(|i| i.position).collect();
-        self.items = items.into_iter().map(|i| (i.position, i)).collect();
+        self.known = items.iter().map(|i| i.message.client_id.clone()).collect();
+        self.items = items.into_iter().map(|i| (key(&i), i)).collect();
         self.stale = false;
         Ok(())
     }
@@ -178,8 +190,8 @@ impl Pending {
     /// Takes in the items `send` handed over.
     fn take_fresh(&mut self, shared: &Shared) {
         for item in shared.outbox_fresh.take() {
-            if self.known.insert(item.position) {
-                self.items.insert(item.position, item);
+            if self.known.insert(item.message.client_id.clone()) {
+                self.items.insert(key(&item), item);
             }
         }
         if self.known.len() > KNOWN_MAX {
@@ -288,11 +300,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             continue;
         }
         tokio::select! {
-            Some((conversation, position, delivery)) = sends.next() => {
+            Some((conversation, sent_key, delivery)) = sends.next() => {
                 busy.remove(&conversation);
                 match delivery {
                     Delivery::Sent => {
-                        pending.items.remove(&position);
+                        pending.items.remove(&sent_key);
                     }
                     // The store has the item's new state: read it back.
                     Delivery::Recorded => pending.stale = true,
@@ -313,9 +325,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 }
 
 /// [`deliver`] in its own span, tagged with the item's conversation.
-async fn deliver_in_span(shared: &Shared, item: OutboxItem) -> (ConversationId, u64, Delivery) {
+async fn deliver_in_span(
+    shared: &Shared,
+    item: OutboxItem,
+) -> (ConversationId, PendingKey, Delivery) {
     let conversation = item.message.conversation.clone();
-    let position = item.position;
+    let sent_key = key(&item);
     let span = tracing::info_span!(
         "send",
         client_id = %item.message.client_id,
@@ -324,7 +339,7 @@ async fn deliver_in_span(shared: &Shared, item: OutboxItem) -> (ConversationId, 
     );
     (
         conversation,
-        position,
+        sent_key,
         deliver(shared, item).instrument(span).await,
     )
 }
@@ -492,7 +507,7 @@ mod tests {
             "each conversation's head, each once"
         );
         // 1 is sent (gone from the copy); a late copy of it handed over again is not taken.
-        pending.items.remove(&1);
+        pending.items.remove(&super::key(&a1));
         shared.outbox_fresh.push(a1.clone());
         pending.take_fresh(&shared);
         assert_eq!(
@@ -507,5 +522,16 @@ mod tests {
             "a busy conversation waits"
         );
         assert_eq!(positions(&pending.ready(&none, 1)), [2], "at most `room`");
+        // A new message under a position given out before (the outbox had emptied): taken.
+        pending.items.remove(&super::key(&a2));
+        pending.items.remove(&super::key(&b3));
+        let again = item(1, "c");
+        shared.outbox_fresh.push(again.clone());
+        pending.take_fresh(&shared);
+        assert_eq!(
+            pending.ready(&none, 32),
+            [again],
+            "a new message under a reused position was not taken in"
+        );
     }
 }
