@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use im_arch::{ClientEvent, ImClient, LogStore, MemoryStore, SledStore, Store, Subscription};
+use im_benches::{HEAVY, LIGHT, Load};
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{
     Content, ConversationId, Credentials, EventStream, OutgoingMessage, Timestamp, UserId, Vendor,
@@ -68,24 +69,6 @@ const DEFAULT_SECS: f64 = 10.0;
 const GOAL_LIGHT_RATIO: f64 = 0.5;
 const GOAL_HEAVY_RATIO: f64 = 0.3;
 const GOAL_LIGHT_P99_MS: f64 = 2.0;
-
-#[derive(Clone, Copy)]
-struct Load {
-    name: &'static str,
-    pairs: usize,
-    in_flight: usize,
-}
-
-const LIGHT: Load = Load {
-    name: "light",
-    pairs: 10,
-    in_flight: 1,
-};
-const HEAVY: Load = Load {
-    name: "heavy",
-    pairs: 100,
-    in_flight: 10,
-};
 
 /// What sits between the load generator and the vendor.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use im_benches::load::reference::{RawReader, RawReference, RawWriter};
 use im_benches::load::{LoadError, Payload, mqtt, nats};
+use im_benches::{HEAVY, LIGHT, Load};
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor};
 use im_service::{
     Content, ConversationId, Credentials, EventStream, OutgoingMessage, Timestamp, UserId, Vendor,
@@ -56,24 +57,6 @@ const DEFAULT_SECS: f64 = 10.0;
 const DRAIN: Duration = Duration::from_secs(30);
 /// The goals (reported against, not asserted).
 const GOAL_VS_MOSQUITTO: f64 = 1.5;
-
-#[derive(Clone, Copy)]
-struct Load {
-    name: &'static str,
-    pairs: usize,
-    in_flight: usize,
-}
-
-const LIGHT: Load = Load {
-    name: "light",
-    pairs: 10,
-    in_flight: 1,
-};
-const HEAVY: Load = Load {
-    name: "heavy",
-    pairs: 100,
-    in_flight: 10,
-};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {

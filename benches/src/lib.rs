@@ -25,6 +25,32 @@ pub fn write_figures(file: &str, figures: &[(String, f64)]) -> std::io::Result<(
     std::fs::write(dir.join(format!("{file}.json")), figures_json(figures))
 }
 
+/// A closed-loop load of issue 22's load generators (`throughput`, `vendor_compare`): `pairs`
+/// senders → receivers, each with `in_flight` messages out at any time.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Its name in figures and filters (`light`, `heavy`).
+    pub name: &'static str,
+    /// Sender → receiver pairs.
+    pub pairs: usize,
+    /// Messages in flight per pair.
+    pub in_flight: usize,
+}
+
+/// Issue 22's light load: 10 pairs × 1 in flight.
+pub const LIGHT: Load = Load {
+    name: "light",
+    pairs: 10,
+    in_flight: 1,
+};
+
+/// Issue 22's heavy load: 100 pairs × 10 in flight.
+pub const HEAVY: Load = Load {
+    name: "heavy",
+    pairs: 100,
+    in_flight: 10,
+};
+
 /// Criterion's flags that take a value (`cargo xtask bench -- --save-baseline NAME` passes
 /// them to every benchmark binary): a figures-only binary skips each with its value, so the
 /// value is not read as a filter.
