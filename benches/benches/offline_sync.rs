@@ -233,14 +233,6 @@ fn once(
     result
 }
 
-fn runtime(name: &str) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The command line (read by `im_benches::BenchArgs`): `--reps R`, `--store NAME`
 /// (repeatable), filters.
 struct Args {
@@ -271,8 +263,8 @@ impl Args {
 
 fn main() {
     let args = Args::parse();
-    let server_rt = runtime("server");
-    let rt = runtime("client");
+    let server_rt = im_benches::runtime("server", None);
+    let rt = im_benches::runtime("client", None);
     let mut figures = Vec::new();
     let mut goals = Vec::new();
     for size in SIZES {

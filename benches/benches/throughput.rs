@@ -286,13 +286,6 @@ struct Measured {
     client_cores: f64,
 }
 
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
-}
-
 /// The clients of one run, logged in (and the receivers online); the `ImClient`s take their
 /// stores from `stores`, two per pair.
 async fn connect(
@@ -450,8 +443,8 @@ fn measure(
     latencies.sort_unstable();
     Ok(Measured {
         msgs_per_s: counted as f64 / secs,
-        p50_ms: percentile_ms(&latencies, 0.50),
-        p99_ms: percentile_ms(&latencies, 0.99),
+        p50_ms: im_benches::percentile_ms(&latencies, 0.50),
+        p99_ms: im_benches::percentile_ms(&latencies, 0.99),
         sent,
         server_cores,
         client_cores,
@@ -494,14 +487,6 @@ fn cpu_time() -> (Duration, Duration) {
 
 fn open_sled(path: &Path) -> Result<SledStore, String> {
     SledStore::open(path).map_err(|e| format!("SledStore::open: {e}"))
-}
-
-fn runtime(name: &str) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// The command line (read by `im_benches::BenchArgs`): `--secs S` (the measured window per
@@ -554,8 +539,8 @@ fn main() {
         return;
     }
     // The server on threads of its own, as it would be in its own process.
-    let server_rt = runtime(SERVER_THREADS);
-    let load_rt = runtime("load");
+    let server_rt = im_benches::runtime(SERVER_THREADS, None);
+    let load_rt = im_benches::runtime("load", None);
     println!(
         "throughput: reference vendor on loopback, {BODY}-byte messages, closed loop, \
          {WARM_UP:?} warm-up then {secs} s measured per stack and load"

@@ -536,13 +536,6 @@ struct Measured {
     generator_cores: f64,
 }
 
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
-}
-
 /// CPU (user + system) of the process's threads named `server` and of the whole process,
 /// or of process `pid`: from `/proc`, in clock ticks of 10 ms.
 fn cpu(pid: Option<u32>) -> (Duration, Duration) {
@@ -656,20 +649,12 @@ fn measure(
     latencies.sort_unstable();
     Ok(Measured {
         msgs_per_s: counted as f64 / secs,
-        p50_ms: percentile_ms(&latencies, 0.50),
-        p99_ms: percentile_ms(&latencies, 0.99),
+        p50_ms: im_benches::percentile_ms(&latencies, 0.50),
+        p99_ms: im_benches::percentile_ms(&latencies, 0.99),
         sent,
         server_cores: server_time / secs,
         generator_cores: generator_time / secs,
     })
-}
-
-fn runtime(name: &str, threads: Option<usize>) -> Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        builder.worker_threads(n);
-    }
-    builder.thread_name(name).enable_all().build().unwrap()
 }
 
 fn load_average() -> String {
@@ -715,9 +700,9 @@ fn main() {
     // shared with the generator, tokio's cross-thread wakeups cost more than the second
     // thread gives); `--server-threads` changes it. The second runtime has tokio's default
     // (one per core), for the row that shows what that costs.
-    let server_rt = runtime("server", Some(args.server_threads.unwrap_or(1)));
-    let server_rt2 = runtime("server", None);
-    let load_rt = runtime("load", None);
+    let server_rt = im_benches::runtime("server", Some(args.server_threads.unwrap_or(1)));
+    let server_rt2 = im_benches::runtime("server", None);
+    let load_rt = im_benches::runtime("load", None);
     println!(
         "vendor_compare: {} pairs × {} / {} pairs × {} in flight, 100-byte messages, closed \
          loop, {WARM_UP:?} warm-up then {} s measured, {} repetition(s); load average {}",

@@ -50,8 +50,6 @@ use im_service::{
 };
 use im_vendor_sim::{ReferenceServer, ServerConfig};
 
-use tokio::runtime::Runtime;
-
 /// Offline messages queued before the run, over [`HOLDERS`] users.
 const QUEUED: usize = 200_000;
 const HOLDERS: usize = 1_000;
@@ -327,15 +325,6 @@ fn raise_fd_limit(want: u64) -> Option<u64> {
     read().map(|(soft, _)| soft)
 }
 
-fn runtime(name: &str, threads: usize) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// CPU time (user + system) used so far by the threads named `name` (Linux `/proc`; zero
 /// elsewhere).
 fn cpu_of(name: &str) -> Duration {
@@ -414,9 +403,9 @@ fn main() {
     // Three runtimes, as three machines would be (on this one's cores): the server, the
     // pair's clients, and the attacker on one thread (it cannot take both cores from the
     // others by scheduling alone).
-    let server_rt = runtime("server", 2);
-    let load_rt = runtime("pair", 2);
-    let attacker_rt = runtime("attacker", 1);
+    let server_rt = im_benches::runtime("server", Some(2));
+    let load_rt = im_benches::runtime("pair", Some(2));
+    let attacker_rt = im_benches::runtime("attacker", Some(1));
     println!(
         "vendor_flood: load average {} at start, open-file limit {fd_limit:?}",
         load_average()

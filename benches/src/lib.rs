@@ -51,6 +51,33 @@ pub const HEAVY: Load = Load {
     in_flight: 10,
 };
 
+/// A multi-threaded tokio runtime whose threads are named `name` (so `/proc` tells their
+/// CPU time apart: the server's from the load generator's), with `worker_threads` workers
+/// (tokio's default, one per core, when `None`).
+///
+/// # Panics
+/// If the runtime cannot be built (a benchmark binary's way to fail).
+pub fn runtime(name: &str, worker_threads: Option<usize>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime {name}: {e}"))
+}
+
+/// The `p` quantile (0..=1, nearest rank) of `sorted` latencies, in milliseconds; NaN for
+/// none.
+pub fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+}
+
 /// Criterion's flags that take a value (`cargo xtask bench -- --save-baseline NAME` passes
 /// them to every benchmark binary): a figures-only binary skips each with its value, so the
 /// value is not read as a filter.
