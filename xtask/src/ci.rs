@@ -41,9 +41,12 @@ impl Steps {
         let outcome = f();
         let took = at.elapsed();
         println!(
-            "   ({name}: {} s; total {} s){}",
+            "   ({name}: {} s; total {} s{}){}",
             took.as_secs(),
             self.started.elapsed().as_secs(),
+            disk_report(&project_root().join("target"))
+                .map(|d| format!("; {d}"))
+                .unwrap_or_default(),
             if outcome.is_err() { " FAILED" } else { "" }
         );
         self.done.push((name.to_string(), took));
@@ -62,6 +65,31 @@ impl Steps {
         ));
         out
     }
+}
+
+/// "target N GB, M GB free": the build directory's size and the space left on its disk,
+/// printed after every step, because a clean-clone run once failed its last step on a full
+/// disk with nothing in the log to say how close the earlier steps had come. `None` where
+/// `du` or `df` is missing or the directory does not exist yet.
+pub fn disk_report(target: &Path) -> Option<String> {
+    let field = |program: &str, args: &[&str], line: usize, column: usize| -> Option<u64> {
+        let out = Command::new(program).args(args).arg(target).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        text.lines()
+            .nth(line)?
+            .split_whitespace()
+            .nth(column)?
+            .parse()
+            .ok()
+    };
+    let used_kib = field("du", &["-sk"], 0, 0)?;
+    let free_kib = field("df", &["-Pk"], 1, 3)?;
+    let gb = |kib: u64| kib as f64 / (1024.0 * 1024.0);
+    Some(format!(
+        "target {:.1} GB, {:.1} GB free",
+        gb(used_kib),
+        gb(free_kib)
+    ))
 }
 
 /// The vendor targets of the case library CI runs, in order.
@@ -687,6 +715,17 @@ mod tests {
         assert!(d.starts_with("line 2:"), "{d}");
         let d = first_difference("a\n", "a\nmore\n").unwrap_or_default();
         assert!(d.contains("<end>"), "{d}");
+    }
+
+    #[test]
+    fn the_disk_report_names_the_build_directory_and_the_free_space() {
+        let dir = project_root().join("xtask/src");
+        let report = disk_report(&dir).unwrap_or_default();
+        assert!(
+            report.starts_with("target ") && report.ends_with(" GB free"),
+            "{report}"
+        );
+        assert_eq!(disk_report(&project_root().join("no/such/dir")), None);
     }
 
     #[test]
