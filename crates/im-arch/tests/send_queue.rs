@@ -801,8 +801,43 @@ async fn conversation_settings_are_durable_when_the_call_returns() {
 /// through.
 struct HeldSends {
     inner: Arc<dyn Vendor>,
+    /// The inner vendor's, or those without `OrderedSends` (a vendor that cannot promise
+    /// the order of a conversation's sends).
+    caps: im_service::Capabilities,
     held: ConversationId,
     open: tokio::sync::watch::Receiver<bool>,
+    /// Sends (plain or pipelined) that reached the hold.
+    entered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HeldSends {
+    fn new(
+        inner: Arc<dyn Vendor>,
+        held: ConversationId,
+        open: tokio::sync::watch::Receiver<bool>,
+        ordered: bool,
+    ) -> Self {
+        let mut caps = inner.capabilities().clone();
+        if !ordered {
+            caps = caps.without(im_service::Capability::OrderedSends);
+        }
+        Self {
+            inner,
+            caps,
+            held,
+            open,
+            entered: Arc::default(),
+        }
+    }
+
+    async fn hold(&self, m: &im_service::OutgoingMessage) {
+        if m.conversation == self.held {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut open = self.open.clone();
+            let _ = open.wait_for(|o| *o).await;
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -811,7 +846,7 @@ impl Vendor for HeldSends {
         self.inner.name()
     }
     fn capabilities(&self) -> &im_service::Capabilities {
-        self.inner.capabilities()
+        &self.caps
     }
     fn take_events(&self) -> Option<im_service::EventStream> {
         self.inner.take_events()
@@ -826,11 +861,16 @@ impl Vendor for HeldSends {
         &self,
         m: &im_service::OutgoingMessage,
     ) -> im_service::Result<im_service::SendReceipt> {
-        if m.conversation == self.held {
-            let mut open = self.open.clone();
-            let _ = open.wait_for(|o| *o).await;
-        }
+        self.hold(m).await;
         self.inner.send(m).await
+    }
+    async fn send_after(
+        &self,
+        m: &im_service::OutgoingMessage,
+        after: &im_service::ClientMsgId,
+    ) -> im_service::Result<im_service::SendReceipt> {
+        self.hold(m).await;
+        self.inner.send_after(m, after).await
     }
     async fn pull_offline(&self, max: u32) -> im_service::Result<im_service::OfflineBatch> {
         self.inner.pull_offline(max).await
@@ -868,11 +908,7 @@ async fn a_hanging_send_holds_up_only_its_own_conversation() {
     let carol = w.vendor.register_user(&UserId::new("carol"));
     let to_carol = ConversationId::direct(&w.bob.user, &carol.user);
     let (release, open) = tokio::sync::watch::channel(false);
-    let vendor = HeldSends {
-        inner: Arc::new(w.vendor.client()),
-        held: w.conv.clone(),
-        open,
-    };
+    let vendor = HeldSends::new(Arc::new(w.vendor.client()), w.conv.clone(), open, true);
     let client = ImClient::builder(Arc::new(vendor), w.bob.clone())
         .config(config())
         .build();
@@ -908,5 +944,107 @@ async fn a_hanging_send_holds_up_only_its_own_conversation() {
     release.send_replace(true);
     status_of(&mut sub, &behind, sent).await;
     assert_eq!(bodies(&w), ["held", "behind"], "in queue order, once");
+    client.logout().await;
+}
+
+/// Issue 22: where the vendor keeps a conversation's sends in order (`OrderedSends`), they
+/// are in flight together, each naming the one before it; where it cannot, one at a time.
+/// Either way they are stored once each, in queue order.
+#[tokio::test(start_paused = true)]
+async fn a_conversations_sends_are_pipelined_only_where_the_vendor_keeps_them_in_order() {
+    for ordered in [true, false] {
+        let w = world();
+        let (release, open) = tokio::sync::watch::channel(false);
+        let vendor = HeldSends::new(Arc::new(w.vendor.client()), w.conv.clone(), open, ordered);
+        let entered = vendor.entered.clone();
+        let client = ImClient::builder(Arc::new(vendor), w.bob.clone())
+            .config(config())
+            .build();
+        let mut sub = client.subscribe();
+        client.login().await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(
+                client
+                    .send(w.conv.clone(), Content::text(format!("m{i}")))
+                    .await
+                    .unwrap(),
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            entered.load(std::sync::atomic::Ordering::SeqCst),
+            if ordered { 5 } else { 1 },
+            "sends of one conversation in flight at once (vendor keeps order: {ordered})"
+        );
+        release.send_replace(true);
+        status_of(&mut sub, &ids[4], sent).await;
+        assert_eq!(
+            bodies(&w),
+            ["m0", "m1", "m2", "m3", "m4"],
+            "stored once each, in queue order (vendor keeps order: {ordered})"
+        );
+        client.logout().await;
+    }
+}
+
+/// Class 3 with a window: the head is refused while the sends behind it are already on
+/// their way. The vendor refuses each of them by name (their predecessor is not stored),
+/// they stay queued as `Sending` behind the failed head, never stored before it, and go
+/// out in order once it is cancelled.
+#[tokio::test(start_paused = true)]
+async fn pipelined_sends_never_overtake_a_refused_head() {
+    let w = world();
+    let (release, open) = tokio::sync::watch::channel(false);
+    let vendor = HeldSends::new(Arc::new(w.vendor.client()), w.conv.clone(), open, true);
+    let entered = vendor.entered.clone();
+    let client = ImClient::builder(Arc::new(vendor), w.bob.clone())
+        .config(config())
+        .build();
+    let mut sub = client.subscribe();
+    client.login().await.unwrap();
+    w.vendor.fail_next(
+        VendorOp::Send,
+        1,
+        ServiceError::InvalidRequest("rejected".into()),
+    );
+    let mut ids = Vec::new();
+    for body in ["A", "B", "C"] {
+        ids.push(
+            client
+                .send(w.conv.clone(), Content::text(body))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        entered.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "all three on their way before the head's answer"
+    );
+    release.send_replace(true);
+    status_of(&mut sub, &ids[0], |s| {
+        matches!(s, SendStatus::Failed { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(bodies(&w).is_empty(), "nothing overtook the refused head");
+    let queue = client.outbox().await.unwrap();
+    assert_eq!(
+        queue
+            .iter()
+            .map(|i| (i.message.client_id.clone(), i.status == SendStatus::Sending))
+            .collect::<Vec<_>>(),
+        [
+            (ids[0].clone(), false),
+            (ids[1].clone(), true),
+            (ids[2].clone(), true)
+        ],
+        "the head failed, the rest still queued behind it"
+    );
+    client.cancel(&ids[0]).await.unwrap();
+    status_of(&mut sub, &ids[2], sent).await;
+    assert_eq!(bodies(&w), ["B", "C"], "the rest in order, once");
     client.logout().await;
 }

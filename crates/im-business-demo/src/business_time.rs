@@ -186,6 +186,18 @@ impl Vendor for BusinessTimeVendor {
         Ok(r)
     }
 
+    async fn send_after(
+        &self,
+        message: &OutgoingMessage,
+        after: &im_service::ClientMsgId,
+    ) -> im_service::Result<SendReceipt> {
+        let mut down = message.clone();
+        down.client_time = self.clock.to_vendor(message.client_time);
+        let mut r = self.inner.send_after(&down, after).await?;
+        r.server_time = self.clock.to_business(r.server_time);
+        Ok(r)
+    }
+
     async fn pull_offline(&self, max: u32) -> im_service::Result<OfflineBatch> {
         let mut b = self.inner.pull_offline(max).await?;
         b.messages = b

@@ -294,6 +294,16 @@ impl Vendor for QcVendor {
         self.timed(Op::Send, self.inner.send(message)).await
     }
 
+    async fn send_after(
+        &self,
+        message: &OutgoingMessage,
+        after: &im_service::ClientMsgId,
+    ) -> im_service::Result<SendReceipt> {
+        // A pipelined send is a send: the same operation's counts and latency.
+        self.timed(Op::Send, self.inner.send_after(message, after))
+            .await
+    }
+
     async fn pull_offline(&self, max: u32) -> im_service::Result<OfflineBatch> {
         self.timed(Op::Pull, self.inner.pull_offline(max)).await
     }

@@ -50,11 +50,16 @@ pub enum Capability {
     /// A client that was away can pull the changes and read receipts it missed
     /// ([`Vendor::pull_changes`](crate::Vendor::pull_changes)).
     ChangeFeed,
+    /// Sends may be pipelined within a conversation: a send that names the one it follows
+    /// ([`Vendor::send_after`](crate::Vendor::send_after)) is stored only after that one,
+    /// and refused with [`ServiceError::PredecessorNotStored`](crate::ServiceError::PredecessorNotStored)
+    /// when it is not stored, so nothing overtakes a send the vendor refused.
+    OrderedSends,
 }
 
 impl Capability {
     /// How many capabilities there are.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
 
     /// Every capability, in declaration order.
     pub const ALL: [Capability; Self::COUNT] = [
@@ -76,6 +81,7 @@ impl Capability {
         Capability::ReadReceiptEvents,
         Capability::MultiDevice,
         Capability::ChangeFeed,
+        Capability::OrderedSends,
     ];
 
     /// This capability's bit in [`Capabilities`]' feature set. Cannot overflow: the
@@ -245,7 +251,8 @@ mod tests {
             | Capability::DeleteForMe
             | Capability::ReadReceiptEvents
             | Capability::MultiDevice
-            | Capability::ChangeFeed => Capability::ALL.contains(&c),
+            | Capability::ChangeFeed
+            | Capability::OrderedSends => Capability::ALL.contains(&c),
         };
         assert!(Capability::ALL.into_iter().all(listed));
         let mut caps = Capabilities::none();

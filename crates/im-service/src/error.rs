@@ -115,6 +115,13 @@ pub enum ServiceError {
     /// Appended last, so the encodings of the other variants are unchanged.
     #[error("change refused: {0}")]
     ChangeRefused(crate::lifecycle::ChangeRefusal),
+    /// A pipelined send ([`Vendor::send_after`](crate::Vendor::send_after)) was refused
+    /// because the send it follows is not stored (refused, or not arrived yet). Nothing was
+    /// stored; send it again once that one is settled. Transient, but not for a blind retry:
+    /// the client layer re-queues it behind its predecessor instead. Appended last, so the
+    /// encodings of the other variants are unchanged.
+    #[error("the send {0} this one follows is not stored")]
+    PredecessorNotStored(crate::model::ClientMsgId),
 }
 
 impl ServiceError {
@@ -137,7 +144,8 @@ impl ServiceError {
             ServiceError::Timeout(_)
             | ServiceError::ConnectionLost(_)
             | ServiceError::Unavailable(_)
-            | ServiceError::Server { .. } => ErrorClass::Transient,
+            | ServiceError::Server { .. }
+            | ServiceError::PredecessorNotStored(_) => ErrorClass::Transient,
             ServiceError::NotLoggedIn
             | ServiceError::AuthFailed(_)
             | ServiceError::TokenExpired

@@ -147,6 +147,10 @@ pub enum VendorOp {
     MarkRead,
     /// [`Vendor::pull_changes`].
     PullChanges,
+    /// [`Vendor::send_after`], a pipelined send: failed apart from [`VendorOp::Send`], so
+    /// that "the next `n` sends fail" still means the head of a conversation's sends (the
+    /// one a client sends without naming a predecessor).
+    SendAfter,
 }
 
 /// The in-process vendor ("server side"). Cheap to clone; clones share all state.
@@ -336,6 +340,7 @@ impl MemoryVendor {
             .with(Capability::TokenExpiry)
             .with(Capability::Heartbeat)
             .with(Capability::IdempotentSend)
+            .with(Capability::OrderedSends)
             .with_retention(config.retention)
             .with_max_message_bytes(config.max_message_bytes);
         if config.multi_device {
@@ -1123,6 +1128,103 @@ fn in_range(m: &Message, range: &HistoryRange) -> bool {
     }
 }
 
+impl MemoryClient {
+    /// [`Vendor::send`], and [`Vendor::send_after`] when `after` is given: the duplicate
+    /// check first (a resend answers its receipt), then the predecessor check, then the
+    /// store, under the vendor's lock.
+    fn store_message(
+        &self,
+        message: &OutgoingMessage,
+        after: Option<&ClientMsgId>,
+    ) -> Result<SendReceipt> {
+        let max = self.vendor.inner.config.max_message_bytes;
+        let cap = self.vendor.inner.config.max_stored_messages;
+        let op = if after.is_some() {
+            VendorOp::SendAfter
+        } else {
+            VendorOp::Send
+        };
+        self.with_session(op, |st, session, now| {
+            let sender = Self::user_of(st, session)?;
+            let size = message.content.size();
+            if size > max {
+                return Err(E::MessageTooLarge { size, max });
+            }
+            if matches!(message.content, Content::Recalled { .. }) {
+                return Err(E::InvalidRequest(
+                    "a recalled message cannot be sent: use recall".into(),
+                ));
+            }
+            let recipients = members(st, &message.conversation)?;
+            if !is_member(st, &message.conversation, &sender) {
+                return Err(E::NotMember(message.conversation.clone()));
+            }
+            let key = (sender.clone(), message.client_id.clone());
+            let conv = st
+                .conversations
+                .entry(message.conversation.clone())
+                .or_default();
+            if let Some(existing) = conv.by_client.get(&key).and_then(|g| conv.messages.get(g)) {
+                return Ok(SendReceipt {
+                    server_id: existing.server_id.clone(),
+                    seq: existing.seq,
+                    server_time: existing.server_time,
+                    duplicate: true,
+                });
+            }
+            // A pipelined send is stored only behind the one it names: if that one was
+            // refused (or has not arrived), storing this one would let it overtake.
+            if let Some(after) = after
+                && !conv
+                    .by_client
+                    .contains_key(&(sender.clone(), after.clone()))
+            {
+                return Err(E::PredecessorNotStored(after.clone()));
+            }
+            st.next_global += 1;
+            let global = st.next_global;
+            let conv = st
+                .conversations
+                .entry(message.conversation.clone())
+                .or_default();
+            conv.next_seq += 1;
+            // Server time never goes backwards within a conversation, so time order and
+            // sequence order agree even if the vendor clock is set back.
+            let server_time = conv
+                .messages
+                .values()
+                .next_back()
+                .map_or(now, |last| last.server_time.max(now));
+            let stored = Message {
+                server_id: ServerMsgId::new(format!("m:{global}")),
+                client_id: message.client_id.clone(),
+                conversation: message.conversation.clone(),
+                sender: sender.clone(),
+                seq: Some(Seq(conv.next_seq)),
+                server_time,
+                client_time: message.client_time,
+                content: message.content.clone(),
+            };
+            conv.messages.insert(global, stored.clone());
+            conv.by_client.insert(key, global);
+            note_time(st, server_time);
+            st.log.insert(global, message.conversation.clone());
+            st.store_listeners
+                .retain(|l| l.send(stored.clone()).is_ok());
+            deliver(st, &stored, &recipients, session);
+            if let Some(cap) = cap {
+                enforce_cap(st, cap.max(1));
+            }
+            Ok(SendReceipt {
+                server_id: stored.server_id,
+                seq: stored.seq,
+                server_time,
+                duplicate: false,
+            })
+        })
+    }
+}
+
 #[async_trait]
 impl Vendor for MemoryClient {
     fn name(&self) -> &str {
@@ -1216,77 +1318,16 @@ impl Vendor for MemoryClient {
 
     #[tracing::instrument(level = "debug", skip_all, fields(vendor = "memory", client = self.id, conversation = %message.conversation, client_id = %message.client_id))]
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt> {
-        let max = self.vendor.inner.config.max_message_bytes;
-        let cap = self.vendor.inner.config.max_stored_messages;
-        self.with_session(VendorOp::Send, |st, session, now| {
-            let sender = Self::user_of(st, session)?;
-            let size = message.content.size();
-            if size > max {
-                return Err(E::MessageTooLarge { size, max });
-            }
-            if matches!(message.content, Content::Recalled { .. }) {
-                return Err(E::InvalidRequest(
-                    "a recalled message cannot be sent: use recall".into(),
-                ));
-            }
-            let recipients = members(st, &message.conversation)?;
-            if !is_member(st, &message.conversation, &sender) {
-                return Err(E::NotMember(message.conversation.clone()));
-            }
-            let key = (sender.clone(), message.client_id.clone());
-            let conv = st
-                .conversations
-                .entry(message.conversation.clone())
-                .or_default();
-            if let Some(existing) = conv.by_client.get(&key).and_then(|g| conv.messages.get(g)) {
-                return Ok(SendReceipt {
-                    server_id: existing.server_id.clone(),
-                    seq: existing.seq,
-                    server_time: existing.server_time,
-                    duplicate: true,
-                });
-            }
-            st.next_global += 1;
-            let global = st.next_global;
-            let conv = st
-                .conversations
-                .entry(message.conversation.clone())
-                .or_default();
-            conv.next_seq += 1;
-            // Server time never goes backwards within a conversation, so time order and
-            // sequence order agree even if the vendor clock is set back.
-            let server_time = conv
-                .messages
-                .values()
-                .next_back()
-                .map_or(now, |last| last.server_time.max(now));
-            let stored = Message {
-                server_id: ServerMsgId::new(format!("m:{global}")),
-                client_id: message.client_id.clone(),
-                conversation: message.conversation.clone(),
-                sender: sender.clone(),
-                seq: Some(Seq(conv.next_seq)),
-                server_time,
-                client_time: message.client_time,
-                content: message.content.clone(),
-            };
-            conv.messages.insert(global, stored.clone());
-            conv.by_client.insert(key, global);
-            note_time(st, server_time);
-            st.log.insert(global, message.conversation.clone());
-            st.store_listeners
-                .retain(|l| l.send(stored.clone()).is_ok());
-            deliver(st, &stored, &recipients, session);
-            if let Some(cap) = cap {
-                enforce_cap(st, cap.max(1));
-            }
-            Ok(SendReceipt {
-                server_id: stored.server_id,
-                seq: stored.seq,
-                server_time,
-                duplicate: false,
-            })
-        })
+        self.store_message(message, None)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(vendor = "memory", client = self.id, conversation = %message.conversation, client_id = %message.client_id))]
+    async fn send_after(
+        &self,
+        message: &OutgoingMessage,
+        after: &ClientMsgId,
+    ) -> Result<SendReceipt> {
+        self.store_message(message, Some(after))
     }
 
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch> {

@@ -7,13 +7,14 @@ use async_trait::async_trait;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::KickReason;
 use crate::lifecycle::{ChangeBatch, ChangeCursor, LifecyclePolicy, MessageChange, ReadReceipt};
 use crate::model::{
-    Content, ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp, Token, UserId,
+    ClientMsgId, Content, ConversationId, Message, OutgoingMessage, Seq, ServerMsgId, Timestamp,
+    Token, UserId,
 };
+use crate::{Result, ServiceError};
 
 /// What a client logs in with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +267,25 @@ pub trait Vendor: Send + Sync {
     /// `duplicate = true`.
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt>;
 
+    /// Sends a message that must be stored after `after`, an earlier send of this user in
+    /// the same conversation that may still be on its way ([`Capability::OrderedSends`]).
+    /// The vendor stores it only once `after` is stored, and otherwise refuses it with
+    /// [`ServiceError::PredecessorNotStored`], storing nothing: a client may then keep
+    /// several sends of one conversation in flight without any of them overtaking one the
+    /// vendor refused. Idempotent by `client_id` as [`send`](Vendor::send) is (a resend of
+    /// a stored message answers its receipt whatever `after` says).
+    ///
+    /// The default refuses with `Unsupported(OrderedSends)`: a vendor without the
+    /// capability cannot promise the order.
+    async fn send_after(
+        &self,
+        message: &OutgoingMessage,
+        after: &ClientMsgId,
+    ) -> Result<SendReceipt> {
+        let _ = (message, after);
+        Err(ServiceError::Unsupported(Capability::OrderedSends))
+    }
+
     /// Pulls the newest queued offline messages, at most `max` (capped by the vendor).
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch>;
 
@@ -294,7 +314,7 @@ pub trait Vendor: Send + Sync {
     /// Recalls the caller's message `target` for everyone, within the recall window.
     /// Returns the change as stored (also pushed to the conversation's other members and
     /// the caller's other devices). Vendors without [`Capability::Recall`] fail with
-    /// `Unsupported`; a refused recall is [`ServiceError::ChangeRefused`](crate::ServiceError::ChangeRefused).
+    /// `Unsupported`; a refused recall is [`ServiceError::ChangeRefused`].
     async fn recall(
         &self,
         conversation: &ConversationId,

@@ -26,8 +26,8 @@ use im_service::reference::protocol::DEFAULT_MAX_FRAME_LEN;
 use im_service::reference::{ClientFrame, Reply, Request, ServerFrame, WireCodec};
 use im_service::webhook::{self, CallbackPayload, WebhookError};
 use im_service::{
-    Capability, ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, Content, Credentials,
-    EditPermission, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, KickReason,
+    Capability, ChangeBatch, ChangeCursor, ChangeKind, ChangeRefusal, ClientMsgId, Content,
+    Credentials, EditPermission, HistoryPage, HistoryQuery, HistoryRange, HistoryScope, KickReason,
     LifecyclePolicy, MessageChange, OfflineAck, OfflineBatch, PageCursor, ReadReceipt, SendReceipt,
     Seq, ServerMsgId, ServiceError, Session, Token, VendorEvent,
 };
@@ -179,6 +179,7 @@ fn request() -> impl Strategy<Value = Request> {
         (conversation(), id()).prop_map(|(c, i)| Request::DeleteForMe(c, ServerMsgId::new(i))),
         (proptest::option::of(change_cursor()), any::<u32>())
             .prop_map(|(since, max)| Request::PullChanges(since, max)),
+        (outgoing(), id()).prop_map(|(m, after)| Request::SendAfter(m, ClientMsgId::new(after))),
     ];
     let v1 = prop_oneof![
         (user(), text()).prop_map(|(user, t)| Request::Login(Credentials {
@@ -247,6 +248,7 @@ fn service_error() -> impl Strategy<Value = ServiceError> {
         text().prop_map(ServiceError::Protocol),
         codec_error().prop_map(ServiceError::Codec),
         change_refusal().prop_map(ServiceError::ChangeRefused),
+        id().prop_map(|i| ServiceError::PredecessorNotStored(ClientMsgId::new(i))),
     ];
     prop_oneof![simple, more]
 }

@@ -229,6 +229,10 @@ fn check_protocol_v2(f: &mut Fixtures, v: &str) {
             Request::PullChanges(Some(ChangeCursor(vec![1, 2, 3])), 200),
         ),
         ("pull_changes_from_end", Request::PullChanges(None, 0)),
+        (
+            "send_after",
+            Request::SendAfter(outgoing(), ClientMsgId::new("cli-0001")),
+        ),
     ];
     for (id, (kind, request)) in (11u64..).zip(requests) {
         let frame = ClientFrame::Request {
@@ -259,6 +263,12 @@ fn check_protocol_v2(f: &mut Fixtures, v: &str) {
         (
             "change_not_allowed",
             Err(ServiceError::ChangeRefused(ChangeRefusal::NotAllowed)),
+        ),
+        (
+            "predecessor_not_stored",
+            Err(ServiceError::PredecessorNotStored(ClientMsgId::new(
+                "cli-0001",
+            ))),
         ),
     ];
     for (id, (kind, result)) in (11u64..).zip(replies) {

@@ -169,6 +169,17 @@ impl<V: Vendor + 'static> FaultyVendor<V> {
         self.delay().await;
         self.failures.take(op).map_or(Ok(()), Err)
     }
+
+    /// A stored send whose receipt is lost, while [`FaultyVendor::lose_send_acks`] has some left:
+    /// the caller sees a connection loss, the message is stored.
+    fn lose_ack(&self, receipt: SendReceipt) -> Result<SendReceipt, ServiceError> {
+        let mut lost = self.lost_acks.lock();
+        if *lost > 0 {
+            *lost -= 1;
+            return Err(ServiceError::ConnectionLost("acknowledgement lost".into()));
+        }
+        Ok(receipt)
+    }
 }
 
 /// State of the faulty event stream.
@@ -270,12 +281,18 @@ impl<V: Vendor + 'static> Vendor for FaultyVendor<V> {
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ServiceError> {
         self.before(VendorOp::Send).await?;
         let receipt = self.inner.send(message).await?;
-        let mut lost = self.lost_acks.lock();
-        if *lost > 0 {
-            *lost -= 1;
-            return Err(ServiceError::ConnectionLost("acknowledgement lost".into()));
-        }
-        Ok(receipt)
+        self.lose_ack(receipt)
+    }
+
+    /// A pipelined send: its own faults ([`VendorOp::SendAfter`]), the same lost receipts.
+    async fn send_after(
+        &self,
+        message: &OutgoingMessage,
+        after: &im_service::ClientMsgId,
+    ) -> Result<SendReceipt, ServiceError> {
+        self.before(VendorOp::SendAfter).await?;
+        let receipt = self.inner.send_after(message, after).await?;
+        self.lose_ack(receipt)
     }
 
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch, ServiceError> {

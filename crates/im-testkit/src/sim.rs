@@ -81,12 +81,14 @@ pub enum SimOp {
     PullHistory,
     /// Heartbeat.
     Ping,
-    /// Sending.
+    /// Sending (a conversation's head, or a send while none is in flight).
     Send,
+    /// A pipelined send, behind another in flight in its conversation.
+    SendAfter,
 }
 
 impl SimOp {
-    const ALL: [SimOp; 7] = [
+    const ALL: [SimOp; 8] = [
         SimOp::Login,
         SimOp::PullOffline,
         SimOp::AckOffline,
@@ -94,6 +96,7 @@ impl SimOp {
         SimOp::PullHistory,
         SimOp::Ping,
         SimOp::Send,
+        SimOp::SendAfter,
     ];
 
     fn vendor_op(self) -> VendorOp {
@@ -105,6 +108,7 @@ impl SimOp {
             SimOp::PullHistory => VendorOp::PullHistory,
             SimOp::Ping => VendorOp::Ping,
             SimOp::Send => VendorOp::Send,
+            SimOp::SendAfter => VendorOp::SendAfter,
         }
     }
 }

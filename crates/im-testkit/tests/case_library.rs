@@ -280,6 +280,20 @@ impl Vendor for Broken {
             _ => self.inner.send(m).await,
         }
     }
+    async fn send_after(
+        &self,
+        m: &OutgoingMessage,
+        after: &ClientMsgId,
+    ) -> im_service::Result<SendReceipt> {
+        match self.sabotage {
+            Sabotage::ForgetClientIds => {
+                let mut m = m.clone();
+                m.client_id = ClientMsgId::new(format!("x{}", rand_suffix()));
+                self.inner.send_after(&m, after).await
+            }
+            _ => self.inner.send_after(m, after).await,
+        }
+    }
     async fn pull_offline(&self, max: u32) -> im_service::Result<OfflineBatch> {
         let mut batch = self.inner.pull_offline(max).await?;
         if let Sabotage::LoseOfflineMessage = self.sabotage {

@@ -701,6 +701,10 @@ async fn handle(
             }
             Request::Logout => (client.logout().await.map(|()| Reply::Done), Flow::Close),
             Request::Send(m) => (client.send(&m).await.map(Reply::Receipt), Flow::Continue),
+            Request::SendAfter(m, after) => (
+                client.send_after(&m, &after).await.map(Reply::Receipt),
+                Flow::Continue,
+            ),
             Request::PullOffline(max) => (
                 client.pull_offline(max).await.map(Reply::Offline),
                 Flow::Continue,

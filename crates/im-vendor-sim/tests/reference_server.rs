@@ -472,3 +472,87 @@ async fn live_exchange_between_two_users() {
         assert!(r.seq > q.seq);
     }
 }
+
+/// Pipelined sends over the wire ([`Capability::OrderedSends`]): a send naming a
+/// predecessor that is not stored is refused and stores nothing, even when both are in
+/// flight at once on the connection; one naming a stored predecessor is stored after it; a
+/// resend of a stored message answers its receipt whatever it names.
+#[tokio::test]
+async fn a_pipelined_send_is_stored_only_behind_its_predecessor() {
+    use im_service::{Capability, ClientMsgId, Content, Timestamp};
+    let (server, vendor) = server(ServerConfig::default()).await;
+    let (a, b, conv) = users(&server);
+    let (alice, _alice_events) = online(&vendor, &a).await;
+    assert!(
+        alice.capabilities().supports(Capability::OrderedSends),
+        "the server declares OrderedSends"
+    );
+    let (_bob, mut bob_events) = online(&vendor, &b).await;
+
+    // A head the server refuses (a recalled placeholder cannot be sent), and a follower
+    // sent in the same breath: the follower must not overtake it.
+    let mut head = text(&conv, "head");
+    head.content = Content::Recalled {
+        by: UserId::new("alice"),
+        at: Timestamp::from_millis(0),
+    };
+    let follower = text(&conv, "follower");
+    let (head_result, follower_result) = tokio::join!(
+        alice.send(&head),
+        alice.send_after(&follower, &head.client_id)
+    );
+    assert!(
+        matches!(head_result, Err(ServiceError::InvalidRequest(_))),
+        "the head is refused: {head_result:?}"
+    );
+    assert_eq!(
+        follower_result,
+        Err(ServiceError::PredecessorNotStored(head.client_id.clone())),
+        "a follower of a refused head is refused by name"
+    );
+    // A predecessor nobody sent: refused too.
+    let stray = text(&conv, "stray");
+    assert!(matches!(
+        alice
+            .send_after(&stray, &ClientMsgId::new("never-sent"))
+            .await,
+        Err(ServiceError::PredecessorNotStored(_))
+    ));
+
+    // A stored head: three followers pipelined behind it are stored in order.
+    let first = text(&conv, "m0");
+    let rest: Vec<_> = (1..4).map(|i| text(&conv, &format!("m{i}"))).collect();
+    let (r0, r1, r2, r3) = tokio::join!(
+        alice.send(&first),
+        alice.send_after(&rest[0], &first.client_id),
+        alice.send_after(&rest[1], &rest[0].client_id),
+        alice.send_after(&rest[2], &rest[1].client_id),
+    );
+    let seqs: Vec<_> = [r0, r1, r2, r3]
+        .into_iter()
+        .map(|r| r.expect("stored").seq)
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "stored in order: {seqs:?}"
+    );
+    // A resend of a stored follower is its receipt, whatever it names.
+    let again = alice
+        .send_after(&rest[2], &ClientMsgId::new("never-sent"))
+        .await
+        .expect("a resend of a stored message");
+    assert!(again.duplicate, "the resend is a duplicate");
+
+    // Bob got exactly m0..m3: nothing refused was stored or pushed.
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(next_push(&mut bob_events).await.content);
+    }
+    let want: Vec<Content> = (0..4).map(|i| Content::text(format!("m{i}"))).collect();
+    assert_eq!(got, want, "bob sees m0..m3, in order");
+    let page = alice
+        .pull_history(&HistoryQuery::latest(conv.clone(), 50))
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 4, "only the four stored: {page:?}");
+}

@@ -30,7 +30,7 @@ use super::protocol::{
 use crate::capabilities::{Capabilities, Capability};
 use crate::codec::CodecError;
 use crate::lifecycle::{ChangeBatch, ChangeCursor, LifecyclePolicy, MessageChange};
-use crate::model::{Content, ConversationId, OutgoingMessage, ServerMsgId};
+use crate::model::{ClientMsgId, Content, ConversationId, OutgoingMessage, ServerMsgId};
 use crate::vendor::{
     Credentials, EventStream, HistoryPage, HistoryQuery, OfflineAck, OfflineBatch, SendReceipt,
     Session, Vendor, VendorEvent,
@@ -514,6 +514,26 @@ impl Vendor for ReferenceClient {
             return Err(E::MessageTooLarge { size, max });
         }
         match self.call(Request::Send(message.clone())).await? {
+            Reply::Receipt(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn send_after(
+        &self,
+        message: &OutgoingMessage,
+        after: &ClientMsgId,
+    ) -> Result<SendReceipt> {
+        self.require(Capability::OrderedSends)?;
+        let max = self.vendor.capabilities.max_message_bytes;
+        let size = message.content.size();
+        if size > max {
+            return Err(E::MessageTooLarge { size, max });
+        }
+        match self
+            .call(Request::SendAfter(message.clone(), after.clone()))
+            .await?
+        {
             Reply::Receipt(r) => Ok(r),
             other => Err(unexpected(other)),
         }

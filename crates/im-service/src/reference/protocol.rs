@@ -25,7 +25,7 @@ use crate::ServiceError;
 use crate::capabilities::Capabilities;
 use crate::codec::{self, CodecError};
 use crate::lifecycle::{ChangeBatch, ChangeCursor, LifecyclePolicy, MessageChange};
-use crate::model::{Content, ConversationId, OutgoingMessage, ServerMsgId};
+use crate::model::{ClientMsgId, Content, ConversationId, OutgoingMessage, ServerMsgId};
 use crate::vendor::{
     Credentials, HistoryPage, HistoryQuery, OfflineAck, OfflineBatch, SendReceipt, Session,
     VendorEvent,
@@ -104,6 +104,11 @@ pub enum Request {
     /// Pull the change feed after a cursor, at most this many entries (version 2);
     /// answered with [`Reply::Changes`].
     PullChanges(Option<ChangeCursor>, u32),
+    /// Store and deliver a message only after the earlier send it names
+    /// ([`Vendor::send_after`](crate::Vendor::send_after), [`Capability::OrderedSends`](crate::Capability::OrderedSends));
+    /// answered like `Send`. Appended last: a server without it never advertises the
+    /// capability, so a client never sends it there.
+    SendAfter(OutgoingMessage, ClientMsgId),
 }
 
 impl Request {
@@ -123,6 +128,7 @@ impl Request {
             Request::Edit(..) => "edit",
             Request::DeleteForMe(..) => "delete_for_me",
             Request::PullChanges(..) => "pull_changes",
+            Request::SendAfter(..) => "send_after",
         }
     }
 }
@@ -134,7 +140,7 @@ pub enum Reply {
     Session(Session),
     /// To `Logout`, `AckOffline`, `GoOnline`, `MarkRead`.
     Done,
-    /// To `Send`.
+    /// To `Send` and `SendAfter`.
     Receipt(SendReceipt),
     /// To `PullOffline`.
     Offline(OfflineBatch),

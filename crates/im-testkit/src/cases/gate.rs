@@ -170,6 +170,15 @@ impl Vendor for GatedVendor {
         self.inner.send(message).await
     }
 
+    async fn send_after(
+        &self,
+        message: &OutgoingMessage,
+        after: &im_service::ClientMsgId,
+    ) -> Result<SendReceipt, ServiceError> {
+        self.record(GateCall::Send);
+        self.inner.send_after(message, after).await
+    }
+
     async fn pull_offline(&self, max: u32) -> Result<OfflineBatch, ServiceError> {
         self.inner.pull_offline(max).await
     }

@@ -93,7 +93,7 @@ struct Args {
     ignore_heartbeats: bool,
     /// Fault: fail the next COUNT requests of OP with an error of CLASS, as
     /// `OP:COUNT:CLASS` (OP: login, send, pull-offline, ack-offline, go-online, pull-history,
-    /// ping, change (recall, edit, delete for me), mark-read, pull-changes; CLASS: transient,
+    /// ping, change (recall, edit, delete for me), mark-read, pull-changes, send-after (a pipelined send); CLASS: transient,
     /// rate-limited, permanent). Repeatable.
     #[arg(long)]
     fail_next: Vec<String>,
@@ -212,6 +212,7 @@ fn parse_fail_next(spec: &str) -> Result<(VendorOp, u32, ServiceError)> {
         "change" => VendorOp::Change,
         "mark-read" => VendorOp::MarkRead,
         "pull-changes" => VendorOp::PullChanges,
+        "send-after" => VendorOp::SendAfter,
         other => bail!("unknown operation {other:?}"),
     };
     let error = match class {
