@@ -161,7 +161,10 @@ fn bench(c: &mut Criterion) {
             |messages| {
                 rt.block_on(async {
                     for m in messages {
-                        direct.store("reference", std::slice::from_ref(&m)).unwrap();
+                        direct
+                            .store("reference", std::slice::from_ref(&m))
+                            .await
+                            .unwrap();
                         direct.flush().await.unwrap();
                     }
                 })

@@ -132,12 +132,12 @@ impl Shared {
             .ok_or(ArchiveError::Unauthorized)
     }
 
-    fn may_read(&self, user: &UserId, c: &ConversationId) -> Result<bool, ArchiveError> {
+    async fn may_read(&self, user: &UserId, c: &ConversationId) -> Result<bool, ArchiveError> {
         Ok(match c {
             ConversationId::Direct { .. } => c.is_direct_member(user),
             ConversationId::Group(g) => {
                 self.groups.get(g).is_some_and(|m| m.contains(user))
-                    || self.store.is_known_member(user, c)?
+                    || self.store.is_known_member(user, c).await?
             }
         })
     }
@@ -174,7 +174,7 @@ async fn callback(
     }
     let m = &payload.message;
     tracing::Span::current().record("conversation", tracing::field::display(&m.conversation));
-    let stored = shared.store.store(&vendor, std::slice::from_ref(m))?;
+    let stored = shared.store.store(&vendor, std::slice::from_ref(m)).await?;
     // Durable before the acknowledgement: a crash after this line is answered by the
     // vendor's retry, which is then a duplicate.
     shared.store.flush().await?;
@@ -196,7 +196,7 @@ async fn changed(
         "conversation",
         tracing::field::display(&change.conversation),
     );
-    let stored = shared.store.change(vendor, change)?;
+    let stored = shared.store.change(vendor, change).await?;
     shared.store.flush().await?;
     tracing::debug!(
         %vendor,
@@ -232,23 +232,26 @@ async fn history(
         )));
     }
     let before = p.page_cursor().map(|c| Position::parse(&c)).transpose()?;
-    if !shared.store.knows(&conversation)? {
+    if !shared.store.knows(&conversation).await? {
         return Err(ArchiveError::UnknownConversation(conversation.to_string()));
     }
-    if !shared.may_read(&user, &conversation)? {
+    if !shared.may_read(&user, &conversation).await? {
         return Err(ArchiveError::Forbidden {
             user: user.to_string(),
             conversation: conversation.to_string(),
         });
     }
     let (from, to) = p.time_range();
-    let page = shared.store.page(&PageQuery {
-        conversation,
-        from,
-        to,
-        before,
-        limit: limit as usize,
-    })?;
+    let page = shared
+        .store
+        .page(&PageQuery {
+            conversation,
+            from,
+            to,
+            before,
+            limit: limit as usize,
+        })
+        .await?;
     Ok(axum::Json(HistoryPage {
         messages: page.messages,
         next: page.next.map(|p| p.cursor()),
@@ -261,10 +264,10 @@ async fn conversations(
     headers: HeaderMap,
 ) -> Result<axum::Json<Vec<String>>, ArchiveError> {
     let user = shared.user(&headers)?;
-    let mut all: Vec<ConversationId> = shared.store.conversations_of(&user)?;
+    let mut all: Vec<ConversationId> = shared.store.conversations_of(&user).await?;
     for (g, members) in &shared.groups {
         let c = ConversationId::Group(g.clone());
-        if members.contains(&user) && !all.contains(&c) && shared.store.knows(&c)? {
+        if members.contains(&user) && !all.contains(&c) && shared.store.knows(&c).await? {
             all.push(c);
         }
     }

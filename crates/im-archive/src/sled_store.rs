@@ -288,6 +288,21 @@ impl SledArchive {
         Ok(out)
     }
 
+    /// Messages stored (the count entry), read synchronously: [`ArchiveStore::store`]
+    /// reads it under the write lock, which is never held across an await.
+    fn count(&self) -> Result<u64, ArchiveError> {
+        Ok(match self.tree.get(COUNT)? {
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| ArchiveError::Corrupt {
+                    key: "#count".into(),
+                    reason: format!("{} bytes, expected 8", v.len()),
+                })?;
+                u64::from_be_bytes(bytes)
+            }
+            None => 0,
+        })
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, ArchiveError> {
         codec::decode(value).map_err(|e| ArchiveError::Corrupt {
             key: hex(key),
@@ -298,7 +313,7 @@ impl SledArchive {
 
 #[async_trait]
 impl ArchiveStore for SledArchive {
-    fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
+    async fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
         if let Some(m) = messages
             .iter()
             .find(|m| m.conversation.to_string().len() > usize::from(u16::MAX))
@@ -308,7 +323,7 @@ impl ArchiveStore for SledArchive {
                 m.conversation.to_string().len()
             )));
         }
-        // Held for this synchronous call only (never across an await).
+        // Held across no await (this body never awaits).
         let _writer = self.write.lock();
         let mut batch = sled::Batch::default();
         let mut out = Vec::with_capacity(messages.len());
@@ -340,7 +355,7 @@ impl ArchiveStore for SledArchive {
             out.push(Stored::New);
         }
         if added > 0 {
-            let count = self.len()? + added;
+            let count = self.count()? + added;
             batch.insert(COUNT, &count.to_be_bytes());
             self.tree.apply_batch(batch)?;
             self.durability.written.fetch_add(1, Ordering::SeqCst);
@@ -348,12 +363,16 @@ impl ArchiveStore for SledArchive {
         Ok(out)
     }
 
-    fn change(&self, vendor: &str, change: &MessageChange) -> Result<ChangeStored, ArchiveError> {
+    async fn change(
+        &self,
+        vendor: &str,
+        change: &MessageChange,
+    ) -> Result<ChangeStored, ArchiveError> {
         let mut key = change_prefix(vendor, &change.target).ok_or_else(|| {
             ArchiveError::BadRequest("vendor name or message id too long for a key".into())
         })?;
         key.extend_from_slice(&change.revision.to_be_bytes());
-        // Held for this synchronous call only (never across an await).
+        // Held across no await (this body never awaits).
         let _writer = self.write.lock();
         if self.tree.contains_key(&key)? {
             return Ok(ChangeStored::Duplicate);
@@ -404,7 +423,7 @@ impl ArchiveStore for SledArchive {
         Ok(outcome)
     }
 
-    fn changes_of(
+    async fn changes_of(
         &self,
         vendor: &str,
         target: &ServerMsgId,
@@ -412,7 +431,7 @@ impl ArchiveStore for SledArchive {
         self.log(vendor, target)
     }
 
-    fn original(
+    async fn original(
         &self,
         vendor: &str,
         target: &ServerMsgId,
@@ -447,7 +466,7 @@ impl ArchiveStore for SledArchive {
         Ok(())
     }
 
-    fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
+    async fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
         let empty = StoredPage {
             messages: Vec::new(),
             next: None,
@@ -478,13 +497,13 @@ impl ArchiveStore for SledArchive {
         Ok(finish_page(&mut hits, q.limit))
     }
 
-    fn knows(&self, conversation: &ConversationId) -> Result<bool, ArchiveError> {
+    async fn knows(&self, conversation: &ConversationId) -> Result<bool, ArchiveError> {
         Ok(self
             .tree
             .contains_key(tagged(CONVERSATIONS, &conversation.to_string()))?)
     }
 
-    fn is_known_member(
+    async fn is_known_member(
         &self,
         user: &UserId,
         conversation: &ConversationId,
@@ -492,7 +511,7 @@ impl ArchiveStore for SledArchive {
         Ok(self.tree.contains_key(user_key(user, conversation))?)
     }
 
-    fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, ArchiveError> {
+    async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, ArchiveError> {
         let mut prefix = tagged(USERS, user.as_str());
         prefix.push(0);
         let mut out = Vec::new();
@@ -513,17 +532,8 @@ impl ArchiveStore for SledArchive {
         Ok(out)
     }
 
-    fn len(&self) -> Result<u64, ArchiveError> {
-        Ok(match self.tree.get(COUNT)? {
-            Some(v) => {
-                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| ArchiveError::Corrupt {
-                    key: "#count".into(),
-                    reason: format!("{} bytes, expected 8", v.len()),
-                })?;
-                u64::from_be_bytes(bytes)
-            }
-            None => 0,
-        })
+    async fn len(&self) -> Result<u64, ArchiveError> {
+        self.count()
     }
 }
 

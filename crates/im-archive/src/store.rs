@@ -186,17 +186,21 @@ pub fn members_of(m: &Message) -> Vec<UserId> {
 #[async_trait]
 pub trait ArchiveStore: Send + Sync + 'static {
     /// Stores each message of `vendor` not stored before, atomically per call.
-    fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError>;
+    async fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError>;
 
     /// Records `change` of a message of `vendor` once and, when the message is archived,
     /// shows the message with its whole change log applied in revision order (see the
     /// module doc), atomically. A change naming another conversation than
     /// its archived message is refused ([`ArchiveError::BadRequest`]) and nothing is kept.
-    fn change(&self, vendor: &str, change: &MessageChange) -> Result<ChangeStored, ArchiveError>;
+    async fn change(
+        &self,
+        vendor: &str,
+        change: &MessageChange,
+    ) -> Result<ChangeStored, ArchiveError>;
 
     /// The changes recorded for `vendor`'s message `target`, in revision order (applied,
     /// superseded or pending alike).
-    fn changes_of(
+    async fn changes_of(
         &self,
         vendor: &str,
         target: &ServerMsgId,
@@ -204,34 +208,37 @@ pub trait ArchiveStore: Send + Sync + 'static {
 
     /// `vendor`'s message `target` as it was first archived, before any change (`None` if it
     /// is not archived).
-    fn original(&self, vendor: &str, target: &ServerMsgId)
-    -> Result<Option<Message>, ArchiveError>;
+    async fn original(
+        &self,
+        vendor: &str,
+        target: &ServerMsgId,
+    ) -> Result<Option<Message>, ArchiveError>;
 
     /// Makes everything stored so far survive a crash.
     async fn flush(&self) -> Result<(), ArchiveError>;
 
     /// One page, newest first.
-    fn page(&self, query: &PageQuery) -> Result<StoredPage, ArchiveError>;
+    async fn page(&self, query: &PageQuery) -> Result<StoredPage, ArchiveError>;
 
     /// Whether anything of `conversation` is stored.
-    fn knows(&self, conversation: &ConversationId) -> Result<bool, ArchiveError>;
+    async fn knows(&self, conversation: &ConversationId) -> Result<bool, ArchiveError>;
 
     /// Whether stored messages make `user` a member of `conversation` (see [`members_of`]).
-    fn is_known_member(
+    async fn is_known_member(
         &self,
         user: &UserId,
         conversation: &ConversationId,
     ) -> Result<bool, ArchiveError>;
 
     /// The conversations stored messages make `user` a member of, sorted.
-    fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, ArchiveError>;
+    async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, ArchiveError>;
 
     /// Messages stored.
-    fn len(&self) -> Result<u64, ArchiveError>;
+    async fn len(&self) -> Result<u64, ArchiveError>;
 
     /// Whether nothing is stored.
-    fn is_empty(&self) -> Result<bool, ArchiveError> {
-        Ok(self.len()? == 0)
+    async fn is_empty(&self) -> Result<bool, ArchiveError> {
+        Ok(self.len().await? == 0)
     }
 }
 
@@ -268,7 +275,7 @@ impl MemoryArchive {
 
 #[async_trait]
 impl ArchiveStore for MemoryArchive {
-    fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
+    async fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
         let mut st = self.state();
         Ok(messages
             .iter()
@@ -298,7 +305,11 @@ impl ArchiveStore for MemoryArchive {
             .collect())
     }
 
-    fn change(&self, vendor: &str, change: &MessageChange) -> Result<ChangeStored, ArchiveError> {
+    async fn change(
+        &self,
+        vendor: &str,
+        change: &MessageChange,
+    ) -> Result<ChangeStored, ArchiveError> {
         let mut st = self.state();
         let id = (vendor.to_owned(), change.target.clone());
         let original = st.ids.get(&id).cloned();
@@ -331,7 +342,7 @@ impl ArchiveStore for MemoryArchive {
         Ok(outcome(changed, newest, change.revision))
     }
 
-    fn changes_of(
+    async fn changes_of(
         &self,
         vendor: &str,
         target: &ServerMsgId,
@@ -344,7 +355,7 @@ impl ArchiveStore for MemoryArchive {
             .unwrap_or_default())
     }
 
-    fn original(
+    async fn original(
         &self,
         vendor: &str,
         target: &ServerMsgId,
@@ -360,7 +371,7 @@ impl ArchiveStore for MemoryArchive {
         Ok(())
     }
 
-    fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
+    async fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
         let st = self.state();
         let Some(conv) = st.messages.get(&q.conversation) else {
             return Ok(StoredPage {
@@ -378,11 +389,11 @@ impl ArchiveStore for MemoryArchive {
         Ok(finish_page(&mut hits, q.limit))
     }
 
-    fn knows(&self, conversation: &ConversationId) -> Result<bool, ArchiveError> {
+    async fn knows(&self, conversation: &ConversationId) -> Result<bool, ArchiveError> {
         Ok(self.state().messages.contains_key(conversation))
     }
 
-    fn is_known_member(
+    async fn is_known_member(
         &self,
         user: &UserId,
         conversation: &ConversationId,
@@ -393,7 +404,7 @@ impl ArchiveStore for MemoryArchive {
             .contains(&(user.clone(), conversation.clone())))
     }
 
-    fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, ArchiveError> {
+    async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, ArchiveError> {
         Ok(self
             .state()
             .members
@@ -403,7 +414,7 @@ impl ArchiveStore for MemoryArchive {
             .collect())
     }
 
-    fn len(&self) -> Result<u64, ArchiveError> {
+    async fn len(&self) -> Result<u64, ArchiveError> {
         Ok(self.state().count)
     }
 }

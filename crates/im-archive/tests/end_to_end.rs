@@ -353,11 +353,15 @@ async fn edits_and_recalls_made_through_the_vendor_show_in_the_archive() {
     assert_eq!(
         store
             .original("reference", &sent[0])
+            .await
             .unwrap()
             .map(|m| m.content),
         Some(im_service::Content::text("message 0"))
     );
-    assert_eq!(store.changes_of("reference", &sent[0]).unwrap().len(), 2);
+    assert_eq!(
+        store.changes_of("reference", &sent[0]).await.unwrap().len(),
+        2
+    );
 
     h.server.shutdown().await;
     archive.shutdown().await;
@@ -507,7 +511,7 @@ async fn a_crash_between_store_and_ack_loses_nothing_and_stores_nothing_twice() 
 
     // Exactly once: eight entries, each message once, in order.
     let store = SledArchive::open(dir.path()).unwrap();
-    assert_eq!(store.len().unwrap(), 8);
+    assert_eq!(store.len().await.unwrap(), 8);
     let page = store
         .page(&PageQuery {
             conversation: conv,
@@ -516,6 +520,7 @@ async fn a_crash_between_store_and_ack_loses_nothing_and_stores_nothing_twice() 
             before: None,
             limit: 100,
         })
+        .await
         .unwrap();
     let mut want = sent;
     want.reverse();

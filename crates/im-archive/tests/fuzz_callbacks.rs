@@ -470,8 +470,29 @@ fn apply(tree: &sled::Tree, d: &Damage) {
     }
 }
 
+/// Every message of `c` in one page (the fuzz stores few).
+async fn page_of(
+    store: &SledArchive,
+    c: &ConversationId,
+) -> Result<im_archive::StoredPage, im_archive::ArchiveError> {
+    store
+        .page(&PageQuery {
+            conversation: c.clone(),
+            from: Timestamp::from_millis(i64::MIN),
+            to: Timestamp::from_millis(i64::MAX),
+            before: None,
+            limit: 50,
+        })
+        .await
+}
+
 #[test]
 fn fuzz_archive_sled_entries() {
+    // The store is async; its reads never wait, so one current-thread runtime drives them.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     fuzz(
         "archive_sled_entries",
         600,
@@ -483,17 +504,8 @@ fn fuzz_archive_sled_entries() {
         |(messages, damage, stranger)| {
             let db = sled::Config::new().temporary(true).open().unwrap();
             let store = SledArchive::on(db.clone()).unwrap();
-            store.store("reference", &messages).unwrap();
+            rt.block_on(store.store("reference", &messages)).unwrap();
             let tree = db.open_tree("archive.v2").unwrap();
-            let page = |store: &SledArchive, c: &ConversationId| {
-                store.page(&PageQuery {
-                    conversation: c.clone(),
-                    from: Timestamp::from_millis(i64::MIN),
-                    to: Timestamp::from_millis(i64::MAX),
-                    before: None,
-                    limit: 50,
-                })
-            };
             if damage.is_empty() {
                 // `to` is exclusive: a message at the very end of time is outside every page;
                 // a repeated server id is a duplicate, not stored again (found by the long run).
@@ -502,7 +514,10 @@ fn fuzz_archive_sled_entries() {
                     .enumerate()
                     .filter(|(i, m)| !messages[..*i].iter().any(|o| o.server_id == m.server_id));
                 for (_, m) in firsts.filter(|(_, m)| m.server_time.as_millis() < i64::MAX) {
-                    let got = page(&store, &m.conversation).unwrap().messages;
+                    let got = rt
+                        .block_on(page_of(&store, &m.conversation))
+                        .unwrap()
+                        .messages;
                     prop_assert!(
                         got.iter().any(|g| g.server_id == m.server_id),
                         "a stored message was not read back: {m:?} not in {got:?}"
@@ -524,20 +539,22 @@ fn fuzz_archive_sled_entries() {
                 .map(|e| e.map_or(0, |(k, v)| k.len() + v.len()))
                 .sum();
             let (_, footprint) = measure(|| {
-                let mut seen = Vec::new();
-                for m in &messages {
-                    seen.push(format!("{:?}", page(&store, &m.conversation)));
-                    seen.push(format!("{:?}", store.knows(&m.conversation)));
-                    seen.push(format!(
-                        "{:?}",
-                        store.is_known_member(&m.sender, &m.conversation)
-                    ));
-                    seen.push(format!("{:?}", store.conversations_of(&m.sender)));
-                }
-                seen.push(format!("{:?}", store.conversations_of(&stranger)));
-                seen.push(format!("{:?}", store.len()));
-                seen.push(format!("{:?}", store.store("reference", &messages)));
-                seen
+                rt.block_on(async {
+                    let mut seen = Vec::new();
+                    for m in &messages {
+                        seen.push(format!("{:?}", page_of(&store, &m.conversation).await));
+                        seen.push(format!("{:?}", store.knows(&m.conversation).await));
+                        seen.push(format!(
+                            "{:?}",
+                            store.is_known_member(&m.sender, &m.conversation).await
+                        ));
+                        seen.push(format!("{:?}", store.conversations_of(&m.sender).await));
+                    }
+                    seen.push(format!("{:?}", store.conversations_of(&stranger).await));
+                    seen.push(format!("{:?}", store.len().await));
+                    seen.push(format!("{:?}", store.store("reference", &messages).await));
+                    seen
+                })
             });
             check_bounded(
                 "reading and writing a damaged archive",

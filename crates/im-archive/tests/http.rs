@@ -146,7 +146,7 @@ async fn a_signed_callback_is_stored_once_and_a_redelivery_is_a_200_duplicate() 
     let m = msg(&ab(), "alice", "m1", NOW_MS - 1000);
     assert_eq!(f.deliver(&m).await, CallbackOutcome::Stored);
     assert_eq!(f.deliver(&m).await, CallbackOutcome::Duplicate);
-    assert_eq!(f.store.len().unwrap(), 1);
+    assert_eq!(f.store.len().await.unwrap(), 1);
     // Another event than message.stored is acknowledged and not kept.
     let mut other = CallbackPayload::message_stored("reference", msg(&ab(), "bob", "m2", 1));
     other.event = "message.recalled".into();
@@ -154,7 +154,7 @@ async fn a_signed_callback_is_stored_once_and_a_redelivery_is_a_200_duplicate() 
     assert_eq!(r.status(), 200);
     let outcome: CallbackOutcome = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(outcome, CallbackOutcome::Ignored);
-    assert_eq!(f.store.len().unwrap(), 1);
+    assert_eq!(f.store.len().await.unwrap(), 1);
 }
 
 /// A header value, or `None` to leave the header out.
@@ -212,7 +212,7 @@ async fn bad_signatures_and_stale_timestamps_are_401_and_store_nothing() {
         let err: im_archive::ErrorBody = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
         assert!(!err.error.is_empty(), "{what}: a reason is given");
     }
-    assert_eq!(f.store.len().unwrap(), 0, "nothing stored");
+    assert_eq!(f.store.len().await.unwrap(), 0, "nothing stored");
     // Within the window (300 s) it is accepted.
     let r = f
         .post_raw(
@@ -223,7 +223,7 @@ async fn bad_signatures_and_stale_timestamps_are_401_and_store_nothing() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(f.store.len().unwrap(), 1);
+    assert_eq!(f.store.len().await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -251,7 +251,7 @@ async fn malformed_oversized_and_unknown_vendor_callbacks_are_refused() {
         .post_raw("nobody", body, Some(ts.to_string()), Some(sig))
         .await;
     assert_eq!(r.status(), 404);
-    assert_eq!(f.store.len().unwrap(), 0, "nothing stored");
+    assert_eq!(f.store.len().await.unwrap(), 0, "nothing stored");
 }
 
 #[tokio::test]
@@ -425,10 +425,10 @@ async fn a_signed_change_callback_is_applied_and_history_shows_the_current_state
     );
     // The company archive keeps what was said.
     assert_eq!(
-        f.store.original("reference", &m2.server_id).unwrap(),
+        f.store.original("reference", &m2.server_id).await.unwrap(),
         Some(m2)
     );
-    assert_eq!(f.store.len().unwrap(), 2);
+    assert_eq!(f.store.len().await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -453,6 +453,7 @@ async fn a_redelivered_or_older_change_is_a_200_duplicate_stored_once() {
     let revisions: Vec<u32> = f
         .store
         .changes_of("reference", &m.server_id)
+        .await
         .unwrap()
         .iter()
         .map(|c| c.revision)
@@ -475,7 +476,7 @@ async fn a_change_before_its_message_is_kept_and_applied_when_the_message_arrive
         )
         .await;
     assert_eq!(r.status(), 404);
-    assert_eq!(f.store.len().unwrap(), 0);
+    assert_eq!(f.store.len().await.unwrap(), 0);
 
     assert_eq!(f.deliver(&m).await, CallbackOutcome::Stored);
     let page = f.ab_history().await;
@@ -534,6 +535,7 @@ async fn a_badly_signed_change_is_401_and_changes_nothing() {
     assert!(
         f.store
             .changes_of("reference", &m.server_id)
+            .await
             .unwrap()
             .is_empty(),
         "nothing stored"

@@ -25,7 +25,11 @@ fn msg(conversation: &ConversationId, id: &str, time: i64) -> Message {
 }
 
 /// Every message of `conversation`, newest first, a page of `limit` at a time.
-fn read_all(store: &dyn ArchiveStore, conversation: &ConversationId, limit: usize) -> Vec<Message> {
+async fn read_all(
+    store: &dyn ArchiveStore,
+    conversation: &ConversationId,
+    limit: usize,
+) -> Vec<Message> {
     let mut q = PageQuery {
         conversation: conversation.clone(),
         from: Timestamp::from_millis(i64::MIN),
@@ -35,7 +39,7 @@ fn read_all(store: &dyn ArchiveStore, conversation: &ConversationId, limit: usiz
     };
     let mut out = Vec::new();
     loop {
-        let page = store.page(&q).unwrap();
+        let page = store.page(&q).await.unwrap();
         out.extend(page.messages);
         match page.next {
             Some(next) => q.before = Some(next),
@@ -67,20 +71,20 @@ fn many(conversation: &ConversationId, round: u64) -> Vec<Message> {
         .collect()
 }
 
-#[test]
-fn paging_backwards_through_thousands_of_extreme_times_matches_memory() {
+#[tokio::test]
+async fn paging_backwards_through_thousands_of_extreme_times_matches_memory() {
     let c = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
     for round in 0..4 {
         let dir = tempfile::tempdir().unwrap();
         let sled = SledArchive::open(dir.path()).unwrap();
         let memory = MemoryArchive::new();
         for chunk in many(&c, round).chunks(100) {
-            sled.store("ref", chunk).unwrap();
-            memory.store("ref", chunk).unwrap();
+            sled.store("ref", chunk).await.unwrap();
+            memory.store("ref", chunk).await.unwrap();
         }
-        let want = read_all(&memory, &c, 7);
+        let want = read_all(&memory, &c, 7).await;
         assert!(want.len() > 3000);
-        assert_eq!(read_all(&sled, &c, 7), want, "round {round}");
+        assert_eq!(read_all(&sled, &c, 7).await, want, "round {round}");
     }
 }
 
@@ -121,8 +125,8 @@ fn write_schema_1(dir: &std::path::Path, vendor: &str, messages: &[Message]) {
     db.flush().unwrap();
 }
 
-#[test]
-fn a_schema_1_store_is_migrated_on_open_and_reads_the_same() {
+#[tokio::test]
+async fn a_schema_1_store_is_migrated_on_open_and_reads_the_same() {
     let direct = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
     let group = ConversationId::Group(GroupId::new("team"));
     let mut messages = Vec::new();
@@ -135,26 +139,33 @@ fn a_schema_1_store_is_migrated_on_open_and_reads_the_same() {
     let dir = tempfile::tempdir().unwrap();
     write_schema_1(dir.path(), "ref", &messages);
     let memory = MemoryArchive::new();
-    memory.store("ref", &messages).unwrap();
+    memory.store("ref", &messages).await.unwrap();
 
     for _open in 0..2 {
         // The first open migrates, the second finds schema 2.
         let sled = SledArchive::open(dir.path()).unwrap();
         for c in [&direct, &group] {
             for limit in [1, 4, 100] {
-                assert_eq!(read_all(&sled, c, limit), read_all(&memory, c, limit));
+                assert_eq!(
+                    read_all(&sled, c, limit).await,
+                    read_all(&memory, c, limit).await
+                );
             }
-            assert!(sled.knows(c).unwrap());
+            assert!(sled.knows(c).await.unwrap());
         }
-        assert_eq!(sled.len().unwrap(), messages.len() as u64);
+        assert_eq!(sled.len().await.unwrap(), messages.len() as u64);
         assert_eq!(
-            sled.conversations_of(&UserId::new("bob")).unwrap(),
+            sled.conversations_of(&UserId::new("bob")).await.unwrap(),
             vec![direct.clone()]
         );
-        assert!(sled.is_known_member(&UserId::new("alice"), &group).unwrap());
+        assert!(
+            sled.is_known_member(&UserId::new("alice"), &group)
+                .await
+                .unwrap()
+        );
         // The id index moved too: redeliveries are still duplicates.
         assert_eq!(
-            sled.store("ref", &messages[..2]).unwrap(),
+            sled.store("ref", &messages[..2]).await.unwrap(),
             vec![Stored::Duplicate, Stored::Duplicate]
         );
         drop(sled);

@@ -63,8 +63,9 @@ fn edit(m: &Message, text: &str, revision: u32) -> MessageChange {
     change(m, ChangeKind::Edited(Content::text(text)), revision)
 }
 
-fn revisions(s: &dyn ArchiveStore, vendor: &str, m: &Message) -> Vec<u32> {
+async fn revisions(s: &dyn ArchiveStore, vendor: &str, m: &Message) -> Vec<u32> {
     s.changes_of(vendor, &m.server_id)
+        .await
         .unwrap()
         .iter()
         .map(|c| c.revision)
@@ -72,10 +73,10 @@ fn revisions(s: &dyn ArchiveStore, vendor: &str, m: &Message) -> Vec<u32> {
 }
 
 /// Reads a whole range page by page, following cursors.
-fn read_all(store: &dyn ArchiveStore, mut q: PageQuery) -> Vec<Message> {
+async fn read_all(store: &dyn ArchiveStore, mut q: PageQuery) -> Vec<Message> {
     let mut out = Vec::new();
     loop {
-        let page = store.page(&q).unwrap();
+        let page = store.page(&q).await.unwrap();
         assert!(page.messages.len() <= q.limit);
         out.extend(page.messages);
         match page.next {
@@ -93,27 +94,27 @@ mod contract {
         let c = direct("alice", "bob");
         let m = msg(&c, "alice", "m1", 1_000);
         assert_eq!(
-            s.store("ref", std::slice::from_ref(&m)).unwrap(),
+            s.store("ref", std::slice::from_ref(&m)).await.unwrap(),
             [Stored::New]
         );
         assert_eq!(
-            s.store("ref", std::slice::from_ref(&m)).unwrap(),
+            s.store("ref", std::slice::from_ref(&m)).await.unwrap(),
             [Stored::Duplicate]
         );
         // A batch holding a repeat of itself stores the message once.
         let m2 = msg(&c, "bob", "m2", 2_000);
         assert_eq!(
-            s.store("ref", &[m2.clone(), m2.clone()]).unwrap(),
+            s.store("ref", &[m2.clone(), m2.clone()]).await.unwrap(),
             [Stored::New, Stored::Duplicate]
         );
         // The same id from another vendor is another message.
         assert_eq!(
-            s.store("other", std::slice::from_ref(&m)).unwrap(),
+            s.store("other", std::slice::from_ref(&m)).await.unwrap(),
             [Stored::New]
         );
         s.flush().await.unwrap();
-        assert_eq!(s.len().unwrap(), 3);
-        assert!(!s.is_empty().unwrap());
+        assert_eq!(s.len().await.unwrap(), 3);
+        assert!(!s.is_empty().await.unwrap());
     }
 
     pub async fn pages_newest_first_with_cursor(s: &dyn ArchiveStore) {
@@ -125,8 +126,8 @@ mod contract {
             .enumerate()
             .map(|(i, t)| msg(&c, "alice", &format!("id{i}"), *t * 1000))
             .collect();
-        s.store("ref", &batch).unwrap();
-        let got = read_all(s, all(&c, 3));
+        s.store("ref", &batch).await.unwrap();
+        let got = read_all(s, all(&c, 3)).await;
         assert_eq!(got.len(), 10, "every message once");
         let positions: Vec<Position> = got.iter().map(Position::of).collect();
         let mut sorted = positions.clone();
@@ -139,7 +140,7 @@ mod contract {
             "the full message"
         );
         // A page exactly filling the range has no next cursor.
-        let exact = s.page(&all(&c, 10)).unwrap();
+        let exact = s.page(&all(&c, 10)).await.unwrap();
         assert_eq!(exact.messages.len(), 10);
         assert!(exact.next.is_none());
     }
@@ -149,20 +150,20 @@ mod contract {
         let batch: Vec<Message> = (1..=9)
             .map(|t| msg(&c, "bob", &format!("t{t}"), t * 1000))
             .collect();
-        s.store("ref", &batch).unwrap();
+        s.store("ref", &batch).await.unwrap();
         let q = PageQuery {
             from: Timestamp::from_millis(3_000),
             to: Timestamp::from_millis(7_000),
             ..all(&c, 2)
         };
-        assert_eq!(ids(&read_all(s, q)), ["t6", "t5", "t4", "t3"]);
+        assert_eq!(ids(&read_all(s, q).await), ["t6", "t5", "t4", "t3"]);
         // Negative times (before 1970) sort before positive ones.
-        s.store("ref", &[msg(&c, "bob", "old", -50)]).unwrap();
+        s.store("ref", &[msg(&c, "bob", "old", -50)]).await.unwrap();
         let q = PageQuery {
             to: Timestamp::from_millis(1_000),
             ..all(&c, 5)
         };
-        assert_eq!(ids(&read_all(s, q)), ["old"]);
+        assert_eq!(ids(&read_all(s, q).await), ["old"]);
     }
 
     pub async fn conversations_do_not_mix(s: &dyn ArchiveStore) {
@@ -178,14 +179,21 @@ mod contract {
                 msg(&g2, "dave", "g2", 3),
             ],
         )
+        .await
         .unwrap();
-        assert_eq!(ids(&read_all(s, all(&g1, 10))), ["g1"]);
-        assert_eq!(ids(&read_all(s, all(&g2, 10))), ["g2"]);
-        assert_eq!(ids(&read_all(s, all(&ab, 10))), ["a"]);
+        assert_eq!(ids(&read_all(s, all(&g1, 10)).await), ["g1"]);
+        assert_eq!(ids(&read_all(s, all(&g2, 10)).await), ["g2"]);
+        assert_eq!(ids(&read_all(s, all(&ab, 10)).await), ["a"]);
         let unknown = direct("x", "y");
-        assert!(!s.knows(&unknown).unwrap());
-        assert!(s.page(&all(&unknown, 10)).unwrap().messages.is_empty());
-        assert!(s.knows(&g1).unwrap());
+        assert!(!s.knows(&unknown).await.unwrap());
+        assert!(
+            s.page(&all(&unknown, 10))
+                .await
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        assert!(s.knows(&g1).await.unwrap());
     }
 
     /// Many writers flushing at once all complete, and each flush covers its own writes
@@ -197,13 +205,13 @@ mod contract {
             let writers = (0..32).map(|i| {
                 let m = msg(&c, "alice", &format!("w{round}-{i}"), i);
                 async move {
-                    s.store("ref", std::slice::from_ref(&m)).unwrap();
+                    s.store("ref", std::slice::from_ref(&m)).await.unwrap();
                     s.flush().await.unwrap();
                 }
             });
             futures::future::join_all(writers).await;
         }
-        assert_eq!(s.len().unwrap(), 20 * 32);
+        assert_eq!(s.len().await.unwrap(), 20 * 32);
     }
 
     pub async fn memberships_come_from_messages(s: &dyn ArchiveStore) {
@@ -213,18 +221,19 @@ mod contract {
             "ref",
             &[msg(&ab, "alice", "a", 1), msg(&room, "bob", "r", 2)],
         )
+        .await
         .unwrap();
         // Both sides of a direct conversation, only the sender of a group message.
-        assert!(s.is_known_member(&user("bob"), &ab).unwrap());
-        assert!(s.is_known_member(&user("alice"), &ab).unwrap());
-        assert!(s.is_known_member(&user("bob"), &room).unwrap());
-        assert!(!s.is_known_member(&user("alice"), &room).unwrap());
-        assert!(!s.is_known_member(&user("carol"), &ab).unwrap());
+        assert!(s.is_known_member(&user("bob"), &ab).await.unwrap());
+        assert!(s.is_known_member(&user("alice"), &ab).await.unwrap());
+        assert!(s.is_known_member(&user("bob"), &room).await.unwrap());
+        assert!(!s.is_known_member(&user("alice"), &room).await.unwrap());
+        assert!(!s.is_known_member(&user("carol"), &ab).await.unwrap());
         let mut want = vec![ab.clone(), room.clone()];
         want.sort();
-        assert_eq!(s.conversations_of(&user("bob")).unwrap(), want);
-        assert_eq!(s.conversations_of(&user("alice")).unwrap(), [ab]);
-        assert!(s.conversations_of(&user("carol")).unwrap().is_empty());
+        assert_eq!(s.conversations_of(&user("bob")).await.unwrap(), want);
+        assert_eq!(s.conversations_of(&user("alice")).await.unwrap(), [ab]);
+        assert!(s.conversations_of(&user("carol")).await.unwrap().is_empty());
     }
 }
 
@@ -236,16 +245,16 @@ mod changes {
         let c = direct("alice", "bob");
         let m = msg(&c, "alice", "m1", 1_000);
         let other = msg(&c, "bob", "m2", 2_000);
-        s.store("ref", &[m.clone(), other.clone()]).unwrap();
+        s.store("ref", &[m.clone(), other.clone()]).await.unwrap();
 
         let e1 = edit(&m, "fixed", 1);
-        assert_eq!(s.change("ref", &e1).unwrap(), ChangeStored::Applied);
+        assert_eq!(s.change("ref", &e1).await.unwrap(), ChangeStored::Applied);
         assert_eq!(
-            s.change("ref", &e1).unwrap(),
+            s.change("ref", &e1).await.unwrap(),
             ChangeStored::Duplicate,
             "a redelivered change is a duplicate"
         );
-        let page = s.page(&all(&c, 10)).unwrap().messages;
+        let page = s.page(&all(&c, 10)).await.unwrap().messages;
         assert_eq!(
             ids(&page),
             ["m2", "m1"],
@@ -255,14 +264,17 @@ mod changes {
         assert_eq!(page[0], other, "other messages are untouched");
 
         let recall = change(&m, ChangeKind::Recalled, 3);
-        assert_eq!(s.change("ref", &recall).unwrap(), ChangeStored::Applied);
+        assert_eq!(
+            s.change("ref", &recall).await.unwrap(),
+            ChangeStored::Applied
+        );
         // Revision 2 comes late: recorded, but older than the recall, so nothing changes.
         assert_eq!(
-            s.change("ref", &edit(&m, "late", 2)).unwrap(),
+            s.change("ref", &edit(&m, "late", 2)).await.unwrap(),
             ChangeStored::Duplicate,
             "an older change is a duplicate"
         );
-        let page = s.page(&all(&c, 10)).unwrap().messages;
+        let page = s.page(&all(&c, 10)).await.unwrap().messages;
         assert_eq!(
             page[1],
             recall
@@ -271,18 +283,27 @@ mod changes {
         );
         assert!(matches!(page[1].content, Content::Recalled { .. }));
         assert_eq!(
-            revisions(s, "ref", &m),
+            revisions(s, "ref", &m).await,
             [1, 2, 3],
             "each change stored once"
         );
-        assert_eq!(s.original("ref", &m.server_id).unwrap(), Some(m.clone()));
-        assert_eq!(s.original("ref", &other.server_id).unwrap(), Some(other));
-        assert_eq!(s.original("other", &m.server_id).unwrap(), None);
+        assert_eq!(
+            s.original("ref", &m.server_id).await.unwrap(),
+            Some(m.clone())
+        );
+        assert_eq!(
+            s.original("ref", &other.server_id).await.unwrap(),
+            Some(other)
+        );
+        assert_eq!(s.original("other", &m.server_id).await.unwrap(), None);
         assert!(
-            s.changes_of("other", &m.server_id).unwrap().is_empty(),
+            s.changes_of("other", &m.server_id)
+                .await
+                .unwrap()
+                .is_empty(),
             "changes are per vendor"
         );
-        assert_eq!(s.len().unwrap(), 2, "changes are not messages");
+        assert_eq!(s.len().await.unwrap(), 2, "changes are not messages");
         s.flush().await.unwrap();
     }
 
@@ -291,23 +312,26 @@ mod changes {
         let m = msg(&c, "alice", "m1", 1_000);
         // Out of order, before the message: revision 3 (delete for me), then 1 (an edit).
         let gone = change(&m, ChangeKind::DeletedForMe, 3);
-        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Pending);
+        assert_eq!(s.change("ref", &gone).await.unwrap(), ChangeStored::Pending);
         assert_eq!(
-            s.change("ref", &edit(&m, "first", 1)).unwrap(),
+            s.change("ref", &edit(&m, "first", 1)).await.unwrap(),
             ChangeStored::Pending
         );
-        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Duplicate);
+        assert_eq!(
+            s.change("ref", &gone).await.unwrap(),
+            ChangeStored::Duplicate
+        );
         assert!(
-            !s.knows(&c).unwrap(),
+            !s.knows(&c).await.unwrap(),
             "a pending change makes no conversation"
         );
-        assert_eq!(s.len().unwrap(), 0);
+        assert_eq!(s.len().await.unwrap(), 0);
 
         assert_eq!(
-            s.store("ref", std::slice::from_ref(&m)).unwrap(),
+            s.store("ref", std::slice::from_ref(&m)).await.unwrap(),
             [Stored::New]
         );
-        let page = s.page(&all(&c, 10)).unwrap().messages;
+        let page = s.page(&all(&c, 10)).await.unwrap().messages;
         assert_eq!(
             page.len(),
             1,
@@ -318,28 +342,31 @@ mod changes {
             Content::text("first"),
             "a change kept before its message applies when the message arrives"
         );
-        assert_eq!(s.original("ref", &m.server_id).unwrap(), Some(m.clone()));
+        assert_eq!(
+            s.original("ref", &m.server_id).await.unwrap(),
+            Some(m.clone())
+        );
         // Revision 2 is older than the delete-for-me (3), which the archive does not apply,
         // and newer than every edit: it shows.
         assert_eq!(
-            s.change("ref", &edit(&m, "second", 2)).unwrap(),
+            s.change("ref", &edit(&m, "second", 2)).await.unwrap(),
             ChangeStored::Applied
         );
         assert_eq!(
-            s.page(&all(&c, 10)).unwrap().messages[0].content,
+            s.page(&all(&c, 10)).await.unwrap().messages[0].content,
             Content::text("second"),
             "a late edit behind a newer delete-for-me still shows"
         );
         assert_eq!(
-            s.change("ref", &edit(&m, "fourth", 4)).unwrap(),
+            s.change("ref", &edit(&m, "fourth", 4)).await.unwrap(),
             ChangeStored::Applied
         );
-        let page = s.page(&all(&c, 10)).unwrap().messages;
+        let page = s.page(&all(&c, 10)).await.unwrap().messages;
         assert_eq!(page[0].content, Content::text("fourth"));
-        assert_eq!(revisions(s, "ref", &m), [1, 2, 3, 4]);
+        assert_eq!(revisions(s, "ref", &m).await, [1, 2, 3, 4]);
         // The same id from another vendor is another message: its change waits for it.
         assert_eq!(
-            s.change("other", &edit(&m, "x", 1)).unwrap(),
+            s.change("other", &edit(&m, "x", 1)).await.unwrap(),
             ChangeStored::Pending
         );
     }
@@ -347,17 +374,17 @@ mod changes {
     pub async fn delete_for_me_keeps_the_message(s: &dyn ArchiveStore) {
         let c = direct("alice", "bob");
         let m = msg(&c, "alice", "m1", 1_000);
-        s.store("ref", std::slice::from_ref(&m)).unwrap();
+        s.store("ref", std::slice::from_ref(&m)).await.unwrap();
         let gone = MessageChange {
             by: user("bob"),
             ..change(&m, ChangeKind::DeletedForMe, 1)
         };
-        assert_eq!(s.change("ref", &gone).unwrap(), ChangeStored::Applied);
+        assert_eq!(s.change("ref", &gone).await.unwrap(), ChangeStored::Applied);
         assert_eq!(
-            s.page(&all(&c, 10)).unwrap().messages,
+            s.page(&all(&c, 10)).await.unwrap().messages,
             std::slice::from_ref(&m)
         );
-        assert_eq!(revisions(s, "ref", &m), [1]);
+        assert_eq!(revisions(s, "ref", &m).await, [1]);
     }
 
     /// Revisions at the ends of `u32` (sled writes them big-endian into keys: four 0xff
@@ -367,26 +394,26 @@ mod changes {
         let c = direct("alice", "bob");
         let m = msg(&c, "alice", "m", 1_000);
         let longer = msg(&c, "alice", "m\u{0}1", 1_000);
-        s.store("ref", &[m.clone(), longer.clone()]).unwrap();
+        s.store("ref", &[m.clone(), longer.clone()]).await.unwrap();
         assert_eq!(
-            s.change("ref", &edit(&m, "max", u32::MAX)).unwrap(),
+            s.change("ref", &edit(&m, "max", u32::MAX)).await.unwrap(),
             ChangeStored::Applied
         );
         assert_eq!(
-            s.change("ref", &edit(&m, "max", u32::MAX)).unwrap(),
+            s.change("ref", &edit(&m, "max", u32::MAX)).await.unwrap(),
             ChangeStored::Duplicate
         );
         assert_eq!(
-            s.change("ref", &edit(&m, "zero", 0)).unwrap(),
+            s.change("ref", &edit(&m, "zero", 0)).await.unwrap(),
             ChangeStored::Duplicate
         );
         assert_eq!(
-            s.change("ref", &edit(&longer, "other", 1)).unwrap(),
+            s.change("ref", &edit(&longer, "other", 1)).await.unwrap(),
             ChangeStored::Applied
         );
-        assert_eq!(revisions(s, "ref", &m), [0, u32::MAX]);
-        assert_eq!(revisions(s, "ref", &longer), [1]);
-        let page = s.page(&all(&c, 10)).unwrap().messages;
+        assert_eq!(revisions(s, "ref", &m).await, [0, u32::MAX]);
+        assert_eq!(revisions(s, "ref", &longer).await, [1]);
+        let page = s.page(&all(&c, 10)).await.unwrap().messages;
         let content = |id: &str| {
             page.iter()
                 .find(|x| x.server_id.as_str() == id)
@@ -399,17 +426,17 @@ mod changes {
     pub async fn a_change_naming_another_conversation_is_refused(s: &dyn ArchiveStore) {
         let c = direct("alice", "bob");
         let m = msg(&c, "alice", "m1", 1_000);
-        s.store("ref", std::slice::from_ref(&m)).unwrap();
+        s.store("ref", std::slice::from_ref(&m)).await.unwrap();
         let stray = MessageChange {
             conversation: direct("alice", "mallory"),
             ..edit(&m, "hijacked", 1)
         };
         assert!(matches!(
-            s.change("ref", &stray),
+            s.change("ref", &stray).await,
             Err(ArchiveError::BadRequest(_))
         ));
-        assert!(revisions(s, "ref", &m).is_empty(), "nothing is kept");
-        assert_eq!(s.page(&all(&c, 10)).unwrap().messages, [m]);
+        assert!(revisions(s, "ref", &m).await.is_empty(), "nothing is kept");
+        assert_eq!(s.page(&all(&c, 10)).await.unwrap().messages, [m]);
     }
 }
 
@@ -516,18 +543,19 @@ async fn sled_keeps_everything_across_reopen() {
     {
         let s = im_archive::SledArchive::open(dir.path()).unwrap();
         s.store("ref", &[msg(&c, "alice", "a", 1), msg(&c, "bob", "b", 2)])
+            .await
             .unwrap();
         s.flush().await.unwrap();
     }
     let s = im_archive::SledArchive::open(dir.path()).unwrap();
-    assert_eq!(s.len().unwrap(), 2);
+    assert_eq!(s.len().await.unwrap(), 2);
     assert_eq!(
-        s.store("ref", &[msg(&c, "alice", "a", 1)]).unwrap(),
+        s.store("ref", &[msg(&c, "alice", "a", 1)]).await.unwrap(),
         [Stored::Duplicate],
         "a redelivery after restart is recognised"
     );
-    assert_eq!(ids(&read_all(&s, all(&c, 10))), ["b", "a"]);
-    assert!(s.is_known_member(&user("bob"), &c).unwrap());
+    assert_eq!(ids(&read_all(&s, all(&c, 10)).await), ["b", "a"]);
+    assert!(s.is_known_member(&user("bob"), &c).await.unwrap());
 }
 
 /// Sled only: the change log, the originals and the pending changes survive a reopen.
@@ -538,10 +566,11 @@ async fn sled_keeps_changes_across_reopen() {
     let (a, b) = (msg(&c, "alice", "a", 1), msg(&c, "bob", "b", 2));
     {
         let s = im_archive::SledArchive::open(dir.path()).unwrap();
-        s.store("ref", std::slice::from_ref(&a)).unwrap();
-        s.change("ref", &edit(&a, "edited", 1)).unwrap();
+        s.store("ref", std::slice::from_ref(&a)).await.unwrap();
+        s.change("ref", &edit(&a, "edited", 1)).await.unwrap();
         assert_eq!(
             s.change("ref", &change(&b, ChangeKind::Recalled, 1))
+                .await
                 .unwrap(),
             ChangeStored::Pending
         );
@@ -549,17 +578,17 @@ async fn sled_keeps_changes_across_reopen() {
     }
     let s = im_archive::SledArchive::open(dir.path()).unwrap();
     assert_eq!(
-        s.change("ref", &edit(&a, "edited", 1)).unwrap(),
+        s.change("ref", &edit(&a, "edited", 1)).await.unwrap(),
         ChangeStored::Duplicate,
         "a redelivery after restart is recognised"
     );
-    s.store("ref", std::slice::from_ref(&b)).unwrap();
-    let page = read_all(&s, all(&c, 10));
+    s.store("ref", std::slice::from_ref(&b)).await.unwrap();
+    let page = read_all(&s, all(&c, 10)).await;
     assert_eq!(ids(&page), ["b", "a"]);
     assert!(matches!(page[0].content, Content::Recalled { .. }));
     assert_eq!(page[1].content, Content::text("edited"));
-    assert_eq!(s.original("ref", &a.server_id).unwrap(), Some(a));
-    assert_eq!(s.len().unwrap(), 2);
+    assert_eq!(s.original("ref", &a.server_id).await.unwrap(), Some(a));
+    assert_eq!(s.len().await.unwrap(), 2);
 }
 
 mod props {
@@ -587,6 +616,15 @@ mod props {
         }
     }
 
+    /// A current-thread runtime for the async store calls of one proptest case (the
+    /// proptest bodies are synchronous closures).
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -600,51 +638,56 @@ mod props {
             order in prop::collection::vec(any::<prop::sample::Index>(), 0..24),
             message_at in any::<prop::sample::Index>(),
         ) {
-            let c = direct("alice", "bob");
-            let m = msg(&c, "alice", "m1", 1_000);
-            let last = kinds.len() as u32;
-            let changes: Vec<MessageChange> = kinds
-                .iter()
-                .enumerate()
-                .map(|(i, k)| vendor_change(&m, i as u32 + 1, *k, recall_last, last))
-                .collect();
-            // In order: the message, then each change.
-            let in_order = im_archive::MemoryArchive::new();
-            in_order.store("ref", std::slice::from_ref(&m)).unwrap();
-            for ch in &changes {
-                prop_assert_eq!(in_order.change("ref", ch).unwrap(), ChangeStored::Applied);
-            }
-            let want = in_order.page(&all(&c, 10)).unwrap().messages;
+            // The store is async: one current-thread runtime drives this case.
+            let rt = runtime();
+            rt.block_on(async {
+                let c = direct("alice", "bob");
+                let m = msg(&c, "alice", "m1", 1_000);
+                let last = kinds.len() as u32;
+                let changes: Vec<MessageChange> = kinds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| vendor_change(&m, i as u32 + 1, *k, recall_last, last))
+                    .collect();
+                // In order: the message, then each change.
+                let in_order = im_archive::MemoryArchive::new();
+                in_order.store("ref", std::slice::from_ref(&m)).await.unwrap();
+                for ch in &changes {
+                    prop_assert_eq!(in_order.change("ref", ch).await.unwrap(), ChangeStored::Applied);
+                }
+                let want = in_order.page(&all(&c, 10)).await.unwrap().messages;
 
-            // Shuffled with repeats: every change at least once, then random redeliveries.
-            let mut deliveries: Vec<usize> = (0..changes.len()).collect();
-            deliveries.extend(order.iter().map(|i| i.index(changes.len())));
-            for (n, i) in order.iter().enumerate() {
-                let (a, b) = (n % deliveries.len(), i.index(deliveries.len()));
-                deliveries.swap(a, b);
-            }
-            let at = message_at.index(deliveries.len() + 1);
-            let dir = tempfile::tempdir().unwrap();
-            let sled = im_archive::SledArchive::open(dir.path()).unwrap();
-            let memory = im_archive::MemoryArchive::new();
-            let mut outcomes: Vec<Vec<ChangeStored>> = Vec::new();
-            for store in [&sled as &dyn ArchiveStore, &memory] {
-                let mut seen = Vec::new();
-                for (n, i) in deliveries.iter().enumerate() {
-                    if n == at {
-                        store.store("ref", std::slice::from_ref(&m)).unwrap();
+                // Shuffled with repeats: every change at least once, then random redeliveries.
+                let mut deliveries: Vec<usize> = (0..changes.len()).collect();
+                deliveries.extend(order.iter().map(|i| i.index(changes.len())));
+                for (n, i) in order.iter().enumerate() {
+                    let (a, b) = (n % deliveries.len(), i.index(deliveries.len()));
+                    deliveries.swap(a, b);
+                }
+                let at = message_at.index(deliveries.len() + 1);
+                let dir = tempfile::tempdir().unwrap();
+                let sled = im_archive::SledArchive::open(dir.path()).unwrap();
+                let memory = im_archive::MemoryArchive::new();
+                let mut outcomes: Vec<Vec<ChangeStored>> = Vec::new();
+                for store in [&sled as &dyn ArchiveStore, &memory] {
+                    let mut seen = Vec::new();
+                    for (n, i) in deliveries.iter().enumerate() {
+                        if n == at {
+                            store.store("ref", std::slice::from_ref(&m)).await.unwrap();
+                        }
+                        seen.push(store.change("ref", &changes[*i]).await.unwrap());
                     }
-                    seen.push(store.change("ref", &changes[*i]).unwrap());
+                    if at == deliveries.len() {
+                        store.store("ref", std::slice::from_ref(&m)).await.unwrap();
+                    }
+                    prop_assert_eq!(&store.page(&all(&c, 10)).await.unwrap().messages, &want);
+                    prop_assert_eq!(store.changes_of("ref", &m.server_id).await.unwrap(), changes.clone());
+                    prop_assert_eq!(store.original("ref", &m.server_id).await.unwrap(), Some(m.clone()));
+                    outcomes.push(seen);
                 }
-                if at == deliveries.len() {
-                    store.store("ref", std::slice::from_ref(&m)).unwrap();
-                }
-                prop_assert_eq!(&store.page(&all(&c, 10)).unwrap().messages, &want);
-                prop_assert_eq!(store.changes_of("ref", &m.server_id).unwrap(), changes.clone());
-                prop_assert_eq!(store.original("ref", &m.server_id).unwrap(), Some(m.clone()));
-                outcomes.push(seen);
-            }
-            prop_assert_eq!(&outcomes[0], &outcomes[1], "sled and memory answer alike");
+                prop_assert_eq!(&outcomes[0], &outcomes[1], "sled and memory answer alike");
+                Ok::<(), TestCaseError>(())
+            })?;
         }
 
         /// Any batch, with repeats, any page size: the pages concatenated are the distinct
@@ -654,33 +697,38 @@ mod props {
             entries in prop::collection::vec((0u8..30, -5i64..40), 1..60),
             limit in 1usize..8,
         ) {
-            let c = direct("alice", "bob");
-            let batch: Vec<Message> = entries
-                .iter()
-                .map(|(id, t)| msg(&c, "alice", &format!("m{id}"), *t))
-                .collect();
-            let dir = tempfile::tempdir().unwrap();
-            let sled = im_archive::SledArchive::open(dir.path()).unwrap();
-            let memory = im_archive::MemoryArchive::new();
-            let mut want: Vec<Message> = Vec::new();
-            for m in &batch {
-                if !want.iter().any(|w| w.server_id == m.server_id) {
-                    want.push(m.clone());
+            // The store is async: one current-thread runtime drives this case.
+            let rt = runtime();
+            rt.block_on(async {
+                let c = direct("alice", "bob");
+                let batch: Vec<Message> = entries
+                    .iter()
+                    .map(|(id, t)| msg(&c, "alice", &format!("m{id}"), *t))
+                    .collect();
+                let dir = tempfile::tempdir().unwrap();
+                let sled = im_archive::SledArchive::open(dir.path()).unwrap();
+                let memory = im_archive::MemoryArchive::new();
+                let mut want: Vec<Message> = Vec::new();
+                for m in &batch {
+                    if !want.iter().any(|w| w.server_id == m.server_id) {
+                        want.push(m.clone());
+                    }
                 }
-            }
-            want.sort_by_key(Position::of);
-            want.reverse();
-            // Half in one batch, the rest one by one: batching must not change the outcome.
-            let (first, rest) = batch.split_at(batch.len() / 2);
-            for store in [&sled as &dyn ArchiveStore, &memory] {
-                store.store("ref", first).unwrap();
-                for m in rest {
-                    store.store("ref", std::slice::from_ref(m)).unwrap();
+                want.sort_by_key(Position::of);
+                want.reverse();
+                // Half in one batch, the rest one by one: batching must not change the outcome.
+                let (first, rest) = batch.split_at(batch.len() / 2);
+                for store in [&sled as &dyn ArchiveStore, &memory] {
+                    store.store("ref", first).await.unwrap();
+                    for m in rest {
+                        store.store("ref", std::slice::from_ref(m)).await.unwrap();
+                    }
+                    let got = read_all(store, all(&c, limit)).await;
+                    prop_assert_eq!(&got, &want);
+                    prop_assert_eq!(store.len().await.unwrap(), want.len() as u64);
                 }
-                let got = read_all(store, all(&c, limit));
-                prop_assert_eq!(&got, &want);
-                prop_assert_eq!(store.len().unwrap(), want.len() as u64);
-            }
+                Ok::<(), TestCaseError>(())
+            })?;
         }
     }
 }

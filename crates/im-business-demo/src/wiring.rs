@@ -652,7 +652,7 @@ impl Environment {
         let archive = self.archive.as_ref()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let n = archive.store.len().unwrap_or(0);
+            let n = archive.store.len().await.unwrap_or(0);
             if n >= expected || tokio::time::Instant::now() >= deadline {
                 return Some(n);
             }

@@ -77,29 +77,29 @@ struct CrashAfter {
 
 #[async_trait]
 impl ArchiveStore for CrashAfter {
-    fn store(&self, vendor: &str, m: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
-        let out = self.inner.store(vendor, m)?;
+    async fn store(&self, vendor: &str, m: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
+        let out = self.inner.store(vendor, m).await?;
         self.stored.fetch_add(m.len() as u64, Ordering::SeqCst);
         Ok(out)
     }
-    fn change(&self, vendor: &str, c: &MessageChange) -> Result<ChangeStored, ArchiveError> {
-        let out = self.inner.change(vendor, c)?;
+    async fn change(&self, vendor: &str, c: &MessageChange) -> Result<ChangeStored, ArchiveError> {
+        let out = self.inner.change(vendor, c).await?;
         self.stored.fetch_add(1, Ordering::SeqCst);
         Ok(out)
     }
-    fn changes_of(
+    async fn changes_of(
         &self,
         vendor: &str,
         target: &ServerMsgId,
     ) -> Result<Vec<MessageChange>, ArchiveError> {
-        self.inner.changes_of(vendor, target)
+        self.inner.changes_of(vendor, target).await
     }
-    fn original(
+    async fn original(
         &self,
         vendor: &str,
         target: &ServerMsgId,
     ) -> Result<Option<Message>, ArchiveError> {
-        self.inner.original(vendor, target)
+        self.inner.original(vendor, target).await
     }
     async fn flush(&self) -> Result<(), ArchiveError> {
         self.inner.flush().await?;
@@ -109,20 +109,20 @@ impl ArchiveStore for CrashAfter {
         }
         Ok(())
     }
-    fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
-        self.inner.page(q)
+    async fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
+        self.inner.page(q).await
     }
-    fn knows(&self, c: &ConversationId) -> Result<bool, ArchiveError> {
-        self.inner.knows(c)
+    async fn knows(&self, c: &ConversationId) -> Result<bool, ArchiveError> {
+        self.inner.knows(c).await
     }
-    fn is_known_member(&self, u: &UserId, c: &ConversationId) -> Result<bool, ArchiveError> {
-        self.inner.is_known_member(u, c)
+    async fn is_known_member(&self, u: &UserId, c: &ConversationId) -> Result<bool, ArchiveError> {
+        self.inner.is_known_member(u, c).await
     }
-    fn conversations_of(&self, u: &UserId) -> Result<Vec<ConversationId>, ArchiveError> {
-        self.inner.conversations_of(u)
+    async fn conversations_of(&self, u: &UserId) -> Result<Vec<ConversationId>, ArchiveError> {
+        self.inner.conversations_of(u).await
     }
-    fn len(&self) -> Result<u64, ArchiveError> {
-        self.inner.len()
+    async fn len(&self) -> Result<u64, ArchiveError> {
+        self.inner.len().await
     }
 }
 

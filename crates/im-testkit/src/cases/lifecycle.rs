@@ -757,13 +757,19 @@ async fn archive_case<H: VendorHarness>(
     let kept = send(&p.a, &p.conv, "first words").await;
     let gone = send(&p.a, &p.conv, "regret").await;
     settled(2).await;
-    let archived = || {
+    let kept_id = &kept;
+    let archived = move || async move {
         store
-            .original("reference", &kept)
+            .original("reference", kept_id)
+            .await
             .expect("archive readable")
             .map(|m| body(&m))
     };
-    assert_eq!(archived().as_deref(), Some("first words"), "archived first");
+    assert_eq!(
+        archived().await.as_deref(),
+        Some("first words"),
+        "archived first"
+    );
     p.a.edit(&p.conv, &kept, &Content::text("better words"))
         .await
         .expect("edit");
@@ -794,7 +800,7 @@ async fn archive_case<H: VendorHarness>(
         "the archive agrees with the vendor"
     );
     assert_eq!(
-        archived().as_deref(),
+        archived().await.as_deref(),
         Some("first words"),
         "what was said is kept"
     );
