@@ -32,6 +32,11 @@ pub enum ArchiveError {
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The database is away for now (restarting, unreachable, or every pooled connection
+    /// busy past the wait): answered 503 with `Retry-After`, so the vendor's dispatcher
+    /// retries and the archive is ready again by itself when the database is back.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// A stored entry does not decode.
     #[error("corrupt entry {key}: {reason}")]
     Corrupt {
@@ -56,6 +61,7 @@ impl ArchiveError {
             }
             ArchiveError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ArchiveError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ArchiveError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ArchiveError::Storage(_) | ArchiveError::Corrupt { .. } | ArchiveError::Io(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -107,15 +107,25 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// What a 503 for a store that is away tells the caller to wait before retrying, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
 impl IntoResponse for ArchiveError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status(),
             axum::Json(ErrorBody {
                 error: self.to_string(),
             }),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, ArchiveError::Unavailable(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 
@@ -275,11 +285,18 @@ async fn conversations(
     Ok(axum::Json(all.iter().map(|c| c.to_string()).collect()))
 }
 
+/// Ready while serving and while the store can serve (a database that is away makes the
+/// archive not ready until it is back; it becomes ready again by itself).
 async fn ready(State(shared): State<Arc<Shared>>) -> StatusCode {
-    if shared.ready.load(Ordering::SeqCst) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    if !shared.ready.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    match shared.store.ready().await {
+        Ok(()) => StatusCode::OK,
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the store cannot serve");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 

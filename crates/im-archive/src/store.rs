@@ -240,6 +240,12 @@ pub trait ArchiveStore: Send + Sync + 'static {
     async fn is_empty(&self) -> Result<bool, ArchiveError> {
         Ok(self.len().await? == 0)
     }
+
+    /// Whether the store can serve now (`/readyz`): an embedded store always can; a
+    /// database behind a network answers whether it is reachable.
+    async fn ready(&self) -> Result<(), ArchiveError> {
+        Ok(())
+    }
 }
 
 /// In-memory twin of the sled store: same semantics, nothing survives a restart.

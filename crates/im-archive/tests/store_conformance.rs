@@ -1,9 +1,13 @@
-//! One conformance suite every [`ArchiveStore`] runs: the in-memory twin and sled.
+//! One conformance suite every [`ArchiveStore`] runs: the in-memory twin, sled and
+//! PostgreSQL (with a server: `IM_POSTGRES_URL`).
 //!
 //! `store_conformance!(module, make)` expands the same tests for a store built by `make`;
 //! a new backend (a server database) adds one line here and is held to the same contract.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[cfg(feature = "postgres")]
+mod pg_support;
 
 use im_archive::{ArchiveError, ArchiveStore, ChangeStored, PageQuery, Position, Stored};
 use im_service::{
@@ -448,25 +452,33 @@ macro_rules! store_conformance {
 
             #[tokio::test]
             async fn stores_once_per_vendor_id() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 contract::stores_once_per_vendor_id(&store).await;
             }
 
             #[tokio::test]
             async fn pages_newest_first_with_cursor() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 contract::pages_newest_first_with_cursor(&store).await;
             }
 
             #[tokio::test]
             async fn time_range_is_half_open() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 contract::time_range_is_half_open(&store).await;
             }
 
             #[tokio::test]
             async fn conversations_do_not_mix() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 contract::conversations_do_not_mix(&store).await;
             }
 
@@ -474,7 +486,6 @@ macro_rules! store_conformance {
             /// workers, so only a wait from outside can report it as a failure.
             #[test]
             fn concurrent_flushes_complete() {
-                let (store, _keep) = $make;
                 let (done, finished) = std::sync::mpsc::channel();
                 std::thread::spawn(move || {
                     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -482,7 +493,12 @@ macro_rules! store_conformance {
                         .enable_all()
                         .build()
                         .unwrap();
-                    rt.block_on(contract::concurrent_flushes_complete(&store));
+                    rt.block_on(async {
+                        let Some((store, _keep)) = ($make) else {
+                            return;
+                        };
+                        contract::concurrent_flushes_complete(&store).await;
+                    });
                     let _ = done.send(());
                 });
                 finished
@@ -492,47 +508,72 @@ macro_rules! store_conformance {
 
             #[tokio::test]
             async fn changes_apply_by_revision_once() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 changes::apply_by_revision_once(&store).await;
             }
 
             #[tokio::test]
             async fn a_change_before_its_message_applies_on_arrival() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 changes::change_before_its_message_applies_on_arrival(&store).await;
             }
 
             #[tokio::test]
             async fn delete_for_me_keeps_the_message() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 changes::delete_for_me_keeps_the_message(&store).await;
             }
 
             #[tokio::test]
             async fn extreme_revisions_and_prefix_ids() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 changes::extreme_revisions_and_prefix_ids(&store).await;
             }
 
             #[tokio::test]
             async fn a_change_naming_another_conversation_is_refused() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 changes::a_change_naming_another_conversation_is_refused(&store).await;
             }
 
             #[tokio::test]
             async fn memberships_come_from_messages() {
-                let (store, _keep) = $make;
+                let Some((store, _keep)) = ($make) else {
+                    return;
+                };
                 contract::memberships_come_from_messages(&store).await;
             }
         }
     };
 }
 
-store_conformance!(memory, (im_archive::MemoryArchive::new(), ()));
+store_conformance!(memory, Some((im_archive::MemoryArchive::new(), ())));
 store_conformance!(sled, {
     let dir = tempfile::tempdir().unwrap();
-    (im_archive::SledArchive::open(dir.path()).unwrap(), dir)
+    Some((im_archive::SledArchive::open(dir.path()).unwrap(), dir))
+});
+// On a fresh database of the server `IM_POSTGRES_URL` names (skipped without one, unless
+// `IM_REQUIRE_POSTGRES` is set).
+#[cfg(feature = "postgres")]
+store_conformance!(postgres, {
+    match pg_support::server_url() {
+        Some(url) => {
+            let url = pg_support::fresh_database(&url).await;
+            let config = im_archive::PgConfig::new(&url);
+            Some((im_archive::PgArchive::connect(&config).await.unwrap(), ()))
+        }
+        None => None,
+    }
 });
 
 /// Sled only: what was flushed survives a reopen, including the dedup index and the count.

@@ -30,9 +30,17 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
-    /// The sled directory (created if missing).
-    #[arg(long)]
-    data_dir: PathBuf,
+    /// The sled directory (created if missing): the embedded default store.
+    #[arg(long, required_unless_present = "database_url")]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL database instead of sled (`postgres://user@host:port/db`): several
+    /// archive processes may serve one database. The schema is created or migrated at start;
+    /// a database with a newer schema is refused.
+    #[arg(long, env = "IM_ARCHIVE_DATABASE_URL", conflicts_with = "data_dir")]
+    database_url: Option<String>,
+    /// Most connections to the database this process keeps open.
+    #[arg(long, default_value_t = 16)]
+    database_connections: usize,
     /// `vendor=secret` pairs: the vendors whose callbacks are accepted.
     #[arg(long = "vendor", env = "IM_ARCHIVE_VENDORS", value_delimiter = ',')]
     vendors: Vec<String>,
@@ -153,15 +161,32 @@ async fn main() -> Result<()> {
             (GroupId::new(g), members)
         })
         .collect();
-    let sled = SledArchive::open(&args.data_dir)
-        .with_context(|| format!("opening {}", args.data_dir.display()))?;
-    let store: Arc<dyn ArchiveStore> = match args.crash_after_stores {
-        Some(after) => Arc::new(CrashAfter {
-            inner: sled,
-            after,
-            stored: AtomicU64::new(0),
-        }),
-        None => Arc::new(sled),
+    let store: Arc<dyn ArchiveStore> = match (&args.database_url, &args.data_dir) {
+        (Some(url), _) => {
+            let config = im_archive::PgConfig {
+                max_connections: args.database_connections,
+                ..im_archive::PgConfig::new(url)
+            };
+            // The URL is not logged: it may carry a password.
+            Arc::new(
+                im_archive::PgArchive::connect(&config)
+                    .await
+                    .context("connecting to the database of --database-url")?,
+            )
+        }
+        (None, Some(dir)) => {
+            let sled =
+                SledArchive::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+            match args.crash_after_stores {
+                Some(after) => Arc::new(CrashAfter {
+                    inner: sled,
+                    after,
+                    stored: AtomicU64::new(0),
+                }),
+                None => Arc::new(sled),
+            }
+        }
+        (None, None) => anyhow::bail!("give --data-dir (sled) or --database-url (PostgreSQL)"),
     };
     let config = ArchiveConfig {
         listen: args.listen,
