@@ -218,7 +218,8 @@ pub fn features(manifest: &str) -> Vec<String> {
 }
 
 /// `cargo test --workspace`, its output also in `target/ci-tests.log`; then the crash
-/// harness's summary lines, which must be there.
+/// harness's summary lines, which must be there; then, with a PostgreSQL server
+/// (`IM_POSTGRES_URL`), the archive's HTTP and end-to-end suites on it.
 fn tests(root: &Path) -> Result<()> {
     let log_path = root.join("target/ci-tests.log");
     std::fs::create_dir_all(root.join("target"))?;
@@ -259,6 +260,26 @@ fn tests(root: &Path) -> Result<()> {
     }
     for line in lines {
         println!("{line}");
+    }
+    // The archive's HTTP and end-to-end suites once more, on PostgreSQL (the workspace run
+    // had them on the in-memory store and sled; the conformance, replica and restart suites
+    // ran on PostgreSQL already).
+    if std::env::var("IM_POSTGRES_URL").is_ok_and(|u| !u.is_empty()) {
+        run_cargo(
+            &[
+                "test",
+                "-q",
+                "-p",
+                "im-archive",
+                "--test",
+                "http",
+                "--test",
+                "end_to_end",
+            ],
+            &[("IM_ARCHIVE_TEST_STORE", "postgres")],
+        )?;
+    } else if std::env::var("IM_REQUIRE_POSTGRES").is_ok() {
+        bail!("IM_REQUIRE_POSTGRES is set but IM_POSTGRES_URL names no server");
     }
     Ok(())
 }

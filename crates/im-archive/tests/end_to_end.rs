@@ -2,7 +2,8 @@
 //! retention drops the messages, and a client's `Old` window still reads them through
 //! `im-arch`'s `ArchiveHistory`; the archive process killed between storing and
 //! acknowledging loses nothing and stores nothing twice; edits and recalls made through the
-//! vendor reach the archive as `message.changed` callbacks and show in its history.
+//! vendor reach the archive as `message.changed` callbacks and show in its history. On sled,
+//! and on PostgreSQL with `IM_ARCHIVE_TEST_STORE=postgres`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -82,6 +83,24 @@ async fn callbacks_settled(h: &ReferenceHarness, n: u64) {
     assert_eq!((s.delivered, s.given_up), (n, 0), "{s:?}");
 }
 
+#[cfg(feature = "postgres")]
+mod pg_support;
+
+/// The archive's store in these tests: sled in `dir`, or with
+/// `IM_ARCHIVE_TEST_STORE=postgres` a fresh database on the server `IM_POSTGRES_URL` names
+/// (CI runs this suite both ways; the crash test runs the binary on sled either way).
+async fn archive_store(dir: &std::path::Path) -> Arc<dyn ArchiveStore> {
+    #[cfg(feature = "postgres")]
+    if std::env::var("IM_ARCHIVE_TEST_STORE").as_deref() == Ok("postgres") {
+        let url =
+            pg_support::server_url().expect("IM_ARCHIVE_TEST_STORE=postgres needs IM_POSTGRES_URL");
+        let url = pg_support::fresh_database(&url).await;
+        let config = im_archive::PgConfig::new(&url);
+        return Arc::new(im_archive::PgArchive::connect(&config).await.unwrap());
+    }
+    Arc::new(SledArchive::open(dir).unwrap())
+}
+
 fn server_ids(messages: &[Message]) -> Vec<ServerMsgId> {
     messages.iter().map(|m| m.server_id.clone()).collect()
 }
@@ -98,7 +117,7 @@ async fn old_window_is_served_by_the_archive_after_the_vendor_forgot() {
             ]),
             ..ArchiveConfig::default()
         },
-        Arc::new(SledArchive::open(dir.path()).unwrap()),
+        archive_store(dir.path()).await,
     )
     .await
     .unwrap();
@@ -201,7 +220,7 @@ async fn middle_and_old_windows_are_served_by_the_archive() {
             clock: time.clone(),
             ..ArchiveConfig::default()
         },
-        Arc::new(SledArchive::open(dir.path()).unwrap()),
+        archive_store(dir.path()).await,
     )
     .await
     .unwrap();
@@ -264,7 +283,8 @@ async fn middle_and_old_windows_are_served_by_the_archive() {
 /// does for a member who deleted nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_and_recalls_made_through_the_vendor_show_in_the_archive() {
-    let store = Arc::new(im_archive::MemoryArchive::new());
+    let dir = tempfile::tempdir().unwrap();
+    let store = archive_store(dir.path()).await;
     let archive = ArchiveServer::start(
         ArchiveConfig {
             vendors: HashMap::from([("reference".to_owned(), SECRET.to_vec())]),

@@ -1,6 +1,7 @@
 //! The archive's HTTP surface, over loopback: every bad input gets its status and stores
 //! nothing; good callbacks are stored once; the history API pages newest first and only
 //! for members; `message.changed` callbacks show in history as each message's current state.
+//! On the in-memory store, and on PostgreSQL with `IM_ARCHIVE_TEST_STORE=postgres`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,14 +23,14 @@ const NOW_MS: i64 = 1_800_000_000_000;
 
 struct Fixture {
     server: ArchiveServer,
-    store: Arc<MemoryArchive>,
+    store: Arc<dyn ArchiveStore>,
     clock: Arc<ManualClock>,
     http: reqwest::Client,
 }
 
 async fn fixture() -> Fixture {
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(NOW_MS)));
-    let store = Arc::new(MemoryArchive::new());
+    let store = test_store().await;
     let config = ArchiveConfig {
         vendors: HashMap::from([("reference".to_owned(), SECRET.to_vec())]),
         tokens: HashMap::from([
@@ -53,6 +54,23 @@ async fn fixture() -> Fixture {
         clock,
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
     }
+}
+
+#[cfg(feature = "postgres")]
+mod pg_support;
+
+/// The store under the server: the in-memory twin, or with `IM_ARCHIVE_TEST_STORE=postgres`
+/// a fresh database on the server `IM_POSTGRES_URL` names (CI runs this suite both ways).
+async fn test_store() -> Arc<dyn ArchiveStore> {
+    #[cfg(feature = "postgres")]
+    if std::env::var("IM_ARCHIVE_TEST_STORE").as_deref() == Ok("postgres") {
+        let url =
+            pg_support::server_url().expect("IM_ARCHIVE_TEST_STORE=postgres needs IM_POSTGRES_URL");
+        let url = pg_support::fresh_database(&url).await;
+        let config = im_archive::PgConfig::new(&url);
+        return Arc::new(im_archive::PgArchive::connect(&config).await.unwrap());
+    }
+    Arc::new(MemoryArchive::new())
 }
 
 fn ab() -> ConversationId {

@@ -504,3 +504,52 @@ async fn a_database_restart_during_ingest_loses_and_doubles_nothing() {
     let stored = history(&http, &server, &conv, "tok-alice").await;
     assert_eq!(stored.len(), 5_000, "history has every message once");
 }
+
+/// Every pooled connection busy (here: the one connection, held by a write waiting on a
+/// table lock) → the next call is `Unavailable` as soon as the pool's wait is over, never a
+/// hang; once the lock goes, the held write completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_is_unavailable_quickly() {
+    let Some(url) = server_url() else { return };
+    let url = fresh_database(&url).await;
+    let store = Arc::new(
+        PgArchive::connect(&PgConfig {
+            max_connections: 1,
+            wait: Duration::from_millis(300),
+            ..PgConfig::new(&url)
+        })
+        .await
+        .unwrap(),
+    );
+    // Another session locks the table: a write through the pool's one connection waits.
+    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let conv = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    let held = {
+        let store = store.clone();
+        let m = msg(&conv, "alice", "held", 1);
+        tokio::spawn(async move { store.store("reference", &[m]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = tokio::time::timeout(Duration::from_secs(10), store.len())
+        .await
+        .expect("no hang while the pool is exhausted");
+    assert!(
+        matches!(refused, Err(ArchiveError::Unavailable(_))),
+        "an exhausted pool is Unavailable: {refused:?}"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+    let stored = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held write completes once the lock is gone")
+        .unwrap();
+    assert_eq!(stored.unwrap(), vec![im_archive::Stored::New]);
+    drop(locker);
+    let _ = conn.await;
+}
