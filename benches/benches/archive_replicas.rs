@@ -63,10 +63,13 @@ async fn fresh_database(url: &str, name: &str) -> String {
         .await
         .unwrap();
     let conn = tokio::spawn(connection);
+    // One statement each: neither may run inside a transaction block.
     client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-        ))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
     drop(client);
@@ -195,15 +198,17 @@ fn main() {
             .await
             .unwrap();
         let conn = tokio::spawn(connection);
+        // Through the store first: it makes the month's partition the bulk rows land in.
+        store.store("reference", &[message(0)]).await.unwrap();
         let loading = Instant::now();
         client
             .execute(
                 "INSERT INTO messages (vendor, server_id, conversation, server_time, original, current) \
-                 SELECT 'reference', id, $1, t, j, j FROM ( \
+                 SELECT 'reference', convert_to(id, 'UTF8'), $1, t, j, j FROM ( \
                    SELECT 'm:' || lpad(i::text, 10, '0') AS id, 1764000000000 + i AS t, \
                           replace(replace($2, '@ID@', 'm:' || lpad(i::text, 10, '0')), '@T@', (1764000000000 + i)::text)::json AS j \
                    FROM generate_series(1, $3::bigint) AS i) AS rows",
-                &[&conv.to_string(), &template, &PAGE_ROWS],
+                &[&conv.to_string().as_bytes(), &template, &PAGE_ROWS],
             )
             .await
             .unwrap();

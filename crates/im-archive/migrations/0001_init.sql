@@ -4,12 +4,13 @@
 -- Each message once per (vendor, vendor id): the primary key is what makes a callback
 -- delivered to two replicas stored once. `original` is the message as first archived,
 -- `current` the same with its change log applied (what history serves). `json`, not
--- `jsonb`: never queried inside, and `jsonb` refuses a NUL character a message may carry. `server_id` sorts
--- bytewise (COLLATE "C"), as the other stores order ids.
+-- `jsonb`: never queried inside, and `jsonb` refuses a NUL character a message may carry. Ids and
+-- conversation keys are `bytea`: they sort bytewise, as the other stores order them, and
+-- hold any character a vendor puts in an id (PostgreSQL's `text` cannot hold NUL).
 CREATE TABLE messages (
     vendor        text   NOT NULL,
-    server_id     text   COLLATE "C" NOT NULL,
-    conversation  text   COLLATE "C" NOT NULL,
+    server_id     bytea  NOT NULL,
+    conversation  bytea  NOT NULL,
     server_time   bigint NOT NULL,
     original      json   NOT NULL,
     current       json   NOT NULL,
@@ -23,7 +24,7 @@ CREATE INDEX messages_by_conversation
 -- Each change once per (vendor, target, revision), whether its message is archived yet.
 CREATE TABLE changes (
     vendor    text   NOT NULL,
-    target    text   COLLATE "C" NOT NULL,
+    target    bytea  NOT NULL,
     revision  bigint NOT NULL,
     change    json   NOT NULL,
     PRIMARY KEY (vendor, target, revision)
@@ -31,8 +32,8 @@ CREATE TABLE changes (
 
 -- Memberships learnt from messages (both sides of a direct conversation, group senders).
 CREATE TABLE members (
-    user_id           text  COLLATE "C" NOT NULL,
-    conversation      text  COLLATE "C" NOT NULL,
+    user_id           bytea NOT NULL,
+    conversation      bytea NOT NULL,
     conversation_json json NOT NULL,
     PRIMARY KEY (user_id, conversation)
 );

@@ -19,6 +19,14 @@
 //! * **The database away** (restarting, unreachable, every pooled connection busy for longer
 //!   than [`PgConfig::wait`]) is [`ArchiveError::Unavailable`]: the server answers 503 with
 //!   `Retry-After`, never hangs, and the next call tries a fresh connection.
+//! * **Months are partitions.** `messages` is partitioned by month of server time (schema
+//!   version 2), so retention drops a whole month at once
+//!   ([`PgArchive::drop_months_before`]) instead of deleting rows; the uniqueness of
+//!   (vendor, vendor id) lives in `message_ids` (a partitioned table's unique key must hold
+//!   its partition key). A month's partition is created before its first message is
+//!   stored; times before 1970 or past year 9999 go to a default partition.
+//! * **Statements are prepared once per connection** (deadpool's statement cache): a call
+//!   costs one round trip per statement, not a prepare and an execute.
 //! * **Schema** migrations are SQL files in `crates/im-archive/migrations/`, applied in order
 //!   at start under an advisory lock (replicas starting together apply them once); a database
 //!   whose schema is newer than this build knows is refused with a clear error.
@@ -42,7 +50,14 @@ use crate::store::{
 };
 
 /// The schema migrations, in order; the database records how many it has applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_month_partitions.sql"),
+    include_str!("../migrations/0003_store_function.sql"),
+];
+
+/// The SQLSTATE `im_archive_store_new` raises when changes came before the message.
+const CHANGES_FIRST: &str = "IMA01";
 
 /// The advisory lock key that serialises migrations between replicas starting together.
 const MIGRATION_LOCK: i64 = 0x1a_7c_41_7e;
@@ -74,6 +89,66 @@ impl PgConfig {
 /// The archive's store on PostgreSQL. Cheap to share: a pool of connections.
 pub struct PgArchive {
     pool: Pool,
+    /// Month partitions known to exist (their first millisecond): created at most once
+    /// per process, never on the write path once known.
+    months: parking_lot::Mutex<std::collections::HashSet<i64>>,
+}
+
+/// One month's partition: its bounds in milliseconds (`lo` inclusive, `hi` exclusive) and
+/// its table's name (`messages_2026m11`, as migration 2 names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Month {
+    lo: i64,
+    hi: i64,
+    name: String,
+}
+
+/// The first millisecond after the last month that gets a partition (year 10000).
+const LAST_PARTITIONED_MS: i64 = 253_402_300_800_000;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Days since 1970-01-01 of the first of `month` (1–12) of `year`, proleptic Gregorian
+/// (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The (year, month) of day `days` since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+/// The month partition of a time (UTC), or `None` for the default partition.
+fn month_of(ms: i64) -> Option<Month> {
+    if !(0..LAST_PARTITIONED_MS).contains(&ms) {
+        return None;
+    }
+    let (year, month) = civil_from_days(ms.div_euclid(DAY_MS));
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    Some(Month {
+        lo: days_from_civil(year, month) * DAY_MS,
+        hi: days_from_civil(next_year, next_month) * DAY_MS,
+        name: format!("messages_{year:04}m{month:02}"),
+    })
 }
 
 impl std::fmt::Debug for PgArchive {
@@ -109,9 +184,140 @@ impl PgArchive {
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1), NoTls)
             .map_err(|e| ArchiveError::Storage(format!("postgres pool: {e}")))?;
-        let archive = Self { pool };
+        let archive = Self {
+            pool,
+            months: parking_lot::Mutex::default(),
+        };
         archive.migrate().await?;
         Ok(archive)
+    }
+
+    /// Creates the month partitions `messages` need that are not known to exist yet (under
+    /// the migration lock: replicas creating the same month do it once).
+    async fn ensure_months(&self, messages: &[Message]) -> Result<(), ArchiveError> {
+        let missing: Vec<Month> = {
+            let known = self.months.lock();
+            let mut missing: Vec<Month> = messages
+                .iter()
+                .filter_map(|m| month_of(m.server_time.as_millis()))
+                .filter(|month| !known.contains(&month.lo))
+                .collect();
+            missing.sort_by_key(|m| m.lo);
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        for month in &missing {
+            // Names and bounds are this module's own (digits), never a caller's text.
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF messages FOR VALUES FROM ({}) TO ({})",
+                month.name, month.lo, month.hi
+            ))
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.months.lock().extend(missing.iter().map(|m| m.lo));
+        Ok(())
+    }
+
+    /// Stores one message with one call of `im_archive_store_new` (migration 3); `None` when
+    /// changes came before it (the call rolled back: the caller takes the full path).
+    async fn store_new(&self, vendor: &str, m: &Message) -> Result<Option<Stored>, ArchiveError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT im_archive_store_new($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .await
+            .map_err(db)?;
+        let conversation_text = m.conversation.to_string();
+        let members: Vec<Vec<u8>> = members_of(m)
+            .iter()
+            .map(|u| u.as_str().as_bytes().to_vec())
+            .collect();
+        let (high, low) = lock_key(vendor, &m.server_id);
+        let message = to_json(m)?;
+        let conversation_json = to_json(&m.conversation)?;
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &vendor,
+            &key_bytes(m.server_id.as_str()),
+            &key_bytes(&conversation_text),
+            &m.server_time.as_millis(),
+            &message,
+            &members,
+            &conversation_json,
+            &high,
+            &low,
+        ];
+        match client.query_one(&statement, &params).await {
+            Ok(row) => Ok(Some(if row.get::<_, bool>(0) {
+                Stored::New
+            } else {
+                Stored::Duplicate
+            })),
+            Err(e) if e.code().is_some_and(|c| c.code() == CHANGES_FIRST) => Ok(None),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    /// Retention: drops every month partition that ends at or before `before` (whole
+    /// months, each one `DROP TABLE`, however many messages it holds), and their messages'
+    /// ids. Returns the partitions dropped. Changes of dropped messages stay (a few rows,
+    /// and a change may still be waiting for a message that is not archived).
+    pub async fn drop_months_before(
+        &self,
+        before: im_service::Timestamp,
+    ) -> Result<Vec<String>, ArchiveError> {
+        let cut = before.as_millis();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        let rows = tx
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i \
+                 JOIN pg_class c ON c.oid = i.inhrelid \
+                 JOIN pg_class p ON p.oid = i.inhparent \
+                 WHERE p.relname = 'messages' AND c.relname ~ '^messages_[0-9]{4}m[0-9]{2}$'",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let mut dropped = Vec::new();
+        for row in rows {
+            let name: String = row.get(0);
+            let Some(month) = month_name_bounds(&name) else {
+                continue;
+            };
+            if month.hi <= cut {
+                tx.batch_execute(&format!("DROP TABLE {}", month.name))
+                    .await
+                    .map_err(db)?;
+                tx.execute(
+                    "DELETE FROM message_ids WHERE server_time >= $1 AND server_time < $2",
+                    &[&month.lo, &month.hi],
+                )
+                .await
+                .map_err(db)?;
+                dropped.push(month.name);
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        let mut known = self.months.lock();
+        for name in &dropped {
+            if let Some(month) = month_name_bounds(name) {
+                known.remove(&month.lo);
+            }
+        }
+        dropped.sort();
+        Ok(dropped)
     }
 
     /// Whether the database answers now (for `/readyz`).
@@ -162,6 +368,17 @@ impl PgArchive {
     }
 }
 
+/// The month of a partition named `messages_YYYYmMM`.
+fn month_name_bounds(name: &str) -> Option<Month> {
+    let rest = name.strip_prefix("messages_")?;
+    let (year, month) = rest.split_once('m')?;
+    let (year, month): (i64, i64) = (year.parse().ok()?, month.parse().ok()?);
+    if !(1..=12).contains(&month) {
+        return None;
+    }
+    month_of(days_from_civil(year, month) * DAY_MS)
+}
+
 /// A database error. What a later attempt can get past is `Unavailable` (answered 503 with
 /// `Retry-After`): the connection gone (a restart, the network), SQLSTATE classes 08
 /// (connection exception), 53 (insufficient resources) and 57 (operator intervention: the
@@ -207,11 +424,22 @@ fn from_json<T: DeserializeOwned>(key: &str, value: serde_json::Value) -> Result
     })
 }
 
-/// The advisory-lock key of one message (see the module doc), hashed by the server. Two
-/// messages whose keys collide only share a lock (a little less concurrency), never an
-/// answer. (Not NUL as the separator: PostgreSQL's text cannot hold it.)
-fn lock_key(vendor: &str, id: &ServerMsgId) -> String {
-    format!("{vendor}\n{id}")
+/// The advisory-lock key of one message (see the module doc): FNV-1a of vendor and id,
+/// split into the two 32-bit halves of `pg_advisory_xact_lock(int, int)` (a key space apart
+/// from the one-key migration lock). The same on every replica; two messages whose keys
+/// collide only share a lock (a little less concurrency), never an answer.
+fn lock_key(vendor: &str, id: &ServerMsgId) -> (i32, i32) {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in vendor.bytes().chain([0xff]).chain(id.as_str().bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    ((hash >> 32) as u32 as i32, hash as u32 as i32)
+}
+
+/// An id or conversation key as stored: its bytes (`bytea`: any character, bytewise order).
+fn key_bytes(text: &str) -> &[u8] {
+    text.as_bytes()
 }
 
 /// Reads `vendor`'s change log of `target` in revision order.
@@ -222,8 +450,12 @@ async fn change_log(
 ) -> Result<Vec<MessageChange>, ArchiveError> {
     let rows = tx
         .query(
-            "SELECT change FROM changes WHERE vendor = $1 AND target = $2 ORDER BY revision",
-            &[&vendor, &target.as_str()],
+            &tx.prepare_cached(
+                "SELECT change FROM changes WHERE vendor = $1 AND target = $2 ORDER BY revision",
+            )
+            .await
+            .map_err(db)?,
+            &[&vendor, &key_bytes(target.as_str())],
         )
         .await
         .map_err(db)?;
@@ -235,18 +467,27 @@ async fn change_log(
 #[async_trait]
 impl ArchiveStore for PgArchive {
     async fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
+        self.ensure_months(messages).await?;
+        // One message (a callback): one round trip, unless changes came before it.
+        if let [m] = messages
+            && let Some(stored) = self.store_new(vendor, m).await?
+        {
+            return Ok(vec![stored]);
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let mut keys: Vec<String> = messages
+        let mut keys: Vec<(i32, i32)> = messages
             .iter()
             .map(|m| lock_key(vendor, &m.server_id))
             .collect();
         keys.sort();
         keys.dedup();
-        for key in &keys {
+        for (high, low) in &keys {
             tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                &[key],
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock($1, $2)")
+                    .await
+                    .map_err(db)?,
+                &[high, low],
             )
             .await
             .map_err(db)?;
@@ -254,34 +495,42 @@ impl ArchiveStore for PgArchive {
         let mut out = Vec::with_capacity(messages.len());
         for m in messages {
             let original = to_json(m)?;
-            let conversation = m.conversation.to_string();
+            let conversation_text = m.conversation.to_string();
+            let conversation = key_bytes(&conversation_text);
+            let id = key_bytes(m.server_id.as_str());
             let time = m.server_time.as_millis();
-            let params: [&(dyn ToSql + Sync); 5] = [
-                &vendor,
-                &m.server_id.as_str(),
-                &conversation,
-                &time,
-                &original,
-            ];
-            let inserted = tx
+            let new = tx
                 .execute(
-                    "INSERT INTO messages (vendor, server_id, conversation, server_time, original, current) \
-                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT DO NOTHING",
-                    &params,
+                    &tx.prepare_cached("INSERT INTO message_ids (vendor, server_id, server_time) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING").await.map_err(db)?,
+                    &[&vendor, &id, &time],
                 )
                 .await
                 .map_err(db)?;
-            if inserted == 0 {
+            if new == 0 {
                 out.push(Stored::Duplicate);
                 continue;
             }
+            let params: [&(dyn ToSql + Sync); 5] = [&vendor, &id, &conversation, &time, &original];
+            tx.execute(
+                &tx.prepare_cached("INSERT INTO messages (vendor, server_id, conversation, server_time, original, current) \
+                 VALUES ($1, $2, $3, $4, $5, $5)").await.map_err(db)?,
+                &params,
+            )
+            .await
+            .map_err(db)?;
             // Changes that came before the message apply now.
             let log = change_log(&tx, vendor, &m.server_id).await?;
             if !log.is_empty() {
                 let current = to_json(&apply_log(m, &log))?;
                 tx.execute(
-                    "UPDATE messages SET current = $3 WHERE vendor = $1 AND server_id = $2",
-                    &[&vendor, &m.server_id.as_str(), &current],
+                    &tx.prepare_cached(
+                        "UPDATE messages SET current = $3 \
+                     WHERE vendor = $1 AND server_id = $2 AND server_time = $4",
+                    )
+                    .await
+                    .map_err(db)?,
+                    &[&vendor, &id, &current, &time],
                 )
                 .await
                 .map_err(db)?;
@@ -289,9 +538,13 @@ impl ArchiveStore for PgArchive {
             let conversation_json = to_json(&m.conversation)?;
             for user in members_of(m) {
                 tx.execute(
-                    "INSERT INTO members (user_id, conversation, conversation_json) \
+                    &tx.prepare_cached(
+                        "INSERT INTO members (user_id, conversation, conversation_json) \
                      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    &[&user.as_str(), &conversation, &conversation_json],
+                    )
+                    .await
+                    .map_err(db)?,
+                    &[&key_bytes(user.as_str()), &conversation, &conversation_json],
                 )
                 .await
                 .map_err(db)?;
@@ -309,33 +562,52 @@ impl ArchiveStore for PgArchive {
     ) -> Result<ChangeStored, ArchiveError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
+        let (high, low) = lock_key(vendor, &change.target);
         tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&lock_key(vendor, &change.target)],
+            &tx.prepare_cached("SELECT pg_advisory_xact_lock($1, $2)")
+                .await
+                .map_err(db)?,
+            &[&high, &low],
         )
         .await
         .map_err(db)?;
         let target = change.target.as_str();
+        let target_key = key_bytes(target);
         let row = tx
             .query_opt(
-                "SELECT original, current FROM messages WHERE vendor = $1 AND server_id = $2",
-                &[&vendor, &target],
+                &tx.prepare_cached(
+                    "SELECT m.original, m.current, m.server_time FROM message_ids i \
+                 JOIN messages m ON m.vendor = i.vendor AND m.server_id = i.server_id \
+                   AND m.server_time = i.server_time \
+                 WHERE i.vendor = $1 AND i.server_id = $2",
+                )
+                .await
+                .map_err(db)?,
+                &[&vendor, &target_key],
             )
             .await
             .map_err(db)?;
-        let archived: Option<(Message, Message)> = match row {
-            Some(r) => Some((from_json(target, r.get(0))?, from_json(target, r.get(1))?)),
+        let archived: Option<(Message, Message, i64)> = match row {
+            Some(r) => Some((
+                from_json(target, r.get(0))?,
+                from_json(target, r.get(1))?,
+                r.get(2),
+            )),
             None => None,
         };
-        if let Some((m, _)) = &archived
+        if let Some((m, _, _)) = &archived
             && m.conversation != change.conversation
         {
             return Err(wrong_conversation(change, m));
         }
         let newest: Option<i64> = tx
             .query_one(
-                "SELECT max(revision) FROM changes WHERE vendor = $1 AND target = $2",
-                &[&vendor, &target],
+                &tx.prepare_cached(
+                    "SELECT max(revision) FROM changes WHERE vendor = $1 AND target = $2",
+                )
+                .await
+                .map_err(db)?,
+                &[&vendor, &target_key],
             )
             .await
             .map_err(db)?
@@ -343,9 +615,9 @@ impl ArchiveStore for PgArchive {
         let revision = i64::from(change.revision);
         let recorded = tx
             .execute(
-                "INSERT INTO changes (vendor, target, revision, change) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT DO NOTHING",
-                &[&vendor, &target, &revision, &to_json(change)?],
+                &tx.prepare_cached("INSERT INTO changes (vendor, target, revision, change) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING").await.map_err(db)?,
+                &[&vendor, &target_key, &revision, &to_json(change)?],
             )
             .await
             .map_err(db)?;
@@ -353,7 +625,7 @@ impl ArchiveStore for PgArchive {
             tx.commit().await.map_err(db)?;
             return Ok(ChangeStored::Duplicate);
         }
-        let Some((original, current)) = archived else {
+        let Some((original, current, time)) = archived else {
             tx.commit().await.map_err(db)?;
             return Ok(ChangeStored::Pending);
         };
@@ -362,8 +634,13 @@ impl ArchiveStore for PgArchive {
         let changed = next != current;
         if changed {
             tx.execute(
-                "UPDATE messages SET current = $3 WHERE vendor = $1 AND server_id = $2",
-                &[&vendor, &target, &to_json(&next)?],
+                &tx.prepare_cached(
+                    "UPDATE messages SET current = $3 \
+                 WHERE vendor = $1 AND server_id = $2 AND server_time = $4",
+                )
+                .await
+                .map_err(db)?,
+                &[&vendor, &target_key, &to_json(&next)?, &time],
             )
             .await
             .map_err(db)?;
@@ -381,8 +658,8 @@ impl ArchiveStore for PgArchive {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT change FROM changes WHERE vendor = $1 AND target = $2 ORDER BY revision",
-                &[&vendor, &target.as_str()],
+                &client.prepare_cached("SELECT change FROM changes WHERE vendor = $1 AND target = $2 ORDER BY revision").await.map_err(db)?,
+                &[&vendor, &key_bytes(target.as_str())],
             )
             .await
             .map_err(db)?;
@@ -399,8 +676,16 @@ impl ArchiveStore for PgArchive {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT original FROM messages WHERE vendor = $1 AND server_id = $2",
-                &[&vendor, &target.as_str()],
+                &client
+                    .prepare_cached(
+                        "SELECT m.original FROM message_ids i \
+                 JOIN messages m ON m.vendor = i.vendor AND m.server_id = i.server_id \
+                   AND m.server_time = i.server_time \
+                 WHERE i.vendor = $1 AND i.server_id = $2",
+                    )
+                    .await
+                    .map_err(db)?,
+                &[&vendor, &key_bytes(target.as_str())],
             )
             .await
             .map_err(db)?;
@@ -415,22 +700,28 @@ impl ArchiveStore for PgArchive {
 
     async fn page(&self, q: &PageQuery) -> Result<StoredPage, ArchiveError> {
         let client = self.client().await?;
-        let conversation = q.conversation.to_string();
+        let conversation_text = q.conversation.to_string();
+        let conversation = key_bytes(&conversation_text);
         let from = q.from.as_millis();
         let to = q.to.as_millis();
         let limit = (q.limit.max(1) + 1) as i64;
         let rows = match &q.before {
             Some(before) => {
                 let time = before.time.as_millis();
-                let id = before.id.as_str();
+                let id = key_bytes(before.id.as_str());
                 let params: [&(dyn ToSql + Sync); 6] =
                     [&conversation, &from, &to, &time, &id, &limit];
                 client
                     .query(
-                        "SELECT server_id, current FROM messages \
+                        &client
+                            .prepare_cached(
+                                "SELECT server_id, current FROM messages \
                          WHERE conversation = $1 AND server_time >= $2 AND server_time < $3 \
                            AND (server_time, server_id) < ($4, $5) \
                          ORDER BY server_time DESC, server_id DESC LIMIT $6",
+                            )
+                            .await
+                            .map_err(db)?,
                         &params,
                     )
                     .await
@@ -438,9 +729,14 @@ impl ArchiveStore for PgArchive {
             None => {
                 client
                     .query(
-                        "SELECT server_id, current FROM messages \
+                        &client
+                            .prepare_cached(
+                                "SELECT server_id, current FROM messages \
                          WHERE conversation = $1 AND server_time >= $2 AND server_time < $3 \
                          ORDER BY server_time DESC, server_id DESC LIMIT $4",
+                            )
+                            .await
+                            .map_err(db)?,
                         &[&conversation, &from, &to, &limit],
                     )
                     .await
@@ -450,8 +746,8 @@ impl ArchiveStore for PgArchive {
         let mut hits = rows
             .into_iter()
             .map(|r| {
-                let id: String = r.get(0);
-                from_json(&id, r.get(1))
+                let id: Vec<u8> = r.get(0);
+                from_json(&String::from_utf8_lossy(&id), r.get(1))
             })
             .collect::<Result<Vec<Message>, _>>()?;
         Ok(finish_page(&mut hits, q.limit))
@@ -461,8 +757,13 @@ impl ArchiveStore for PgArchive {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM messages WHERE conversation = $1)",
-                &[&conversation.to_string()],
+                &client
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM messages WHERE conversation = $1)",
+                    )
+                    .await
+                    .map_err(db)?,
+                &[&key_bytes(&conversation.to_string())],
             )
             .await
             .map_err(db)?;
@@ -477,8 +778,11 @@ impl ArchiveStore for PgArchive {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM members WHERE user_id = $1 AND conversation = $2)",
-                &[&user.as_str(), &conversation.to_string()],
+                &client.prepare_cached("SELECT EXISTS (SELECT 1 FROM members WHERE user_id = $1 AND conversation = $2)").await.map_err(db)?,
+                &[
+                    &key_bytes(user.as_str()),
+                    &key_bytes(&conversation.to_string()),
+                ],
             )
             .await
             .map_err(db)?;
@@ -489,16 +793,21 @@ impl ArchiveStore for PgArchive {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT conversation, conversation_json FROM members WHERE user_id = $1",
-                &[&user.as_str()],
+                &client
+                    .prepare_cached(
+                        "SELECT conversation, conversation_json FROM members WHERE user_id = $1",
+                    )
+                    .await
+                    .map_err(db)?,
+                &[&key_bytes(user.as_str())],
             )
             .await
             .map_err(db)?;
         let mut out = rows
             .into_iter()
             .map(|r| {
-                let key: String = r.get(0);
-                from_json(&key, r.get(1))
+                let key: Vec<u8> = r.get(0);
+                from_json(&String::from_utf8_lossy(&key), r.get(1))
             })
             .collect::<Result<Vec<ConversationId>, _>>()?;
         // Sorted as the other stores sort them (by the id's own order, not its text).
@@ -513,10 +822,45 @@ impl ArchiveStore for PgArchive {
     async fn len(&self) -> Result<u64, ArchiveError> {
         let client = self.client().await?;
         let n: i64 = client
-            .query_one("SELECT count(*) FROM messages", &[])
+            .query_one(
+                &client
+                    .prepare_cached("SELECT count(*) FROM message_ids")
+                    .await
+                    .map_err(db)?,
+                &[],
+            )
             .await
             .map_err(db)?
             .get(0);
         Ok(n.max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_have_the_calendars_bounds_and_names() {
+        let jan_1970 = month_of(0).unwrap();
+        assert_eq!((jan_1970.lo, jan_1970.hi), (0, 31 * DAY_MS));
+        assert_eq!(jan_1970.name, "messages_1970m01");
+        // 2024 is a leap year: February has 29 days.
+        let feb = month_of(1_706_745_600_000 + DAY_MS).unwrap(); // 2024-02-02
+        assert_eq!(feb.lo, 1_706_745_600_000, "2024-02-01");
+        assert_eq!(feb.hi, 1_709_251_200_000, "2024-03-01");
+        assert_eq!(feb.name, "messages_2024m02");
+        // The last millisecond of a month is in it; the next one is not.
+        let dec = month_of(1_798_761_599_999).unwrap(); // 2026-12-31T23:59:59.999
+        assert_eq!(dec.name, "messages_2026m12");
+        assert_eq!(
+            month_of(1_798_761_600_000).unwrap().name,
+            "messages_2027m01"
+        );
+        assert_eq!(month_of(-1), None, "before 1970: the default partition");
+        assert_eq!(month_of(LAST_PARTITIONED_MS), None);
+        assert_eq!(month_name_bounds("messages_2024m02"), Some(feb));
+        assert_eq!(month_name_bounds("messages_2024m13"), None);
+        assert_eq!(month_name_bounds("messages_default"), None);
     }
 }

@@ -91,12 +91,8 @@ mod pg_support;
 /// (CI runs this suite both ways; the crash test runs the binary on sled either way).
 async fn archive_store(dir: &std::path::Path) -> Arc<dyn ArchiveStore> {
     #[cfg(feature = "postgres")]
-    if std::env::var("IM_ARCHIVE_TEST_STORE").as_deref() == Ok("postgres") {
-        let url =
-            pg_support::server_url().expect("IM_ARCHIVE_TEST_STORE=postgres needs IM_POSTGRES_URL");
-        let url = pg_support::fresh_database(&url).await;
-        let config = im_archive::PgConfig::new(&url);
-        return Arc::new(im_archive::PgArchive::connect(&config).await.unwrap());
+    if let Some(store) = pg_support::store_if_asked().await {
+        return store;
     }
     Arc::new(SledArchive::open(dir).unwrap())
 }

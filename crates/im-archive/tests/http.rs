@@ -63,12 +63,8 @@ mod pg_support;
 /// a fresh database on the server `IM_POSTGRES_URL` names (CI runs this suite both ways).
 async fn test_store() -> Arc<dyn ArchiveStore> {
     #[cfg(feature = "postgres")]
-    if std::env::var("IM_ARCHIVE_TEST_STORE").as_deref() == Ok("postgres") {
-        let url =
-            pg_support::server_url().expect("IM_ARCHIVE_TEST_STORE=postgres needs IM_POSTGRES_URL");
-        let url = pg_support::fresh_database(&url).await;
-        let config = im_archive::PgConfig::new(&url);
-        return Arc::new(im_archive::PgArchive::connect(&config).await.unwrap());
+    if let Some(store) = pg_support::store_if_asked().await {
+        return store;
     }
     Arc::new(MemoryArchive::new())
 }

@@ -553,3 +553,113 @@ async fn an_exhausted_pool_is_unavailable_quickly() {
     drop(locker);
     let _ = conn.await;
 }
+
+/// Retention by month partitions: dropping the months before March removes January's and
+/// February's partitions whole (each a `DROP TABLE`), and history then holds March only.
+#[tokio::test]
+async fn retention_drops_whole_months() {
+    let Some(url) = server_url() else { return };
+    let url = fresh_database(&url).await;
+    let store = PgArchive::connect(&PgConfig::new(&url)).await.unwrap();
+    let conv = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    // 2026-01-15, 2026-02-15 and 2026-03-15, three messages each.
+    let months = [1_768_435_200_000_i64, 1_771_113_600_000, 1_773_532_800_000];
+    let mut all = Vec::new();
+    for (k, start) in months.iter().enumerate() {
+        for i in 0..3 {
+            all.push(msg(&conv, "alice", &format!("m{k}-{i}"), start + i));
+        }
+    }
+    store.store("reference", &all).await.unwrap();
+    assert_eq!(store.len().await.unwrap(), 9);
+    // 2026-03-01T00:00:00Z.
+    let dropped = store
+        .drop_months_before(Timestamp::from_millis(1_772_323_200_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        dropped,
+        ["messages_2026m01", "messages_2026m02"],
+        "whole months, by partition"
+    );
+    assert_eq!(store.len().await.unwrap(), 3, "March's three remain");
+    let page = store
+        .page(&PageQuery {
+            conversation: conv.clone(),
+            from: Timestamp::from_millis(0),
+            to: Timestamp::from_millis(i64::MAX),
+            before: None,
+            limit: 50,
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.messages.iter().map(|m| m.server_id.as_str()).collect();
+    assert_eq!(ids, ["m2-2", "m2-1", "m2-0"], "history holds March only");
+    // Dropping again finds nothing more to drop.
+    assert!(
+        store
+            .drop_months_before(Timestamp::from_millis(1_772_323_200_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A database at schema version 1 (one unpartitioned `messages` table) is migrated at start
+/// with its messages: they page as before, and a redelivery is still a duplicate.
+#[tokio::test]
+async fn a_schema_1_database_is_migrated_with_its_messages() {
+    let Some(url) = server_url() else { return };
+    let url = fresh_database(&url).await;
+    let conv = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    let old = msg(&conv, "alice", "old", 1_768_435_200_000);
+    {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(connection);
+        client
+            .batch_execute(include_str!("../migrations/0001_init.sql"))
+            .await
+            .unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE im_archive_schema (version integer NOT NULL); \
+                 INSERT INTO im_archive_schema VALUES (1)",
+            )
+            .await
+            .unwrap();
+        let json = serde_json::to_value(&old).unwrap();
+        client
+            .execute(
+                "INSERT INTO messages VALUES ('reference', 'old', $1, $2, $3, $3)",
+                &[
+                    &conv.to_string().as_bytes(),
+                    &old.server_time.as_millis(),
+                    &json,
+                ],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        let _ = conn.await;
+    }
+    let store = PgArchive::connect(&PgConfig::new(&url)).await.unwrap();
+    assert_eq!(
+        store.len().await.unwrap(),
+        1,
+        "the message survived the migration"
+    );
+    assert_eq!(
+        store.original("reference", &old.server_id).await.unwrap(),
+        Some(old.clone())
+    );
+    assert_eq!(
+        store
+            .store("reference", std::slice::from_ref(&old))
+            .await
+            .unwrap(),
+        [im_archive::Stored::Duplicate],
+        "a redelivery after the migration is still a duplicate"
+    );
+}

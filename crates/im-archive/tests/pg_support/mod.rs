@@ -46,3 +46,17 @@ pub async fn fresh_database(url: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("a URL with a database path");
     format!("{base}/{name}")
 }
+
+/// With `IM_ARCHIVE_TEST_STORE=postgres`, a `PgArchive` on a fresh database of the server
+/// `IM_POSTGRES_URL` names (the HTTP and end-to-end suites run on it in CI); `None` otherwise.
+pub async fn store_if_asked() -> Option<std::sync::Arc<dyn im_archive::ArchiveStore>> {
+    if std::env::var("IM_ARCHIVE_TEST_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let url = server_url().expect("IM_ARCHIVE_TEST_STORE=postgres needs IM_POSTGRES_URL");
+    let url = fresh_database(&url).await;
+    let config = im_archive::PgConfig::new(&url);
+    Some(std::sync::Arc::new(
+        im_archive::PgArchive::connect(&config).await.unwrap(),
+    ))
+}
