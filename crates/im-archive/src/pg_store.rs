@@ -25,6 +25,9 @@
 //!   (vendor, vendor id) lives in `message_ids` (a partitioned table's unique key must hold
 //!   its partition key). A month's partition is created before its first message is
 //!   stored; times before 1970 or past year 9999 go to a default partition.
+//! * **Callbacks arriving together share a commit.** A callback's message joins the others
+//!   queued at that moment in one call of `im_archive_store_many` (migration 3: one round
+//!   trip, one implicit transaction); each caller is answered once that call committed.
 //! * **Statements are prepared once per connection** (deadpool's statement cache): a call
 //!   costs one round trip per statement, not a prepare and an execute.
 //! * **Schema** migrations are SQL files in `crates/im-archive/migrations/`, applied in order
@@ -56,7 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_store_function.sql"),
 ];
 
-/// The SQLSTATE `im_archive_store_new` raises when changes came before the message.
+/// The SQLSTATE `im_archive_store_many` raises when changes came before a message.
 const CHANGES_FIRST: &str = "IMA01";
 
 /// The advisory lock key that serialises migrations between replicas starting together.
@@ -89,6 +92,11 @@ impl PgConfig {
 /// The archive's store on PostgreSQL. Cheap to share: a pool of connections.
 pub struct PgArchive {
     pool: Pool,
+    /// Single-message stores (callbacks) waiting to be merged into one call of
+    /// `im_archive_store_many` (bounded: a full queue makes callers wait).
+    queue: tokio::sync::mpsc::Sender<Queued>,
+    /// The task that merges them; aborted (with the batches it runs) when the store drops.
+    batcher: tokio::task::JoinHandle<()>,
     /// Month partitions known to exist (their first millisecond): created at most once
     /// per process, never on the write path once known.
     months: parking_lot::Mutex<std::collections::HashSet<i64>>,
@@ -184,8 +192,12 @@ impl PgArchive {
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1), NoTls)
             .map_err(|e| ArchiveError::Storage(format!("postgres pool: {e}")))?;
+        let (queue, queued) = tokio::sync::mpsc::channel(QUEUE);
+        let batcher = tokio::spawn(batch_loop(pool.clone(), queued));
         let archive = Self {
             pool,
+            queue,
+            batcher,
             months: parking_lot::Mutex::default(),
         };
         archive.migrate().await?;
@@ -226,44 +238,6 @@ impl PgArchive {
         tx.commit().await.map_err(db)?;
         self.months.lock().extend(missing.iter().map(|m| m.lo));
         Ok(())
-    }
-
-    /// Stores one message with one call of `im_archive_store_new` (migration 3); `None` when
-    /// changes came before it (the call rolled back: the caller takes the full path).
-    async fn store_new(&self, vendor: &str, m: &Message) -> Result<Option<Stored>, ArchiveError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT im_archive_store_new($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .await
-            .map_err(db)?;
-        let conversation_text = m.conversation.to_string();
-        let members: Vec<Vec<u8>> = members_of(m)
-            .iter()
-            .map(|u| u.as_str().as_bytes().to_vec())
-            .collect();
-        let (high, low) = lock_key(vendor, &m.server_id);
-        let message = to_json(m)?;
-        let conversation_json = to_json(&m.conversation)?;
-        let params: [&(dyn ToSql + Sync); 9] = [
-            &vendor,
-            &key_bytes(m.server_id.as_str()),
-            &key_bytes(&conversation_text),
-            &m.server_time.as_millis(),
-            &message,
-            &members,
-            &conversation_json,
-            &high,
-            &low,
-        ];
-        match client.query_one(&statement, &params).await {
-            Ok(row) => Ok(Some(if row.get::<_, bool>(0) {
-                Stored::New
-            } else {
-                Stored::Duplicate
-            })),
-            Err(e) if e.code().is_some_and(|c| c.code() == CHANGES_FIRST) => Ok(None),
-            Err(e) => Err(db(e)),
-        }
     }
 
     /// Retention: drops every month partition that ends at or before `before` (whole
@@ -368,6 +342,163 @@ impl PgArchive {
     }
 }
 
+impl Drop for PgArchive {
+    fn drop(&mut self) {
+        self.batcher.abort();
+    }
+}
+
+/// Most single-message stores waiting for the batcher.
+const QUEUE: usize = 4096;
+
+/// Most messages in one call of `im_archive_store_many`.
+const BATCH: usize = 64;
+
+/// Most calls of `im_archive_store_many` one store runs at once (each on its own pooled
+/// connection; what arrives meanwhile waits and goes in the next call).
+const CONCURRENT_BATCHES: usize = 2;
+
+/// One single-message store waiting for the batcher, and where its answer goes (`None`:
+/// changes came before a message of its call; the caller takes the full path).
+struct Queued {
+    vendor: String,
+    message: Message,
+    answer: tokio::sync::oneshot::Sender<Result<Option<Stored>, ArchiveError>>,
+}
+
+/// Merges the single-message stores that arrive together into calls of
+/// `im_archive_store_many` (group commit: one round trip and one commit for all of them),
+/// at most [`CONCURRENT_BATCHES`] at once. Ends when the store drops its queue.
+async fn batch_loop(pool: Pool, mut queued: tokio::sync::mpsc::Receiver<Queued>) {
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            first = queued.recv(), if running.len() < CONCURRENT_BATCHES => {
+                let Some(first) = first else { break };
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match queued.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                running.spawn(run_batch(pool.clone(), batch));
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// One merged call; every caller gets the answer for its message (or the call's error).
+async fn run_batch(pool: Pool, batch: Vec<Queued>) {
+    let outcome = async {
+        let client = pool.get().await.map_err(pool_error)?;
+        let items: Vec<(&str, &Message)> = batch
+            .iter()
+            .map(|q| (q.vendor.as_str(), &q.message))
+            .collect();
+        store_many(&client, &items).await
+    }
+    .await;
+    match outcome {
+        Ok(Some(stored)) => {
+            for (q, s) in batch.into_iter().zip(stored) {
+                let _ = q.answer.send(Ok(Some(s)));
+            }
+        }
+        Ok(None) => {
+            for q in batch {
+                let _ = q.answer.send(Ok(None));
+            }
+        }
+        Err(e) => {
+            for q in batch {
+                let _ = q.answer.send(Err(same_error(&e)));
+            }
+        }
+    }
+}
+
+/// `e` again, for each caller of a failed merged call (the error is not `Clone`): the same
+/// kind where it matters (`Unavailable` stays retryable), the same text.
+fn same_error(e: &ArchiveError) -> ArchiveError {
+    match e {
+        ArchiveError::Unavailable(why) => ArchiveError::Unavailable(why.clone()),
+        other => ArchiveError::Storage(other.to_string()),
+    }
+}
+
+/// Stores `items` (vendor, message) with one call of `im_archive_store_many`, atomically;
+/// `None` when changes came before one of them (the call rolled back). The advisory locks
+/// are taken in sorted order, so concurrent calls cannot deadlock.
+async fn store_many(
+    client: &deadpool_postgres::Object,
+    items: &[(&str, &Message)],
+) -> Result<Option<Vec<Stored>>, ArchiveError> {
+    let mut order: Vec<(usize, (i32, i32))> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (vendor, m))| (i, lock_key(vendor, &m.server_id)))
+        .collect();
+    order.sort_by_key(|(_, key)| *key);
+    let mut vendors = Vec::with_capacity(items.len());
+    let mut ids = Vec::with_capacity(items.len());
+    let mut conversations = Vec::with_capacity(items.len());
+    let mut times = Vec::with_capacity(items.len());
+    let mut bodies = Vec::with_capacity(items.len());
+    let mut lock_high = Vec::with_capacity(items.len());
+    let mut lock_low = Vec::with_capacity(items.len());
+    let mut member_users = Vec::new();
+    let mut member_conversations = Vec::new();
+    let mut member_json = Vec::new();
+    for (i, (high, low)) in &order {
+        let (vendor, m) = items[*i];
+        let conversation = m.conversation.to_string().into_bytes();
+        let conversation_json = to_json(&m.conversation)?;
+        for user in members_of(m) {
+            member_users.push(user.as_str().as_bytes().to_vec());
+            member_conversations.push(conversation.clone());
+            member_json.push(conversation_json.clone());
+        }
+        vendors.push(vendor);
+        ids.push(key_bytes(m.server_id.as_str()));
+        conversations.push(conversation);
+        times.push(m.server_time.as_millis());
+        bodies.push(to_json(m)?);
+        lock_high.push(*high);
+        lock_low.push(*low);
+    }
+    let statement = client
+        .prepare_cached("SELECT im_archive_store_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        .await
+        .map_err(db)?;
+    let params: [&(dyn ToSql + Sync); 10] = [
+        &vendors,
+        &ids,
+        &conversations,
+        &times,
+        &bodies,
+        &lock_high,
+        &lock_low,
+        &member_users,
+        &member_conversations,
+        &member_json,
+    ];
+    let new: Vec<bool> = match client.query_one(&statement, &params).await {
+        Ok(row) => row.get(0),
+        Err(e) if e.code().is_some_and(|c| c.code() == CHANGES_FIRST) => return Ok(None),
+        Err(e) => return Err(db(e)),
+    };
+    let mut stored = vec![Stored::Duplicate; items.len()];
+    for ((i, _), is_new) in order.iter().zip(new) {
+        if is_new {
+            stored[*i] = Stored::New;
+        }
+    }
+    Ok(Some(stored))
+}
+
 /// The month of a partition named `messages_YYYYmMM`.
 fn month_name_bounds(name: &str) -> Option<Month> {
     let rest = name.strip_prefix("messages_")?;
@@ -468,11 +599,31 @@ async fn change_log(
 impl ArchiveStore for PgArchive {
     async fn store(&self, vendor: &str, messages: &[Message]) -> Result<Vec<Stored>, ArchiveError> {
         self.ensure_months(messages).await?;
-        // One message (a callback): one round trip, unless changes came before it.
-        if let [m] = messages
-            && let Some(stored) = self.store_new(vendor, m).await?
-        {
-            return Ok(vec![stored]);
+        // One call of `im_archive_store_many` unless changes came before a message: a
+        // callback's message merged with the others arriving now, or the caller's batch.
+        let fast = match messages {
+            [] => Some(Vec::new()),
+            [m] => {
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                let stopped = || ArchiveError::Unavailable("the archive's batcher stopped".into());
+                self.queue
+                    .send(Queued {
+                        vendor: vendor.to_owned(),
+                        message: m.clone(),
+                        answer,
+                    })
+                    .await
+                    .map_err(|_| stopped())?;
+                answered.await.map_err(|_| stopped())??.map(|s| vec![s])
+            }
+            _ => {
+                let client = self.client().await?;
+                let items: Vec<(&str, &Message)> = messages.iter().map(|m| (vendor, m)).collect();
+                store_many(&client, &items).await?
+            }
+        };
+        if let Some(stored) = fast {
+            return Ok(stored);
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;

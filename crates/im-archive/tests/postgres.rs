@@ -663,3 +663,46 @@ async fn a_schema_1_database_is_migrated_with_its_messages() {
         "a redelivery after the migration is still a duplicate"
     );
 }
+
+/// Callbacks arriving together are merged into one call (group commit): each caller still
+/// gets its own message's answer. 40 stores at once, a quarter of them repeats of messages
+/// stored before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_callbacks_each_get_their_own_answer() {
+    let Some(url) = server_url() else { return };
+    let url = fresh_database(&url).await;
+    let store = Arc::new(PgArchive::connect(&PgConfig::new(&url)).await.unwrap());
+    let conv = ConversationId::direct(&UserId::new("alice"), &UserId::new("bob"));
+    let messages: Vec<Message> = (0..40)
+        .map(|i| msg(&conv, "alice", &format!("g{i:02}"), 1_800_000_000_000 + i))
+        .collect();
+    for m in messages
+        .iter()
+        .filter(|m| m.server_id.as_str().ends_with(['3', '7']))
+    {
+        store
+            .store("reference", std::slice::from_ref(m))
+            .await
+            .unwrap();
+    }
+    let answers = futures::future::join_all(messages.iter().map(|m| {
+        let store = store.clone();
+        async move {
+            store
+                .store("reference", std::slice::from_ref(m))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    for (m, answer) in messages.iter().zip(answers) {
+        let repeat = m.server_id.as_str().ends_with(['3', '7']);
+        let want = if repeat {
+            im_archive::Stored::Duplicate
+        } else {
+            im_archive::Stored::New
+        };
+        assert_eq!(answer, [want], "{}'s own answer", m.server_id);
+    }
+    assert_eq!(store.len().await.unwrap(), 40);
+}

@@ -119,6 +119,32 @@ mod contract {
         s.flush().await.unwrap();
         assert_eq!(s.len().await.unwrap(), 3);
         assert!(!s.is_empty().await.unwrap());
+        // Each message's outcome in its own place, whatever order a store works in (the
+        // PostgreSQL store sorts a batch by lock key): three of eight were stored before.
+        let batch: Vec<Message> = (0..8)
+            .map(|i| msg(&c, "alice", &format!("b{i}"), 3_000 + i))
+            .collect();
+        s.store(
+            "ref",
+            &[batch[1].clone(), batch[4].clone(), batch[6].clone()],
+        )
+        .await
+        .unwrap();
+        let want: Vec<Stored> = (0..8)
+            .map(|i| {
+                if [1, 4, 6].contains(&i) {
+                    Stored::Duplicate
+                } else {
+                    Stored::New
+                }
+            })
+            .collect();
+        assert_eq!(
+            s.store("ref", &batch).await.unwrap(),
+            want,
+            "each message's outcome in its place"
+        );
+        assert_eq!(s.len().await.unwrap(), 11);
     }
 
     pub async fn pages_newest_first_with_cursor(s: &dyn ArchiveStore) {
