@@ -555,6 +555,19 @@ fn from_json<T: DeserializeOwned>(key: &str, value: serde_json::Value) -> Result
     })
 }
 
+/// Rows of (key bytes, JSON) decoded; a row that does not decode is `Corrupt`, named by
+/// its key.
+fn decode_keyed<T: DeserializeOwned>(
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<Vec<T>, ArchiveError> {
+    rows.into_iter()
+        .map(|r| {
+            let key: Vec<u8> = r.get(0);
+            from_json(&String::from_utf8_lossy(&key), r.get(1))
+        })
+        .collect()
+}
+
 /// The advisory-lock key of one message (see the module doc): FNV-1a of vendor and id,
 /// split into the two 32-bit halves of `pg_advisory_xact_lock(int, int)` (a key space apart
 /// from the one-key migration lock). The same on every replica; two messages whose keys
@@ -894,13 +907,7 @@ impl ArchiveStore for PgArchive {
             }
         }
         .map_err(db)?;
-        let mut hits = rows
-            .into_iter()
-            .map(|r| {
-                let id: Vec<u8> = r.get(0);
-                from_json(&String::from_utf8_lossy(&id), r.get(1))
-            })
-            .collect::<Result<Vec<Message>, _>>()?;
+        let mut hits: Vec<Message> = decode_keyed(rows)?;
         Ok(finish_page(&mut hits, q.limit))
     }
 
@@ -954,13 +961,7 @@ impl ArchiveStore for PgArchive {
             )
             .await
             .map_err(db)?;
-        let mut out = rows
-            .into_iter()
-            .map(|r| {
-                let key: Vec<u8> = r.get(0);
-                from_json(&String::from_utf8_lossy(&key), r.get(1))
-            })
-            .collect::<Result<Vec<ConversationId>, _>>()?;
+        let mut out: Vec<ConversationId> = decode_keyed(rows)?;
         // Sorted as the other stores sort them (by the id's own order, not its text).
         out.sort();
         Ok(out)
