@@ -301,6 +301,19 @@ impl ConversationList {
                 };
             }
             e.summary.last_message = last;
+            // My own newest message after the saved mark read everything before it, as it
+            // did when it was sent (`on_message`): a crash may have kept the message but not
+            // the conversation state its sending wrote (the simulation found a row counting
+            // a peer's older message as unread after such a crash).
+            if let Some(own) = after_read
+                .iter()
+                .filter(|m| m.sender == me)
+                .map(Position::of)
+                .filter(|pos| e.read_up_to.as_ref().is_none_or(|r| pos > r))
+                .max()
+            {
+                e.read_up_to = Some(own);
+            }
             e.unread = after_read
                 .iter()
                 .filter(|m| m.sender != me)
@@ -407,6 +420,22 @@ mod tests {
             &[theirs.clone(), mine.clone()],
         );
         assert_eq!(row.unread, 0, "still read after a restart");
+
+        // A crash kept my reply but not the read position its sending saved: the reply
+        // still reads the message before it.
+        saved.read_up_to = None;
+        let mut lost = ConversationList::new(UserId::new("me"));
+        let row = lost.restore(
+            &conv,
+            Some(&saved),
+            Some(mine.clone()),
+            None,
+            &[theirs.clone(), mine.clone()],
+        );
+        assert_eq!(
+            row.unread, 0,
+            "my own message after the saved mark read what came before it"
+        );
     }
 
     /// A re-delivery of the message at the read position stays read, `mark_all_read`
@@ -437,7 +466,8 @@ mod tests {
         assert_eq!(list.total_unread(), 0, "mark_all_read clears every row");
 
         // After a restart, read up to message 1 (saved). The loader passes what follows the
-        // read message; the read message itself and my own messages never count.
+        // read message; the read message itself and my own messages never count (and my own
+        // message reads what came before it, as when it was sent).
         let saved = ConversationState {
             id: a.clone(),
             pinned: false,
@@ -447,19 +477,19 @@ mod tests {
         };
         let after = [
             read.clone(),
-            msg(&a, "peer", 2),
-            msg(&a, "me", 4),
+            msg(&a, "me", 2),
             msg(&a, "peer", 3),
+            msg(&a, "peer", 4),
         ];
-        let last = Some(msg(&a, "peer", 3));
+        let last = Some(msg(&a, "peer", 4));
         let mut again = ConversationList::new(UserId::new("me"));
         let row = again.restore(&a, Some(&saved), last.clone(), Some(&read), &after);
-        assert_eq!(row.unread, 2, "messages 2 and 3 from the peer: {row:?}");
-        // A resolved message that is not the saved one (message 2) must not move the read
+        assert_eq!(row.unread, 2, "messages 3 and 4 from the peer: {row:?}");
+        // A resolved message that is not the saved one (message 3) must not move the read
         // position: the saved time and id are used instead.
         let mut again = ConversationList::new(UserId::new("me"));
-        let row = again.restore(&a, Some(&saved), last, Some(&after[1]), &after[1..]);
-        assert_eq!(row.unread, 2, "read up to message 1 only: {row:?}");
+        let row = again.restore(&a, Some(&saved), last, Some(&after[2]), &after[1..]);
+        assert_eq!(row.unread, 2, "read up to my message 2 only: {row:?}");
     }
 
     #[test]
