@@ -586,9 +586,10 @@ fn key_bytes(text: &str) -> &[u8] {
     text.as_bytes()
 }
 
-/// Reads `vendor`'s change log of `target` in revision order.
+/// Reads `vendor`'s change log of `target` in revision order (inside a write's
+/// transaction, or on a pooled connection for `changes_of`).
 async fn change_log(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl deadpool_postgres::GenericClient,
     vendor: &str,
     target: &ServerMsgId,
 ) -> Result<Vec<MessageChange>, ArchiveError> {
@@ -819,17 +820,7 @@ impl ArchiveStore for PgArchive {
         vendor: &str,
         target: &ServerMsgId,
     ) -> Result<Vec<MessageChange>, ArchiveError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &client.prepare_cached("SELECT change FROM changes WHERE vendor = $1 AND target = $2 ORDER BY revision").await.map_err(db)?,
-                &[&vendor, &key_bytes(target.as_str())],
-            )
-            .await
-            .map_err(db)?;
-        rows.into_iter()
-            .map(|r| from_json(target.as_str(), r.get(0)))
-            .collect()
+        change_log(&self.client().await?, vendor, target).await
     }
 
     async fn original(

@@ -11,31 +11,15 @@ use std::time::Duration;
 
 use im_service::memory::MemoryVendorConfig;
 use im_service::reference::protocol::{PROTOCOL_VERSION, frame_bytes};
-use im_service::reference::{ClientFrame, ReferenceVendor, ServerFrame};
-use im_service::{Credentials, ServiceError, Token, UserId, Vendor};
+use im_service::reference::{ClientFrame, ServerFrame};
+use im_service::{ServiceError, UserId, Vendor};
 use im_testkit::contract::text;
 use im_vendor_sim::{FailureBudget, LOGIN_REFUSED, LoginThrottleConfig, ServerConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 mod common;
-use common::{WAIT, read_frame, server, users};
-
-/// Logs in within [`WAIT`].
-async fn login(vendor: &ReferenceVendor, creds: &Credentials) -> Result<(), ServiceError> {
-    let c = vendor.client();
-    tokio::time::timeout(WAIT, c.login(creds))
-        .await
-        .expect("the login answers in time")
-        .map(|_| ())
-}
-
-fn wrong(user: &UserId) -> Credentials {
-    Credentials {
-        user: user.clone(),
-        token: Token::new("hunter2-not-the-token"),
-    }
-}
+use common::{login, read_frame, server, users, wrong};
 
 /// Moves tokio's clock forward by `by` (paused only for the jump, so real sockets are
 /// served in real time before and after).

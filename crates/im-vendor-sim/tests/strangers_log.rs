@@ -8,32 +8,16 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use im_service::UserId;
 use im_service::reference::protocol::{PROTOCOL_VERSION, frame_bytes};
-use im_service::reference::{ClientFrame, ReferenceVendor, Request, ServerFrame};
-use im_service::{Credentials, ServiceError, Token, UserId, Vendor};
+use im_service::reference::{ClientFrame, Request, ServerFrame};
 use im_vendor_sim::ServerConfig;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 mod common;
-use common::{WAIT, read_frame, server, users};
-
-/// Logs in within [`WAIT`].
-async fn login(vendor: &ReferenceVendor, creds: &Credentials) -> Result<(), ServiceError> {
-    let c = vendor.client();
-    tokio::time::timeout(WAIT, c.login(creds))
-        .await
-        .expect("the login answers in time")
-        .map(|_| ())
-}
-
-fn wrong(user: &UserId) -> Credentials {
-    Credentials {
-        user: user.clone(),
-        token: Token::new("hunter2-not-the-token"),
-    }
-}
+use common::{login, read_frame, server, users, wrong};
 
 /// A `MakeWriter` into a shared buffer.
 #[derive(Clone, Default)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use im_service::codec;
 use im_service::reference::{ReferenceClient, ReferenceConfig, ReferenceVendor, ServerFrame};
-use im_service::{ConversationId, Credentials, EventStream, UserId, Vendor};
+use im_service::{ConversationId, Credentials, EventStream, ServiceError, Token, UserId, Vendor};
 use im_vendor_sim::{ReferenceServer, ServerConfig};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -61,4 +61,21 @@ pub async fn online(
     c.login(creds).await.unwrap();
     c.go_online().await.unwrap();
     (c, events)
+}
+
+/// Logs in within [`WAIT`].
+pub async fn login(vendor: &ReferenceVendor, creds: &Credentials) -> Result<(), ServiceError> {
+    let c = vendor.client();
+    tokio::time::timeout(WAIT, c.login(creds))
+        .await
+        .expect("the login answers in time")
+        .map(|_| ())
+}
+
+/// `user` with a token the server never issued.
+pub fn wrong(user: &UserId) -> Credentials {
+    Credentials {
+        user: user.clone(),
+        token: Token::new("hunter2-not-the-token"),
+    }
 }
