@@ -5,6 +5,7 @@
 //! Invariant: this crate is a dev-dependency of library crates only; nothing in a library's
 //! normal dependency graph names it, and it never depends on the business demo.
 
+pub mod browser;
 pub mod cases;
 pub mod contract;
 pub mod crash;
@@ -17,6 +18,7 @@ pub mod vendor_matrix;
 pub mod vendor_sim;
 pub mod wait;
 
+pub use browser::{Browser, BrowserError, Page};
 pub use cases::{GateCall, GatedVendor};
 pub use faulty::{FaultyVendor, Hook, PushFaults};
 pub use harness::{ContractConfig, MemoryHarness, ReferenceHarness, VendorHarness};
