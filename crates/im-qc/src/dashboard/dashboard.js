@@ -1,0 +1,1 @@
+// The live quality-control dashboard script (placeholder).
