@@ -211,6 +211,8 @@ mod tests {
             replies_per_conversation_per_hour: None,
             agents: vec![],
             overdue: vec![(c1.clone(), 400.0), (stranger.clone(), 10.0)],
+            conversations: 2,
+            active_hours: 1.0,
         };
         let tenant_of = |c: &ConversationId| (c == &c1).then(|| u("t1"));
         assert_eq!(

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use im_arch::{ClientEvent, DeliveryPolicy, EventKind, Filter, ImClient, SendStatus};
 use im_qc::{
-    Agents, AlertRule, BusinessSnapshot, Comparison, Metric, Op, QcConfig, QcEvent, QcMonitor,
-    QcSnapshot, Severity, UnknownDevice, Verdict, Watch,
+    Agents, AlertRule, BusinessSnapshot, Comparison, Metric, MetricsServer, Op, QcConfig, QcEvent,
+    QcMonitor, QcSnapshot, Severity, UnknownDevice, Verdict, Watch,
 };
 use im_service::{
     ChangeKind, ClientMsgId, Clock, Content, ConversationId, ServerMsgId, Timestamp, UserId,
@@ -53,6 +53,8 @@ pub struct DayOptions {
     pub live: bool,
     /// The first housekeeper is a person typing on stdin.
     pub interactive: bool,
+    /// Serve QC's live dashboard.
+    pub dashboard: Option<DashboardOptions>,
 }
 
 impl DayOptions {
@@ -342,19 +344,31 @@ fn qc_config() -> QcConfig {
 }
 
 /// The desk's response rate over every housekeeper's monitor: each sees only its own
-/// tenants, so the agent rows add up without counting anything twice.
+/// tenants, so their agent rows add up without counting anything twice (QC's desk view,
+/// the same figure the dashboard shows).
 fn response_rate(businesses: &[BusinessSnapshot]) -> Option<f64> {
-    let (inbound, answered) = businesses
-        .iter()
-        .flat_map(|b| &b.agents)
-        .fold((0u64, 0u64), |(i, a), row| {
-            (i + row.inbound, a + row.answered_in_time)
-        });
-    (inbound > 0).then(|| answered as f64 / inbound as f64)
+    BusinessSnapshot::combine(businesses).and_then(|desk| desk.response_rate)
 }
 
-/// Runs the day on `env` and returns its summary.
-pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
+/// The live dashboard of a run (`--dashboard`).
+#[derive(Debug, Clone)]
+pub struct DashboardOptions {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// The bearer token it requires, if any.
+    pub token: Option<String>,
+}
+
+/// How often the dashboard samples the monitors: a day of the script takes about a
+/// minute, so the outage spans a dozen points.
+const DASHBOARD_SAMPLE: Duration = Duration::from_millis(250);
+
+/// Runs the day on `env` and returns its summary, and the dashboard server when one was
+/// asked for (it keeps serving the monitors' last state until dropped).
+pub async fn run(
+    env: Environment,
+    options: DayOptions,
+) -> Result<(Summary, Option<MetricsServer>)> {
     let tenants = options.tenant_ids();
     let housekeepers = options.housekeeper_ids();
     let clock = env.clock();
@@ -414,6 +428,26 @@ pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
                 .with_context(|| format!("{} logs in", p.user))?;
         }
     }
+    let dashboard = match &options.dashboard {
+        Some(d) => {
+            let mut builder = MetricsServer::builder().history(DASHBOARD_SAMPLE, 14_400);
+            for (keeper, monitor) in housekeepers.iter().zip(&monitors) {
+                builder = builder.seat(keeper.as_str(), monitor.source());
+            }
+            if let Some(token) = &d.token {
+                builder = builder.bearer_token(token.clone());
+            }
+            let server = builder.serve(d.addr).await?;
+            // The address goes to stderr: stdout may be the JSON summary (`--json`). The
+            // token is never printed: logs of a run are read by others.
+            eprintln!("dashboard: http://{}/", server.addr());
+            if d.token.is_some() {
+                eprintln!("dashboard: open it with #token=<the token> after the address");
+            }
+            Some(server)
+        }
+        None => None,
+    };
     let verdicts = vec![Verdict::Healthy; monitors.len()];
     let desk = Desk {
         panel: Panel::new(options.live, env.vendor_name()),
@@ -446,7 +480,7 @@ pub async fn run(env: Environment, options: DayOptions) -> Result<Summary> {
         slips: 0,
         day_start: None,
     };
-    desk.day().await
+    Ok((desk.day().await?, dashboard))
 }
 
 /// Forwards what device `device` of `user` receives, recalls and hears read into the

@@ -3,7 +3,8 @@
 //! the company archive fed by its callbacks; `--vendor xmpp --addr HOST:PORT` a real XMPP
 //! server, see `wiring.rs`), through a scripted working day with a vendor outage, shown in
 //! the terminal as it happens. `--json` prints a machine-readable summary;
-//! the exit code is 0 only when every check of the summary holds.
+//! the exit code is 0 only when every check of the summary holds. `--dashboard` serves QC's
+//! live dashboard page while the day plays (and after it, until Ctrl-C).
 
 mod business_time;
 mod day;
@@ -56,6 +57,19 @@ struct Args {
     /// Print only a JSON summary on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve QC's live dashboard (and `/metrics`) on ADDR while the day plays, default
+    /// 127.0.0.1 on a free port; its address is printed on stderr. After the day it stays
+    /// up, showing how the day ended, until Ctrl-C.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    dashboard: Option<SocketAddr>,
+    /// The bearer token the dashboard requires (open it as `http://ADDR/#token=TOKEN`).
+    #[arg(
+        long,
+        env = "IM_QC_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    dashboard_token: Option<String>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +92,10 @@ async fn main() -> Result<()> {
         speed: args.speed,
         live: !args.json,
         interactive: args.interactive,
+        dashboard: args.dashboard.map(|addr| desk_runtime::DashboardOptions {
+            addr,
+            token: args.dashboard_token.clone(),
+        }),
     };
     let users: Vec<UserId> = options
         .tenant_ids()
@@ -91,16 +109,35 @@ async fn main() -> Result<()> {
         register_with: args.register_with,
     };
     let env = wiring::Environment::start(args.vendor, &target, &users).await?;
-    let summary = desk_runtime::run(env, options).await?;
+    let (summary, dashboard) = desk_runtime::run(env, options).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
     }
+    if let Some(server) = dashboard {
+        eprintln!("the day is over; the dashboard stays up until Ctrl-C");
+        until_stopped().await;
+        server.shutdown().await;
+    }
     if !summary.ok {
         anyhow::bail!("the run's checks did not hold (see the summary)");
     }
     Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM.
+async fn until_stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
 }
 
 fn print_summary(s: &desk_runtime::Summary) {

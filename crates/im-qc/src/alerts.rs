@@ -149,6 +149,25 @@ pub struct AlertStatus {
     pub value: Option<f64>,
 }
 
+/// One firing of a rule, kept in the monitor's alert log: when it fired and, once it
+/// stopped holding, when it resolved. Times are the watched clock's (server time).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertRecord {
+    /// The rule.
+    pub rule: String,
+    /// Its severity.
+    pub severity: Severity,
+    /// The value that made it fire.
+    pub value: f64,
+    /// When it fired, ms since the Unix epoch.
+    pub fired_at_ms: i64,
+    /// When it resolved; `None` while it fires.
+    pub resolved_at_ms: Option<i64>,
+}
+
+/// Firings kept in a monitor's alert log; older ones are forgotten.
+pub(crate) const ALERT_LOG_CAP: usize = 100;
+
 /// What evaluation produced.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Transition {

@@ -105,6 +105,93 @@ pub struct BusinessSnapshot {
     /// Customer messages waiting longer than the configured time, as (conversation, how
     /// long the oldest has waited, seconds).
     pub overdue: Vec<(ConversationId, f64)>,
+    /// Conversations seen.
+    pub conversations: u64,
+    /// Hours from the first message seen to the last, at least one (the denominator of
+    /// `replies_per_conversation_per_hour`).
+    pub active_hours: f64,
+}
+
+impl BusinessSnapshot {
+    /// The figures of one desk watched through several monitors (one per agent's seat,
+    /// each seeing its own conversations): agent rows of the same name add up, the
+    /// response rate is recomputed from the summed counts, replies per conversation per
+    /// hour from the summed replies and conversations over the longest active span.
+    /// First-response medians cannot be merged exactly: a row merged from several keeps
+    /// the median of the part with the most replies. `None` without parts.
+    ///
+    /// ```
+    /// use im_qc::{AgentMetrics, BusinessSnapshot};
+    /// let seat = |agent: &str, inbound, answered_in_time| BusinessSnapshot {
+    ///     response_rate: None,
+    ///     replies_per_conversation_per_hour: None,
+    ///     agents: vec![AgentMetrics {
+    ///         agent: agent.into(),
+    ///         inbound,
+    ///         answered_in_time,
+    ///         response_rate: None,
+    ///         replies: answered_in_time,
+    ///         first_response_p50_secs: None,
+    ///     }],
+    ///     overdue: vec![],
+    ///     conversations: 2,
+    ///     active_hours: 1.0,
+    /// };
+    /// let desk = BusinessSnapshot::combine(&[seat("ann", 4, 3), seat("bob", 6, 6)]).unwrap();
+    /// assert_eq!(desk.response_rate, Some(0.9));
+    /// assert_eq!(desk.agents.len(), 2);
+    /// ```
+    pub fn combine(parts: &[BusinessSnapshot]) -> Option<BusinessSnapshot> {
+        if parts.is_empty() {
+            return None;
+        }
+        // Per agent: the summed row, and the replies of the part whose median it keeps.
+        let mut agents: BTreeMap<String, (AgentMetrics, u64)> = BTreeMap::new();
+        for row in parts.iter().flat_map(|p| &p.agents) {
+            match agents.get_mut(&row.agent) {
+                None => {
+                    agents.insert(row.agent.clone(), (row.clone(), row.replies));
+                }
+                Some((sum, kept_from)) => {
+                    if row.first_response_p50_secs.is_some()
+                        && (row.replies > *kept_from || sum.first_response_p50_secs.is_none())
+                    {
+                        sum.first_response_p50_secs = row.first_response_p50_secs;
+                        *kept_from = row.replies;
+                    }
+                    sum.inbound += row.inbound;
+                    sum.answered_in_time += row.answered_in_time;
+                    sum.replies += row.replies;
+                }
+            }
+        }
+        let mut agents: BTreeMap<String, AgentMetrics> =
+            agents.into_iter().map(|(k, (row, _))| (k, row)).collect();
+        let (mut inbound, mut in_time, mut replies) = (0, 0, 0);
+        for row in agents.values_mut() {
+            row.response_rate =
+                (row.inbound > 0).then(|| row.answered_in_time as f64 / row.inbound as f64);
+            inbound += row.inbound;
+            in_time += row.answered_in_time;
+            replies += row.replies;
+        }
+        let conversations: u64 = parts.iter().map(|p| p.conversations).sum();
+        let active_hours = parts.iter().map(|p| p.active_hours).fold(1.0_f64, f64::max);
+        let mut overdue: Vec<(ConversationId, f64)> = parts
+            .iter()
+            .flat_map(|p| p.overdue.iter().cloned())
+            .collect();
+        overdue.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Some(BusinessSnapshot {
+            response_rate: (inbound > 0).then(|| in_time as f64 / inbound as f64),
+            replies_per_conversation_per_hour: (conversations > 0)
+                .then(|| replies as f64 / conversations as f64 / active_hours),
+            agents: agents.into_values().collect(),
+            overdue,
+            conversations,
+            active_hours,
+        })
+    }
 }
 
 /// The business-metrics engine; feed it every message once ([`BusinessMetrics::observe`]
@@ -275,6 +362,8 @@ impl BusinessMetrics {
                 .then(|| replies as f64 / self.conversations.len() as f64 / hours),
             agents: agents.into_values().collect(),
             overdue,
+            conversations: self.conversations.len() as u64,
+            active_hours: hours,
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   (sync passes, ingest, send success and ack latency, end-to-end latency, outbox depth,
 //!   dropped UI events), business metrics ([`BusinessMetrics`]), and [`AlertRule`]s that fire
 //!   and resolve as [`QcEvent`]s on its own bus and through `tracing`.
-//! * Export: [`prometheus_text`] / [`MetricsServer`] and the JSON [`QcSnapshot`].
+//! * Export: [`prometheus_text`] / [`MetricsServer`] (Prometheus text, the JSON
+//!   [`QcSnapshot`], and a live dashboard page with a bounded history of samples).
 //! * Modules: `monitor.rs` is the handle, `state.rs` what the monitor observed and its
 //!   evaluation, `task.rs` the background observer, `report.rs` and `event.rs` what it
 //!   reports and publishes, `config.rs` its tunables.
@@ -21,6 +22,7 @@
 mod alerts;
 mod business;
 mod config;
+mod dashboard;
 mod device;
 mod error;
 mod event;
@@ -34,13 +36,13 @@ mod vendor;
 mod window;
 
 // The public API, in one list; everything else is internal to the crate.
-pub use alerts::{AlertRule, AlertStatus, Comparison, Metric, Severity};
+pub use alerts::{AlertRecord, AlertRule, AlertStatus, Comparison, Metric, Severity};
 pub use business::{AgentMetrics, Agents, BusinessMetrics, BusinessSnapshot, Role, RoleDirectory};
 pub use config::QcConfig;
 pub use device::{DeviceContext, DeviceSample, NetworkType, UnknownDevice};
 pub use error::QcError;
 pub use event::{QcEvent, QcEventKind};
-pub use export::{MetricsServer, prometheus_text};
+pub use export::{MetricsServer, MetricsServerBuilder, prometheus_text};
 pub use histogram::LatencyHistogram;
 pub use monitor::{QcMonitor, SnapshotSource, Watch};
 pub use report::{OpReport, Processing, QcSnapshot, Verdict, VerdictReport, WindowAvailability};

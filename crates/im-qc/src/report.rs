@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::alerts::AlertStatus;
+use crate::alerts::{AlertRecord, AlertStatus};
 use crate::business::BusinessSnapshot;
 use crate::device::DeviceSample;
 use crate::vendor::Op;
@@ -133,6 +133,8 @@ pub struct VerdictReport {
 pub struct QcSnapshot {
     /// The vendor observed.
     pub vendor: String,
+    /// When it was taken, on the watched clock (server time), ms since the Unix epoch.
+    pub at_ms: i64,
     /// The device's situation.
     pub device: DeviceSample,
     /// Health verdict.
@@ -149,4 +151,6 @@ pub struct QcSnapshot {
     pub business: Option<BusinessSnapshot>,
     /// Alert rules.
     pub alerts: Vec<AlertStatus>,
+    /// The latest firings, fired and resolved, newest first (at most 100).
+    pub alert_log: Vec<AlertRecord>,
 }

@@ -14,7 +14,7 @@ use im_service::{ClientMsgId, Clock, Content, Message, Timestamp, UserId};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::alerts::{Alerts, Metric, Transition};
+use crate::alerts::{ALERT_LOG_CAP, AlertRecord, Alerts, Metric, Transition};
 use crate::business::BusinessMetrics;
 use crate::config::QcConfig;
 use crate::device::DeviceContext;
@@ -77,6 +77,8 @@ pub(crate) struct State {
     /// See [`Watch::user`](crate::Watch::user).
     me: Option<UserId>,
     alerts: Alerts,
+    /// The latest firings, oldest first, at most [`ALERT_LOG_CAP`].
+    alert_log: std::collections::VecDeque<AlertRecord>,
     verdict: VerdictReport,
     down_since: Option<Instant>,
     dropped_ui: u64,
@@ -123,6 +125,7 @@ impl State {
             sending: HashMap::new(),
             failed: HashSet::new(),
             alerts,
+            alert_log: std::collections::VecDeque::new(),
             verdict: VerdictReport {
                 verdict: Verdict::Healthy,
                 reasons: Vec::new(),
@@ -379,7 +382,12 @@ impl State {
             .map(|r| (r.metric.clone(), self.value(&r.metric, now)))
             .collect();
         let lookup = |m: &Metric| values.iter().find(|(k, _)| k == m).and_then(|(_, v)| *v);
-        for t in self.alerts.evaluate(now, lookup) {
+        let transitions = self.alerts.evaluate(now, lookup);
+        let wall = self.clock.now().as_millis();
+        for t in &transitions {
+            self.log_transition(t, wall);
+        }
+        for t in transitions {
             out.push(match t {
                 Transition::Fired {
                     rule,
@@ -400,6 +408,39 @@ impl State {
             });
         }
         out
+    }
+
+    /// Keeps `t` in the alert log: a firing opens a record, a resolution closes the newest
+    /// open record of its rule.
+    fn log_transition(&mut self, t: &Transition, wall_ms: i64) {
+        match t {
+            Transition::Fired {
+                rule,
+                severity,
+                value,
+            } => {
+                if self.alert_log.len() >= ALERT_LOG_CAP {
+                    self.alert_log.pop_front();
+                }
+                self.alert_log.push_back(AlertRecord {
+                    rule: rule.clone(),
+                    severity: *severity,
+                    value: *value,
+                    fired_at_ms: wall_ms,
+                    resolved_at_ms: None,
+                });
+            }
+            Transition::Resolved { rule, .. } => {
+                if let Some(open) = self
+                    .alert_log
+                    .iter_mut()
+                    .rev()
+                    .find(|r| &r.rule == rule && r.resolved_at_ms.is_none())
+                {
+                    open.resolved_at_ms = Some(wall_ms);
+                }
+            }
+        }
     }
 
     /// The wall clock's time now (server times are on it).
@@ -462,16 +503,19 @@ impl State {
         processing.end_to_end_ms = [0.5, 0.99].map(|q| ms(self.end_to_end.quantile(q)));
         processing.outbox_depth = (self.sending.len() + self.failed.len()) as u64;
         processing.dropped_ui_events = self.dropped_ui;
+        let wall = self.clock.now();
         QcSnapshot {
             vendor: self.metrics.vendor().to_string(),
+            at_ms: wall.as_millis(),
             device: self.device.sample(),
             verdict: self.verdict.clone(),
             connection: format!("{:?}", self.connection),
             availability,
             operations,
             processing,
-            business: self.business.as_ref().map(|b| b.snapshot(self.clock.now())),
+            business: self.business.as_ref().map(|b| b.snapshot(wall)),
             alerts: self.alerts.status(),
+            alert_log: self.alert_log.iter().rev().cloned().collect(),
         }
     }
 }

@@ -50,6 +50,7 @@ mod offline;
 pub mod ordered_key;
 #[cfg(feature = "reference")]
 pub mod reference;
+pub mod throttle;
 pub mod vendor;
 #[cfg(feature = "webhook")]
 pub mod webhook;

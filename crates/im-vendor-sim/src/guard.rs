@@ -1,28 +1,19 @@
 //! What keeps strangers from knocking the reference vendor over: failed-login throttling
-//! per account and per peer address (token buckets in bounded tables), and the rate limit
-//! on the warning lines every refused or misbehaving peer leaves in the log.
+//! per account and per peer address, built on the workspace's one failure throttle and
+//! warning limit (`im_service::throttle`).
 //!
-//! Both run on tokio's clock, so tests move them with `tokio::time::pause`/`advance`.
+//! Runs on tokio's clock, so tests move it with `tokio::time::pause`/`advance`.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use im_service::UserId;
+pub use im_service::throttle::FailureBudget;
+use im_service::throttle::FailureThrottle;
+pub(crate) use im_service::throttle::WarnLimit;
 use parking_lot::Mutex;
 use tokio::time::Instant;
-
-/// How many failed logins a key may have: `burst` at once, then one more every `refill`
-/// (a token bucket). An account or peer over it is answered `RateLimited` without its
-/// credentials being checked, until the bucket has refilled enough for one more attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailureBudget {
-    /// Failures allowed back to back.
-    pub burst: u32,
-    /// Time that gives back one failure.
-    pub refill: Duration,
-}
 
 /// Failed-login throttling of the reference vendor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,72 +47,13 @@ impl Default for LoginThrottleConfig {
     }
 }
 
-/// One table of token buckets, kept as the instant each key's bucket is full again
-/// (GCRA: "theoretical arrival time"); a key absent or at an instant past is full.
-#[derive(Debug)]
-struct Buckets<K> {
-    budget: FailureBudget,
-    full_at: HashMap<K, Instant>,
-    max: usize,
-}
-
-impl<K: Hash + Eq + Clone> Buckets<K> {
-    fn new(budget: FailureBudget, max: usize) -> Self {
-        Self {
-            budget,
-            full_at: HashMap::new(),
-            max: max.max(1),
-        }
-    }
-
-    /// `Err(wait)` if one more failure would overdraw `key`'s bucket.
-    fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
-        let Some(full_at) = self.full_at.get(key) else {
-            return Ok(());
-        };
-        let span = self.budget.refill * self.budget.burst.max(1);
-        let after = (*full_at).max(now) + self.budget.refill;
-        match (after - now).checked_sub(span) {
-            Some(wait) if !wait.is_zero() => Err(wait),
-            _ => Ok(()),
-        }
-    }
-
-    /// Takes one failure from `key`'s bucket.
-    fn fail(&mut self, key: &K, now: Instant) {
-        if !self.full_at.contains_key(key) && self.full_at.len() >= self.max {
-            self.full_at.retain(|_, at| *at > now);
-            if self.full_at.len() >= self.max
-                && let Some(oldest) = self
-                    .full_at
-                    .iter()
-                    .min_by_key(|(_, at)| **at)
-                    .map(|(k, _)| k.clone())
-            {
-                self.full_at.remove(&oldest);
-            }
-        }
-        let at = self.full_at.entry(key.clone()).or_insert(now);
-        *at = (*at).max(now) + self.budget.refill;
-    }
-
-    fn clear(&mut self, key: &K) {
-        self.full_at.remove(key);
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.full_at.len()
-    }
-}
-
 /// Failed-login throttling per account and per peer address (see [`LoginThrottleConfig`]).
 /// Accounts are remembered by a keyed hash of the name, not the name: a stranger chooses
 /// names (up to a frame's length), and the table must be bounded in bytes, not only keys.
 #[derive(Debug)]
 pub(crate) struct LoginThrottle {
-    accounts: Mutex<Buckets<u64>>,
-    peers: Mutex<Buckets<IpAddr>>,
+    accounts: Mutex<FailureThrottle<u64>>,
+    peers: Mutex<FailureThrottle<IpAddr>>,
     /// Random per server, so a stranger cannot pick names that collide.
     hasher: RandomState,
 }
@@ -129,8 +61,8 @@ pub(crate) struct LoginThrottle {
 impl LoginThrottle {
     pub(crate) fn new(config: &LoginThrottleConfig) -> Self {
         Self {
-            accounts: Mutex::new(Buckets::new(config.per_account, config.max_tracked)),
-            peers: Mutex::new(Buckets::new(config.per_peer, config.max_tracked)),
+            accounts: Mutex::new(FailureThrottle::new(config.per_account, config.max_tracked)),
+            peers: Mutex::new(FailureThrottle::new(config.per_peer, config.max_tracked)),
             hasher: RandomState::new(),
         }
     }
@@ -169,52 +101,6 @@ impl LoginThrottle {
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> (usize, usize) {
         (self.accounts.lock().len(), self.peers.lock().len())
-    }
-}
-
-/// Rate limit of the refusal warnings: at most `per_second` lines a second; the next line
-/// printed says how many were suppressed meanwhile, so a flood shows as a few lines with
-/// counts, not a million lines.
-#[derive(Debug)]
-pub(crate) struct WarnLimit {
-    per_second: u32,
-    state: Mutex<WarnWindow>,
-}
-
-#[derive(Debug)]
-struct WarnWindow {
-    start: Option<Instant>,
-    printed: u32,
-    suppressed: u64,
-}
-
-impl WarnLimit {
-    pub(crate) fn new(per_second: u32) -> Self {
-        Self {
-            per_second,
-            state: Mutex::new(WarnWindow {
-                start: None,
-                printed: 0,
-                suppressed: 0,
-            }),
-        }
-    }
-
-    /// `Some(suppressed since the last line)` if a line may be printed now.
-    pub(crate) fn allow(&self) -> Option<u64> {
-        let now = Instant::now();
-        let mut w = self.state.lock();
-        if w.start.is_none_or(|s| now >= s + Duration::from_secs(1)) {
-            w.start = Some(now);
-            w.printed = 0;
-        }
-        if w.printed < self.per_second {
-            w.printed += 1;
-            Some(std::mem::take(&mut w.suppressed))
-        } else {
-            w.suppressed += 1;
-            None
-        }
     }
 }
 
@@ -292,17 +178,5 @@ mod tests {
         let (accounts, peers) = t.tracked();
         assert!(accounts <= 50, "{accounts} accounts remembered");
         assert!(peers <= 50, "{peers} peers remembered");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn warnings_are_rate_limited_and_count_what_they_suppressed() {
-        let w = WarnLimit::new(3);
-        assert_eq!(
-            (0..10).filter_map(|_| w.allow()).collect::<Vec<_>>(),
-            [0, 0, 0]
-        );
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(w.allow(), Some(7), "the next line reports the 7 suppressed");
-        assert_eq!(w.allow(), Some(0));
     }
 }
