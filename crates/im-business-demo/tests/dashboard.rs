@@ -49,13 +49,27 @@ fn tail(s: &str, n: usize) -> &str {
     &s[cut..]
 }
 
-/// Names what failed, with what the page and the demo said, for a failing wait.
-fn failure(
+/// Names what failed, with where the page's live updates stand and what the page and the
+/// demo said, for a failing wait.
+async fn failure(
     what: &str,
     err: &BrowserError,
+    page: &Page,
     browser: &Browser,
     out: &Mutex<Output>,
 ) -> anyhow::Error {
+    let state = page
+        .evaluate(
+            "`last seq ${document.body.dataset.seq}, ${document.body.dataset.points} points, \
+             live ${document.getElementById('live').dataset.state}, updated \
+             ${document.getElementById('last-update').textContent}, verdict \
+             ${document.getElementById('verdict').dataset.verdict}`",
+        )
+        .await
+        .map_or_else(
+            |e| format!("unknown ({e})"),
+            |v| v.as_str().unwrap_or("?").to_string(),
+        );
     let events: Vec<String> = browser
         .events()
         .iter()
@@ -64,7 +78,8 @@ fn failure(
         .map(|e| format!("{e:?}"))
         .collect();
     anyhow!(
-        "{what}: {err}\n--- last page events (newest first):\n{}\n--- demo stderr ends with:\n{}",
+        "{what}: {err}\n--- the page: {state}\n--- last page events (newest first):\n{}\n\
+         --- demo stderr ends with:\n{}",
         events.join("\n"),
         tail(&out.lock().stderr, 3000)
     )
@@ -80,9 +95,10 @@ async fn wait(
     deadline: Instant,
 ) -> anyhow::Result<Value> {
     let within = deadline.saturating_duration_since(Instant::now());
-    page.wait_for(what, expr, within)
-        .await
-        .map_err(|e| failure(what, &e, browser, out))
+    match page.wait_for(what, expr, within).await {
+        Ok(v) => Ok(v),
+        Err(e) => Err(failure(what, &e, page, browser, out).await),
+    }
 }
 
 /// The folder `target/` of this build: `CARGO_TARGET_TMPDIR` is `<target>/tmp`.
@@ -195,7 +211,8 @@ async fn dashboard_shows_the_outage_the_recovery_and_the_desk_in_chromium() -> a
         &page,
         &browser,
         &out,
-        "the vendor_down alert shown as resolved with its fired and resolved times",
+        "the page's live updates to show the vendor_down alert resolved, with its fired and \
+         resolved times",
         r#"(() => {
             const hms = /^\d\d:\d\d:\d\d$/;
             for (const r of document.querySelectorAll('#alerts tbody tr[data-rule="vendor_down"][data-state="resolved"]')) {

@@ -134,7 +134,7 @@ pub enum BrowserError {
     },
     /// [`Page::wait_for`] ran out of time.
     #[error(
-        "timed out waiting for {what} (overall deadline {within:?}); `{expr}` last gave {last}"
+        "timed out waiting for {what} (overall deadline {within:.1?}); `{expr}` last gave {last}"
     )]
     WaitTimeout {
         /// What was awaited, in words.
