@@ -201,7 +201,8 @@
    * opts.series: [{name, cls, values: [number|null per point]}], opts.yMax / opts.yMin fixed
    * bounds (else 0 .. nice max), opts.yTicks: [[value, label]] fixed ticks, opts.yUnit,
    * opts.step: step line, opts.bands(values) -> [{from, to, cls}] index runs shaded behind,
-   * opts.height (px), opts.legend (false: none; the card's title names the one series).
+   * opts.height (px), opts.legend (false: none; the card's title names the one series),
+   * opts.valueFormat / opts.valueNames: how the hover read-out writes a value.
    */
   function lineChart(box, opts) {
     const width = Math.max(240, Math.floor(box.clientWidth || 600));
@@ -339,7 +340,77 @@
       svg('path', { d: d, class: 'series ' + s.cls, 'data-series': s.name, 'data-points': count }, root);
       if (last) svg('circle', { cx: last[0], cy: last[1], r: 2.5, class: 'last-dot ' + s.cls }, root);
     }
+    hover(box, root, opts, { xOf: xOf, yOf: yOf, m: m, pw: pw, ph: ph, yMin: yMin, yMax: yMax });
     return root;
+  }
+
+  /**
+   * The read-out under the pointer: a vertical rule at the nearest point and a box with its
+   * watched-clock time and each series' value. Kept across the once-a-second redraws (the
+   * hovered t_ms is remembered on the chart's box).
+   */
+  function hover(box, root, opts, g) {
+    const xs = opts.xs;
+    const n = xs.length;
+    if (n === 0) return;
+    const layer = svg('g', { class: 'hover hidden' }, root);
+    const rule = svg('line', { y1: g.m.t, y2: g.m.t + g.ph, class: 'hover-rule' }, layer);
+    const bg = svg('rect', { rx: 4, ry: 4, class: 'hover-box' }, layer);
+    const fmt = opts.valueFormat || ((v) => num(v, 3));
+    const place = (t) => {
+      let k = Math.min(n - 1, lowerBound(xs, t));
+      if (k > 0 && Math.abs(xs[k - 1] - t) < Math.abs(xs[k] - t)) k -= 1;
+      const x = g.xOf(xs[k]);
+      rule.setAttribute('x1', x.toFixed(1));
+      rule.setAttribute('x2', x.toFixed(1));
+      for (const old of Array.from(layer.querySelectorAll('text, circle'))) layer.removeChild(old);
+      const lines = [[hms(opts.ats[k]) + ' UTC', 'hover-time']];
+      for (const s of opts.series) {
+        const v = s.values[k];
+        lines.push([s.name + ': ' + (isNum(v) ? (opts.valueNames ? opts.valueNames[v] || fmt(v) : fmt(v)) : '–'), 'hover-text']);
+        if (isNum(v)) {
+          const y = g.yOf(Math.max(g.yMin, Math.min(g.yMax, v)));
+          svg('circle', { cx: x.toFixed(1), cy: y.toFixed(1), r: 3.5, class: 'hover-dot ' + s.cls }, layer);
+        }
+      }
+      let width = 0;
+      const texts = lines.map(([text, cls], i) => {
+        const e = svg('text', { x: 0, y: 0, class: cls }, layer);
+        e.textContent = text;
+        width = Math.max(width, e.getComputedTextLength ? e.getComputedTextLength() : text.length * 6.5);
+        return [e, i];
+      });
+      const boxW = width + 16;
+      const boxH = lines.length * 15 + 8;
+      let bx = x + 10;
+      if (bx + boxW > g.m.l + g.pw) bx = x - 10 - boxW;
+      bx = Math.max(0, bx);
+      const by = g.m.t + 2;
+      bg.setAttribute('x', bx.toFixed(1));
+      bg.setAttribute('y', by.toFixed(1));
+      bg.setAttribute('width', boxW.toFixed(1));
+      bg.setAttribute('height', boxH.toFixed(1));
+      for (const [e, i] of texts) {
+        e.setAttribute('x', (bx + 8).toFixed(1));
+        e.setAttribute('y', (by + 15 + i * 15).toFixed(1));
+      }
+      layer.classList.remove('hidden');
+    };
+    const overlay = svg('rect', { x: g.m.l, y: g.m.t, width: g.pw, height: g.ph, class: 'hover-catch' }, root);
+    root.insertBefore(overlay, layer);
+    overlay.addEventListener('mousemove', (ev) => {
+      const r = root.getBoundingClientRect();
+      const px = ev.clientX - r.left;
+      const t = xs[0] + ((px - g.m.l) / g.pw) * ((n > 1 ? xs[n - 1] : xs[0] + 1) - xs[0]);
+      box.setAttribute('data-hover-t', String(t));
+      place(t);
+    });
+    overlay.addEventListener('mouseleave', () => {
+      box.removeAttribute('data-hover-t');
+      layer.classList.add('hidden');
+    });
+    const kept = box.getAttribute('data-hover-t');
+    if (kept !== null && isFinite(Number(kept))) place(Number(kept));
   }
 
   // ---------------------------------------------------------------- token handling
@@ -606,6 +677,7 @@
       xs, ats, height: 130, step: true, yMin: 0, yMax: 2,
       yTicks: [[0, 'healthy'], [1, 'degraded'], [2, 'down']],
       series: [{ name: 'verdict', cls: 'verdict', values: verdicts }],
+      valueNames: VERDICTS,
       bands: verdictBands(verdicts),
       legend: false,
     });
@@ -614,6 +686,7 @@
     lineChart($('ratio-chart'), {
       xs, ats, yMin: 0, yMax: 1, height: 220,
       yTicks: [[0, '0%'], [0.25, '25%'], [0.5, '50%'], [0.75, '75%'], [1, '100%']],
+      valueFormat: pct,
       series: [
         { name: 'success ratio', cls: 's1', values: pts.map((p) => minOf(seatsOf(p).map((s) => s.success_ratio_1m))) },
         { name: 'uptime', cls: 's2', values: pts.map((p) => minOf(seatsOf(p).map((s) => s.uptime_ratio_1m))) },
@@ -628,7 +701,7 @@
       ],
     });
     lineChart($('rtt-chart'), {
-      xs, ats, height: 110, yUnit: ' ms',
+      xs, ats, height: 110, yUnit: ' ms', valueFormat: ms,
       series: [{ name: 'heartbeat RTT', cls: 's5', values: pts.map((p) => maxOf(seatsOf(p).map((s) => s.heartbeat_rtt_ms_1m))) }],
     });
 
@@ -638,6 +711,7 @@
     lineChart($('response-rate-chart'), {
       xs, ats, yMin: 0, yMax: 1, height: 160, legend: false,
       yTicks: [[0, '0%'], [0.5, '50%'], [1, '100%']],
+      valueFormat: pct,
       series: [{ name: 'response rate', cls: 's1', values: pts.map((p) => desk(p, 'response_rate')) }],
     });
     lineChart($('replies-chart'), {
@@ -646,6 +720,7 @@
     });
     lineChart($('first-response-chart'), {
       xs, ats, height: 160, legend: false,
+      valueFormat: secs,
       series: [{ name: 'first response p50', cls: 's3', values: pts.map((p) => desk(p, 'first_response_p50_secs')) }],
     });
   }
@@ -675,7 +750,7 @@
         return l ? l[q] : null;
       }));
       lineChart(cell.querySelector('.chart'), {
-        xs, ats, height: 150,
+        xs, ats, height: 150, valueFormat: ms,
         series: [
           { name: 'p50', cls: 'p50', values: pts.map((p) => pick(p, 'p50')) },
           { name: 'p90', cls: 'p90', values: pts.map((p) => pick(p, 'p90')) },
