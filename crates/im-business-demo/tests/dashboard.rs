@@ -11,6 +11,7 @@
 //! Skips when Chromium is missing (`im_testkit::browser`), fails instead with
 //! `IM_REQUIRE_CHROMIUM=1` (CI). Every wait has an overall deadline.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -302,7 +303,12 @@ async fn dashboard_shows_the_outage_the_recovery_and_the_desk_in_chromium() -> a
     page.save_screenshot(&shot)
         .await
         .with_context(|| format!("saving the screenshot to {}", shot.display()))?;
-    println!("dashboard screenshot: {}", shot.display());
+    // Straight to stderr, past the test harness's capture: CI's log shows where it is.
+    let _ = writeln!(
+        std::io::stderr(),
+        "dashboard screenshot: {}",
+        shot.display()
+    );
 
     // No request to any host but its own.
     let urls: Vec<String> = browser.requests().into_iter().map(|r| r.url).collect();
