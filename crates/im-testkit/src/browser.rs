@@ -22,6 +22,7 @@
 //! test can skip; with `IM_REQUIRE_CHROMIUM=1` (set by CI) it is an error instead.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -224,7 +225,9 @@ pub fn chromium_binary() -> Result<Option<PathBuf>, BrowserError> {
     if std::env::var("IM_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") {
         return Err(BrowserError::Missing(path));
     }
-    eprintln!(
+    // Straight to stderr, past the test harness's capture: a skip must show in the log.
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIP: chromium not found at {} (install Debian's `chromium` or set IM_CHROMIUM; \
          IM_REQUIRE_CHROMIUM=1 turns this skip into a failure)",
         path.display()
