@@ -310,6 +310,12 @@ impl Conn {
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, (method.to_string(), tx));
+        // The reader may have closed between the check above and the insert: then nobody
+        // would answer this command.
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending.lock().remove(&id);
+            return Err(self.closed_error(method));
+        }
         let sent = {
             let mut stdin = self.stdin.lock().await;
             match stdin.write_all(&encode_frame(&message)).await {

@@ -37,6 +37,7 @@
   const MAX_POINTS = 4000;
   const POLL_MS = 1000;
   const RETRY_MS = 2000;
+  const FETCH_TIMEOUT_MS = 10000;
   const TOKEN_KEY = 'im-qc-dashboard-token';
   const SVGNS = 'http://www.w3.org/2000/svg';
   const VERDICTS = ['healthy', 'degraded', 'down'];
@@ -483,14 +484,23 @@
     const headers = { Accept: 'application/json' };
     if (state.token) headers.Authorization = 'Bearer ' + state.token;
     let resp;
+    // A server that stops answering must not stop the polling: each fetch has a deadline.
+    const abort = new AbortController();
+    const deadline = setTimeout(() => abort.abort(), FETCH_TIMEOUT_MS);
     try {
-      resp = await fetch('api/dashboard?since=' + state.seq, { headers: headers, cache: 'no-store' });
+      resp = await fetch('api/dashboard?since=' + state.seq, {
+        headers: headers,
+        cache: 'no-store',
+        signal: abort.signal,
+      });
     } catch (e) {
+      clearTimeout(deadline);
       setLive('offline', 'server unreachable');
       $('error').textContent = 'cannot reach the metrics server; retrying';
       schedule(RETRY_MS);
       return;
     }
+    if (!resp.ok) clearTimeout(deadline);
     if (resp.status === 401) {
       setLive('locked', 'token needed');
       showTokenForm(state.token ? 'The token was refused. Enter the dashboard token:' : 'This dashboard needs its bearer token:');
@@ -512,11 +522,13 @@
     try {
       data = await resp.json();
     } catch (e) {
+      clearTimeout(deadline);
       setLive('offline', 'bad answer');
       schedule(RETRY_MS);
       return;
     }
-    merge(data);
+    clearTimeout(deadline);
+    const restarted = merge(data);
     state.lastOk = new Date();
     $('error').textContent = '';
     setLive('live', 'live');
@@ -525,14 +537,18 @@
     } catch (e) {
       $('error').textContent = 'render error: ' + e.message;
     }
-    schedule(POLL_MS);
+    // After a server restart, fetch its whole history at once.
+    schedule(restarted ? 0 : POLL_MS);
   }
 
+  /** Adds the answer's new points; returns true when the server restarted (its seq went
+   *  back), after which the history starts over from seq 0. */
   function merge(data) {
+    let restarted = false;
     if (typeof data.seq === 'number' && data.seq < state.seq) {
-      // The server restarted (its seq went back): start over.
       state.points = [];
       state.seq = 0;
+      restarted = true;
     }
     const pts = Array.isArray(data.points) ? data.points : [];
     for (const p of pts) {
@@ -541,10 +557,11 @@
     }
     if (state.points.length > MAX_POINTS) state.points.splice(0, state.points.length - MAX_POINTS);
     const lastSeq = state.points.length ? state.points[state.points.length - 1].seq : 0;
-    state.seq = Math.max(typeof data.seq === 'number' ? data.seq : 0, lastSeq);
+    state.seq = restarted ? 0 : Math.max(typeof data.seq === 'number' ? data.seq : 0, lastSeq);
     state.latest = data;
     document.body.setAttribute('data-seq', String(state.seq));
     document.body.setAttribute('data-points', String(state.points.length));
+    return restarted;
   }
 
   function tickAge() {
