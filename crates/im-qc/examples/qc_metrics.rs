@@ -1,7 +1,8 @@
 //! A client under quality control: alice's vendor (the reference vendor over TCP) is wrapped
 //! in `QcVendor`, a `QcMonitor` watches it and the client's bus, and a `MetricsServer` serves
-//! the result at `/metrics` (Prometheus) and `/snapshot.json`. Alice sends bob a message; the
-//! example waits until QC counts it, scrapes `/metrics` once and prints QC's lines about sends.
+//! the result at `/metrics` (Prometheus), `/snapshot.json` and the live dashboard at `/`,
+//! behind a bearer token. Alice sends bob a message; the example waits until QC counts it,
+//! scrapes `/metrics` once with the token and prints QC's lines about sends.
 //!
 //! Start the reference vendor (README.md), then run the example in another terminal:
 //!
@@ -41,7 +42,17 @@ async fn main() -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
     };
     let monitor = QcMonitor::start(QcConfig::default(), watch)?;
-    let server = MetricsServer::serve(([127, 0, 0, 1], 0).into(), monitor.source()).await?;
+    // Anyone who can reach the port sees the page, but only holders of the token its data.
+    let token = std::env::var("IM_QC_TOKEN").unwrap_or_else(|_| "change-me".into());
+    let server = MetricsServer::builder()
+        .seat("alice", monitor.source())
+        .bearer_token(token.clone())
+        .serve(([127, 0, 0, 1], 0).into())
+        .await?;
+    println!(
+        "dashboard: http://{}/ (open it with #token=<IM_QC_TOKEN>)",
+        server.addr()
+    );
 
     let hint = "alice cannot log in: is im-vendor-sim running?";
     let login = tokio::time::timeout(Duration::from_secs(10), client.login()).await;
@@ -61,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
     let verdict = verdict.map_err(|_| anyhow!("no healthy verdict with the send in 10 s"))?;
 
     let url = format!("http://{}/metrics", server.addr());
-    let scrape = async { reqwest::get(&url).await?.error_for_status()?.text().await };
+    let scrape = async {
+        let request = reqwest::Client::new().get(&url).bearer_auth(&token);
+        request.send().await?.error_for_status()?.text().await
+    };
     let text = tokio::time::timeout(Duration::from_secs(5), scrape)
         .await
         .context("timed out")??;

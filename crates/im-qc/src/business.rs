@@ -367,3 +367,83 @@ impl BusinessMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        agent: &str,
+        inbound: u64,
+        in_time: u64,
+        replies: u64,
+        p50: Option<f64>,
+    ) -> AgentMetrics {
+        AgentMetrics {
+            agent: agent.into(),
+            inbound,
+            answered_in_time: in_time,
+            response_rate: None,
+            replies,
+            first_response_p50_secs: p50,
+        }
+    }
+
+    /// The desk over two seats: an agent seen by both adds up and keeps the median of the
+    /// seat with more of its replies; overdue lists merge longest first; replies per
+    /// conversation per hour come from the sums over the longest active span.
+    #[test]
+    fn seats_combine_into_one_desk() {
+        let c = |a: &str| ConversationId::direct(&UserId::new(a), &UserId::new("k"));
+        let one = BusinessSnapshot {
+            response_rate: Some(0.5),
+            replies_per_conversation_per_hour: None,
+            agents: vec![
+                row("ann", 4, 2, 2, Some(30.0)),
+                row("unassigned", 1, 0, 0, None),
+            ],
+            overdue: vec![(c("t1"), 100.0)],
+            conversations: 3,
+            active_hours: 2.0,
+        };
+        let two = BusinessSnapshot {
+            response_rate: Some(1.0),
+            replies_per_conversation_per_hour: None,
+            agents: vec![
+                row("ann", 2, 2, 6, Some(90.0)),
+                row("bob", 3, 3, 4, Some(10.0)),
+            ],
+            overdue: vec![(c("t2"), 400.0)],
+            conversations: 2,
+            active_hours: 1.0,
+        };
+        let desk = BusinessSnapshot::combine(&[one, two]).unwrap();
+        let ann = &desk.agents[0];
+        assert_eq!(
+            (
+                ann.agent.as_str(),
+                ann.inbound,
+                ann.answered_in_time,
+                ann.replies
+            ),
+            ("ann", 6, 4, 8)
+        );
+        assert_eq!(ann.response_rate, Some(4.0 / 6.0));
+        assert_eq!(
+            ann.first_response_p50_secs,
+            Some(90.0),
+            "the seat with more of ann's replies"
+        );
+        assert_eq!(desk.agents.len(), 3);
+        // 7 of 10 answered in time over every row.
+        assert_eq!(desk.response_rate, Some(0.7));
+        assert_eq!(desk.conversations, 5);
+        assert_eq!(desk.active_hours, 2.0);
+        assert_eq!(
+            desk.replies_per_conversation_per_hour,
+            Some(12.0 / 5.0 / 2.0)
+        );
+        assert_eq!(desk.overdue, vec![(c("t2"), 400.0), (c("t1"), 100.0)]);
+        assert_eq!(BusinessSnapshot::combine(&[]), None);
+    }
+}

@@ -292,7 +292,7 @@ pub(crate) fn view(
             })
         })
         .collect();
-    alert_log.sort_by(|a, b| b.fired_at_ms.cmp(&a.fired_at_ms));
+    alert_log.sort_by_key(|a| std::cmp::Reverse(a.fired_at_ms));
     alert_log.truncate(ALERTS_SHOWN);
     DashboardView {
         seq,
@@ -312,5 +312,36 @@ pub(crate) fn view(
             })
             .collect(),
         points,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever the capacity, the number of samples and the page's `since`: the history
+        /// keeps the newest `capacity` points, and `since` answers exactly the kept points
+        /// after it, oldest first.
+        #[test]
+        fn the_history_is_bounded_and_read_incrementally(
+            capacity in 1usize..20,
+            samples in 0u64..60,
+            since in 0u64..70,
+        ) {
+            let mut h = History::new(capacity);
+            for _ in 0..samples {
+                h.sample(&[]);
+            }
+            prop_assert_eq!(h.seq(), samples);
+            let kept = samples.min(capacity as u64);
+            let all: Vec<u64> = h.since(0).iter().map(|p| p.seq).collect();
+            prop_assert_eq!(all, ((samples - kept + 1)..=samples).collect::<Vec<_>>());
+            let after: Vec<u64> = h.since(since).iter().map(|p| p.seq).collect();
+            let want: Vec<u64> = ((samples - kept + 1)..=samples).filter(|s| *s > since).collect();
+            prop_assert_eq!(after, want);
+        }
     }
 }

@@ -42,6 +42,8 @@ use crate::report::{OpReport, QcSnapshot, WindowAvailability};
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
+/// A counter's label value and how to read its count off a snapshot.
+type CountedRow<'a> = (&'a str, &'a dyn Fn(&QcSnapshot) -> u64);
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -211,7 +213,7 @@ fn encode(seats: &[(Option<&str>, &QcSnapshot)]) -> Result<String, QcError> {
             .collect::<Vec<_>>()
     };
     // One counter series per seat and `(label value, f)` pair.
-    let counted = |label: &str, rows: &[(&str, &dyn Fn(&QcSnapshot) -> u64)]| {
+    let counted = |label: &str, rows: &[CountedRow<'_>]| {
         seats
             .iter()
             .flat_map(|(seat, snap)| {
