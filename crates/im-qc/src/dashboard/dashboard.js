@@ -778,6 +778,11 @@
     for (const cell of Array.from(box.children)) {
       if (!wanted.has(cell.getAttribute('data-key'))) box.removeChild(cell);
     }
+    // Keep the small multiples in operation order as new ones appear (appending moves).
+    for (const k of keys) {
+      const cell = box.querySelector('[data-key="' + CSS.escape('lat-' + k.op + '-' + k.network) + '"]');
+      if (cell) box.appendChild(cell);
+    }
     if (keys.length === 0 && !box.querySelector('.empty')) box.appendChild(h('p', 'empty', 'No calls measured yet.'));
     if (keys.length > 0) for (const e of Array.from(box.querySelectorAll('.empty'))) box.removeChild(e);
   }
