@@ -167,21 +167,14 @@ impl BusinessSnapshot {
         }
         let mut agents: BTreeMap<String, AgentMetrics> =
             agents.into_iter().map(|(k, (row, _))| (k, row)).collect();
-        let (mut inbound, mut in_time, mut replies) = (0, 0, 0);
-        for row in agents.values_mut() {
-            row.response_rate =
-                (row.inbound > 0).then(|| row.answered_in_time as f64 / row.inbound as f64);
-            inbound += row.inbound;
-            in_time += row.answered_in_time;
-            replies += row.replies;
-        }
+        let (inbound, in_time, replies) = rate_rows(&mut agents);
         let conversations: u64 = parts.iter().map(|p| p.conversations).sum();
         let active_hours = parts.iter().map(|p| p.active_hours).fold(1.0_f64, f64::max);
         let mut overdue: Vec<(ConversationId, f64)> = parts
             .iter()
             .flat_map(|p| p.overdue.iter().cloned())
             .collect();
-        overdue.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        longest_wait_first(&mut overdue);
         Some(BusinessSnapshot {
             response_rate: (inbound > 0).then(|| in_time as f64 / inbound as f64),
             replies_per_conversation_per_hour: (conversations > 0)
@@ -192,6 +185,25 @@ impl BusinessSnapshot {
             active_hours,
         })
     }
+}
+
+/// Sets each agent row's response rate; returns the sums over the rows: (inbound, answered
+/// in time, replies).
+fn rate_rows(agents: &mut BTreeMap<String, AgentMetrics>) -> (u64, u64, u64) {
+    let (mut inbound, mut in_time, mut replies) = (0, 0, 0);
+    for row in agents.values_mut() {
+        row.response_rate =
+            (row.inbound > 0).then(|| row.answered_in_time as f64 / row.inbound as f64);
+        inbound += row.inbound;
+        in_time += row.answered_in_time;
+        replies += row.replies;
+    }
+    (inbound, in_time, replies)
+}
+
+/// Orders overdue conversations as reported: longest wait first, then by id.
+fn longest_wait_first(overdue: &mut [(ConversationId, f64)]) {
+    overdue.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
 }
 
 /// The business-metrics engine; feed it every message once ([`BusinessMetrics::observe`]
@@ -343,15 +355,8 @@ impl BusinessMetrics {
                 row.inbound += late.len() as u64;
             }
         }
-        overdue.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let (mut inbound, mut in_time, mut replies) = (0, 0, 0);
-        for row in agents.values_mut() {
-            row.response_rate =
-                (row.inbound > 0).then(|| row.answered_in_time as f64 / row.inbound as f64);
-            inbound += row.inbound;
-            in_time += row.answered_in_time;
-            replies += row.replies;
-        }
+        longest_wait_first(&mut overdue);
+        let (inbound, in_time, replies) = rate_rows(&mut agents);
         let hours = match (self.first, self.last) {
             (Some(f), Some(l)) => (between(f, l).as_secs_f64() / 3600.0).max(1.0),
             _ => 1.0,
