@@ -27,6 +27,7 @@ use im_service::archive_api::{
     HistoryParams, READY_PATH,
 };
 pub use im_service::archive_api::{CallbackOutcome, ErrorBody};
+use im_service::listener::BoundedListener;
 use im_service::webhook::{self, Callback, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use im_service::{Clock, ConversationId, GroupId, HistoryPage, MessageChange, SystemClock, UserId};
 use sha2::{Digest, Sha256};
@@ -52,6 +53,9 @@ pub struct ArchiveConfig {
     pub replay_window: Duration,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
+    /// Connections held open at once; past it a new one is closed as soon as it is
+    /// accepted, and the refusal logged (each open connection costs a task and buffers).
+    pub max_connections: usize,
     /// Largest page a client may ask for (400 above).
     pub max_page: u32,
     /// The clock replay windows are judged by.
@@ -67,6 +71,7 @@ impl Default for ArchiveConfig {
             groups: HashMap::new(),
             replay_window: Duration::from_secs(300),
             max_body_bytes: 64 * 1024,
+            max_connections: 1024,
             max_page: DEFAULT_MAX_PAGE,
             clock: Arc::new(SystemClock),
         }
@@ -85,6 +90,7 @@ impl std::fmt::Debug for ArchiveConfig {
             .field("replay_window", &self.replay_window)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_page", &self.max_page)
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }
@@ -359,6 +365,7 @@ impl ArchiveServer {
     ) -> Result<ArchiveServer, ArchiveError> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
+        let listener = BoundedListener::new(listener, config.max_connections);
         let shared = Arc::new(Shared {
             store,
             vendors: config.vendors,

@@ -556,3 +556,44 @@ async fn a_badly_signed_change_is_401_and_changes_nothing() {
     );
     assert_eq!(f.ab_history().await, [m]);
 }
+
+/// Past `max_connections` open connections a new one is closed at once (idle connections
+/// from a stranger cannot grow the archive without bound); once one goes, a new one is
+/// served again.
+#[tokio::test]
+async fn connections_past_the_bound_are_closed_and_a_freed_slot_serves_again() {
+    let config = ArchiveConfig {
+        max_connections: 2,
+        ..ArchiveConfig::default()
+    };
+    let server = ArchiveServer::start(config, test_store().await)
+        .await
+        .unwrap();
+    let idle_a = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let _idle_b = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    // A fresh client per request: no pooled connection may be reused.
+    let get = || async {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let request = http.get(format!("{}/healthz", server.url())).send();
+        tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("an answer or a close within the deadline")
+    };
+    assert!(
+        get().await.is_err(),
+        "a third connection is closed without an answer"
+    );
+    drop(idle_a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a freed slot never served a new connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -6,7 +6,7 @@
 //! The server is meant to be reachable inside a company network: read-only, no message
 //! bodies or secrets in anything it serves, an optional bearer token on every route that
 //! carries data (wrong tokens throttled per peer address, refusals logged without the
-//! token), and a bound on the requests served at once.
+//! token), and bounds on the connections held open and the requests served at once.
 //!
 //! Names follow Prometheus conventions: `im_qc_` prefix, base units as suffixes
 //! (`_seconds`, `_ratio`), `_total` on counters (added by the encoder).
@@ -22,6 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use im_service::listener::{BoundedListener, Peer};
 use im_service::throttle::{FailureBudget, FailureThrottle, WarnLimit};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -417,6 +418,7 @@ pub struct MetricsServerBuilder {
     history_capacity: usize,
     auth_failures: FailureBudget,
     max_tracked_peers: usize,
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for MetricsServerBuilder {
@@ -447,6 +449,8 @@ impl Default for MetricsServerBuilder {
                 refill: Duration::from_secs(6),
             },
             max_tracked_peers: 10_000,
+            // Dashboards and scrapers: a few each; past it a connection is closed at once.
+            max_connections: 256,
         }
     }
 }
@@ -487,6 +491,13 @@ impl MetricsServerBuilder {
         self
     }
 
+    /// Connections held open at once (default 256); past it a new one is closed as soon
+    /// as it is accepted, and the refusal logged.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
     /// Binds `addr` (use `127.0.0.1:0` for any port) and serves. Fails without a seat.
     pub async fn serve(self, addr: SocketAddr) -> Result<MetricsServer, QcError> {
         if self.seats.is_empty() {
@@ -494,6 +505,7 @@ impl MetricsServerBuilder {
         }
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let listener = BoundedListener::new(listener, self.max_connections);
         let history = Arc::new(Mutex::new(History::new(self.history_capacity)));
         let shared = Arc::new(Shared {
             seats: self.seats,
@@ -519,14 +531,11 @@ impl MetricsServerBuilder {
             .with_state(shared);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let served = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
+            let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
             if let Err(e) = served {
                 tracing::warn!(error = %e, "metrics endpoint stopped");
             }
@@ -587,7 +596,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// that sent wrong tokens and checks the token.
 async fn guard(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     request: Request,
     next: Next,
 ) -> Response {

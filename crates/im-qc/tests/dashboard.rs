@@ -466,3 +466,39 @@ async fn the_alert_log_keeps_when_an_alert_fired_and_resolved() {
     assert_eq!(shown["fired_at_ms"].as_i64(), Some(log[0].fired_at_ms));
     assert_eq!(shown["resolved_at_ms"].as_i64(), log[0].resolved_at_ms);
 }
+
+/// Past `max_connections` open connections a new one is closed at once, and a freed slot
+/// serves again: idle connections from strangers cannot grow the server without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_bound_are_closed() {
+    let vendor = MemoryVendor::default();
+    let s = seat(&vendor, "keeper-1", &["keeper-1"], fast());
+    let server = MetricsServer::builder()
+        .seat("keeper-1", s.monitor.source())
+        .max_connections(2)
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let idle_a = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let _idle_b = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let url = format!("http://{}/", server.addr());
+    // A fresh client per request: no pooled connection may be reused.
+    let fetch = || async {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        tokio::time::timeout(DEADLINE, http.get(&url).send())
+            .await
+            .expect("an answer or a close within the deadline")
+    };
+    assert!(
+        fetch().await.is_err(),
+        "a third connection is closed without an answer"
+    );
+    drop(idle_a);
+    until("a freed slot serves a new connection", || async {
+        fetch().await.ok().filter(|r| r.status() == 200).map(|_| ())
+    })
+    .await;
+}

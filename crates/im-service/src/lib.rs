@@ -39,6 +39,8 @@ pub mod clock;
 pub mod codec;
 pub mod error;
 mod lifecycle;
+#[cfg(feature = "listener")]
+pub mod listener;
 pub mod lock_wait;
 #[cfg(feature = "matrix")]
 pub mod matrix;

@@ -59,6 +59,9 @@ struct Args {
     /// Largest history page.
     #[arg(long, default_value_t = 200)]
     max_page: u32,
+    /// Connections held open at once (past it a new one is closed at once).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
     /// Fault injection for crash tests: abort the process right after the N-th callback
     /// is stored durably, before it is acknowledged.
     #[arg(long, hide = true)]
@@ -196,6 +199,7 @@ async fn main() -> Result<()> {
         replay_window: Duration::from_secs(args.replay_window_secs),
         max_body_bytes: args.max_body_bytes,
         max_page: args.max_page,
+        max_connections: args.max_connections,
         ..ArchiveConfig::default()
     };
     let server = ArchiveServer::start(config, store).await?;
