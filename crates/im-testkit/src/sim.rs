@@ -1349,6 +1349,15 @@ impl World {
                     ));
                 }
             }
+            // Unread counts settle last: an own message the vendor acknowledged reaches
+            // the conversation list a task hop after it leaves the outbox (the simulation,
+            // seed 9835056043869791330 schedule 1501, checked in between). A count that never
+            // agrees is reported at the deadline.
+            if missing.is_empty() {
+                for i in 0..self.nodes.len() {
+                    missing.extend(self.unread_violations(i));
+                }
+            }
             if missing.is_empty() || tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -1356,6 +1365,68 @@ impl World {
         // Let in-flight acks land, then stop the apps before reading the ledgers.
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.check(missing)
+    }
+
+    /// Where `i`'s unread counts disagree with the vendor: per conversation, messages of
+    /// others after the later of the read mark and `i`'s own last message, by the vendor's
+    /// sequence; and the total against the rows.
+    fn unread_violations(&self, i: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let user = &self.users[i];
+        let mine: BTreeSet<usize> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.contains(&(i as u8)))
+            .map(|(c, _)| c)
+            .collect();
+        let rows = self.nodes[i].client.conversations(0, usize::MAX);
+        let mut total = 0u64;
+        for c in &mine {
+            let conv = &self.conversations[*c];
+            let msgs = self.vendor.stored_messages(conv);
+            let own = msgs
+                .iter()
+                .filter(|m| &m.sender == user)
+                .filter_map(|m| m.seq.map(|s| s.0))
+                .max()
+                .unwrap_or(0);
+            let read = self.marked.get(&(i, *c)).copied().unwrap_or(0).max(own);
+            let expected = msgs
+                .iter()
+                .filter(|m| &m.sender != user && m.seq.is_some_and(|s| s.0 > read))
+                .count() as u64;
+            let shown = rows.iter().find(|r| &r.id == conv).map_or(0, |r| r.unread);
+            total += shown;
+            if shown != expected {
+                let listing: Vec<String> = msgs
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "seq {} {} from {} at {} ms",
+                            m.seq.map_or(0, |s| s.0),
+                            m.server_id,
+                            m.sender,
+                            m.server_time.as_millis() - EPOCH_MS
+                        )
+                    })
+                    .collect();
+                out.push(format!(
+                    "u{i}: unread: c{c} shows {shown} unread, expected {expected} \
+                     (others' messages after seq {read}: marked read up to {}, own \
+                     last {own}; the vendor holds: {})",
+                    self.marked.get(&(i, *c)).copied().unwrap_or(0),
+                    listing.join(", ")
+                ));
+            }
+        }
+        let client_total = self.nodes[i].client.total_unread();
+        if client_total != total {
+            out.push(format!(
+                "u{i}: unread: total_unread {client_total}, rows sum to {total}"
+            ));
+        }
+        out
     }
 
     fn check(&self, missing: Vec<String>) -> Outcome {
@@ -1507,55 +1578,9 @@ impl World {
                 }
                 last.insert(c, (*position, seq, text.clone()));
             }
-            // Unread: messages of others after the later of the read mark and my own last
-            // message, by the vendor's sequence.
+            // Unread (checked once everything else settled; the settle loop waited for it).
             if missing.is_empty() {
-                let rows = self.nodes[i].client.conversations(0, usize::MAX);
-                let mut total = 0u64;
-                for c in &mine {
-                    let conv = &self.conversations[*c];
-                    let msgs = self.vendor.stored_messages(conv);
-                    let own = msgs
-                        .iter()
-                        .filter(|m| &m.sender == user)
-                        .filter_map(|m| m.seq.map(|s| s.0))
-                        .max()
-                        .unwrap_or(0);
-                    let read = self.marked.get(&(i, *c)).copied().unwrap_or(0).max(own);
-                    let expected = msgs
-                        .iter()
-                        .filter(|m| &m.sender != user && m.seq.is_some_and(|s| s.0 > read))
-                        .count() as u64;
-                    let shown = rows.iter().find(|r| &r.id == conv).map_or(0, |r| r.unread);
-                    total += shown;
-                    if shown != expected {
-                        let listing: Vec<String> = msgs
-                            .iter()
-                            .map(|m| {
-                                format!(
-                                    "seq {} {} from {} at {} ms",
-                                    m.seq.map_or(0, |s| s.0),
-                                    m.server_id,
-                                    m.sender,
-                                    m.server_time.as_millis() - EPOCH_MS
-                                )
-                            })
-                            .collect();
-                        v.push(format!(
-                            "u{i}: unread: c{c} shows {shown} unread, expected {expected} \
-                             (others' messages after seq {read}: marked read up to {}, own \
-                             last {own}; the vendor holds: {})",
-                            self.marked.get(&(i, *c)).copied().unwrap_or(0),
-                            listing.join(", ")
-                        ));
-                    }
-                }
-                let client_total = self.nodes[i].client.total_unread();
-                if client_total != total {
-                    v.push(format!(
-                        "u{i}: unread: total_unread {client_total}, rows sum to {total}"
-                    ));
-                }
+                v.extend(self.unread_violations(i));
             }
         }
         outcome
