@@ -1367,19 +1367,23 @@ impl World {
         self.check(missing)
     }
 
+    /// The conversations user `i` is a member of, by index.
+    fn conversations_of(&self, i: usize) -> BTreeSet<usize> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.contains(&(i as u8)))
+            .map(|(c, _)| c)
+            .collect()
+    }
+
     /// Where `i`'s unread counts disagree with the vendor: per conversation, messages of
     /// others after the later of the read mark and `i`'s own last message, by the vendor's
     /// sequence; and the total against the rows.
     fn unread_violations(&self, i: usize) -> Vec<String> {
         let mut out = Vec::new();
         let user = &self.users[i];
-        let mine: BTreeSet<usize> = self
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.contains(&(i as u8)))
-            .map(|(c, _)| c)
-            .collect();
+        let mine = self.conversations_of(i);
         let rows = self.nodes[i].client.conversations(0, usize::MAX);
         let mut total = 0u64;
         for c in &mine {
@@ -1461,13 +1465,7 @@ impl World {
             }
         }
         for (i, user) in self.users.iter().enumerate() {
-            let mine: BTreeSet<usize> = self
-                .members
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.contains(&(i as u8)))
-                .map(|(c, _)| c)
-                .collect();
+            let mine = self.conversations_of(i);
             // The crash harness's checker, with every peer as one "sender" and this user's
             // own sends as unconfirmed (their echo may come back once, need not).
             let mut sender = String::new();
