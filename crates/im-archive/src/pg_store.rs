@@ -586,6 +586,29 @@ fn key_bytes(text: &str) -> &[u8] {
     text.as_bytes()
 }
 
+/// Sets the current state (after its changes) of `vendor`'s message with key `id`, stored
+/// at `time` (the partition key, so the update touches one month's partition).
+async fn set_current(
+    tx: &impl deadpool_postgres::GenericClient,
+    vendor: &str,
+    id: &[u8],
+    time: i64,
+    current: &(dyn ToSql + Sync),
+) -> Result<(), ArchiveError> {
+    tx.execute(
+        &tx.prepare_cached(
+            "UPDATE messages SET current = $3 \
+             WHERE vendor = $1 AND server_id = $2 AND server_time = $4",
+        )
+        .await
+        .map_err(db)?,
+        &[&vendor, &id, current, &time],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
 /// Reads `vendor`'s change log of `target` in revision order (inside a write's
 /// transaction, or on a pooled connection for `changes_of`).
 async fn change_log(
@@ -688,17 +711,7 @@ impl ArchiveStore for PgArchive {
             let log = change_log(&tx, vendor, &m.server_id).await?;
             if !log.is_empty() {
                 let current = to_json(&apply_log(m, &log))?;
-                tx.execute(
-                    &tx.prepare_cached(
-                        "UPDATE messages SET current = $3 \
-                     WHERE vendor = $1 AND server_id = $2 AND server_time = $4",
-                    )
-                    .await
-                    .map_err(db)?,
-                    &[&vendor, &id, &current, &time],
-                )
-                .await
-                .map_err(db)?;
+                set_current(&tx, vendor, id, time, &current).await?;
             }
             let conversation_json = to_json(&m.conversation)?;
             for user in members_of(m) {
@@ -798,17 +811,7 @@ impl ArchiveStore for PgArchive {
         let next = apply_log(&original, &log);
         let changed = next != current;
         if changed {
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE messages SET current = $3 \
-                 WHERE vendor = $1 AND server_id = $2 AND server_time = $4",
-                )
-                .await
-                .map_err(db)?,
-                &[&vendor, &target_key, &to_json(&next)?, &time],
-            )
-            .await
-            .map_err(db)?;
+            set_current(&tx, vendor, target_key, time, &to_json(&next)?).await?;
         }
         tx.commit().await.map_err(db)?;
         let newest = newest.and_then(|n| u32::try_from(n).ok());
