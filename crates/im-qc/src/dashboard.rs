@@ -124,7 +124,8 @@ impl History {
         }
     }
 
-    /// Samples `seats` now and keeps the point (forgetting the oldest past capacity).
+    /// Keeps a point of `snapshots` (one per seat, taken now), forgetting the oldest past
+    /// capacity.
     pub(crate) fn sample(&mut self, snapshots: &[QcSnapshot]) {
         let point = Point {
             seq: self.next_seq,

@@ -506,11 +506,10 @@ impl MetricsServerBuilder {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let listener = BoundedListener::new(listener, self.max_connections);
-        let history = Arc::new(Mutex::new(History::new(self.history_capacity)));
         let shared = Arc::new(Shared {
             seats: self.seats,
             token: self.token,
-            history: history.clone(),
+            history: Mutex::new(History::new(self.history_capacity)),
             interval: self.history_interval,
             throttle: Mutex::new(FailureThrottle::new(
                 self.auth_failures,
@@ -555,7 +554,8 @@ struct Shared {
     seats: Vec<Seat>,
     /// `None`: no token required.
     token: Option<String>,
-    history: Arc<Mutex<History>>,
+    /// The dashboard's samples (written by the sampler, read by `/api/dashboard`).
+    history: Mutex<History>,
     interval: Duration,
     /// Wrong tokens per peer address.
     throttle: Mutex<FailureThrottle<IpAddr>>,
